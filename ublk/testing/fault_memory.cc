@@ -1,0 +1,129 @@
+#include "ublk/testing/fault_memory.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace ublk {
+
+bool FaultInjectingMemorySource::ShouldFail(int& plan) {
+  if (plan < 0) return true;
+  if (plan == 0) return false;
+  --plan;
+  return true;
+}
+
+absl::StatusOr<void*> FaultInjectingMemorySource::Map(size_t len) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++map_calls_;
+    if (ShouldFail(map_plan_)) {
+      ++failed_map_calls_;
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "mmap of ", len, " bytes: Cannot allocate memory (injected ENOMEM)"));
+    }
+  }
+  absl::StatusOr<void*> addr = base_.Map(len);
+  if (addr.ok()) {
+    absl::MutexLock lock(&mu_);
+    ++live_maps_;
+  }
+  return addr;
+}
+
+void FaultInjectingMemorySource::Unmap(void* addr, size_t len) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++unmap_calls_;
+    if (addr != nullptr) --live_maps_;
+  }
+  base_.Unmap(addr, len);
+}
+
+absl::StatusOr<void*> FaultInjectingMemorySource::AllocateHeap(size_t len,
+                                                               size_t align) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++heap_calls_;
+    if (ShouldFail(heap_plan_)) {
+      ++failed_heap_calls_;
+      return absl::ResourceExhaustedError(
+          absl::StrCat("heap allocation of ", len, " bytes aligned to ", align,
+                       ": Cannot allocate memory (injected)"));
+    }
+  }
+  absl::StatusOr<void*> block = base_.AllocateHeap(len, align);
+  if (block.ok()) {
+    absl::MutexLock lock(&mu_);
+    ++live_heap_blocks_;
+  }
+  return block;
+}
+
+void FaultInjectingMemorySource::FreeHeap(void* block) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++free_heap_calls_;
+    if (block != nullptr) --live_heap_blocks_;
+  }
+  base_.FreeHeap(block);
+}
+
+void FaultInjectingMemorySource::FailMapAlways() {
+  absl::MutexLock lock(&mu_);
+  map_plan_ = -1;
+}
+void FaultInjectingMemorySource::FailNextMaps(int n) {
+  absl::MutexLock lock(&mu_);
+  map_plan_ = n > 0 ? n : 0;
+}
+void FaultInjectingMemorySource::HealMap() {
+  absl::MutexLock lock(&mu_);
+  map_plan_ = 0;
+}
+void FaultInjectingMemorySource::FailHeapAlways() {
+  absl::MutexLock lock(&mu_);
+  heap_plan_ = -1;
+}
+void FaultInjectingMemorySource::FailNextHeaps(int n) {
+  absl::MutexLock lock(&mu_);
+  heap_plan_ = n > 0 ? n : 0;
+}
+void FaultInjectingMemorySource::HealHeap() {
+  absl::MutexLock lock(&mu_);
+  heap_plan_ = 0;
+}
+
+int64_t FaultInjectingMemorySource::map_calls() const {
+  absl::MutexLock lock(&mu_);
+  return map_calls_;
+}
+int64_t FaultInjectingMemorySource::failed_map_calls() const {
+  absl::MutexLock lock(&mu_);
+  return failed_map_calls_;
+}
+int64_t FaultInjectingMemorySource::unmap_calls() const {
+  absl::MutexLock lock(&mu_);
+  return unmap_calls_;
+}
+int64_t FaultInjectingMemorySource::heap_calls() const {
+  absl::MutexLock lock(&mu_);
+  return heap_calls_;
+}
+int64_t FaultInjectingMemorySource::failed_heap_calls() const {
+  absl::MutexLock lock(&mu_);
+  return failed_heap_calls_;
+}
+int64_t FaultInjectingMemorySource::free_heap_calls() const {
+  absl::MutexLock lock(&mu_);
+  return free_heap_calls_;
+}
+int64_t FaultInjectingMemorySource::live_maps() const {
+  absl::MutexLock lock(&mu_);
+  return live_maps_;
+}
+int64_t FaultInjectingMemorySource::live_heap_blocks() const {
+  absl::MutexLock lock(&mu_);
+  return live_heap_blocks_;
+}
+
+}  // namespace ublk
