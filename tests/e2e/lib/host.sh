@@ -1,0 +1,243 @@
+# Host side of the e2e harness: sourced by tests/e2e/run.sh and
+# tests/e2e/run-in-guest.sh. Needs bash, root (apt, qemu 9p of /).
+#
+# Callers set E2E_BUILD_DIR (absolute) and E2E_KERNEL_SERIES (e.g. 6.12) first.
+# Environment knobs:
+#   E2E_APT_UPDATE=1   run apt-get update before resolving the kernel
+#   E2E_ACCEL=kvm      try KVM instead of TCG (the watchdog still applies)
+#   E2E_MEM / E2E_SMP  guest memory (MiB, default 2048) and vCPUs (default 2)
+
+E2E_DIR=$(dirname "$(realpath "${BASH_SOURCE[0]}")")/..
+E2E_DIR=$(realpath "$E2E_DIR")
+E2E_SRC_DIR=$(realpath "$E2E_DIR/../..")
+
+e2e_log() { echo "e2e: $*" >&2; }
+e2e_die() { echo "e2e: error: $*" >&2; exit 2; }
+e2e_now() { date +%s%N; }
+# e2e_secs START_NS [END_NS]: elapsed seconds with one decimal.
+e2e_secs() {
+  local end=${2:-$(e2e_now)}
+  local ds=$(( (end - $1) / 100000000 ))
+  echo "$((ds / 10)).$((ds % 10))"
+}
+
+E2E_APT_UPDATED=0
+e2e_apt_update() {
+  [ "$E2E_APT_UPDATED" = 1 ] && return 0
+  e2e_log "apt-get update"
+  apt-get update -qq >&2 || e2e_log "apt-get update failed (continuing with the current lists)"
+  E2E_APT_UPDATED=1
+}
+
+# Installs the host tools the harness and the scenarios use, when missing.
+e2e_ensure_packages() {
+  local want="qemu-system-x86 busybox-static kmod xz-utils zstd cpio e2fsprogs xfsprogs fio util-linux"
+  local missing="" p
+  for p in $want; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+      || missing="$missing $p"
+  done
+  [ -z "$missing" ] && return 0
+  [ "$(id -u)" = 0 ] || e2e_die "missing packages:$missing (run as root to install them)"
+  e2e_apt_update
+  e2e_log "installing:$missing"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >&2 \
+    || e2e_die "apt-get install$missing failed"
+}
+
+# Prints the versioned image package behind the meta package linux-image-SERIES-amd64.
+e2e_resolve_kernel_pkg() {
+  apt-cache depends "linux-image-$1-amd64" 2>/dev/null \
+    | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+}
+
+# Makes sure the cache under $E2E_BUILD_DIR/e2e-cache holds the current kernel of
+# $E2E_KERNEL_SERIES and an initramfs built by the current guest-setup scripts.
+# Sets E2E_KVER, E2E_VMLINUZ, E2E_INITRD.
+e2e_ensure_kernel() {
+  local cache=$E2E_BUILD_DIR/e2e-cache series=$E2E_KERNEL_SERIES pkg deb kdir
+  mkdir -p "$cache/debs"
+  [ "${E2E_APT_UPDATE:-0}" = 1 ] && e2e_apt_update
+  pkg=$(e2e_resolve_kernel_pkg "$series")
+  if [ -z "$pkg" ]; then
+    e2e_apt_update
+    pkg=$(e2e_resolve_kernel_pkg "$series")
+  fi
+  if [ -z "$pkg" ]; then
+    # Offline and no package lists: fall back to a kernel cached earlier.
+    kdir=$(ls -d "$cache"/kernel-linux-image-"$series".*/ 2>/dev/null | sort -V | tail -1)
+    [ -n "$kdir" ] || e2e_die "cannot resolve linux-image-$series-amd64 with apt and no kernel is cached in $cache"
+    kdir=${kdir%/}
+    e2e_log "cannot resolve linux-image-$series-amd64; using cached $(basename "$kdir")"
+  else
+    deb=$(ls "$cache/debs/${pkg}"_*.deb 2>/dev/null | sort -V | tail -1)
+    if [ -z "$deb" ]; then
+      e2e_log "downloading $pkg"
+      if ! (cd "$cache/debs" && apt-get download -q "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2); then :; fi
+      deb=$(ls "$cache/debs/${pkg}"_*.deb 2>/dev/null | sort -V | tail -1)
+      if [ -z "$deb" ]; then
+        # Stale package lists name a version the mirror no longer has.
+        e2e_apt_update
+        pkg=$(e2e_resolve_kernel_pkg "$series")
+        (cd "$cache/debs" && apt-get download -q "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) || true
+        deb=$(ls "$cache/debs/${pkg}"_*.deb 2>/dev/null | sort -V | tail -1)
+      fi
+      [ -n "$deb" ] || e2e_die "apt-get download $pkg failed"
+      # Keep only the current kernel package.
+      find "$cache/debs" -name 'linux-image-*.deb' ! -path "$deb" -delete
+    fi
+    kdir=$cache/kernel-$(basename "$deb" .deb)
+  fi
+
+  local key
+  key=$(cat "$E2E_DIR/guest/init.sh" "$E2E_DIR/lib/build-initramfs.sh" | sha256sum | cut -c1-16)
+  E2E_INITRD=$kdir/initramfs-$key.img
+  if [ ! -f "$kdir/vmlinuz" ] || [ ! -f "$kdir/kver" ] || [ ! -f "$E2E_INITRD" ]; then
+    [ -n "${deb:-}" ] || e2e_die "cached kernel $kdir is incomplete and apt cannot resolve a new one"
+    local t0 tree kver
+    t0=$(e2e_now)
+    tree=$(mktemp -d "$cache/unpack.XXXXXX")
+    dpkg-deb -x "$deb" "$tree" || { rm -rf "$tree"; e2e_die "dpkg-deb -x $deb failed"; }
+    kver=$(ls "$tree/lib/modules" | head -1)
+    [ -n "$kver" ] || { rm -rf "$tree"; e2e_die "$deb has no lib/modules"; }
+    if ! grep -q '^CONFIG_BLK_DEV_UBLK=[my]' "$tree/boot/config-$kver"; then
+      rm -rf "$tree"; e2e_die "$deb: kernel $kver is built without ublk (CONFIG_BLK_DEV_UBLK)"
+    fi
+    depmod -b "$tree" "$kver" || { rm -rf "$tree"; e2e_die "depmod -b $tree $kver failed"; }
+    rm -rf "$kdir"; mkdir -p "$kdir"
+    cp "$tree/boot/vmlinuz-$kver" "$kdir/vmlinuz"
+    cp "$tree/boot/config-$kver" "$kdir/config"
+    bash "$E2E_DIR/lib/build-initramfs.sh" "$tree" "$kver" "$E2E_INITRD" >&2 \
+      || { rm -rf "$tree" "$kdir"; e2e_die "building the initramfs failed"; }
+    echo "$kver" > "$kdir/kver"
+    rm -rf "$tree"
+    # Drop kernels other than this one.
+    find "$cache" -maxdepth 1 -name 'kernel-*' ! -path "$kdir" -exec rm -rf {} +
+    e2e_log "guest image ready in $(e2e_secs "$t0")s"
+  fi
+  E2E_KVER=$(cat "$kdir/kver")
+  E2E_VMLINUZ=$kdir/vmlinuz
+}
+
+# A host path is visible at the same path inside the guest's chroot unless a
+# guest mount hides it.
+e2e_check_visible() { # $1 = what, $2 = absolute path
+  case $2/ in
+    /tmp/*|/run/*|/var/tmp/*|/dev/*|/proc/*|/sys/*|/lib/modules/*)
+      e2e_die "$1 $2 is hidden in the guest (the guest mounts its own /tmp, /run, /var/tmp, /dev, /proc, /sys, /lib/modules); use a path elsewhere" ;;
+  esac
+}
+
+# e2e_write_job SHARE SCENARIO_NAME BOOT DATA_DISK SCRIPT [ARGS...]
+# Writes SHARE/job.sh, which the guest runs chrooted in the host's root.
+e2e_write_job() {
+  local share=$1 name=$2 boot=$3 disk=$4 script=$5
+  shift 5
+  {
+    echo "# generated by tests/e2e/lib/host.sh; run by the guest's /init in the chroot"
+    echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    echo "export HOME=/tmp LC_ALL=C.UTF-8 TERM=dumb"
+    printf 'export SRC_DIR=%q BUILD_DIR=%q E2E_LIB=%q\n' \
+      "$E2E_SRC_DIR" "$E2E_BUILD_DIR" "$E2E_DIR/lib/guest.sh"
+    printf 'export E2E_SCENARIO=%q E2E_BOOT=%q\n' "$name" "$boot"
+    echo "export E2E_RESULT_DIR=/run/e2e E2E_SCRATCH=/tmp/e2e-scratch"
+    if [ "$disk" = 1 ]; then echo "export E2E_DATA_DIR=/run/e2e-data"; else echo "export E2E_DATA_DIR="; fi
+    echo 'mkdir -p "$E2E_SCRATCH"'
+    printf 'cd %q || exit 126\n' "$E2E_SRC_DIR"
+    printf 'exec /bin/bash %q' "$script"
+    [ $# -gt 0 ] && printf ' %q' "$@"
+    echo
+  } > "$share/job.sh"
+}
+
+E2E_QEMU_PID=
+e2e_kill_qemu() {
+  [ -n "$E2E_QEMU_PID" ] || return 0
+  kill "$E2E_QEMU_PID" 2>/dev/null
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    kill -0 "$E2E_QEMU_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  kill -9 "$E2E_QEMU_PID" 2>/dev/null
+}
+trap 'e2e_kill_qemu' EXIT
+trap 'e2e_kill_qemu; exit 130' INT TERM
+
+# e2e_boot RUN_DIR TIMEOUT_S STREAM(0|1) DATA_DISK(0|1) UBLKS_MAX(or empty)
+# Boots the guest once; it runs RUN_DIR/share/job.sh. The console goes to
+# RUN_DIR/console.log (appended; streamed to stdout when STREAM=1).
+# Sets E2E_GUEST_RC (the job's exit code, empty when the guest did not report
+# one), E2E_BOOT_PROBLEM (empty, or why the guest was killed / died) and
+# E2E_BOOT_SECS (wall time).
+e2e_boot() {
+  local run=$1 timeout=$2 stream=$3 disk=$4 ublks_max=$5
+  local share=$run/share console=$run/console.log qerr=$run/qemu.err
+  local append="console=ttyS0 quiet loglevel=4 panic=-1"
+  local accel=(-accel tcg,thread=multi,tb-size=512 -cpu max)
+  local extra=()
+  if [ "${E2E_ACCEL:-tcg}" = kvm ] && [ -w /dev/kvm ]; then accel=(-enable-kvm -cpu host); fi
+  [ -n "$ublks_max" ] && append="$append e2e.ublks_max=$ublks_max"
+  if [ "$disk" = 1 ]; then
+    extra+=(-drive "file=$run/disk.img,if=virtio,cache=none,format=raw")
+    append="$append e2e.disk=1"
+  fi
+  rm -f "$share/rc"
+  : > "$qerr"
+  echo "===== boot $(date -u +%FT%TZ) =====" >> "$console"
+  local boot_console=$run/console.boot.log
+  : > "$boot_console"
+
+  local t0 tail_pid=
+  t0=$(e2e_now)
+  qemu-system-x86_64 "${accel[@]}" -smp "${E2E_SMP:-2}" -m "${E2E_MEM:-2048}" \
+    -nodefaults -no-user-config -display none -monitor none -no-reboot -nic none \
+    -serial "file:$boot_console" \
+    -kernel "$E2E_VMLINUZ" -initrd "$E2E_INITRD" -append "$append" \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$share,mount_tag=e2e,security_model=none,multidevs=remap" \
+    "${extra[@]}" </dev/null >"$qerr" 2>&1 &
+  E2E_QEMU_PID=$!
+  if [ "$stream" = 1 ]; then
+    tail -n +1 -F --pid="$E2E_QEMU_PID" "$boot_console" 2>/dev/null | tr -d '\r' &
+    tail_pid=$!
+  fi
+
+  E2E_BOOT_PROBLEM=
+  local deadline=$(( t0 + timeout * 1000000000 ))
+  while kill -0 "$E2E_QEMU_PID" 2>/dev/null; do
+    # qemu pauses (does not exit) after a KVM internal error: catch it here.
+    if grep -qE 'KVM internal error|emulation failure' "$qerr" "$boot_console" 2>/dev/null; then
+      E2E_BOOT_PROBLEM="qemu reported an internal error (KVM internal error / emulation failure); killed"
+      e2e_kill_qemu
+      break
+    fi
+    if [ "$(e2e_now)" -gt "$deadline" ]; then
+      E2E_BOOT_PROBLEM="watchdog: guest still running after ${timeout}s; killed"
+      e2e_kill_qemu
+      break
+    fi
+    sleep 0.5
+  done
+  local qrc=0
+  wait "$E2E_QEMU_PID" 2>/dev/null || qrc=$?
+  E2E_QEMU_PID=
+  [ -n "$tail_pid" ] && wait "$tail_pid" 2>/dev/null
+  E2E_BOOT_SECS=$(e2e_secs "$t0")
+  tr -d '\r' < "$boot_console" >> "$console"
+  if [ -s "$qerr" ]; then
+    echo "----- qemu stderr -----" >> "$console"; cat "$qerr" >> "$console"
+  fi
+  E2E_GUEST_RC=
+  if [ -s "$share/rc" ]; then
+    E2E_GUEST_RC=$(tr -dc '0-9' < "$share/rc")
+  elif [ -z "$E2E_BOOT_PROBLEM" ]; then
+    E2E_BOOT_PROBLEM="guest ended without reporting a result (qemu rc=$qrc; kernel panic or guest setup failure?)"
+  fi
+  return 0
+}
+
+# Prints "value" of a "# e2e-KEY: value" header line of a scenario file.
+e2e_header() { # $1 = file, $2 = key
+  sed -n "s/^# e2e-$2:[[:space:]]*//p" "$1" | head -1
+}
