@@ -1,0 +1,65 @@
+// What the running kernel's ublk_drv offers, and the modes the engine picks
+// from it: command encoding and copy mode. Detected once at start (from
+// GET_FEATURES where the kernel has it, else the 6.1 baseline), logged once,
+// and exported as the gauge ublk_csi_kernel_info.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "ublk/kernel.h"
+
+namespace prometheus {
+class Registry;
+}
+
+namespace ublk {
+
+struct KernelFeatures {
+  uint64_t features = 0;  // GET_FEATURES mask, or the 6.1 baseline without it
+  bool has_get_features = false;
+  CmdEncoding encoding = CmdEncoding::kLegacy;
+  CopyMode copy_mode = CopyMode::kGetData;
+  bool user_recovery = false;
+  bool user_recovery_reissue = false;
+  bool update_size = false;
+  std::string kernel_release;
+};
+
+// What 6.1 offers (it has no GET_FEATURES to say so).
+inline constexpr uint64_t kBaselineFeatures =
+    UBLK_F_URING_CMD_COMP_IN_TASK | UBLK_F_NEED_GET_DATA | UBLK_F_USER_RECOVERY |
+    UBLK_F_USER_RECOVERY_REISSUE;
+
+struct FeatureOptions {
+  // Unset: detect. Set: use it (the real-kernel test forces all four
+  // combinations). Forcing user copy on a kernel without UBLK_F_USER_COPY is
+  // FailedPrecondition.
+  std::optional<CmdEncoding> force_encoding;
+  std::optional<CopyMode> force_copy_mode;
+  // Empty: uname(2).
+  std::string kernel_release;
+};
+
+using ControlDeviceFactory =
+    std::function<absl::StatusOr<std::unique_ptr<ControlDevice>>(CmdEncoding)>;
+
+// Opens a control device with ioctl encoding and asks GET_FEATURES; if the
+// kernel rejects it, falls back to legacy commands and the 6.1 baseline.
+// Copy mode: user copy when UBLK_F_USER_COPY is offered, else get-data.
+// Errors: the factory's (e.g. no ublk_drv), a forced mode the kernel lacks.
+absl::StatusOr<KernelFeatures> DetectFeatures(const ControlDeviceFactory& open_control,
+                                              const FeatureOptions& options);
+
+// "0x1fe"
+std::string FeaturesHex(uint64_t features);
+// Logs the choice (INFO) once per call.
+void LogKernelFeatures(const KernelFeatures& features);
+// Registers ublk_csi_kernel_info{copy_mode,encoding,features,kernel} = 1.
+void RegisterKernelInfoMetric(const KernelFeatures& features, prometheus::Registry& registry);
+
+}  // namespace ublk

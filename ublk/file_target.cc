@@ -1,0 +1,153 @@
+#include "ublk/file_target.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "glog/logging.h"
+#include "ublk/uapi.h"
+
+namespace ublk {
+
+absl::StatusOr<std::unique_ptr<FileTarget>> FileTarget::Open(const FileTargetOptions& o) {
+  if (o.path.empty()) return absl::InvalidArgumentError("file target: empty backing file path");
+  if (o.size_bytes == 0 || o.size_bytes % 512 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("file target ", o.path, ": volume size ",
+                                                   o.size_bytes,
+                                                   " is not a positive multiple of 512"));
+  }
+  int flags = O_RDWR | O_CLOEXEC | (o.create ? O_CREAT : 0);
+  int fd = open(o.path.c_str(), flags, 0600);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ENOENT) {
+      return absl::NotFoundError(absl::StrCat("file target: backing file ", o.path, " missing"));
+    }
+    if (err == EACCES || err == EROFS || err == EPERM) {
+      return absl::FailedPreconditionError(absl::StrCat("file target: backing file ", o.path,
+                                                        " is not writable: ", std::strerror(err)));
+    }
+    return absl::ErrnoToStatus(err, absl::StrCat("file target: open ", o.path));
+  }
+  UniqueFd buffered(fd);
+  struct stat st{};
+  if (fstat(buffered.get(), &st) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("file target: fstat ", o.path));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("file target: backing file ", o.path, " is not a regular file"));
+  }
+  if ((st.st_mode & (S_IWUSR | S_IWGRP | S_IWOTH)) == 0) {
+    // Root could still open it for writing; the mode says the operator
+    // meant it read-only.
+    return absl::FailedPreconditionError(absl::StrCat("file target: backing file ", o.path,
+                                                      " is read-only (mode ",
+                                                      absl::StrFormat("%04o", st.st_mode & 07777),
+                                                      ")"));
+  }
+  uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size < o.size_bytes) {
+    if (!o.create) {
+      return absl::FailedPreconditionError(absl::StrCat("file target: backing file ", o.path,
+                                                        " has ", file_size,
+                                                        " bytes, smaller than the volume (",
+                                                        o.size_bytes, ")"));
+    }
+    if (ftruncate(buffered.get(), static_cast<off_t>(o.size_bytes)) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("file target: grow ", o.path, " to ",
+                                                     o.size_bytes, " bytes"));
+    }
+  }
+  UniqueFd direct;
+  if (o.try_direct) {
+    int dfd = open(o.path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);
+    if (dfd >= 0) {
+      direct.reset(dfd);
+    } else {
+      LOG(INFO) << "file target " << o.path << ": O_DIRECT refused (" << std::strerror(errno)
+                << "), using buffered I/O";
+    }
+  }
+  return std::unique_ptr<FileTarget>(
+      new FileTarget(o.path, o.size_bytes, std::move(buffered), std::move(direct)));
+}
+
+FileTarget::FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct)
+    : path_(std::move(path)),
+      size_bytes_(size),
+      buffered_fd_(std::move(buffered)),
+      direct_fd_(std::move(direct)),
+      direct_(direct_fd_.valid()) {}
+
+std::optional<int32_t> FileTarget::StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) {
+  if (io.op != UBLK_IO_OP_FLUSH &&
+      (io.offset > size_bytes_ || io.len > size_bytes_ - io.offset)) {
+    return -EIO;
+  }
+  io_uring_sqe* sqe = ring.GetSqe();
+  if (sqe == nullptr) return -EAGAIN;
+  const int fd = direct() ? direct_fd_.get() : buffered_fd_.get();
+  switch (io.op) {
+    case UBLK_IO_OP_READ:
+      io_uring_prep_read(sqe, fd, io.buf, io.len, io.offset);
+      break;
+    case UBLK_IO_OP_WRITE:
+      io_uring_prep_write(sqe, fd, io.buf, io.len, io.offset);
+      if (io.flags & UBLK_IO_F_FUA) sqe->rw_flags = RWF_DSYNC;
+      break;
+    case UBLK_IO_OP_FLUSH:
+      io_uring_prep_fsync(sqe, buffered_fd_.get(), IORING_FSYNC_DATASYNC);
+      break;
+    case UBLK_IO_OP_DISCARD:
+      io_uring_prep_fallocate(sqe, buffered_fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                              io.offset, io.len);
+      break;
+    case UBLK_IO_OP_WRITE_ZEROES:
+      io_uring_prep_fallocate(sqe, buffered_fd_.get(), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                              io.offset, io.len);
+      break;
+    default:
+      // An SQE was taken: turn it into a NOP so the ring stays consistent.
+      io_uring_prep_nop(sqe);
+      sqe->user_data = user_data;
+      return std::nullopt;
+  }
+  sqe->user_data = user_data;
+  return std::nullopt;
+}
+
+std::optional<int32_t> FileTarget::FinishIo(const TargetIo& io, int32_t res) {
+  switch (io.op) {
+    case UBLK_IO_OP_READ:
+    case UBLK_IO_OP_WRITE:
+      if (res == -EINVAL && direct()) {
+        // The filesystem takes O_DIRECT at open but not this I/O (alignment):
+        // switch this file to buffered I/O for good and redo the request.
+        if (direct_.exchange(false)) {
+          LOG(WARNING) << "file target " << path_ << ": O_DIRECT I/O refused (EINVAL) at offset "
+                       << io.offset << " len " << io.len << ", switching to buffered I/O";
+        }
+        return std::nullopt;
+      }
+      if (res >= 0 && static_cast<uint32_t>(res) < io.len && io.op == UBLK_IO_OP_WRITE) {
+        return -EIO;  // a short write to a preallocated-size file is an error
+      }
+      return res;
+    case UBLK_IO_OP_FLUSH:
+    case UBLK_IO_OP_DISCARD:
+    case UBLK_IO_OP_WRITE_ZEROES:
+      return res < 0 ? res : 0;
+    default:
+      return -EOPNOTSUPP;
+  }
+}
+
+}  // namespace ublk

@@ -1,0 +1,52 @@
+// FileTarget: a volume stored in a sparse regular file. Reads and writes go
+// through io_uring on the worker's ring, O_DIRECT where the filesystem takes
+// it (else buffered, logged once); flush = fdatasync, discard = fallocate
+// PUNCH_HOLE|KEEP_SIZE, write-zeroes = fallocate ZERO_RANGE, FUA = RWF_DSYNC.
+// Thread-safe: several workers may serve queues of the same file.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "ublk/target.h"
+#include "ublk/unique_fd.h"
+
+namespace ublk {
+
+struct FileTargetOptions {
+  std::string path;
+  uint64_t size_bytes = 0;  // the volume size
+  // Create the file (sparse, size_bytes) if missing; grow it if smaller.
+  bool create = false;
+  bool try_direct = true;
+};
+
+class FileTarget final : public Target {
+ public:
+  // InvalidArgument for a zero or unaligned size; NotFound for a missing
+  // file (without create); FailedPrecondition for a non-regular file, a file
+  // smaller than the volume, or a read-only one.
+  static absl::StatusOr<std::unique_ptr<FileTarget>> Open(const FileTargetOptions& options);
+
+  uint64_t size_bytes() const override { return size_bytes_; }
+  bool supports_discard() const override { return true; }
+  const char* name() const override { return "file"; }
+  bool direct() const { return direct_.load(std::memory_order_relaxed); }
+  const std::string& path() const { return path_; }
+
+  std::optional<int32_t> StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) override;
+  std::optional<int32_t> FinishIo(const TargetIo& io, int32_t cqe_res) override;
+
+ private:
+  FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct);
+
+  const std::string path_;
+  const uint64_t size_bytes_;
+  const UniqueFd buffered_fd_;
+  const UniqueFd direct_fd_;  // invalid when O_DIRECT open failed
+  std::atomic<bool> direct_;
+};
+
+}  // namespace ublk

@@ -1,0 +1,142 @@
+// The kernel seam: the ublk control device (/dev/ublk-control) and one
+// device queue's I/O channel (/dev/ublkcN). RealControlDevice
+// (ublk/kernel_real.h) talks to ublk_drv; FakeKernel
+// (ublk/testing/fake_kernel.h) emulates it in-process for unit tests. Worker
+// and Export code is identical on both.
+//
+// Threads: a ControlDevice is thread-safe (blocking calls). A QueueChannel is
+// used only by the worker thread that serves its queue.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "ublk/uapi.h"
+
+namespace ublk {
+
+class Ring;
+
+// How command numbers are encoded: legacy (6.1 has only these) or
+// ioctl-encoded _IOWR('u', nr, ...) (6.4+; 6.8+ distro kernels often only these).
+enum class CmdEncoding { kLegacy, kIoctl };
+// How request data moves between kernel and server. Both hold a buffer only
+// while an I/O is served. Zero copy (6.16+, UBLK_F_AUTO_BUF_REG) comes later.
+enum class CopyMode { kUserCopy, kGetData };
+
+absl::string_view CmdEncodingName(CmdEncoding encoding);  // "ioctl" | "legacy"
+absl::string_view CopyModeName(CopyMode mode);            // "user_copy" | "get_data"
+absl::string_view DeviceStateName(uint16_t state);        // "DEAD" | "LIVE" | ...
+
+inline constexpr uint32_t kAnyDevId = UINT32_MAX;
+
+// ublksrv_ctrl_dev_info without the reserved fields.
+struct DeviceInfo {
+  uint32_t dev_id = kAnyDevId;
+  uint16_t nr_hw_queues = 1;
+  uint16_t queue_depth = 64;
+  uint16_t state = UBLK_S_DEV_DEAD;
+  uint32_t max_io_buf_bytes = 512 * 1024;
+  uint64_t flags = 0;
+  int32_t ublksrv_pid = 0;
+};
+
+// Path of the block device / char device of a ublk device id.
+std::string BlockDevicePath(uint32_t dev_id);  // /dev/ublkbN
+std::string CharDevicePath(uint32_t dev_id);   // /dev/ublkcN
+
+// Maps an errno from a ublk command to a Status whose message starts with
+// `context`: ENOENT/ENODEV -> NotFound, EBUSY -> Unavailable, EEXIST ->
+// AlreadyExists, EINVAL -> InvalidArgument, ENOMEM/ENOSPC -> ResourceExhausted,
+// EACCES/EPERM -> PermissionDenied, EOPNOTSUPP/ENOTSUPP/ENOTTY ->
+// Unimplemented; anything else via absl::ErrnoToStatus.
+absl::Status UblkErrnoToStatus(int err, absl::string_view context);
+
+// One queue of one device, served by one worker thread. Commands are
+// prepared on the worker's Ring; each one's completion arrives there as a CQE
+// with the given user_data, whose `res` the worker passes through
+// TranslateCompletion(). Destroying the channel unmaps the descriptors and
+// releases the char device (DEL_DEV hangs while they are mapped).
+class QueueChannel {
+ public:
+  virtual ~QueueChannel() = default;
+
+  virtual uint32_t dev_id() const = 0;
+  virtual uint16_t q_id() const = 0;
+  virtual uint16_t queue_depth() const = 0;
+
+  // The descriptor of the request the kernel handed over on `tag`; valid from
+  // a FETCH/COMMIT_AND_FETCH completion with UBLK_IO_RES_OK or
+  // UBLK_IO_RES_NEED_GET_DATA until the tag's next commit.
+  virtual const ublksrv_io_desc& Desc(uint16_t tag) const = 0;
+
+  // `buf`: nullptr in user-copy mode (the kernel requires it); in get-data
+  // mode nullptr for FETCH and for committing non-READ requests, else the
+  // buffer holding a READ's data (the kernel copies it while the commit is
+  // submitted).
+  // Errors: the SQ could not be had, or (fake kernel only) misuse that the
+  // real kernel reports in the CQE.
+  virtual absl::Status PrepFetch(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) = 0;
+  virtual absl::Status PrepCommitAndFetch(Ring& ring, uint16_t tag, int32_t result, void* buf,
+                                          uint64_t user_data) = 0;
+  // Get-data mode: answers UBLK_IO_RES_NEED_GET_DATA with the buffer the
+  // WRITE's data is copied into; completes with UBLK_IO_RES_OK once it is.
+  virtual absl::Status PrepNeedGetData(Ring& ring, uint16_t tag, void* buf,
+                                       uint64_t user_data) = 0;
+  // Raw CQE res -> UBLK_IO_RES_OK / UBLK_IO_RES_NEED_GET_DATA /
+  // UBLK_IO_RES_ABORT / -errno. Identity for the real kernel.
+  virtual int32_t TranslateCompletion(uint16_t tag, int32_t raw_cqe_res) = 0;
+
+  // User copy: the WRITE request's data into `buf`, and the READ response's
+  // data from `buf`, at byte `offset` within the request.
+  virtual absl::Status ReadRequestData(uint16_t tag, void* buf, size_t len, uint64_t offset) = 0;
+  virtual absl::Status WriteResponseData(uint16_t tag, const void* buf, size_t len,
+                                         uint64_t offset) = 0;
+};
+
+// /dev/ublk-control. Thread-safe; calls block until the kernel answers.
+class ControlDevice {
+ public:
+  virtual ~ControlDevice() = default;
+
+  virtual CmdEncoding encoding() const = 0;
+
+  // UBLK_U_CMD_GET_FEATURES (6.5+). Unimplemented on kernels without it.
+  virtual absl::StatusOr<uint64_t> GetFeatures() = 0;
+  // ADD_DEV. want.dev_id = kAnyDevId lets the kernel pick. Returns what the
+  // kernel made (its flags include the ones it adds itself).
+  // AlreadyExists if the id is taken; ResourceExhausted naming ublks_max when
+  // the module's device limit is reached.
+  virtual absl::StatusOr<DeviceInfo> AddDevice(const DeviceInfo& want) = 0;
+  virtual absl::Status SetParams(uint32_t dev_id, const ublk_params& params) = 0;
+  virtual absl::StatusOr<ublk_params> GetParams(uint32_t dev_id) = 0;
+  // Blocks until every tag of every queue is fetched and the disk is
+  // registered (which reads the partition table through the device): never
+  // call it on the thread that serves the device's queues.
+  virtual absl::Status StartDevice(uint32_t dev_id, pid_t pid) = 0;
+  virtual absl::Status StopDevice(uint32_t dev_id) = 0;
+  // Every QueueChannel of the device must be closed first.
+  virtual absl::Status DeleteDevice(uint32_t dev_id) = 0;
+  virtual absl::StatusOr<DeviceInfo> GetDeviceInfo(uint32_t dev_id) = 0;
+  // Only for a QUIESCED device whose old server is gone.
+  virtual absl::Status StartUserRecovery(uint32_t dev_id) = 0;
+  // Like StartDevice: blocks until all tags are re-fetched.
+  virtual absl::Status EndUserRecovery(uint32_t dev_id, pid_t pid) = 0;
+  // UBLK_U_CMD_UPDATE_SIZE (6.14+, UBLK_F_UPDATE_SIZE); Unimplemented where
+  // the kernel lacks it.
+  virtual absl::Status UpdateSize(uint32_t dev_id, uint64_t dev_sectors) = 0;
+
+  // Opens queue `q_id` of a device that was added (and, for recovery, whose
+  // START_USER_RECOVERY succeeded).
+  virtual absl::StatusOr<std::unique_ptr<QueueChannel>> OpenQueue(uint32_t dev_id, uint16_t q_id,
+                                                                  uint16_t queue_depth) = 0;
+};
+
+}  // namespace ublk

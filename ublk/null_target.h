@@ -1,0 +1,22 @@
+// NullTarget: reads return zeros, writes are dropped, everything completes
+// at once without touching the ring. For benchmarks and data-path tests.
+#pragma once
+
+#include "ublk/target.h"
+
+namespace ublk {
+
+class NullTarget final : public Target {
+ public:
+  explicit NullTarget(uint64_t size_bytes) : size_bytes_(size_bytes) {}
+  uint64_t size_bytes() const override { return size_bytes_; }
+  bool supports_discard() const override { return true; }
+  const char* name() const override { return "null"; }
+  std::optional<int32_t> StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) override;
+  std::optional<int32_t> FinishIo(const TargetIo& io, int32_t cqe_res) override;
+
+ private:
+  const uint64_t size_bytes_;
+};
+
+}  // namespace ublk

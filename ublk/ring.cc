@@ -1,0 +1,76 @@
+#include "ublk/ring.h"
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace ublk {
+
+absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries, unsigned flags) {
+  std::unique_ptr<Ring> ring(new Ring());
+  int ret = io_uring_queue_init(entries, &ring->ring_, flags);
+  if (ret < 0) {
+    return absl::ErrnoToStatus(-ret, absl::StrCat("io_uring_queue_init(entries=", entries,
+                                                  ", flags=0x", absl::Hex(flags), ")"));
+  }
+  ring->sqe128_ = (flags & IORING_SETUP_SQE128) != 0;
+  return ring;
+}
+
+Ring::~Ring() { io_uring_queue_exit(&ring_); }
+
+io_uring_sqe* Ring::GetSqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) {
+    if (io_uring_submit(&ring_) < 0) return nullptr;
+    sqe = io_uring_get_sqe(&ring_);
+    if (sqe == nullptr) return nullptr;
+  }
+  // Clear through a byte pointer: gcc 12 warns falsely (array-bounds) when
+  // memset is given the io_uring_sqe type with 128 bytes.
+  unsigned char* bytes = reinterpret_cast<unsigned char*>(sqe);
+  std::memset(bytes, 0, sqe128_ ? 2 * sizeof(io_uring_sqe) : sizeof(io_uring_sqe));
+  return sqe;
+}
+
+absl::StatusOr<int> Ring::Submit() {
+  int ret;
+  do {
+    ret = io_uring_submit(&ring_);
+  } while (ret == -EINTR);
+  if (ret < 0) return absl::ErrnoToStatus(-ret, "io_uring_submit");
+  return ret;
+}
+
+absl::Status Ring::SubmitAndWait(absl::Duration timeout) {
+  int ret;
+  if (timeout == absl::InfiniteDuration()) {
+    ret = io_uring_submit_and_wait(&ring_, 1);
+  } else {
+    __kernel_timespec ts = absl::ToTimespec(timeout).tv_sec >= 0
+                               ? __kernel_timespec{absl::ToTimespec(timeout).tv_sec,
+                                                   absl::ToTimespec(timeout).tv_nsec}
+                               : __kernel_timespec{0, 0};
+    io_uring_cqe* cqe = nullptr;
+    ret = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+  }
+  if (ret < 0 && ret != -EINTR && ret != -ETIME && ret != -EAGAIN && ret != -EBUSY) {
+    return absl::ErrnoToStatus(-ret, "io_uring_submit_and_wait");
+  }
+  return absl::OkStatus();
+}
+
+int Ring::DrainCompletions(absl::FunctionRef<void(const io_uring_cqe&)> fn) {
+  int n = 0;
+  io_uring_cqe* cqe;
+  while (io_uring_peek_cqe(&ring_, &cqe) == 0) {
+    io_uring_cqe copy = *cqe;
+    io_uring_cqe_seen(&ring_, cqe);
+    fn(copy);
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace ublk

@@ -1,0 +1,49 @@
+// Ring: the owner of one io_uring (liburing 2.3). Used by exactly one thread
+// (a worker, or one control command at a time); not thread-safe. Everything
+// that ublk does through io_uring (URING_CMD control and I/O commands, the
+// targets' file I/O, eventfd wakeups) is prepared on a Ring.
+#pragma once
+
+#include <liburing.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace ublk {
+
+class Ring {
+ public:
+  // `entries` SQ entries (rounded up to a power of two by the kernel); `flags`
+  // are IORING_SETUP_* flags, e.g. IORING_SETUP_SQE128 for the control ring.
+  static absl::StatusOr<std::unique_ptr<Ring>> Create(unsigned entries, unsigned flags = 0);
+  ~Ring();
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+
+  // A zeroed SQE (all 128 bytes on an SQE128 ring). When the SQ is full it
+  // first submits what is queued; nullptr only if that submission fails.
+  io_uring_sqe* GetSqe();
+  // Submits queued SQEs; returns how many the kernel took.
+  absl::StatusOr<int> Submit();
+  // Submits and waits until at least one CQE is ready, or `timeout` passes
+  // (absl::InfiniteDuration() waits forever). EINTR and ETIME are not errors.
+  absl::Status SubmitAndWait(absl::Duration timeout);
+  // Calls `fn` for every ready CQE (without waiting) and marks them seen.
+  // Returns how many were handled.
+  int DrainCompletions(absl::FunctionRef<void(const io_uring_cqe&)> fn);
+
+  bool sqe128() const { return sqe128_; }
+  io_uring* raw() { return &ring_; }
+
+ private:
+  Ring() = default;
+  io_uring ring_{};
+  bool sqe128_ = false;
+};
+
+}  // namespace ublk

@@ -1,0 +1,43 @@
+// Target: what an export serves (a backing file, or nothing for benchmarks).
+// The worker hands each block request to its target; the target puts the
+// file I/O on the worker's Ring, so target and ublk commands share one ring
+// and one thread. A target object may serve several queues (several
+// workers): StartIo/FinishIo must be safe to call from different worker
+// threads at once.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "ublk/ring.h"
+
+namespace ublk {
+
+struct TargetIo {
+  uint8_t op = 0;        // UBLK_IO_OP_*
+  uint32_t flags = 0;    // UBLK_IO_F_* (op_flags >> 8 << 8)
+  uint64_t offset = 0;   // bytes
+  uint32_t len = 0;      // bytes
+  void* buf = nullptr;   // READ: filled by the target; WRITE: the data
+};
+
+class Target {
+ public:
+  virtual ~Target() = default;
+
+  virtual uint64_t size_bytes() const = 0;
+  // Whether the device should announce discard and write-zeroes.
+  virtual bool supports_discard() const = 0;
+  virtual const char* name() const = 0;
+
+  // Starts `io`. Either puts exactly one SQE on `ring` with `user_data` and
+  // returns nullopt (the CQE's res then goes to FinishIo), or completes at
+  // once and returns the ublk result (bytes for READ/WRITE, 0, or -errno).
+  virtual std::optional<int32_t> StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) = 0;
+  // The ublk result for the CQE of an op started by StartIo, or nullopt: the
+  // target changed how it does I/O (e.g. O_DIRECT refused) and the caller
+  // must StartIo again.
+  virtual std::optional<int32_t> FinishIo(const TargetIo& io, int32_t cqe_res) = 0;
+};
+
+}  // namespace ublk
