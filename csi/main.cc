@@ -1,1 +1,146 @@
-int main() { return 0; }
+// ublk-csi: the CSI plugin binary. Wires the real implementations together
+// (nothing else constructs globals), serves until SIGTERM/SIGINT.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "csi/endpoint.h"
+#include "csi/health.h"
+#include "csi/http_server.h"
+#include "csi/identity_service.h"
+#include "csi/plugin_server.h"
+#include "csi/version.h"
+#include "gflags/gflags.h"
+#include "glog/logging.h"
+#include "prometheus/gauge.h"
+#include "prometheus/registry.h"
+
+DEFINE_string(endpoint, "unix:///csi/csi.sock",
+              "CSI endpoint: unix:///absolute/path or tcp://host:port");
+DEFINE_string(node_id, "", "this node's name (Kubernetes node name); required");
+DEFINE_string(data_dir, "/var/lib/ublk-csi",
+              "directory holding volume backing files and records");
+DEFINE_string(metrics_address, "0.0.0.0:9810",
+              "host:port for /metrics, /healthz and /readyz; empty disables");
+DEFINE_string(log_level, "info", "error | warning | info | debug | trace");
+
+namespace ublk_csi {
+namespace {
+
+absl::Status ApplyLogLevel(const std::string& level) {
+  FLAGS_logtostderr = true;
+  if (level == "error") {
+    FLAGS_minloglevel = google::GLOG_ERROR;
+  } else if (level == "warning") {
+    FLAGS_minloglevel = google::GLOG_WARNING;
+  } else if (level == "info" || level == "debug" || level == "trace") {
+    FLAGS_minloglevel = google::GLOG_INFO;
+    FLAGS_v = level == "debug" ? 1 : level == "trace" ? 2 : 0;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--log-level=", level, ": expected one of error, warning, info, debug, trace"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckDataDir(const std::string& dir) {
+  struct stat st;
+  if (dir.empty() || dir[0] != '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--data-dir=", dir, ": must be an absolute path"));
+  }
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--data-dir=", dir, ": not an existing directory"));
+  }
+  if (::access(dir.c_str(), W_OK) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("--data-dir=", dir, ": not writable"));
+  }
+  return absl::OkStatus();
+}
+
+// Whether the ublk kernel driver is there. The engine's feature detection
+// replaces this once it is wired in; until then the control node is the test.
+absl::Status CheckUblkDriver() {
+  if (::access("/dev/ublk-control", R_OK | W_OK) != 0) {
+    return absl::FailedPreconditionError(
+        "/dev/ublk-control missing: load the ublk_drv kernel module (modprobe ublk_drv)");
+  }
+  return absl::OkStatus();
+}
+
+int Fail(const absl::Status& s) {
+  LOG(ERROR) << s;
+  std::fprintf(stderr, "ublk-csi: %s\n", std::string(s.message()).c_str());
+  return 2;
+}
+
+int Run() {
+  if (absl::Status s = ApplyLogLevel(FLAGS_log_level); !s.ok()) return Fail(s);
+  if (FLAGS_node_id.empty()) return Fail(absl::InvalidArgumentError("--node-id is required"));
+  absl::StatusOr<Endpoint> endpoint = ParseEndpoint(FLAGS_endpoint);
+  if (!endpoint.ok()) return Fail(endpoint.status());
+  if (absl::Status s = CheckDataDir(FLAGS_data_dir); !s.ok()) return Fail(s);
+
+  // SIGTERM/SIGINT are taken synchronously by this thread with sigwait; block
+  // them before any other thread starts so every thread inherits the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  prometheus::BuildGauge()
+      .Name("ublk_csi_build_info")
+      .Help("Build information of the running plugin; value is always 1")
+      .Register(*registry)
+      .Add({{"version", kVersion}})
+      .Set(1);
+
+  Health health;
+  health.SetBackend(CheckUblkDriver());
+  if (!health.Backend().ok()) LOG(WARNING) << "backend unusable: " << health.Backend();
+  health.SetRecoveryDone();
+
+  IdentityService identity(PluginCapabilities{}, &health);
+  PluginServer server(*endpoint, {&identity});
+  if (absl::Status s = server.Start(); !s.ok()) return Fail(s);
+
+  std::unique_ptr<HttpServer> http;
+  if (!FLAGS_metrics_address.empty()) {
+    auto started = HttpServer::Start(FLAGS_metrics_address, registry, &health,
+                                     [] { return absl::OkStatus(); });
+    if (!started.ok()) return Fail(started.status());
+    http = std::move(*started);
+  }
+  LOG(INFO) << "ublk-csi " << kVersion << " serving node " << FLAGS_node_id;
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  LOG(INFO) << "received " << strsignal(sig) << ", shutting down";
+  server.Shutdown();
+  http.reset();
+  LOG(INFO) << "shutdown complete";
+  return 0;
+}
+
+}  // namespace
+}  // namespace ublk_csi
+
+int main(int argc, char** argv) {
+  gflags::SetVersionString(ublk_csi::kVersion);
+  gflags::SetUsageMessage("ublk-csi --node-id=NODE [--endpoint=unix:///csi/csi.sock] ...");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  google::InitGoogleLogging(argv[0]);
+  if (argc > 1) {
+    std::fprintf(stderr, "ublk-csi: unexpected argument '%s'\n", argv[1]);
+    return 2;
+  }
+  return ublk_csi::Run();
+}

@@ -1,0 +1,48 @@
+# A thin wrapper over CMake. The README's two commands: `make demo`, `make test`.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
+SCENARIO   ?=
+KERNEL     ?= 6.12
+
+.PHONY: all deps build build-asan build-tsan test unit-test asan-test tsan-test demo e2e clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@ninja -C $(BUILD)
+
+build-asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSANITIZE=address,undefined >/dev/null
+	@ninja -C $(ASAN_BUILD)
+
+build-tsan: deps
+	@cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSANITIZE=thread >/dev/null
+	@ninja -C $(TSAN_BUILD)
+
+unit-test: build
+	@cd $(BUILD) && ctest --output-on-failure -j2
+
+asan-test: build-asan
+	@cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j2
+
+tsan-test: build-tsan
+	@cd $(TSAN_BUILD) && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j2
+
+# Every unit test, plain and under ASan+UBSan.
+test: unit-test asan-test
+
+# Real ublk devices: natively where the host kernel has ublk_drv, else in a
+# qemu guest booting Debian's 6.12 kernel (tests/e2e).
+demo: build
+	@scripts/demo.sh $(BUILD)
+
+e2e: build
+	@tests/e2e/run.sh --build-dir $(BUILD) --kernel $(KERNEL) $(SCENARIO)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)

@@ -1,0 +1,35 @@
+// Liveness and readiness of the plugin, shared by the CSI Probe RPC and the
+// HTTP /healthz and /readyz endpoints. Thread-safe.
+#pragma once
+
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+
+namespace ublk_csi {
+
+class Health {
+ public:
+  // Whether the storage backend (ublk kernel driver, data dir) is usable, and
+  // if not, why. Starts as "not yet checked".
+  void SetBackend(absl::Status status);
+  // Volume recovery after start: ready is withheld until it is done.
+  void SetRecoveryPending(std::string why);
+  void SetRecoveryDone();
+
+  // OK when the backend is usable and recovery is done; otherwise the reason.
+  absl::Status Ready() const;
+  // Backend status alone (Probe fails on an unusable backend even while
+  // recovery would otherwise keep it merely "not ready").
+  absl::Status Backend() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::Status backend_ ABSL_GUARDED_BY(mu_) =
+      absl::UnavailableError("backend not checked yet");
+  std::string recovery_pending_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ublk_csi

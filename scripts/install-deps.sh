@@ -1,0 +1,19 @@
+#!/bin/bash
+# Installs the Debian bookworm packages the build and the unit tests need,
+# only those missing (so a re-run is quick and offline). Needs root.
+set -euo pipefail
+PKGS=(build-essential cmake ninja-build pkg-config
+      libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+      liburing-dev libabsl-dev prometheus-cpp-dev libcivetweb-dev
+      libgtest-dev libgmock-dev libbenchmark-dev libgoogle-glog-dev libgflags-dev
+      e2fsprogs xfsprogs util-linux)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "install-deps: installing ${missing[*]}"
+SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,164 @@
+// The ublk-csi and ublk-csi-ctl binaries as an operator runs them: bad flags,
+// a second instance on the same socket, stale sockets, SIGTERM, HTTP health.
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/testing/subprocess.h"
+
+namespace {
+
+using ::testing::HasSubstr;
+using ublk_test::BuildDir;
+
+
+std::string Plugin() { return BuildDir() + "/csi/ublk-csi"; }
+std::string Ctl() { return BuildDir() + "/csi/ublk-csi-ctl"; }
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+class PluginBinaryTest : public ::testing::Test {
+ protected:
+  std::vector<std::string> Args(const std::string& sock, int port = 0) {
+    return {Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
+            absl::StrCat("--metrics-address=127.0.0.1:", port)};
+  }
+  ublk_test::TempDir dir_;
+};
+
+TEST_F(PluginBinaryTest, VersionFlag) {
+  auto r = ublk_test::Run({Plugin(), "--version"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("0."));
+}
+
+TEST_F(PluginBinaryTest, BadFlagsFailWithClearMessages) {
+  std::string sock = dir_.path() + "/csi.sock";
+  struct Case {
+    std::vector<std::string> argv;
+    std::string want;
+  };
+  std::vector<Case> cases = {
+      {{Plugin(), "--endpoint=unix://" + sock, "--data-dir=" + dir_.path()}, "--node-id is required"},
+      {{Plugin(), "--node-id=n1", "--endpoint=unix://relative", "--data-dir=" + dir_.path()},
+       "must be absolute"},
+      {{Plugin(), "--node-id=n1", "--endpoint=tcp://nohost", "--data-dir=" + dir_.path()},
+       "expected unix:///path or tcp://host:port"},
+      {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=/nonexistent/dir"},
+       "not an existing directory"},
+      {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=relative"},
+       "must be an absolute path"},
+      {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
+        "--log-level=loud"},
+       "--log-level=loud"},
+      {{Plugin(), "--no-such-flag"}, "unknown command line flag"},
+      {{Plugin(), "--node-id=n1", "stray-argument"}, "unexpected argument"},
+  };
+  for (const auto& c : cases) {
+    auto r = ublk_test::Run(c.argv);
+    EXPECT_NE(r.exit_code, 0) << c.want;
+    EXPECT_THAT(r.output, HasSubstr(c.want));
+  }
+  EXPECT_NE(access(sock.c_str(), F_OK), 0) << "a refused start must not leave a socket";
+}
+
+TEST_F(PluginBinaryTest, ServesIdentityRefusesSecondInstanceAndCleansUpOnSigterm) {
+  std::string sock = dir_.path() + "/csi.sock";
+  int port = FreePort();
+  ublk_test::Child plugin(Args(sock, port), dir_.path() + "/plugin.log");
+  ASSERT_TRUE(ublk_test::WaitForPath(sock)) << plugin.Log();
+
+  auto info = ublk_test::Run({Ctl(), "--endpoint=unix://" + sock, "identity", "info"});
+  EXPECT_EQ(info.exit_code, 0) << info.output;
+  EXPECT_THAT(info.output, HasSubstr("ublk.csi.io"));
+
+  auto second = ublk_test::Run(Args(sock, FreePort()));
+  EXPECT_EQ(second.exit_code, 2);
+  EXPECT_THAT(second.output, HasSubstr("held by a live process"));
+  EXPECT_TRUE(plugin.Alive()) << "the first instance must keep serving";
+
+  // Health over HTTP: the process answers; readiness names what is missing on
+  // a host without ublk, and is OK where the driver is present.
+  EXPECT_EQ(ublk_test::HttpGet(port, "/healthz"), "200 ok\n");
+  std::string ready = ublk_test::HttpGet(port, "/readyz");
+  if (access("/dev/ublk-control", F_OK) != 0) {
+    EXPECT_THAT(ready, HasSubstr("503"));
+    EXPECT_THAT(ready, HasSubstr("ublk_drv"));
+  } else {
+    EXPECT_EQ(ready, "200 ok\n");
+  }
+  EXPECT_THAT(ublk_test::HttpGet(port, "/metrics"), HasSubstr("ublk_csi_build_info{"));
+
+  EXPECT_EQ(plugin.Stop(SIGTERM), 0) << plugin.Log();
+  EXPECT_NE(access(sock.c_str(), F_OK), 0) << "socket must be removed on SIGTERM";
+  EXPECT_THAT(plugin.Log(), HasSubstr("shutdown complete"));
+}
+
+TEST_F(PluginBinaryTest, RemovesStaleSocketLeftByKilledInstance) {
+  std::string sock = dir_.path() + "/csi.sock";
+  {
+    ublk_test::Child first(Args(sock, FreePort()), dir_.path() + "/first.log");
+    ASSERT_TRUE(ublk_test::WaitForPath(sock));
+    EXPECT_EQ(first.Stop(SIGKILL), -SIGKILL);
+  }
+  ASSERT_EQ(access(sock.c_str(), F_OK), 0) << "kill -9 leaves the socket behind";
+  ublk_test::Child second(Args(sock, FreePort()), dir_.path() + "/second.log");
+  for (int i = 0; i < 500; ++i) {
+    if (ublk_test::Run({Ctl(), "--endpoint=unix://" + sock, "identity", "info"}).exit_code == 0) break;
+    usleep(10000);
+  }
+  auto info = ublk_test::Run({Ctl(), "--endpoint=unix://" + sock, "identity", "info"});
+  EXPECT_EQ(info.exit_code, 0) << second.Log();
+  EXPECT_THAT(second.Log(), HasSubstr("removed stale socket"));
+  EXPECT_EQ(second.Stop(SIGINT), 0);
+}
+
+TEST_F(PluginBinaryTest, MetricsAddressInUseIsAClearError) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  auto r = ublk_test::Run(Args(dir_.path() + "/csi.sock", ntohs(a.sin_port)));
+  close(fd);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("metrics address"));
+  EXPECT_NE(access((dir_.path() + "/csi.sock").c_str(), F_OK), 0);
+}
+
+TEST(CtlBinaryTest, UnreachableEndpointIsUnavailable) {
+  ublk_test::TempDir dir;
+  auto r = ublk_test::Run({Ctl(), "--endpoint=unix://" + dir.path() + "/nobody.sock", "--timeout=2",
+                "identity", "probe"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("UNAVAILABLE"));
+}
+
+TEST(CtlBinaryTest, UnknownCommandPrintsUsage) {
+  auto r = ublk_test::Run({Ctl(), "identity", "dance"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.output, HasSubstr("usage:"));
+  EXPECT_THAT(r.output, HasSubstr("identity probe"));
+}
+
+}  // namespace
