@@ -1,0 +1,21 @@
+// The one place that converts between absl::Status (used everywhere inside
+// the plugin) and grpc::Status (what goes on the wire to CSI callers).
+// Every canonical code maps to the gRPC code of the same meaning, and the
+// message is carried over unchanged. Stateless and thread-safe.
+#pragma once
+
+#include "absl/status/status.h"
+#include "grpcpp/support/status.h"
+
+namespace ublk_csi {
+
+// Service handlers end with `return ToGrpcStatus(status);`. A code outside
+// the canonical set becomes UNKNOWN; absl payloads are not sent (the CSI spec
+// requires status details to be empty).
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// For clients (ublk-csi-ctl, tests): a gRPC result as an absl::Status. A code
+// outside the canonical set becomes UNKNOWN; error_details are dropped.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+}  // namespace ublk_csi
