@@ -8,6 +8,7 @@
 
 #include "csi.grpc.pb.h"
 #include "csi.pb.h"
+#include "records.pb.h"
 #include "google/protobuf/descriptor.h"
 #include "gtest/gtest.h"
 
@@ -388,6 +389,39 @@ TEST(CsiProtoTest, ProbeResponseWireBytes) {
   not_ready.mutable_ready()->set_value(false);
   EXPECT_EQ(not_ready.SerializeAsString(), std::string("\x0a\x00", 2));
   EXPECT_EQ(csi::v1::ProbeResponse().SerializeAsString(), "");
+}
+
+// records.proto is ours, not upstream's; these pin what a reboot relies on.
+TEST(RecordsProtoTest, DevIdDistinguishesUnsetFromZero) {
+  ublk_csi::records::VolumeRecord rec;
+  EXPECT_FALSE(rec.has_dev_id());
+  rec.set_dev_id(0);
+  ublk_csi::records::VolumeRecord parsed;
+  ASSERT_TRUE(parsed.ParseFromString(rec.SerializeAsString()));
+  EXPECT_TRUE(parsed.has_dev_id());
+  EXPECT_EQ(parsed.dev_id(), 0);
+}
+
+TEST(RecordsProtoTest, VolumeRecordRoundTrip) {
+  ublk_csi::records::VolumeRecord rec;
+  rec.set_schema_version(1);
+  rec.set_volume_id("vol-1");
+  rec.set_state(ublk_csi::records::VolumeRecord::READY);
+  rec.set_access_type(ublk_csi::records::VolumeRecord::BLOCK);
+  rec.set_capacity_bytes(int64_t{1} << 40);
+  (*rec.mutable_parameters())["tier"] = "fast";
+  rec.set_source_snapshot_id("snap-1");
+  rec.set_backing_file("volumes/vol-1.img");
+  rec.set_dev_id(-1);
+  rec.add_published_paths("/var/lib/kubelet/pods/a/vol");
+  ublk_csi::records::VolumeRecord parsed;
+  ASSERT_TRUE(parsed.ParseFromString(rec.SerializeAsString()));
+  EXPECT_EQ(parsed.SerializeAsString(), rec.SerializeAsString());
+  EXPECT_EQ(parsed.content_source_case(),
+            ublk_csi::records::VolumeRecord::kSourceSnapshotId);
+  EXPECT_EQ(parsed.capacity_bytes(), int64_t{1} << 40);
+  EXPECT_EQ(parsed.dev_id(), -1);
+  EXPECT_EQ(parsed.parameters().at("tier"), "fast");
 }
 
 }  // namespace
