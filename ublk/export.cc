@@ -1,0 +1,307 @@
+#include "ublk/export.h"
+
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+#include "ublk/status_macros.h"
+
+namespace ublk {
+
+const char* Export::StateName(State state) {
+  switch (state) {
+    case State::kCreated:
+      return "created";
+    case State::kRunning:
+      return "running";
+    case State::kStopped:
+      return "stopped";
+    case State::kDeleted:
+      return "deleted";
+    case State::kRecovering:
+      return "recovering";
+    case State::kFailed:
+      return "failed";
+    case State::kDetached:
+      return "detached";
+  }
+  return "?";
+}
+
+absl::Status ValidateExportOptions(const ExportOptions& o) {
+  auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (o.logical_bs_shift < 9 || o.logical_bs_shift > 12) {
+    return bad("logical_bs_shift ", o.logical_bs_shift, " out of range 9..12 (512..4096 bytes)");
+  }
+  if (o.physical_bs_shift < o.logical_bs_shift || o.physical_bs_shift > 16) {
+    return bad("physical_bs_shift ", o.physical_bs_shift, " out of range ", o.logical_bs_shift,
+               "..16");
+  }
+  const uint64_t lbs = uint64_t{1} << o.logical_bs_shift;
+  if (o.size_bytes == 0 || o.size_bytes % lbs != 0) {
+    return bad("size_bytes ", o.size_bytes, " must be a positive multiple of the logical block size ",
+               lbs);
+  }
+  if (o.max_io_bytes < 4096 || o.max_io_bytes % 4096 != 0 || o.max_io_bytes > (32u << 20)) {
+    return bad("max_io_bytes ", o.max_io_bytes, " must be a multiple of 4096 in 4096..32 MiB");
+  }
+  if (o.nr_queues == 0 || o.nr_queues > kMaxQueues) {
+    return bad("nr_queues ", o.nr_queues, " out of range 1..", kMaxQueues);
+  }
+  if (o.queue_depth == 0 || o.queue_depth > kMaxQueueDepth) {
+    return bad("queue_depth ", o.queue_depth, " out of range 1..", kMaxQueueDepth);
+  }
+  if (o.user_recovery_reissue && !o.user_recovery) {
+    return bad("user_recovery_reissue needs user_recovery");
+  }
+  return absl::OkStatus();
+}
+
+ublk_params ParamsFor(const ExportOptions& o, bool target_discard) {
+  ublk_params p{};
+  p.len = sizeof(p);
+  p.types = UBLK_PARAM_TYPE_BASIC;
+  p.basic.attrs = (o.write_cache ? UBLK_ATTR_VOLATILE_CACHE : 0u) | (o.fua ? UBLK_ATTR_FUA : 0u);
+  p.basic.logical_bs_shift = o.logical_bs_shift;
+  p.basic.physical_bs_shift = o.physical_bs_shift;
+  p.basic.io_min_shift = o.physical_bs_shift;
+  p.basic.io_opt_shift = o.physical_bs_shift;
+  p.basic.max_sectors = o.max_io_bytes >> 9;
+  p.basic.dev_sectors = o.size_bytes >> 9;
+  if (o.discard && target_discard) {
+    p.types |= UBLK_PARAM_TYPE_DISCARD;
+    p.discard.discard_granularity = 1u << o.physical_bs_shift;
+    p.discard.max_discard_sectors = UINT32_MAX >> 9;
+    p.discard.max_write_zeroes_sectors = UINT32_MAX >> 9;
+    p.discard.max_discard_segments = 1;
+  }
+  return p;
+}
+
+Export::Export(ControlDevice& control, std::vector<Worker*> workers,
+               std::shared_ptr<Target> target, const DeviceInfo& info, CopyMode mode,
+               uint64_t size, ExportOptions options)
+    : control_(control),
+      workers_(std::move(workers)),
+      target_(std::move(target)),
+      info_(info),
+      copy_mode_(mode),
+      options_(std::move(options)),
+      size_bytes_(size) {}
+
+absl::StatusOr<std::unique_ptr<Export>> Export::Create(ControlDevice& control,
+                                                       std::vector<Worker*> workers,
+                                                       std::shared_ptr<Target> target,
+                                                       const ExportOptions& in) {
+  if (workers.empty() || target == nullptr) {
+    return absl::InvalidArgumentError("export: needs at least one worker and a target");
+  }
+  ExportOptions o = in;
+  if (o.size_bytes == 0) o.size_bytes = target->size_bytes();
+  RETURN_IF_ERROR(ValidateExportOptions(o));
+  if (o.size_bytes > target->size_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("export size ", o.size_bytes,
+                                                   " exceeds the ", target->name(),
+                                                   " target's size ", target->size_bytes()));
+  }
+  DeviceInfo want;
+  want.dev_id = o.dev_id;
+  want.nr_hw_queues = o.nr_queues;
+  want.queue_depth = o.queue_depth;
+  want.max_io_buf_bytes = o.max_io_bytes;
+  want.ublksrv_pid = getpid();
+  want.flags = (o.copy_mode == CopyMode::kUserCopy ? UBLK_F_USER_COPY : UBLK_F_NEED_GET_DATA) |
+               (o.user_recovery ? UBLK_F_USER_RECOVERY : 0) |
+               (o.user_recovery_reissue ? UBLK_F_USER_RECOVERY_REISSUE : 0);
+  ASSIGN_OR_RETURN(DeviceInfo info, control.AddDevice(want));
+  // The kernel may lower the queue count (to the CPU count) and the I/O size.
+  o.nr_queues = info.nr_hw_queues;
+  o.queue_depth = info.queue_depth;
+  if (info.max_io_buf_bytes != 0 && info.max_io_buf_bytes < o.max_io_bytes) {
+    o.max_io_bytes = info.max_io_buf_bytes;
+  }
+  absl::Status s = control.SetParams(info.dev_id, ParamsFor(o, target->supports_discard()));
+  if (!s.ok()) {
+    absl::Status del = control.DeleteDevice(info.dev_id);
+    if (!del.ok()) LOG(WARNING) << "cleanup after failed SET_PARAMS: " << del;
+    return s;
+  }
+  LOG(INFO) << "ublk device " << info.dev_id << ": created, " << o.size_bytes << " bytes, "
+            << info.nr_hw_queues << " queue(s) x " << info.queue_depth << ", "
+            << CopyModeName(o.copy_mode) << ", target " << target->name();
+  return std::unique_ptr<Export>(new Export(control, std::move(workers), std::move(target), info,
+                                            o.copy_mode, o.size_bytes, o));
+}
+
+absl::StatusOr<std::unique_ptr<Export>> Export::Recover(ControlDevice& control,
+                                                        std::vector<Worker*> workers,
+                                                        std::shared_ptr<Target> target,
+                                                        uint32_t dev_id) {
+  if (workers.empty() || target == nullptr) {
+    return absl::InvalidArgumentError("export: needs at least one worker and a target");
+  }
+  ASSIGN_OR_RETURN(DeviceInfo info, control.GetDeviceInfo(dev_id));
+  if ((info.flags & UBLK_F_USER_RECOVERY) == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ublk device ", dev_id, " was created without UBLK_F_USER_RECOVERY"));
+  }
+  if (info.state != UBLK_S_DEV_QUIESCED) {
+    return absl::FailedPreconditionError(absl::StrCat("ublk device ", dev_id, " is ",
+                                                      DeviceStateName(info.state),
+                                                      ", not QUIESCED: nothing to recover"));
+  }
+  ASSIGN_OR_RETURN(ublk_params params, control.GetParams(dev_id));
+  const uint64_t size = params.basic.dev_sectors << 9;
+  if (size > target->size_bytes()) {
+    return absl::FailedPreconditionError(absl::StrCat("ublk device ", dev_id, " has ", size,
+                                                      " bytes but its ", target->name(),
+                                                      " target only ", target->size_bytes()));
+  }
+  RETURN_IF_ERROR(control.StartUserRecovery(dev_id));
+  ExportOptions o;
+  o.dev_id = dev_id;
+  o.size_bytes = size;
+  o.nr_queues = info.nr_hw_queues;
+  o.queue_depth = info.queue_depth;
+  o.user_recovery = true;
+  o.user_recovery_reissue = (info.flags & UBLK_F_USER_RECOVERY_REISSUE) != 0;
+  o.copy_mode = (info.flags & UBLK_F_USER_COPY) != 0 ? CopyMode::kUserCopy : CopyMode::kGetData;
+  std::unique_ptr<Export> e(new Export(control, std::move(workers), std::move(target), info,
+                                       o.copy_mode, size, o));
+  absl::MutexLock lock(&e->mu_);
+  e->state_ = State::kRecovering;
+  absl::Status s = e->ServeQueues();
+  if (s.ok()) s = control.EndUserRecovery(dev_id, getpid());
+  if (!s.ok()) {
+    e->RemoveQueues(absl::ZeroDuration());
+    e->state_ = State::kFailed;
+    return s;
+  }
+  e->state_ = State::kRunning;
+  LOG(INFO) << "ublk device " << dev_id << ": recovered, " << CopyModeName(o.copy_mode);
+  return e;
+}
+
+Export::~Export() {
+  absl::MutexLock lock(&mu_);
+  if (!queues_.empty()) {
+    LOG(INFO) << "ublk device " << info_.dev_id << ": export destroyed while " << StateName(state_)
+              << ", detaching its queues";
+    RemoveQueues(absl::ZeroDuration());
+  }
+}
+
+Export::State Export::state() const {
+  absl::MutexLock lock(&mu_);
+  return state_;
+}
+
+uint64_t Export::size_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return size_bytes_;
+}
+
+absl::Status Export::WrongState(absl::string_view op) const {
+  return absl::FailedPreconditionError(absl::StrCat("ublk device ", info_.dev_id, ": cannot ", op,
+                                                    " an export that is ", StateName(state_)));
+}
+
+absl::Status Export::ServeQueues() {
+  for (uint16_t q = 0; q < info_.nr_hw_queues; ++q) {
+    ASSIGN_OR_RETURN(auto channel, control_.OpenQueue(info_.dev_id, q, info_.queue_depth));
+    Worker* w = workers_[q % workers_.size()];
+    ASSIGN_OR_RETURN(Worker::QueueId id,
+                     w->AddQueue(QueueConfig{std::move(channel), target_, copy_mode_}));
+    queues_.emplace_back(w, id);
+  }
+  return absl::OkStatus();
+}
+
+bool Export::RemoveQueues(absl::Duration timeout) {
+  bool drained = true;
+  for (auto& [worker, id] : queues_) {
+    auto r = worker->RemoveQueue(id, timeout);
+    if (!r.ok()) {
+      LOG(WARNING) << "ublk device " << info_.dev_id << ": " << r.status();
+      drained = false;
+    } else {
+      drained &= *r;
+    }
+  }
+  queues_.clear();
+  return drained;
+}
+
+absl::Status Export::Start() {
+  absl::MutexLock lock(&mu_);
+  if (state_ != State::kCreated) return WrongState("start");
+  absl::Status s = ServeQueues();
+  if (s.ok()) s = control_.StartDevice(info_.dev_id, getpid());
+  if (!s.ok()) {
+    RemoveQueues(absl::ZeroDuration());
+    state_ = State::kFailed;
+    return s;
+  }
+  state_ = State::kRunning;
+  LOG(INFO) << "ublk device " << info_.dev_id << ": started as " << block_device_path();
+  return absl::OkStatus();
+}
+
+absl::Status Export::Stop() {
+  absl::MutexLock lock(&mu_);
+  if (state_ != State::kRunning) return WrongState("stop");
+  absl::Status s = control_.StopDevice(info_.dev_id);
+  const bool drained = RemoveQueues(s.ok() ? options_.stop_drain_timeout : absl::ZeroDuration());
+  if (!s.ok()) {
+    state_ = State::kFailed;
+    return s;
+  }
+  if (!drained) {
+    LOG(WARNING) << "ublk device " << info_.dev_id << ": queues did not drain within "
+                 << options_.stop_drain_timeout << " after STOP_DEV";
+  }
+  state_ = State::kStopped;
+  return absl::OkStatus();
+}
+
+absl::Status Export::Detach() {
+  absl::MutexLock lock(&mu_);
+  if (state_ != State::kRunning) return WrongState("detach");
+  RemoveQueues(absl::ZeroDuration());
+  state_ = State::kDetached;
+  return absl::OkStatus();
+}
+
+absl::Status Export::Delete() {
+  absl::MutexLock lock(&mu_);
+  if (state_ == State::kRunning || state_ == State::kRecovering || state_ == State::kDeleted) {
+    return WrongState("delete");
+  }
+  RemoveQueues(absl::ZeroDuration());
+  RETURN_IF_ERROR(control_.DeleteDevice(info_.dev_id));
+  state_ = State::kDeleted;
+  LOG(INFO) << "ublk device " << info_.dev_id << ": deleted";
+  return absl::OkStatus();
+}
+
+absl::Status Export::Resize(uint64_t new_size) {
+  absl::MutexLock lock(&mu_);
+  if (state_ != State::kRunning && state_ != State::kCreated) return WrongState("resize");
+  ExportOptions o = options_;
+  o.size_bytes = new_size;
+  RETURN_IF_ERROR(ValidateExportOptions(o));
+  if (new_size > target_->size_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("ublk device ", info_.dev_id, ": new size ",
+                                                   new_size, " exceeds the target's ",
+                                                   target_->size_bytes()));
+  }
+  if (state_ == State::kCreated) {
+    RETURN_IF_ERROR(control_.SetParams(info_.dev_id, ParamsFor(o, target_->supports_discard())));
+  } else {
+    RETURN_IF_ERROR(control_.UpdateSize(info_.dev_id, new_size >> 9));
+  }
+  size_bytes_ = new_size;
+  return absl::OkStatus();
+}
+
+}  // namespace ublk

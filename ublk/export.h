@@ -1,0 +1,113 @@
+// Export: one ublk device serving one volume through a Target, its queues
+// spread over one or more Workers. Owns the device's lifecycle:
+//
+//   Create -> kCreated --Start--> kRunning --Stop--> kStopped --Delete--> kDeleted
+//   Recover -> kRecovering -> kRunning        kRunning --Detach--> kDetached
+//   any failed step of Start/Recover -> kFailed (Delete still works)
+//
+// A call not allowed in the current state is FailedPrecondition. Methods are
+// thread-safe but block on the kernel: call them from a control thread, never
+// from a worker thread (START_DEV waits for the queues the workers serve).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "ublk/kernel.h"
+#include "ublk/target.h"
+#include "ublk/worker.h"
+
+namespace ublk {
+
+struct ExportOptions {
+  uint32_t dev_id = kAnyDevId;  // ask for this id (persisted ids stay stable)
+  uint64_t size_bytes = 0;      // 0: the target's size
+  uint8_t logical_bs_shift = 9;   // 9..12
+  uint8_t physical_bs_shift = 12; // logical..16
+  bool discard = true;            // discard + write-zeroes, if the target can
+  bool write_cache = true;        // volatile cache: the kernel sends FLUSH
+  bool fua = true;
+  uint32_t max_io_bytes = 512 * 1024;  // multiple of 4096
+  uint16_t nr_queues = 1;
+  uint16_t queue_depth = 64;
+  bool user_recovery = false;
+  bool user_recovery_reissue = false;  // requires user_recovery
+  CopyMode copy_mode = CopyMode::kUserCopy;
+  // How long Stop() waits for the kernel to abort every fetch.
+  absl::Duration stop_drain_timeout = absl::Seconds(10);
+};
+
+// InvalidArgument naming the field.
+absl::Status ValidateExportOptions(const ExportOptions& options);
+// The ublk_params an export sets for `options` (size already resolved).
+ublk_params ParamsFor(const ExportOptions& options, bool target_discard);
+
+class Export {
+ public:
+  enum class State { kCreated, kRunning, kStopped, kDeleted, kRecovering, kFailed, kDetached };
+  static const char* StateName(State state);
+
+  // ADD_DEV + SET_PARAMS. `control`, `workers` must outlive the export.
+  static absl::StatusOr<std::unique_ptr<Export>> Create(ControlDevice& control,
+                                                        std::vector<Worker*> workers,
+                                                        std::shared_ptr<Target> target,
+                                                        const ExportOptions& options);
+  // Re-attaches to a QUIESCED device left by a dead server:
+  // START_USER_RECOVERY, GET_PARAMS, serve every queue, END_USER_RECOVERY.
+  // The copy mode, queue count and depth come from the device.
+  static absl::StatusOr<std::unique_ptr<Export>> Recover(ControlDevice& control,
+                                                         std::vector<Worker*> workers,
+                                                         std::shared_ptr<Target> target,
+                                                         uint32_t dev_id);
+  // Drops the queues without stopping the device (see Detach()).
+  ~Export();
+
+  // Opens the queues, hands them to the workers, START_DEV.
+  absl::Status Start();
+  // STOP_DEV, then waits for the workers to drain the queues.
+  absl::Status Stop();
+  // Closes the queues (DEL_DEV hangs while they are mapped), then DEL_DEV.
+  absl::Status Delete();
+  // Drops the queues without STOP_DEV: a USER_RECOVERY device stays
+  // quiesced for a later Recover() (don't STOP_DEV under mounted, dirty
+  // filesystems: it can deadlock).
+  absl::Status Detach();
+  // UPDATE_SIZE while running (Unimplemented before 6.14), SET_PARAMS
+  // before Start. The target must be at least that large.
+  absl::Status Resize(uint64_t new_size_bytes);
+
+  State state() const;
+  uint32_t dev_id() const { return info_.dev_id; }
+  const DeviceInfo& device_info() const { return info_; }
+  CopyMode copy_mode() const { return copy_mode_; }
+  uint64_t size_bytes() const;
+  std::string block_device_path() const { return BlockDevicePath(info_.dev_id); }
+
+ private:
+  Export(ControlDevice& control, std::vector<Worker*> workers, std::shared_ptr<Target> target,
+         const DeviceInfo& info, CopyMode mode, uint64_t size, ExportOptions options);
+  absl::Status ServeQueues() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Returns true if every queue drained.
+  bool RemoveQueues(absl::Duration timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WrongState(absl::string_view op) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  ControlDevice& control_;
+  const std::vector<Worker*> workers_;
+  const std::shared_ptr<Target> target_;
+  const DeviceInfo info_;
+  const CopyMode copy_mode_;
+  const ExportOptions options_;
+
+  mutable absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kCreated;
+  uint64_t size_bytes_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<Worker*, Worker::QueueId>> queues_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ublk

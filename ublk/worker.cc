@@ -1,0 +1,489 @@
+#include "ublk/worker.h"
+
+#include <sys/eventfd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <future>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+#include "ublk/status_macros.h"
+
+namespace ublk {
+namespace {
+constexpr absl::Duration kRemovalPoll = absl::Milliseconds(5);
+}  // namespace
+
+struct Worker::TagState {
+  enum class Phase : uint8_t {
+    kIdle,      // no command in the kernel, nothing in flight (transient)
+    kFetching,  // FETCH / COMMIT_AND_FETCH in the kernel
+    kGetData,   // NEED_GET_DATA in the kernel (holds the buffer)
+    kTargetIo,  // target I/O on the ring (holds the buffer)
+    kParked,    // waiting for a buffer
+    kDone,      // aborted by the kernel: no more commands for this tag
+  };
+  enum class Next : uint8_t { kStart, kNeedGetData };
+  Phase phase = Phase::kIdle;
+  Next next = Next::kStart;
+  IoBuffer buffer;
+  TargetIo io;
+};
+
+struct Worker::Queue {
+  QueueId id = 0;
+  uint16_t slot = 0;
+  uint16_t gen = 0;
+  std::unique_ptr<QueueChannel> channel;
+  std::shared_ptr<Target> target;
+  CopyMode mode = CopyMode::kUserCopy;
+  std::vector<TagState> tags;
+  unsigned done_tags = 0;
+  unsigned busy = 0;  // tags in kGetData or kTargetIo
+  bool removing = false;
+  absl::Time deadline;
+  std::shared_ptr<std::promise<bool>> removed;
+
+  void SetPhase(uint16_t tag, TagState::Phase phase) {
+    TagState& t = tags[tag];
+    auto is_busy = [](TagState::Phase p) {
+      return p == TagState::Phase::kGetData || p == TagState::Phase::kTargetIo;
+    };
+    if (is_busy(t.phase)) --busy;
+    if (is_busy(phase)) ++busy;
+    if (phase == TagState::Phase::kDone && t.phase != TagState::Phase::kDone) ++done_tags;
+    t.phase = phase;
+  }
+};
+
+absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& options) {
+  if (options.memory == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker ", options.worker_id, ": WorkerOptions.memory is required"));
+  }
+  std::unique_ptr<Worker> w(new Worker(options));
+  ASSIGN_OR_RETURN(w->ring_, Ring::Create(options.ring_entries));
+  int efd = eventfd(0, EFD_CLOEXEC);
+  if (efd < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("worker ", options.worker_id, ": eventfd"));
+  }
+  w->wakeup_fd_.reset(efd);
+  w->pool_ = std::make_unique<BufferPool>(options.buffer_pool, *options.memory, w->clock_,
+                                          options.pool_metrics, options.worker_id);
+  Worker* self = w.get();
+  w->pool_->SetSlotReleasedCallback([self] { self->slot_released_ = true; });
+  w->thread_ = std::thread([self] { self->Run(); });
+  w->thread_id_ = w->thread_.get_id();
+  return w;
+}
+
+Worker::Worker(const WorkerOptions& options)
+    : options_(options), clock_(options.clock != nullptr ? *options.clock : real_clock_) {}
+
+Worker::~Worker() { Stop(); }
+
+void Worker::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopped_) {
+      // Already stopping or stopped; just make sure the thread is gone.
+    } else {
+      stopped_ = true;
+      tasks_.push_back([this] {
+        running_ = false;
+        for (auto& q : slots_) {
+          if (q != nullptr && !q->removing) {
+            q->removing = true;
+            q->deadline = absl::InfinitePast();
+          }
+        }
+      });
+    }
+  }
+  uint64_t one = 1;
+  if (wakeup_fd_.valid()) (void)!write(wakeup_fd_.get(), &one, sizeof(one));
+  if (thread_.joinable() && std::this_thread::get_id() != thread_id_) thread_.join();
+}
+
+absl::Status Worker::RunOnWorker(std::function<void()> task) {
+  if (std::this_thread::get_id() == thread_id_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("worker ", id(), ": called from its own thread"));
+  }
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> f = done->get_future();
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopped_) {
+      return absl::FailedPreconditionError(absl::StrCat("worker ", id(), " is stopped"));
+    }
+    tasks_.push_back([task = std::move(task), done] {
+      task();
+      done->set_value();
+    });
+  }
+  uint64_t one = 1;
+  if (write(wakeup_fd_.get(), &one, sizeof(one)) != sizeof(one)) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("worker ", id(), ": wake up"));
+  }
+  f.wait();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Worker::QueueId> Worker::AddQueue(QueueConfig config) {
+  if (config.channel == nullptr || config.target == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("worker ", id(), ": queue without channel or target"));
+  }
+  absl::StatusOr<QueueId> result = absl::InternalError("not run");
+  auto shared = std::make_shared<QueueConfig>(std::move(config));
+  RETURN_IF_ERROR(RunOnWorker([this, shared, &result] {
+    uint16_t slot = 0;
+    while (slot < slots_.size() && slots_[slot] != nullptr) ++slot;
+    if (slot == slots_.size()) {
+      if (slots_.size() >= UINT16_MAX) {
+        result = absl::ResourceExhaustedError(absl::StrCat("worker ", id(), ": too many queues"));
+        return;
+      }
+      slots_.emplace_back();
+      slot_gen_.push_back(0);
+    }
+    auto q = std::make_unique<Queue>();
+    q->id = next_queue_id_++;
+    q->slot = slot;
+    q->gen = ++slot_gen_[slot];
+    q->channel = std::move(shared->channel);
+    q->target = std::move(shared->target);
+    q->mode = shared->copy_mode;
+    q->tags.resize(q->channel->queue_depth());
+    Queue& ref = *q;
+    slots_[slot] = std::move(q);
+    queue_count_.fetch_add(1, std::memory_order_relaxed);
+    absl::Status status;
+    for (uint16_t tag = 0; tag < ref.tags.size(); ++tag) {
+      absl::Status s = ref.channel->PrepFetch(*ring_, tag, nullptr, UserData(Kind::kCmd, ref, tag));
+      if (!s.ok()) {
+        ref.SetPhase(tag, TagState::Phase::kDone);
+        status.Update(s);
+        continue;
+      }
+      ref.SetPhase(tag, TagState::Phase::kFetching);
+    }
+    status.Update(ring_->Submit().status());
+    result = ref.id;
+    if (!status.ok()) {
+      result = status;
+      // Give the queue back right away; the caller sees why.
+      ref.removing = true;
+      ref.deadline = absl::InfinitePast();
+    }
+  }));
+  return result;
+}
+
+absl::StatusOr<bool> Worker::RemoveQueue(QueueId queue_id, absl::Duration drain_timeout) {
+  std::shared_ptr<std::promise<bool>> removed;
+  RETURN_IF_ERROR(RunOnWorker([&] {
+    for (auto& q : slots_) {
+      if (q != nullptr && q->id == queue_id && q->removed == nullptr) {
+        removed = std::make_shared<std::promise<bool>>();
+        q->removed = removed;
+        q->removing = true;
+        q->deadline = clock_.Now() + drain_timeout;
+        return;
+      }
+    }
+  }));
+  if (removed == nullptr) {
+    return absl::NotFoundError(absl::StrCat("worker ", id(), ": no queue ", queue_id));
+  }
+  return removed->get_future().get();
+}
+
+void Worker::ArmWakeup() {
+  io_uring_sqe* sqe = ring_->GetSqe();
+  if (sqe == nullptr) {
+    LOG(ERROR) << "worker " << id() << ": cannot arm wakeup read";
+    return;
+  }
+  io_uring_prep_read(sqe, wakeup_fd_.get(), &wakeup_buf_, sizeof(wakeup_buf_), 0);
+  sqe->user_data = static_cast<uint64_t>(Kind::kWakeup) << 56;
+}
+
+void Worker::RunTasks() {
+  std::vector<std::function<void()>> tasks;
+  {
+    absl::MutexLock lock(&mu_);
+    tasks.swap(tasks_);
+  }
+  for (auto& task : tasks) task();
+}
+
+uint64_t Worker::UserData(Kind kind, const Queue& q, uint16_t tag) const {
+  return (static_cast<uint64_t>(kind) << 56) | (static_cast<uint64_t>(q.gen) << 32) |
+         (static_cast<uint64_t>(q.slot) << 16) | tag;
+}
+
+Worker::Queue* Worker::FindQueue(uint16_t slot, uint16_t gen) {
+  if (slot >= slots_.size() || slots_[slot] == nullptr || slots_[slot]->gen != gen) return nullptr;
+  return slots_[slot].get();
+}
+
+void Worker::Run() {
+  ArmWakeup();
+  for (;;) {
+    bool any_queue = false;
+    bool any_removing = false;
+    for (auto& q : slots_) {
+      if (q == nullptr) continue;
+      any_queue = true;
+      any_removing |= q->removing;
+    }
+    if (!running_ && !any_queue) break;
+    absl::Duration timeout = absl::InfiniteDuration();
+    if (any_removing) timeout = kRemovalPoll;
+    if (!parked_.empty()) timeout = std::min(timeout, options_.no_memory_retry);
+    absl::Status s = ring_->SubmitAndWait(timeout);
+    release_after_submit_.clear();
+    if (!s.ok()) {
+      LOG_EVERY_N(ERROR, 100) << "worker " << id() << ": " << s;
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    ring_->DrainCompletions([this](const io_uring_cqe& cqe) { HandleCqe(cqe); });
+    RetryParked();
+    ReapQueues();
+  }
+  // Nothing of ours is in flight any more except pending eventfd/fetch reads,
+  // which the ring's teardown cancels.
+}
+
+void Worker::HandleCqe(const io_uring_cqe& cqe) {
+  const Kind kind = static_cast<Kind>(cqe.user_data >> 56);
+  if (kind == Kind::kWakeup) {
+    RunTasks();
+    ArmWakeup();
+    return;
+  }
+  const uint16_t gen = static_cast<uint16_t>(cqe.user_data >> 32);
+  const uint16_t slot = static_cast<uint16_t>(cqe.user_data >> 16);
+  const uint16_t tag = static_cast<uint16_t>(cqe.user_data);
+  Queue* q = FindQueue(slot, gen);
+  if (q == nullptr || tag >= q->tags.size()) return;  // a queue already dropped
+  if (kind == Kind::kCmd) {
+    OnCommand(*q, tag, cqe.res);
+  } else if (kind == Kind::kTarget) {
+    OnTargetDone(*q, tag, cqe.res);
+  }
+}
+
+void Worker::OnCommand(Queue& q, uint16_t tag, int32_t raw) {
+  TagState& t = q.tags[tag];
+  const int32_t res = q.channel->TranslateCompletion(tag, raw);
+  if (t.phase == TagState::Phase::kGetData) {
+    q.SetPhase(tag, TagState::Phase::kIdle);
+    if (res == UBLK_IO_RES_OK) {
+      StartTarget(q, tag);  // the WRITE's data is in t.buffer now
+      return;
+    }
+    t.buffer.Reset();
+    if (res != UBLK_IO_RES_ABORT) {
+      LOG(ERROR) << "worker " << id() << ": ublk device " << q.channel->dev_id() << " queue "
+                 << q.channel->q_id() << " tag " << tag << ": NEED_GET_DATA failed: " << res;
+    }
+    q.SetPhase(tag, TagState::Phase::kDone);
+    return;
+  }
+  if (t.phase != TagState::Phase::kFetching) {
+    LOG(ERROR) << "worker " << id() << ": unexpected command completion " << res << " for tag "
+               << tag;
+    return;
+  }
+  q.SetPhase(tag, TagState::Phase::kIdle);
+  if (res == UBLK_IO_RES_OK) {
+    BeginRequest(q, tag);
+  } else if (res == UBLK_IO_RES_NEED_GET_DATA) {
+    const ublksrv_io_desc& d = q.channel->Desc(tag);
+    t.io = TargetIo{ublksrv_get_op(&d), d.op_flags & ~0xffu, d.start_sector << 9,
+                    d.nr_sectors << 9, nullptr};
+    t.next = TagState::Next::kNeedGetData;
+    if (AcquireBuffer(q, tag, t.io.len)) Continue(q, tag);
+  } else {
+    if (res != UBLK_IO_RES_ABORT) {
+      LOG(ERROR) << "worker " << id() << ": ublk device " << q.channel->dev_id() << " queue "
+                 << q.channel->q_id() << " tag " << tag << ": fetch failed: " << res;
+    }
+    q.SetPhase(tag, TagState::Phase::kDone);
+  }
+}
+
+void Worker::BeginRequest(Queue& q, uint16_t tag) {
+  TagState& t = q.tags[tag];
+  const ublksrv_io_desc& d = q.channel->Desc(tag);
+  t.io = TargetIo{ublksrv_get_op(&d), d.op_flags & ~0xffu, d.start_sector << 9, d.nr_sectors << 9,
+                  nullptr};
+  switch (t.io.op) {
+    case UBLK_IO_OP_READ:
+    case UBLK_IO_OP_WRITE:
+      if (t.io.len == 0) {
+        Commit(q, tag, 0);
+        return;
+      }
+      if (q.mode == CopyMode::kGetData && t.io.op == UBLK_IO_OP_WRITE) {
+        // Only reached if the device was made without UBLK_F_NEED_GET_DATA.
+        LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": get-data WRITE without NEED_GET_DATA";
+        Commit(q, tag, -EIO);
+        return;
+      }
+      t.next = TagState::Next::kStart;
+      if (AcquireBuffer(q, tag, t.io.len)) Continue(q, tag);
+      return;
+    case UBLK_IO_OP_FLUSH:
+    case UBLK_IO_OP_DISCARD:
+    case UBLK_IO_OP_WRITE_ZEROES:
+      StartTarget(q, tag);
+      return;
+    default:
+      Commit(q, tag, -EOPNOTSUPP);
+      return;
+  }
+}
+
+bool Worker::AcquireBuffer(Queue& q, uint16_t tag, size_t len) {
+  AcquireResult r = pool_->AcquireIoBuffer(len);
+  switch (r.outcome) {
+    case AcquireOutcome::kPooled:
+    case AcquireOutcome::kHeap:
+      q.tags[tag].buffer = std::move(r.buffer);
+      return true;
+    case AcquireOutcome::kNoMemory:
+      next_memory_retry_ = clock_.Now() + options_.no_memory_retry;
+      [[fallthrough]];
+    case AcquireOutcome::kPoolExhausted:
+      q.SetPhase(tag, TagState::Phase::kParked);
+      parked_.push_back(Parked{q.slot, q.gen, tag});
+      return false;
+  }
+  return false;
+}
+
+void Worker::Continue(Queue& q, uint16_t tag) {
+  TagState& t = q.tags[tag];
+  q.SetPhase(tag, TagState::Phase::kIdle);
+  if (t.next == TagState::Next::kNeedGetData) {
+    absl::Status s = q.channel->PrepNeedGetData(*ring_, tag, t.buffer.data(),
+                                                UserData(Kind::kCmd, q, tag));
+    if (!s.ok()) {
+      LOG(ERROR) << "worker " << id() << ": " << s;
+      t.buffer.Reset();
+      q.SetPhase(tag, TagState::Phase::kDone);
+      return;
+    }
+    q.SetPhase(tag, TagState::Phase::kGetData);
+    return;
+  }
+  if (q.mode == CopyMode::kUserCopy && t.io.op == UBLK_IO_OP_WRITE) {
+    absl::Status s = q.channel->ReadRequestData(tag, t.buffer.data(), t.io.len, 0);
+    if (!s.ok()) {
+      LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": " << s;
+      Commit(q, tag, -EIO);
+      return;
+    }
+  }
+  StartTarget(q, tag);
+}
+
+void Worker::StartTarget(Queue& q, uint16_t tag) {
+  TagState& t = q.tags[tag];
+  t.io.buf = t.buffer ? t.buffer.data() : nullptr;
+  q.SetPhase(tag, TagState::Phase::kTargetIo);
+  std::optional<int32_t> r = q.target->StartIo(*ring_, t.io, UserData(Kind::kTarget, q, tag));
+  if (r.has_value()) {
+    q.SetPhase(tag, TagState::Phase::kIdle);
+    Commit(q, tag, *r);
+  }
+}
+
+void Worker::OnTargetDone(Queue& q, uint16_t tag, int32_t raw) {
+  TagState& t = q.tags[tag];
+  if (t.phase != TagState::Phase::kTargetIo) return;
+  q.SetPhase(tag, TagState::Phase::kIdle);
+  std::optional<int32_t> r = q.target->FinishIo(t.io, raw);
+  if (!r.has_value()) {
+    StartTarget(q, tag);
+    return;
+  }
+  Commit(q, tag, *r);
+}
+
+void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
+  TagState& t = q.tags[tag];
+  void* buf = nullptr;
+  if (t.io.op == UBLK_IO_OP_READ && result > 0 && t.buffer) {
+    if (q.mode == CopyMode::kUserCopy) {
+      absl::Status s = q.channel->WriteResponseData(tag, t.buffer.data(),
+                                                    static_cast<size_t>(result), 0);
+      if (!s.ok()) {
+        LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": " << s;
+        result = -EIO;
+      }
+    } else {
+      buf = t.buffer.data();
+    }
+  }
+  absl::Status s =
+      q.channel->PrepCommitAndFetch(*ring_, tag, result, buf, UserData(Kind::kCmd, q, tag));
+  if (buf != nullptr) {
+    release_after_submit_.push_back(std::move(t.buffer));
+  } else {
+    t.buffer.Reset();
+  }
+  completed_ios_.fetch_add(1, std::memory_order_relaxed);
+  if (!s.ok()) {
+    LOG(ERROR) << "worker " << id() << ": " << s;
+    q.SetPhase(tag, TagState::Phase::kDone);
+    return;
+  }
+  q.SetPhase(tag, TagState::Phase::kFetching);
+}
+
+void Worker::RetryParked() {
+  if (parked_.empty()) return;
+  if (!slot_released_ && clock_.Now() < next_memory_retry_) return;
+  slot_released_ = false;
+  std::vector<Parked> parked;
+  parked.swap(parked_);
+  size_t i = 0;
+  for (; i < parked.size(); ++i) {
+    Queue* q = FindQueue(parked[i].slot, parked[i].gen);
+    if (q == nullptr || q->tags[parked[i].tag].phase != TagState::Phase::kParked) continue;
+    if (!parked_.empty()) {  // an earlier one failed again: keep the order
+      parked_.push_back(parked[i]);
+      continue;
+    }
+    q->SetPhase(parked[i].tag, TagState::Phase::kIdle);
+    if (AcquireBuffer(*q, parked[i].tag, q->tags[parked[i].tag].io.len)) Continue(*q, parked[i].tag);
+  }
+}
+
+void Worker::ReapQueues() {
+  const absl::Time now = clock_.Now();
+  for (auto& q : slots_) {
+    if (q == nullptr || !q->removing || q->busy > 0) continue;
+    const bool drained = q->done_tags == q->tags.size();
+    if (drained || now >= q->deadline) DropQueue(*q, drained);
+  }
+}
+
+void Worker::DropQueue(Queue& q, bool drained) {
+  VLOG(1) << "worker " << id() << ": dropping queue " << q.id << " (ublk device "
+          << q.channel->dev_id() << " queue " << q.channel->q_id() << ")"
+          << (drained ? "" : " with fetches still pending");
+  auto removed = std::move(q.removed);
+  for (auto& t : q.tags) t.buffer.Reset();
+  const uint16_t slot = q.slot;
+  slots_[slot].reset();  // closes the channel
+  queue_count_.fetch_sub(1, std::memory_order_relaxed);
+  if (removed != nullptr) removed->set_value(drained);
+}
+
+}  // namespace ublk

@@ -1,0 +1,139 @@
+// Worker: one thread owning one io_uring that serves every ublk queue handed
+// to it: the queues' FETCH/COMMIT/NEED_GET_DATA commands and their targets'
+// file I/O share the ring, and completions are dispatched by user_data ->
+// (queue, tag, kind). Nothing here assumes a thread per device or per queue:
+// a WorkerPool spreads queues over N workers.
+//
+// Threads: AddQueue/RemoveQueue/Stop may be called from any thread except
+// the worker's own; they reach the worker through a mutex-protected task
+// list and an eventfd the ring reads. Everything else runs on the worker.
+// Buffers: an I/O holds a buffer (from the worker's BufferPool) only while it
+// is served; a tag at rest holds none.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "ublk/buffer_pool.h"
+#include "ublk/clock.h"
+#include "ublk/kernel.h"
+#include "ublk/memory.h"
+#include "ublk/ring.h"
+#include "ublk/target.h"
+#include "ublk/unique_fd.h"
+
+namespace ublk {
+
+struct WorkerOptions {
+  int worker_id = 0;
+  unsigned ring_entries = 512;
+  BufferPoolOptions buffer_pool;
+  // Required; must outlive the worker (main() passes a RealMemorySource).
+  MemorySource* memory = nullptr;
+  // Nullable: a RealClock is used.
+  const Clock* clock = nullptr;
+  BufferPoolMetrics* pool_metrics = nullptr;  // nullable
+  // How soon an I/O that found no memory at all tries again.
+  absl::Duration no_memory_retry = absl::Milliseconds(5);
+};
+
+struct QueueConfig {
+  std::unique_ptr<QueueChannel> channel;
+  std::shared_ptr<Target> target;
+  CopyMode copy_mode = CopyMode::kUserCopy;
+};
+
+class Worker {
+ public:
+  using QueueId = uint64_t;
+
+  static absl::StatusOr<std::unique_ptr<Worker>> Create(const WorkerOptions& options);
+  ~Worker();  // Stop()
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Takes the queue and FETCHes every tag. Returns once the fetches are
+  // submitted (the device may then be started from another thread).
+  absl::StatusOr<QueueId> AddQueue(QueueConfig config);
+  // Drops the queue and closes its channel. Waits up to `drain_timeout` for
+  // the kernel to abort every tag (it does after STOP_DEV); after that the
+  // queue is dropped with its fetches still pending in the kernel (how a
+  // device is left quiesced for recovery: pass a zero timeout). File I/O in
+  // flight always finishes first. Returns true if the queue had drained.
+  absl::StatusOr<bool> RemoveQueue(QueueId id, absl::Duration drain_timeout);
+  // Drops every queue (as RemoveQueue with zero timeout) and ends the thread.
+  void Stop();
+
+  int id() const { return options_.worker_id; }
+  // Requests completed to the kernel (all queues, ever).
+  uint64_t completed_ios() const { return completed_ios_.load(std::memory_order_relaxed); }
+  size_t queue_count() const { return queue_count_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Queue;
+  struct TagState;
+  enum class Kind : uint8_t { kWakeup = 1, kCmd = 2, kTarget = 3 };
+
+  explicit Worker(const WorkerOptions& options);
+  void Run();
+  // Runs `task` on the worker thread and waits for it.
+  absl::Status RunOnWorker(std::function<void()> task);
+  void ArmWakeup();
+  void RunTasks();
+  void HandleCqe(const io_uring_cqe& cqe);
+  void OnCommand(Queue& q, uint16_t tag, int32_t raw);
+  void OnTargetDone(Queue& q, uint16_t tag, int32_t raw);
+  void BeginRequest(Queue& q, uint16_t tag);
+  // Gets the tag's buffer; false if it had to park the tag.
+  bool AcquireBuffer(Queue& q, uint16_t tag, size_t len);
+  void Continue(Queue& q, uint16_t tag);
+  void StartTarget(Queue& q, uint16_t tag);
+  void Commit(Queue& q, uint16_t tag, int32_t result);
+  void RetryParked();
+  void ReapQueues();
+  void DropQueue(Queue& q, bool drained);
+  uint64_t UserData(Kind kind, const Queue& q, uint16_t tag) const;
+  Queue* FindQueue(uint16_t slot, uint16_t gen);
+
+  const WorkerOptions options_;
+  RealClock real_clock_;
+  const Clock& clock_;
+  std::unique_ptr<Ring> ring_;
+  std::unique_ptr<BufferPool> pool_;
+  UniqueFd wakeup_fd_;
+  uint64_t wakeup_buf_ = 0;
+  std::thread thread_;
+  std::thread::id thread_id_;
+
+  absl::Mutex mu_;
+  std::vector<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Worker thread only.
+  bool running_ = true;
+  std::vector<std::unique_ptr<Queue>> slots_;
+  std::vector<uint16_t> slot_gen_;
+  QueueId next_queue_id_ = 1;
+  struct Parked {
+    uint16_t slot, gen, tag;
+  };
+  std::vector<Parked> parked_;
+  bool slot_released_ = false;
+  absl::Time next_memory_retry_ = absl::InfinitePast();
+  // Get-data READ buffers: the kernel copies them while the commit is
+  // submitted, so they are released right after the next submit.
+  std::vector<IoBuffer> release_after_submit_;
+
+  std::atomic<uint64_t> completed_ios_{0};
+  std::atomic<size_t> queue_count_{0};
+};
+
+}  // namespace ublk
