@@ -1,0 +1,149 @@
+#!/bin/bash
+# Real-kernel end-to-end scenarios: boots Debian's 6.12 kernel (ublk_drv) under
+# qemu, one guest per scenario, and runs tests/e2e/scenarios/NAME.sh in it.
+#
+# usage: tests/e2e/run.sh [--build-dir DIR] [--kernel 6.12] [-v|--verbose]
+#                         [--list] [SCENARIO...]
+#   --build-dir DIR  the project's build dir (binaries: DIR/ublk/ublk-tool,
+#                    DIR/csi/ublk-csi, DIR/csi/ublk-csi-ctl); default ./build.
+#                    Kernel + initramfs are cached in DIR/e2e-cache, logs go
+#                    to DIR/e2e-logs/NAME/console.log.
+#   --kernel SERIES  Debian kernel series behind linux-image-SERIES-amd64
+#   -v, --verbose    stream each guest's console
+#   no SCENARIO      all scenarios
+# Prints PASS name / FAIL name / SKIP name: reason per scenario and ends with
+# "N passed, N failed, N skipped"; exits 1 if any failed, 2 on a setup error.
+#
+# Scenario headers ("# e2e-KEY: value" lines in the scenario file):
+#   e2e-timeout: S       watchdog per guest boot (default 240)
+#   e2e-requires: PATHS  files under the build dir; missing -> SKIP, no boot
+#   e2e-skip: REASON     SKIP without booting (feature not built yet)
+#   e2e-disk: SIZE       attach a fresh virtio data disk (cache=none), mounted
+#                        in the guest at $E2E_DATA_DIR; it survives e2e_reboot
+#   e2e-ublks-max: N     load ublk_drv with ublks_max=N
+set -uo pipefail
+
+build_dir=./build
+series=6.12
+verbose=${E2E_VERBOSE:-0}
+list=0
+names=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --build-dir) build_dir=${2:?}; shift 2 ;;
+    --build-dir=*) build_dir=${1#*=}; shift ;;
+    --kernel) series=${2:?}; shift 2 ;;
+    --kernel=*) series=${1#*=}; shift ;;
+    -v|--verbose) verbose=1; shift ;;
+    --list) list=1; shift ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+    *) names+=("$1"); shift ;;
+  esac
+done
+
+HERE=$(dirname "$(realpath "$0")")
+SCEN_DIR=$HERE/scenarios
+if [ ${#names[@]} = 0 ]; then
+  for f in "$SCEN_DIR"/*.sh; do names+=("$(basename "$f" .sh)"); done
+fi
+if [ $list = 1 ]; then printf '%s\n' "${names[@]}"; exit 0; fi
+
+mkdir -p "$build_dir" || exit 2
+E2E_BUILD_DIR=$(realpath "$build_dir")
+E2E_KERNEL_SERIES=$series
+# shellcheck source=lib/host.sh
+. "$HERE/lib/host.sh"
+e2e_check_visible "build dir" "$E2E_BUILD_DIR"
+e2e_check_visible "project root" "$E2E_SRC_DIR"
+
+T_ALL=$(e2e_now)
+passed=0 failed=0 skipped=0
+summary=()
+setup_done=0
+
+result() { # KIND NAME [DETAIL]
+  local line
+  case $1 in
+    PASS) passed=$((passed + 1)); line="PASS $2" ;;
+    FAIL) failed=$((failed + 1)); line="FAIL $2" ;;
+    SKIP) skipped=$((skipped + 1)); line="SKIP $2: $3" ;;
+  esac
+  echo "$line"
+  summary+=("$(printf '%-22s %s' "$2" "$1")${4:+  $4}")
+}
+
+setup() {
+  [ $setup_done = 1 ] && return 0
+  local t0
+  t0=$(e2e_now)
+  e2e_ensure_packages
+  e2e_ensure_kernel
+  e2e_log "guest kernel $E2E_KVER, initramfs $(basename "$E2E_INITRD") (setup $(e2e_secs "$t0")s)"
+  setup_done=1
+}
+
+run_scenario() {
+  local name=$1 file=$SCEN_DIR/$1.sh
+  if [ ! -f "$file" ]; then
+    echo "e2e: no scenario '$name' (have: $(cd "$SCEN_DIR" && ls *.sh | sed 's/\.sh$//' | tr '\n' ' '))" >&2
+    result FAIL "$name"
+    return
+  fi
+  local skip req p timeout disk ublks_max
+  skip=$(e2e_header "$file" skip)
+  if [ -n "$skip" ]; then result SKIP "$name" "$skip"; return; fi
+  req=$(e2e_header "$file" requires)
+  for p in $req; do
+    if [ ! -e "$E2E_BUILD_DIR/$p" ]; then
+      result SKIP "$name" "$E2E_BUILD_DIR/$p is not built"
+      return
+    fi
+  done
+  timeout=$(e2e_header "$file" timeout); timeout=${timeout:-240}
+  disk=$(e2e_header "$file" disk)
+  ublks_max=$(e2e_header "$file" ublks-max)
+
+  setup
+  local run=$E2E_BUILD_DIR/e2e-logs/$name t0 boot=1 use_disk=0 rc detail
+  rm -rf "$run"; mkdir -p "$run/share"
+  if [ -n "$disk" ]; then truncate -s "$disk" "$run/disk.img" && use_disk=1; fi
+  t0=$(e2e_now)
+  [ "$verbose" = 1 ] && echo "=== $name (console: $run/console.log)"
+  while :; do
+    e2e_write_job "$run/share" "$name" "$boot" "$use_disk" "$file"
+    e2e_boot "$run" "$timeout" "$verbose" "$use_disk" "$ublks_max"
+    rc=$E2E_GUEST_RC
+    local ready
+    ready=$(tr -d '\r' < "$run/console.boot.log" | sed -n 's/.*e2e-guest: kernel .* ready at \([0-9.]*\)s.*/\1/p' | head -1)
+    echo "boot $boot: guest ready at ${ready:-?}s (guest uptime), boot+run ${E2E_BOOT_SECS}s wall" >> "$run/timing"
+    if [ "$rc" = 75 ] && [ $boot -lt 4 ] && [ -z "$E2E_BOOT_PROBLEM" ]; then
+      boot=$((boot + 1))
+      continue
+    fi
+    break
+  done
+  detail="$(e2e_secs "$t0")s, $boot boot(s), guest ready at ${ready:-?}s"
+  if [ -n "$E2E_BOOT_PROBLEM" ]; then
+    result FAIL "$name" "" "$detail"
+    echo "  $E2E_BOOT_PROBLEM; last console lines ($run/console.log):"
+    tail -n 60 "$run/console.log" | sed 's/^/  | /'
+  elif [ "$rc" = 0 ]; then
+    result PASS "$name" "" "$detail"
+  elif [ "$rc" = 77 ]; then
+    result SKIP "$name" "$(cat "$run/share/skip_reason" 2>/dev/null || echo 'scenario skipped itself')" "$detail"
+  else
+    result FAIL "$name" "" "$detail"
+    echo "  scenario exited $rc; last console lines ($run/console.log):"
+    tail -n 60 "$run/console.log" | sed 's/^/  | /'
+  fi
+}
+
+for n in "${names[@]}"; do
+  run_scenario "$n"
+done
+
+echo "e2e summary (total $(e2e_secs "$T_ALL")s):"
+for s in "${summary[@]}"; do echo "  $s"; done
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]
