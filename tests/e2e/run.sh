@@ -43,7 +43,7 @@ while [ $# -gt 0 ]; do
 done
 
 HERE=$(dirname "$(realpath "$0")")
-SCEN_DIR=$HERE/scenarios
+SCEN_DIR=${E2E_SCENARIO_DIR:-$HERE/scenarios}   # override: tests of the harness itself
 if [ ${#names[@]} = 0 ]; then
   for f in "$SCEN_DIR"/*.sh; do names+=("$(basename "$f" .sh)"); done
 fi
