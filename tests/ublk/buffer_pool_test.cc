@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -10,7 +11,6 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -18,6 +18,14 @@
 #include "ublk/memory.h"
 #include "ublk/testing/fake_clock.h"
 #include "ublk/testing/fault_memory.h"
+
+// glog 0.6 calls mktime() for every line; glibc's tzset then frees and
+// re-strdup()s its TZ copy under a libc-internal lock that TSan cannot see, so
+// two threads logging at once are reported as a race inside libc. Only that
+// frame is suppressed; this symbol is ignored by non-TSan builds.
+extern "C" const char* __tsan_default_suppressions() {
+  return "race:tzset_internal\n";
+}
 
 namespace ublk {
 namespace {
@@ -34,14 +42,14 @@ class LogCapture : public google::LogSink {
             const char* /*base_filename*/, int /*line*/,
             const google::LogMessageTime& /*time*/, const char* message,
             size_t message_len) override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     lines_.emplace_back(severity, std::string(message, message_len));
   }
 
   // Lines of exactly `severity` containing every one of `parts`.
   int Count(google::LogSeverity severity,
             const std::vector<std::string>& parts) const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     int n = 0;
     for (const auto& [sev, text] : lines_) {
       if (sev != severity) continue;
@@ -52,14 +60,14 @@ class LogCapture : public google::LogSink {
     return n;
   }
   int CountAtLeast(google::LogSeverity severity) const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     int n = 0;
     for (const auto& line : lines_) n += line.first >= severity ? 1 : 0;
     return n;
   }
 
  private:
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;  // not absl::Mutex: see fake_clock.h
   std::vector<std::pair<google::LogSeverity, std::string>> lines_
       ABSL_GUARDED_BY(mu_);
 };
@@ -506,7 +514,7 @@ TEST(BufferPoolOptionsTest, ForBudgetSplitsTheBudget) {
 TEST_F(BufferPoolTest, WorkersOnTheirOwnThreadsShareMetrics) {
   constexpr int kWorkers = 4;
   constexpr int kIos = 500;
-  memory_.FailNextMaps(2);  // two of the four workers start degraded
+  memory_.FailNextMaps(2);  // one or two workers degrade, then recover
   BufferPoolOptions options = SmallOptions();
   options.retry_interval = absl::Milliseconds(1);
   std::vector<std::thread> threads;
@@ -532,12 +540,15 @@ TEST_F(BufferPoolTest, WorkersOnTheirOwnThreadsShareMetrics) {
   for (int w = 0; w < kWorkers; ++w) {
     failures += metrics_.creation_failures(w);
     EXPECT_EQ(metrics_.slots_in_use(w), 0);
+    // One line per degraded worker, however often its retries failed.
+    EXPECT_EQ(logs_.Count(google::GLOG_WARNING, {Worker(w), kDegradeText}),
+              metrics_.creation_failures(w) > 0 ? 1 : 0)
+        << w;
   }
   EXPECT_EQ(failures, 2);
   EXPECT_EQ(metrics_.degraded_workers(), 0);  // pools destroyed
   EXPECT_EQ(memory_.live_maps(), 0);
   EXPECT_EQ(memory_.live_heap_blocks(), 0);
-  EXPECT_EQ(logs_.Count(google::GLOG_WARNING, {kDegradeText}), 2);
 }
 
 TEST(RealMemorySourceTest, MapsWritableMemoryAndReportsEnomem) {

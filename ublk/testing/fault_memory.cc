@@ -14,7 +14,7 @@ bool FaultInjectingMemorySource::ShouldFail(int& plan) {
 
 absl::StatusOr<void*> FaultInjectingMemorySource::Map(size_t len) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++map_calls_;
     if (ShouldFail(map_plan_)) {
       ++failed_map_calls_;
@@ -24,7 +24,7 @@ absl::StatusOr<void*> FaultInjectingMemorySource::Map(size_t len) {
   }
   absl::StatusOr<void*> addr = base_.Map(len);
   if (addr.ok()) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++live_maps_;
   }
   return addr;
@@ -32,7 +32,7 @@ absl::StatusOr<void*> FaultInjectingMemorySource::Map(size_t len) {
 
 void FaultInjectingMemorySource::Unmap(void* addr, size_t len) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++unmap_calls_;
     if (addr != nullptr) --live_maps_;
   }
@@ -42,7 +42,7 @@ void FaultInjectingMemorySource::Unmap(void* addr, size_t len) {
 absl::StatusOr<void*> FaultInjectingMemorySource::AllocateHeap(size_t len,
                                                                size_t align) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++heap_calls_;
     if (ShouldFail(heap_plan_)) {
       ++failed_heap_calls_;
@@ -53,7 +53,7 @@ absl::StatusOr<void*> FaultInjectingMemorySource::AllocateHeap(size_t len,
   }
   absl::StatusOr<void*> block = base_.AllocateHeap(len, align);
   if (block.ok()) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++live_heap_blocks_;
   }
   return block;
@@ -61,7 +61,7 @@ absl::StatusOr<void*> FaultInjectingMemorySource::AllocateHeap(size_t len,
 
 void FaultInjectingMemorySource::FreeHeap(void* block) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++free_heap_calls_;
     if (block != nullptr) --live_heap_blocks_;
   }
@@ -69,60 +69,60 @@ void FaultInjectingMemorySource::FreeHeap(void* block) {
 }
 
 void FaultInjectingMemorySource::FailMapAlways() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   map_plan_ = -1;
 }
 void FaultInjectingMemorySource::FailNextMaps(int n) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   map_plan_ = n > 0 ? n : 0;
 }
 void FaultInjectingMemorySource::HealMap() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   map_plan_ = 0;
 }
 void FaultInjectingMemorySource::FailHeapAlways() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   heap_plan_ = -1;
 }
 void FaultInjectingMemorySource::FailNextHeaps(int n) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   heap_plan_ = n > 0 ? n : 0;
 }
 void FaultInjectingMemorySource::HealHeap() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   heap_plan_ = 0;
 }
 
 int64_t FaultInjectingMemorySource::map_calls() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return map_calls_;
 }
 int64_t FaultInjectingMemorySource::failed_map_calls() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return failed_map_calls_;
 }
 int64_t FaultInjectingMemorySource::unmap_calls() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return unmap_calls_;
 }
 int64_t FaultInjectingMemorySource::heap_calls() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return heap_calls_;
 }
 int64_t FaultInjectingMemorySource::failed_heap_calls() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return failed_heap_calls_;
 }
 int64_t FaultInjectingMemorySource::free_heap_calls() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return free_heap_calls_;
 }
 int64_t FaultInjectingMemorySource::live_maps() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return live_maps_;
 }
 int64_t FaultInjectingMemorySource::live_heap_blocks() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return live_heap_blocks_;
 }
 
