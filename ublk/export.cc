@@ -114,6 +114,16 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Create(ControlDevice& control,
                (o.user_recovery ? UBLK_F_USER_RECOVERY : 0) |
                (o.user_recovery_reissue ? UBLK_F_USER_RECOVERY_REISSUE : 0);
   ASSIGN_OR_RETURN(DeviceInfo info, control.AddDevice(want));
+  // Kernels drop flags they do not know (6.1 has no USER_COPY) instead of
+  // failing: check that the device got what the data path relies on.
+  const uint64_t missing = want.flags & ~info.flags;
+  if (missing != 0) {
+    absl::Status del = control.DeleteDevice(info.dev_id);
+    if (!del.ok()) LOG(WARNING) << "cleanup after ADD_DEV without the flags asked for: " << del;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ublk device ", info.dev_id, ": the kernel did not grant flags 0x", absl::Hex(missing),
+        " (asked 0x", absl::Hex(want.flags), ", got 0x", absl::Hex(info.flags), ")"));
+  }
   // The kernel may lower the queue count (to the CPU count) and the I/O size.
   o.nr_queues = info.nr_hw_queues;
   o.queue_depth = info.queue_depth;

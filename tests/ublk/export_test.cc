@@ -1,0 +1,386 @@
+// Export + Worker + targets end to end on the fake kernel: data written
+// through the "block device" lands in the backing file and reads back, in
+// both copy modes; lifecycle, misuse and recovery.
+#include "ublk/export.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "ublk/file_target.h"
+#include "ublk/memory.h"
+#include "ublk/null_target.h"
+#include "ublk/testing/fake_kernel.h"
+#include "ublk/worker.h"
+
+namespace ublk {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr uint64_t kSize = 4 << 20;
+
+std::string RandomData(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+std::string MakeTempDir() {
+  std::string tmpl = ::testing::TempDir() + "/export_test.XXXXXX";
+  char* d = mkdtemp(tmpl.data());
+  EXPECT_NE(d, nullptr);
+  return tmpl;
+}
+
+std::string ReadFileRange(const std::string& path, uint64_t off, size_t len) {
+  std::string s(len, '\0');
+  int fd = open(path.c_str(), O_RDONLY);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(pread(fd, s.data(), len, static_cast<off_t>(off)), static_cast<ssize_t>(len));
+  close(fd);
+  return s;
+}
+
+class ExportTest : public ::testing::TestWithParam<CopyMode> {
+ protected:
+  void SetUp() override {
+    dir_ = MakeTempDir();
+    control_ = kernel_.OpenControl(CmdEncoding::kIoctl);
+    for (int i = 0; i < 2; ++i) {
+      WorkerOptions wo;
+      wo.worker_id = i;
+      wo.memory = &memory_;
+      auto w = Worker::Create(wo);
+      ASSERT_TRUE(w.ok()) << w.status();
+      workers_.push_back(std::move(*w));
+    }
+  }
+  void TearDown() override {
+    for (auto& w : workers_) w->Stop();
+    std::filesystem::remove_all(dir_);
+  }
+  std::vector<Worker*> Workers() {
+    std::vector<Worker*> v;
+    for (auto& w : workers_) v.push_back(w.get());
+    return v;
+  }
+  std::shared_ptr<FileTarget> MakeFileTarget(const std::string& name = "vol.img") {
+    auto t = FileTarget::Open({dir_ + "/" + name, kSize, /*create=*/true, true});
+    EXPECT_TRUE(t.ok()) << t.status();
+    return std::shared_ptr<FileTarget>(std::move(*t));
+  }
+  ExportOptions Options(uint16_t queues = 1, uint16_t depth = 8) {
+    ExportOptions o;
+    o.size_bytes = kSize;
+    o.nr_queues = queues;
+    o.queue_depth = depth;
+    o.copy_mode = GetParam();
+    o.max_io_bytes = 128 * 1024;
+    return o;
+  }
+  std::unique_ptr<Export> StartExport(std::shared_ptr<Target> target, const ExportOptions& o) {
+    auto e = Export::Create(*control_, Workers(), std::move(target), o);
+    EXPECT_TRUE(e.ok()) << e.status();
+    if (!e.ok()) return nullptr;
+    absl::Status s = (*e)->Start();
+    EXPECT_TRUE(s.ok()) << s;
+    return std::move(*e);
+  }
+
+  FakeKernel kernel_;
+  std::unique_ptr<ControlDevice> control_;
+  RealMemorySource memory_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::string dir_;
+};
+
+TEST_P(ExportTest, FileTargetWriteReadBackAndBackingFile) {
+  auto target = MakeFileTarget();
+  auto e = StartExport(target, Options());
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->state(), Export::State::kRunning);
+  EXPECT_EQ(e->copy_mode(), GetParam());
+  EXPECT_EQ(kernel_.DeviceState(e->dev_id()), UBLK_S_DEV_LIVE);
+
+  const std::string data = RandomData(64 * 1024, 1);
+  auto w = kernel_.Write(e->dev_id(), 8192, data);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->result, static_cast<int32_t>(data.size()));
+  auto r = kernel_.Read(e->dev_id(), 8192, data.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->result, static_cast<int32_t>(data.size()));
+  EXPECT_TRUE(r->data == data);
+  EXPECT_TRUE(ReadFileRange(dir_ + "/vol.img", 8192, data.size()) == data);
+
+  // Never written: sparse zeros.
+  auto z = kernel_.Read(e->dev_id(), kSize - 4096, 4096);
+  ASSERT_TRUE(z.ok());
+  EXPECT_TRUE(z->data == std::string(4096, '\0'));
+
+  auto f = kernel_.SubmitIo(e->dev_id(), UBLK_IO_OP_FLUSH, 0, 0);
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->result, 0);
+
+  // Discard and write-zeroes read back as zeros.
+  auto d = kernel_.SubmitIo(e->dev_id(), UBLK_IO_OP_DISCARD, 8192, 8192);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->result, 0);
+  auto wz = kernel_.SubmitIo(e->dev_id(), UBLK_IO_OP_WRITE_ZEROES, 16384, 4096);
+  ASSERT_TRUE(wz.ok());
+  EXPECT_EQ(wz->result, 0);
+  r = kernel_.Read(e->dev_id(), 8192, 12288);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->data == std::string(12288, '\0'));
+  r = kernel_.Read(e->dev_id(), 20480, 4096);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->data == data.substr(20480 - 8192, 4096));
+
+  // Beyond the end: the block layer refuses.
+  auto beyond = kernel_.Read(e->dev_id(), kSize, 4096);
+  ASSERT_TRUE(beyond.ok());
+  EXPECT_EQ(beyond->result, -EIO);
+
+  ASSERT_TRUE(e->Stop().ok());
+  EXPECT_EQ(e->state(), Export::State::kStopped);
+  EXPECT_EQ(kernel_.open_channels(e->dev_id()), 0);
+  ASSERT_TRUE(e->Delete().ok());
+  EXPECT_EQ(e->state(), Export::State::kDeleted);
+  EXPECT_EQ(kernel_.device_count(), 0u);
+}
+
+TEST_P(ExportTest, ManyConcurrentIosOverSeveralQueuesAndWorkers) {
+  auto target = MakeFileTarget();
+  auto e = StartExport(target, Options(/*queues=*/3, /*depth=*/4));
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(workers_[0]->queue_count() + workers_[1]->queue_count(), 3u);
+  constexpr int kThreads = 4, kPerThread = 24;
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<std::shared_ptr<FakeKernel::Request>> reqs;
+      for (int i = 0; i < kPerThread; ++i) {
+        uint64_t off = (static_cast<uint64_t>(t) * kPerThread + i) * 8192;
+        reqs.push_back(kernel_.SubmitIoAsync(e->dev_id(), UBLK_IO_OP_WRITE, off, 8192,
+                                             RandomData(8192, t * 1000 + i)));
+      }
+      for (auto& r : reqs) {
+        auto res = kernel_.Wait(r, absl::Seconds(10));
+        if (!res.ok() || res->result != 8192) ++bad;
+      }
+      for (int i = 0; i < kPerThread; ++i) {
+        uint64_t off = (static_cast<uint64_t>(t) * kPerThread + i) * 8192;
+        auto res = kernel_.Read(e->dev_id(), off, 8192);
+        if (!res.ok() || res->data != RandomData(8192, t * 1000 + i)) ++bad;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_GE(workers_[0]->completed_ios() + workers_[1]->completed_ios(),
+            2u * kThreads * kPerThread);
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+}
+
+TEST_P(ExportTest, NullTargetReadsZerosAndDropsWrites) {
+  auto e = StartExport(std::make_shared<NullTarget>(kSize), Options());
+  ASSERT_NE(e, nullptr);
+  auto w = kernel_.Write(e->dev_id(), 0, RandomData(4096, 3));
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->result, 4096);
+  auto r = kernel_.Read(e->dev_id(), 0, 4096);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->result, 4096);
+  EXPECT_TRUE(r->data == std::string(4096, '\0'));
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+}
+
+TEST_P(ExportTest, StateMachineRejectsInvalidTransitions) {
+  auto e = Export::Create(*control_, Workers(), MakeFileTarget(), Options());
+  ASSERT_TRUE(e.ok()) << e.status();
+  Export& x = **e;
+  EXPECT_EQ(x.state(), Export::State::kCreated);
+  EXPECT_EQ(x.Stop().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(x.Detach().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(x.Start().ok());
+  EXPECT_EQ(x.Start().code(), absl::StatusCode::kFailedPrecondition);
+  absl::Status del = x.Delete();
+  EXPECT_EQ(del.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(del.message()), HasSubstr("running"));
+  ASSERT_TRUE(x.Stop().ok());
+  EXPECT_EQ(x.Stop().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(x.Start().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(x.Resize(kSize / 2).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(x.Delete().ok());
+  EXPECT_EQ(x.Delete().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_P(ExportTest, ResizeBeforeStartAndUpdateSizeWhileRunning) {
+  auto target = MakeFileTarget();
+  ExportOptions o = Options();
+  o.size_bytes = kSize / 2;
+  auto e = Export::Create(*control_, Workers(), target, o);
+  ASSERT_TRUE(e.ok());
+  ASSERT_TRUE((*e)->Resize(kSize).ok());
+  EXPECT_EQ(control_->GetParams((*e)->dev_id())->basic.dev_sectors, kSize >> 9);
+  EXPECT_EQ((*e)->Resize(kSize * 2).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*e)->Start().ok());
+  // The 6.12-like fake has no UPDATE_SIZE (6.14).
+  EXPECT_EQ((*e)->Resize(kSize / 2).code(), absl::StatusCode::kUnimplemented);
+  ASSERT_TRUE((*e)->Stop().ok());
+  ASSERT_TRUE((*e)->Delete().ok());
+}
+
+TEST_P(ExportTest, DetachWithoutRecoveryAbortsIo) {
+  auto e = StartExport(MakeFileTarget(), Options());
+  ASSERT_NE(e, nullptr);
+  ASSERT_TRUE(e->Detach().ok());
+  EXPECT_EQ(e->state(), Export::State::kDetached);
+  auto r = kernel_.Read(e->dev_id(), 0, 4096);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->result, -EIO);
+  ASSERT_TRUE(e->Delete().ok());
+}
+
+// The server goes away while an I/O is in its hands and while more arrive;
+// a new server recovers the device and everything completes with the data.
+void RunRecovery(ExportTest* t, FakeKernel& kernel, ControlDevice& control,
+                 std::vector<Worker*> workers, std::shared_ptr<Target> target,
+                 const ExportOptions& o, bool reissue) {
+  ExportOptions opts = o;
+  opts.user_recovery = true;
+  opts.user_recovery_reissue = reissue;
+  auto created = Export::Create(control, workers, target, opts);
+  ASSERT_TRUE(created.ok()) << created.status();
+  auto e = std::move(*created);
+  ASSERT_TRUE(e->Start().ok());
+  const uint32_t id = e->dev_id();
+  const std::string before = RandomData(8192, 11);
+  ASSERT_EQ(kernel.Write(id, 0, before)->result, 8192);
+
+  // A worker that never serves: the I/O it fetches stays in the server's hands.
+  RealMemorySource memory;
+  ASSERT_TRUE(e->Detach().ok());  // old server gone: QUIESCED
+  EXPECT_EQ(kernel.DeviceState(id), UBLK_S_DEV_QUIESCED);
+  EXPECT_EQ(kernel.open_channels(id), 0);
+
+  // I/O issued during the outage waits.
+  const std::string during = RandomData(4096, 12);
+  auto pending_write = kernel.SubmitIoAsync(id, UBLK_IO_OP_WRITE, 65536, 4096, during);
+  auto pending_read = kernel.SubmitIoAsync(id, UBLK_IO_OP_READ, 0, 8192);
+  EXPECT_EQ(kernel.Wait(pending_read, absl::Milliseconds(50)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+
+  // Recovery refuses the wrong state and misuse first.
+  EXPECT_EQ(control.EndUserRecovery(id, getpid()).code(), absl::StatusCode::kUnavailable);
+
+  auto recovered = Export::Recover(control, workers, target, id);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  EXPECT_EQ((*recovered)->state(), Export::State::kRunning);
+  EXPECT_EQ((*recovered)->copy_mode(), o.copy_mode);
+  EXPECT_EQ(kernel.DeviceState(id), UBLK_S_DEV_LIVE);
+  auto rr = kernel.Wait(pending_read, absl::Seconds(5));
+  ASSERT_TRUE(rr.ok());
+  EXPECT_EQ(rr->result, 8192);
+  EXPECT_TRUE(rr->data == before);
+  auto rw = kernel.Wait(pending_write, absl::Seconds(5));
+  ASSERT_TRUE(rw.ok());
+  EXPECT_EQ(rw->result, 4096);
+  EXPECT_TRUE(kernel.Read(id, 65536, 4096)->data == during);
+  ASSERT_TRUE((*recovered)->Stop().ok());
+  ASSERT_TRUE((*recovered)->Delete().ok());
+  (void)t;
+  (void)memory;
+}
+
+TEST_P(ExportTest, RecoveryWithReissue) {
+  RunRecovery(this, kernel_, *control_, Workers(), MakeFileTarget(), Options(), true);
+}
+
+TEST_P(ExportTest, RecoveryWithoutReissue) {
+  RunRecovery(this, kernel_, *control_, Workers(), MakeFileTarget(), Options(), false);
+}
+
+TEST_P(ExportTest, RecoverRefusesLiveAndNonRecoveryDevices) {
+  auto target = MakeFileTarget();
+  auto e = StartExport(target, Options());
+  ASSERT_NE(e, nullptr);
+  auto r = Export::Recover(*control_, Workers(), target, e->dev_id());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("USER_RECOVERY"));
+  ExportOptions o = Options();
+  o.user_recovery = true;
+  o.dev_id = 7;
+  auto e2 = StartExport(target, o);
+  ASSERT_NE(e2, nullptr);
+  EXPECT_EQ(e2->dev_id(), 7u);
+  r = Export::Recover(*control_, Workers(), target, 7);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("LIVE"));
+  r = Export::Recover(*control_, Workers(), target, 99);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  for (auto* x : {e.get(), e2.get()}) {
+    ASSERT_TRUE(x->Stop().ok());
+    ASSERT_TRUE(x->Delete().ok());
+  }
+}
+
+TEST_P(ExportTest, BadOptionsAreInvalidArgument) {
+  auto target = MakeFileTarget();
+  auto check = [&](auto mutate, const char* field) {
+    ExportOptions o = Options();
+    mutate(o);
+    auto e = Export::Create(*control_, Workers(), target, o);
+    EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_THAT(std::string(e.status().message()), HasSubstr(field));
+  };
+  check([](ExportOptions& o) { o.size_bytes = 1000; }, "size_bytes");
+  check([](ExportOptions& o) { o.logical_bs_shift = 8; }, "logical_bs_shift");
+  check([](ExportOptions& o) { o.logical_bs_shift = 13; }, "logical_bs_shift");
+  check([](ExportOptions& o) { o.physical_bs_shift = 8; }, "physical_bs_shift");
+  check([](ExportOptions& o) { o.queue_depth = 0; }, "queue_depth");
+  check([](ExportOptions& o) { o.queue_depth = 5000; }, "queue_depth");
+  check([](ExportOptions& o) { o.nr_queues = 0; }, "nr_queues");
+  check([](ExportOptions& o) { o.max_io_bytes = 1000; }, "max_io_bytes");
+  check([](ExportOptions& o) { o.user_recovery_reissue = true; }, "user_recovery");
+  check([](ExportOptions& o) { o.size_bytes = kSize * 2; }, "exceeds");
+  EXPECT_EQ(kernel_.device_count(), 0u);
+}
+
+TEST_P(ExportTest, DeviceThatVanishedIsAClearError) {
+  auto e = StartExport(MakeFileTarget(), Options());
+  ASSERT_NE(e, nullptr);
+  const uint32_t id = e->dev_id();
+  kernel_.VanishDevice(id);
+  absl::Status s = e->Stop();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("device ", id)));
+  EXPECT_EQ(e->state(), Export::State::kFailed);
+  EXPECT_EQ(e->Delete().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(ExportTest, AddDeviceFailureLeavesNothingBehind) {
+  kernel_.FailNextAddDevice(ENOMEM);
+  auto e = Export::Create(*control_, Workers(), MakeFileTarget(), Options());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(kernel_.device_count(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(CopyModes, ExportTest,
+                         ::testing::Values(CopyMode::kUserCopy, CopyMode::kGetData),
+                         [](const auto& info) { return std::string(CopyModeName(info.param)); });
+
+}  // namespace
+}  // namespace ublk

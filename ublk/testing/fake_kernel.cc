@@ -1,0 +1,748 @@
+#include "ublk/testing/fake_kernel.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "ublk/ring.h"
+#include "ublk/status_macros.h"
+#include "ublk/unique_fd.h"
+
+namespace ublk {
+
+class FakeKernel::Request {
+ public:
+  uint32_t dev_id = 0;
+  uint8_t op = 0;
+  uint32_t flags = 0;
+  uint64_t offset = 0;
+  uint32_t len = 0;
+  // Guarded by State::mu.
+  std::string data;
+  bool done = false;
+  int32_t result = 0;
+};
+
+namespace {
+
+using Request = FakeKernel::Request;
+
+struct FakeTag {
+  enum class S { kNone, kFetchPending, kOwned };
+  S s = S::kNone;
+  int efd = -1;  // the open channel's eventfd for this tag, else -1
+  int32_t deliver = 0;
+  bool deliver_ready = false;
+  std::shared_ptr<Request> req;
+};
+
+struct FakeQueue {
+  std::vector<FakeTag> tags;
+  std::unique_ptr<ublksrv_io_desc[]> descs;
+  bool channel_open = false;
+};
+
+struct FakeDevice {
+  DeviceInfo info;
+  ublk_params params{};
+  bool started = false;  // the disk exists (START_DEV .. STOP_DEV)
+  bool stopped = false;  // STOP_DEV seen: every fetch is aborted
+  bool aborted = false;  // server gone without recovery
+  bool recovering = false;
+  bool removed = false;
+  std::vector<FakeQueue> queues;
+  std::deque<std::shared_ptr<Request>> pending;
+  int open_channels = 0;
+  int fetched = 0;
+  int inflight = 0;
+  unsigned rr = 0;
+
+  int total_tags() const { return info.nr_hw_queues * info.queue_depth; }
+  uint64_t size_bytes() const { return params.basic.dev_sectors << 9; }
+};
+
+}  // namespace
+
+struct FakeKernel::State {
+  explicit State(FakeKernelOptions o) : options(o) {}
+
+  const FakeKernelOptions options;
+  mutable absl::Mutex mu;
+  absl::CondVar cv;
+  std::map<uint32_t, std::shared_ptr<FakeDevice>> devices ABSL_GUARDED_BY(mu);
+  int fail_next_add ABSL_GUARDED_BY(mu) = 0;
+
+  absl::StatusOr<std::shared_ptr<FakeDevice>> Lookup(uint32_t dev_id, absl::string_view what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto it = devices.find(dev_id);
+    if (it == devices.end()) {
+      return UblkErrnoToStatus(ENODEV, absl::StrCat("ublk ", what, " device ", dev_id));
+    }
+    return it->second;
+  }
+
+  void Deliver(FakeTag& t, int32_t result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    t.deliver = result;
+    t.deliver_ready = true;
+    if (t.efd >= 0) {
+      uint64_t one = 1;
+      (void)!write(t.efd, &one, sizeof(one));
+    }
+  }
+
+  void Complete(const std::shared_ptr<Request>& r, int32_t result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    r->result = result;
+    r->done = true;
+    cv.SignalAll();
+  }
+
+  void Assign(FakeDevice& d, uint16_t q, uint16_t tag, std::shared_ptr<Request> r)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    FakeTag& t = d.queues[q].tags[tag];
+    ublksrv_io_desc& desc = d.queues[q].descs[tag];
+    desc.op_flags = r->op | r->flags;
+    desc.nr_sectors = r->len >> 9;
+    desc.start_sector = r->offset >> 9;
+    desc.addr = 0;
+    t.s = FakeTag::S::kOwned;
+    const bool get_data = (d.info.flags & UBLK_F_NEED_GET_DATA) != 0 &&
+                          (d.info.flags & UBLK_F_USER_COPY) == 0 && r->op == UBLK_IO_OP_WRITE;
+    t.req = std::move(r);
+    ++d.inflight;
+    Deliver(t, get_data ? UBLK_IO_RES_NEED_GET_DATA : UBLK_IO_RES_OK);
+  }
+
+  void Dispatch(FakeDevice& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (!d.started || d.aborted || d.info.state != UBLK_S_DEV_LIVE) return;
+    const size_t nq = d.queues.size();
+    while (!d.pending.empty()) {
+      bool assigned = false;
+      for (size_t i = 0; i < nq && !assigned; ++i) {
+        const uint16_t q = static_cast<uint16_t>((d.rr + i) % nq);
+        auto& tags = d.queues[q].tags;
+        for (uint16_t tag = 0; tag < tags.size(); ++tag) {
+          if (tags[tag].s != FakeTag::S::kFetchPending) continue;
+          auto r = std::move(d.pending.front());
+          d.pending.pop_front();
+          Assign(d, q, tag, std::move(r));
+          d.rr = q + 1;
+          assigned = true;
+          break;
+        }
+      }
+      if (!assigned) return;
+    }
+  }
+
+  // STOP_DEV, DEL_DEV and vanishing: no more disk, fetches aborted.
+  void Kill(FakeDevice& d, int32_t io_error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    d.started = false;
+    d.stopped = true;
+    d.info.state = UBLK_S_DEV_DEAD;
+    for (auto& r : d.pending) Complete(r, io_error);
+    d.pending.clear();
+    for (auto& q : d.queues) {
+      for (auto& t : q.tags) {
+        if (t.s == FakeTag::S::kFetchPending) {
+          Deliver(t, UBLK_IO_RES_ABORT);
+          t.s = FakeTag::S::kNone;
+          --d.fetched;
+        }
+        // Owned requests complete when the server commits them; their next
+        // fetch is aborted then.
+      }
+    }
+  }
+
+  // The last channel of a device closed: the server is gone.
+  void ServerGone(FakeDevice& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const bool recovery = (d.info.flags & UBLK_F_USER_RECOVERY) != 0;
+    const bool reissue = (d.info.flags & UBLK_F_USER_RECOVERY_REISSUE) != 0;
+    const bool live = d.started && !d.aborted;
+    std::vector<std::shared_ptr<Request>> requeue;
+    for (auto& q : d.queues) {
+      for (auto& t : q.tags) {
+        if (t.s == FakeTag::S::kOwned && t.req != nullptr) {
+          --d.inflight;
+          if (live && recovery && reissue) {
+            requeue.push_back(std::move(t.req));
+          } else {
+            Complete(t.req, -EIO);
+          }
+        }
+        t.req = nullptr;
+        t.s = FakeTag::S::kNone;
+        t.deliver_ready = false;
+      }
+    }
+    d.pending.insert(d.pending.begin(), requeue.begin(), requeue.end());
+    d.fetched = 0;
+    d.recovering = false;
+    if (!live) return;
+    if (recovery) {
+      d.info.state = UBLK_S_DEV_QUIESCED;
+    } else {
+      d.aborted = true;
+      for (auto& r : d.pending) Complete(r, -EIO);
+      d.pending.clear();
+    }
+  }
+
+  absl::Status CheckEncoding(CmdEncoding e, absl::string_view what) const {
+    if ((e == CmdEncoding::kIoctl && !options.accept_ioctl) ||
+        (e == CmdEncoding::kLegacy && !options.accept_legacy)) {
+      return UblkErrnoToStatus(EOPNOTSUPP, absl::StrCat("ublk ", what, " (",
+                                                        CmdEncodingName(e), " encoding)"));
+    }
+    return absl::OkStatus();
+  }
+
+  // Waits (mu held) until every tag of `d` is fetched.
+  absl::Status AwaitFetched(const std::shared_ptr<FakeDevice>& d, absl::string_view what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const absl::Time deadline = absl::Now() + options.start_timeout;
+    while (!d->removed && d->fetched < d->total_tags()) {
+      if (cv.WaitWithDeadline(&mu, deadline)) {
+        if (d->fetched < d->total_tags()) {
+          return absl::DeadlineExceededError(absl::StrCat(
+              "ublk ", what, " device ", d->info.dev_id, ": only ", d->fetched, " of ",
+              d->total_tags(), " tags fetched (the real kernel would wait forever)"));
+        }
+      }
+    }
+    if (d->removed) {
+      return UblkErrnoToStatus(ENODEV, absl::StrCat("ublk ", what, " device ", d->info.dev_id));
+    }
+    return absl::OkStatus();
+  }
+};
+
+namespace {
+
+using State = FakeKernel::State;
+
+class FakeQueueChannel final : public QueueChannel {
+ public:
+  FakeQueueChannel(std::shared_ptr<State> state, std::shared_ptr<FakeDevice> dev, uint16_t q_id,
+                   std::vector<UniqueFd> efds)
+      : state_(std::move(state)),
+        dev_(std::move(dev)),
+        q_id_(q_id),
+        depth_(static_cast<uint16_t>(efds.size())),
+        efds_(std::move(efds)),
+        read_bufs_(new uint64_t[depth_]()) {}
+
+  ~FakeQueueChannel() override {
+    absl::MutexLock lock(&state_->mu);
+    FakeQueue& q = dev_->queues[q_id_];
+    for (auto& t : q.tags) t.efd = -1;
+    q.channel_open = false;
+    if (--dev_->open_channels == 0 && !dev_->removed) state_->ServerGone(*dev_);
+    // The eventfds close after this; a read still pending on the worker's
+    // ring keeps its file alive until the ring cancels it.
+  }
+
+  uint32_t dev_id() const override { return dev_->info.dev_id; }
+  uint16_t q_id() const override { return q_id_; }
+  uint16_t queue_depth() const override { return depth_; }
+  const ublksrv_io_desc& Desc(uint16_t tag) const override {
+    return dev_->queues[q_id_].descs[tag];
+  }
+
+  absl::Status PrepFetch(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) override {
+    absl::MutexLock lock(&state_->mu);
+    FakeDevice& d = *dev_;
+    RETURN_IF_ERROR(Check(tag, "FETCH_REQ"));
+    FakeTag& t = d.queues[q_id_].tags[tag];
+    if (t.s != FakeTag::S::kNone) return Err(EINVAL, tag, "FETCH_REQ: tag already fetched");
+    if (d.stopped && !d.started) {
+      // After STOP_DEV every new fetch is aborted at once.
+    }
+    RETURN_IF_ERROR(CheckBuffer(tag, buf, /*read_commit=*/false, "FETCH_REQ"));
+    RETURN_IF_ERROR(PrepRead(ring, tag, user_data));
+    t.s = FakeTag::S::kFetchPending;
+    ++d.fetched;
+    state_->cv.SignalAll();
+    AfterFetch(d, t);
+    return absl::OkStatus();
+  }
+
+  absl::Status PrepCommitAndFetch(Ring& ring, uint16_t tag, int32_t result, void* buf,
+                                  uint64_t user_data) override {
+    absl::MutexLock lock(&state_->mu);
+    FakeDevice& d = *dev_;
+    RETURN_IF_ERROR(Check(tag, "COMMIT_AND_FETCH_REQ"));
+    FakeTag& t = d.queues[q_id_].tags[tag];
+    if (t.s != FakeTag::S::kOwned || t.req == nullptr) {
+      return Err(EINVAL, tag, "COMMIT_AND_FETCH_REQ: tag not owned by the server");
+    }
+    const bool is_read = t.req->op == UBLK_IO_OP_READ;
+    RETURN_IF_ERROR(CheckBuffer(tag, buf, is_read && result > 0, "COMMIT_AND_FETCH_REQ"));
+    RETURN_IF_ERROR(PrepRead(ring, tag, user_data));
+    if (is_read && result > 0 && buf != nullptr) {
+      std::memcpy(t.req->data.data(), buf, std::min<size_t>(result, t.req->len));
+    }
+    state_->Complete(t.req, result);
+    t.req = nullptr;
+    --d.inflight;
+    t.s = FakeTag::S::kFetchPending;
+    AfterFetch(d, t);
+    return absl::OkStatus();
+  }
+
+  absl::Status PrepNeedGetData(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) override {
+    absl::MutexLock lock(&state_->mu);
+    FakeDevice& d = *dev_;
+    RETURN_IF_ERROR(Check(tag, "NEED_GET_DATA"));
+    FakeTag& t = d.queues[q_id_].tags[tag];
+    if ((d.info.flags & UBLK_F_NEED_GET_DATA) == 0 || (d.info.flags & UBLK_F_USER_COPY) != 0) {
+      return Err(EINVAL, tag, "NEED_GET_DATA on a device without UBLK_F_NEED_GET_DATA");
+    }
+    if (t.s != FakeTag::S::kOwned || t.req == nullptr || t.req->op != UBLK_IO_OP_WRITE) {
+      return Err(EINVAL, tag, "NEED_GET_DATA: tag does not hold a WRITE owned by the server");
+    }
+    if (buf == nullptr) return Err(EINVAL, tag, "NEED_GET_DATA without a buffer");
+    RETURN_IF_ERROR(PrepRead(ring, tag, user_data));
+    std::memcpy(buf, t.req->data.data(), t.req->len);
+    state_->Deliver(t, UBLK_IO_RES_OK);
+    return absl::OkStatus();
+  }
+
+  int32_t TranslateCompletion(uint16_t tag, int32_t raw) override {
+    absl::MutexLock lock(&state_->mu);
+    if (raw != sizeof(uint64_t)) return raw < 0 ? raw : -EIO;
+    if (tag >= depth_) return -EINVAL;
+    FakeTag& t = dev_->queues[q_id_].tags[tag];
+    if (!t.deliver_ready) return -EIO;
+    t.deliver_ready = false;
+    return t.deliver;
+  }
+
+  absl::Status ReadRequestData(uint16_t tag, void* buf, size_t len, uint64_t offset) override {
+    absl::MutexLock lock(&state_->mu);
+    ASSIGN_OR_RETURN(FakeTag * t, UserCopyTag(tag, UBLK_IO_OP_WRITE, len, offset, "pread"));
+    std::memcpy(buf, t->req->data.data() + offset, len);
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteResponseData(uint16_t tag, const void* buf, size_t len,
+                                 uint64_t offset) override {
+    absl::MutexLock lock(&state_->mu);
+    ASSIGN_OR_RETURN(FakeTag * t, UserCopyTag(tag, UBLK_IO_OP_READ, len, offset, "pwrite"));
+    std::memcpy(t->req->data.data() + offset, buf, len);
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status Err(int err, uint16_t tag, absl::string_view what) const {
+    return UblkErrnoToStatus(err, absl::StrCat("ublk device ", dev_->info.dev_id, " queue ", q_id_,
+                                               " tag ", tag, ": ", what));
+  }
+  absl::Status Check(uint16_t tag, absl::string_view what) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+    if (dev_->removed) return Err(ENODEV, tag, absl::StrCat(what, ": device is gone"));
+    if (tag >= depth_) return Err(EINVAL, tag, absl::StrCat(what, ": tag out of range"));
+    return absl::OkStatus();
+  }
+  absl::Status CheckBuffer(uint16_t tag, void* buf, bool read_commit, absl::string_view what) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+    const uint64_t flags = dev_->info.flags;
+    if ((flags & UBLK_F_USER_COPY) != 0) {
+      if (buf != nullptr) return Err(EINVAL, tag, absl::StrCat(what, ": buffer given in user-copy mode"));
+    } else if ((flags & UBLK_F_NEED_GET_DATA) == 0 || read_commit) {
+      if (buf == nullptr) return Err(EINVAL, tag, absl::StrCat(what, ": no buffer"));
+    }
+    return absl::OkStatus();
+  }
+  absl::Status PrepRead(Ring& ring, uint16_t tag, uint64_t user_data) {
+    io_uring_sqe* sqe = ring.GetSqe();
+    if (sqe == nullptr) return Err(EBUSY, tag, "no free SQE on the ring");
+    io_uring_prep_read(sqe, efds_[tag].get(), &read_bufs_[tag], sizeof(uint64_t), 0);
+    sqe->user_data = user_data;
+    return absl::OkStatus();
+  }
+  void AfterFetch(FakeDevice& d, FakeTag& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+    if (d.stopped) {
+      state_->Deliver(t, UBLK_IO_RES_ABORT);
+      t.s = FakeTag::S::kNone;
+      --d.fetched;
+      return;
+    }
+    state_->Dispatch(d);
+  }
+  absl::StatusOr<FakeTag*> UserCopyTag(uint16_t tag, uint8_t op, size_t len, uint64_t offset,
+                                       absl::string_view what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+    RETURN_IF_ERROR(Check(tag, what));
+    if ((dev_->info.flags & UBLK_F_USER_COPY) == 0) {
+      return Err(EINVAL, tag, absl::StrCat(what, ": device is not in user-copy mode"));
+    }
+    FakeTag& t = dev_->queues[q_id_].tags[tag];
+    if (t.s != FakeTag::S::kOwned || t.req == nullptr) {
+      return Err(EINVAL, tag, absl::StrCat(what, ": no request owned by the server"));
+    }
+    if (t.req->op != op) return Err(EINVAL, tag, absl::StrCat(what, ": wrong direction"));
+    if (offset > t.req->len || len > t.req->len - offset) {
+      return Err(EINVAL, tag, absl::StrCat(what, ": beyond the request"));
+    }
+    return &t;
+  }
+
+  const std::shared_ptr<State> state_;
+  const std::shared_ptr<FakeDevice> dev_;
+  const uint16_t q_id_;
+  const uint16_t depth_;
+  const std::vector<UniqueFd> efds_;
+  const std::unique_ptr<uint64_t[]> read_bufs_;  // written by the kernel's eventfd reads
+};
+
+class FakeControlDevice final : public ControlDevice {
+ public:
+  FakeControlDevice(std::shared_ptr<State> state, CmdEncoding encoding)
+      : state_(std::move(state)), encoding_(encoding) {}
+
+  CmdEncoding encoding() const override { return encoding_; }
+
+  absl::StatusOr<uint64_t> GetFeatures() override {
+    if (!state_->options.has_get_features || !state_->options.accept_ioctl) {
+      return absl::UnimplementedError(
+          "ublk GET_FEATURES not supported by this kernel (fake kernel without GET_FEATURES)");
+    }
+    return state_->options.features;
+  }
+
+  absl::StatusOr<DeviceInfo> AddDevice(const DeviceInfo& want) override {
+    absl::MutexLock lock(&state_->mu);
+    const std::string what = want.dev_id == kAnyDevId ? std::string("ADD_DEV (any id)")
+                                                      : absl::StrCat("ADD_DEV id ", want.dev_id);
+    RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
+    if (state_->fail_next_add != 0) {
+      int err = std::exchange(state_->fail_next_add, 0);
+      return UblkErrnoToStatus(err, absl::StrCat("ublk ", what));
+    }
+    if (want.queue_depth == 0 || want.queue_depth > kMaxQueueDepth || want.nr_hw_queues == 0 ||
+        want.nr_hw_queues > kMaxQueues || (want.dev_id != kAnyDevId && want.dev_id >= (1u << 20))) {
+      return UblkErrnoToStatus(EINVAL, absl::StrCat("ublk ", what));
+    }
+    if (static_cast<int>(state_->devices.size()) >= state_->options.ublks_max) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "ublk ", what, ": refused, device limit reached (ublk_drv module parameter ublks_max=",
+          state_->options.ublks_max, ")"));
+    }
+    uint32_t id = want.dev_id;
+    if (id == kAnyDevId) {
+      id = 0;
+      while (state_->devices.count(id) != 0) ++id;
+    } else if (state_->devices.count(id) != 0) {
+      return UblkErrnoToStatus(EEXIST, absl::StrCat("ublk ", what));
+    }
+    auto d = std::make_shared<FakeDevice>();
+    d->info = want;
+    d->info.dev_id = id;
+    d->info.state = UBLK_S_DEV_DEAD;
+    d->info.max_io_buf_bytes = want.max_io_buf_bytes / 4096 * 4096;
+    d->info.flags = want.flags & state_->options.features;
+    if (state_->options.features & UBLK_F_CMD_IOCTL_ENCODE) {
+      d->info.flags |= UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_URING_CMD_COMP_IN_TASK;
+    }
+    d->queues.resize(want.nr_hw_queues);
+    for (auto& q : d->queues) {
+      q.tags.resize(want.queue_depth);
+      q.descs.reset(new ublksrv_io_desc[want.queue_depth]());
+    }
+    state_->devices[id] = d;
+    return d->info;
+  }
+
+  absl::Status SetParams(uint32_t dev_id, const ublk_params& p) override {
+    absl::MutexLock lock(&state_->mu);
+    const std::string what = absl::StrCat("ublk SET_PARAMS device ", dev_id);
+    RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "SET_PARAMS"));
+    if (d->info.state == UBLK_S_DEV_LIVE) return UblkErrnoToStatus(EACCES, what);
+    const auto& b = p.basic;
+    const bool bad =
+        (p.types & UBLK_PARAM_TYPE_BASIC) == 0 || b.logical_bs_shift < 9 ||
+        b.logical_bs_shift > 12 || b.physical_bs_shift < b.logical_bs_shift ||
+        b.max_sectors > (d->info.max_io_buf_bytes >> 9) || b.dev_sectors == 0 ||
+        ((p.types & UBLK_PARAM_TYPE_DISCARD) != 0 &&
+         (p.discard.discard_granularity == 0 ||
+          (p.discard.max_discard_sectors != 0 && p.discard.max_discard_segments != 1)));
+    if (bad) return UblkErrnoToStatus(EINVAL, what);
+    d->params = p;
+    d->params.types &= UBLK_PARAM_TYPE_BASIC | UBLK_PARAM_TYPE_DISCARD;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<ublk_params> GetParams(uint32_t dev_id) override {
+    absl::MutexLock lock(&state_->mu);
+    RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "GET_PARAMS"));
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "GET_PARAMS"));
+    ublk_params p = d->params;
+    p.len = sizeof(p);
+    return p;
+  }
+
+  absl::Status StartDevice(uint32_t dev_id, pid_t pid) override {
+    absl::MutexLock lock(&state_->mu);
+    const std::string what = absl::StrCat("ublk START_DEV device ", dev_id);
+    RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "START_DEV"));
+    if (pid <= 0) return UblkErrnoToStatus(EINVAL, what);
+    if (d->info.state == UBLK_S_DEV_LIVE || d->started) return UblkErrnoToStatus(EEXIST, what);
+    if ((d->params.types & UBLK_PARAM_TYPE_BASIC) == 0) return UblkErrnoToStatus(EINVAL, what);
+    RETURN_IF_ERROR(state_->AwaitFetched(d, "START_DEV"));
+    d->started = true;
+    d->stopped = false;
+    d->aborted = false;
+    d->info.state = UBLK_S_DEV_LIVE;
+    d->info.ublksrv_pid = pid;
+    state_->Dispatch(*d);
+    return absl::OkStatus();
+  }
+
+  absl::Status StopDevice(uint32_t dev_id) override {
+    absl::MutexLock lock(&state_->mu);
+    RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "STOP_DEV"));
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "STOP_DEV"));
+    state_->Kill(*d, -EIO);
+    return absl::OkStatus();
+  }
+
+  absl::Status DeleteDevice(uint32_t dev_id) override {
+    absl::MutexLock lock(&state_->mu);
+    RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "DEL_DEV"));
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "DEL_DEV"));
+    if (d->open_channels > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "ublk DEL_DEV device ", dev_id, ": ", d->open_channels,
+          " queue channel(s) still open (the real kernel would hang until they close)"));
+    }
+    state_->Kill(*d, -EIO);
+    d->removed = true;
+    state_->devices.erase(dev_id);
+    state_->cv.SignalAll();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<DeviceInfo> GetDeviceInfo(uint32_t dev_id) override {
+    absl::MutexLock lock(&state_->mu);
+    RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "GET_DEV_INFO"));
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "GET_DEV_INFO"));
+    return d->info;
+  }
+
+  absl::Status StartUserRecovery(uint32_t dev_id) override {
+    absl::MutexLock lock(&state_->mu);
+    const std::string what = absl::StrCat("ublk START_USER_RECOVERY device ", dev_id);
+    RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "START_USER_RECOVERY"));
+    if ((d->info.flags & UBLK_F_USER_RECOVERY) == 0) return UblkErrnoToStatus(EINVAL, what);
+    if (d->open_channels > 0 || d->info.state != UBLK_S_DEV_QUIESCED) {
+      return UblkErrnoToStatus(EBUSY, what);
+    }
+    d->recovering = true;
+    d->fetched = 0;
+    return absl::OkStatus();
+  }
+
+  absl::Status EndUserRecovery(uint32_t dev_id, pid_t pid) override {
+    absl::MutexLock lock(&state_->mu);
+    const std::string what = absl::StrCat("ublk END_USER_RECOVERY device ", dev_id);
+    RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "END_USER_RECOVERY"));
+    if (d->info.state != UBLK_S_DEV_QUIESCED || !d->recovering) {
+      return UblkErrnoToStatus(EBUSY, what);
+    }
+    if (pid <= 0) return UblkErrnoToStatus(EINVAL, what);
+    RETURN_IF_ERROR(state_->AwaitFetched(d, "END_USER_RECOVERY"));
+    if (d->info.state != UBLK_S_DEV_QUIESCED) return UblkErrnoToStatus(EBUSY, what);
+    d->recovering = false;
+    d->info.state = UBLK_S_DEV_LIVE;
+    d->info.ublksrv_pid = pid;
+    state_->Dispatch(*d);
+    return absl::OkStatus();
+  }
+
+  absl::Status UpdateSize(uint32_t dev_id, uint64_t dev_sectors) override {
+    absl::MutexLock lock(&state_->mu);
+    if ((state_->options.features & UBLK_F_UPDATE_SIZE) == 0) {
+      return absl::UnimplementedError(absl::StrCat("resizing ublk device ", dev_id,
+                                                   " needs UBLK_U_CMD_UPDATE_SIZE (Linux 6.14+)"));
+    }
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "UPDATE_SIZE"));
+    d->params.basic.dev_sectors = dev_sectors;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::unique_ptr<QueueChannel>> OpenQueue(uint32_t dev_id, uint16_t q_id,
+                                                          uint16_t depth) override {
+    absl::MutexLock lock(&state_->mu);
+    const std::string what = absl::StrCat("open ", CharDevicePath(dev_id), " queue ", q_id);
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "open queue of"));
+    if (q_id >= d->info.nr_hw_queues || depth != d->info.queue_depth) {
+      return UblkErrnoToStatus(EINVAL, absl::StrCat(what, " depth ", depth));
+    }
+    FakeQueue& q = d->queues[q_id];
+    if (q.channel_open) {
+      return absl::UnavailableError(absl::StrCat(what, ": busy: another server holds it"));
+    }
+    if (d->info.state == UBLK_S_DEV_QUIESCED && !d->recovering) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": device is QUIESCED, START_USER_RECOVERY first"));
+    }
+    std::vector<UniqueFd> efds;
+    for (uint16_t tag = 0; tag < depth; ++tag) {
+      int fd = eventfd(0, EFD_CLOEXEC);
+      if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat(what, ": eventfd"));
+      efds.emplace_back(fd);
+      q.tags[tag].efd = fd;
+      q.tags[tag].deliver_ready = false;
+    }
+    q.channel_open = true;
+    ++d->open_channels;
+    return std::unique_ptr<QueueChannel>(
+        new FakeQueueChannel(state_, d, q_id, std::move(efds)));
+  }
+
+ private:
+  const std::shared_ptr<State> state_;
+  const CmdEncoding encoding_;
+};
+
+}  // namespace
+
+FakeKernel::FakeKernel(FakeKernelOptions options)
+    : state_(std::make_shared<State>(options)) {}
+
+FakeKernel::~FakeKernel() = default;
+
+std::unique_ptr<ControlDevice> FakeKernel::OpenControl(CmdEncoding encoding) {
+  return std::make_unique<FakeControlDevice>(state_, encoding);
+}
+
+std::shared_ptr<FakeKernel::Request> FakeKernel::SubmitIoAsync(uint32_t dev_id, uint8_t op,
+                                                               uint64_t offset, uint32_t len,
+                                                               std::string data, uint32_t flags) {
+  auto r = std::make_shared<Request>();
+  r->dev_id = dev_id;
+  r->op = op;
+  r->flags = flags;
+  r->offset = offset;
+  r->len = len;
+  r->data = std::move(data);
+  r->data.resize(op == UBLK_IO_OP_READ || op == UBLK_IO_OP_WRITE ? len : 0);
+  absl::MutexLock lock(&state_->mu);
+  auto it = state_->devices.find(dev_id);
+  if (it == state_->devices.end() || !it->second->started) {
+    state_->Complete(r, -ENODEV);
+    return r;
+  }
+  FakeDevice& d = *it->second;
+  if (d.aborted) {
+    state_->Complete(r, -EIO);
+    return r;
+  }
+  if (len % 512 != 0 || offset % 512 != 0) {
+    state_->Complete(r, -EINVAL);
+    return r;
+  }
+  if (op != UBLK_IO_OP_FLUSH && (offset > d.size_bytes() || len > d.size_bytes() - offset)) {
+    state_->Complete(r, -EIO);
+    return r;
+  }
+  d.pending.push_back(r);
+  state_->Dispatch(d);
+  return r;
+}
+
+absl::StatusOr<FakeIoResult> FakeKernel::Wait(const std::shared_ptr<Request>& r,
+                                              absl::Duration timeout) {
+  absl::MutexLock lock(&state_->mu);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!r->done) {
+    if (state_->cv.WaitWithDeadline(&state_->mu, deadline) && !r->done) {
+      return absl::DeadlineExceededError(absl::StrCat("fake block I/O op ", r->op, " at ",
+                                                      r->offset, " on ublk device ", r->dev_id,
+                                                      " not done after ", absl::FormatDuration(timeout)));
+    }
+  }
+  return FakeIoResult{r->result, r->data};
+}
+
+absl::StatusOr<FakeIoResult> FakeKernel::SubmitIo(uint32_t dev_id, uint8_t op, uint64_t offset,
+                                                  uint32_t len, std::string data,
+                                                  absl::Duration timeout) {
+  return Wait(SubmitIoAsync(dev_id, op, offset, len, std::move(data)), timeout);
+}
+
+absl::StatusOr<FakeIoResult> FakeKernel::Write(uint32_t dev_id, uint64_t offset,
+                                               std::string data) {
+  const uint32_t len = static_cast<uint32_t>(data.size());
+  return SubmitIo(dev_id, UBLK_IO_OP_WRITE, offset, len, std::move(data));
+}
+
+absl::StatusOr<FakeIoResult> FakeKernel::Read(uint32_t dev_id, uint64_t offset, uint32_t len) {
+  return SubmitIo(dev_id, UBLK_IO_OP_READ, offset, len);
+}
+
+void FakeKernel::FailNextAddDevice(int err) {
+  absl::MutexLock lock(&state_->mu);
+  state_->fail_next_add = err;
+}
+
+void FakeKernel::VanishDevice(uint32_t dev_id) {
+  absl::MutexLock lock(&state_->mu);
+  auto it = state_->devices.find(dev_id);
+  if (it == state_->devices.end()) return;
+  FakeDevice& d = *it->second;
+  state_->Kill(d, -ENODEV);
+  for (auto& q : d.queues) {
+    for (auto& t : q.tags) {
+      if (t.req != nullptr) state_->Complete(t.req, -ENODEV);
+      t.req = nullptr;
+      if (t.s == FakeTag::S::kOwned) {
+        state_->Deliver(t, UBLK_IO_RES_ABORT);
+        t.s = FakeTag::S::kNone;
+      }
+    }
+  }
+  d.removed = true;
+  state_->devices.erase(it);
+  state_->cv.SignalAll();
+}
+
+std::optional<uint16_t> FakeKernel::DeviceState(uint32_t dev_id) const {
+  absl::MutexLock lock(&state_->mu);
+  auto it = state_->devices.find(dev_id);
+  if (it == state_->devices.end()) return std::nullopt;
+  return it->second->info.state;
+}
+
+size_t FakeKernel::device_count() const {
+  absl::MutexLock lock(&state_->mu);
+  return state_->devices.size();
+}
+
+int FakeKernel::open_channels(uint32_t dev_id) const {
+  absl::MutexLock lock(&state_->mu);
+  auto it = state_->devices.find(dev_id);
+  return it == state_->devices.end() ? 0 : it->second->open_channels;
+}
+
+int FakeKernel::inflight(uint32_t dev_id) const {
+  absl::MutexLock lock(&state_->mu);
+  auto it = state_->devices.find(dev_id);
+  return it == state_->devices.end() ? 0 : it->second->inflight;
+}
+
+}  // namespace ublk

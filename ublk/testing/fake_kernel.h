@@ -1,0 +1,123 @@
+// FakeKernel: an in-process ublk_drv for unit tests. It implements the
+// ControlDevice/QueueChannel seam so Worker and Export run unchanged, and a
+// block-device side (SubmitIo) so a test can read and write the "disk" from
+// any thread and check data and result codes.
+//
+// How completions reach the worker's real io_uring: each fake QueueChannel
+// makes one eventfd per tag. PrepFetch/PrepCommitAndFetch/PrepNeedGetData
+// record the command in the fake (synchronously, under its mutex) and put an
+// io_uring READ of 8 bytes from the tag's eventfd on the worker's ring with
+// the caller's user_data. When the fake completes the command it stores the
+// ublk result for the tag and writes the eventfd; the worker's CQE has res=8
+// and TranslateCompletion(tag, 8) returns the stored result.
+//
+// Behaves like ublk_drv (6.1..6.12) in: device ids (given or any, EEXIST,
+// ublks_max -> EACCES), states DEAD/LIVE/QUIESCED, flags masked by the
+// feature set (6.1 silently drops USER_COPY), params validation (EINVAL; EACCES
+// while LIVE), START_DEV waiting for every tag to be fetched, STOP_DEV aborting
+// fetches with UBLK_IO_RES_ABORT, both copy modes (get-data: a WRITE first
+// completes with UBLK_IO_RES_NEED_GET_DATA; a READ's data is taken from the
+// commit's buffer; user copy: data moves through Read/WriteResponseData, and
+// buffers passed with commands are refused), quiesce when the last channel
+// of a USER_RECOVERY device closes (else the device is aborted: in-flight and
+// new I/O fail with EIO), the recovery handshake and REISSUE.
+//
+// Differs from the kernel:
+// - Misuse of an I/O command (double fetch, commit of a tag the server does
+//   not own, a buffer in user-copy mode) is returned by the Prep* call; the
+//   kernel reports it in the CQE.
+// - START_DEV/END_USER_RECOVERY give up with DeadlineExceeded after
+//   options.start_timeout; the kernel waits (interruptibly) forever.
+// - DEL_DEV with channels still open fails with FailedPrecondition; the
+//   kernel hangs until they are closed.
+// - Opening a queue of a QUIESCED device before START_USER_RECOVERY fails;
+//   the kernel lets the open succeed and fails the mmap.
+// - No partition scan, no block-layer splitting or merging: one SubmitIo is
+//   one request. The queue is chosen round-robin among fetched tags.
+// - An aborted (server gone, no recovery) device stays LIVE in GET_DEV_INFO
+//   until STOP_DEV/DEL_DEV, like 6.12; I/O to it fails with EIO.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "ublk/kernel.h"
+
+namespace ublk {
+
+// Feature masks of real kernels, for FakeKernelOptions.
+inline constexpr uint64_t kFake61Features = UBLK_F_URING_CMD_COMP_IN_TASK |
+                                            UBLK_F_NEED_GET_DATA | UBLK_F_USER_RECOVERY |
+                                            UBLK_F_USER_RECOVERY_REISSUE;
+inline constexpr uint64_t kFake65Features =
+    kFake61Features | UBLK_F_UNPRIVILEGED_DEV | UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_COPY;
+inline constexpr uint64_t kFake612Features = 0x1fe;  // what 6.12's GET_FEATURES returns
+
+struct FakeKernelOptions {
+  uint64_t features = kFake612Features;
+  bool has_get_features = true;  // 6.5+
+  bool accept_ioctl = true;      // 6.4+
+  bool accept_legacy = true;     // CONFIG_BLKDEV_UBLK_LEGACY_OPCODES
+  int ublks_max = 64;
+  absl::Duration start_timeout = absl::Seconds(10);
+
+  static FakeKernelOptions Linux61() {
+    return {kFake61Features, false, false, true, 64, absl::Seconds(10)};
+  }
+  static FakeKernelOptions Linux65() {
+    return {kFake65Features, true, true, true, 64, absl::Seconds(10)};
+  }
+  static FakeKernelOptions Linux612() { return {}; }
+};
+
+struct FakeIoResult {
+  int32_t result = 0;  // bytes for READ/WRITE, 0, or -errno
+  std::string data;    // READ: what came back
+};
+
+class FakeKernel {
+ public:
+  class Request;
+  struct State;
+
+  explicit FakeKernel(FakeKernelOptions options = {});
+  ~FakeKernel();
+  FakeKernel(const FakeKernel&) = delete;
+  FakeKernel& operator=(const FakeKernel&) = delete;
+
+  // A control device using `encoding`; many may be open at once. Each must
+  // not outlive the FakeKernel... they share its state, so they may.
+  std::unique_ptr<ControlDevice> OpenControl(CmdEncoding encoding);
+
+  // Block I/O on /dev/ublkbN. `data` is the WRITE payload (len bytes).
+  std::shared_ptr<Request> SubmitIoAsync(uint32_t dev_id, uint8_t op, uint64_t offset,
+                                         uint32_t len, std::string data = {}, uint32_t flags = 0);
+  // DeadlineExceeded if the request is not done in `timeout`.
+  absl::StatusOr<FakeIoResult> Wait(const std::shared_ptr<Request>& request,
+                                    absl::Duration timeout);
+  absl::StatusOr<FakeIoResult> SubmitIo(uint32_t dev_id, uint8_t op, uint64_t offset,
+                                        uint32_t len, std::string data = {},
+                                        absl::Duration timeout = absl::Seconds(5));
+  absl::StatusOr<FakeIoResult> Write(uint32_t dev_id, uint64_t offset, std::string data);
+  absl::StatusOr<FakeIoResult> Read(uint32_t dev_id, uint64_t offset, uint32_t len);
+
+  // Fault injection.
+  void FailNextAddDevice(int err);          // e.g. ENOSPC, ENOMEM
+  void VanishDevice(uint32_t dev_id);       // gone as if another process deleted it
+
+  // Inspection.
+  std::optional<uint16_t> DeviceState(uint32_t dev_id) const;
+  size_t device_count() const;
+  int open_channels(uint32_t dev_id) const;
+  // Requests handed to the server and not yet committed.
+  int inflight(uint32_t dev_id) const;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace ublk
