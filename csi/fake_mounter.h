@@ -1,0 +1,57 @@
+// A Mounter with an in-memory mount table and filesystem registry: no mount
+// ever happens. Records every call, lets tests inject one failure per
+// operation, and reports statfs numbers from the size of the "device" (the
+// file behind the source path). Used by unit tests and `ublk-csi
+// --mounter=fake` demos. Thread-safe.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "csi/mounter.h"
+
+namespace ublk_csi {
+
+class FakeMounter final : public Mounter {
+ public:
+  enum class Op { kMount, kUnmount, kMkfs, kProbe, kResize, kStatfs };
+
+  absl::Status Mount(const std::string& source, const std::string& target,
+                     const std::string& fstype, const MountOptions& options) override;
+  absl::Status Unmount(const std::string& target) override;
+  absl::StatusOr<std::optional<MountInfo>> GetMountInfo(const std::string& target) override;
+  absl::Status MakeFilesystem(const std::string& device, const std::string& fstype) override;
+  absl::StatusOr<std::string> ProbeFilesystem(const std::string& device) override;
+  absl::Status ResizeFilesystem(const std::string& device, const std::string& mount_path,
+                                const std::string& fstype) override;
+  absl::StatusOr<FsStats> Statfs(const std::string& path) override;
+
+  void FailNext(Op op, absl::Status status);
+  // Every call so far, e.g. "mount /dev/ublkb0 /stage ext4 noatime".
+  std::vector<std::string> calls() const;
+  int CountCalls(const std::string& prefix) const;
+  std::vector<MountInfo> mounts() const;
+  // The mount flags the topmost mount at target was made with.
+  std::vector<std::string> FlagsOf(const std::string& target) const;
+
+ private:
+  struct Entry {
+    MountInfo info;
+    std::vector<std::string> flags;
+    std::string device;  // the real device behind a bind of a mount
+  };
+  absl::Status TakeFailure(Op op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string DeviceKey(const std::string& path) const;
+
+  mutable absl::Mutex mu_;
+  std::vector<Entry> table_ ABSL_GUARDED_BY(mu_);  // in mount order
+  std::map<std::string, std::string> filesystems_ ABSL_GUARDED_BY(mu_);  // device -> type
+  std::map<std::string, int64_t> fs_size_ ABSL_GUARDED_BY(mu_);          // device -> bytes
+  std::map<Op, absl::Status> failures_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ublk_csi

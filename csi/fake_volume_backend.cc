@@ -1,0 +1,145 @@
+#include "csi/fake_volume_backend.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+namespace ublk_csi {
+
+absl::Status FakeVolumeBackend::TakeFailure(Op op) {
+  auto it = failures_.find(op);
+  if (it == failures_.end()) return absl::OkStatus();
+  absl::Status s = it->second;
+  failures_.erase(it);
+  return s;
+}
+
+absl::StatusOr<ExportInfo> FakeVolumeBackend::EnsureExport(const ExportSpec& spec) {
+  absl::MutexLock lock(&mu_);
+  ++ensure_calls_;
+  if (absl::Status s = TakeFailure(Op::kEnsure); !s.ok()) return s;
+  if (auto it = exports_.find(spec.volume_id); it != exports_.end()) return it->second.info;
+  struct stat st;
+  if (::stat(spec.backing_file.c_str(), &st) != 0) {
+    return absl::NotFoundError(absl::StrCat("volume ", spec.volume_id, ": backing file ",
+                                            spec.backing_file, ": ", std::strerror(errno)));
+  }
+  if (static_cast<int>(exports_.size()) >= max_volumes_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "volume ", spec.volume_id, ": device limit reached (", max_volumes_, " exports)"));
+  }
+  std::set<int32_t> used;
+  for (const auto& [_, e] : exports_) used.insert(e.info.dev_id);
+  int32_t dev_id = spec.preferred_dev_id;
+  if (dev_id < 0 || used.count(dev_id) != 0) {
+    dev_id = 0;
+    while (used.count(dev_id) != 0) ++dev_id;
+  }
+  Export e;
+  e.spec = spec;
+  e.info.dev_id = dev_id;
+  e.info.device_path = absl::StrCat(device_dir_, "/ublkb", dev_id);
+  e.info.size_bytes = spec.size_bytes;
+  e.info.state = ExportState::kLive;
+  ::unlink(e.info.device_path.c_str());
+  if (::symlink(spec.backing_file.c_str(), e.info.device_path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("volume ", spec.volume_id, ": symlink ",
+                                            e.info.device_path, ": ", std::strerror(errno)));
+  }
+  ExportInfo info = e.info;
+  exports_[spec.volume_id] = std::move(e);
+  return info;
+}
+
+absl::Status FakeVolumeBackend::RemoveExport(const std::string& volume_id) {
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = TakeFailure(Op::kRemove); !s.ok()) return s;
+  auto it = exports_.find(volume_id);
+  if (it == exports_.end()) return absl::OkStatus();
+  ::unlink(it->second.info.device_path.c_str());
+  exports_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::Status FakeVolumeBackend::ResizeExport(const std::string& volume_id,
+                                             int64_t new_size_bytes) {
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = TakeFailure(Op::kResize); !s.ok()) return s;
+  auto it = exports_.find(volume_id);
+  if (it == exports_.end()) {
+    return absl::NotFoundError(absl::StrCat("volume ", volume_id, ": no export to resize"));
+  }
+  if (!resize_supported_) {
+    return absl::UnimplementedError(
+        absl::StrCat("volume ", volume_id, ": this kernel cannot resize a live ublk device"));
+  }
+  it->second.info.size_bytes = new_size_bytes;
+  it->second.spec.size_bytes = new_size_bytes;
+  return absl::OkStatus();
+}
+
+ExportStatus FakeVolumeBackend::GetExportStatus(const std::string& volume_id) {
+  absl::MutexLock lock(&mu_);
+  ExportStatus st;
+  auto it = exports_.find(volume_id);
+  if (it == exports_.end()) return st;
+  st.state = it->second.info.state;
+  st.message = it->second.message;
+  st.device_path = it->second.info.device_path;
+  st.dev_id = it->second.info.dev_id;
+  st.worker = it->second.info.dev_id % 4;
+  st.copy_mode = "fake";
+  return st;
+}
+
+absl::Status FakeVolumeBackend::Usable() {
+  absl::MutexLock lock(&mu_);
+  return usable_;
+}
+
+void FakeVolumeBackend::FailNext(Op op, absl::Status status) {
+  absl::MutexLock lock(&mu_);
+  failures_[op] = std::move(status);
+}
+
+void FakeVolumeBackend::SetState(const std::string& volume_id, ExportState state,
+                                 std::string message) {
+  absl::MutexLock lock(&mu_);
+  auto it = exports_.find(volume_id);
+  if (it == exports_.end()) return;
+  it->second.info.state = state;
+  it->second.message = std::move(message);
+}
+
+void FakeVolumeBackend::SetUsable(absl::Status status) {
+  absl::MutexLock lock(&mu_);
+  usable_ = std::move(status);
+}
+
+void FakeVolumeBackend::SetResizeSupported(bool supported) {
+  absl::MutexLock lock(&mu_);
+  resize_supported_ = supported;
+}
+
+int FakeVolumeBackend::ensure_calls() const {
+  absl::MutexLock lock(&mu_);
+  return ensure_calls_;
+}
+
+int FakeVolumeBackend::export_count() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(exports_.size());
+}
+
+ExportSpec FakeVolumeBackend::LastSpec(const std::string& volume_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = exports_.find(volume_id);
+  return it == exports_.end() ? ExportSpec{} : it->second.spec;
+}
+
+}  // namespace ublk_csi

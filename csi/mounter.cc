@@ -1,0 +1,254 @@
+#include "csi/mounter.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mount.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "glog/logging.h"
+
+namespace ublk_csi {
+namespace {
+
+std::string Errno(int err) { return std::strerror(err); }
+
+std::string Unescape(absl::string_view in) {
+  std::string out;
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '\\' && i + 3 < in.size() && in[i + 1] >= '0' && in[i + 1] <= '3') {
+      out.push_back(static_cast<char>((in[i + 1] - '0') * 64 + (in[i + 2] - '0') * 8 +
+                                      (in[i + 3] - '0')));
+      i += 3;
+    } else {
+      out.push_back(in[i]);
+    }
+  }
+  return out;
+}
+
+// mount(2) flags named in CSI mount_flags; anything else is fs data.
+const std::map<std::string, std::pair<unsigned long, bool>>& FlagTable() {
+  // name -> (bit, set?)
+  static const auto* table = new std::map<std::string, std::pair<unsigned long, bool>>{
+      {"ro", {MS_RDONLY, true}},         {"rw", {MS_RDONLY, false}},
+      {"nosuid", {MS_NOSUID, true}},     {"suid", {MS_NOSUID, false}},
+      {"nodev", {MS_NODEV, true}},       {"dev", {MS_NODEV, false}},
+      {"noexec", {MS_NOEXEC, true}},     {"exec", {MS_NOEXEC, false}},
+      {"sync", {MS_SYNCHRONOUS, true}},  {"async", {MS_SYNCHRONOUS, false}},
+      {"dirsync", {MS_DIRSYNC, true}},   {"noatime", {MS_NOATIME, true}},
+      {"atime", {MS_NOATIME, false}},    {"nodiratime", {MS_NODIRATIME, true}},
+      {"relatime", {MS_RELATIME, true}}, {"strictatime", {MS_STRICTATIME, true}},
+      {"lazytime", {MS_LAZYTIME, true}},
+  };
+  return *table;
+}
+
+std::string CommandError(const std::vector<std::string>& argv, const CommandResult& r) {
+  std::string out(absl::StripAsciiWhitespace(r.output));
+  return absl::StrCat("`", absl::StrJoin(argv, " "), "` ",
+                      r.exit_code < 0 ? absl::StrCat("killed by signal ", -r.exit_code)
+                                      : absl::StrCat("exited ", r.exit_code),
+                      out.empty() ? "" : ": ", out);
+}
+
+absl::Status RunChecked(const std::vector<std::string>& argv) {
+  absl::StatusOr<CommandResult> r = RunCommand(argv);
+  if (!r.ok()) return r.status();
+  if (r->exit_code != 0) return absl::InternalError(CommandError(argv, *r));
+  VLOG(1) << absl::StrJoin(argv, " ") << ": ok";
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::vector<MountInfo> ParseMountInfo(const std::string& text) {
+  std::vector<MountInfo> out;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ');
+    // id parent maj:min root mountpoint options [optional...] - fstype source superopts
+    size_t dash = 6;
+    while (dash < f.size() && f[dash] != "-") ++dash;
+    if (f.size() < 7 || dash + 2 >= f.size()) continue;
+    MountInfo m;
+    m.root = Unescape(f[3]);
+    m.target = Unescape(f[4]);
+    for (absl::string_view o : absl::StrSplit(f[5], ',')) {
+      if (o == "ro") m.readonly = true;
+    }
+    m.fstype = std::string(f[dash + 1]);
+    m.source = Unescape(f[dash + 2]);
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv) {
+  if (argv.empty()) return absl::InvalidArgumentError("RunCommand: empty argv");
+  std::vector<char*> cargv;
+  for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("pipe for `", argv[0], "`: ", Errno(errno)));
+  }
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    int err = errno;
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return absl::InternalError(absl::StrCat("fork for `", argv[0], "`: ", Errno(err)));
+  }
+  if (pid == 0) {
+    // Child: only async-signal-safe calls until exec.
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0) ::dup2(devnull, 0);
+    ::execvp(cargv[0], cargv.data());
+    static const char kMsg[] = "exec failed\n";
+    ssize_t ignored = ::write(2, kMsg, sizeof(kMsg) - 1);
+    (void)ignored;
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  CommandResult result;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fds[0], buf, sizeof(buf));
+    if (n > 0) {
+      if (result.output.size() < (1 << 20)) result.output.append(buf, static_cast<size_t>(n));
+    } else if (n == 0 || errno != EINTR) {
+      break;
+    }
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  if (result.exit_code == 127 && result.output.find("exec failed") != std::string::npos) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot run `", argv[0], "`: not installed or not in PATH"));
+  }
+  return result;
+}
+
+absl::Status RealMounter::Mount(const std::string& source, const std::string& target,
+                                const std::string& fstype, const MountOptions& options) {
+  unsigned long flags = 0;
+  std::vector<std::string> data;
+  for (const std::string& f : options.flags) {
+    auto it = FlagTable().find(f);
+    if (it == FlagTable().end()) {
+      data.push_back(f);
+    } else if (it->second.second) {
+      flags |= it->second.first;
+    } else {
+      flags &= ~it->second.first;
+    }
+  }
+  if (options.readonly) flags |= MS_RDONLY;
+  std::string data_str = absl::StrJoin(data, ",");
+  if (options.bind) {
+    if (::mount(source.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) != 0) {
+      return absl::InternalError(
+          absl::StrCat("bind mount ", source, " on ", target, ": ", Errno(errno)));
+    }
+    // A bind mount ignores all flags but MS_BIND; they take a remount.
+    unsigned long remount = flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME |
+                                     MS_NODIRATIME | MS_RELATIME);
+    if (remount != 0 &&
+        ::mount(nullptr, target.c_str(), nullptr, MS_BIND | MS_REMOUNT | remount, nullptr) != 0) {
+      int err = errno;
+      ::umount2(target.c_str(), 0);
+      return absl::InternalError(
+          absl::StrCat("remount bind mount ", target, " with flags: ", Errno(err)));
+    }
+    return absl::OkStatus();
+  }
+  if (::mount(source.c_str(), target.c_str(), fstype.c_str(), flags,
+              data_str.empty() ? nullptr : data_str.c_str()) != 0) {
+    int err = errno;
+    return absl::InternalError(absl::StrCat("mount ", source, " on ", target, " (", fstype,
+                                            data_str.empty() ? "" : ", ", data_str,
+                                            "): ", Errno(err)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RealMounter::Unmount(const std::string& target) {
+  if (::umount2(target.c_str(), UMOUNT_NOFOLLOW) != 0) {
+    return absl::InternalError(absl::StrCat("unmount ", target, ": ", Errno(errno)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<MountInfo>> RealMounter::GetMountInfo(const std::string& target) {
+  std::ifstream in("/proc/self/mountinfo");
+  if (!in) return absl::InternalError("cannot read /proc/self/mountinfo");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::optional<MountInfo> found;
+  for (MountInfo& m : ParseMountInfo(ss.str())) {
+    if (m.target == target) found = std::move(m);  // the last one is on top
+  }
+  return found;
+}
+
+absl::Status RealMounter::MakeFilesystem(const std::string& device, const std::string& fstype) {
+  if (fstype == "ext4") return RunChecked({"mkfs.ext4", "-F", "-q", device});
+  if (fstype == "xfs") return RunChecked({"mkfs.xfs", "-f", "-q", device});
+  return absl::InvalidArgumentError(
+      absl::StrCat("mkfs on ", device, ": unsupported filesystem type '", fstype, "'"));
+}
+
+absl::StatusOr<std::string> RealMounter::ProbeFilesystem(const std::string& device) {
+  std::vector<std::string> argv = {"blkid", "-p", "-s", "TYPE", "-o", "value", device};
+  absl::StatusOr<CommandResult> r = RunCommand(argv);
+  if (!r.ok()) return r.status();
+  // blkid exits 2 when it finds nothing it recognises.
+  if (r->exit_code == 2) return std::string();
+  if (r->exit_code != 0) return absl::InternalError(CommandError(argv, *r));
+  return std::string(absl::StripAsciiWhitespace(r->output));
+}
+
+absl::Status RealMounter::ResizeFilesystem(const std::string& device,
+                                           const std::string& mount_path,
+                                           const std::string& fstype) {
+  if (fstype == "ext4" || fstype == "ext3" || fstype == "ext2") {
+    return RunChecked({"resize2fs", device});
+  }
+  if (fstype == "xfs") return RunChecked({"xfs_growfs", mount_path});
+  return absl::UnimplementedError(
+      absl::StrCat("grow filesystem on ", device, ": unsupported type '", fstype, "'"));
+}
+
+absl::StatusOr<FsStats> RealMounter::Statfs(const std::string& path) {
+  struct statvfs s;
+  if (::statvfs(path.c_str(), &s) != 0) {
+    return absl::InternalError(absl::StrCat("statvfs ", path, ": ", Errno(errno)));
+  }
+  FsStats st;
+  int64_t frsize = static_cast<int64_t>(s.f_frsize);
+  st.total_bytes = static_cast<int64_t>(s.f_blocks) * frsize;
+  st.available_bytes = static_cast<int64_t>(s.f_bavail) * frsize;
+  st.used_bytes = static_cast<int64_t>(s.f_blocks - s.f_bfree) * frsize;
+  st.total_inodes = static_cast<int64_t>(s.f_files);
+  st.free_inodes = static_cast<int64_t>(s.f_ffree);
+  st.used_inodes = st.total_inodes - st.free_inodes;
+  return st;
+}
+
+}  // namespace ublk_csi

@@ -1,0 +1,94 @@
+// The seam for every mount-table and filesystem effect of the Node service:
+// mount/unmount, the mount table, mkfs, "has a filesystem?", online grow and
+// statfs. RealMounter does it with mount(2)/umount2(2), /proc/self/mountinfo
+// and the util programs (mkfs.ext4, mkfs.xfs, blkid, resize2fs, xfs_growfs);
+// FakeMounter (csi/fake_mounter.h) keeps an in-memory table for tests.
+// Implementations are thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace ublk_csi {
+
+struct MountOptions {
+  bool bind = false;
+  bool readonly = false;
+  // Mount flags as CSI passes them (e.g. "noatime", "discard", "nouuid").
+  // Known VFS flags become MS_* bits; the rest is fs-specific data.
+  std::vector<std::string> flags;
+};
+
+struct MountInfo {
+  std::string source;  // device (or the bind source's device)
+  std::string target;
+  std::string fstype;
+  std::string root;  // path within the source fs ("/" for a plain mount)
+  bool readonly = false;
+};
+
+struct FsStats {
+  int64_t total_bytes = 0;
+  int64_t available_bytes = 0;
+  int64_t used_bytes = 0;
+  int64_t total_inodes = 0;
+  int64_t free_inodes = 0;
+  int64_t used_inodes = 0;
+};
+
+class Mounter {
+ public:
+  virtual ~Mounter() = default;
+
+  virtual absl::Status Mount(const std::string& source, const std::string& target,
+                             const std::string& fstype, const MountOptions& options) = 0;
+  // Unmounts the topmost mount at target; error if target is not mounted.
+  virtual absl::Status Unmount(const std::string& target) = 0;
+  // The topmost mount at exactly `target`, or nullopt if it is not a mount point.
+  virtual absl::StatusOr<std::optional<MountInfo>> GetMountInfo(const std::string& target) = 0;
+  // Creates a fresh filesystem (ext4 or xfs) on device.
+  virtual absl::Status MakeFilesystem(const std::string& device, const std::string& fstype) = 0;
+  // The filesystem type found on device ("ext4", "xfs", ...) or "" for none.
+  virtual absl::StatusOr<std::string> ProbeFilesystem(const std::string& device) = 0;
+  // Grows the filesystem on device (mounted at mount_path) to fill the device.
+  virtual absl::Status ResizeFilesystem(const std::string& device, const std::string& mount_path,
+                                        const std::string& fstype) = 0;
+  virtual absl::StatusOr<FsStats> Statfs(const std::string& path) = 0;
+
+  absl::StatusOr<bool> IsMountPoint(const std::string& target) {
+    absl::StatusOr<std::optional<MountInfo>> info = GetMountInfo(target);
+    if (!info.ok()) return info.status();
+    return info->has_value();
+  }
+};
+
+class RealMounter final : public Mounter {
+ public:
+  absl::Status Mount(const std::string& source, const std::string& target,
+                     const std::string& fstype, const MountOptions& options) override;
+  absl::Status Unmount(const std::string& target) override;
+  absl::StatusOr<std::optional<MountInfo>> GetMountInfo(const std::string& target) override;
+  absl::Status MakeFilesystem(const std::string& device, const std::string& fstype) override;
+  absl::StatusOr<std::string> ProbeFilesystem(const std::string& device) override;
+  absl::Status ResizeFilesystem(const std::string& device, const std::string& mount_path,
+                                const std::string& fstype) override;
+  absl::StatusOr<FsStats> Statfs(const std::string& path) override;
+};
+
+// Parses /proc/self/mountinfo text; exposed for tests.
+std::vector<MountInfo> ParseMountInfo(const std::string& text);
+
+struct CommandResult {
+  int exit_code = -1;  // -signal if killed
+  std::string output;  // stdout and stderr
+};
+// Runs argv (argv[0] looked up in PATH) to completion, capturing its output.
+// An error only when it could not be started at all.
+absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv);
+
+}  // namespace ublk_csi

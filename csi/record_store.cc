@@ -1,0 +1,274 @@
+#include "csi/record_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <algorithm>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "glog/logging.h"
+#include "prometheus/counter.h"
+#include "prometheus/registry.h"
+#include "ublk/unique_fd.h"
+
+namespace ublk_csi {
+namespace {
+
+constexpr char kVolumeSuffix[] = ".volume";
+constexpr char kSnapshotSuffix[] = ".snapshot";
+constexpr char kTempSuffix[] = ".tmp";
+constexpr uint32_t kSchemaVersion = 1;
+
+std::string Errno(int err) { return std::strerror(err); }
+
+absl::Status MakeDir(const std::string& path) {
+  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
+    return absl::FailedPreconditionError(absl::StrCat("mkdir ", path, ": ", Errno(errno)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return absl::InternalError(absl::StrCat("open dir ", dir, ": ", Errno(errno)));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return absl::InternalError(absl::StrCat("fsync dir ", dir, ": ", Errno(err)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return absl::InternalError(absl::StrCat("opendir ", dir, ": ", Errno(errno)));
+  std::vector<std::string> names;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(std::move(name));
+  }
+  ::closedir(d);
+  return names;
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::InternalError(absl::StrCat("open ", path, ": ", Errno(errno)));
+  std::string out;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n > 0) {
+      out.append(buf, static_cast<size_t>(n));
+    } else if (n == 0) {
+      break;
+    } else if (errno != EINTR) {
+      int err = errno;
+      ::close(fd);
+      return absl::InternalError(absl::StrCat("read ", path, ": ", Errno(err)));
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+}  // namespace
+
+absl::Status ValidateId(absl::string_view id, absl::string_view field) {
+  if (id.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
+  if (id.size() > 128) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " longer than 128 characters"));
+  }
+  if (id[0] == '.') {
+    return absl::InvalidArgumentError(absl::StrCat(field, " '", id, "' starts with '.'"));
+  }
+  for (char c : id) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.';
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " '", absl::CHexEscape(id), "' has a character outside [A-Za-z0-9_.-]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string RecordStore::VolumeFileRel(const std::string& volume_id) {
+  return absl::StrCat("volumes/", volume_id, ".img");
+}
+
+std::string RecordStore::SnapshotFileRel(const std::string& snapshot_id) {
+  return absl::StrCat("snapshots/", snapshot_id, ".img");
+}
+
+absl::StatusOr<std::unique_ptr<RecordStore>> RecordStore::Open(const std::string& data_dir,
+                                                               prometheus::Registry* registry) {
+  for (const char* sub : {"", "/records", "/records/corrupt", "/volumes", "/snapshots"}) {
+    if (absl::Status s = MakeDir(data_dir + sub); !s.ok()) return s;
+  }
+  prometheus::Counter* counter = nullptr;
+  if (registry != nullptr) {
+    counter = &prometheus::BuildCounter()
+                   .Name("ublk_csi_corrupt_records_total")
+                   .Help("Record files that could not be read and were moved to records/corrupt")
+                   .Register(*registry)
+                   .Add({});
+  }
+  std::unique_ptr<RecordStore> store(new RecordStore(data_dir, counter));
+  // A crash between writing a temp file and renaming it leaves the temp file;
+  // the record it was replacing is intact, so the temp file is just dropped.
+  absl::StatusOr<std::vector<std::string>> names = ListDir(store->records_dir());
+  if (!names.ok()) return names.status();
+  for (const std::string& name : *names) {
+    if (absl::EndsWith(name, kTempSuffix)) {
+      std::string path = store->records_dir() + "/" + name;
+      LOG(INFO) << "removing leftover temp record " << path;
+      ::unlink(path.c_str());
+    }
+  }
+  return store;
+}
+
+absl::Status RecordStore::WriteAtomically(const std::string& name, const std::string& bytes) {
+  const std::string dir = records_dir();
+  const std::string final_path = dir + "/" + name;
+  const std::string tmp_path = absl::StrCat(dir, "/.", name, kTempSuffix);
+  ublk::UniqueFd fd(::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd.valid()) {
+    return absl::InternalError(absl::StrCat("create ", tmp_path, ": ", Errno(errno)));
+  }
+  size_t off = 0;
+  while (off < bytes.size()) {
+    ssize_t n = ::write(fd.get(), bytes.data() + off, bytes.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::unlink(tmp_path.c_str());
+      return absl::InternalError(absl::StrCat("write ", tmp_path, ": ", Errno(err)));
+    }
+    off += static_cast<size_t>(n);
+  }
+  if (::fsync(fd.get()) != 0) {
+    int err = errno;
+    ::unlink(tmp_path.c_str());
+    return absl::InternalError(absl::StrCat("fsync ", tmp_path, ": ", Errno(err)));
+  }
+  fd.reset();
+  if (before_rename_) {
+    if (absl::Status s = before_rename_(); !s.ok()) return s;
+  }
+  if (::rename(tmp_path.c_str(), final_path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp_path.c_str());
+    return absl::InternalError(
+        absl::StrCat("rename ", tmp_path, " -> ", final_path, ": ", Errno(err)));
+  }
+  return SyncDir(dir);
+}
+
+absl::Status RecordStore::Remove(const std::string& name) {
+  const std::string path = records_dir() + "/" + name;
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("unlink ", path, ": ", Errno(errno)));
+  }
+  return SyncDir(records_dir());
+}
+
+absl::Status RecordStore::PutVolume(const records::VolumeRecord& record) {
+  if (absl::Status s = ValidateId(record.volume_id(), "volume_id"); !s.ok()) return s;
+  records::VolumeRecord copy = record;
+  copy.set_schema_version(kSchemaVersion);
+  return WriteAtomically(record.volume_id() + kVolumeSuffix, copy.SerializeAsString());
+}
+
+absl::Status RecordStore::DeleteVolume(const std::string& volume_id) {
+  if (absl::Status s = ValidateId(volume_id, "volume_id"); !s.ok()) return s;
+  return Remove(volume_id + kVolumeSuffix);
+}
+
+absl::Status RecordStore::PutSnapshot(const records::SnapshotRecord& record) {
+  if (absl::Status s = ValidateId(record.snapshot_id(), "snapshot_id"); !s.ok()) return s;
+  records::SnapshotRecord copy = record;
+  copy.set_schema_version(kSchemaVersion);
+  return WriteAtomically(record.snapshot_id() + kSnapshotSuffix, copy.SerializeAsString());
+}
+
+absl::Status RecordStore::DeleteSnapshot(const std::string& snapshot_id) {
+  if (absl::Status s = ValidateId(snapshot_id, "snapshot_id"); !s.ok()) return s;
+  return Remove(snapshot_id + kSnapshotSuffix);
+}
+
+void RecordStore::SetAside(const std::string& name, absl::string_view why, Loaded* loaded) {
+  const std::string from = records_dir() + "/" + name;
+  std::string to = absl::StrCat(records_dir(), "/corrupt/", name, ".", ::time(nullptr));
+  for (int i = 1; ::access(to.c_str(), F_OK) == 0; ++i) {
+    to = absl::StrCat(records_dir(), "/corrupt/", name, ".", ::time(nullptr), ".", i);
+  }
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    LOG(ERROR) << "corrupt record " << from << " (" << why << "); could not move it to " << to
+               << ": " << Errno(errno) << "; ignoring it";
+  } else {
+    LOG(ERROR) << "corrupt record " << from << " (" << why << "): moved to " << to
+               << "; its volume is not served until an operator restores it";
+    SyncDir(records_dir()).IgnoreError();
+  }
+  loaded->set_aside.push_back(to);
+  corrupt_count_.fetch_add(1);
+  if (corrupt_counter_ != nullptr) corrupt_counter_->Increment();
+}
+
+absl::StatusOr<RecordStore::Loaded> RecordStore::LoadAll() {
+  Loaded loaded;
+  absl::StatusOr<std::vector<std::string>> names = ListDir(records_dir());
+  if (!names.ok()) return names.status();
+  std::sort(names->begin(), names->end());
+  for (const std::string& name : *names) {
+    const bool is_volume = absl::EndsWith(name, kVolumeSuffix);
+    const bool is_snapshot = absl::EndsWith(name, kSnapshotSuffix);
+    if (!is_volume && !is_snapshot) continue;  // corrupt/, temp files, strangers
+    absl::StatusOr<std::string> bytes = ReadFile(records_dir() + "/" + name);
+    if (!bytes.ok()) {
+      SetAside(name, bytes.status().message(), &loaded);
+      continue;
+    }
+    absl::string_view id = name;
+    if (is_volume) {
+      id = absl::StripSuffix(id, kVolumeSuffix);
+      records::VolumeRecord rec;
+      if (!rec.ParseFromString(*bytes)) {
+        SetAside(name, "not a VolumeRecord", &loaded);
+      } else if (rec.volume_id() != id || rec.schema_version() != kSchemaVersion) {
+        SetAside(name,
+                 absl::StrCat("volume_id '", absl::CHexEscape(rec.volume_id()),
+                              "' / schema ", rec.schema_version(), " do not match the file"),
+                 &loaded);
+      } else {
+        loaded.volumes.push_back(std::move(rec));
+      }
+    } else {
+      id = absl::StripSuffix(id, kSnapshotSuffix);
+      records::SnapshotRecord rec;
+      if (!rec.ParseFromString(*bytes)) {
+        SetAside(name, "not a SnapshotRecord", &loaded);
+      } else if (rec.snapshot_id() != id || rec.schema_version() != kSchemaVersion) {
+        SetAside(name,
+                 absl::StrCat("snapshot_id '", absl::CHexEscape(rec.snapshot_id()),
+                              "' / schema ", rec.schema_version(), " do not match the file"),
+                 &loaded);
+      } else {
+        loaded.snapshots.push_back(std::move(rec));
+      }
+    }
+  }
+  return loaded;
+}
+
+}  // namespace ublk_csi
