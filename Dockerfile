@@ -1,0 +1,45 @@
+# ublk-csi plugin image. Two stages on Debian bookworm: the build stage compiles
+# against the same Debian packages as a developer machine (scripts/install-deps.sh);
+# the final stage holds only the runtime libraries, the programs the plugin runs
+# (mkfs.ext4, mkfs.xfs, resize2fs, xfs_growfs, mount, umount, blkid, modprobe)
+# and the two binaries.
+#
+# Built offline by scripts/build-image.sh (`make image`), which makes the base
+# image itself with debootstrap; any debian:bookworm-slim works as BASE.
+ARG BASE=debian:bookworm-slim
+
+FROM ${BASE} AS build
+ENV DEBIAN_FRONTEND=noninteractive
+COPY scripts/install-deps.sh /src/scripts/install-deps.sh
+RUN /src/scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*
+COPY CMakeLists.txt /src/
+COPY proto /src/proto
+COPY ublk /src/ublk
+COPY csi /src/csi
+COPY tests /src/tests
+# Only the two shipped binaries; -j2 because build machines here have 2 cores.
+# RelWithDebInfo is the configuration the unit tests run in (gcc 12 at -O3
+# raises false -Wrestrict errors in libstdc++); the binaries are stripped.
+RUN cmake -S /src -B /build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null \
+ && ninja -C /build -j2 ublk-csi ublk-csi-ctl \
+ && install -D -s -m 0755 /build/csi/ublk-csi /out/usr/local/bin/ublk-csi \
+ && install -D -s -m 0755 /build/csi/ublk-csi-ctl /out/usr/local/bin/ublk-csi-ctl
+
+FROM ${BASE}
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends \
+      libgrpc++1.51 libprotobuf32 liburing2 libgoogle-glog0v6 libgflags2.2 \
+      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 libabsl20220623 \
+      e2fsprogs xfsprogs util-linux mount kmod \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*
+COPY --from=build /out/ /
+# Fail the build here, not on a node, if a runtime library is missing.
+RUN if ldd /usr/local/bin/ublk-csi /usr/local/bin/ublk-csi-ctl | grep 'not found'; then \
+      echo "runtime library missing from the final stage (see above)" >&2; exit 1; fi \
+ && for p in mkfs.ext4 mkfs.xfs resize2fs xfs_growfs mount umount blkid modprobe; do \
+      command -v "$p" >/dev/null || { echo "program $p missing from the final stage" >&2; exit 1; }; done
+LABEL org.opencontainers.image.title="ublk-csi" \
+      org.opencontainers.image.description="Kubernetes CSI plugin serving node-local volumes as ublk block devices"
+ENTRYPOINT ["/usr/local/bin/ublk-csi"]
