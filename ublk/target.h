@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "ublk/ring.h"
+#include "ublk/uapi.h"
 
 namespace ublk {
 

@@ -1,0 +1,117 @@
+// Feature detection against 6.1-, 6.5- and 6.12-like fake kernels, forced
+// modes, and the kernel-info metric.
+#include "ublk/features.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+#include "ublk/testing/fake_kernel.h"
+
+namespace ublk {
+namespace {
+
+using ::testing::HasSubstr;
+
+ControlDeviceFactory FactoryFor(FakeKernel& k, std::vector<CmdEncoding>* opened = nullptr) {
+  return [&k, opened](CmdEncoding e) -> absl::StatusOr<std::unique_ptr<ControlDevice>> {
+    if (opened != nullptr) opened->push_back(e);
+    return k.OpenControl(e);
+  };
+}
+
+FeatureOptions Opts() {
+  FeatureOptions o;
+  o.kernel_release = "test";
+  return o;
+}
+
+TEST(FeaturesTest, Linux61FallsBackToLegacyAndGetData) {
+  FakeKernel k(FakeKernelOptions::Linux61());
+  auto f = DetectFeatures(FactoryFor(k), Opts());
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_FALSE(f->has_get_features);
+  EXPECT_EQ(f->features, kBaselineFeatures);
+  EXPECT_EQ(f->encoding, CmdEncoding::kLegacy);
+  EXPECT_EQ(f->copy_mode, CopyMode::kGetData);
+  EXPECT_TRUE(f->user_recovery);
+  EXPECT_TRUE(f->user_recovery_reissue);
+  EXPECT_FALSE(f->update_size);
+  EXPECT_EQ(f->kernel_release, "test");
+}
+
+TEST(FeaturesTest, Linux65PicksIoctlAndUserCopy) {
+  FakeKernel k(FakeKernelOptions::Linux65());
+  auto f = DetectFeatures(FactoryFor(k), Opts());
+  ASSERT_TRUE(f.ok());
+  EXPECT_TRUE(f->has_get_features);
+  EXPECT_EQ(f->features, kFake65Features);
+  EXPECT_EQ(f->encoding, CmdEncoding::kIoctl);
+  EXPECT_EQ(f->copy_mode, CopyMode::kUserCopy);
+}
+
+TEST(FeaturesTest, Linux612PicksIoctlAndUserCopy) {
+  FakeKernel k(FakeKernelOptions::Linux612());
+  auto f = DetectFeatures(FactoryFor(k), Opts());
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->features, 0x1feu);
+  EXPECT_EQ(FeaturesHex(f->features), "0x1fe");
+  EXPECT_EQ(f->encoding, CmdEncoding::kIoctl);
+  EXPECT_EQ(f->copy_mode, CopyMode::kUserCopy);
+  EXPECT_TRUE(f->user_recovery_reissue);
+}
+
+TEST(FeaturesTest, AllFourCombinationsCanBeForcedOn612) {
+  FakeKernel k(FakeKernelOptions::Linux612());
+  for (CmdEncoding e : {CmdEncoding::kIoctl, CmdEncoding::kLegacy}) {
+    for (CopyMode m : {CopyMode::kUserCopy, CopyMode::kGetData}) {
+      FeatureOptions o = Opts();
+      o.force_encoding = e;
+      o.force_copy_mode = m;
+      auto f = DetectFeatures(FactoryFor(k), o);
+      ASSERT_TRUE(f.ok());
+      EXPECT_EQ(f->encoding, e);
+      EXPECT_EQ(f->copy_mode, m);
+      // And the forced encoding works against the (fake) kernel.
+      auto info = k.OpenControl(f->encoding)->AddDevice(DeviceInfo{});
+      ASSERT_TRUE(info.ok());
+      ASSERT_TRUE(k.OpenControl(f->encoding)->DeleteDevice(info->dev_id).ok());
+    }
+  }
+}
+
+TEST(FeaturesTest, ForcingUserCopyOn61IsFailedPrecondition) {
+  FakeKernel k(FakeKernelOptions::Linux61());
+  FeatureOptions o = Opts();
+  o.force_copy_mode = CopyMode::kUserCopy;
+  auto f = DetectFeatures(FactoryFor(k), o);
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("UBLK_F_USER_COPY"));
+}
+
+TEST(FeaturesTest, NoUblkDrvErrorPassesThrough) {
+  auto f = DetectFeatures(
+      [](CmdEncoding) -> absl::StatusOr<std::unique_ptr<ControlDevice>> {
+        return absl::FailedPreconditionError("ublk_drv is not loaded");
+      },
+      Opts());
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("ublk_drv"));
+}
+
+TEST(FeaturesTest, KernelInfoMetric) {
+  FakeKernel k(FakeKernelOptions::Linux612());
+  auto f = DetectFeatures(FactoryFor(k), Opts());
+  ASSERT_TRUE(f.ok());
+  prometheus::Registry registry;
+  RegisterKernelInfoMetric(*f, registry);
+  const std::string text = prometheus::TextSerializer().Serialize(registry.Collect());
+  EXPECT_THAT(text, HasSubstr("ublk_csi_kernel_info{"));
+  EXPECT_THAT(text, HasSubstr("copy_mode=\"user_copy\""));
+  EXPECT_THAT(text, HasSubstr("encoding=\"ioctl\""));
+  EXPECT_THAT(text, HasSubstr("features=\"0x1fe\""));
+  EXPECT_THAT(text, HasSubstr("} 1"));
+}
+
+}  // namespace
+}  // namespace ublk
