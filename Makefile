@@ -46,3 +46,12 @@ e2e: build
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)
+
+# Packaging: chart lint/template/schema checks (tools cached under build/tools),
+# and the plugin image built offline with podman (scripts/build-image.sh).
+.PHONY: check-packaging image
+check-packaging:
+	@scripts/check-packaging.sh
+
+image:
+	@scripts/build-image.sh
