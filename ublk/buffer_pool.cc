@@ -104,13 +104,13 @@ void IoBuffer::Reset() {
   BufferPool* pool = std::exchange(pool_, nullptr);
   MemorySource* heap = std::exchange(heap_, nullptr);
   void* data = std::exchange(data_, nullptr);
+  const uint32_t slot = std::exchange(slot_, 0);
   size_ = 0;
   if (pool != nullptr) {
-    pool->ReleaseSlot(slot_);
+    pool->ReleaseSlot(slot);
   } else if (heap != nullptr) {
     heap->FreeHeap(data);
   }
-  slot_ = 0;
 }
 
 // ---------------------------------------------------------------------------
@@ -214,9 +214,13 @@ AcquireResult BufferPool::AcquireHeap(size_t len) {
 
 void BufferPool::MaybeCreatePool() {
   const absl::Time now = clock_.Now();
-  if (last_attempt_.has_value() &&
-      now - *last_attempt_ < options_.retry_interval) {
-    return;
+  if (last_attempt_.has_value()) {
+    const absl::Duration since = now - *last_attempt_;
+    // A clock stepped backwards counts as elapsed: otherwise a wall-clock
+    // step of an hour would pin the worker to the heap for an hour.
+    if (since >= absl::ZeroDuration() && since < options_.retry_interval) {
+      return;
+    }
   }
   last_attempt_ = now;
   const absl::Status status = CreatePool();

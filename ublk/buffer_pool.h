@@ -142,7 +142,8 @@ class BufferPool {
   AcquireResult AcquireIoBuffer(size_t len);
 
   // Called (on the worker thread) each time a pooled slot is released, after
-  // the slot is free again, so it may call AcquireIoBuffer().
+  // the slot is free again, so it may call AcquireIoBuffer(). It must not call
+  // SetSlotReleasedCallback() itself.
   void SetSlotReleasedCallback(std::function<void()> callback);
 
   // True while the last pool creation attempt failed.

@@ -233,6 +233,16 @@ TEST_F(BufferPoolTest, RetriesNoMoreOftenThanIntervalAndRecovers) {
   EXPECT_EQ(logs_.Count(google::GLOG_WARNING, {Worker(1), kDegradeText}), 1);
 }
 
+TEST_F(BufferPoolTest, ClockSteppedBackDoesNotBlockRetries) {
+  memory_.FailNextMaps(1);
+  auto pool = MakePool(8);
+  EXPECT_EQ(pool->AcquireIoBuffer(4096).outcome, AcquireOutcome::kHeap);
+  clock_.Advance(-absl::Hours(1));
+  EXPECT_EQ(pool->AcquireIoBuffer(4096).outcome, AcquireOutcome::kPooled);
+  EXPECT_EQ(memory_.map_calls(), 2);
+  EXPECT_EQ(logs_.Count(google::GLOG_INFO, {Worker(8), kRecoverText}), 1);
+}
+
 // (c)
 TEST_F(BufferPoolTest, ExhaustionAppliesBackpressureWithoutHeap) {
   auto pool = MakePool(2);
@@ -298,6 +308,34 @@ TEST_F(BufferPoolTest, SlotReleasedCallbackMayAcquireTheFreedSlot) {
   parked.Reset();
   held.clear();
   EXPECT_EQ(pool->slots_in_use(), 0u);
+}
+
+TEST_F(BufferPoolTest, CallbackMayRefillTheBufferBeingReleased) {
+  auto pool = MakePool(2);
+  std::vector<IoBuffer> held;
+  for (int i = 0; i < 3; ++i) held.push_back(pool->AcquireIoBuffer(4096).buffer);
+  IoBuffer b = pool->AcquireIoBuffer(4096).buffer;
+  bool refilled = false;
+  pool->SetSlotReleasedCallback([&] {
+    if (refilled) return;
+    refilled = true;
+    b = pool->AcquireIoBuffer(4096).buffer;  // reuses the slot b just gave up
+  });
+  b.Reset();
+  ASSERT_TRUE(b);
+  EXPECT_EQ(pool->slots_in_use(), 4u);
+  // Every slot is released exactly once: all four come back distinct.
+  b.Reset();
+  held.clear();
+  EXPECT_EQ(pool->slots_in_use(), 0u);
+  std::set<void*> slots;
+  for (int i = 0; i < 4; ++i) {
+    held.push_back(pool->AcquireIoBuffer(4096).buffer);
+    ASSERT_TRUE(held.back());
+    slots.insert(held.back().data());
+  }
+  EXPECT_EQ(slots.size(), 4u);
+  EXPECT_EQ(pool->AcquireIoBuffer(4096).outcome, AcquireOutcome::kPoolExhausted);
 }
 
 // (d)
