@@ -49,7 +49,7 @@ e2e_check_visible "project root" "$E2E_SRC_DIR"
 e2e_ensure_packages
 e2e_ensure_kernel
 
-run=$E2E_BUILD_DIR/e2e-logs/run-in-guest
+run=$E2E_WORK_DIR/e2e-logs/run-in-guest
 rm -rf "$run"
 mkdir -p "$run/share"
 disk=0

@@ -105,7 +105,7 @@ run_scenario() {
   ublks_max=$(e2e_header "$file" ublks-max)
 
   setup
-  local run=$E2E_BUILD_DIR/e2e-logs/$name t0 boot=1 use_disk=0 rc detail
+  local run=$E2E_WORK_DIR/e2e-logs/$name t0 boot=1 use_disk=0 rc detail
   rm -rf "$run"; mkdir -p "$run/share"
   if [ -n "$disk" ]; then truncate -s "$disk" "$run/disk.img" && use_disk=1; fi
   t0=$(e2e_now)

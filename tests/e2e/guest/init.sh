@@ -6,7 +6,7 @@
 # host's / read-only (9p tag "hostroot") at /mnt/root, the writable per-run share
 # (9p tag "e2e") at /mnt/root/run/e2e, optionally a virtio data disk at
 # /mnt/root/run/e2e-data, then runs /run/e2e/job.sh chrooted in the host's
-# root, writes its exit code to the share and powers off.
+# root, writes its exit code to the share and reboots (qemu -no-reboot then exits).
 #
 # Kernel command line parameters read here:
 #   e2e.ublks_max=N   load ublk_drv with ublks_max=N
@@ -17,8 +17,9 @@ export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 say() { echo "e2e-guest: $*"; }
 die() {
   say "FATAL: $*"
-  # No rc file is written: the host counts this as a failed boot.
-  poweroff -f
+  # No rc file is written: the host counts this as a failed boot. reboot, not
+  # poweroff: qemu runs with -no-reboot, and reboot needs no ACPI.
+  reboot -f
   sleep 10
 }
 
@@ -86,5 +87,5 @@ echo "$rc" > $R/run/e2e/rc
 sync
 umount $R/run/e2e-data 2>/dev/null
 umount $R/run/e2e 2>/dev/null
-poweroff -f
+reboot -f
 sleep 10

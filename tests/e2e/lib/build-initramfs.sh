@@ -31,7 +31,7 @@ cp "$BUSYBOX" "$ST/bin/busybox"
 for a in $("$ST/bin/busybox" --list); do
   [ -e "$ST/bin/$a" ] || ln -s busybox "$ST/bin/$a"
 done
-for a in modprobe insmod rmmod poweroff; do ln -sf ../bin/busybox "$ST/sbin/$a"; done
+for a in modprobe insmod rmmod poweroff reboot; do ln -sf ../bin/busybox "$ST/sbin/$a"; done
 
 : > "$ST/etc/modorder"
 add_mod() { # $1 = path relative to MODDIR as in modules.dep

@@ -6,11 +6,16 @@
 #   E2E_APT_UPDATE=1   run apt-get update before resolving the kernel
 #   E2E_ACCEL=kvm      try KVM instead of TCG (the watchdog still applies)
 #   E2E_MEM / E2E_SMP  guest memory (MiB, default 2048) and vCPUs (default 2)
+#   E2E_APPEND         extra guest kernel command line
 #   E2E_QEMU           the qemu binary (default qemu-system-x86_64)
+#   E2E_WORK_DIR       where e2e-cache/ and e2e-logs/ go (default: the build
+#                      dir), e.g. to test another build dir without writing to it
 
 E2E_DIR=$(dirname "$(realpath "${BASH_SOURCE[0]}")")/..
 E2E_DIR=$(realpath "$E2E_DIR")
 E2E_SRC_DIR=$(realpath "$E2E_DIR/../..")
+
+E2E_WORK_DIR=$(realpath -m "${E2E_WORK_DIR:-$E2E_BUILD_DIR}")
 
 e2e_log() { echo "e2e: $*" >&2; }
 e2e_die() { echo "e2e: error: $*" >&2; exit 2; }
@@ -52,11 +57,11 @@ e2e_resolve_kernel_pkg() {
     | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
 }
 
-# Makes sure the cache under $E2E_BUILD_DIR/e2e-cache holds the current kernel of
+# Makes sure the cache under $E2E_WORK_DIR/e2e-cache holds the current kernel of
 # $E2E_KERNEL_SERIES and an initramfs built by the current guest-setup scripts.
 # Sets E2E_KVER, E2E_VMLINUZ, E2E_INITRD.
 e2e_ensure_kernel() {
-  local cache=$E2E_BUILD_DIR/e2e-cache series=$E2E_KERNEL_SERIES pkg deb kdir
+  local cache=$E2E_WORK_DIR/e2e-cache series=$E2E_KERNEL_SERIES pkg deb kdir
   mkdir -p "$cache/debs"
   [ "${E2E_APT_UPDATE:-0}" = 1 ] && e2e_apt_update
   pkg=$(e2e_resolve_kernel_pkg "$series")
@@ -174,7 +179,10 @@ trap 'e2e_kill_qemu; exit 130' INT TERM
 e2e_boot() {
   local run=$1 timeout=$2 stream=$3 disk=$4 ublks_max=$5
   local share=$run/share console=$run/console.log qerr=$run/qemu.err
-  local append="console=ttyS0 quiet loglevel=4 panic=-1"
+  # acpi=noirq: no ACPI IRQ routing (_PRT). Under TCG on a loaded host its AML
+  # loop timed out once (AE_AML_LOOP_TIMEOUT) and the boot took 60 s; the MP
+  # table routes the IRQs just as well and both vCPUs stay (acpi=off loses one).
+  local append="console=ttyS0 quiet loglevel=4 panic=-1 acpi=noirq ${E2E_APPEND:-}"
   local accel=(-accel tcg,thread=multi,tb-size=512 -cpu max)
   local extra=()
   if [ "${E2E_ACCEL:-tcg}" = kvm ] && [ -w /dev/kvm ]; then accel=(-enable-kvm -cpu host); fi
