@@ -138,6 +138,24 @@ expect_not "$f" '^kind: (CSIDriver|StorageClass|ClusterRole|ServiceAccount|Servi
 expect "$f" 'serviceAccountName: existing-ublk-csi' "minimal: existing service account"
 expect_not "$f" 'name: (csi-resizer|modprobe)$' "minimal: resizer and modprobe off"
 
+# NOTES.txt is not rendered by helm template: render it through a copy of the
+# chart with one extra template that includes it.
+NOTES_CHART=$OUT/notes-chart
+rm -rf "$NOTES_CHART" && cp -r "$CHART" "$NOTES_CHART"
+printf 'notes: |\n  {{- include "ublk-csi/templates/NOTES.txt" . | nindent 2 }}\n' >"$NOTES_CHART/templates/zz-notes.yaml"
+for set in default full minimal; do
+  args=(); [ "$set" = default ] || args=(-f "$CHART/ci/$set-values.yaml")
+  if "$HELM" template ublk "$NOTES_CHART" -n ublk-csi "${args[@]}" --show-only templates/zz-notes.yaml >"$OUT/$set.notes" 2>&1; then
+    ok "NOTES.txt renders ($set values)"
+  else
+    bad "NOTES.txt renders ($set values)"; cat "$OUT/$set.notes"
+  fi
+done
+expect "$OUT/default.notes" 'rollout status daemonset/ublk-ublk-csi-node' "NOTES: names the DaemonSet"
+expect "$OUT/default.notes" 'storageClassName: ublk$' "NOTES: PVC example uses the StorageClass"
+expect "$OUT/full.notes" 'Upgrades \(OnDelete\)' "NOTES: follows updateStrategy"
+expect "$OUT/minimal.notes" 'load ublk_drv on every node yourself' "NOTES: modprobe off says what to do"
+
 # --- negative: broken values must fail, with a message naming the problem ----
 # refuse NAME REGEX HELM_ARGS...: both lint and template must fail and print REGEX.
 refuse() {
