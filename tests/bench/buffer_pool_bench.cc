@@ -86,32 +86,47 @@ BENCHMARK(BM_HeapTouch)->Arg(4096)->Arg(128 * 1024);
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run>& runs) override {
+    // One number per benchmark: the single run, or the median of repetitions.
     for (const Run& run : runs) {
-      if (run.run_type == Run::RT_Iteration && !run.error_occurred) {
-        ns_[run.benchmark_name()] = run.GetAdjustedRealTime();
+      if (run.error_occurred) continue;
+      const bool median =
+          run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
+      if (run.run_type == Run::RT_Iteration || median) {
+        ns_[run.run_name.str()] = {run.GetAdjustedRealTime(),
+                                   run.GetAdjustedCPUTime()};
       }
     }
     ConsoleReporter::ReportRuns(runs);
   }
 
   void PrintRatios() const {
-    std::printf("\nns per AcquireIoBuffer+release, heap path / pool path:\n");
+    // CPU time is the ratio's basis: on a shared machine wall time also
+    // counts other processes' turns on the CPU.
+    std::printf(
+        "\nns (CPU) per AcquireIoBuffer+release, heap path / pool path:\n");
     for (const char* kind : {"", "Touch"}) {
       for (const char* arg : {"4096", "131072"}) {
         const std::string pool = std::string("BM_Pool") + kind + "/" + arg;
         const std::string heap = std::string("BM_Heap") + kind + "/" + arg;
         auto p = ns_.find(pool);
         auto h = ns_.find(heap);
-        if (p == ns_.end() || h == ns_.end() || p->second <= 0) continue;
-        std::printf("  %-22s pool %8.1f ns  heap %8.1f ns  ratio %6.2fx\n",
-                    (std::string(kind[0] ? "touch " : "") + arg + " B").c_str(),
-                    p->second, h->second, h->second / p->second);
+        if (p == ns_.end() || h == ns_.end() || p->second.cpu <= 0) continue;
+        std::printf(
+            "  %-16s pool %8.1f ns  heap %9.1f ns  ratio %7.2fx"
+            "  (wall: %.1f / %.1f ns)\n",
+            (std::string(kind[0] ? "touch " : "") + arg + " B").c_str(),
+            p->second.cpu, h->second.cpu, h->second.cpu / p->second.cpu,
+            p->second.real, h->second.real);
       }
     }
   }
 
  private:
-  std::map<std::string, double> ns_;
+  struct Times {
+    double real;
+    double cpu;
+  };
+  std::map<std::string, Times> ns_;
 };
 
 }  // namespace
