@@ -418,21 +418,26 @@ void Worker::OnTargetDone(Queue& q, uint16_t tag, int32_t raw) {
 void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
   TagState& t = q.tags[tag];
   void* buf = nullptr;
-  if (t.io.op == UBLK_IO_OP_READ && result > 0 && t.buffer) {
+  if (t.io.op == UBLK_IO_OP_READ) {
     if (q.mode == CopyMode::kUserCopy) {
-      absl::Status s = q.channel->WriteResponseData(tag, t.buffer.data(),
-                                                    static_cast<size_t>(result), 0);
-      if (!s.ok()) {
-        LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": " << s;
-        result = -EIO;
+      if (result > 0 && t.buffer) {
+        absl::Status s = q.channel->WriteResponseData(tag, t.buffer.data(),
+                                                      static_cast<size_t>(result), 0);
+        if (!s.ok()) {
+          LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": " << s;
+          result = -EIO;
+        }
       }
     } else {
-      buf = t.buffer.data();
+      // Get-data: the kernel refuses a READ commit without an address even
+      // when it copies nothing (error or empty result).
+      static uint64_t no_data;
+      buf = t.buffer ? t.buffer.data() : &no_data;
     }
   }
   absl::Status s =
       q.channel->PrepCommitAndFetch(*ring_, tag, result, buf, UserData(Kind::kCmd, q, tag));
-  if (buf != nullptr) {
+  if (t.buffer && buf == t.buffer.data()) {
     release_after_submit_.push_back(std::move(t.buffer));
   } else {
     t.buffer.Reset();

@@ -378,6 +378,34 @@ TEST_P(ExportTest, AddDeviceFailureLeavesNothingBehind) {
   EXPECT_EQ(kernel_.device_count(), 0u);
 }
 
+// A target whose reads fail: the error reaches the block layer (in get-data
+// mode the READ commit still needs an address, or the kernel refuses it).
+class FailingReadTarget final : public Target {
+ public:
+  uint64_t size_bytes() const override { return kSize; }
+  bool supports_discard() const override { return false; }
+  const char* name() const override { return "failing"; }
+  std::optional<int32_t> StartIo(Ring&, const TargetIo& io, uint64_t) override {
+    return io.op == UBLK_IO_OP_READ ? -EIO : static_cast<int32_t>(io.len);
+  }
+  std::optional<int32_t> FinishIo(const TargetIo&, int32_t res) override { return res; }
+};
+
+TEST_P(ExportTest, TargetErrorsReachTheBlockLayer) {
+  auto e = StartExport(std::make_shared<FailingReadTarget>(), Options());
+  ASSERT_NE(e, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    auto r = kernel_.Read(e->dev_id(), 0, 4096);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->result, -EIO);
+  }
+  auto w = kernel_.Write(e->dev_id(), 0, std::string(4096, 'x'));
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->result, 4096);
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(CopyModes, ExportTest,
                          ::testing::Values(CopyMode::kUserCopy, CopyMode::kGetData),
                          [](const auto& info) { return std::string(CopyModeName(info.param)); });

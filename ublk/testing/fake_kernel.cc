@@ -286,7 +286,8 @@ class FakeQueueChannel final : public QueueChannel {
       return Err(EINVAL, tag, "COMMIT_AND_FETCH_REQ: tag not owned by the server");
     }
     const bool is_read = t.req->op == UBLK_IO_OP_READ;
-    RETURN_IF_ERROR(CheckBuffer(tag, buf, is_read && result > 0, "COMMIT_AND_FETCH_REQ"));
+    // Like 6.12: a READ commit needs an address even when nothing is copied.
+    RETURN_IF_ERROR(CheckBuffer(tag, buf, is_read, "COMMIT_AND_FETCH_REQ"));
     RETURN_IF_ERROR(PrepRead(ring, tag, user_data));
     if (is_read && result > 0 && buf != nullptr) {
       std::memcpy(t.req->data.data(), buf, std::min<size_t>(result, t.req->len));

@@ -228,6 +228,13 @@ absl::Status Serve(bool recover) {
   uint32_t rec_id = 0;
   if (recover) {
     ASSIGN_OR_RETURN(rec_id, RequiredDevId());
+    // After the old server is killed the kernel quiesces the device only once
+    // its char device is released: give that a moment.
+    for (int i = 0; i < 100; ++i) {
+      auto info = control->GetDeviceInfo(rec_id);
+      if (!info.ok() || info->state == UBLK_S_DEV_QUIESCED) break;
+      usleep(100000);
+    }
     ASSIGN_OR_RETURN(ublk_params p, control->GetParams(rec_id));
     size = p.basic.dev_sectors << 9;
   }
