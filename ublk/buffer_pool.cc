@@ -56,10 +56,9 @@ absl::Status BufferPoolOptions::Validate() const {
   }
   if (retry_interval <= absl::ZeroDuration() ||
       retry_interval == absl::InfiniteDuration()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("buffer pool retry_interval ",
-                     absl::FormatDuration(retry_interval),
-                     " must be positive and finite"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "buffer pool retry_interval ", absl::FormatDuration(retry_interval),
+        " must be positive and finite"));
   }
   return absl::OkStatus();
 }
@@ -69,8 +68,8 @@ BufferPoolOptions BufferPoolOptions::ForBudget(size_t total_bytes,
                                                size_t slot_size) {
   BufferPoolOptions options;
   options.slot_size = slot_size;
-  const size_t workers = worker_count > 0 ? static_cast<size_t>(worker_count)
-                                          : size_t{1};
+  const size_t workers =
+      worker_count > 0 ? static_cast<size_t>(worker_count) : size_t{1};
   const size_t per_worker = total_bytes / workers;
   options.slot_count =
       slot_size == 0 ? 0 : std::max<size_t>(1, per_worker / slot_size);
@@ -228,8 +227,8 @@ void BufferPool::MaybeCreatePool() {
     if (degraded_) {
       degraded_ = false;
       if (series_ != nullptr) series_->degraded_workers.Decrement();
-      LOG(INFO) << "worker " << worker_id_ << ": buffer pool of "
-                << pool_bytes_ << " bytes created after "
+      LOG(INFO) << "worker " << worker_id_ << ": buffer pool of " << pool_bytes_
+                << " bytes created after "
                 << absl::FormatDuration(now - degraded_since_)
                 << " degraded; I/O uses the pool again";
     }
@@ -256,8 +255,8 @@ absl::Status BufferPool::CreatePool() {
   if (*addr == nullptr) {
     return absl::InternalError("memory source mapped a null address");
   }
-  std::unique_ptr<uint32_t[]> free_slots(
-      new (std::nothrow) uint32_t[options_.slot_count]);
+  std::unique_ptr<uint32_t[]> free_slots(new (std::nothrow)
+                                             uint32_t[options_.slot_count]);
   if (free_slots == nullptr) {
     memory_.Unmap(*addr, bytes);
     return absl::ResourceExhaustedError(absl::StrCat(

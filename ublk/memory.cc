@@ -28,22 +28,21 @@ absl::StatusOr<void*> RealMemorySource::Map(size_t len) {
                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (addr == MAP_FAILED) {
     const int err = errno;
-    return absl::Status(absl::ErrnoToStatusCode(err),
-                        absl::StrCat("mmap of ", len,
-                                     " bytes of anonymous memory: ",
-                                     ErrnoText(err)));
+    return absl::Status(
+        absl::ErrnoToStatusCode(err),
+        absl::StrCat("mmap of ", len,
+                     " bytes of anonymous memory: ", ErrnoText(err)));
   }
   if (::madvise(addr, len, MADV_POPULATE_WRITE) != 0) {
     const int err = errno;
     if (err != EINVAL) {
       ::munmap(addr, len);
-      return absl::Status(
-          err == ENOMEM || err == EFAULT || err == EHWPOISON
-              ? absl::StatusCode::kResourceExhausted
-              : absl::ErrnoToStatusCode(err),
-          absl::StrCat("pre-faulting ", len,
-                       " bytes (madvise MADV_POPULATE_WRITE): ",
-                       ErrnoText(err)));
+      return absl::Status(err == ENOMEM || err == EFAULT || err == EHWPOISON
+                              ? absl::StatusCode::kResourceExhausted
+                              : absl::ErrnoToStatusCode(err),
+                          absl::StrCat("pre-faulting ", len,
+                                       " bytes (madvise MADV_POPULATE_WRITE): ",
+                                       ErrnoText(err)));
     }
     // Kernel older than 5.14: keep the lazily-faulted mapping (see header).
   }
@@ -60,12 +59,10 @@ void RealMemorySource::Unmap(void* addr, size_t len) {
   }
 }
 
-absl::StatusOr<void*> RealMemorySource::AllocateHeap(size_t len,
-                                                     size_t align) {
+absl::StatusOr<void*> RealMemorySource::AllocateHeap(size_t len, size_t align) {
   if (align < sizeof(void*) || (align & (align - 1)) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("heap alignment ", align,
-                     " is not a power of two >= ", sizeof(void*)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "heap alignment ", align, " is not a power of two >= ", sizeof(void*)));
   }
   void* block = nullptr;
   const int err = ::posix_memalign(&block, align, len == 0 ? 1 : len);

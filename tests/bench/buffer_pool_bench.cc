@@ -41,7 +41,7 @@ void Run(benchmark::State& state, MemorySource& memory, bool touch,
   FakeClock clock;
   prometheus::Registry registry;
   BufferPoolMetrics metrics(registry);
-  BufferPoolOptions options;  // defaults: 32 x 128 KiB
+  BufferPoolOptions options;                // defaults: 32 x 128 KiB
   options.retry_interval = absl::Hours(1);  // no map retries inside the loop
   BufferPool pool(options, memory, clock, &metrics, 0);
   pool.SetSlotReleasedCallback([] {});  // the engine always sets one

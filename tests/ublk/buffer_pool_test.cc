@@ -54,7 +54,8 @@ class LogCapture : public google::LogSink {
     for (const auto& [sev, text] : lines_) {
       if (sev != severity) continue;
       bool all = true;
-      for (const std::string& p : parts) all = all && absl::StrContains(text, p);
+      for (const std::string& p : parts)
+        all = all && absl::StrContains(text, p);
       if (all) ++n;
     }
     return n;
@@ -87,8 +88,8 @@ class BufferPoolTest : public ::testing::Test {
     return options;
   }
 
-  std::unique_ptr<BufferPool> MakePool(int worker,
-                                       BufferPoolOptions options = SmallOptions()) {
+  std::unique_ptr<BufferPool> MakePool(
+      int worker, BufferPoolOptions options = SmallOptions()) {
     return std::make_unique<BufferPool>(options, memory_, clock_, &metrics_,
                                         worker);
   }
@@ -291,8 +292,10 @@ TEST_F(BufferPoolTest, ExhaustionAppliesBackpressureWithoutHeap) {
 TEST_F(BufferPoolTest, SlotReleasedCallbackMayAcquireTheFreedSlot) {
   auto pool = MakePool(2);
   std::vector<IoBuffer> held;
-  for (int i = 0; i < 4; ++i) held.push_back(pool->AcquireIoBuffer(4096).buffer);
-  ASSERT_EQ(pool->AcquireIoBuffer(4096).outcome, AcquireOutcome::kPoolExhausted);
+  for (int i = 0; i < 4; ++i)
+    held.push_back(pool->AcquireIoBuffer(4096).buffer);
+  ASSERT_EQ(pool->AcquireIoBuffer(4096).outcome,
+            AcquireOutcome::kPoolExhausted);
 
   IoBuffer parked;  // the I/O that waited
   pool->SetSlotReleasedCallback([&] {
@@ -313,7 +316,8 @@ TEST_F(BufferPoolTest, SlotReleasedCallbackMayAcquireTheFreedSlot) {
 TEST_F(BufferPoolTest, CallbackMayRefillTheBufferBeingReleased) {
   auto pool = MakePool(2);
   std::vector<IoBuffer> held;
-  for (int i = 0; i < 3; ++i) held.push_back(pool->AcquireIoBuffer(4096).buffer);
+  for (int i = 0; i < 3; ++i)
+    held.push_back(pool->AcquireIoBuffer(4096).buffer);
   IoBuffer b = pool->AcquireIoBuffer(4096).buffer;
   bool refilled = false;
   pool->SetSlotReleasedCallback([&] {
@@ -335,7 +339,8 @@ TEST_F(BufferPoolTest, CallbackMayRefillTheBufferBeingReleased) {
     slots.insert(held.back().data());
   }
   EXPECT_EQ(slots.size(), 4u);
-  EXPECT_EQ(pool->AcquireIoBuffer(4096).outcome, AcquireOutcome::kPoolExhausted);
+  EXPECT_EQ(pool->AcquireIoBuffer(4096).outcome,
+            AcquireOutcome::kPoolExhausted);
 }
 
 // (d)
@@ -361,8 +366,8 @@ TEST_F(BufferPoolTest, HeapFailingTooAsksForRequeueUntilMemoryReturns) {
   ASSERT_EQ(r.outcome, AcquireOutcome::kHeap);
   ExpectUsable(r.buffer, 4);
   EXPECT_EQ(metrics_.heap_fallbacks(4), 1);
-  EXPECT_EQ(logs_.Count(google::GLOG_INFO, {Worker(4), "heap allocation works"}),
-            1);
+  EXPECT_EQ(
+      logs_.Count(google::GLOG_INFO, {Worker(4), "heap allocation works"}), 1);
 
   // A second failure episode logs once more, not per I/O.
   memory_.FailNextHeaps(3);
