@@ -58,6 +58,7 @@ if [ -n "$disk_size" ]; then
   disk=1
 fi
 e2e_write_job "$run/share" run-in-guest 1 "$disk" "$script" "$@"
+e2e_write_keep "$run/share" "$E2E_SRC_DIR" "$E2E_BUILD_DIR" "$(dirname "$script")"
 e2e_log "booting $E2E_KVER (console: $run/console.log)"
 e2e_boot "$run" "$timeout" 1 "$disk" "$ublks_max"
 if [ -n "$E2E_BOOT_PROBLEM" ]; then

@@ -112,6 +112,7 @@ run_scenario() {
   [ "$verbose" = 1 ] && echo "=== $name (console: $run/console.log)"
   while :; do
     e2e_write_job "$run/share" "$name" "$boot" "$use_disk" "$file"
+    e2e_write_keep "$run/share" "$E2E_SRC_DIR" "$E2E_BUILD_DIR" "$(dirname "$file")"
     e2e_boot "$run" "$timeout" "$verbose" "$use_disk" "$ublks_max"
     rc=$E2E_GUEST_RC
     local ready

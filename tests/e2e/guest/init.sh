@@ -58,15 +58,36 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=loose,ro hostroo
 for d in dev proc sys; do mount --bind /$d $R/$d || die "bind /$d"; done
 mount --bind /dev/pts $R/dev/pts 2>/dev/null
 mount --bind /dev/shm $R/dev/shm 2>/dev/null
+mkdir -p /mnt/e2e
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=none e2e /mnt/e2e \
+  || die "cannot mount the result share (9p tag e2e)"
+# Host directories under /tmp, /run or /var/tmp that the job needs (a checkout
+# or build dir there) are listed in the share's "keep" file: hold them with a
+# bind mount before the guest's tmpfs covers them, and put them back after.
+keep_each() { # $1 = hold | restore
+  local n=0 p
+  [ -f /mnt/e2e/keep ] || return 0
+  while IFS= read -r p; do
+    [ -n "$p" ] || continue
+    if [ "$1" = hold ]; then
+      mkdir -p /keep/$n
+      mount --bind "$R$p" /keep/$n || say "cannot hold $p"
+    else
+      mkdir -p "$R$p" && mount --bind /keep/$n "$R$p" || say "cannot restore $p"
+    fi
+    n=$((n + 1))
+  done < /mnt/e2e/keep
+}
+keep_each hold
 mount -t tmpfs -o mode=1777,size=75% tmpfs $R/tmp || die "tmpfs on /tmp"
 mount -t tmpfs -o mode=755 tmpfs $R/run || die "tmpfs on /run"
 [ -d $R/var/tmp ] && mount -t tmpfs -o mode=1777 tmpfs $R/var/tmp
+keep_each restore
 # The guest kernel's modules (a subset, with its own modules.dep) replace the
 # host's, so modprobe/rmmod in the chroot work for scenarios (e.g. ublks_max).
 [ -d $R/lib/modules ] && mount --bind /lib/modules $R/lib/modules
 mkdir -p $R/run/e2e $R/run/e2e-data $R/run/lock
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=none e2e $R/run/e2e \
-  || die "cannot mount the result share (9p tag e2e)"
+mount --bind /mnt/e2e $R/run/e2e || die "bind the result share"
 
 if [ "$(param e2e.disk || true)" = 1 ]; then
   n=0
@@ -87,5 +108,6 @@ echo "$rc" > $R/run/e2e/rc
 sync
 umount $R/run/e2e-data 2>/dev/null
 umount $R/run/e2e 2>/dev/null
+umount /mnt/e2e 2>/dev/null
 reboot -f
 sleep 10

@@ -125,13 +125,34 @@ e2e_ensure_kernel() {
   E2E_VMLINUZ=$kdir/vmlinuz
 }
 
-# A host path is visible at the same path inside the guest's chroot unless a
-# guest mount hides it.
+# A host path is visible at the same path inside the guest's chroot, except
+# under the guest's own /dev, /proc, /sys, /lib/modules. Paths under /tmp, /run
+# and /var/tmp (guest tmpfs) are listed by e2e_write_keep and put back.
 e2e_check_visible() { # $1 = what, $2 = absolute path
   case $2/ in
-    /tmp/*|/run/*|/var/tmp/*|/dev/*|/proc/*|/sys/*|/lib/modules/*)
-      e2e_die "$1 $2 is hidden in the guest (the guest mounts its own /tmp, /run, /var/tmp, /dev, /proc, /sys, /lib/modules); use a path elsewhere" ;;
+    /dev/*|/proc/*|/sys/*|/lib/modules/*)
+      e2e_die "$1 $2 is hidden in the guest (it mounts its own /dev, /proc, /sys, /lib/modules); use a path elsewhere" ;;
   esac
+}
+
+# e2e_write_keep SHARE PATH...: writes SHARE/keep, the directories under /tmp,
+# /run or /var/tmp that the guest must keep visible (outermost ones only).
+e2e_write_keep() {
+  local share=$1 p q dup
+  shift
+  local list=()
+  for p in "$@"; do
+    case $p/ in /tmp/*|/run/*|/var/tmp/*) list+=("$p") ;; esac
+  done
+  : > "$share/keep"
+  for p in "${list[@]}"; do
+    dup=0
+    for q in "${list[@]}"; do
+      [ "$p" != "$q" ] && case $p/ in "$q"/*) dup=1 ;; esac
+    done
+    [ $dup = 0 ] && ! grep -qxF "$p" "$share/keep" && echo "$p" >> "$share/keep"
+  done
+  return 0
 }
 
 # e2e_write_job SHARE SCENARIO_NAME BOOT DATA_DISK SCRIPT [ARGS...]
