@@ -20,6 +20,12 @@ absl::Status FakeVolumeBackend::TakeFailure(Op op) {
 }
 
 absl::StatusOr<ExportInfo> FakeVolumeBackend::EnsureExport(const ExportSpec& spec) {
+  std::function<void(const ExportSpec&)> hook;
+  {
+    absl::MutexLock lock(&mu_);
+    hook = ensure_hook_;
+  }
+  if (hook) hook(spec);
   absl::MutexLock lock(&mu_);
   ++ensure_calls_;
   if (absl::Status s = TakeFailure(Op::kEnsure); !s.ok()) return s;
@@ -114,6 +120,11 @@ void FakeVolumeBackend::SetState(const std::string& volume_id, ExportState state
   if (it == exports_.end()) return;
   it->second.info.state = state;
   it->second.message = std::move(message);
+}
+
+void FakeVolumeBackend::SetEnsureHook(std::function<void(const ExportSpec&)> hook) {
+  absl::MutexLock lock(&mu_);
+  ensure_hook_ = std::move(hook);
 }
 
 void FakeVolumeBackend::SetUsable(absl::Status status) {

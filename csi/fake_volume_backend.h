@@ -5,6 +5,7 @@
 // operation, export states set by hand. Thread-safe.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 
@@ -35,6 +36,9 @@ class FakeVolumeBackend final : public VolumeBackend {
   void SetUsable(absl::Status status);
   // Makes ResizeExport answer UNIMPLEMENTED, like a kernel without live resize.
   void SetResizeSupported(bool supported);
+  // Runs at the start of every EnsureExport, outside the backend's lock (tests
+  // use it to hold a call in flight).
+  void SetEnsureHook(std::function<void(const ExportSpec&)> hook);
 
   int ensure_calls() const;
   int export_count() const;
@@ -58,6 +62,7 @@ class FakeVolumeBackend final : public VolumeBackend {
   absl::Status usable_ ABSL_GUARDED_BY(mu_);
   bool resize_supported_ ABSL_GUARDED_BY(mu_) = true;
   int ensure_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void(const ExportSpec&)> ensure_hook_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ublk_csi
