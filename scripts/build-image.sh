@@ -5,8 +5,9 @@
 # (once; later runs reuse it), then `podman build --pull=never` builds the
 # Dockerfile. Ends by running the image's plugin with --version.
 #
-#   scripts/build-image.sh [--tag NAME:TAG] [--git-ref REF] [--rebuild-base]
+#   scripts/build-image.sh [--tag NAME:TAG] [--git-ref REF] [--rebuild-base] [--no-cache]
 #
+# --no-cache rebuilds every layer (with --rebuild-base: a fully cold build).
 # The build context is the working tree (what you have, committed or not);
 # --git-ref REF builds the sources of a commit instead (git archive).
 # The image is also tagged NAME:<project version> (the chart's appVersion).
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 TAG=ublk-csi:dev
 GIT_REF=
 REBUILD_BASE=0
+NO_CACHE=()
 BASE_IMAGE=${BASE_IMAGE:-debian:bookworm-slim}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,7 +29,8 @@ while [ $# -gt 0 ]; do
     --git-ref) GIT_REF=$2; shift 2 ;;
     --git-ref=*) GIT_REF=${1#--git-ref=}; shift ;;
     --rebuild-base) REBUILD_BASE=1; shift ;;
-    *) echo "build-image: unknown argument '$1' (expected --tag NAME:TAG, --git-ref REF, --rebuild-base)" >&2; exit 2 ;;
+    --no-cache) NO_CACHE=(--no-cache); shift ;;
+    *) echo "build-image: unknown argument '$1' (expected --tag NAME:TAG, --git-ref REF, --rebuild-base, --no-cache)" >&2; exit 2 ;;
   esac
 done
 
@@ -101,8 +104,11 @@ VERSION=$(sed -n 's/^project(ublk_csi VERSION \([0-9.]*\).*/\1/p' "$CONTEXT/CMak
 # --isolation=chroot: RUN steps need no OCI runtime or cgroup setup, which this
 # machine's cgroup limits refuse.
 build_start=$SECONDS
-podman build --pull=never --isolation=chroot --build-arg "BASE=$BASE_IMAGE" \
-  -t "$TAG" -t "${TAG%:*}:$VERSION" -f "$CONTEXT/Dockerfile" "$CONTEXT"
+# Each output line is prefixed with the seconds since this script started, so
+# the log shows what each step costs.
+podman build --pull=never --isolation=chroot "${NO_CACHE[@]}" --build-arg "BASE=$BASE_IMAGE" \
+  -t "$TAG" -t "${TAG%:*}:$VERSION" -f "$CONTEXT/Dockerfile" "$CONTEXT" 2>&1 |
+  while IFS= read -r line; do printf '[%4ds] %s\n' "$SECONDS" "$line"; done
 log "image $TAG (${TAG%:*}:$VERSION) built in $((SECONDS - build_start))s"
 
 # Smoke test: the image's plugin starts and answers --version.
