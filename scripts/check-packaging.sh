@@ -111,6 +111,7 @@ expect "$f" 'path: /var/lib/kubelet/plugins/ublk\.csi\.io$' "default: socket dir
 expect "$f" '--kubelet-registration-path=/var/lib/kubelet/plugins/ublk\.csi\.io/csi\.sock' "default: registrar registration path"
 expect "$f" '--node-deployment=true' "default: provisioner in node-deployment mode"
 expect "$f" '--enable-capacity=true' "default: capacity tracking"
+expect "$f" '--feature-gates=Topology=true' "default: provisioner topology on"
 expect "$f" '--capacity-ownerref-level=0' "default: capacity owner is the pod"
 expect "$f" 'fieldPath: spec\.nodeName' "default: NODE_NAME from the downward API"
 expect "$f" '--health-port=9808' "default: livenessprobe sidecar on the probed port"
