@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
@@ -14,6 +15,7 @@
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
 #include "ublk/memory.h"
 #include "ublk/testing/fake_clock.h"
@@ -499,6 +501,34 @@ TEST_F(BufferPoolTest, InvalidOptionsDegradeToHeapWithoutMapping) {
   EXPECT_EQ(memory_.map_calls(), 0);
   EXPECT_TRUE(pool->degraded());
   EXPECT_EQ(logs_.Count(google::GLOG_WARNING, {Worker(7), "slot_count"}), 1);
+}
+
+TEST_F(BufferPoolTest, ExportsTheDocumentedMetricNames) {
+  memory_.FailMapAlways();
+  auto pool = MakePool(9);
+  IoBuffer b = pool->AcquireIoBuffer(4096).buffer;
+  std::map<std::string, prometheus::MetricType> families;
+  double fallbacks = -1;
+  for (const prometheus::MetricFamily& f : registry_.Collect()) {
+    families[f.name] = f.type;
+    if (f.name != "ublk_csi_buffer_pool_heap_fallbacks_total") continue;
+    for (const prometheus::ClientMetric& m : f.metric) {
+      ASSERT_EQ(m.label.size(), 1u);
+      EXPECT_EQ(m.label[0].name, "worker");
+      if (m.label[0].value == "9") fallbacks = m.counter.value;
+    }
+  }
+  EXPECT_EQ(fallbacks, 1);
+  using T = prometheus::MetricType;
+  const std::map<std::string, prometheus::MetricType> want = {
+      {"ublk_csi_buffer_pool_heap_fallbacks_total", T::Counter},
+      {"ublk_csi_buffer_pool_creation_failures_total", T::Counter},
+      {"ublk_csi_buffer_pool_slot_waits_total", T::Counter},
+      {"ublk_csi_buffer_pool_degraded_workers", T::Gauge},
+      {"ublk_csi_buffer_pool_slots_in_use", T::Gauge},
+      {"ublk_csi_buffer_pool_bytes", T::Gauge},
+  };
+  EXPECT_EQ(families, want);
 }
 
 TEST(BufferPoolOptionsTest, ValidateRejectsNonsense) {
