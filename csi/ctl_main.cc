@@ -10,9 +10,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "csi.grpc.pb.h"
 #include "csi/endpoint.h"
 #include "csi/grpc_status.h"
+#include "csi/volume_manager.h"
 #include "csi/version.h"
 #include "gflags/gflags.h"
 #include "google/protobuf/text_format.h"
@@ -20,6 +22,17 @@
 
 DEFINE_string(endpoint, "unix:///csi/csi.sock", "plugin CSI endpoint");
 DEFINE_double(timeout, 30, "per-call deadline in seconds");
+DEFINE_string(size, "", "volume create: capacity, e.g. 1Gi, 512Mi (default: the plugin's)");
+DEFINE_string(fs_type, "", "volume create / node stage: ext4 or xfs");
+DEFINE_bool(block, false, "volume create / validate / node stage / publish: raw block access");
+DEFINE_string(from_snapshot, "", "volume create: restore from this snapshot ID");
+DEFINE_string(from_volume, "", "volume create: clone this volume ID");
+DEFINE_string(params, "", "volume create: StorageClass parameters, k=v,k=v (fsType, blockSize)");
+DEFINE_string(mount_flags, "", "node stage / publish: mount flags, a,b,c");
+DEFINE_bool(readonly, false, "node publish: read-only");
+DEFINE_int32(max_entries, 0, "volume list / snapshot list: page size (0 = all)");
+DEFINE_string(starting_token, "", "volume list / snapshot list: next_token of the previous page");
+DEFINE_string(access_mode, "SINGLE_NODE_WRITER", "volume capability access mode");
 
 namespace ublk_csi {
 namespace {
@@ -60,8 +73,54 @@ int Call(grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
 
 using Command = std::function<int(const Ctx&)>;
 
+int BadUsage(const std::string& msg) {
+  std::fprintf(stderr, "ublk-csi-ctl: %s\n", msg.c_str());
+  return 2;
+}
+
+// The volume capability the flags describe (--block, --fs-type,
+// --mount-flags, --access-mode).
+bool Capability(csi::v1::VolumeCapability* cap) {
+  if (FLAGS_block) {
+    cap->mutable_block();
+  } else {
+    auto* m = cap->mutable_mount();
+    m->set_fs_type(FLAGS_fs_type);
+    for (absl::string_view f : absl::StrSplit(FLAGS_mount_flags, ',', absl::SkipEmpty())) {
+      m->add_mount_flags(std::string(f));
+    }
+  }
+  csi::v1::VolumeCapability::AccessMode::Mode mode;
+  if (!csi::v1::VolumeCapability::AccessMode::Mode_Parse(FLAGS_access_mode, &mode)) {
+    std::fprintf(stderr, "ublk-csi-ctl: --access-mode=%s is not a CSI access mode\n",
+                 FLAGS_access_mode.c_str());
+    return false;
+  }
+  cap->mutable_access_mode()->set_mode(mode);
+  return true;
+}
+
+// Checks the positional argument count; prints usage for the command if wrong.
+bool Args(const Ctx& ctx, size_t n, const char* usage) {
+  if (ctx.args.size() == n) return true;
+  std::fprintf(stderr, "usage: ublk-csi-ctl %s\n", usage);
+  return false;
+}
+
+bool Size(const std::string& text, int64_t* out) {
+  absl::StatusOr<int64_t> v = ParseSize(text);
+  if (!v.ok()) {
+    std::fprintf(stderr, "ublk-csi-ctl: %s\n", std::string(v.status().message()).c_str());
+    return false;
+  }
+  *out = *v;
+  return true;
+}
+
 std::map<std::string, Command> Commands() {
+  using csi::v1::Controller;
   using csi::v1::Identity;
+  using csi::v1::Node;
   std::map<std::string, Command> c;
   c["identity info"] = [](const Ctx& ctx) {
     return Call(&Identity::Stub::GetPluginInfo, Identity::NewStub(ctx.channel),
@@ -74,6 +133,181 @@ std::map<std::string, Command> Commands() {
   c["identity probe"] = [](const Ctx& ctx) {
     return Call(&Identity::Stub::Probe, Identity::NewStub(ctx.channel),
                 csi::v1::ProbeRequest());
+  };
+
+  // Controller.
+  c["volume create"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 1, "volume create NAME [--size=1Gi] [--fs-type=ext4|xfs] [--block] "
+                      "[--from-snapshot=ID|--from-volume=ID] [--params=k=v,...]")) {
+      return 2;
+    }
+    csi::v1::CreateVolumeRequest req;
+    req.set_name(ctx.args[0]);
+    if (!FLAGS_size.empty()) {
+      int64_t bytes = 0;
+      if (!Size(FLAGS_size, &bytes)) return 2;
+      req.mutable_capacity_range()->set_required_bytes(bytes);
+    }
+    if (!Capability(req.add_volume_capabilities())) return 2;
+    for (absl::string_view kv : absl::StrSplit(FLAGS_params, ',', absl::SkipEmpty())) {
+      std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+      (*req.mutable_parameters())[p.first] = p.second;
+    }
+    if (!FLAGS_from_snapshot.empty() && !FLAGS_from_volume.empty()) {
+      return BadUsage("--from-snapshot and --from-volume exclude each other");
+    }
+    if (!FLAGS_from_snapshot.empty()) {
+      req.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(FLAGS_from_snapshot);
+    }
+    if (!FLAGS_from_volume.empty()) {
+      req.mutable_volume_content_source()->mutable_volume()->set_volume_id(FLAGS_from_volume);
+    }
+    return Call(&Controller::Stub::CreateVolume, Controller::NewStub(ctx.channel), req);
+  };
+  c["volume delete"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 1, "volume delete ID")) return 2;
+    csi::v1::DeleteVolumeRequest req;
+    req.set_volume_id(ctx.args[0]);
+    return Call(&Controller::Stub::DeleteVolume, Controller::NewStub(ctx.channel), req);
+  };
+  c["volume list"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 0, "volume list [--max-entries=N] [--starting-token=T]")) return 2;
+    csi::v1::ListVolumesRequest req;
+    req.set_max_entries(FLAGS_max_entries);
+    req.set_starting_token(FLAGS_starting_token);
+    return Call(&Controller::Stub::ListVolumes, Controller::NewStub(ctx.channel), req);
+  };
+  c["volume expand"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 2, "volume expand ID SIZE")) return 2;
+    csi::v1::ControllerExpandVolumeRequest req;
+    req.set_volume_id(ctx.args[0]);
+    int64_t bytes = 0;
+    if (!Size(ctx.args[1], &bytes)) return 2;
+    req.mutable_capacity_range()->set_required_bytes(bytes);
+    return Call(&Controller::Stub::ControllerExpandVolume, Controller::NewStub(ctx.channel), req);
+  };
+  c["volume validate"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 1, "volume validate ID [--block] [--fs-type=T] [--access-mode=M]")) return 2;
+    csi::v1::ValidateVolumeCapabilitiesRequest req;
+    req.set_volume_id(ctx.args[0]);
+    if (!Capability(req.add_volume_capabilities())) return 2;
+    return Call(&Controller::Stub::ValidateVolumeCapabilities, Controller::NewStub(ctx.channel),
+                req);
+  };
+  c["capacity"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 0, "capacity")) return 2;
+    return Call(&Controller::Stub::GetCapacity, Controller::NewStub(ctx.channel),
+                csi::v1::GetCapacityRequest());
+  };
+  c["controller caps"] = [](const Ctx& ctx) {
+    return Call(&Controller::Stub::ControllerGetCapabilities, Controller::NewStub(ctx.channel),
+                csi::v1::ControllerGetCapabilitiesRequest());
+  };
+  c["snapshot create"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 2, "snapshot create VOLUME_ID NAME")) return 2;
+    csi::v1::CreateSnapshotRequest req;
+    req.set_source_volume_id(ctx.args[0]);
+    req.set_name(ctx.args[1]);
+    return Call(&Controller::Stub::CreateSnapshot, Controller::NewStub(ctx.channel), req);
+  };
+  c["snapshot delete"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 1, "snapshot delete ID")) return 2;
+    csi::v1::DeleteSnapshotRequest req;
+    req.set_snapshot_id(ctx.args[0]);
+    return Call(&Controller::Stub::DeleteSnapshot, Controller::NewStub(ctx.channel), req);
+  };
+  c["snapshot list"] = [](const Ctx& ctx) {
+    if (ctx.args.size() > 1) return BadUsage("usage: ublk-csi-ctl snapshot list [VOLUME_ID]");
+    csi::v1::ListSnapshotsRequest req;
+    if (!ctx.args.empty()) req.set_source_volume_id(ctx.args[0]);
+    req.set_max_entries(FLAGS_max_entries);
+    req.set_starting_token(FLAGS_starting_token);
+    return Call(&Controller::Stub::ListSnapshots, Controller::NewStub(ctx.channel), req);
+  };
+
+  // Node.
+  c["node stage"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 2, "node stage ID STAGING_PATH [--fs-type=T] [--block] [--mount-flags=a,b]")) {
+      return 2;
+    }
+    csi::v1::NodeStageVolumeRequest req;
+    req.set_volume_id(ctx.args[0]);
+    req.set_staging_target_path(ctx.args[1]);
+    if (!Capability(req.mutable_volume_capability())) return 2;
+    return Call(&Node::Stub::NodeStageVolume, Node::NewStub(ctx.channel), req);
+  };
+  c["node unstage"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 2, "node unstage ID STAGING_PATH")) return 2;
+    csi::v1::NodeUnstageVolumeRequest req;
+    req.set_volume_id(ctx.args[0]);
+    req.set_staging_target_path(ctx.args[1]);
+    return Call(&Node::Stub::NodeUnstageVolume, Node::NewStub(ctx.channel), req);
+  };
+  c["node publish"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 3, "node publish ID STAGING_PATH TARGET_PATH [--readonly] [--block]")) return 2;
+    csi::v1::NodePublishVolumeRequest req;
+    req.set_volume_id(ctx.args[0]);
+    req.set_staging_target_path(ctx.args[1]);
+    req.set_target_path(ctx.args[2]);
+    req.set_readonly(FLAGS_readonly);
+    if (!Capability(req.mutable_volume_capability())) return 2;
+    return Call(&Node::Stub::NodePublishVolume, Node::NewStub(ctx.channel), req);
+  };
+  c["node unpublish"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 2, "node unpublish ID TARGET_PATH")) return 2;
+    csi::v1::NodeUnpublishVolumeRequest req;
+    req.set_volume_id(ctx.args[0]);
+    req.set_target_path(ctx.args[1]);
+    return Call(&Node::Stub::NodeUnpublishVolume, Node::NewStub(ctx.channel), req);
+  };
+  c["node info"] = [](const Ctx& ctx) {
+    return Call(&Node::Stub::NodeGetInfo, Node::NewStub(ctx.channel), csi::v1::NodeGetInfoRequest());
+  };
+  c["node caps"] = [](const Ctx& ctx) {
+    return Call(&Node::Stub::NodeGetCapabilities, Node::NewStub(ctx.channel),
+                csi::v1::NodeGetCapabilitiesRequest());
+  };
+  c["node stats"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 2, "node stats ID VOLUME_PATH")) return 2;
+    csi::v1::NodeGetVolumeStatsRequest req;
+    req.set_volume_id(ctx.args[0]);
+    req.set_volume_path(ctx.args[1]);
+    return Call(&Node::Stub::NodeGetVolumeStats, Node::NewStub(ctx.channel), req);
+  };
+  c["node expand"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 3, "node expand ID VOLUME_PATH SIZE")) return 2;
+    csi::v1::NodeExpandVolumeRequest req;
+    req.set_volume_id(ctx.args[0]);
+    req.set_volume_path(ctx.args[1]);
+    int64_t bytes = 0;
+    if (!Size(ctx.args[2], &bytes)) return 2;
+    req.mutable_capacity_range()->set_required_bytes(bytes);
+    return Call(&Node::Stub::NodeExpandVolume, Node::NewStub(ctx.channel), req);
+  };
+  // Exports at a glance: ListVolumes' VOLUME_CONDITION carries each export's
+  // state, device, worker and copy mode (CSI has no RPC of its own for it).
+  c["status"] = [](const Ctx& ctx) {
+    if (!Args(ctx, 0, "status")) return 2;
+    auto stub = Controller::NewStub(ctx.channel);
+    csi::v1::ListVolumesRequest req;
+    std::printf("%-22s %-24s %12s %-9s %s\n", "VOLUME", "NAME", "BYTES", "CONDITION", "EXPORT");
+    do {
+      csi::v1::ListVolumesResponse resp;
+      auto context = NewContext();
+      grpc::Status st = stub->ListVolumes(context.get(), req, &resp);
+      if (!st.ok()) return Print(st, resp);
+      for (const auto& e : resp.entries()) {
+        std::printf("%-22s %-24s %12lld %-9s %s\n", e.volume().volume_id().c_str(),
+                    e.volume().volume_context().count("name") != 0
+                        ? e.volume().volume_context().at("name").c_str()
+                        : "-",
+                    static_cast<long long>(e.volume().capacity_bytes()),
+                    e.status().volume_condition().abnormal() ? "ABNORMAL" : "ok",
+                    e.status().volume_condition().message().c_str());
+      }
+      req.set_starting_token(resp.next_token());
+    } while (!req.starting_token().empty());
+    return 0;
   };
   return c;
 }
@@ -93,8 +327,14 @@ int main(int argc, char** argv) {
   gflags::SetVersionString(ublk_csi::kVersion);
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   auto cmds = ublk_csi::Commands();
-  if (argc < 3) return ublk_csi::Usage(cmds);
-  auto it = cmds.find(absl::StrCat(argv[1], " ", argv[2]));
+  if (argc < 2) return ublk_csi::Usage(cmds);
+  // Commands are one word ("status") or two ("volume create").
+  int first_arg = 3;
+  auto it = argc >= 3 ? cmds.find(absl::StrCat(argv[1], " ", argv[2])) : cmds.end();
+  if (it == cmds.end()) {
+    it = cmds.find(argv[1]);
+    first_arg = 2;
+  }
   if (it == cmds.end()) return ublk_csi::Usage(cmds);
   auto endpoint = ublk_csi::ParseEndpoint(FLAGS_endpoint);
   if (!endpoint.ok()) {
@@ -103,6 +343,6 @@ int main(int argc, char** argv) {
   }
   ublk_csi::Ctx ctx;
   ctx.channel = grpc::CreateChannel(endpoint->GrpcTarget(), grpc::InsecureChannelCredentials());
-  for (int i = 3; i < argc; ++i) ctx.args.emplace_back(argv[i]);
+  for (int i = first_arg; i < argc; ++i) ctx.args.emplace_back(argv[i]);
   return it->second(ctx);
 }

@@ -4,11 +4,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <memory>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "csi/controller_service.h"
 #include "csi/endpoint.h"
+#include "csi/fake_mounter.h"
+#include "csi/fake_volume_backend.h"
+#include "csi/node_service.h"
+#include "csi/record_store.h"
+#include "csi/volume_manager.h"
 #include "csi/health.h"
 #include "csi/http_server.h"
 #include "csi/identity_service.h"
@@ -27,6 +36,14 @@ DEFINE_string(data_dir, "/var/lib/ublk-csi",
 DEFINE_string(metrics_address, "0.0.0.0:9810",
               "host:port for /metrics, /healthz and /readyz; empty disables");
 DEFINE_string(log_level, "info", "error | warning | info | debug | trace");
+DEFINE_string(backend, "ublk",
+              "volume backend: ublk (real devices) | fake (no devices: a symlink stands in "
+              "for /dev/ublkbN; control-plane demos and tests only)");
+DEFINE_string(mounter, "real",
+              "real (mount(2), mkfs, blkid) | fake (in-memory mount table; demos and tests only)");
+DEFINE_int32(max_volumes, 0,
+             "max_volumes_per_node reported to Kubernetes; 0 = the backend's limit (ublks_max)");
+DEFINE_string(default_volume_size, "1Gi", "size of a volume whose CreateVolume names none");
 
 namespace ublk_csi {
 namespace {
@@ -104,12 +121,76 @@ int Run() {
       .Set(1);
 
   Health health;
-  health.SetBackend(CheckUblkDriver());
-  if (!health.Backend().ok()) LOG(WARNING) << "backend unusable: " << health.Backend();
+  health.SetRecoveryPending("loading volume records");
+
+  absl::StatusOr<std::unique_ptr<RecordStore>> store = RecordStore::Open(FLAGS_data_dir, registry.get());
+  if (!store.ok()) return Fail(store.status());
+
+  std::unique_ptr<VolumeBackend> backend;
+  if (FLAGS_backend == "fake") {
+    const std::string dev_dir = FLAGS_data_dir + "/fake-devices";
+    if (::mkdir(dev_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat("mkdir ", dev_dir, ": ", strerror(errno))));
+    }
+    LOG(WARNING) << "--backend=fake: no block devices are created; " << dev_dir
+                 << "/ublkbN are symlinks to the backing files";
+    backend = std::make_unique<FakeVolumeBackend>(dev_dir, 64);
+  } else if (FLAGS_backend == "ublk") {
+    // The engine-backed VolumeBackend (csi/ublk_volume_backend.h) is not
+    // wired in yet. Serve Identity with an honest "not ready" instead of
+    // pretending: Probe and /readyz say why.
+    absl::Status driver = CheckUblkDriver();
+    health.SetBackend(driver.ok() ? absl::UnimplementedError(
+                                        "--backend=ublk: the ublk volume backend is not built into "
+                                        "this binary yet; use --backend=fake for control-plane demos")
+                                  : driver);
+    LOG(ERROR) << "backend unusable: " << health.Backend()
+               << "; serving Identity only (no Controller/Node services)";
+  } else {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--backend=", FLAGS_backend, ": expected ublk or fake")));
+  }
+
+  std::unique_ptr<Mounter> mounter;
+  if (FLAGS_mounter == "real") {
+    mounter = std::make_unique<RealMounter>();
+  } else if (FLAGS_mounter == "fake") {
+    LOG(WARNING) << "--mounter=fake: nothing is mounted or formatted";
+    mounter = std::make_unique<FakeMounter>();
+  } else {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--mounter=", FLAGS_mounter, ": expected real or fake")));
+  }
+
+  absl::StatusOr<int64_t> default_size = ParseSize(FLAGS_default_volume_size);
+  if (!default_size.ok()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--default-volume-size: ", default_size.status().message())));
+  }
+  std::unique_ptr<VolumeManager> manager;
+  std::unique_ptr<ControllerService> controller;
+  std::unique_ptr<NodeService> node;
+  std::vector<grpc::Service*> services;
+  PluginCapabilities caps;
+  if (backend != nullptr) {
+    VolumeManagerOptions opts;
+    opts.node_id = FLAGS_node_id;
+    opts.max_volumes_override = FLAGS_max_volumes;
+    opts.default_volume_bytes = *default_size;
+    manager = std::make_unique<VolumeManager>(opts, store->get(), backend.get(), mounter.get());
+    if (absl::Status s = manager->Load(); !s.ok()) return Fail(s);
+    controller = std::make_unique<ControllerService>(manager.get());
+    node = std::make_unique<NodeService>(manager.get());
+    services = {controller.get(), node.get()};
+    caps = {.controller_service = true, .volume_accessibility_constraints = true,
+            .online_expansion = true};
+    health.SetBackend(backend->Usable());
+    if (!health.Backend().ok()) LOG(WARNING) << "backend unusable: " << health.Backend();
+  }
   health.SetRecoveryDone();
 
-  IdentityService identity(PluginCapabilities{}, &health);
-  PluginServer server(*endpoint, {&identity});
+  IdentityService identity(caps, &health);
+  services.insert(services.begin(), &identity);
+  PluginServer server(*endpoint, services);
   if (absl::Status s = server.Start(); !s.ok()) return Fail(s);
 
   std::unique_ptr<HttpServer> http;
@@ -119,7 +200,8 @@ int Run() {
     if (!started.ok()) return Fail(started.status());
     http = std::move(*started);
   }
-  LOG(INFO) << "ublk-csi " << kVersion << " serving node " << FLAGS_node_id;
+  LOG(INFO) << "ublk-csi " << kVersion << " serving node " << FLAGS_node_id << " (backend "
+            << FLAGS_backend << ", mounter " << FLAGS_mounter << ")";
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
