@@ -1,0 +1,192 @@
+#include "ublk/worker_pool.h"
+
+#include <algorithm>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/registry.h"
+
+namespace ublk {
+
+struct WorkerPool::Series {
+  prometheus::Counter* ios = nullptr;
+  prometheus::Gauge* queues = nullptr;
+  prometheus::Gauge* assigned = nullptr;
+  uint64_t ios_seen = 0;  // completed_ios already added to `ios`
+};
+
+absl::StatusOr<BufferPoolOptions> WorkerPoolOptions::BufferPoolFor(int workers) const {
+  BufferPoolOptions o = BufferPoolOptions::ForBudget(buffer_pool_bytes, workers, buffer_slot_size);
+  if (buffer_slots_per_worker.has_value()) o.slot_count = *buffer_slots_per_worker;
+  o.retry_interval = buffer_retry_interval;
+  if (!buffer_slots_per_worker.has_value() && buffer_pool_bytes < buffer_slot_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("buffer_pool_bytes ", buffer_pool_bytes, " is less than one slot of ",
+                     buffer_slot_size, " bytes"));
+  }
+  absl::Status s = o.Validate();
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("worker pool: ", s.message()));
+  }
+  return o;
+}
+
+WorkerPool::WorkerPool() = default;
+
+absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolOptions& options,
+                                                               prometheus::Registry* registry) {
+  if (options.memory == nullptr) {
+    return absl::InvalidArgumentError("worker pool: WorkerPoolOptions.memory is required");
+  }
+  if (options.worker_count < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker pool: worker_count ", options.worker_count, " must be >= 0"));
+  }
+  if (options.metrics_refresh_interval < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("worker pool: metrics_refresh_interval must be >= 0");
+  }
+  int count = options.worker_count;
+  if (count == 0) count = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  absl::StatusOr<BufferPoolOptions> bp = options.BufferPoolFor(count);
+  if (!bp.ok()) return bp.status();
+
+  std::unique_ptr<WorkerPool> pool(new WorkerPool());
+  pool->buffer_pool_options_ = *bp;
+  if (registry != nullptr) pool->pool_metrics_ = std::make_unique<BufferPoolMetrics>(*registry);
+  for (int i = 0; i < count; ++i) {
+    WorkerOptions wo;
+    wo.worker_id = i;
+    wo.ring_entries = options.ring_entries;
+    wo.buffer_pool = *bp;
+    wo.memory = options.memory;
+    wo.clock = options.clock;
+    wo.pool_metrics = pool->pool_metrics_.get();
+    wo.no_memory_retry = options.no_memory_retry;
+    absl::StatusOr<std::unique_ptr<Worker>> w = Worker::Create(wo);
+    if (!w.ok()) {
+      pool->Stop();
+      return absl::Status(w.status().code(), absl::StrCat("worker pool: starting worker ", i,
+                                                          " of ", count, ": ",
+                                                          w.status().message()));
+    }
+    pool->workers_.push_back(std::move(*w));
+  }
+  {
+    std::lock_guard<std::mutex> lock(pool->mu_);
+    pool->assigned_.assign(count, 0);
+  }
+  if (registry != nullptr) {
+    auto& ios = prometheus::BuildCounter()
+                    .Name("ublk_csi_worker_ios_total")
+                    .Help("Block requests completed to the kernel, per worker thread")
+                    .Register(*registry);
+    auto& queues = prometheus::BuildGauge()
+                       .Name("ublk_csi_worker_queues")
+                       .Help("ublk queues a worker thread is serving")
+                       .Register(*registry);
+    auto& assigned = prometheus::BuildGauge()
+                         .Name("ublk_csi_worker_assigned_queues")
+                         .Help("ublk queues assigned to a worker thread by the pool")
+                         .Register(*registry);
+    std::lock_guard<std::mutex> lock(pool->metrics_mu_);
+    for (int i = 0; i < count; ++i) {
+      const prometheus::Labels labels{{"worker", std::to_string(i)}};
+      pool->series_.push_back(Series{&ios.Add(labels), &queues.Add(labels),
+                                     &assigned.Add(labels), 0});
+    }
+  }
+  LOG(INFO) << "worker pool: " << count << " worker(s), buffer pool of up to "
+            << bp->slot_count << " x " << bp->slot_size << " bytes each (created on first I/O; "
+            << count * bp->slot_count * bp->slot_size << " bytes at most in total)";
+  if (registry != nullptr && options.metrics_refresh_interval > absl::ZeroDuration()) {
+    WorkerPool* self = pool.get();
+    const absl::Duration interval = options.metrics_refresh_interval;
+    pool->refresher_ = std::thread([self, interval] { self->RefreshLoop(interval); });
+  }
+  return pool;
+}
+
+WorkerPool::~WorkerPool() { Stop(); }
+
+void WorkerPool::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopped_ = true;
+  }
+  stop_cv_.notify_all();
+  if (refresher_.joinable()) refresher_.join();
+  for (auto& w : workers_) w->Stop();
+}
+
+std::vector<Worker*> WorkerPool::Assign(size_t nr_queues) {
+  std::vector<Worker*> result;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_ || workers_.empty()) return result;
+    result.reserve(nr_queues);
+    for (size_t q = 0; q < nr_queues; ++q) {
+      const size_t best = static_cast<size_t>(
+          std::min_element(assigned_.begin(), assigned_.end()) - assigned_.begin());
+      ++assigned_[best];
+      result.push_back(workers_[best].get());
+    }
+  }
+  return result;
+}
+
+void WorkerPool::Release(const std::vector<Worker*>& workers) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Worker* w : workers) {
+    if (w == nullptr) continue;
+    const int id = w->id();
+    if (id < 0 || static_cast<size_t>(id) >= workers_.size() || workers_[id].get() != w) {
+      LOG(ERROR) << "worker pool: Release() of a worker that is not ours (id " << id << ")";
+      continue;
+    }
+    if (assigned_[id] == 0) {
+      LOG(ERROR) << "worker pool: worker " << id << " released more queues than assigned";
+      continue;
+    }
+    --assigned_[id];
+  }
+}
+
+size_t WorkerPool::assigned_queues(size_t i) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return i < assigned_.size() ? assigned_[i] : 0;
+}
+
+void WorkerPool::UpdateMetrics() {
+  std::vector<size_t> assigned;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    assigned = assigned_;
+  }
+  std::lock_guard<std::mutex> lock(metrics_mu_);
+  for (size_t i = 0; i < series_.size() && i < workers_.size(); ++i) {
+    Series& s = series_[i];
+    const uint64_t done = workers_[i]->completed_ios();
+    if (done > s.ios_seen) {
+      s.ios->Increment(static_cast<double>(done - s.ios_seen));
+      s.ios_seen = done;
+    }
+    s.queues->Set(static_cast<double>(workers_[i]->queue_count()));
+    s.assigned->Set(static_cast<double>(assigned[i]));
+  }
+}
+
+void WorkerPool::RefreshLoop(absl::Duration interval) {
+  const auto wait = absl::ToChronoMilliseconds(std::max(interval, absl::Milliseconds(1)));
+  for (;;) {
+    UpdateMetrics();
+    std::unique_lock<std::mutex> lock(mu_);
+    if (stop_cv_.wait_for(lock, wait, [this] { return stopped_; })) break;
+  }
+  UpdateMetrics();
+}
+
+}  // namespace ublk
