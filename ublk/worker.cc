@@ -243,6 +243,11 @@ void Worker::Run() {
     absl::Duration timeout = absl::InfiniteDuration();
     if (any_removing) timeout = kRemovalPoll;
     if (!parked_.empty()) timeout = std::min(timeout, options_.no_memory_retry);
+    if (!release_after_submit_.empty() && ring_->Submit().ok()) {
+      // The kernel has copied the get-data READs: free their slots now, not
+      // after the next completion (an idle worker would hold them forever).
+      release_after_submit_.clear();
+    }
     absl::Status s = ring_->SubmitAndWait(timeout);
     release_after_submit_.clear();
     if (!s.ok()) {
@@ -350,6 +355,7 @@ void Worker::BeginRequest(Queue& q, uint16_t tag) {
 
 bool Worker::AcquireBuffer(Queue& q, uint16_t tag, size_t len) {
   AcquireResult r = pool_->AcquireIoBuffer(len);
+  pool_degraded_.store(pool_->degraded(), std::memory_order_relaxed);
   switch (r.outcome) {
     case AcquireOutcome::kPooled:
     case AcquireOutcome::kHeap:

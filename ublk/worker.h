@@ -76,6 +76,9 @@ class Worker {
   // Requests completed to the kernel (all queues, ever).
   uint64_t completed_ios() const { return completed_ios_.load(std::memory_order_relaxed); }
   size_t queue_count() const { return queue_count_.load(std::memory_order_relaxed); }
+  // True while this worker's buffer pool cannot be created and I/O is served
+  // from the heap (as of the worker's last buffer acquisition). Any thread.
+  bool buffer_pool_degraded() const { return pool_degraded_.load(std::memory_order_relaxed); }
 
  private:
   struct Queue;
@@ -134,6 +137,7 @@ class Worker {
 
   std::atomic<uint64_t> completed_ios_{0};
   std::atomic<size_t> queue_count_{0};
+  std::atomic<bool> pool_degraded_{false};
 };
 
 }  // namespace ublk
