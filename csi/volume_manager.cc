@@ -491,6 +491,10 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
     }
   }
   const VolumeRecord::AccessType access = block ? VolumeRecord::BLOCK : VolumeRecord::MOUNT;
+  if (existing && existing->state() != VolumeRecord::READY) {
+    return absl::AbortedError(absl::StrCat("volume name ", req.name(), " (", existing->volume_id(),
+                                           ") is being deleted; retry later"));
+  }
   if (existing) {
     std::map<std::string, std::string> old_params(existing->parameters().begin(),
                                                   existing->parameters().end());
