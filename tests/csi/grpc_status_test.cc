@@ -83,8 +83,10 @@ TEST(GrpcStatusTest, NonCanonicalCodesBecomeUnknownKeepingMessage) {
   EXPECT_EQ(g.error_code(), grpc::StatusCode::UNKNOWN);
   EXPECT_EQ(g.error_message(), "odd absl code");
 
+  // grpc::StatusCode has no fixed underlying type, so only values up to 31
+  // are representable; 20 is one that no canonical code uses.
   absl::Status s =
-      FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(99), "odd grpc code"));
+      FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(20), "odd grpc code"));
   EXPECT_EQ(s.code(), absl::StatusCode::kUnknown);
   EXPECT_EQ(s.message(), "odd grpc code");
 }
