@@ -111,7 +111,11 @@ std::optional<int32_t> FileTarget::StartIo(Ring& ring, const TargetIo& io, uint6
                               io.offset, io.len);
       break;
     case UBLK_IO_OP_WRITE_ZEROES:
-      io_uring_prep_fallocate(sqe, buffered_fd_.get(), FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+      io_uring_prep_fallocate(sqe, buffered_fd_.get(),
+                              (zero_range_.load(std::memory_order_relaxed)
+                                   ? FALLOC_FL_ZERO_RANGE
+                                   : FALLOC_FL_PUNCH_HOLE) |
+                                  FALLOC_FL_KEEP_SIZE,
                               io.offset, io.len);
       break;
     default:
@@ -141,9 +145,18 @@ std::optional<int32_t> FileTarget::FinishIo(const TargetIo& io, int32_t res) {
         return -EIO;  // a short write to a preallocated-size file is an error
       }
       return res;
+    case UBLK_IO_OP_WRITE_ZEROES:
+      if (res == -EOPNOTSUPP && zero_range_.exchange(false)) {
+        // tmpfs and others have no ZERO_RANGE; a punched hole reads as zeros
+        // too (it gives up the allocation, which NOUNMAP asked to keep: we
+        // accept that rather than fail the request).
+        LOG(INFO) << "file target " << path_
+                  << ": fallocate ZERO_RANGE not supported, write-zeroes punch holes";
+        return std::nullopt;
+      }
+      return res < 0 ? res : 0;
     case UBLK_IO_OP_FLUSH:
     case UBLK_IO_OP_DISCARD:
-    case UBLK_IO_OP_WRITE_ZEROES:
       return res < 0 ? res : 0;
     default:
       return -EOPNOTSUPP;

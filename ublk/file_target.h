@@ -1,7 +1,8 @@
 // FileTarget: a volume stored in a sparse regular file. Reads and writes go
 // through io_uring on the worker's ring, O_DIRECT where the filesystem takes
 // it (else buffered, logged once); flush = fdatasync, discard = fallocate
-// PUNCH_HOLE|KEEP_SIZE, write-zeroes = fallocate ZERO_RANGE, FUA = RWF_DSYNC.
+// PUNCH_HOLE|KEEP_SIZE, write-zeroes = fallocate ZERO_RANGE (PUNCH_HOLE where
+// the filesystem lacks it, e.g. tmpfs), FUA = RWF_DSYNC.
 // Thread-safe: several workers may serve queues of the same file.
 #pragma once
 
@@ -47,6 +48,7 @@ class FileTarget final : public Target {
   const UniqueFd buffered_fd_;
   const UniqueFd direct_fd_;  // invalid when O_DIRECT open failed
   std::atomic<bool> direct_;
+  std::atomic<bool> zero_range_{true};  // false once the filesystem refused it
 };
 
 }  // namespace ublk
