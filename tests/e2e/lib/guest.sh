@@ -127,16 +127,22 @@ e2e_require_ublk_tool() {
 
 # ublk_serve NAME SERVE_ARGS...: starts `ublk-tool serve SERVE_ARGS` in the
 # background and waits until it reports the device ready. Sets SRV_PID, SRV_DEV
-# (/dev/ublkbN) and SRV_LOG. Returns non-zero (server log shown) if it exits or
-# is not ready within 60 s.
-ublk_serve() {
-  local name=$1 ready
-  shift
-  SRV_LOG=$E2E_SCRATCH/serve-$name.log
-  ready=$E2E_SCRATCH/ready-$name
+# (/dev/ublkbN), SRV_ID (N) and SRV_LOG. Returns non-zero (server log shown) if
+# it exits or is not ready within 60 s.
+ublk_serve() { ublk_start_server serve "$@"; }
+# ublk_recover NAME RECOVER_ARGS...: the same with `ublk-tool recover` (a new
+# server re-attaching to a quiesced device).
+ublk_recover() { ublk_start_server recover "$@"; }
+
+ublk_start_server() { # SUBCOMMAND NAME ARGS...
+  local sub=$1 name=$2 ready
+  shift 2
+  SRV_LOG=$E2E_SCRATCH/$sub-$name.log
+  ready=$E2E_SCRATCH/ready-$sub-$name
   rm -f "$ready"
   SRV_DEV=
-  "$UBLK_TOOL" serve "$@" --ready_file="$ready" >"$SRV_LOG" 2>&1 &
+  SRV_ID=
+  "$UBLK_TOOL" "$sub" "$@" --ready_file="$ready" >"$SRV_LOG" 2>&1 &
   SRV_PID=$!
   local i=0
   while :; do
@@ -146,19 +152,20 @@ ublk_serve() {
     fi
     if ! kill -0 "$SRV_PID" 2>/dev/null; then
       wait "$SRV_PID"
-      echo "ublk-tool serve $* exited with $? before it was ready; its log:"
+      echo "ublk-tool $sub $* exited with $? before it was ready; its log:"
       sed 's/^/  | /' "$SRV_LOG" | tail -30
       SRV_PID=
       return 1
     fi
     i=$((i + 1))
     if [ $i -ge 600 ]; then
-      echo "ublk-tool serve $* not ready after 60 s (ready file: '$(cat "$ready" 2>/dev/null)'); its log:"
+      echo "ublk-tool $sub $* not ready after 60 s (ready file: '$(cat "$ready" 2>/dev/null)'); its log:"
       sed 's/^/  | /' "$SRV_LOG" | tail -30
       return 1
     fi
     sleep 0.1
   done
+  SRV_ID=${SRV_DEV#/dev/ublkb}
   grep -q "^READY $SRV_DEV" "$SRV_LOG" \
     || echo "note: server log has no 'READY $SRV_DEV' line (contract: printed on stdout when usable)"
   return 0

@@ -2,15 +2,17 @@
 # For each copy mode (user_copy, get_data) x command encoding (ioctl, legacy):
 # a file-backed export (sparse file on tmpfs), raw O_DIRECT data check (also
 # against the backing file), ext4 and xfs with a remount checksum, SIGTERM stop
-# and the device gone. Then the null target: reads return zeros.
-# e2e-timeout: 480
+# and the device gone. Then the null target: reads return zeros. xfs runs for
+# the ioctl encoding only (the file system does not depend on the command
+# encoding; it keeps the scenario within the CI budget under TCG).
+# e2e-timeout: 600
 # e2e-requires: ublk/ublk-tool
 . "$E2E_LIB"
 e2e_require_ublk_tool
 
 SIZE=$((512 * 1024 * 1024))   # mkfs.xfs needs >= 300 MiB
 PAT=$E2E_SCRATCH/pattern
-e2e_make_pattern "$PAT" 16
+e2e_make_pattern "$PAT" 8
 
 e2e_step "ublk-tool features"
 timeout 30 "$UBLK_TOOL" features || e2e_check_failed "ublk-tool features exited $?"
@@ -34,19 +36,21 @@ for copy in user_copy get_data; do
     else e2e_check_failed "$combo: /sys/block/$blk/size is '$sectors', want $((SIZE / 512))"; fi
 
     e2e_step "$combo: raw data check at 0 and at the end of the device"
-    if e2e_data_check "$SRV_DEV" "$PAT" 0 && e2e_data_check "$SRV_DEV" "$PAT" $((SIZE / 1048576 - 16)); then
+    if e2e_data_check "$SRV_DEV" "$PAT" 0 && e2e_data_check "$SRV_DEV" "$PAT" $((SIZE / 1048576 - 8)); then
       e2e_ok "$combo: raw data check"
     else
       e2e_check_failed "$combo: raw data check"
     fi
     # The data must have reached the backing file, not just some cache.
-    if [ "$(head -c 16M "$back" | sha256sum | cut -d' ' -f1)" = "$(e2e_sha "$PAT")" ]; then
+    if [ "$(head -c 8M "$back" | sha256sum | cut -d' ' -f1)" = "$(e2e_sha "$PAT")" ]; then
       e2e_ok "$combo: backing file holds the data"
     else
-      e2e_check_failed "$combo: backing file's first 16 MiB differ from the data written"
+      e2e_check_failed "$combo: backing file's first 8 MiB differ from the data written"
     fi
 
-    for fs in ext4 xfs; do
+    fss=ext4
+    [ $enc = ioctl ] && fss="ext4 xfs"
+    for fs in $fss; do
       e2e_step "$combo: $fs"
       if e2e_fs_check "$SRV_DEV" "$fs" "$PAT"; then e2e_ok "$combo: $fs write/remount/checksum"
       else e2e_check_failed "$combo: $fs"; fi
