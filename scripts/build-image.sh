@@ -3,7 +3,8 @@
 # registry: the base image debian:bookworm-slim is made here with debootstrap
 # from the apt mirror this machine is configured with and imported into podman
 # (once; later runs reuse it), then `podman build --pull=never` builds the
-# Dockerfile. Ends by running the image's plugin with --version.
+# Dockerfile. Ends with scripts/packaging/smoke-image.sh (--version, /healthz,
+# /readyz, /metrics, clean SIGTERM).
 #
 #   scripts/build-image.sh [--tag NAME:TAG] [--git-ref REF] [--rebuild-base] [--no-cache]
 #
@@ -111,9 +112,8 @@ podman build --pull=never --isolation=chroot "${NO_CACHE[@]}" --build-arg "BASE=
   while IFS= read -r line; do printf '[%4ds] %s\n' "$SECONDS" "$line"; done
 log "image $TAG (${TAG%:*}:$VERSION) built in $((SECONDS - build_start))s"
 
-# Smoke test: the image's plugin starts and answers --version.
-# Run with the same chroot isolation the build uses (no OCI runtime needed).
-version=$(scripts/packaging/run-in-image.sh "$TAG" --version)
-log "$TAG --version: $version"
+# Smoke test: the image's plugin answers --version, starts, serves its
+# health and metrics endpoints and shuts down cleanly.
+scripts/packaging/smoke-image.sh "$TAG"
 size=$(podman image inspect --format '{{.Size}}' "$TAG")
 log "image $TAG: $((size / 1024 / 1024)) MiB; total ${SECONDS}s"
