@@ -28,7 +28,7 @@ for _ in $(seq 50); do get /healthz >/dev/null 2>&1 && break; sleep 0.2; done
 out=$(get /healthz) || fail "/healthz: no answer"
 grep -q '^HTTP/1.1 200' <<<"$out" || fail "/healthz: $(head -n1 <<<"$out")"
 out=$(get /readyz) || fail "/readyz: no answer"
-grep -q '^HTTP/1.1 503' <<<"$out" && grep -q 'ublk_drv' <<<"$out" || fail "/readyz without ublk_drv: $(tr -d '\r' <<<"$out" | tail -n1)"
+{ grep -q '^HTTP/1.1 503' <<<"$out" && grep -q 'ublk_drv' <<<"$out"; } || fail "/readyz without ublk_drv: $(tr -d '\r' <<<"$out" | tail -n1)"
 out=$(get /metrics) || fail "/metrics: no answer"
 grep -q '^ublk_csi_build_info{version=' <<<"$out" || fail "/metrics has no ublk_csi_build_info"
 echo "smoke-image: /healthz 200, /readyz 503 (no ublk_drv here), /metrics has ublk_csi_build_info"
