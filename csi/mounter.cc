@@ -215,13 +215,21 @@ absl::Status RealMounter::MakeFilesystem(const std::string& device, const std::s
 }
 
 absl::StatusOr<std::string> RealMounter::ProbeFilesystem(const std::string& device) {
-  std::vector<std::string> argv = {"blkid", "-p", "-s", "TYPE", "-o", "value", device};
+  std::vector<std::string> argv = {"blkid", "-p", "-o", "export", device};
   absl::StatusOr<CommandResult> r = RunCommand(argv);
   if (!r.ok()) return r.status();
   // blkid exits 2 when it finds nothing it recognises.
   if (r->exit_code == 2) return std::string();
   if (r->exit_code != 0) return absl::InternalError(CommandError(argv, *r));
-  return std::string(absl::StripAsciiWhitespace(r->output));
+  std::string type, pttype;
+  for (absl::string_view line : absl::StrSplit(r->output, '\n', absl::SkipEmpty())) {
+    if (absl::ConsumePrefix(&line, "TYPE=")) type = std::string(line);
+    if (absl::ConsumePrefix(&line, "PTTYPE=")) pttype = std::string(line);
+  }
+  // A partition table (or any other signature) is data too: never "empty".
+  if (type.empty() && !pttype.empty()) return absl::StrCat("partition-table-", pttype);
+  if (type.empty()) return std::string("unknown-signature");
+  return type;
 }
 
 absl::Status RealMounter::ResizeFilesystem(const std::string& device,

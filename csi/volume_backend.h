@@ -5,6 +5,19 @@
 // (csi/fake_volume_backend.h) serves tests and control-plane demos.
 // Implementations are thread-safe: calls for different volumes may run
 // concurrently; the VolumeManager never runs two calls for one volume at once.
+//
+// What the real (ublk) implementation owes the CSI layer:
+//  - EnsureExport creates the device with UBLK_F_USER_RECOVERY (+_REISSUE for
+//    the file target), asks ADD_DEV for spec.preferred_dev_id first, and is a
+//    no-op returning the live export when one exists (kubelet repeats
+//    NodeStage after every restart). A device the kernel refuses because of
+//    ublks_max is RESOURCE_EXHAUSTED naming the limit, once (no retry loop);
+//    a volume still being re-attached after a restart is UNAVAILABLE.
+//  - RemoveExport is only called after the volume's filesystems are
+//    unmounted; it stops and deletes the device (unmap/close the char fd
+//    before DEL_DEV).
+//  - GetExportStatus never blocks on I/O; it feeds NodeGetVolumeStats'
+//    VolumeCondition and `ublk-csi-ctl status`.
 #pragma once
 
 #include <cstdint>

@@ -436,7 +436,6 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
         "volume_capabilities ask for both block and mount access; a volume is one or the other");
   }
   std::string fs_type = "ext4";
-  uint32_t block_size = 512;
   for (const auto& [k, v] : req.parameters()) {
     if (absl::StartsWith(k, kReservedParamPrefix)) continue;
     if (k == kParamFsType) {
@@ -450,7 +449,6 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
         return absl::InvalidArgumentError(
             absl::StrCat("parameters.blockSize '", v, "' is not supported (512 or 4096)"));
       }
-      block_size = static_cast<uint32_t>(std::stoi(v));
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("parameters: unknown key '", k, "' (known: fsType, blockSize)"));
@@ -558,7 +556,6 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
   rec.set_dev_id(-1);
   // A restored volume brings its filesystem with it.
   rec.set_filesystem_created(false);
-  (void)block_size;
   ASSIGN_OR_RETURN(KeyLock vol_lock, TryLock(rec.volume_id(), "volume " + rec.volume_id()));
   // The record goes first: after a crash it says which file to roll back.
   RETURN_IF_ERROR(store_->PutVolume(rec));

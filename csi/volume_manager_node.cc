@@ -318,6 +318,15 @@ absl::StatusOr<csi::v1::NodeGetVolumeStatsResponse> VolumeManager::NodeGetVolume
     u->set_unit(csi::v1::VolumeUsage::BYTES);
     u->set_total(rec.capacity_bytes());
   } else {
+    ASSIGN_OR_RETURN(bool mounted, mounter_->IsMountPoint(path));
+    if (!mounted) {
+      // statfs would describe whatever filesystem holds the empty directory.
+      auto* cond = resp.mutable_volume_condition();
+      cond->set_abnormal(true);
+      cond->set_message(absl::StrCat(path, " is not mounted (node rebooted or mount lost); "
+                                     "the volume must be staged and published again"));
+      return resp;
+    }
     ASSIGN_OR_RETURN(FsStats st, mounter_->Statfs(path));
     auto* b = resp.add_usage();
     b->set_unit(csi::v1::VolumeUsage::BYTES);

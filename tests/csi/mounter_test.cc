@@ -6,6 +6,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <iterator>
+
 #include "csi/fake_mounter.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -68,6 +71,28 @@ TEST(RealMounterTest, ProbeFindsNothingThenWhatMkfsMade) {
   auto err = m.MakeFilesystem(dir.path() + "/missing.img", "ext4");
   EXPECT_FALSE(err.ok());
   EXPECT_THAT(std::string(err.message()), HasSubstr("mkfs.ext4"));
+}
+
+TEST(RealMounterTest, APartitionTableIsNotAnEmptyDevice) {
+  if (::access("/usr/sbin/blkid", X_OK) != 0 && ::access("/sbin/blkid", X_OK) != 0) {
+    GTEST_SKIP() << "blkid not installed";
+  }
+  ublk_test::TempDir dir;
+  const std::string img = dir.path() + "/pt.img";
+  int fd = ::open(img.c_str(), O_CREAT | O_WRONLY, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 16 << 20), 0);
+  // A DOS partition table: one Linux partition at LBA 2048, 2048 sectors.
+  unsigned char mbr[512] = {};
+  const unsigned char entry[16] = {0, 0, 0, 0, 0x83, 0, 0, 0, 0x00, 0x08, 0, 0, 0x00, 0x08, 0, 0};
+  std::copy(std::begin(entry), std::end(entry), mbr + 446);
+  mbr[510] = 0x55;
+  mbr[511] = 0xAA;
+  ASSERT_EQ(::pwrite(fd, mbr, sizeof(mbr), 0), 512);
+  ::close(fd);
+  auto found = RealMounter().ProbeFilesystem(img);
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(*found, "partition-table-dos") << "mkfs must never run over it";
 }
 
 TEST(RealMounterTest, StatfsAndMountTable) {

@@ -617,6 +617,21 @@ TEST_F(VM, VolumeStatsAndCondition) {
   EXPECT_EQ(manager_->NodeGetVolumeStats(r).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(VM, StatsOfALostMountAreAbnormalNotTheParentFilesystem) {
+  std::string id = Create("pvc", 16 * kMiB);
+  ASSERT_TRUE(Stage(id, Path("stage")).ok());
+  ASSERT_TRUE(Publish(id, Path("stage"), Path("pod/vol")).ok());
+  ASSERT_TRUE(mounter_->Unmount(Path("pod/vol")).ok());  // gone behind our back
+  csi::v1::NodeGetVolumeStatsRequest r;
+  r.set_volume_id(id);
+  r.set_volume_path(Path("pod/vol"));
+  auto s = manager_->NodeGetVolumeStats(r);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->usage_size(), 0);
+  EXPECT_TRUE(s->volume_condition().abnormal());
+  EXPECT_THAT(s->volume_condition().message(), HasSubstr("not mounted"));
+}
+
 TEST_F(VM, NodeExpandGrowsDeviceAndFilesystem) {
   std::string id = Create("pvc", 16 * kMiB);
   ASSERT_TRUE(Stage(id, Path("stage")).ok());
