@@ -178,7 +178,7 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Recover(ControlDevice& control,
   o.copy_mode = (info.flags & UBLK_F_USER_COPY) != 0 ? CopyMode::kUserCopy : CopyMode::kGetData;
   std::unique_ptr<Export> e(new Export(control, std::move(workers), std::move(target), info,
                                        o.copy_mode, size, o));
-  absl::MutexLock lock(&e->mu_);
+  std::lock_guard<std::mutex> lock(e->mu_);
   e->state_ = State::kRecovering;
   absl::Status s = e->ServeQueues();
   if (s.ok()) s = control.EndUserRecovery(dev_id, getpid());
@@ -193,7 +193,7 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Recover(ControlDevice& control,
 }
 
 Export::~Export() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (!queues_.empty()) {
     LOG(INFO) << "ublk device " << info_.dev_id << ": export destroyed while " << StateName(state_)
               << ", detaching its queues";
@@ -202,12 +202,12 @@ Export::~Export() {
 }
 
 Export::State Export::state() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return state_;
 }
 
 uint64_t Export::size_bytes() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return size_bytes_;
 }
 
@@ -243,7 +243,7 @@ bool Export::RemoveQueues(absl::Duration timeout) {
 }
 
 absl::Status Export::Start() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (state_ != State::kCreated) return WrongState("start");
   absl::Status s = ServeQueues();
   if (s.ok()) s = control_.StartDevice(info_.dev_id, getpid());
@@ -258,7 +258,7 @@ absl::Status Export::Start() {
 }
 
 absl::Status Export::Stop() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (state_ != State::kRunning) return WrongState("stop");
   absl::Status s = control_.StopDevice(info_.dev_id);
   const bool drained = RemoveQueues(s.ok() ? options_.stop_drain_timeout : absl::ZeroDuration());
@@ -275,7 +275,7 @@ absl::Status Export::Stop() {
 }
 
 absl::Status Export::Detach() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (state_ != State::kRunning) return WrongState("detach");
   RemoveQueues(absl::ZeroDuration());
   state_ = State::kDetached;
@@ -283,7 +283,7 @@ absl::Status Export::Detach() {
 }
 
 absl::Status Export::Delete() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (state_ == State::kRunning || state_ == State::kRecovering || state_ == State::kDeleted) {
     return WrongState("delete");
   }
@@ -295,7 +295,7 @@ absl::Status Export::Delete() {
 }
 
 absl::Status Export::Resize(uint64_t new_size) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (state_ != State::kRunning && state_ != State::kCreated) return WrongState("resize");
   ExportOptions o = options_;
   o.size_bytes = new_size;

@@ -12,12 +12,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ublk/kernel.h"
 #include "ublk/target.h"
@@ -104,7 +104,7 @@ class Export {
   const CopyMode copy_mode_;
   const ExportOptions options_;
 
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;  // not absl::Mutex: see worker.h
   State state_ ABSL_GUARDED_BY(mu_) = State::kCreated;
   uint64_t size_bytes_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<Worker*, Worker::QueueId>> queues_ ABSL_GUARDED_BY(mu_);

@@ -166,7 +166,7 @@ absl::StatusOr<std::unique_ptr<RealControlDevice>> RealControlDevice::Open(
   // Fail now, not at the first command, if this kernel's io_uring lacks SQE128.
   ASSIGN_OR_RETURN(auto ring, Ring::Create(kControlRingEntries, IORING_SETUP_SQE128));
   {
-    absl::MutexLock lock(&dev->mu_);
+    std::lock_guard<std::mutex> lock(dev->mu_);
     dev->idle_rings_.push_back(std::move(ring));
   }
   return dev;
@@ -179,7 +179,7 @@ absl::StatusOr<int> RealControlDevice::Run(unsigned cmd_op, uint32_t dev_id, voi
                                            int* errno_out) {
   std::unique_ptr<Ring> ring;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (!idle_rings_.empty()) {
       ring = std::move(idle_rings_.back());
       idle_rings_.pop_back();
@@ -218,7 +218,7 @@ absl::StatusOr<int> RealControlDevice::Run(unsigned cmd_op, uint32_t dev_id, voi
   }
   if (!status.ok()) return status;  // the ring may hold a stale SQE: drop it
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     idle_rings_.push_back(std::move(ring));
   }
   if (res < 0) {
@@ -337,7 +337,7 @@ absl::Status RealControlDevice::UpdateSize(uint32_t dev_id, uint64_t dev_sectors
 
 absl::StatusOr<std::shared_ptr<RealControlDevice::CharDev>> RealControlDevice::GetCharDev(
     uint32_t dev_id) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = char_devs_.find(dev_id);
   if (it != char_devs_.end()) {
     if (auto dev = it->second.lock()) return dev;

@@ -3,8 +3,8 @@
 #include <sys/eventfd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
-#include <future>
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
@@ -13,6 +13,28 @@
 namespace ublk {
 namespace {
 constexpr absl::Duration kRemovalPoll = absl::Milliseconds(5);
+
+// A one-shot event (absl::Notification is invisible to TSan with Debian's
+// uninstrumented abseil).
+class Latch {
+ public:
+  void Notify() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return done_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+};
 }  // namespace
 
 struct Worker::TagState {
@@ -31,6 +53,11 @@ struct Worker::TagState {
   TargetIo io;
 };
 
+struct Worker::Removal {
+  Latch done;
+  bool drained = false;  // written before done.Notify()
+};
+
 struct Worker::Queue {
   QueueId id = 0;
   uint16_t slot = 0;
@@ -43,7 +70,7 @@ struct Worker::Queue {
   unsigned busy = 0;  // tags in kGetData or kTargetIo
   bool removing = false;
   absl::Time deadline;
-  std::shared_ptr<std::promise<bool>> removed;
+  std::shared_ptr<Removal> removed;
 
   void SetPhase(uint16_t tag, TagState::Phase phase) {
     TagState& t = tags[tag];
@@ -85,7 +112,7 @@ Worker::~Worker() { Stop(); }
 
 void Worker::Stop() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (stopped_) {
       // Already stopping or stopped; just make sure the thread is gone.
     } else {
@@ -111,23 +138,22 @@ absl::Status Worker::RunOnWorker(std::function<void()> task) {
     return absl::FailedPreconditionError(
         absl::StrCat("worker ", id(), ": called from its own thread"));
   }
-  auto done = std::make_shared<std::promise<void>>();
-  std::future<void> f = done->get_future();
+  auto done = std::make_shared<Latch>();
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (stopped_) {
       return absl::FailedPreconditionError(absl::StrCat("worker ", id(), " is stopped"));
     }
     tasks_.push_back([task = std::move(task), done] {
       task();
-      done->set_value();
+      done->Notify();
     });
   }
   uint64_t one = 1;
   if (write(wakeup_fd_.get(), &one, sizeof(one)) != sizeof(one)) {
     return absl::ErrnoToStatus(errno, absl::StrCat("worker ", id(), ": wake up"));
   }
-  f.wait();
+  done->Wait();
   return absl::OkStatus();
 }
 
@@ -182,11 +208,11 @@ absl::StatusOr<Worker::QueueId> Worker::AddQueue(QueueConfig config) {
 }
 
 absl::StatusOr<bool> Worker::RemoveQueue(QueueId queue_id, absl::Duration drain_timeout) {
-  std::shared_ptr<std::promise<bool>> removed;
+  std::shared_ptr<Removal> removed;
   RETURN_IF_ERROR(RunOnWorker([&] {
     for (auto& q : slots_) {
       if (q != nullptr && q->id == queue_id && q->removed == nullptr) {
-        removed = std::make_shared<std::promise<bool>>();
+        removed = std::make_shared<Removal>();
         q->removed = removed;
         q->removing = true;
         q->deadline = clock_.Now() + drain_timeout;
@@ -197,7 +223,8 @@ absl::StatusOr<bool> Worker::RemoveQueue(QueueId queue_id, absl::Duration drain_
   if (removed == nullptr) {
     return absl::NotFoundError(absl::StrCat("worker ", id(), ": no queue ", queue_id));
   }
-  return removed->get_future().get();
+  removed->done.Wait();
+  return removed->drained;
 }
 
 void Worker::ArmWakeup() {
@@ -213,7 +240,7 @@ void Worker::ArmWakeup() {
 void Worker::RunTasks() {
   std::vector<std::function<void()>> tasks;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     tasks.swap(tasks_);
   }
   for (auto& task : tasks) task();
@@ -494,7 +521,10 @@ void Worker::DropQueue(Queue& q, bool drained) {
   const uint16_t slot = q.slot;
   slots_[slot].reset();  // closes the channel
   queue_count_.fetch_sub(1, std::memory_order_relaxed);
-  if (removed != nullptr) removed->set_value(drained);
+  if (removed != nullptr) {
+    removed->drained = drained;
+    removed->done.Notify();
+  }
 }
 
 }  // namespace ublk

@@ -15,12 +15,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ublk/buffer_pool.h"
 #include "ublk/clock.h"
@@ -83,6 +83,7 @@ class Worker {
  private:
   struct Queue;
   struct TagState;
+  struct Removal;
   enum class Kind : uint8_t { kWakeup = 1, kCmd = 2, kTarget = 3 };
 
   explicit Worker(const WorkerOptions& options);
@@ -116,7 +117,9 @@ class Worker {
   std::thread thread_;
   std::thread::id thread_id_;
 
-  absl::Mutex mu_;
+  // std::mutex, not absl::Mutex: Debian's prebuilt abseil is not TSan-instrumented,
+  // so TSan cannot see absl::Mutex synchronization.
+  std::mutex mu_;
   std::vector<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
 

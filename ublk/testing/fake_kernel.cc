@@ -4,6 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cerrno>
 #include <cstring>
 #include <deque>
@@ -11,7 +14,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "ublk/ring.h"
 #include "ublk/status_macros.h"
 #include "ublk/unique_fd.h"
@@ -75,8 +77,9 @@ struct FakeKernel::State {
   explicit State(FakeKernelOptions o) : options(o) {}
 
   const FakeKernelOptions options;
-  mutable absl::Mutex mu;
-  absl::CondVar cv;
+  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
+  mutable std::mutex mu;
+  std::condition_variable cv;
   std::map<uint32_t, std::shared_ptr<FakeDevice>> devices ABSL_GUARDED_BY(mu);
   int fail_next_add ABSL_GUARDED_BY(mu) = 0;
 
@@ -102,7 +105,7 @@ struct FakeKernel::State {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     r->result = result;
     r->done = true;
-    cv.SignalAll();
+    cv.notify_all();
   }
 
   void Assign(FakeDevice& d, uint16_t q, uint16_t tag, std::shared_ptr<Request> r)
@@ -207,11 +210,13 @@ struct FakeKernel::State {
   }
 
   // Waits (mu held) until every tag of `d` is fetched.
-  absl::Status AwaitFetched(const std::shared_ptr<FakeDevice>& d, absl::string_view what)
+  absl::Status AwaitFetched(std::unique_lock<std::mutex>& lock,
+                            const std::shared_ptr<FakeDevice>& d, absl::string_view what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    const absl::Time deadline = absl::Now() + options.start_timeout;
+    const auto deadline =
+        std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(options.start_timeout);
     while (!d->removed && d->fetched < d->total_tags()) {
-      if (cv.WaitWithDeadline(&mu, deadline)) {
+      if (cv.wait_until(lock, deadline) == std::cv_status::timeout) {
         if (d->fetched < d->total_tags()) {
           return absl::DeadlineExceededError(absl::StrCat(
               "ublk ", what, " device ", d->info.dev_id, ": only ", d->fetched, " of ",
@@ -242,7 +247,7 @@ class FakeQueueChannel final : public QueueChannel {
         read_bufs_(new uint64_t[depth_]()) {}
 
   ~FakeQueueChannel() override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     FakeQueue& q = dev_->queues[q_id_];
     for (auto& t : q.tags) t.efd = -1;
     q.channel_open = false;
@@ -259,7 +264,7 @@ class FakeQueueChannel final : public QueueChannel {
   }
 
   absl::Status PrepFetch(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     FakeDevice& d = *dev_;
     RETURN_IF_ERROR(Check(tag, "FETCH_REQ"));
     FakeTag& t = d.queues[q_id_].tags[tag];
@@ -271,14 +276,14 @@ class FakeQueueChannel final : public QueueChannel {
     RETURN_IF_ERROR(PrepRead(ring, tag, user_data));
     t.s = FakeTag::S::kFetchPending;
     ++d.fetched;
-    state_->cv.SignalAll();
+    state_->cv.notify_all();
     AfterFetch(d, t);
     return absl::OkStatus();
   }
 
   absl::Status PrepCommitAndFetch(Ring& ring, uint16_t tag, int32_t result, void* buf,
                                   uint64_t user_data) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     FakeDevice& d = *dev_;
     RETURN_IF_ERROR(Check(tag, "COMMIT_AND_FETCH_REQ"));
     FakeTag& t = d.queues[q_id_].tags[tag];
@@ -301,7 +306,7 @@ class FakeQueueChannel final : public QueueChannel {
   }
 
   absl::Status PrepNeedGetData(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     FakeDevice& d = *dev_;
     RETURN_IF_ERROR(Check(tag, "NEED_GET_DATA"));
     FakeTag& t = d.queues[q_id_].tags[tag];
@@ -319,7 +324,7 @@ class FakeQueueChannel final : public QueueChannel {
   }
 
   int32_t TranslateCompletion(uint16_t tag, int32_t raw) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     if (raw != sizeof(uint64_t)) return raw < 0 ? raw : -EIO;
     if (tag >= depth_) return -EINVAL;
     FakeTag& t = dev_->queues[q_id_].tags[tag];
@@ -329,7 +334,7 @@ class FakeQueueChannel final : public QueueChannel {
   }
 
   absl::Status ReadRequestData(uint16_t tag, void* buf, size_t len, uint64_t offset) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     ASSIGN_OR_RETURN(FakeTag * t, UserCopyTag(tag, UBLK_IO_OP_WRITE, len, offset, "pread"));
     std::memcpy(buf, t->req->data.data() + offset, len);
     return absl::OkStatus();
@@ -337,7 +342,7 @@ class FakeQueueChannel final : public QueueChannel {
 
   absl::Status WriteResponseData(uint16_t tag, const void* buf, size_t len,
                                  uint64_t offset) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     ASSIGN_OR_RETURN(FakeTag * t, UserCopyTag(tag, UBLK_IO_OP_READ, len, offset, "pwrite"));
     std::memcpy(t->req->data.data() + offset, buf, len);
     return absl::OkStatus();
@@ -422,7 +427,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::StatusOr<DeviceInfo> AddDevice(const DeviceInfo& want) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     const std::string what = want.dev_id == kAnyDevId ? std::string("ADD_DEV (any id)")
                                                       : absl::StrCat("ADD_DEV id ", want.dev_id);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
@@ -465,7 +470,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status SetParams(uint32_t dev_id, const ublk_params& p) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     const std::string what = absl::StrCat("ublk SET_PARAMS device ", dev_id);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "SET_PARAMS"));
@@ -485,7 +490,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::StatusOr<ublk_params> GetParams(uint32_t dev_id) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "GET_PARAMS"));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "GET_PARAMS"));
     ublk_params p = d->params;
@@ -494,14 +499,14 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status StartDevice(uint32_t dev_id, pid_t pid) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     const std::string what = absl::StrCat("ublk START_DEV device ", dev_id);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "START_DEV"));
     if (pid <= 0) return UblkErrnoToStatus(EINVAL, what);
     if (d->info.state == UBLK_S_DEV_LIVE || d->started) return UblkErrnoToStatus(EEXIST, what);
     if ((d->params.types & UBLK_PARAM_TYPE_BASIC) == 0) return UblkErrnoToStatus(EINVAL, what);
-    RETURN_IF_ERROR(state_->AwaitFetched(d, "START_DEV"));
+    RETURN_IF_ERROR(state_->AwaitFetched(lock, d, "START_DEV"));
     d->started = true;
     d->stopped = false;
     d->aborted = false;
@@ -512,7 +517,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status StopDevice(uint32_t dev_id) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "STOP_DEV"));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "STOP_DEV"));
     state_->Kill(*d, -EIO);
@@ -520,7 +525,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status DeleteDevice(uint32_t dev_id) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "DEL_DEV"));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "DEL_DEV"));
     if (d->open_channels > 0) {
@@ -531,19 +536,19 @@ class FakeControlDevice final : public ControlDevice {
     state_->Kill(*d, -EIO);
     d->removed = true;
     state_->devices.erase(dev_id);
-    state_->cv.SignalAll();
+    state_->cv.notify_all();
     return absl::OkStatus();
   }
 
   absl::StatusOr<DeviceInfo> GetDeviceInfo(uint32_t dev_id) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "GET_DEV_INFO"));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "GET_DEV_INFO"));
     return d->info;
   }
 
   absl::Status StartUserRecovery(uint32_t dev_id) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     const std::string what = absl::StrCat("ublk START_USER_RECOVERY device ", dev_id);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "START_USER_RECOVERY"));
@@ -557,7 +562,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status EndUserRecovery(uint32_t dev_id, pid_t pid) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     const std::string what = absl::StrCat("ublk END_USER_RECOVERY device ", dev_id);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "END_USER_RECOVERY"));
@@ -565,7 +570,7 @@ class FakeControlDevice final : public ControlDevice {
       return UblkErrnoToStatus(EBUSY, what);
     }
     if (pid <= 0) return UblkErrnoToStatus(EINVAL, what);
-    RETURN_IF_ERROR(state_->AwaitFetched(d, "END_USER_RECOVERY"));
+    RETURN_IF_ERROR(state_->AwaitFetched(lock, d, "END_USER_RECOVERY"));
     if (d->info.state != UBLK_S_DEV_QUIESCED) return UblkErrnoToStatus(EBUSY, what);
     d->recovering = false;
     d->info.state = UBLK_S_DEV_LIVE;
@@ -575,7 +580,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status UpdateSize(uint32_t dev_id, uint64_t dev_sectors) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     if ((state_->options.features & UBLK_F_UPDATE_SIZE) == 0) {
       return absl::UnimplementedError(absl::StrCat("resizing ublk device ", dev_id,
                                                    " needs UBLK_U_CMD_UPDATE_SIZE (Linux 6.14+)"));
@@ -587,7 +592,7 @@ class FakeControlDevice final : public ControlDevice {
 
   absl::StatusOr<std::unique_ptr<QueueChannel>> OpenQueue(uint32_t dev_id, uint16_t q_id,
                                                           uint16_t depth) override {
-    absl::MutexLock lock(&state_->mu);
+    std::unique_lock<std::mutex> lock(state_->mu);
     const std::string what = absl::StrCat("open ", CharDevicePath(dev_id), " queue ", q_id);
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "open queue of"));
     if (q_id >= d->info.nr_hw_queues || depth != d->info.queue_depth) {
@@ -642,7 +647,7 @@ std::shared_ptr<FakeKernel::Request> FakeKernel::SubmitIoAsync(uint32_t dev_id, 
   r->len = len;
   r->data = std::move(data);
   r->data.resize(op == UBLK_IO_OP_READ || op == UBLK_IO_OP_WRITE ? len : 0);
-  absl::MutexLock lock(&state_->mu);
+  std::unique_lock<std::mutex> lock(state_->mu);
   auto it = state_->devices.find(dev_id);
   if (it == state_->devices.end() || !it->second->started) {
     state_->Complete(r, -ENODEV);
@@ -668,10 +673,10 @@ std::shared_ptr<FakeKernel::Request> FakeKernel::SubmitIoAsync(uint32_t dev_id, 
 
 absl::StatusOr<FakeIoResult> FakeKernel::Wait(const std::shared_ptr<Request>& r,
                                               absl::Duration timeout) {
-  absl::MutexLock lock(&state_->mu);
-  const absl::Time deadline = absl::Now() + timeout;
+  std::unique_lock<std::mutex> lock(state_->mu);
+  const auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
   while (!r->done) {
-    if (state_->cv.WaitWithDeadline(&state_->mu, deadline) && !r->done) {
+    if (state_->cv.wait_until(lock, deadline) == std::cv_status::timeout && !r->done) {
       return absl::DeadlineExceededError(absl::StrCat("fake block I/O op ", r->op, " at ",
                                                       r->offset, " on ublk device ", r->dev_id,
                                                       " not done after ", absl::FormatDuration(timeout)));
@@ -697,12 +702,12 @@ absl::StatusOr<FakeIoResult> FakeKernel::Read(uint32_t dev_id, uint64_t offset, 
 }
 
 void FakeKernel::FailNextAddDevice(int err) {
-  absl::MutexLock lock(&state_->mu);
+  std::unique_lock<std::mutex> lock(state_->mu);
   state_->fail_next_add = err;
 }
 
 void FakeKernel::VanishDevice(uint32_t dev_id) {
-  absl::MutexLock lock(&state_->mu);
+  std::unique_lock<std::mutex> lock(state_->mu);
   auto it = state_->devices.find(dev_id);
   if (it == state_->devices.end()) return;
   FakeDevice& d = *it->second;
@@ -719,29 +724,29 @@ void FakeKernel::VanishDevice(uint32_t dev_id) {
   }
   d.removed = true;
   state_->devices.erase(it);
-  state_->cv.SignalAll();
+  state_->cv.notify_all();
 }
 
 std::optional<uint16_t> FakeKernel::DeviceState(uint32_t dev_id) const {
-  absl::MutexLock lock(&state_->mu);
+  std::unique_lock<std::mutex> lock(state_->mu);
   auto it = state_->devices.find(dev_id);
   if (it == state_->devices.end()) return std::nullopt;
   return it->second->info.state;
 }
 
 size_t FakeKernel::device_count() const {
-  absl::MutexLock lock(&state_->mu);
+  std::unique_lock<std::mutex> lock(state_->mu);
   return state_->devices.size();
 }
 
 int FakeKernel::open_channels(uint32_t dev_id) const {
-  absl::MutexLock lock(&state_->mu);
+  std::unique_lock<std::mutex> lock(state_->mu);
   auto it = state_->devices.find(dev_id);
   return it == state_->devices.end() ? 0 : it->second->open_channels;
 }
 
 int FakeKernel::inflight(uint32_t dev_id) const {
-  absl::MutexLock lock(&state_->mu);
+  std::unique_lock<std::mutex> lock(state_->mu);
   auto it = state_->devices.find(dev_id);
   return it == state_->devices.end() ? 0 : it->second->inflight;
 }
