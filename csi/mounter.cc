@@ -56,7 +56,9 @@ const std::map<std::string, std::pair<unsigned long, bool>>& FlagTable() {
 }
 
 std::string CommandError(const std::vector<std::string>& argv, const CommandResult& r) {
-  std::string out(absl::StripAsciiWhitespace(r.output));
+  // One line, so the whole of it lands in the CSI error and the log line.
+  std::string out = absl::StrJoin(
+      absl::StrSplit(absl::StripAsciiWhitespace(r.output), '\n', absl::SkipWhitespace()), "; ");
   return absl::StrCat("`", absl::StrJoin(argv, " "), "` ",
                       r.exit_code < 0 ? absl::StrCat("killed by signal ", -r.exit_code)
                                       : absl::StrCat("exited ", r.exit_code),
