@@ -1,0 +1,196 @@
+// Worker specifics on the fake kernel: bounded buffers (pool exhaustion parks
+// I/O, no memory at all requeues it, neither fails it), several devices on
+// one worker, and the cross-thread API's errors.
+#include "ublk/worker.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "ublk/export.h"
+#include "ublk/file_target.h"
+#include "ublk/memory.h"
+#include "ublk/null_target.h"
+#include "ublk/testing/fake_kernel.h"
+#include "ublk/testing/fault_memory.h"
+
+namespace ublk {
+namespace {
+
+constexpr uint64_t kSize = 8 << 20;
+
+// A RAM-backed target: data written is kept, so reads can be checked.
+class RamTarget final : public Target {
+ public:
+  RamTarget() : data_(kSize, '\0') {}
+  uint64_t size_bytes() const override { return kSize; }
+  bool supports_discard() const override { return false; }
+  const char* name() const override { return "ram"; }
+  std::optional<int32_t> StartIo(Ring&, const TargetIo& io, uint64_t) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (io.op == UBLK_IO_OP_READ) std::memcpy(io.buf, data_.data() + io.offset, io.len);
+    if (io.op == UBLK_IO_OP_WRITE) std::memcpy(data_.data() + io.offset, io.buf, io.len);
+    return io.op == UBLK_IO_OP_READ || io.op == UBLK_IO_OP_WRITE ? static_cast<int32_t>(io.len)
+                                                                 : 0;
+  }
+  std::optional<int32_t> FinishIo(const TargetIo&, int32_t res) override { return res; }
+
+ private:
+  std::mutex mu_;
+  std::string data_;
+};
+
+std::string Pattern(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+class WorkerTest : public ::testing::TestWithParam<CopyMode> {
+ protected:
+  std::unique_ptr<Worker> MakeWorker(MemorySource& memory, size_t slots,
+                                     BufferPoolMetrics* metrics = nullptr) {
+    WorkerOptions o;
+    o.memory = &memory;
+    o.pool_metrics = metrics;
+    o.buffer_pool.slot_count = slots;
+    o.buffer_pool.slot_size = 128 * 1024;
+    o.no_memory_retry = absl::Milliseconds(2);
+    auto w = Worker::Create(o);
+    EXPECT_TRUE(w.ok()) << w.status();
+    return std::move(*w);
+  }
+  std::unique_ptr<Export> Serve(Worker& w, std::shared_ptr<Target> t, uint16_t depth) {
+    ExportOptions o;
+    o.size_bytes = kSize;
+    o.queue_depth = depth;
+    o.copy_mode = GetParam();
+    o.max_io_bytes = 128 * 1024;
+    auto e = Export::Create(*control_, {&w}, std::move(t), o);
+    EXPECT_TRUE(e.ok()) << e.status();
+    EXPECT_TRUE((*e)->Start().ok());
+    return std::move(*e);
+  }
+
+  FakeKernel kernel_;
+  std::unique_ptr<ControlDevice> control_ = kernel_.OpenControl(CmdEncoding::kIoctl);
+  RealMemorySource real_memory_;
+};
+
+TEST_P(WorkerTest, PoolExhaustionParksIoUntilASlotIsFree) {
+  prometheus::Registry registry;
+  BufferPoolMetrics metrics(registry);
+  auto w = MakeWorker(real_memory_, /*slots=*/2, &metrics);
+  // A file target keeps each buffer while its io_uring write is in flight, so
+  // 16 requests at once need more than the 2 slots.
+  std::string dir = ::testing::TempDir() + "/worker_test.XXXXXX";
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  auto file = FileTarget::Open({dir + "/vol", kSize, /*create=*/true, true});
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto e = Serve(*w, std::shared_ptr<Target>(std::move(*file)), /*depth=*/16);
+  std::vector<std::shared_ptr<FakeKernel::Request>> writes;
+  for (int i = 0; i < 48; ++i) {
+    writes.push_back(kernel_.SubmitIoAsync(e->dev_id(), UBLK_IO_OP_WRITE, i * 65536ull, 65536,
+                                           Pattern(65536, i)));
+  }
+  for (auto& r : writes) {
+    auto res = kernel_.Wait(r, absl::Seconds(10));
+    ASSERT_TRUE(res.ok()) << res.status();
+    EXPECT_EQ(res->result, 65536);
+  }
+  std::vector<std::shared_ptr<FakeKernel::Request>> reads;
+  for (int i = 0; i < 48; ++i) {
+    reads.push_back(kernel_.SubmitIoAsync(e->dev_id(), UBLK_IO_OP_READ, i * 65536ull, 65536));
+  }
+  for (int i = 0; i < 48; ++i) {
+    auto res = kernel_.Wait(reads[i], absl::Seconds(10));
+    ASSERT_TRUE(res.ok());
+    EXPECT_TRUE(res->data == Pattern(65536, i)) << "block " << i;
+  }
+  EXPECT_GT(metrics.slot_waits(0), 0);  // the parking path was taken
+  EXPECT_EQ(metrics.heap_fallbacks(0), 0);
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+  std::filesystem::remove_all(dir);
+}
+
+TEST_P(WorkerTest, NoMemoryAtAllRequeuesIoInsteadOfFailingIt) {
+  FaultInjectingMemorySource memory(real_memory_);
+  memory.FailMapAlways();
+  memory.FailHeapAlways();
+  auto w = MakeWorker(memory, 4);
+  auto e = Serve(*w, std::make_shared<RamTarget>(), 4);
+  const std::string data = Pattern(8192, 7);
+  auto write = kernel_.SubmitIoAsync(e->dev_id(), UBLK_IO_OP_WRITE, 4096, 8192, data);
+  // No buffer can be had: the I/O waits, it is not failed.
+  EXPECT_EQ(kernel_.Wait(write, absl::Milliseconds(50)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_GT(memory.failed_heap_calls(), 1);  // retried
+  memory.HealHeap();
+  auto res = kernel_.Wait(write, absl::Seconds(5));
+  ASSERT_TRUE(res.ok());
+  EXPECT_EQ(res->result, 8192);
+  auto r = kernel_.Read(e->dev_id(), 4096, 8192);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->data == data);
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+  w->Stop();
+  EXPECT_EQ(memory.live_heap_blocks(), 0);
+  EXPECT_EQ(memory.live_maps(), 0);
+}
+
+TEST_P(WorkerTest, OneWorkerServesSeveralDevices) {
+  auto w = MakeWorker(real_memory_, 8);
+  auto a = Serve(*w, std::make_shared<RamTarget>(), 4);
+  auto b = Serve(*w, std::make_shared<NullTarget>(kSize), 4);
+  auto c = Serve(*w, std::make_shared<RamTarget>(), 4);
+  EXPECT_EQ(w->queue_count(), 3u);
+  ASSERT_EQ(kernel_.Write(a->dev_id(), 0, std::string(4096, 'a'))->result, 4096);
+  ASSERT_EQ(kernel_.Write(c->dev_id(), 0, std::string(4096, 'c'))->result, 4096);
+  EXPECT_EQ(kernel_.Read(a->dev_id(), 0, 4096)->data, std::string(4096, 'a'));
+  EXPECT_EQ(kernel_.Read(b->dev_id(), 0, 4096)->data, std::string(4096, '\0'));
+  EXPECT_EQ(kernel_.Read(c->dev_id(), 0, 4096)->data, std::string(4096, 'c'));
+  ASSERT_TRUE(b->Stop().ok());
+  ASSERT_TRUE(b->Delete().ok());
+  EXPECT_EQ(w->queue_count(), 2u);
+  EXPECT_EQ(kernel_.Read(a->dev_id(), 0, 4096)->data, std::string(4096, 'a'));
+  for (auto* e : {a.get(), c.get()}) {
+    ASSERT_TRUE(e->Stop().ok());
+    ASSERT_TRUE(e->Delete().ok());
+  }
+  EXPECT_EQ(w->queue_count(), 0u);
+}
+
+TEST_P(WorkerTest, ApiErrors) {
+  auto w = MakeWorker(real_memory_, 2);
+  EXPECT_EQ(w->AddQueue(QueueConfig{}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(w->RemoveQueue(12345, absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kNotFound);
+  w->Stop();
+  w->Stop();  // idempotent
+  auto info = control_->AddDevice(DeviceInfo{});
+  ASSERT_TRUE(info.ok());
+  auto ch = control_->OpenQueue(info->dev_id, 0, info->queue_depth);
+  ASSERT_TRUE(ch.ok());
+  EXPECT_EQ(w->AddQueue(QueueConfig{std::move(*ch), std::make_shared<NullTarget>(kSize),
+                                    GetParam()})
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  WorkerOptions no_memory;
+  EXPECT_EQ(Worker::Create(no_memory).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(CopyModes, WorkerTest,
+                         ::testing::Values(CopyMode::kUserCopy, CopyMode::kGetData),
+                         [](const auto& info) { return std::string(CopyModeName(info.param)); });
+
+}  // namespace
+}  // namespace ublk
