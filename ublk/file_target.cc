@@ -87,9 +87,25 @@ FileTarget::FileTarget(std::string path, uint64_t size, UniqueFd buffered, Uniqu
       direct_fd_(std::move(direct)),
       direct_(direct_fd_.valid()) {}
 
+absl::Status FileTarget::Grow(uint64_t new_size) {
+  struct stat st;
+  if (fstat(buffered_fd_.get(), &st) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("file target: fstat ", path_));
+  }
+  if (static_cast<uint64_t>(st.st_size) < new_size) {
+    return absl::FailedPreconditionError(absl::StrCat("file target: backing file ", path_, " has ",
+                                                      st.st_size, " bytes, less than ", new_size));
+  }
+  uint64_t cur = size_bytes_.load(std::memory_order_relaxed);
+  while (cur < new_size &&
+         !size_bytes_.compare_exchange_weak(cur, new_size, std::memory_order_relaxed)) {
+  }
+  return absl::OkStatus();
+}
+
 std::optional<int32_t> FileTarget::StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) {
-  if (io.op != UBLK_IO_OP_FLUSH &&
-      (io.offset > size_bytes_ || io.len > size_bytes_ - io.offset)) {
+  const uint64_t size = size_bytes();
+  if (io.op != UBLK_IO_OP_FLUSH && (io.offset > size || io.len > size - io.offset)) {
     return -EIO;
   }
   io_uring_sqe* sqe = ring.GetSqe();

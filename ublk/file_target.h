@@ -31,7 +31,10 @@ class FileTarget final : public Target {
   // smaller than the volume, or a read-only one.
   static absl::StatusOr<std::unique_ptr<FileTarget>> Open(const FileTargetOptions& options);
 
-  uint64_t size_bytes() const override { return size_bytes_; }
+  uint64_t size_bytes() const override { return size_bytes_.load(std::memory_order_relaxed); }
+  // Raises the volume size (live resize) once the file is at least that
+  // large; FailedPrecondition if it is not. Never shrinks. Any thread.
+  absl::Status Grow(uint64_t new_size);
   bool supports_discard() const override { return true; }
   const char* name() const override { return "file"; }
   bool direct() const { return direct_.load(std::memory_order_relaxed); }
@@ -44,7 +47,7 @@ class FileTarget final : public Target {
   FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct);
 
   const std::string path_;
-  const uint64_t size_bytes_;
+  std::atomic<uint64_t> size_bytes_;
   const UniqueFd buffered_fd_;
   const UniqueFd direct_fd_;  // invalid when O_DIRECT open failed
   std::atomic<bool> direct_;
