@@ -1,0 +1,479 @@
+#include "csi/ublk_volume_backend.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <optional>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "glog/logging.h"
+#include "ublk/file_target.h"
+#include "ublk/kernel_real.h"
+
+namespace ublk_csi {
+namespace {
+
+absl::Status WithContext(const absl::Status& s, absl::string_view context) {
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
+}
+
+absl::Status UnusableStatus(const absl::StatusOr<std::unique_ptr<ublk::ControlDevice>>& control,
+                            const absl::StatusOr<ublk::KernelFeatures>& features,
+                            const ublk::WorkerPool* pool) {
+  absl::Status s;
+  if (!features.ok()) {
+    s = features.status();
+  } else if (!control.ok()) {
+    s = control.status();
+  } else if (*control == nullptr) {
+    s = absl::FailedPreconditionError("no control device");
+  } else if (pool == nullptr) {
+    return absl::FailedPreconditionError("ublk backend: no worker pool");
+  }
+  if (s.ok()) return s;
+  if (absl::StrContains(s.message(), "ublk_drv")) return s;
+  return absl::Status(s.code(), absl::StrCat("ublk_drv not usable: ", s.message()));
+}
+
+int ShiftOf(uint32_t block_size) {
+  for (int shift = 9; shift <= 12; ++shift) {
+    if (block_size == (1u << shift)) return shift;
+  }
+  return -1;
+}
+
+}  // namespace
+
+struct UblkVolumeBackend::Volume {
+  std::mutex op_mu;  // held for a whole operation on this volume
+
+  // Held only briefly, so GetExportStatus never waits for a kernel call.
+  std::mutex mu;
+  std::shared_ptr<ublk::Export> exp ABSL_GUARDED_BY(mu);
+  std::shared_ptr<ublk::FileTarget> target ABSL_GUARDED_BY(mu);
+  std::vector<ublk::Worker*> workers ABSL_GUARDED_BY(mu);
+  bool creating ABSL_GUARDED_BY(mu) = false;
+  std::string error ABSL_GUARDED_BY(mu);  // why the last EnsureExport failed
+};
+
+const char* UblkVolumeBackend::CopyModeLabel(ublk::CopyMode mode) {
+  switch (mode) {
+    case ublk::CopyMode::kUserCopy:
+      return "user-copy";
+    case ublk::CopyMode::kGetData:
+      return "get-data";
+  }
+  return "";
+}
+
+UblkVolumeBackend::UblkVolumeBackend(
+    absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> control,
+    absl::StatusOr<ublk::KernelFeatures> features, ublk::WorkerPool* pool,
+    UblkVolumeBackendOptions options)
+    : usable_(UnusableStatus(control, features, pool)),
+      control_(control.ok() ? std::move(*control) : nullptr),
+      features_(std::move(features)),
+      pool_(pool),
+      options_(std::move(options)) {
+  if (!usable_.ok()) LOG(WARNING) << "ublk volume backend unusable: " << usable_;
+}
+
+std::unique_ptr<UblkVolumeBackend> UblkVolumeBackend::Open(
+    const ublk::ControlDeviceFactory& open_control, const ublk::FeatureOptions& feature_options,
+    ublk::WorkerPool* pool, UblkVolumeBackendOptions options) {
+  absl::StatusOr<ublk::KernelFeatures> features =
+      ublk::DetectFeatures(open_control, feature_options);
+  absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> control =
+      absl::FailedPreconditionError("kernel features not detected");
+  if (features.ok()) {
+    ublk::LogKernelFeatures(*features);
+    control = open_control(features->encoding);
+  } else {
+    control = features.status();
+  }
+  return std::make_unique<UblkVolumeBackend>(std::move(control), std::move(features), pool,
+                                             std::move(options));
+}
+
+UblkVolumeBackend::~UblkVolumeBackend() { Shutdown(); }
+
+absl::Status UblkVolumeBackend::Usable() { return usable_; }
+
+int UblkVolumeBackend::MaxVolumes() {
+  absl::StatusOr<int> max = ublk::ReadUblksMax(options_.ublks_max_path);
+  if (max.ok() && *max > 0) return *max;
+  VLOG(1) << "ublks_max unknown (" << (max.ok() ? "not positive" : max.status().ToString())
+          << "), assuming " << options_.default_max_volumes;
+  return options_.default_max_volumes;
+}
+
+std::shared_ptr<UblkVolumeBackend::Volume> UblkVolumeBackend::GetVolume(
+    const std::string& volume_id, bool create) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = volumes_.find(volume_id);
+  if (it != volumes_.end()) return it->second;
+  if (!create) return nullptr;
+  auto v = std::make_shared<Volume>();
+  volumes_.emplace(volume_id, v);
+  return v;
+}
+
+void UblkVolumeBackend::DropVolume(const std::string& volume_id,
+                                   const std::shared_ptr<Volume>& volume) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = volumes_.find(volume_id);
+  if (it != volumes_.end() && it->second == volume) volumes_.erase(it);
+}
+
+ExportInfo UblkVolumeBackend::InfoOf(const Volume& v) const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  ExportInfo info;
+  info.device_path = v.exp->block_device_path();
+  info.dev_id = static_cast<int32_t>(v.exp->dev_id());
+  info.size_bytes = static_cast<int64_t>(v.exp->size_bytes());
+  info.state = ExportState::kLive;
+  for (ublk::Worker* w : v.workers) {
+    if (w->buffer_pool_degraded()) info.state = ExportState::kDegraded;
+  }
+  return info;
+}
+
+absl::StatusOr<ExportInfo> UblkVolumeBackend::EnsureExport(const ExportSpec& spec) {
+  if (!usable_.ok()) return usable_;
+  if (spec.volume_id.empty()) return absl::InvalidArgumentError("export: volume_id is empty");
+  const std::string ctx = absl::StrCat("volume ", spec.volume_id);
+  if (spec.backing_file.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(ctx, ": backing_file is empty"));
+  }
+  if (spec.size_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ctx, ": size_bytes ", spec.size_bytes, " must be positive"));
+  }
+  if (ShiftOf(spec.logical_block_size) < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(ctx, ": logical_block_size ",
+                                                   spec.logical_block_size,
+                                                   " must be 512, 1024, 2048 or 4096"));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shut_down_) {
+      return absl::UnavailableError(absl::StrCat(ctx, ": the plugin is shutting down"));
+    }
+  }
+  std::shared_ptr<Volume> v = GetVolume(spec.volume_id, /*create=*/true);
+  std::lock_guard<std::mutex> op(v->op_mu);
+  std::shared_ptr<ublk::Export> old;
+  std::vector<ublk::Worker*> old_workers;
+  {
+    std::lock_guard<std::mutex> lock(v->mu);
+    if (v->exp != nullptr && v->exp->state() == ublk::Export::State::kRunning) return InfoOf(*v);
+    old = std::move(v->exp);
+    old_workers = std::move(v->workers);
+    v->exp = nullptr;
+    v->workers.clear();
+    v->target = nullptr;
+    v->creating = true;
+    v->error.clear();
+  }
+  if (old != nullptr) {
+    // A leftover that does not serve (failed, or detached by a Shutdown that
+    // raced with this call): give its device back before making a new one.
+    LOG(WARNING) << ctx << ": replacing its export of ublk device " << old->dev_id()
+                 << ", which is " << ublk::Export::StateName(old->state());
+    absl::Status del = old->Delete();
+    if (!del.ok()) LOG(WARNING) << ctx << ": " << del;
+    old.reset();
+    pool_->Release(old_workers);
+  }
+  absl::StatusOr<ExportInfo> info = CreateExport(spec, *v);
+  std::lock_guard<std::mutex> lock(v->mu);
+  v->creating = false;
+  if (!info.ok()) {
+    v->error = std::string(info.status().message());
+    LOG(WARNING) << info.status();
+  }
+  return info;
+}
+
+absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uint32_t dev_id,
+                                                     Volume& v) {
+  const std::string ctx = absl::StrCat("volume ", spec.volume_id);
+  absl::StatusOr<ublk::DeviceInfo> dev = control_->GetDeviceInfo(dev_id);
+  if (!dev.ok()) {
+    if (dev.status().code() != absl::StatusCode::kNotFound) {
+      LOG(WARNING) << ctx << ": ublk device " << dev_id << ": " << dev.status();
+    }
+    return false;
+  }
+  if (dev->state != UBLK_S_DEV_QUIESCED || (dev->flags & UBLK_F_USER_RECOVERY) == 0) return false;
+  std::shared_ptr<ublk::FileTarget> target;
+  {
+    std::lock_guard<std::mutex> lock(v.mu);
+    target = v.target;
+  }
+  std::vector<ublk::Worker*> workers = pool_->Assign(dev->nr_hw_queues);
+  absl::StatusOr<std::unique_ptr<ublk::Export>> e =
+      ublk::Export::Recover(*control_, workers, target, dev_id);
+  if (!e.ok()) {
+    pool_->Release(workers);
+    // Not replaced by a new device: this one may still be mounted.
+    return WithContext(e.status(), absl::StrCat(ctx, ": recovering its ublk device ", dev_id));
+  }
+  LOG(INFO) << ctx << ": recovered ublk device " << dev_id << " left by a previous process";
+  std::lock_guard<std::mutex> lock(v.mu);
+  v.exp = std::move(*e);
+  v.workers = std::move(workers);
+  return true;
+}
+
+absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spec, Volume& v) {
+  const std::string ctx = absl::StrCat("volume ", spec.volume_id);
+  ublk::FileTargetOptions fo;
+  fo.path = spec.backing_file;
+  fo.size_bytes = static_cast<uint64_t>(spec.size_bytes);
+  absl::StatusOr<std::unique_ptr<ublk::FileTarget>> file = ublk::FileTarget::Open(fo);
+  if (!file.ok()) return WithContext(file.status(), ctx);
+  std::shared_ptr<ublk::FileTarget> target = std::move(*file);
+  {
+    std::lock_guard<std::mutex> lock(v.mu);
+    v.target = target;
+  }
+
+  if (spec.preferred_dev_id >= 0) {
+    absl::StatusOr<bool> recovered =
+        MaybeRecover(spec, static_cast<uint32_t>(spec.preferred_dev_id), v);
+    if (!recovered.ok()) return recovered.status();
+    if (*recovered) {
+      std::lock_guard<std::mutex> lock(v.mu);
+      return InfoOf(v);
+    }
+  }
+
+  const ublk::KernelFeatures& kf = *features_;
+  ublk::ExportOptions eo;
+  eo.dev_id = spec.preferred_dev_id >= 0 ? static_cast<uint32_t>(spec.preferred_dev_id)
+                                         : ublk::kAnyDevId;
+  eo.size_bytes = static_cast<uint64_t>(spec.size_bytes);
+  eo.logical_bs_shift = static_cast<uint8_t>(ShiftOf(spec.logical_block_size));
+  eo.physical_bs_shift = std::max<uint8_t>(12, eo.logical_bs_shift);
+  eo.nr_queues = options_.nr_queues;
+  eo.queue_depth = options_.queue_depth;
+  eo.max_io_bytes = options_.max_io_bytes != 0
+                        ? options_.max_io_bytes
+                        : static_cast<uint32_t>(pool_->buffer_pool_options().slot_size);
+  eo.user_recovery = kf.user_recovery;
+  // The file target's reads and writes are idempotent: reissuing what the
+  // dead server had in hand is safe, failing it (plain recovery) is not.
+  eo.user_recovery_reissue = kf.user_recovery && kf.user_recovery_reissue;
+  eo.copy_mode = kf.copy_mode;
+  eo.stop_drain_timeout = options_.stop_drain_timeout;
+
+  std::vector<ublk::Worker*> workers = pool_->Assign(eo.nr_queues);
+  absl::StatusOr<std::unique_ptr<ublk::Export>> e =
+      ublk::Export::Create(*control_, workers, target, eo);
+  if (!e.ok() && e.status().code() == absl::StatusCode::kAlreadyExists &&
+      eo.dev_id != ublk::kAnyDevId) {
+    LOG(WARNING) << ctx << ": its ublk device id " << eo.dev_id
+                 << " is taken by another device; the kernel picks a new id (" << e.status()
+                 << ")";
+    eo.dev_id = ublk::kAnyDevId;
+    e = ublk::Export::Create(*control_, workers, target, eo);
+  }
+  if (!e.ok()) {
+    pool_->Release(workers);
+    return WithContext(e.status(), ctx);
+  }
+  std::shared_ptr<ublk::Export> exp = std::move(*e);
+  absl::Status s = exp->Start();
+  if (!s.ok()) {
+    absl::Status del = exp->Delete();
+    if (!del.ok()) LOG(WARNING) << ctx << ": cleanup after failed start: " << del;
+    exp.reset();
+    pool_->Release(workers);
+    return WithContext(s, ctx);
+  }
+  std::lock_guard<std::mutex> lock(v.mu);
+  v.exp = std::move(exp);
+  v.workers = std::move(workers);
+  return InfoOf(v);
+}
+
+absl::Status UblkVolumeBackend::RemoveExport(const std::string& volume_id) {
+  std::shared_ptr<Volume> v = GetVolume(volume_id, /*create=*/false);
+  if (v == nullptr) return absl::OkStatus();
+  const std::string ctx = absl::StrCat("volume ", volume_id);
+  std::lock_guard<std::mutex> op(v->op_mu);
+  std::shared_ptr<ublk::Export> exp;
+  {
+    std::lock_guard<std::mutex> lock(v->mu);
+    exp = v->exp;
+  }
+  if (exp != nullptr) {
+    if (exp->state() == ublk::Export::State::kRunning) {
+      absl::Status s = exp->Stop();
+      if (!s.ok() && s.code() != absl::StatusCode::kNotFound) return WithContext(s, ctx);
+    }
+    absl::Status s = exp->Delete();
+    if (!s.ok()) {
+      if (s.code() != absl::StatusCode::kNotFound) return WithContext(s, ctx);
+      LOG(WARNING) << ctx << ": ublk device " << exp->dev_id()
+                   << " was already gone: " << s;
+    }
+  }
+  std::vector<ublk::Worker*> workers;
+  {
+    std::lock_guard<std::mutex> lock(v->mu);
+    v->exp = nullptr;
+    v->target = nullptr;
+    workers = std::move(v->workers);
+    v->workers.clear();
+  }
+  exp.reset();
+  pool_->Release(workers);
+  DropVolume(volume_id, v);
+  return absl::OkStatus();
+}
+
+absl::Status UblkVolumeBackend::ResizeExport(const std::string& volume_id,
+                                             int64_t new_size_bytes) {
+  const std::string ctx = absl::StrCat("volume ", volume_id);
+  std::shared_ptr<Volume> v = GetVolume(volume_id, /*create=*/false);
+  if (v == nullptr) return absl::NotFoundError(absl::StrCat(ctx, ": no export"));
+  std::lock_guard<std::mutex> op(v->op_mu);
+  std::shared_ptr<ublk::Export> exp;
+  std::shared_ptr<ublk::FileTarget> target;
+  {
+    std::lock_guard<std::mutex> lock(v->mu);
+    exp = v->exp;
+    target = v->target;
+  }
+  if (exp == nullptr || target == nullptr) {
+    return absl::NotFoundError(absl::StrCat(ctx, ": no export"));
+  }
+  if (new_size_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(ctx, ": new size ", new_size_bytes, " must be positive"));
+  }
+  const uint64_t new_size = static_cast<uint64_t>(new_size_bytes);
+  const uint64_t current = exp->size_bytes();
+  if (new_size == current) return absl::OkStatus();
+  if (new_size < current) {
+    return absl::InvalidArgumentError(absl::StrCat(ctx, ": cannot shrink ublk device ",
+                                                   exp->dev_id(), " from ", current, " to ",
+                                                   new_size, " bytes"));
+  }
+  // The target may stay grown if the kernel refuses: it only bounds I/O the
+  // kernel will not send beyond the device's size anyway.
+  if (absl::Status s = target->Grow(new_size); !s.ok()) return WithContext(s, ctx);
+  if (absl::Status s = exp->Resize(new_size); !s.ok()) return WithContext(s, ctx);
+  LOG(INFO) << ctx << ": ublk device " << exp->dev_id() << " resized to " << new_size << " bytes";
+  return absl::OkStatus();
+}
+
+ExportStatus UblkVolumeBackend::GetExportStatus(const std::string& volume_id) {
+  ExportStatus st;
+  std::shared_ptr<Volume> v = GetVolume(volume_id, /*create=*/false);
+  if (v == nullptr) return st;
+  std::shared_ptr<ublk::Export> exp;
+  std::vector<ublk::Worker*> workers;
+  {
+    std::lock_guard<std::mutex> lock(v->mu);
+    exp = v->exp;
+    workers = v->workers;
+    if (exp == nullptr) {
+      if (v->creating) {
+        st.state = ExportState::kRecovering;
+        st.message = "export being created";
+      } else if (!v->error.empty()) {
+        st.state = ExportState::kFailed;
+        st.message = v->error;
+      }
+      return st;
+    }
+  }
+  st.device_path = exp->block_device_path();
+  st.dev_id = static_cast<int32_t>(exp->dev_id());
+  st.copy_mode = CopyModeLabel(exp->copy_mode());
+  if (!workers.empty()) st.worker = workers[0]->id();
+  const ublk::Export::State state = exp->state();
+  switch (state) {
+    case ublk::Export::State::kRunning: {
+      std::set<int> degraded;
+      for (ublk::Worker* w : workers) {
+        if (w->buffer_pool_degraded()) degraded.insert(w->id());
+      }
+      if (degraded.empty()) {
+        st.state = ExportState::kLive;
+      } else {
+        st.state = ExportState::kDegraded;
+        st.message = absl::StrCat(
+            "buffer pool of worker ", absl::StrJoin(degraded, ", "),
+            " cannot be allocated (memory pressure): I/O is served from heap buffers");
+      }
+      break;
+    }
+    case ublk::Export::State::kCreated:
+    case ublk::Export::State::kRecovering:
+      st.state = ExportState::kRecovering;
+      st.message = absl::StrCat("ublk device ", st.dev_id, " is ",
+                                ublk::Export::StateName(state));
+      break;
+    case ublk::Export::State::kDetached:
+      st.state = ExportState::kFailed;
+      st.message = absl::StrCat("ublk device ", st.dev_id,
+                                " detached: the plugin is shutting down");
+      break;
+    case ublk::Export::State::kFailed:
+    case ublk::Export::State::kStopped:
+    case ublk::Export::State::kDeleted:
+      st.state = ExportState::kFailed;
+      st.message = absl::StrCat("ublk device ", st.dev_id, " is ",
+                                ublk::Export::StateName(state));
+      break;
+  }
+  return st;
+}
+
+void UblkVolumeBackend::Shutdown() {
+  std::vector<std::pair<std::string, std::shared_ptr<Volume>>> volumes;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    volumes.assign(volumes_.begin(), volumes_.end());
+  }
+  int detached = 0;
+  for (auto& [id, v] : volumes) {
+    std::lock_guard<std::mutex> op(v->op_mu);
+    std::shared_ptr<ublk::Export> exp;
+    std::vector<ublk::Worker*> workers;
+    {
+      std::lock_guard<std::mutex> lock(v->mu);
+      exp = v->exp;
+      workers = std::move(v->workers);
+      v->workers.clear();
+    }
+    if (exp != nullptr && exp->state() == ublk::Export::State::kRunning) {
+      absl::Status s = exp->Detach();
+      if (!s.ok()) {
+        LOG(WARNING) << "volume " << id << ": detach: " << s;
+      } else {
+        ++detached;
+        const bool recoverable = (exp->device_info().flags & UBLK_F_USER_RECOVERY) != 0;
+        LOG(INFO) << "volume " << id << ": ublk device " << exp->dev_id() << " detached"
+                  << (recoverable ? ", left QUIESCED for the next process to recover"
+                                  : " (no USER_RECOVERY: its I/O fails until re-created)");
+      }
+    }
+    if (pool_ != nullptr) pool_->Release(workers);
+  }
+  if (!volumes.empty()) {
+    LOG(INFO) << "ublk volume backend shut down: " << detached << " export(s) detached";
+  }
+}
+
+}  // namespace ublk_csi

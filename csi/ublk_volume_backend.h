@@ -1,0 +1,112 @@
+// UblkVolumeBackend: the real VolumeBackend. Each staged volume is one
+// ublk::Export serving its backing file (ublk::FileTarget) on queues assigned
+// by the node's shared ublk::WorkerPool, through one ublk::ControlDevice.
+// Devices are made with USER_RECOVERY (+REISSUE: file I/O is idempotent)
+// wherever the kernel offers it, so a plugin restart leaves them quiesced,
+// not gone; Shutdown() (SIGTERM) detaches every export for that reason and
+// never sends STOP_DEV under a mounted filesystem.
+//
+// Threads: thread-safe. Calls for different volumes run concurrently (one
+// lock per volume around the blocking kernel calls); calls for one volume
+// are serialized.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "csi/volume_backend.h"
+#include "ublk/export.h"
+#include "ublk/features.h"
+#include "ublk/file_target.h"
+#include "ublk/kernel.h"
+#include "ublk/worker_pool.h"
+
+namespace ublk_csi {
+
+struct UblkVolumeBackendOptions {
+  uint16_t nr_queues = 1;
+  uint16_t queue_depth = 64;
+  // Largest request the kernel sends. 0: the worker pool's buffer slot size,
+  // so every request fits a pool slot (larger ones would be served from the
+  // heap and counted as heap fallbacks).
+  uint32_t max_io_bytes = 0;
+  // How long RemoveExport waits for the queues to drain after STOP_DEV.
+  absl::Duration stop_drain_timeout = absl::Seconds(10);
+  // MaxVolumes() reads this (ublk_drv's ublks_max, 6.3+); without it, 64
+  // (the module's default, and the 6.1 limit in practice).
+  std::string ublks_max_path = "/sys/module/ublk_drv/parameters/ublks_max";
+  int default_max_volumes = 64;
+};
+
+class UblkVolumeBackend final : public VolumeBackend {
+ public:
+  // `control` and `features` as main() got them (an error in either makes
+  // the backend unusable: Usable() and every export call say why). `pool`
+  // must outlive the backend; main() stops it after Shutdown().
+  UblkVolumeBackend(absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> control,
+                    absl::StatusOr<ublk::KernelFeatures> features, ublk::WorkerPool* pool,
+                    UblkVolumeBackendOptions options = {});
+  // Detects the kernel's features (ublk::DetectFeatures, which logs nothing)
+  // and opens the control device with the encoding chosen, through
+  // `open_control`; a failure is kept as Usable()'s answer.
+  static std::unique_ptr<UblkVolumeBackend> Open(const ublk::ControlDeviceFactory& open_control,
+                                                 const ublk::FeatureOptions& feature_options,
+                                                 ublk::WorkerPool* pool,
+                                                 UblkVolumeBackendOptions options = {});
+  ~UblkVolumeBackend() override;  // Shutdown()
+
+  // See VolumeBackend. EnsureExport also recovers the volume's device when
+  // its preferred id names a QUIESCED USER_RECOVERY device (the plugin was
+  // restarted while the node kept running): the device keeps its id and the
+  // pod's mount keeps working. An id taken by a device in any other state
+  // is not touched: the kernel picks another.
+  absl::StatusOr<ExportInfo> EnsureExport(const ExportSpec& spec) override;
+  absl::Status RemoveExport(const std::string& volume_id) override;
+  absl::Status ResizeExport(const std::string& volume_id, int64_t new_size_bytes) override;
+  ExportStatus GetExportStatus(const std::string& volume_id) override;
+  int MaxVolumes() override;
+  absl::Status Usable() override;
+
+  // For SIGTERM: detaches every export (queues dropped, no STOP_DEV: a
+  // USER_RECOVERY device stays QUIESCED for the next process, I/O waits) and
+  // refuses new exports (UNAVAILABLE). Idempotent.
+  void Shutdown();
+
+  // Null when unusable.
+  const ublk::KernelFeatures* features() const { return features_.ok() ? &*features_ : nullptr; }
+  // "user-copy" | "get-data" (the contract's spelling).
+  static const char* CopyModeLabel(ublk::CopyMode mode);
+
+ private:
+  struct Volume;
+
+  // The volume's entry, created if missing.
+  std::shared_ptr<Volume> GetVolume(const std::string& volume_id, bool create);
+  void DropVolume(const std::string& volume_id, const std::shared_ptr<Volume>& volume);
+  absl::StatusOr<ExportInfo> CreateExport(const ExportSpec& spec, Volume& volume);
+  // Recovers `dev_id` if it is a QUIESCED USER_RECOVERY device; false if it
+  // is not (the caller creates a device instead).
+  absl::StatusOr<bool> MaybeRecover(const ExportSpec& spec, uint32_t dev_id, Volume& volume);
+  ExportInfo InfoOf(const Volume& volume) const;
+
+  const absl::Status usable_;  // first: computed before control is moved
+  const std::unique_ptr<ublk::ControlDevice> control_;
+  const absl::StatusOr<ublk::KernelFeatures> features_;
+  ublk::WorkerPool* const pool_;
+  const UblkVolumeBackendOptions options_;
+
+  // std::mutex, not absl::Mutex: Debian's abseil is not built with TSan.
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Volume>> volumes_ ABSL_GUARDED_BY(mu_);
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace ublk_csi
