@@ -27,7 +27,7 @@ std::string FakeMounter::DeviceKey(const std::string& path) const {
 
 absl::Status FakeMounter::Mount(const std::string& source, const std::string& target,
                                 const std::string& fstype, const MountOptions& options) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   calls_.push_back(absl::StrCat("mount ", source, " ", target, " ", options.bind ? "bind" : fstype,
                                 options.readonly ? " ro" : "", options.flags.empty() ? "" : " ",
                                 absl::StrJoin(options.flags, ",")));
@@ -76,7 +76,7 @@ absl::Status FakeMounter::Mount(const std::string& source, const std::string& ta
 }
 
 absl::Status FakeMounter::Unmount(const std::string& target) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   calls_.push_back(absl::StrCat("unmount ", target));
   if (absl::Status s = TakeFailure(Op::kUnmount); !s.ok()) return s;
   for (auto it = table_.rbegin(); it != table_.rend(); ++it) {
@@ -89,7 +89,7 @@ absl::Status FakeMounter::Unmount(const std::string& target) {
 }
 
 absl::StatusOr<std::optional<MountInfo>> FakeMounter::GetMountInfo(const std::string& target) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::optional<MountInfo> found;
   for (const Entry& e : table_) {
     if (e.info.target == target) found = e.info;
@@ -98,7 +98,7 @@ absl::StatusOr<std::optional<MountInfo>> FakeMounter::GetMountInfo(const std::st
 }
 
 absl::Status FakeMounter::MakeFilesystem(const std::string& device, const std::string& fstype) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   calls_.push_back(absl::StrCat("mkfs ", device, " ", fstype));
   if (absl::Status s = TakeFailure(Op::kMkfs); !s.ok()) return s;
   if (fstype != "ext4" && fstype != "xfs") {
@@ -115,7 +115,7 @@ absl::Status FakeMounter::MakeFilesystem(const std::string& device, const std::s
 }
 
 absl::StatusOr<std::string> FakeMounter::ProbeFilesystem(const std::string& device) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   calls_.push_back(absl::StrCat("probe ", device));
   if (absl::Status s = TakeFailure(Op::kProbe); !s.ok()) return s;
   auto it = filesystems_.find(DeviceKey(device));
@@ -125,7 +125,7 @@ absl::StatusOr<std::string> FakeMounter::ProbeFilesystem(const std::string& devi
 absl::Status FakeMounter::ResizeFilesystem(const std::string& device,
                                            const std::string& mount_path,
                                            const std::string& fstype) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   calls_.push_back(absl::StrCat("resizefs ", device, " ", mount_path, " ", fstype));
   if (absl::Status s = TakeFailure(Op::kResize); !s.ok()) return s;
   std::string key = DeviceKey(device);
@@ -138,7 +138,7 @@ absl::Status FakeMounter::ResizeFilesystem(const std::string& device,
 }
 
 absl::StatusOr<FsStats> FakeMounter::Statfs(const std::string& path) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (absl::Status s = TakeFailure(Op::kStatfs); !s.ok()) return s;
   const Entry* top = nullptr;
   for (const Entry& e : table_) {
@@ -156,31 +156,31 @@ absl::StatusOr<FsStats> FakeMounter::Statfs(const std::string& path) {
 }
 
 void FakeMounter::FailNext(Op op, absl::Status status) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   failures_[op] = std::move(status);
 }
 
 std::vector<std::string> FakeMounter::calls() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return calls_;
 }
 
 int FakeMounter::CountCalls(const std::string& prefix) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   int n = 0;
   for (const std::string& c : calls_) n += absl::StartsWith(c, prefix) ? 1 : 0;
   return n;
 }
 
 std::vector<MountInfo> FakeMounter::mounts() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<MountInfo> out;
   for (const Entry& e : table_) out.push_back(e.info);
   return out;
 }
 
 std::vector<std::string> FakeMounter::FlagsOf(const std::string& target) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> flags;
   for (const Entry& e : table_) {
     if (e.info.target == target) flags = e.flags;

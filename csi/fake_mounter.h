@@ -6,11 +6,11 @@
 #pragma once
 
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "csi/mounter.h"
 
 namespace ublk_csi {
@@ -46,7 +46,8 @@ class FakeMounter final : public Mounter {
   absl::Status TakeFailure(Op op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string DeviceKey(const std::string& path) const;
 
-  mutable absl::Mutex mu_;
+  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
+  mutable std::mutex mu_;
   std::vector<Entry> table_ ABSL_GUARDED_BY(mu_);  // in mount order
   std::map<std::string, std::string> filesystems_ ABSL_GUARDED_BY(mu_);  // device -> type
   std::map<std::string, int64_t> fs_size_ ABSL_GUARDED_BY(mu_);          // device -> bytes

@@ -43,9 +43,9 @@ std::string Errno(int err) { return std::strerror(err); }
 int64_t RoundUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
 std::string NewId(absl::string_view prefix) {
-  static absl::Mutex* mu = new absl::Mutex;
+  static std::mutex* mu = new std::mutex;
   static absl::BitGen* gen = new absl::BitGen;
-  absl::MutexLock lock(mu);
+  std::lock_guard<std::mutex> lock(*mu);
   return absl::StrFormat("%s-%016x", prefix, absl::Uniform<uint64_t>(*gen));
 }
 
@@ -268,13 +268,13 @@ VolumeManager::VolumeManager(VolumeManagerOptions options, RecordStore* store,
 
 VolumeManager::KeyLock::~KeyLock() {
   if (m_ == nullptr) return;
-  absl::MutexLock lock(&m_->mu_);
+  std::lock_guard<std::mutex> lock(m_->mu_);
   m_->busy_.erase(key_);
 }
 
 absl::StatusOr<VolumeManager::KeyLock> VolumeManager::TryLock(const std::string& key,
                                                               absl::string_view what) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (!busy_.insert(key).second) {
     return absl::AbortedError(
         absl::StrCat("an operation on ", what, " is already in progress; retry later"));
@@ -283,14 +283,14 @@ absl::StatusOr<VolumeManager::KeyLock> VolumeManager::TryLock(const std::string&
 }
 
 std::optional<VolumeRecord> VolumeManager::FindVolume(const std::string& id) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = volumes_.find(id);
   if (it == volumes_.end()) return std::nullopt;
   return it->second;
 }
 
 std::optional<SnapshotRecord> VolumeManager::FindSnapshot(const std::string& id) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = snapshots_.find(id);
   if (it == snapshots_.end()) return std::nullopt;
   return it->second;
@@ -304,28 +304,28 @@ absl::StatusOr<VolumeRecord> VolumeManager::GetRecord(const std::string& volume_
 
 absl::Status VolumeManager::SaveVolume(const VolumeRecord& rec) {
   RETURN_IF_ERROR(store_->PutVolume(rec));
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   volumes_[rec.volume_id()] = rec;
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::SaveSnapshot(const SnapshotRecord& rec) {
   RETURN_IF_ERROR(store_->PutSnapshot(rec));
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   snapshots_[rec.snapshot_id()] = rec;
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::ForgetVolume(const std::string& id) {
   RETURN_IF_ERROR(store_->DeleteVolume(id));
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   volumes_.erase(id);
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::ForgetSnapshot(const std::string& id) {
   RETURN_IF_ERROR(store_->DeleteSnapshot(id));
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   snapshots_.erase(id);
   return absl::OkStatus();
 }
@@ -398,7 +398,7 @@ absl::Status VolumeManager::Load() {
       RETURN_IF_ERROR(store_->DeleteVolume(id));
       continue;
     }
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     volumes_[id] = std::move(rec);
   }
   for (SnapshotRecord& rec : loaded.snapshots) {
@@ -408,10 +408,10 @@ absl::Status VolumeManager::Load() {
       RETURN_IF_ERROR(store_->DeleteSnapshot(rec.snapshot_id()));
       continue;
     }
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     snapshots_[rec.snapshot_id()] = std::move(rec);
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   LOG(INFO) << "loaded " << volumes_.size() << " volume and " << snapshots_.size()
             << " snapshot records" << (loaded.set_aside.empty() ? "" : absl::StrCat(
             "; ", loaded.set_aside.size(), " corrupt records set aside"));
@@ -483,7 +483,7 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
   ASSIGN_OR_RETURN(KeyLock name_lock, TryLock("name:" + req.name(), "volume name " + req.name()));
   std::optional<VolumeRecord> existing;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [_, rec] : volumes_) {
       if (rec.name() == req.name()) existing = rec;
     }
@@ -658,7 +658,7 @@ absl::StatusOr<csi::v1::ListVolumesResponse> VolumeManager::ListVolumes(
   if (req.max_entries() < 0) return absl::InvalidArgumentError("max_entries must not be negative");
   std::vector<VolumeRecord> all;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [_, rec] : volumes_) all.push_back(rec);  // sorted by id
   }
   ASSIGN_OR_RETURN(size_t start, ParseToken(req.starting_token(), all.size()));
@@ -760,7 +760,7 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
   ASSIGN_OR_RETURN(KeyLock name_lock, TryLock("snapname:" + req.name(), "snapshot name " + req.name()));
   std::optional<SnapshotRecord> existing;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [_, s] : snapshots_) {
       if (s.name() == req.name()) existing = s;
     }
@@ -843,7 +843,7 @@ absl::StatusOr<csi::v1::ListSnapshotsResponse> VolumeManager::ListSnapshots(
   if (req.max_entries() < 0) return absl::InvalidArgumentError("max_entries must not be negative");
   std::vector<SnapshotRecord> all;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [_, s] : snapshots_) {
       if (!req.snapshot_id().empty() && s.snapshot_id() != req.snapshot_id()) continue;
       if (!req.source_volume_id().empty() && s.source_volume_id() != req.source_volume_id()) continue;

@@ -12,6 +12,7 @@
 
 #include <functional>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <set>
 #include <string>
@@ -20,7 +21,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "csi.pb.h"
 #include "csi/mounter.h"
 #include "csi/record_store.h"
@@ -136,7 +136,8 @@ class VolumeManager {
   VolumeBackend* const backend_;
   Mounter* const mounter_;
 
-  absl::Mutex mu_;
+  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
+  std::mutex mu_;
   std::map<std::string, records::VolumeRecord> volumes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, records::SnapshotRecord> snapshots_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> busy_ ABSL_GUARDED_BY(mu_);

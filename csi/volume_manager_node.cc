@@ -415,7 +415,7 @@ csi::v1::NodeGetInfoResponse VolumeManager::NodeGetInfo() {
 std::vector<VolumeStatus> VolumeManager::Status() {
   std::vector<VolumeRecord> all;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [_, rec] : volumes_) all.push_back(rec);
   }
   std::vector<VolumeStatus> out;
