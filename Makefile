@@ -55,3 +55,12 @@ check-packaging:
 
 image:
 	@scripts/build-image.sh
+
+# Data-path benchmark in the e2e guest (one boot): fio on ublk exports vs loop
+# and null_blk; writes bench/results/RESULTS.md and iops-ratios.png.
+# BENCH_RUNTIME (s per fio run, default 10) and BENCH_REPEATS (2) override.
+.PHONY: bench
+bench: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@ninja -C $(BUILD) ublk-tool
+	@bench/run.sh --build-dir $(BUILD)

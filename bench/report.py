@@ -1,0 +1,351 @@
+#!/usr/bin/python3
+"""Turns the raw output of bench/guest.sh into bench/results/RESULTS.md,
+runs.tsv (one line per fio run, the numbers behind every table) and
+iops-ratios.dat (input of iops-ratios.gp).
+
+usage: report.py --raw DIR --host HOST_INFO --out DIR
+"""
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+
+CLK_TCK = 100  # USER_HZ of the Debian guest kernel: /proc/stat and /proc/PID/stat ticks
+WORKLOADS = ["randread-4k-qd32", "randwrite-4k-qd32", "randread-4k-qd1",
+             "seqread-128k-qd8", "seqwrite-128k-qd8"]
+GROUPS = [("tmpfs", "loop", "file on tmpfs", 1.0),
+          ("ext4", "loop", "file on ext4 (virtio disk, cache=none)", 1.0),
+          ("null", "null_blk", "null", 0.9)]
+UBLK = ["ublk-user_copy", "ublk-get_data"]
+
+
+def kv(path):
+    d = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if "=" in line:
+                    k, v = line.rstrip("\n").split("=", 1)
+                    d[k] = v
+    return d
+
+
+def tsv(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def fio_metrics(path, workload):
+    with open(path) as f:
+        text = f.read()
+    # fio may print notes before the JSON document.
+    doc = json.loads(text[text.index("{"):])
+    job = doc["jobs"][0]
+    side = job["write"] if "write" in workload else job["read"]
+    pct = side.get("clat_ns", {}).get("percentile", {})
+    return {
+        "iops": side["iops"],
+        "mibs": side["bw"] / 1024.0,
+        "ios": side["total_ios"],
+        "p50_us": pct.get("50.000000", 0) / 1000.0,
+        "p99_us": pct.get("99.000000", 0) / 1000.0,
+        "mean_us": side.get("clat_ns", {}).get("mean", 0) / 1000.0,
+        "fio_usr": job["usr_cpu"],
+        "fio_sys": job["sys_cpu"],
+        "fio_ctx": job["ctx"],
+    }
+
+
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def load_runs(raw):
+    runs = []
+    for r in tsv(os.path.join(raw, "runs.tsv")):
+        path = os.path.join(raw, r["fio_json"])
+        try:
+            m = fio_metrics(path, r["workload"])
+        except (OSError, ValueError, KeyError) as e:
+            print(f"report: {path}: {e}", file=sys.stderr)
+            continue
+        # Counters cover a window inside the I/O phase (win_s seconds) or, for
+        # short smoke runs, the whole fio run.
+        win = num(r.get("win_s"))
+        ios = max(m["iops"] * win if win else m["ios"], 1)
+        busy = num(r["cpu_busy_ticks"]) or 0
+        total = num(r["cpu_total_ticks"]) or 1
+        m.update({
+            "repeat": int(r["repeat"]), "group": r["group"], "device": r["device"],
+            "kind": r["kind"], "copy_mode": r["copy_mode"], "workload": r["workload"],
+            "win_s": win,
+            "guest_busy_pct": 100.0 * busy / total,
+            "guest_cpu_us_per_io": busy * 1e6 / CLK_TCK / ios,
+            "guest_ctx_per_io": (num(r["ctxt"]) or 0) / ios,
+            "srv_cpu_us_per_io": (num(r["srv_cpu_ticks"]) * 1e6 / CLK_TCK / ios)
+            if num(r["srv_cpu_ticks"]) is not None else None,
+            "srv_ctx_per_io": (num(r["srv_ctxt"]) / ios) if num(r["srv_ctxt"]) is not None else None,
+            "srv_rss_kb": num(r["srv_rss_kb"]), "srv_hwm_kb": num(r["srv_hwm_kb"]),
+        })
+        runs.append(m)
+    return runs
+
+
+def pick(runs, group, device, workload):
+    return sorted((r for r in runs if r["group"] == group and r["device"] == device
+                   and r["workload"] == workload), key=lambda r: r["repeat"])
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    host = kv(a.host)
+    guest = kv(os.path.join(a.raw, "guest.txt"))
+    runs = load_runs(a.raw)
+    if not runs:
+        print("report: no usable runs", file=sys.stderr)
+        return 1
+    devices = tsv(os.path.join(a.raw, "devices.tsv"))
+    memory = tsv(os.path.join(a.raw, "memory.tsv"))
+    os.makedirs(a.out, exist_ok=True)
+
+    # runs.tsv: every run's numbers, for anyone who wants to recompute.
+    cols = ["repeat", "group", "device", "copy_mode", "workload", "iops", "mibs", "p50_us",
+            "p99_us", "mean_us", "fio_usr", "fio_sys", "fio_ctx", "guest_busy_pct",
+            "guest_cpu_us_per_io", "guest_ctx_per_io", "srv_cpu_us_per_io", "srv_ctx_per_io",
+            "srv_rss_kb", "srv_hwm_kb"]
+    with open(os.path.join(a.out, "runs.tsv"), "w") as f:
+        f.write("\t".join(cols) + "\n")
+        for r in runs:
+            f.write("\t".join(f"{r[c]:.3f}" if isinstance(r[c], float) else
+                              ("-" if r[c] is None else str(r[c])) for c in cols) + "\n")
+
+    L = []
+    w = L.append
+    w("# ublk-csi data-path benchmark")
+    w("")
+    w("Generated by `make bench` (bench/run.sh); do not edit by hand. Guest under qemu **TCG**:")
+    w("absolute numbers mean nothing, only ratios against a kernel baseline measured in the")
+    w("same guest boot do. Every comparison ran twice (repeats interleaved across devices).")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    w(f"| date | {host.get('date', '?')} |")
+    w(f"| machine | {host.get('host_nproc', '?')} CPUs, {host.get('host_cpu', '?')} |")
+    w(f"| host kernel | {host.get('host_kernel', '?')} |")
+    w(f"| load average (1/5/15 min) | before {host.get('load_before', '?')}; after "
+      f"{host.get('load_after', '?')}; 1-min samples every 15 s: {host.get('load_samples', '?')} |")
+    w(f"| guest | {guest.get('guest_kernel', '?')}, {guest.get('guest_nproc', '?')} vCPUs "
+      f"({guest.get('guest_cpu', '?')}), {int(guest.get('guest_mem_kb', '0')) // 1024} MiB, "
+      "qemu TCG (`-accel tcg,thread=multi`) |")
+    w(f"| tools | {guest.get('fio', '?')}, {guest.get('losetup', '?')} |")
+    w(f"| code | git {host.get('git', '?')}; {host.get('ublk_tool', '?')} |")
+    w(f"| fio | libaio, direct=1, time_based, {guest.get('runtime_s', '?')} s per run, "
+      f"region {guest.get('size_mib', '?')} MiB, numjobs=1, norandommap |")
+    w(f"| data disk | {guest.get('data_disk_dev', 'none')} {guest.get('data_disk_fs', '')}; "
+      "qemu `-drive if=virtio,cache=none` |")
+    w(f"| wall time of make bench | {host.get('wall_seconds', '?')} s (guest bench part "
+      f"{guest.get('bench_seconds', '?')} s) |")
+    w("")
+    w("ublk exports are served by the project's engine through `ublk-tool serve` (one export,")
+    w("1 queue, depth 64; `--copy_mode` forced per row). The plugin `ublk-csi` serves exports")
+    w("with the same engine, but its real ublk backend was not committed when this ran, so the")
+    w("plugin process itself is not measured here. Baselines: `losetup --direct-io=on` over the")
+    w("same backing file; `null_blk` with module defaults. Scheduler `none` on every device.")
+    w("")
+
+    # Ratio table.
+    flagged = []
+    dat = []
+    w("## Throughput: ublk vs kernel baseline")
+    w("")
+    w("IOPS for 4k, MiB/s for 128k. ratio = mean(ublk) / mean(baseline); per repeat: "
+      "repeat N of ublk / repeat N of the baseline.")
+    w("")
+    w("| backing | workload | device | metric | ublk r1 | ublk r2 | baseline | base r1 | base r2 "
+      "| ratio | ratio r1 / r2 |")
+    w("|---|---|---|---|--:|--:|---|--:|--:|--:|---|")
+    for group, base, gname, thresh in GROUPS:
+        for wl in WORKLOADS:
+            metric = "mibs" if "128k" in wl else "iops"
+            b = pick(runs, group, base, wl)
+            if not b:
+                continue
+            bmean = statistics.mean(r[metric] for r in b)
+            drow = [f"{group}/{wl}"]
+            for dev in UBLK:
+                u = pick(runs, group, dev, wl)
+                if not u:
+                    drow += ["NaN"] * 3
+                    continue
+                umean = statistics.mean(r[metric] for r in u)
+                ratio = umean / bmean if bmean else 0
+                per = [ur[metric] / br[metric] if br[metric] else 0
+                       for ur, br in zip(u, b) if ur["repeat"] == br["repeat"]]
+                drow += [f"{ratio:.3f}"] + [f"{p:.3f}" for p in per[:2]] + ["NaN"] * (2 - len(per[:2]))
+                mark = " **<**" if ratio < thresh else ""
+                w(f"| {gname} | {wl} | {dev} | {'MiB/s' if metric == 'mibs' else 'IOPS'} | "
+                  + " | ".join(fmt(r[metric], 1 if metric == 'mibs' else 0) for r in u[:2])
+                  + " |" * (2 - len(u[:2]))
+                  + f" | {base} | "
+                  + " | ".join(fmt(r[metric], 1 if metric == 'mibs' else 0) for r in b[:2])
+                  + " |" * (2 - len(b[:2]))
+                  + f" | {ratio:.2f}x{mark} | " + " / ".join(f"{p:.2f}" for p in per) + " |")
+                if ratio < thresh:
+                    flagged.append((group, gname, wl, dev, base, thresh, ratio, per))
+            dat.append(drow)
+    w("")
+    w("**<**: below 1.0x of loop or 0.9x of null_blk.")
+    w("")
+
+    w("## Latency at QD1 (4k randread, completion latency)")
+    w("")
+    w("| backing | device | p50 r1 (µs) | p50 r2 | p99 r1 | p99 r2 | mean r1 | mean r2 |")
+    w("|---|---|--:|--:|--:|--:|--:|--:|")
+    for group, base, gname, _ in GROUPS:
+        for dev in [base] + UBLK:
+            u = pick(runs, group, dev, "randread-4k-qd1")
+            if not u:
+                continue
+            vals = lambda k: [fmt(r[k], 0) for r in u[:2]] + ["-"] * (2 - len(u[:2]))
+            w(f"| {gname} | {dev} | " + " | ".join(vals("p50_us")) + " | "
+              + " | ".join(vals("p99_us")) + " | " + " | ".join(vals("mean_us")) + " |")
+    w("")
+
+    w("## Where the time goes (counters per I/O, mean of the repeats)")
+    w("")
+    w("Counters are sampled over a window inside fio's I/O phase (2 s after fio starts to 1 s")
+    w("before its runtime ends), per I/O completed in that window (fio's IOPS x window).")
+    w("guest CPU = busy ticks of all vCPUs in /proc/stat (not idle, not iowait)")
+    w("per I/O; guest busy % = share of both vCPUs busy; ctx = context switches (/proc/stat ctxt) per I/O; server = the")
+    w("ublk-tool process (all threads, /proc/PID/stat utime+stime and")
+    w("voluntary+nonvoluntary switches); fio = fio's own usr/sys CPU %.")
+    w("")
+    w("| backing | workload | device | guest busy % | guest CPU µs/IO | ctx/IO | server CPU µs/IO "
+      "| server ctx/IO | fio usr% | fio sys% |")
+    w("|---|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    for group, base, gname, _ in GROUPS:
+        for wl in WORKLOADS:
+            for dev in [base] + UBLK:
+                u = pick(runs, group, dev, wl)
+                if not u:
+                    continue
+                def m(k):
+                    vs = [r[k] for r in u if r[k] is not None]
+                    return statistics.mean(vs) if vs else None
+                w(f"| {gname} | {wl} | {dev} | {fmt(m('guest_busy_pct'))} | "
+                  f"{fmt(m('guest_cpu_us_per_io'), 1)} | {fmt(m('guest_ctx_per_io'), 2)} | "
+                  f"{fmt(m('srv_cpu_us_per_io'), 1)} | {fmt(m('srv_ctx_per_io'), 2)} | "
+                  f"{fmt(m('fio_usr'), 1)} | {fmt(m('fio_sys'), 1)} |")
+    w("")
+
+    w("## Below threshold")
+    w("")
+    if not flagged:
+        w("None: every ublk row is at or above 1.0x of loop and 0.9x of null_blk.")
+    else:
+        w("Every row where ublk is below 1.0x of loop or below 0.9x of null_blk, with its")
+        w("counters next to the baseline's (mean of the repeats). An explanation in words, where")
+        w("the counters support one, is in bench/README.md.")
+        w("")
+        w("| backing | workload | device | ratio (r1 / r2) | guest CPU µs/IO ublk vs base "
+          "| ctx/IO ublk vs base | server CPU µs/IO |")
+        w("|---|---|---|---|---|---|--:|")
+        for group, gname, wl, dev, base, thresh, ratio, per in flagged:
+            u, b = pick(runs, group, dev, wl), pick(runs, group, base, wl)
+            mu = lambda rs, k: statistics.mean(r[k] for r in rs) if rs and all(
+                r[k] is not None for r in rs) else None
+            w(f"| {gname} | {wl} | {dev} | {ratio:.2f}x ({' / '.join(f'{p:.2f}' for p in per)}) "
+              f"vs {base} (< {thresh}) | {fmt(mu(u, 'guest_cpu_us_per_io'), 1)} vs "
+              f"{fmt(mu(b, 'guest_cpu_us_per_io'), 1)} | {fmt(mu(u, 'guest_ctx_per_io'), 2)} vs "
+              f"{fmt(mu(b, 'guest_ctx_per_io'), 2)} | {fmt(mu(u, 'srv_cpu_us_per_io'), 1)} |")
+    w("")
+
+    w("## Devices")
+    w("")
+    w("| repeat | backing | device | node | logical block | physical block | scheduler "
+      "| hw queues | note |")
+    w("|--:|---|---|---|--:|--:|---|--:|---|")
+    for d in devices:
+        w(f"| {d['repeat']} | {d['group']} | {d['device']} | {d['dev']} | "
+          f"{d['logical_block_size']} | {d['physical_block_size']} | {d['scheduler']} | "
+          f"{d['nr_hw_queues']} | {d['note']} |")
+    nb = {k[len('null_blk.'):]: v for k, v in guest.items() if k.startswith("null_blk.")}
+    if nb:
+        w("")
+        w("null_blk parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(nb.items())))
+    w("")
+
+    w("## Memory of the serving process (ublk-tool, one export)")
+    w("")
+    w("VmRSS 1 s after the export is ready (idle), and VmRSS / VmHWM (peak) after the five")
+    w("workloads, from /proc/PID/status.")
+    w("")
+    w("| backing | device | repeat | idle VmRSS KiB | idle VmHWM KiB | after-I/O VmRSS KiB "
+      "| after-I/O VmHWM KiB |")
+    w("|---|---|--:|--:|--:|--:|--:|")
+    idx = {}
+    for m in memory:
+        idx.setdefault((m["group"], m["device"], m["repeat"]), {})[m["point"]] = m
+    for (g, d, rep), pts in sorted(idx.items()):
+        i, x = pts.get("idle", {}), pts.get("after-io", {})
+        w(f"| {g} | {d} | {rep} | {i.get('vmrss_kb', '-')} | {i.get('vmhwm_kb', '-')} | "
+          f"{x.get('vmrss_kb', '-')} | {x.get('vmhwm_kb', '-')} |")
+    w("")
+    w("Peak RSS after each workload (KiB, VmHWM is cumulative over the workloads of one export):")
+    w("")
+    w("| backing | device | repeat | " + " | ".join(WORKLOADS) + " |")
+    w("|---|---|--:|" + "--:|" * len(WORKLOADS))
+    for group, base, gname, _ in GROUPS:
+        for dev in UBLK:
+            for rep in sorted({r["repeat"] for r in runs}):
+                cells = []
+                for wl in WORKLOADS:
+                    rr = [r for r in pick(runs, group, dev, wl) if r["repeat"] == rep]
+                    cells.append(fmt(rr[0]["srv_hwm_kb"]) if rr else "-")
+                w(f"| {gname} | {dev} | {rep} | " + " | ".join(cells) + " |")
+    w("")
+
+    w("## Not measured yet")
+    w("")
+    w("- **RSS with 1 / 16 / 64 / 256 idle exports in one process, and during the mass")
+    w("  recovery of 66 exports**: needs one process serving many exports. `ublk-tool`")
+    w("  serves exactly one export per process, and the plugin's real ublk backend")
+    w("  (csi/ublk_volume_backend.*) was not committed when this ran (`ublk-csi` had only")
+    w("  the fake backend). Per-process numbers for one export are above.")
+    w("- **Recovery time kill -9 -> 66 exports serving**: same reason (needs the plugin")
+    w("  with the real backend and its recovery path).")
+    w("- **Control plane latency (CreateVolume / NodeStage / NodePublish p50/p99 over 200")
+    w("  calls)**: the plugin's real backend was not committed; timing the fake backend")
+    w("  would measure neither ublk nor the node's real staging path.")
+    w("- **Buffer-pool bytes from the metrics**: ublk-tool exposes no metrics endpoint.")
+    w("")
+    w("Raw per-run numbers: [runs.tsv](runs.tsv). Chart: [iops-ratios.png](iops-ratios.png).")
+
+    with open(os.path.join(a.out, "RESULTS.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+    with open(os.path.join(a.out, "iops-ratios.dat"), "w") as f:
+        f.write("# label uc_ratio uc_r1 uc_r2 gd_ratio gd_r1 gd_r2 (ublk IOPS / baseline IOPS)\n")
+        for row in dat:
+            f.write(" ".join(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

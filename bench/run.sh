@@ -1,0 +1,95 @@
+#!/bin/bash
+# bench/run.sh: the data-path benchmark behind `make bench`. Boots the e2e
+# guest (tests/e2e/run-in-guest.sh: Debian 6.12 kernel with ublk_drv under
+# qemu TCG) ONCE, runs bench/guest.sh in it (fio against ublk exports served by
+# ublk-tool and against loop / null_blk baselines in the same boot), then
+# writes bench/results/RESULTS.md, runs.tsv and iops-ratios.png on the host.
+#
+# usage: bench/run.sh [--build-dir DIR]      (DIR must hold ublk/ublk-tool)
+# environment:
+#   BENCH_RUNTIME  seconds per fio run (default 10; shorter runs mislead)
+#   BENCH_REPEATS  repeats of every comparison (default 2)
+#   BENCH_SIZE_MIB backing file / fio region size (default 256)
+#   BENCH_OUT      results dir (default bench/results)
+#   E2E_WORK_DIR   as for tests/e2e (kernel cache and guest logs; default DIR)
+set -uo pipefail
+
+here=$(dirname "$(realpath "$0")")
+root=$(realpath "$here/..")
+build_dir=$root/build
+while [ $# -gt 0 ]; do
+  case $1 in
+    --build-dir) build_dir=${2:?}; shift 2 ;;
+    --build-dir=*) build_dir=${1#*=}; shift ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+build_dir=$(realpath "$build_dir")
+runtime=${BENCH_RUNTIME:-10}
+repeats=${BENCH_REPEATS:-2}
+size_mib=${BENCH_SIZE_MIB:-256}
+out=$(realpath -m "${BENCH_OUT:-$root/bench/results}")
+work=$(realpath -m "${E2E_WORK_DIR:-$build_dir}")
+
+log() { echo "bench: $*" >&2; }
+[ -x "$build_dir/ublk/ublk-tool" ] || { log "$build_dir/ublk/ublk-tool is not built"; exit 2; }
+case $runtime$repeats$size_mib in *[!0-9]*) log "BENCH_RUNTIME/REPEATS/SIZE_MIB must be integers"; exit 2 ;; esac
+
+if ! command -v gnuplot >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing gnuplot-nox"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnuplot-nox >&2 \
+      || log "apt-get install gnuplot-nox failed: no chart"
+  else
+    log "gnuplot missing and not root: no chart"
+  fi
+fi
+
+mkdir -p "$out"
+t0=$(date +%s)
+host_info=$out/.host.txt
+{
+  echo "date=$(date -u +%FT%TZ)"
+  echo "host_nproc=$(nproc)"
+  echo "host_cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "host_kernel=$(uname -r)"
+  echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "git=$(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet HEAD -- ublk 2>/dev/null || echo ' (ublk/ has uncommitted changes)')"
+  echo "ublk_tool=$build_dir/ublk/ublk-tool ($(date -u -r "$build_dir/ublk/ublk-tool" +%FT%TZ))"
+} > "$host_info"
+
+# 9 devices x 5 workloads x repeats x (runtime + ~4 s of fio start/stop under
+# TCG) plus setup: the watchdog leaves room for a loaded host.
+budget=$(( 45 * repeats * (runtime + 6) + 300 ))
+# Sample the host's load while the guest runs (the machine is shared).
+( while :; do cut -d' ' -f1 /proc/loadavg; sleep 15; done > "$out/.load.txt" ) &
+sampler=$!
+trap 'kill $sampler 2>/dev/null' EXIT
+
+E2E_WORK_DIR=$work "$root/tests/e2e/run-in-guest.sh" --build-dir "$build_dir" \
+  --timeout "$budget" --ublks-max 300 --data-disk 2G \
+  "$here/guest.sh" "$runtime" "$repeats" "$size_mib"
+rc=$?
+kill $sampler 2>/dev/null
+{
+  echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "load_samples=$(tr '\n' ' ' < "$out/.load.txt")"
+  echo "wall_seconds=$(( $(date +%s) - t0 ))"
+  echo "guest_rc=$rc"
+} >> "$host_info"
+rm -f "$out/.load.txt"
+
+share=$work/e2e-logs/run-in-guest/share/bench
+if [ ! -f "$share/runs.tsv" ]; then
+  log "the guest produced no results (exit $rc); console: $work/e2e-logs/run-in-guest/console.log"
+  exit 1
+fi
+/usr/bin/python3 "$here/report.py" --raw "$share" --host "$host_info" --out "$out" || exit 1
+if command -v gnuplot >/dev/null; then
+  gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'" "$here/iops-ratios.gp" \
+    || log "gnuplot failed"
+fi
+rm -f "$host_info"
+log "results: $out/RESULTS.md (guest exit $rc, $(( $(date +%s) - t0 )) s)"
+exit $rc
