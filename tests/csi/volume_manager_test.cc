@@ -495,6 +495,23 @@ TEST_F(VM, StageMakesFilesystemOnceAndMountsWithFlags) {
   EXPECT_EQ(backend_->LastSpec(id).preferred_dev_id, 0);
 }
 
+TEST_F(VM, ExportSpecCarriesBackingFileSizeAndBlockSize) {
+  auto req = CreateReq("bs", 16 * kMiB);
+  (*req.mutable_parameters())["blockSize"] = "4096";
+  auto r = manager_->CreateVolume(req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const std::string id = r->volume().volume_id();
+  ASSERT_TRUE(Stage(id, Path("stage")).ok());
+  ExportSpec spec = backend_->LastSpec(id);
+  EXPECT_EQ(spec.backing_file, data_ + "/volumes/" + id + ".img");
+  EXPECT_EQ(spec.size_bytes, 16 * kMiB);
+  EXPECT_EQ(spec.logical_block_size, 4096u);
+  EXPECT_EQ(spec.preferred_dev_id, -1) << "no device yet: any id";
+  (*req.mutable_parameters())["blockSize"] = "1000";
+  req.set_name("bs2");
+  EXPECT_EQ(manager_->CreateVolume(req).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(VM, StageRefusesToReformatAVolumeThatHadAFilesystem) {
   std::string id = Create("pvc");
   ASSERT_TRUE(Stage(id, Path("stage")).ok());
