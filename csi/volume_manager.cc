@@ -177,13 +177,22 @@ void Unlink(const std::string& path) {
   }
 }
 
-absl::StatusOr<size_t> ParseToken(const std::string& token, size_t size) {
+// Page tokens name the last ID of the previous page ("after:<id>"), so a
+// volume created or deleted between two pages shifts nothing; anything else
+// is not a token we issued (ABORTED, as the spec asks).
+constexpr char kTokenPrefix[] = "after:";
+
+template <typename T, typename IdOf>
+absl::StatusOr<size_t> ParseToken(const std::string& token, const std::vector<T>& sorted,
+                                  IdOf id_of) {
   if (token.empty()) return 0;
-  uint64_t v = 0;
-  if (!absl::SimpleAtoi(token, &v) || v > size) {
+  absl::string_view after = token;
+  if (!absl::ConsumePrefix(&after, kTokenPrefix) || !ValidateId(after, "starting_token").ok()) {
     return absl::AbortedError(absl::StrCat("starting_token '", token, "' is not valid"));
   }
-  return static_cast<size_t>(v);
+  size_t i = 0;
+  while (i < sorted.size() && absl::string_view(id_of(sorted[i])) <= after) ++i;
+  return i;
 }
 
 }  // namespace
@@ -661,7 +670,9 @@ absl::StatusOr<csi::v1::ListVolumesResponse> VolumeManager::ListVolumes(
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [_, rec] : volumes_) all.push_back(rec);  // sorted by id
   }
-  ASSIGN_OR_RETURN(size_t start, ParseToken(req.starting_token(), all.size()));
+  ASSIGN_OR_RETURN(size_t start,
+                   ParseToken(req.starting_token(), all,
+                              [](const VolumeRecord& r) -> const std::string& { return r.volume_id(); }));
   size_t end = req.max_entries() == 0 ? all.size()
                                       : std::min(all.size(), start + static_cast<size_t>(req.max_entries()));
   csi::v1::ListVolumesResponse resp;
@@ -682,7 +693,7 @@ absl::StatusOr<csi::v1::ListVolumesResponse> VolumeManager::ListVolumes(
                                    " staged=", staged ? "yes" : "no",
                                    es.message.empty() ? "" : " message=", es.message));
   }
-  if (end < all.size()) resp.set_next_token(absl::StrCat(end));
+  if (end < all.size()) resp.set_next_token(absl::StrCat(kTokenPrefix, all[end - 1].volume_id()));
   return resp;
 }
 
@@ -850,7 +861,9 @@ absl::StatusOr<csi::v1::ListSnapshotsResponse> VolumeManager::ListSnapshots(
       all.push_back(s);
     }
   }
-  ASSIGN_OR_RETURN(size_t start, ParseToken(req.starting_token(), all.size()));
+  ASSIGN_OR_RETURN(size_t start,
+                   ParseToken(req.starting_token(), all,
+                              [](const SnapshotRecord& r) -> const std::string& { return r.snapshot_id(); }));
   size_t end = req.max_entries() == 0 ? all.size()
                                       : std::min(all.size(), start + static_cast<size_t>(req.max_entries()));
   csi::v1::ListSnapshotsResponse resp;
@@ -862,7 +875,7 @@ absl::StatusOr<csi::v1::ListSnapshotsResponse> VolumeManager::ListSnapshots(
     out->mutable_creation_time()->set_seconds(all[i].created_at());
     out->set_ready_to_use(all[i].ready_to_use());
   }
-  if (end < all.size()) resp.set_next_token(absl::StrCat(end));
+  if (end < all.size()) resp.set_next_token(absl::StrCat(kTokenPrefix, all[end - 1].snapshot_id()));
   return resp;
 }
 

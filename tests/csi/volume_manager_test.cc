@@ -426,6 +426,26 @@ TEST_F(VM, ListVolumesPaginates) {
   EXPECT_EQ(manager_->ListVolumes(r).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(VM, ListVolumesPagesDoNotShiftWhenAVolumeIsDeletedBetweenThem) {
+  for (int i = 0; i < 4; ++i) Create("pvc-" + std::to_string(i));
+  csi::v1::ListVolumesRequest r;
+  r.set_max_entries(2);
+  auto p1 = manager_->ListVolumes(r);
+  ASSERT_TRUE(p1.ok());
+  ASSERT_EQ(p1->entries_size(), 2);
+  csi::v1::DeleteVolumeRequest del;
+  del.set_volume_id(p1->entries(0).volume().volume_id());
+  ASSERT_TRUE(manager_->DeleteVolume(del).ok());
+  r.set_starting_token(p1->next_token());
+  auto p2 = manager_->ListVolumes(r);
+  ASSERT_TRUE(p2.ok());
+  EXPECT_EQ(p2->entries_size(), 2) << "the two volumes after page 1, none skipped";
+  EXPECT_TRUE(p2->next_token().empty());
+  for (const auto& e : p2->entries()) {
+    EXPECT_GT(e.volume().volume_id(), p1->entries(1).volume().volume_id());
+  }
+}
+
 TEST_F(VM, GetCapacityReportsFreeSpaceForThisNodeOnly) {
   free_bytes_ = 123 * kMiB;
   auto r = manager_->GetCapacity({});
