@@ -9,6 +9,8 @@
 ARG BASE=debian:bookworm-slim
 
 FROM ${BASE} AS build
+# Lets build-image.sh prune superseded build stages (see there).
+LABEL org.ublk-csi.stage=build
 ENV DEBIAN_FRONTEND=noninteractive
 COPY scripts/install-deps.sh /src/scripts/install-deps.sh
 RUN /src/scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*

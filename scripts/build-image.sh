@@ -107,10 +107,23 @@ VERSION=$(sed -n 's/^project(ublk_csi VERSION \([0-9.]*\).*/\1/p' "$CONTEXT/CMak
 build_start=$SECONDS
 # Each output line is prefixed with the seconds since this script started, so
 # the log shows what each step costs.
+BUILD_LOG=$(mktemp /var/tmp/ublk-csi-build.XXXXXX.log)
 podman build --pull=never --isolation=chroot "${NO_CACHE[@]}" --build-arg "BASE=$BASE_IMAGE" \
   -t "$TAG" -t "${TAG%:*}:$VERSION" -f "$CONTEXT/Dockerfile" "$CONTEXT" 2>&1 |
-  while IFS= read -r line; do printf '[%4ds] %s\n' "$SECONDS" "$line"; done
+  while IFS= read -r line; do printf '[%4ds] %s\n' "$SECONDS" "$line"; done | tee "$BUILD_LOG"
 log "image $TAG (${TAG%:*}:$VERSION) built in $((SECONDS - build_start))s"
+
+# Disk hygiene: each build leaves the previous final image and its ~1 GB build
+# stage untagged. Tag this build's build stage (the last layer id podman
+# printed before the final stage) so it stays as the layer cache, then drop
+# untagged leftovers of both stages.
+build_stage=$(awk '/\] --> [0-9a-f]+$/ {id=$NF} /\] \[2\/2\] STEP 1\// {print id; exit}' "$BUILD_LOG")
+rm -f "$BUILD_LOG"
+if [ -n "$build_stage" ]; then
+  podman tag "$build_stage" "${TAG%:*}-build-cache:latest"
+  podman image prune -f --filter label=org.ublk-csi.stage=build >/dev/null
+fi
+podman image prune -f --filter label=org.opencontainers.image.title=ublk-csi >/dev/null
 
 # Smoke test: the image's plugin answers --version, starts, serves its
 # health and metrics endpoints and shuts down cleanly.
