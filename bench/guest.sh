@@ -3,32 +3,45 @@
 #
 # usage (in the guest): bench/guest.sh RUNTIME_S REPEATS SIZE_MIB
 #
-# For every repeat, every group (backing file on tmpfs, backing file on ext4
-# on the virtio data disk, null devices) and every device of the group (the
-# kernel baseline and a ublk export per copy mode), runs five fio workloads
-# (libaio, direct=1, time_based) and records, per run: fio's JSON, the guest's
-# /proc/stat deltas (CPU ticks, context switches) and, for ublk, the serving
-# process's CPU ticks, context switches and VmRSS/VmHWM. Repeats are
-# interleaved (repeat 1 of every device, then repeat 2) so that a drift of
-# the shared host's load shows as noise between repeats instead of as a bias
-# against one device.
+# Sets up every device once: per backing (a file on tmpfs, a file on ext4 on
+# the virtio data disk) a kernel loop device with direct I/O and a ublk file
+# export per copy mode over the same file; null_blk and a ublk null export per
+# copy mode. Then, per repeat, runs ONE fio invocation (fio's start-up takes
+# seconds under TCG) with five stonewalled jobs per device, one job at a time
+# (libaio, direct=1, time_based, RUNTIME s each). Repeats are
+# interleaved (repeat 1 of every device, then repeat 2) so that a drift of the
+# shared host's load shows as noise between repeats instead of as a bias
+# against one device. Idle devices stay set up meanwhile (an idle ublk server
+# sleeps in io_uring_enter).
+#
+# While fio runs, sampler() (bench/lib.sh) records the guest's /proc/stat and
+# every ublk server's CPU time, context switches and RSS every 0.5 s; fio's
+# per-second IOPS logs (epoch timestamps) tell the host where each job's I/O
+# phase was, and report.py takes the counters over a window inside it.
 #
 # Output in $E2E_RESULT_DIR/bench (shared with the host): runs.tsv,
-# devices.tsv, memory.tsv, guest.txt, fio/*.json, logs/. Exit 0 only if every
-# run produced a result.
+# devices.tsv, memory.tsv, guest.txt, fio/*.json, ts/*, logs/. Exit 0 only if
+# every device came up and every run produced a result.
 . "$E2E_LIB"
+BENCH_DIR=$(dirname "$(realpath "${BASH_SOURCE[0]}")")
+. "$BENCH_DIR/lib.sh"
 e2e_require_ublk_tool
 
 RUNTIME=${1:-10}
 REPEATS=${2:-2}
 SIZE_MIB=${3:-256}
+[ "$RUNTIME" -ge 4 ] || e2e_fail "RUNTIME must be >= 4 s (the counter window leaves out 1.5 s of each job)"
 OUT=$E2E_RESULT_DIR/bench
 rm -rf "$OUT"
-mkdir -p "$OUT/fio" "$OUT/logs"
+mkdir -p "$OUT/fio" "$OUT/ts" "$OUT/logs" "$E2E_SCRATCH/fio-cwd"
+FIFO=$E2E_SCRATCH/sampler.fifo
+mkfifo "$FIFO" || e2e_fail "mkfifo $FIFO"
 
+# name:rw:bs:iodepth
 WORKLOADS="randread-4k-qd32:randread:4k:32 randwrite-4k-qd32:randwrite:4k:32 randread-4k-qd1:randread:4k:1 seqread-128k-qd8:read:128k:8 seqwrite-128k-qd8:write:128k:8"
 COPY_MODES="user_copy get_data"
 
+e2e_step "guest facts"
 {
   echo "guest_kernel=$(uname -r)"
   echo "guest_nproc=$(nproc)"
@@ -39,49 +52,20 @@ COPY_MODES="user_copy get_data"
   echo "runtime_s=$RUNTIME"
   echo "repeats=$REPEATS"
   echo "size_mib=$SIZE_MIB"
-  echo "ublk_features=$("$UBLK_TOOL" features 2>/dev/null | tr '\n' ' ')"
   for p in /sys/module/null_blk/parameters/*; do
     echo "null_blk.$(basename "$p")=$(cat "$p" 2>/dev/null)"
   done
 } > "$OUT/guest.txt"
 
-printf 'repeat\tgroup\tdevice\tkind\tcopy_mode\tworkload\tfio_json\twin_s\tcpu_busy_ticks\tcpu_total_ticks\tctxt\tsrv_cpu_ticks\tsrv_ctxt\tsrv_rss_kb\tsrv_hwm_kb\n' > "$OUT/runs.tsv"
-printf 'repeat\tgroup\tdevice\tdev\tlogical_block_size\tphysical_block_size\tscheduler\tnr_hw_queues\tnote\n' > "$OUT/devices.tsv"
+printf 'repeat\tgroup\tdevice\tkind\tcopy_mode\tworkload\tfio_json\tjobname\tiops_log\tsamples\n' > "$OUT/runs.tsv"
+printf 'group\tdevice\tdev\tlogical_block_size\tphysical_block_size\tscheduler\tnr_hw_queues\tnote\n' > "$OUT/devices.tsv"
 printf 'repeat\tgroup\tdevice\tpoint\tvmrss_kb\tvmhwm_kb\n' > "$OUT/memory.tsv"
 
-# The samplers use bash builtins only: a fork+exec costs tens of ms under TCG.
-# cpu_sample: prints "busy total ctxt" from /proc/stat (busy excludes idle and iowait).
-cpu_sample() {
-  local k u n s i w q sq st rest b=0 t=0 c=0
-  while read -r k u n s i w q sq st rest; do
-    case $k in
-      cpu) t=$((u + n + s + i + w + q + sq + st)); b=$((t - i - w)) ;;
-      ctxt) c=$u ;;
-    esac
-  done < /proc/stat
-  echo "$b $t $c"
-}
-# srv_sample PID: prints "cpu_ticks ctxt rss_kb hwm_kb" of a process (all threads).
-srv_sample() {
-  local pid=$1 f k v rest ticks=0 ctx=0 rss=0 hwm=0 fields
-  [ -n "$pid" ] && [ -d "/proc/$pid" ] || { echo "- - - -"; return; }
-  # utime and stime are fields 14 and 15; the comm field has no spaces here.
-  read -r -a fields < "/proc/$pid/stat"
-  ticks=$(( fields[13] + fields[14] ))
-  for f in /proc/"$pid"/task/*/status; do
-    while read -r k v rest; do
-      case $k in voluntary_ctxt_switches:|nonvoluntary_ctxt_switches:) ctx=$((ctx + v)) ;; esac
-    done < "$f"
-  done
-  while read -r k v rest; do
-    case $k in VmRSS:) rss=$v ;; VmHWM:) hwm=$v ;; esac
-  done < "/proc/$pid/status"
-  echo "$ticks $ctx $rss $hwm"
-}
-# now: guest uptime in seconds (builtin only).
-now() { local u rest; read -r u rest < /proc/uptime; echo "$u"; }
+# Devices, in run order: "group label kind copy_mode dev pid".
+DEVICES=()
+SERVERS=()
 
-# prepare_dev DEV REPEAT GROUP LABEL NOTE: scheduler none, records block sizes.
+# prepare_dev DEV GROUP LABEL NOTE: scheduler none, records block sizes.
 prepare_dev() {
   local dev=$1 b sched
   b=$(basename "$dev")
@@ -92,92 +76,144 @@ prepare_dev() {
   sched=$(sed -n 's/.*\[\(.*\)\].*/\1/p' "/sys/block/$b/queue/scheduler" 2>/dev/null)
   [ -n "$sched" ] || sched=$(cat "/sys/block/$b/queue/scheduler" 2>/dev/null)
   [ "$sched" = none ] || e2e_check_failed "$dev: scheduler is '$sched', want none"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$4" "$dev" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$2" "$3" "$dev" \
     "$(cat "/sys/block/$b/queue/logical_block_size")" \
     "$(cat "/sys/block/$b/queue/physical_block_size")" "$sched" \
-    "$(ls "/sys/block/$b/mq" 2>/dev/null | wc -l)" "$5" >> "$OUT/devices.tsv"
+    "$(ls "/sys/block/$b/mq" 2>/dev/null | wc -l)" "$4" >> "$OUT/devices.tsv"
 }
 
-# run_workloads REPEAT GROUP LABEL KIND COPY_MODE DEV SRV_PID
-# Counters are sampled over a window inside the I/O phase, [2 s, RUNTIME-1 s]
-# after fio starts, so fio's own start-up and exit (seconds under TCG) do not
-# count against the device; with RUNTIME < 6 the window is the whole run
-# (win_s "-": per-I/O numbers then use fio's total I/O count).
-run_workloads() {
-  local rep=$1 group=$2 label=$3 kind=$4 mode=$5 dev=$6 pid=$7 w name rw bs qd json
-  local c0 c1 s0 s1 t0 t1 win fpid rc
-  for w in $WORKLOADS; do
-    IFS=: read -r name rw bs qd <<< "$w"
-    json=fio/r$rep-$group-$label-$name.json
-    [ "$RUNTIME" -ge 6 ] || { c0=$(cpu_sample); s0=$(srv_sample "$pid"); }
-    timeout $((RUNTIME + 90)) fio --name="$name" --filename="$dev" --ioengine=libaio \
-      --direct=1 --rw="$rw" --bs="$bs" --iodepth="$qd" --numjobs=1 --time_based \
-      --runtime="$RUNTIME" --size="${SIZE_MIB}M" --norandommap --randrepeat=0 \
-      --output-format=json --output="$OUT/$json" > "$OUT/logs/fio-last.log" 2>&1 &
-    fpid=$!
-    win=-
-    if [ "$RUNTIME" -ge 6 ]; then
-      sleep 2
-      c0=$(cpu_sample); s0=$(srv_sample "$pid"); t0=$(now)
-      sleep $((RUNTIME - 3))
-      c1=$(cpu_sample); s1=$(srv_sample "$pid"); t1=$(now)
-      win=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
-    fi
-    wait "$fpid"; rc=$?
-    if [ $rc != 0 ]; then
-      e2e_check_failed "r$rep $group $label $name: fio exited with $rc: $(tail -3 "$OUT/logs/fio-last.log")"
+# start_ublk GROUP LABEL COPY_MODE SERVE_ARGS...: starts a ublk-tool server in
+# the background (servers start in parallel: each takes seconds under TCG);
+# finish_ublks waits for all of them.
+PENDING=()
+start_ublk() {
+  local group=$1 label=$2 mode=$3 log ready
+  shift 3
+  log=$E2E_SCRATCH/serve-$group-$label.log
+  ready=$E2E_SCRATCH/ready-$group-$label
+  rm -f "$ready"
+  "$UBLK_TOOL" serve "$@" --copy_mode="$mode" --queues=1 --depth=64 --ready_file="$ready" \
+    > "$log" 2>&1 &
+  PENDING+=("$group|$label|$mode|$!|$log|$ready|ublk-tool serve $* --copy_mode=$mode --queues=1 --depth=64")
+}
+
+finish_ublks() {
+  local p group label mode pid log ready note dev i
+  for p in "${PENDING[@]}"; do
+    IFS='|' read -r group label mode pid log ready note <<< "$p"
+    dev=
+    for i in $(seq 600); do
+      if [ -s "$ready" ]; then
+        read -r dev _ < "$ready"
+        [ -b "$dev" ] && break
+        dev=
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if [ -z "$dev" ]; then
+      e2e_check_failed "$group $label: export did not come up; its log:"
+      sed 's/^/  | /' "$log" | tail -20
+      kill -9 "$pid" 2>/dev/null
       continue
     fi
-    [ "$RUNTIME" -ge 6 ] || { c1=$(cpu_sample); s1=$(srv_sample "$pid"); }
-    local after
-    after=$(srv_sample "$pid")
-    # shellcheck disable=SC2086
-    set -- $c0 $c1 $s0 $s1 $after
-    local srv_cpu=- srv_ctx=- rss=- hwm=-
-    if [ "$7" != - ] && [ "${11}" != - ]; then
-      srv_cpu=$(( ${11} - $7 )); srv_ctx=$(( ${12} - $8 )); rss=${17}; hwm=${18}
-    fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$group" "$label" \
-      "$kind" "$mode" "$name" "$json" "$win" $(( $4 - $1 )) $(( $5 - $2 )) $(( $6 - $3 )) \
-      "$srv_cpu" "$srv_ctx" "$rss" "$hwm" >> "$OUT/runs.tsv"
-    echo "  [$(now)s] r$rep $group $label $name: done"
+    grep -q "O_DIRECT refused" "$log" && note="$note; backing O_DIRECT refused: buffered I/O"
+    prepare_dev "$dev" "$group" "$label" "$note"
+    srv_sample "$pid"
+    printf '0\t%s\t%s\tidle\t%s\t%s\n' "$group" "$label" "$S_RSS" "$(hwm "$pid")" >> "$OUT/memory.tsv"
+    DEVICES+=("$group $label ublk $mode $dev $pid")
+    SERVERS+=("$pid|$dev|$log|$group|$label")
+    SRV_PIDS+=("$pid")
   done
+  PENDING=()
 }
+SRV_PIDS=()
 
-# bench_ublk REPEAT GROUP LABEL COPY_MODE SERVE_ARGS...
-bench_ublk() {
-  local rep=$1 group=$2 label=$3 mode=$4 note
-  shift 4
-  if ! ublk_serve "r$rep-$group-$label" "$@" --copy_mode="$mode" --queues=1 --depth=64; then
-    e2e_check_failed "r$rep $group $label: export did not come up"
-    return
-  fi
-  cp "$SRV_LOG" "$OUT/logs/r$rep-$group-$label.serve.log"
-  note="ublk-tool $*"
-  grep -q "O_DIRECT refused" "$SRV_LOG" && note="$note; backing O_DIRECT refused: buffered"
-  prepare_dev "$SRV_DEV" "$rep" "$group" "$label" "$note"
-  sleep 1
-  set -- $(srv_sample "$SRV_PID")
-  printf '%s\t%s\t%s\tidle\t%s\t%s\n' "$rep" "$group" "$label" "$3" "$4" >> "$OUT/memory.tsv"
-  run_workloads "$rep" "$group" "$label" ublk "$mode" "$SRV_DEV" "$SRV_PID"
-  set -- $(srv_sample "$SRV_PID")
-  printf '%s\t%s\t%s\tafter-io\t%s\t%s\n' "$rep" "$group" "$label" "$3" "$4" >> "$OUT/memory.tsv"
-  ublk_stop TERM || e2e_check_failed "r$rep $group $label: clean stop"
-  cp "$SRV_LOG" "$OUT/logs/r$rep-$group-$label.serve.log"
-}
-
-# bench_loop REPEAT GROUP FILE
-bench_loop() {
-  local rep=$1 group=$2 file=$3 dev dio
+# add_loop GROUP FILE
+add_loop() {
+  local group=$1 file=$2 dev dio
   if ! dev=$(losetup --direct-io=on --find --show "$file"); then
-    e2e_check_failed "r$rep $group: losetup --direct-io=on $file failed"
+    e2e_check_failed "$group: losetup --direct-io=on $file failed"
     return
   fi
   dio=$(cat "/sys/block/$(basename "$dev")/loop/dio" 2>/dev/null)
-  [ "$dio" = 1 ] || e2e_check_failed "r$rep $group: $dev has dio=$dio, want 1"
-  prepare_dev "$dev" "$rep" "$group" loop "losetup --direct-io=on (dio=$dio)"
-  run_workloads "$rep" "$group" loop loop - "$dev" ""
-  losetup -d "$dev" || e2e_check_failed "r$rep $group: losetup -d $dev"
+  [ "$dio" = 1 ] || e2e_check_failed "$group: $dev has dio=$dio, want 1"
+  prepare_dev "$dev" "$group" loop "losetup --direct-io=on (sysfs loop/dio=$dio)"
+  DEVICES+=("$group loop loop - $dev -")
+  LOOPS+=("$dev")
+}
+LOOPS=()
+
+# run_repeat REPEAT: one fio invocation for every device and workload (one
+# fio start-up per repeat: seconds under TCG), all jobs stonewalled so they
+# run one at a time. Each job writes a per-second IOPS log with epoch
+# timestamps (so the host can tell where its I/O phase was) while sampler()
+# records the counters every 0.5 s.
+run_repeat() {
+  local rep=$1 d group label kind mode dev pid w name rw bs qd jn col
+  local tag=r$rep job json rc spid i=0
+  job=$E2E_SCRATCH/fio-cwd/$tag.fio
+  json=fio/$tag.json
+  {
+    echo "[global]"
+    echo "ioengine=libaio"
+    echo "direct=1"
+    echo "time_based"
+    echo "runtime=$RUNTIME"
+    echo "size=${SIZE_MIB}M"
+    echo "norandommap"
+    echo "randrepeat=0"
+    echo "numjobs=1"
+    echo "log_avg_msec=1000"
+    echo "log_unix_epoch=1"
+  } > "$job"
+  : > "$OUT/ts/$tag.runs"
+  for d in "${DEVICES[@]}"; do
+    read -r group label kind mode dev pid <<< "$d"
+    col=-
+    for i in "${!SRV_PIDS[@]}"; do [ "${SRV_PIDS[$i]}" = "$pid" ] && col=$i; done
+    for w in $WORKLOADS; do
+      IFS=: read -r name rw bs qd <<< "$w"
+      jn=$group.$label.$name
+      {
+        echo
+        echo "[$jn]"
+        echo "stonewall"
+        echo "filename=$dev"
+        echo "rw=$rw"
+        echo "bs=$bs"
+        echo "iodepth=$qd"
+        echo "write_iops_log=$OUT/ts/$tag-$jn"
+      } >> "$job"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$group" "$label" "$kind" "$mode" \
+        "$name" "$json" "$jn" "$col" >> "$OUT/ts/$tag.runs"
+    done
+  done
+  cp "$job" "$OUT/logs/"
+  sampler "$OUT/ts/$tag.samples" "$FIFO" "${SRV_PIDS[@]}" &
+  spid=$!
+  ( cd "$E2E_SCRATCH/fio-cwd" && timeout $(( ${#DEVICES[@]} * 5 * (RUNTIME + 30) )) \
+      fio --output-format=json --output="$OUT/$json" "$job" ) > "$OUT/logs/fio-$tag.log" 2>&1
+  rc=$?
+  # The sampler's own CPU time (it shares the guest's CPUs with the device under test).
+  local st
+  read -r -a st < "/proc/$spid/stat" && \
+    echo "sampler_r${rep}=$(( st[13] + st[14] )) ticks over $(( $(wc -l < "$OUT/ts/$tag.samples") )) samples" >> "$OUT/guest.txt"
+  kill "$spid"; wait "$spid" 2>/dev/null
+  [ $rc = 0 ] || e2e_check_failed "$tag: fio exited with $rc: $(tail -3 "$OUT/logs/fio-$tag.log")"
+  for d in "${DEVICES[@]}"; do
+    read -r group label kind mode dev pid <<< "$d"
+    [ "$pid" = - ] && continue
+    srv_sample "$pid"
+    printf '%s\t%s\t%s\tafter-io\t%s\t%s\n' "$rep" "$group" "$label" "$S_RSS" "$(hwm "$pid")" >> "$OUT/memory.tsv"
+  done
+  # fio names each log PREFIX_iops.N.log (N: the job's index in the file).
+  while IFS=$'\t' read -r rep group label kind mode name json jn col; do
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$group" "$label" "$kind" "$mode" \
+      "$name" "$json" "$jn" "ts/$(basename "$(ls "$OUT/ts/$tag-$jn"_iops.*.log 2>/dev/null | head -1)")" \
+      "ts/$tag.samples:$col" >> "$OUT/runs.tsv"
+  done < "$OUT/ts/$tag.runs"
+  echo "  [$(now)s] $tag: done"
 }
 
 # Backing files, written in full so that no run reads holes or allocates.
@@ -198,26 +234,32 @@ else
 fi
 [ -b /dev/nullb0 ] || modprobe null_blk || e2e_fail "no null_blk"
 
-t_start=$(e2e_t)
+e2e_step "devices"
+add_loop tmpfs "$TMPFS_FILE"
+for m in $COPY_MODES; do start_ublk tmpfs "ublk-$m" "$m" --target=file --backing="$TMPFS_FILE"; done
+finish_ublks
+if [ -n "$EXT4_FILE" ]; then
+  add_loop ext4 "$EXT4_FILE"
+  for m in $COPY_MODES; do start_ublk ext4 "ublk-$m" "$m" --target=file --backing="$EXT4_FILE"; done
+  finish_ublks
+fi
+prepare_dev /dev/nullb0 null null_blk "null_blk module defaults"
+DEVICES+=("null null_blk null_blk - /dev/nullb0 -")
+for m in $COPY_MODES; do start_ublk null "ublk-$m" "$m" --target=null --size=$((SIZE_MIB * 1048576)); done
+finish_ublks
+
+t_start=$(now)
 for rep in $(seq "$REPEATS"); do
-  e2e_step "repeat $rep: tmpfs"
-  bench_loop "$rep" tmpfs "$TMPFS_FILE"
-  for m in $COPY_MODES; do
-    bench_ublk "$rep" tmpfs "ublk-$m" "$m" --target=file --backing="$TMPFS_FILE"
-  done
-  if [ -n "$EXT4_FILE" ]; then
-    e2e_step "repeat $rep: ext4"
-    bench_loop "$rep" ext4 "$EXT4_FILE"
-    for m in $COPY_MODES; do
-      bench_ublk "$rep" ext4 "ublk-$m" "$m" --target=file --backing="$EXT4_FILE"
-    done
-  fi
-  e2e_step "repeat $rep: null"
-  prepare_dev /dev/nullb0 "$rep" null null_blk "null_blk module defaults"
-  run_workloads "$rep" null null_blk null_blk - /dev/nullb0 ""
-  for m in $COPY_MODES; do
-    bench_ublk "$rep" null "ublk-$m" "$m" --target=null --size=$((SIZE_MIB * 1048576))
-  done
+  e2e_step "repeat $rep: ${#DEVICES[@]} devices x 5 workloads x $RUNTIME s"
+  run_repeat "$rep"
 done
-echo "bench_seconds=$(awk -v a="$t_start" -v b="$(e2e_t)" 'BEGIN {print b - a}')" >> "$OUT/guest.txt"
+echo "bench_seconds=$(awk -v a="$t_start" -v b="$(now)" 'BEGIN {print b - a}')" >> "$OUT/guest.txt"
+
+e2e_step "teardown"
+for s in "${SERVERS[@]}"; do
+  IFS='|' read -r SRV_PID SRV_DEV SRV_LOG _ _ <<< "$s"
+  cp "$SRV_LOG" "$OUT/logs/" 2>/dev/null
+  ublk_stop TERM || e2e_check_failed "$SRV_DEV: clean stop"
+done
+for l in "${LOOPS[@]}"; do losetup -d "$l" || e2e_check_failed "losetup -d $l"; done
 e2e_finish

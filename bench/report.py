@@ -39,12 +39,17 @@ def tsv(path):
         return list(csv.DictReader(f, delimiter="\t"))
 
 
-def fio_metrics(path, workload):
-    with open(path) as f:
-        text = f.read()
-    # fio may print notes before the JSON document.
-    doc = json.loads(text[text.index("{"):])
-    job = doc["jobs"][0]
+_fio_cache = {}
+
+
+def fio_metrics(path, jobname, workload):
+    if path not in _fio_cache:
+        with open(path) as f:
+            text = f.read()
+        # fio may print notes before the JSON document.
+        _fio_cache[path] = json.loads(text[text.index("{"):])
+    doc = _fio_cache[path]
+    job = next(j for j in doc["jobs"] if j["jobname"] == jobname)
     side = job["write"] if "write" in workload else job["read"]
     pct = side.get("clat_ns", {}).get("percentile", {})
     return {
@@ -60,6 +65,40 @@ def fio_metrics(path, workload):
     }
 
 
+def io_phase(path):
+    """(first, last) epoch seconds of a fio IOPS log (log_unix_epoch=1)."""
+    ts = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split(",")
+            if parts and parts[0].strip().isdigit():
+                ts.append(int(parts[0]) / 1000.0)
+    if not ts:
+        raise ValueError("empty IOPS log")
+    # Each entry ends a 1 s averaging interval: the I/O phase began ~1 s before the first.
+    return min(ts) - 1.0, max(ts)
+
+
+def samples(path):
+    out = []
+    with open(path) as f:
+        for line in f:
+            p = line.split()
+            # epoch busy total ctxt, then cpu_ns slices rss_kb per ublk server
+            if len(p) >= 4 and (len(p) - 4) % 3 == 0:
+                out.append([float(p[0])] + [None if x == "-" else float(x) for x in p[1:]])
+    return out
+
+
+def window(smp, start, end):
+    """First and last sample inside [start + 1.5 s, end - 0.5 s]: a window inside the
+    job's I/O phase that leaves out its start-up and wind-down."""
+    inside = [x for x in smp if start + 1.5 <= x[0] <= end - 0.5]
+    if len(inside) < 2:
+        return None
+    return inside
+
+
 def num(v):
     try:
         return float(v)
@@ -69,31 +108,54 @@ def num(v):
 
 def load_runs(raw):
     runs = []
+    smp_cache = {}
     for r in tsv(os.path.join(raw, "runs.tsv")):
         path = os.path.join(raw, r["fio_json"])
         try:
-            m = fio_metrics(path, r["workload"])
-        except (OSError, ValueError, KeyError) as e:
-            print(f"report: {path}: {e}", file=sys.stderr)
+            m = fio_metrics(path, r["jobname"], r["workload"])
+        except (OSError, ValueError, KeyError, StopIteration) as e:
+            print(f"report: {path} {r['workload']}: {e!r}", file=sys.stderr)
             continue
-        # Counters cover a window inside the I/O phase (win_s seconds) or, for
-        # short smoke runs, the whole fio run.
-        win = num(r.get("win_s"))
-        ios = max(m["iops"] * win if win else m["ios"], 1)
-        busy = num(r["cpu_busy_ticks"]) or 0
-        total = num(r["cpu_total_ticks"]) or 1
         m.update({
             "repeat": int(r["repeat"]), "group": r["group"], "device": r["device"],
             "kind": r["kind"], "copy_mode": r["copy_mode"], "workload": r["workload"],
-            "win_s": win,
-            "guest_busy_pct": 100.0 * busy / total,
-            "guest_cpu_us_per_io": busy * 1e6 / CLK_TCK / ios,
-            "guest_ctx_per_io": (num(r["ctxt"]) or 0) / ios,
-            "srv_cpu_us_per_io": (num(r["srv_cpu_ticks"]) * 1e6 / CLK_TCK / ios)
-            if num(r["srv_cpu_ticks"]) is not None else None,
-            "srv_ctx_per_io": (num(r["srv_ctxt"]) / ios) if num(r["srv_ctxt"]) is not None else None,
-            "srv_rss_kb": num(r["srv_rss_kb"]), "srv_hwm_kb": num(r["srv_hwm_kb"]),
+            "win_s": None, "guest_busy_pct": None, "guest_cpu_us_per_io": None,
+            "guest_ctx_per_io": None, "srv_cpu_us_per_io": None, "srv_ctx_per_io": None,
+            "srv_rss_kb": None, "srv_hwm_kb": None,
         })
+        try:
+            start, end = io_phase(os.path.join(raw, r["iops_log"]))
+            spath, col = r["samples"].rsplit(":", 1)
+            sp = os.path.join(raw, spath)
+            if sp not in smp_cache:
+                smp_cache[sp] = samples(sp)
+            w = window(smp_cache[sp], start, end)
+        except (OSError, ValueError) as e:
+            print(f"report: {r['iops_log']}: {e!r}", file=sys.stderr)
+            w = None
+        if w:
+            a, b = w[0], w[-1]
+            secs = b[0] - a[0]
+            # I/Os completed in the window, from fio's mean IOPS over the job.
+            ios = max(m["iops"] * secs, 1)
+            busy, total, ctxt = b[1] - a[1], b[2] - a[2], b[3] - a[3]
+            m.update({
+                "win_s": secs,
+                "guest_busy_pct": 100.0 * busy / total if total else None,
+                "guest_cpu_us_per_io": busy * 1e6 / CLK_TCK / ios,
+                "guest_ctx_per_io": ctxt / ios,
+            })
+            c = 4 + 3 * int(col) if col != "-" else None
+            if c is not None and len(a) > c + 2 and a[c] is not None and b[c] is not None:
+                m.update({
+                    "srv_cpu_us_per_io": (b[c] - a[c]) / 1000.0 / ios,
+                    "srv_ctx_per_io": (b[c + 1] - a[c + 1]) / ios,
+                    "srv_rss_kb": b[c + 2],
+                    "srv_hwm_kb": max(x[c + 2] for x in w if x[c + 2] is not None),
+                })
+        else:
+            print(f"report: no counter window for r{r['repeat']} {r['group']} {r['device']} "
+                  f"{r['workload']}", file=sys.stderr)
         runs.append(m)
     return runs
 
@@ -127,7 +189,7 @@ def main():
 
     # runs.tsv: every run's numbers, for anyone who wants to recompute.
     cols = ["repeat", "group", "device", "copy_mode", "workload", "iops", "mibs", "p50_us",
-            "p99_us", "mean_us", "fio_usr", "fio_sys", "fio_ctx", "guest_busy_pct",
+            "p99_us", "mean_us", "fio_usr", "fio_sys", "fio_ctx", "win_s", "guest_busy_pct",
             "guest_cpu_us_per_io", "guest_ctx_per_io", "srv_cpu_us_per_io", "srv_ctx_per_io",
             "srv_rss_kb", "srv_hwm_kb"]
     with open(os.path.join(a.out, "runs.tsv"), "w") as f:
@@ -230,12 +292,14 @@ def main():
 
     w("## Where the time goes (counters per I/O, mean of the repeats)")
     w("")
-    w("Counters are sampled over a window inside fio's I/O phase (2 s after fio starts to 1 s")
-    w("before its runtime ends), per I/O completed in that window (fio's IOPS x window).")
+    w("Counters are sampled every 0.5 s; each job uses the first and last sample inside its")
+    w("I/O phase (from fio's per-second IOPS log) minus its first 1.5 s and last 0.5 s, per")
+    w("I/O completed in that window (fio's mean IOPS x window length).")
     w("guest CPU = busy ticks of all vCPUs in /proc/stat (not idle, not iowait)")
     w("per I/O; guest busy % = share of both vCPUs busy; ctx = context switches (/proc/stat ctxt) per I/O; server = the")
-    w("ublk-tool process (all threads, /proc/PID/stat utime+stime and")
-    w("voluntary+nonvoluntary switches); fio = fio's own usr/sys CPU %.")
+    w("ublk-tool process: CPU time and times put on a CPU (context switches in), summed over")
+    w("its threads' /proc/PID/task/*/schedstat; fio = fio's own usr/sys CPU %. The sampler")
+    w("itself (a bash loop, 2 Hz) also runs on the guest's CPUs; its cost is listed at the end.")
     w("")
     w("| backing | workload | device | guest busy % | guest CPU µs/IO | ctx/IO | server CPU µs/IO "
       "| server ctx/IO | fio usr% | fio sys% |")
@@ -279,47 +343,52 @@ def main():
 
     w("## Devices")
     w("")
-    w("| repeat | backing | device | node | logical block | physical block | scheduler "
-      "| hw queues | note |")
-    w("|--:|---|---|---|--:|--:|---|--:|---|")
+    w("All devices were set up once, before repeat 1, and stayed up (idle) while the others ran.")
+    w("")
+    w("| backing | device | node | logical block | physical block | scheduler | hw queues | note |")
+    w("|---|---|---|--:|--:|---|--:|---|")
     for d in devices:
-        w(f"| {d['repeat']} | {d['group']} | {d['device']} | {d['dev']} | "
-          f"{d['logical_block_size']} | {d['physical_block_size']} | {d['scheduler']} | "
-          f"{d['nr_hw_queues']} | {d['note']} |")
+        w(f"| {d['group']} | {d['device']} | {d['dev']} | {d['logical_block_size']} | "
+          f"{d['physical_block_size']} | {d['scheduler']} | {d['nr_hw_queues']} | {d['note']} |")
     nb = {k[len('null_blk.'):]: v for k, v in guest.items() if k.startswith("null_blk.")}
     if nb:
         w("")
         w("null_blk parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(nb.items())))
     w("")
 
-    w("## Memory of the serving process (ublk-tool, one export)")
+    w("## Memory of the serving process (ublk-tool, one export per process)")
     w("")
-    w("VmRSS 1 s after the export is ready (idle), and VmRSS / VmHWM (peak) after the five")
-    w("workloads, from /proc/PID/status.")
+    w("From /proc/PID/status: VmRSS right after the export is ready (idle, before any I/O),")
+    w("VmRSS after each repeat's five workloads, and VmHWM (peak since start). The buffer")
+    w("memory is mapped lazily, on the first copy-mode I/O.")
     w("")
-    w("| backing | device | repeat | idle VmRSS KiB | idle VmHWM KiB | after-I/O VmRSS KiB "
-      "| after-I/O VmHWM KiB |")
-    w("|---|---|--:|--:|--:|--:|--:|")
-    idx = {}
-    for m in memory:
-        idx.setdefault((m["group"], m["device"], m["repeat"]), {})[m["point"]] = m
-    for (g, d, rep), pts in sorted(idx.items()):
-        i, x = pts.get("idle", {}), pts.get("after-io", {})
-        w(f"| {g} | {d} | {rep} | {i.get('vmrss_kb', '-')} | {i.get('vmhwm_kb', '-')} | "
-          f"{x.get('vmrss_kb', '-')} | {x.get('vmhwm_kb', '-')} |")
-    w("")
-    w("Peak RSS after each workload (KiB, VmHWM is cumulative over the workloads of one export):")
-    w("")
-    w("| backing | device | repeat | " + " | ".join(WORKLOADS) + " |")
-    w("|---|---|--:|" + "--:|" * len(WORKLOADS))
+    reps = sorted({int(m["repeat"]) for m in memory if m["repeat"] != "0"})
+    w("| backing | device | idle VmRSS KiB | " + " | ".join(
+        f"after r{r} VmRSS KiB | after r{r} VmHWM KiB" for r in reps) + " |")
+    w("|---|---|--:|" + "--:|--:|" * len(reps))
     for group, base, gname, _ in GROUPS:
         for dev in UBLK:
-            for rep in sorted({r["repeat"] for r in runs}):
-                cells = []
-                for wl in WORKLOADS:
-                    rr = [r for r in pick(runs, group, dev, wl) if r["repeat"] == rep]
-                    cells.append(fmt(rr[0]["srv_hwm_kb"]) if rr else "-")
-                w(f"| {gname} | {dev} | {rep} | " + " | ".join(cells) + " |")
+            pts = {m["repeat"]: m for m in memory if m["group"] == group and m["device"] == dev}
+            if not pts:
+                continue
+            cells = [pts.get("0", {}).get("vmrss_kb", "-")]
+            for r in reps:
+                x = pts.get(str(r), {})
+                cells += [x.get("vmrss_kb", "-"), x.get("vmhwm_kb", "-")]
+            w(f"| {gname} | {dev} | " + " | ".join(cells) + " |")
+    w("")
+    w("Largest VmRSS (KiB, /proc/PID/statm, sampled at 2 Hz) during each workload, repeat 1:")
+    w("")
+    w("| backing | device | " + " | ".join(WORKLOADS) + " |")
+    w("|---|---|" + "--:|" * len(WORKLOADS))
+    for group, base, gname, _ in GROUPS:
+        for dev in UBLK:
+            cells = []
+            for wl in WORKLOADS:
+                rr = [r for r in pick(runs, group, dev, wl) if r["repeat"] == 1]
+                cells.append(fmt(rr[0]["srv_hwm_kb"]) if rr else "-")
+            if any(c != "-" for c in cells):
+                w(f"| {gname} | {dev} | " + " | ".join(cells) + " |")
     w("")
 
     w("## Not measured yet")
@@ -336,6 +405,11 @@ def main():
     w("  would measure neither ublk nor the node's real staging path.")
     w("- **Buffer-pool bytes from the metrics**: ublk-tool exposes no metrics endpoint.")
     w("")
+    samp = {k: v for k, v in guest.items() if k.startswith("sampler_r")}
+    if samp:
+        w("Sampler cost (its own utime+stime in the guest): " + "; ".join(
+            f"repeat {k[len('sampler_r'):]}: {v}" for k, v in sorted(samp.items())) + ".")
+        w("")
     w("Raw per-run numbers: [runs.tsv](runs.tsv). Chart: [iops-ratios.png](iops-ratios.png).")
 
     with open(os.path.join(a.out, "RESULTS.md"), "w") as f:

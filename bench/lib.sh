@@ -1,0 +1,65 @@
+# bench/lib.sh: the counter sampler of bench/guest.sh. Bash builtins only (no
+# fork, no exec per sample): under TCG a fork+exec costs tens of ms and would
+# perturb the device being measured.
+
+# cpu_sample: sets S_BUSY S_TOTAL (ticks of all CPUs in /proc/stat; busy
+# excludes idle and iowait) and S_CTXT (context switches since boot).
+cpu_sample() {
+  local k u n s i w q sq st rest
+  while read -r k u n s i w q sq st rest; do
+    case $k in
+      cpu) S_TOTAL=$((u + n + s + i + w + q + sq + st)); S_BUSY=$((S_TOTAL - i - w)) ;;
+      ctxt) S_CTXT=$u; break ;;
+    esac
+  done < /proc/stat
+}
+
+# srv_sample PID: sets S_SRV_NS (CPU time of all threads, ns, from
+# /proc/PID/task/*/schedstat), S_SRV_SLICES (times any thread was put on a CPU:
+# the context switches into the server) and S_RSS (KiB, /proc/PID/statm); all
+# "-" when PID is "-" or gone. One short line per file: a bash read loop over
+# /proc/PID/status of every thread costs seconds per sample under TCG.
+srv_sample() {
+  local pid=${1:--} f run wait slices size res rest
+  S_SRV_NS=- S_SRV_SLICES=- S_RSS=-
+  [ -d "/proc/$pid" ] || return 0
+  S_SRV_NS=0 S_SRV_SLICES=0
+  for f in /proc/"$pid"/task/*/schedstat; do
+    read -r run wait slices rest < "$f" || continue
+    S_SRV_NS=$((S_SRV_NS + run)); S_SRV_SLICES=$((S_SRV_SLICES + slices))
+  done
+  read -r size res rest < "/proc/$pid/statm" && S_RSS=$((res * 4))
+}
+
+# hwm PID: prints VmHWM (KiB) of PID, or "-".
+hwm() {
+  local k v rest
+  [ -r "/proc/${1:--}/status" ] || { echo -; return; }
+  while read -r k v rest; do
+    case $k in VmHWM:) echo "$v"; return ;; esac
+  done < "/proc/$1/status"
+  echo -
+}
+
+# sampler OUT_FILE FIFO PID...: every 0.5 s appends "epoch_s busy total ctxt"
+# followed by "srv_cpu_ns srv_slices rss_kb" for each PID (in argument
+# order) to OUT_FILE until killed. FIFO (made with mkfifo beforehand) only
+# serves as a builtin sleep (read -t).
+sampler() {
+  local out=$1 fifo=$2 x pid line
+  shift 2
+  exec 8<>"$fifo"
+  while :; do
+    cpu_sample
+    line="$EPOCHREALTIME $S_BUSY $S_TOTAL $S_CTXT"
+    for pid in "$@"; do
+      srv_sample "$pid"
+      line="$line $S_SRV_NS $S_SRV_SLICES $S_RSS"
+    done
+    echo "$line"
+    read -r -t 0.5 -u 8 x
+  done >> "$out"
+}
+
+# now: guest uptime in seconds.
+now() { local u rest; read -r u rest < /proc/uptime; echo "$u"; }
