@@ -5,27 +5,27 @@
 namespace ublk_csi {
 
 void Health::SetBackend(absl::Status status) {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   backend_ = std::move(status);
 }
 
 void Health::SetRecoveryPending(std::string why) {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   recovery_pending_ = std::move(why);
 }
 
 void Health::SetRecoveryDone() {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   recovery_pending_.clear();
 }
 
 absl::Status Health::Backend() const {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   return backend_;
 }
 
 absl::Status Health::Ready() const {
-  absl::MutexLock l(&mu_);
+  std::lock_guard<std::mutex> l(mu_);
   if (!backend_.ok()) return backend_;
   if (!recovery_pending_.empty()) {
     return absl::UnavailableError(absl::StrCat("recovering: ", recovery_pending_));

@@ -249,7 +249,9 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spe
     if (!recovered.ok()) return recovered.status();
     if (*recovered) {
       std::lock_guard<std::mutex> lock(v.mu);
-      return InfoOf(v);
+      ExportInfo info = InfoOf(v);
+      info.recovered = true;
+      return info;
     }
   }
 

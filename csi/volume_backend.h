@@ -53,6 +53,9 @@ struct ExportInfo {
   int32_t dev_id = -1;
   int64_t size_bytes = 0;
   ExportState state = ExportState::kAbsent;
+  // This call re-attached a device a previous process left QUIESCED (as
+  // opposed to creating one, or finding this process's export running).
+  bool recovered = false;
 };
 
 struct ExportStatus {

@@ -10,6 +10,7 @@
 // map mutex is held only to look things up, never across I/O).
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -40,6 +41,16 @@ struct VolumeManagerOptions {
   // Free bytes for new volumes (GetCapacity, out-of-space checks); default:
   // statvfs of the data dir. A seam so tests can run out of space.
   std::function<absl::StatusOr<int64_t>()> free_bytes;
+};
+
+// Asked by NodeStage/NodePublish (and NodeGetVolumeStats) before they use a
+// volume's export. After a restart the RecoveryManager answers UNAVAILABLE
+// for a volume it has not re-attached yet, so kubelet retries instead of
+// racing the recovery. Implementations are thread-safe and never block.
+class VolumeGate {
+ public:
+  virtual ~VolumeGate() = default;
+  virtual absl::Status CheckServing(const std::string& volume_id) = 0;
 };
 
 // One export's state for `ublk-csi-ctl status` and metrics.
@@ -97,6 +108,13 @@ class VolumeManager {
   csi::v1::NodeGetInfoResponse NodeGetInfo();
 
   std::vector<VolumeStatus> Status();
+  // Recovery after a restart: ensures the export of a staged or published
+  // volume (re-attach a QUIESCED device, or re-create it after a reboot) and
+  // persists the device id it got. Takes the volume's lock like an RPC
+  // (ABORTED while a call on it runs); does not consult the gate.
+  absl::StatusOr<ExportInfo> RecoverExport(const std::string& volume_id);
+  // Set once before serving (null: every volume serves).
+  void SetGate(VolumeGate* gate) { gate_.store(gate); }
   // The record as it is now (tests, status); NOT_FOUND if unknown.
   absl::StatusOr<records::VolumeRecord> GetRecord(const std::string& volume_id);
   csi::v1::Topology NodeTopology() const;
@@ -141,6 +159,7 @@ class VolumeManager {
   std::map<std::string, records::VolumeRecord> volumes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, records::SnapshotRecord> snapshots_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> busy_ ABSL_GUARDED_BY(mu_);
+  std::atomic<VolumeGate*> gate_{nullptr};
 };
 
 // Helpers shared by the manager's controller and node halves (and tests).

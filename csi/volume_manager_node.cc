@@ -93,12 +93,19 @@ absl::StatusOr<ExportInfo> VolumeManager::EnsureExport(VolumeRecord* rec) {
   return info;
 }
 
+absl::StatusOr<ExportInfo> VolumeManager::RecoverExport(const std::string& volume_id) {
+  ASSIGN_OR_RETURN(KeyLock lock, TryLock(volume_id, "volume " + volume_id));
+  ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(volume_id));
+  return EnsureExport(&rec);
+}
+
 absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     const csi::v1::NodeStageVolumeRequest& req) {
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   RETURN_IF_ERROR(ValidatePath(req.staging_target_path(), "staging_target_path"));
   if (!req.has_volume_capability()) return absl::InvalidArgumentError("volume_capability is required");
   RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
+  if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(req.volume_id()));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   RETURN_IF_ERROR(CheckMode(req.volume_capability(), rec, "volume_capability"));
@@ -213,6 +220,7 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
   RETURN_IF_ERROR(ValidatePath(req.target_path(), "target_path"));
   if (!req.has_volume_capability()) return absl::InvalidArgumentError("volume_capability is required");
   RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
+  if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(req.volume_id()));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   RETURN_IF_ERROR(CheckMode(req.volume_capability(), rec, "volume_capability"));
@@ -339,8 +347,15 @@ absl::StatusOr<csi::v1::NodeGetVolumeStatsResponse> VolumeManager::NodeGetVolume
     i->set_available(st.free_inodes);
     i->set_used(st.used_inodes);
   }
-  ExportStatus es = backend_->GetExportStatus(rec.volume_id());
   auto* cond = resp.mutable_volume_condition();
+  if (VolumeGate* gate = gate_.load()) {
+    if (absl::Status s = gate->CheckServing(rec.volume_id()); !s.ok()) {
+      cond->set_abnormal(true);
+      cond->set_message(std::string(s.message()));
+      return resp;
+    }
+  }
+  ExportStatus es = backend_->GetExportStatus(rec.volume_id());
   switch (es.state) {
     case ExportState::kLive:
       cond->set_abnormal(false);

@@ -1,0 +1,255 @@
+#include "csi/recovery_manager.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace ublk_csi {
+namespace {
+
+constexpr const char* kGaugeStates[] = {"absent", "recovering", "live",
+                                        "degraded", "failed",     "pending"};
+
+}  // namespace
+
+const char* RecoveryManager::OutcomeName(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::kRecovered:
+      return "recovered";
+    case Outcome::kRecreated:
+      return "recreated";
+    case Outcome::kFailed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+RecoveryManager::RecoveryManager(VolumeManager* manager, Health* health,
+                                 prometheus::Registry* registry, RecoveryOptions options)
+    : manager_(manager), health_(health), options_(options) {
+  if (registry != nullptr) {
+    recoveries_ = &prometheus::BuildCounter()
+                       .Name("ublk_csi_recoveries_total")
+                       .Help("Volumes brought back after a plugin start, by outcome: recovered "
+                             "(QUIESCED device re-attached), recreated (device re-created from "
+                             "the record), failed")
+                       .Register(*registry);
+    for (Outcome o : {Outcome::kRecovered, Outcome::kRecreated, Outcome::kFailed}) {
+      recoveries_->Add({{"outcome", OutcomeName(o)}});
+    }
+    duration_ = &prometheus::BuildHistogram()
+                     .Name("ublk_csi_recovery_duration_seconds")
+                     .Help("Time to bring one volume's export back after a plugin start")
+                     .Register(*registry)
+                     .Add({}, prometheus::Histogram::BucketBoundaries{
+                                  0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60});
+    exports_ = &prometheus::BuildGauge()
+                    .Name("ublk_csi_exports")
+                    .Help("Volumes with a record on this node, by export state (pending: "
+                          "waiting for recovery after a plugin start)")
+                    .Register(*registry);
+    for (const char* s : kGaugeStates) exports_->Add({{"state", s}});
+  }
+}
+
+RecoveryManager::~RecoveryManager() { Stop(); }
+
+void RecoveryManager::Start() {
+  std::vector<std::string> picked;
+  for (const VolumeStatus& v : manager_->Status()) {
+    absl::StatusOr<records::VolumeRecord> rec = manager_->GetRecord(v.volume_id);
+    if (!rec.ok() || rec->state() != records::VolumeRecord::READY) continue;
+    if (rec->staged_path().empty() && rec->published_paths_size() == 0) continue;
+    picked.push_back(v.volume_id);
+  }
+  int threads = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (started_) return;
+    started_ = true;
+    order_ = picked;
+    for (const std::string& id : order_) states_[id] = VState::kPending;
+    progress_.total = static_cast<int>(order_.size());
+    started_at_ = absl::Now();
+    if (order_.empty()) {
+      progress_.finished = true;
+    } else {
+      threads = std::max(1, std::min(options_.concurrency, progress_.total));
+      running_ = threads;
+    }
+  }
+  manager_->SetGate(this);
+  if (threads == 0) {
+    LOG(INFO) << "recovery: no staged or published volumes";
+    health_->SetRecoveryDone();
+    RefreshExportGauge();
+    cv_.notify_all();
+    return;
+  }
+  LOG(INFO) << "recovery: " << picked.size() << " staged or published volume(s), " << threads
+            << " at a time";
+  health_->SetRecoveryPending(absl::StrCat("0 of ", picked.size(), " volumes"));
+  RefreshExportGauge();
+  std::lock_guard<std::mutex> lock(threads_mu_);
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+}
+
+void RecoveryManager::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!progress_.finished && started_ && !stopping_) {
+      LOG(INFO) << "recovery: stopping with " << progress_.done << " of " << progress_.total
+                << " volumes done; the rest stay as the kernel has them";
+    }
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard<std::mutex> lock(threads_mu_);
+    threads.swap(threads_);
+  }
+  for (std::thread& t : threads) t.join();
+}
+
+bool RecoveryManager::WaitDone(absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+               [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                 return progress_.finished || (stopping_ && running_ == 0);
+               });
+  return progress_.finished;
+}
+
+absl::Status RecoveryManager::CheckServing(const std::string& volume_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = states_.find(volume_id);
+  if (it == states_.end() || it->second == VState::kDone) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(
+      "volume ", volume_id, " is being recovered after a plugin restart (", progress_.done,
+      " of ", progress_.total, " volumes done); retry later"));
+}
+
+RecoveryManager::Progress RecoveryManager::progress() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Progress p = progress_;
+  p.stopped = stopping_ && !progress_.finished;
+  return p;
+}
+
+std::optional<RecoveryManager::Outcome> RecoveryManager::OutcomeOf(
+    const std::string& volume_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = outcomes_.find(volume_id);
+  if (it == outcomes_.end()) return std::nullopt;
+  return it->second;
+}
+
+void RecoveryManager::RefreshExportGauge() {
+  if (exports_ == nullptr) return;
+  std::map<std::string, int> counts;
+  for (const char* s : kGaugeStates) counts[s] = 0;
+  std::vector<VolumeStatus> all = manager_->Status();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const VolumeStatus& v : all) {
+    auto it = states_.find(v.volume_id);
+    if (it != states_.end() && it->second != VState::kDone) {
+      ++counts["pending"];
+    } else {
+      ++counts[ExportStateName(v.export_status.state)];
+    }
+  }
+  for (const auto& [state, n] : counts) exports_->Add({{"state", state}}).Set(n);
+}
+
+absl::StatusOr<ExportInfo> RecoveryManager::RecoverOne(const std::string& volume_id) {
+  const absl::Time give_up = absl::Now() + options_.busy_retry_for;
+  for (;;) {
+    absl::StatusOr<ExportInfo> info = manager_->RecoverExport(volume_id);
+    if (info.ok() || info.status().code() != absl::StatusCode::kAborted) return info;
+    // A call on this volume holds its lock (it cannot be a NodeStage: the
+    // gate turns those away; e.g. a NodeUnpublish). Wait for it, briefly.
+    std::unique_lock<std::mutex> lock(mu_);
+    if (stopping_ || absl::Now() >= give_up) return info;
+    cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.busy_retry_interval),
+                 [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
+  }
+}
+
+void RecoveryManager::Run() {
+  for (;;) {
+    std::string id;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_ || next_ >= order_.size()) break;
+      id = order_[next_++];
+      states_[id] = VState::kInProgress;
+    }
+    const absl::Time t0 = absl::Now();
+    absl::StatusOr<ExportInfo> info = RecoverOne(id);
+    Outcome outcome = Outcome::kFailed;
+    if (info.ok()) {
+      outcome = info->recovered ? Outcome::kRecovered : Outcome::kRecreated;
+      VLOG(1) << "volume " << id << ": " << OutcomeName(outcome) << " as " << info->device_path;
+    } else {
+      // The one line for this volume; its status (NodeGetVolumeStats) and
+      // the failed counter carry it from here.
+      LOG(ERROR) << "volume " << id << ": recovery failed, volume marked failed: "
+                 << info.status();
+    }
+    Finish(id, outcome, absl::Now() - t0);
+  }
+  bool last = false;
+  Progress p;
+  absl::Duration took;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    last = --running_ == 0;
+    p = progress_;
+    took = absl::Now() - started_at_;
+    if (last && p.done == p.total) progress_.finished = p.finished = true;
+  }
+  if (last) {
+    if (p.finished) {
+      LOG(INFO) << "recovery done: " << p.total << " volume(s) in " << took << ": "
+                << p.recovered << " recovered, " << p.recreated << " recreated, " << p.failed
+                << " failed";
+      health_->SetRecoveryDone();
+    }
+    RefreshExportGauge();
+  }
+  cv_.notify_all();
+}
+
+void RecoveryManager::Finish(const std::string& volume_id, Outcome outcome, absl::Duration took) {
+  if (recoveries_ != nullptr) recoveries_->Add({{"outcome", OutcomeName(outcome)}}).Increment();
+  if (duration_ != nullptr) duration_->Observe(absl::ToDoubleSeconds(took));
+  int done = 0, total = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    states_[volume_id] = VState::kDone;
+    outcomes_[volume_id] = outcome;
+    ++progress_.done;
+    switch (outcome) {
+      case Outcome::kRecovered:
+        ++progress_.recovered;
+        break;
+      case Outcome::kRecreated:
+        ++progress_.recreated;
+        break;
+      case Outcome::kFailed:
+        ++progress_.failed;
+        break;
+    }
+    done = progress_.done;
+    total = progress_.total;
+  }
+  if (done < total) health_->SetRecoveryPending(absl::StrCat(done, " of ", total, " volumes"));
+}
+
+}  // namespace ublk_csi

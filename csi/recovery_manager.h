@@ -1,0 +1,130 @@
+// RecoveryManager: brings every staged or published volume's export back
+// after the plugin starts (a QUIESCED device left by the previous process is
+// re-attached; a device gone after a node reboot is re-created from the
+// record with the same id and backing file), in the background, with bounded
+// concurrency, while Health says "not ready" and NodeStage/NodePublish of a
+// volume not yet done answer UNAVAILABLE (it is the VolumeManager's gate).
+// One volume that cannot be recovered is marked failed (one ERROR line, the
+// failed outcome counter, VolumeCondition abnormal through the backend's
+// status); the others go on.
+//
+// Threads: owns up to `concurrency` recovery threads between Start() and
+// Stop(); every public method is thread-safe.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "csi/health.h"
+#include "csi/volume_manager.h"
+
+namespace prometheus {
+class Registry;
+class Counter;
+class Gauge;
+class Histogram;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace ublk_csi {
+
+struct RecoveryOptions {
+  // Volumes recovered at once. Each one holds a worker assignment and, while
+  // it re-attaches, kernel commands in flight: memory grows with this, not
+  // with the number of volumes.
+  int concurrency = 8;
+  // A volume whose lock is held by a concurrent call (ABORTED) is tried again
+  // every `busy_retry_interval` for at most `busy_retry_for`, then failed.
+  absl::Duration busy_retry_interval = absl::Milliseconds(20);
+  absl::Duration busy_retry_for = absl::Seconds(30);
+};
+
+class RecoveryManager final : public VolumeGate {
+ public:
+  enum class Outcome { kRecovered, kRecreated, kFailed };
+  struct Progress {
+    int total = 0;  // volumes picked for recovery
+    int done = 0;   // with an outcome
+    int recovered = 0;
+    int recreated = 0;
+    int failed = 0;
+    bool finished = false;  // every volume has an outcome
+    bool stopped = false;   // Stop() ran before that
+  };
+
+  // `manager`, `health` and `registry` (may be null) must outlive this.
+  RecoveryManager(VolumeManager* manager, Health* health, prometheus::Registry* registry,
+                  RecoveryOptions options = {});
+  ~RecoveryManager() override;  // Stop()
+  RecoveryManager(const RecoveryManager&) = delete;
+  RecoveryManager& operator=(const RecoveryManager&) = delete;
+
+  // Call once, after VolumeManager::Load(): installs this as the manager's
+  // gate, picks the volumes whose records are staged or published, sets
+  // Health to "recovering: 0 of N volumes" (or done when N is 0) and starts
+  // the threads. Returns at once.
+  void Start();
+  // For SIGTERM: no volume is started after this; waits only for the ones
+  // in progress (each bounded by the backend's own timeouts). Volumes never
+  // started stay UNAVAILABLE and Health stays not ready. Idempotent.
+  void Stop();
+  // True once every volume has an outcome, false on timeout or after Stop().
+  bool WaitDone(absl::Duration timeout);
+
+  // VolumeGate: UNAVAILABLE ("volume X is being recovered after a plugin
+  // restart: N of M done; retry") until the volume has an outcome; OK after
+  // (a failed volume may be staged again: the failure is the backend's to
+  // repeat or to have fixed), and for volumes that were not picked.
+  absl::Status CheckServing(const std::string& volume_id) override;
+
+  Progress progress() const;
+  // The outcome of one volume, if it has one.
+  std::optional<Outcome> OutcomeOf(const std::string& volume_id) const;
+  // Sets ublk_csi_exports{state=absent|recovering|live|degraded|failed|pending}
+  // from the manager's current view (done when recovery starts and ends;
+  // main() may call it periodically).
+  void RefreshExportGauge();
+
+  static const char* OutcomeName(Outcome outcome);
+
+ private:
+  enum class VState { kPending, kInProgress, kDone };
+  void Run();
+  absl::StatusOr<ExportInfo> RecoverOne(const std::string& volume_id);
+  void Finish(const std::string& volume_id, Outcome outcome, absl::Duration took);
+
+  VolumeManager* const manager_;
+  Health* const health_;
+  const RecoveryOptions options_;
+
+  prometheus::Family<prometheus::Counter>* recoveries_ = nullptr;
+  prometheus::Histogram* duration_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* exports_ = nullptr;
+
+  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);
+  size_t next_ ABSL_GUARDED_BY(mu_) = 0;
+  int running_ ABSL_GUARDED_BY(mu_) = 0;  // threads still in Run()
+  std::map<std::string, VState> states_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Outcome> outcomes_ ABSL_GUARDED_BY(mu_);
+  Progress progress_ ABSL_GUARDED_BY(mu_);
+  absl::Time started_at_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_;  // touched only by Start() and Stop()
+  std::mutex threads_mu_;
+};
+
+}  // namespace ublk_csi
