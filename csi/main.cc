@@ -17,6 +17,7 @@
 #include "csi/fake_volume_backend.h"
 #include "csi/node_service.h"
 #include "csi/record_store.h"
+#include "csi/ublk_volume_backend.h"
 #include "csi/volume_manager.h"
 #include "csi/health.h"
 #include "csi/http_server.h"
@@ -27,6 +28,9 @@
 #include "glog/logging.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
+#include "ublk/kernel_real.h"
+#include "ublk/memory.h"
+#include "ublk/worker_pool.h"
 
 DEFINE_string(endpoint, "unix:///csi/csi.sock",
               "CSI endpoint: unix:///absolute/path or tcp://host:port");
@@ -44,6 +48,10 @@ DEFINE_string(mounter, "real",
 DEFINE_int32(max_volumes, 0,
              "max_volumes_per_node reported to Kubernetes; 0 = the backend's limit (ublks_max)");
 DEFINE_string(default_volume_size, "1Gi", "size of a volume whose CreateVolume names none");
+DEFINE_int32(workers, 0, "ublk worker threads shared by all exports; 0 = one per CPU");
+DEFINE_int64(buffer_pool_slots, 0,
+             "bounce-buffer slots per worker; 0 = derived from the node-wide 64 MiB budget");
+DEFINE_int64(buffer_pool_slot_size, 128 * 1024, "bytes per bounce-buffer slot (max I/O size)");
 
 namespace ublk_csi {
 namespace {
@@ -76,16 +84,6 @@ absl::Status CheckDataDir(const std::string& dir) {
   }
   if (::access(dir.c_str(), W_OK) != 0) {
     return absl::FailedPreconditionError(absl::StrCat("--data-dir=", dir, ": not writable"));
-  }
-  return absl::OkStatus();
-}
-
-// Whether the ublk kernel driver is there. The engine's feature detection
-// replaces this once it is wired in; until then the control node is the test.
-absl::Status CheckUblkDriver() {
-  if (::access("/dev/ublk-control", R_OK | W_OK) != 0) {
-    return absl::FailedPreconditionError(
-        "/dev/ublk-control missing: load the ublk_drv kernel module (modprobe ublk_drv)");
   }
   return absl::OkStatus();
 }
@@ -126,6 +124,11 @@ int Run() {
   absl::StatusOr<std::unique_ptr<RecordStore>> store = RecordStore::Open(FLAGS_data_dir, registry.get());
   if (!store.ok()) return Fail(store.status());
 
+  // Declared in this order so they are destroyed backend first (it detaches
+  // every export: USER_RECOVERY devices stay quiesced for the next process),
+  // then the worker pool.
+  std::unique_ptr<ublk::RealMemorySource> memory;
+  std::unique_ptr<ublk::WorkerPool> pool;
   std::unique_ptr<VolumeBackend> backend;
   if (FLAGS_backend == "fake") {
     const std::string dev_dir = FLAGS_data_dir + "/fake-devices";
@@ -136,16 +139,33 @@ int Run() {
                  << "/ublkbN are symlinks to the backing files";
     backend = std::make_unique<FakeVolumeBackend>(dev_dir, 64);
   } else if (FLAGS_backend == "ublk") {
-    // The engine-backed VolumeBackend (csi/ublk_volume_backend.h) is not
-    // wired in yet. Serve Identity with an honest "not ready" instead of
-    // pretending: Probe and /readyz say why.
-    absl::Status driver = CheckUblkDriver();
-    health.SetBackend(driver.ok() ? absl::UnimplementedError(
-                                        "--backend=ublk: the ublk volume backend is not built into "
-                                        "this binary yet; use --backend=fake for control-plane demos")
-                                  : driver);
-    LOG(ERROR) << "backend unusable: " << health.Backend()
-               << "; serving Identity only (no Controller/Node services)";
+    memory = std::make_unique<ublk::RealMemorySource>();
+    ublk::WorkerPoolOptions wopts;
+    wopts.worker_count = FLAGS_workers;
+    wopts.memory = memory.get();
+    if (FLAGS_buffer_pool_slot_size <= 0) {
+      return Fail(absl::InvalidArgumentError("--buffer-pool-slot-size must be positive"));
+    }
+    wopts.buffer_slot_size = static_cast<size_t>(FLAGS_buffer_pool_slot_size);
+    if (FLAGS_buffer_pool_slots < 0) {
+      return Fail(absl::InvalidArgumentError("--buffer-pool-slots must not be negative"));
+    }
+    if (FLAGS_buffer_pool_slots > 0) {
+      wopts.buffer_slots_per_worker = static_cast<size_t>(FLAGS_buffer_pool_slots);
+    }
+    absl::StatusOr<std::unique_ptr<ublk::WorkerPool>> created =
+        ublk::WorkerPool::Create(wopts, registry.get());
+    if (!created.ok()) return Fail(created.status());
+    pool = std::move(*created);
+    // No driver (or an unusable one) does not stop the plugin: Usable(),
+    // Probe and /readyz say why, and every export call fails with it.
+    backend = UblkVolumeBackend::Open(
+        [](ublk::CmdEncoding enc) -> absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> {
+          auto dev = ublk::RealControlDevice::Open(enc);
+          if (!dev.ok()) return dev.status();
+          return std::unique_ptr<ublk::ControlDevice>(std::move(*dev));
+        },
+        ublk::FeatureOptions{}, pool.get());
   } else {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--backend=", FLAGS_backend, ": expected ublk or fake")));
@@ -171,7 +191,7 @@ int Run() {
   std::unique_ptr<NodeService> node;
   std::vector<grpc::Service*> services;
   PluginCapabilities caps;
-  if (backend != nullptr) {
+  {
     VolumeManagerOptions opts;
     opts.node_id = FLAGS_node_id;
     opts.max_volumes_override = FLAGS_max_volumes;
