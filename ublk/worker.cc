@@ -468,6 +468,9 @@ void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
       buf = t.buffer ? t.buffer.data() : &no_data;
     }
   }
+  // Counted before the commit: the fake kernel completes the request inside
+  // PrepCommitAndFetch, and a reader woken by it must see the count.
+  completed_ios_.fetch_add(1, std::memory_order_relaxed);
   absl::Status s =
       q.channel->PrepCommitAndFetch(*ring_, tag, result, buf, UserData(Kind::kCmd, q, tag));
   if (t.buffer && buf == t.buffer.data()) {
@@ -475,7 +478,6 @@ void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
   } else {
     t.buffer.Reset();
   }
-  completed_ios_.fetch_add(1, std::memory_order_relaxed);
   if (!s.ok()) {
     LOG(ERROR) << "worker " << id() << ": " << s;
     q.SetPhase(tag, TagState::Phase::kDone);
