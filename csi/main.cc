@@ -23,6 +23,7 @@
 #include "csi/http_server.h"
 #include "csi/identity_service.h"
 #include "csi/plugin_server.h"
+#include "csi/recovery_manager.h"
 #include "csi/version.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
@@ -52,6 +53,8 @@ DEFINE_int32(workers, 0, "ublk worker threads shared by all exports; 0 = one per
 DEFINE_int64(buffer_pool_slots, 0,
              "bounce-buffer slots per worker; 0 = derived from the node-wide 64 MiB budget");
 DEFINE_int64(buffer_pool_slot_size, 128 * 1024, "bytes per bounce-buffer slot (max I/O size)");
+DEFINE_int32(recovery_concurrency, 8,
+             "volumes whose exports are re-attached or re-created at once after a start");
 
 namespace ublk_csi {
 namespace {
@@ -186,7 +189,12 @@ int Run() {
   if (!default_size.ok()) {
     return Fail(absl::InvalidArgumentError(absl::StrCat("--default-volume-size: ", default_size.status().message())));
   }
+  if (FLAGS_recovery_concurrency < 1) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--recovery-concurrency=", FLAGS_recovery_concurrency, ": must be at least 1")));
+  }
   std::unique_ptr<VolumeManager> manager;
+  std::unique_ptr<RecoveryManager> recovery;
   std::unique_ptr<ControllerService> controller;
   std::unique_ptr<NodeService> node;
   std::vector<grpc::Service*> services;
@@ -206,7 +214,16 @@ int Run() {
     health.SetBackend(backend->Usable());
     if (!health.Backend().ok()) LOG(WARNING) << "backend unusable: " << health.Backend();
   }
-  health.SetRecoveryDone();
+  if (manager != nullptr && health.Backend().ok()) {
+    // In the background: the servers start now, answer Probe/readyz "not
+    // ready" and NodeStage of a volume not yet recovered UNAVAILABLE.
+    RecoveryOptions ro;
+    ro.concurrency = FLAGS_recovery_concurrency;
+    recovery = std::make_unique<RecoveryManager>(manager.get(), &health, registry.get(), ro);
+    recovery->Start();
+  } else {
+    health.SetRecoveryDone();
+  }
 
   IdentityService identity(caps, &health);
   services.insert(services.begin(), &identity);
@@ -226,7 +243,11 @@ int Run() {
   int sig = 0;
   sigwait(&stop_signals, &sig);
   LOG(INFO) << "received " << strsignal(sig) << ", shutting down";
+  // Stop taking calls, then stop recovery (the volumes in progress finish;
+  // the rest stay as the kernel has them: QUIESCED devices stay
+  // recoverable), then the backend detaches every export as it is destroyed.
   server.Shutdown();
+  if (recovery != nullptr) recovery->Stop();
   http.reset();
   LOG(INFO) << "shutdown complete";
   return 0;
