@@ -22,6 +22,7 @@
 #include "csi/health.h"
 #include "csi/http_server.h"
 #include "csi/identity_service.h"
+#include "csi/mmap_fault_memory.h"
 #include "csi/plugin_server.h"
 #include "csi/recovery_manager.h"
 #include "csi/version.h"
@@ -30,6 +31,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
 #include "ublk/kernel_real.h"
+#include "ublk/clock.h"
 #include "ublk/memory.h"
 #include "ublk/worker_pool.h"
 
@@ -53,6 +55,9 @@ DEFINE_int32(workers, 0, "ublk worker threads shared by all exports; 0 = one per
 DEFINE_int64(buffer_pool_slots, 0,
              "bounce-buffer slots per worker; 0 = derived from the node-wide 64 MiB budget");
 DEFINE_int64(buffer_pool_slot_size, 128 * 1024, "bytes per bounce-buffer slot (max I/O size)");
+DEFINE_int32(fault_injection_fail_buffer_pool_mmap_seconds, 0,
+             "TESTS ONLY: every buffer-pool mmap fails with ENOMEM for this many seconds after "
+             "start (the degrade-to-heap path under memory pressure); 0 = off");
 DEFINE_int32(recovery_concurrency, 8,
              "volumes whose exports are re-attached or re-created at once after a start");
 
@@ -131,6 +136,8 @@ int Run() {
   // every export: USER_RECOVERY devices stay quiesced for the next process),
   // then the worker pool.
   std::unique_ptr<ublk::RealMemorySource> memory;
+  ublk::RealClock clock;
+  std::unique_ptr<MmapFaultMemorySource> fault_memory;
   std::unique_ptr<ublk::WorkerPool> pool;
   std::unique_ptr<VolumeBackend> backend;
   if (FLAGS_backend == "fake") {
@@ -146,6 +153,14 @@ int Run() {
     ublk::WorkerPoolOptions wopts;
     wopts.worker_count = FLAGS_workers;
     wopts.memory = memory.get();
+    if (FLAGS_fault_injection_fail_buffer_pool_mmap_seconds > 0) {
+      fault_memory = std::make_unique<MmapFaultMemorySource>(
+          *memory, clock,
+          absl::Now() + absl::Seconds(FLAGS_fault_injection_fail_buffer_pool_mmap_seconds));
+      LOG(WARNING) << "FAULT INJECTION: every buffer-pool mmap fails for "
+                   << FLAGS_fault_injection_fail_buffer_pool_mmap_seconds << " s";
+      wopts.memory = fault_memory.get();
+    }
     if (FLAGS_buffer_pool_slot_size <= 0) {
       return Fail(absl::InvalidArgumentError("--buffer-pool-slot-size must be positive"));
     }
