@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/guest.sh: the guest half of `make bench` (bench/run.sh boots the e2e
 # guest once with tests/e2e/run-in-guest.sh and runs this script in it).
 #
@@ -22,8 +23,10 @@
 # Output in $E2E_RESULT_DIR/bench (shared with the host): runs.tsv,
 # devices.tsv, memory.tsv, guest.txt, fio/*.json, ts/*, logs/. Exit 0 only if
 # every device came up and every run produced a result.
+# shellcheck source=SCRIPTDIR/../tests/e2e/lib/guest.sh
 . "$E2E_LIB"
 BENCH_DIR=$(dirname "$(realpath "${BASH_SOURCE[0]}")")
+# shellcheck source=SCRIPTDIR/lib.sh
 . "$BENCH_DIR/lib.sh"
 e2e_require_ublk_tool
 
@@ -257,6 +260,7 @@ echo "bench_seconds=$(awk -v a="$t_start" -v b="$(now)" 'BEGIN {print b - a}')" 
 
 e2e_step "teardown"
 for s in "${SERVERS[@]}"; do
+  # shellcheck disable=SC2034 # SRV_PID, SRV_DEV, SRV_LOG are ublk_stop's inputs
   IFS='|' read -r SRV_PID SRV_DEV SRV_LOG _ _ <<< "$s"
   cp "$SRV_LOG" "$OUT/logs/" 2>/dev/null
   ublk_stop TERM || e2e_check_failed "$SRV_DEV: clean stop"

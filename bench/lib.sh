@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/lib.sh: the counter sampler of bench/guest.sh. Bash builtins only (no
 # fork, no exec per sample): under TCG a fork+exec costs tens of ms and would
 # perturb the device being measured.
@@ -20,15 +21,15 @@ cpu_sample() {
 # "-" when PID is "-" or gone. One short line per file: a bash read loop over
 # /proc/PID/status of every thread costs seconds per sample under TCG.
 srv_sample() {
-  local pid=${1:--} f run wait slices size res rest
+  local pid=${1:--} f run slices res rest
   S_SRV_NS=- S_SRV_SLICES=- S_RSS=-
   [ -d "/proc/$pid" ] || return 0
   S_SRV_NS=0 S_SRV_SLICES=0
   for f in /proc/"$pid"/task/*/schedstat; do
-    read -r run wait slices rest < "$f" || continue
+    read -r run _ slices rest < "$f" || continue
     S_SRV_NS=$((S_SRV_NS + run)); S_SRV_SLICES=$((S_SRV_SLICES + slices))
   done
-  read -r size res rest < "/proc/$pid/statm" && S_RSS=$((res * 4))
+  read -r _ res rest < "/proc/$pid/statm" && S_RSS=$((res * 4))
 }
 
 # hwm PID: prints VmHWM (KiB) of PID, or "-".
@@ -46,7 +47,7 @@ hwm() {
 # order) to OUT_FILE until killed. FIFO (made with mkfifo beforehand) only
 # serves as a builtin sleep (read -t).
 sampler() {
-  local out=$1 fifo=$2 x pid line
+  local out=$1 fifo=$2 pid line
   shift 2
   exec 8<>"$fifo"
   while :; do
@@ -57,7 +58,7 @@ sampler() {
       line="$line $S_SRV_NS $S_SRV_SLICES $S_RSS"
     done
     echo "$line"
-    read -r -t 0.5 -u 8 x
+    read -r -t 0.5 -u 8 _
   done >> "$out"
 }
 

@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --build-dir) build_dir=${2:?}; shift 2 ;;
     --build-dir=*) build_dir=${1#*=}; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
