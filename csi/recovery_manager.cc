@@ -204,24 +204,23 @@ void RecoveryManager::Run() {
     }
     Finish(id, outcome, absl::Now() - t0);
   }
-  bool last = false;
+  bool all_done = false;
   Progress p;
   absl::Duration took;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    last = --running_ == 0;
+    all_done = --running_ == 0 && progress_.done == progress_.total;
     p = progress_;
     took = absl::Now() - started_at_;
-    if (last && p.done == p.total) progress_.finished = p.finished = true;
   }
-  if (last) {
-    if (p.finished) {
-      LOG(INFO) << "recovery done: " << p.total << " volume(s) in " << took << ": "
-                << p.recovered << " recovered, " << p.recreated << " recreated, " << p.failed
-                << " failed";
-      health_->SetRecoveryDone();
-    }
+  if (all_done) {
+    LOG(INFO) << "recovery done: " << p.total << " volume(s) in " << took << ": " << p.recovered
+              << " recovered, " << p.recreated << " recreated, " << p.failed << " failed";
+    // Health and the gauge first: whoever WaitDone() wakes sees them final.
+    health_->SetRecoveryDone();
     RefreshExportGauge();
+    std::lock_guard<std::mutex> lock(mu_);
+    progress_.finished = true;
   }
   cv_.notify_all();
 }
