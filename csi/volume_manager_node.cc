@@ -162,6 +162,10 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
       }
       MountOptions opts;
       opts.flags = flags;
+      // A volume restored from a snapshot or cloned carries its source's XFS
+      // UUID, and XFS refuses (EINVAL) to mount a second filesystem with a
+      // UUID already mounted on the node.
+      if (fs_type == "xfs") opts.flags.push_back("nouuid");
       RETURN_IF_ERROR(mounter_->Mount(dev.device_path, staging, fs_type, opts));
     }
     rec.clear_mount_flags();

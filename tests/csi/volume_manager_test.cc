@@ -496,7 +496,8 @@ TEST_F(VM, StageMakesFilesystemOnceAndMountsWithFlags) {
   ASSERT_TRUE(m.ok() && m->has_value());
   EXPECT_EQ((*m)->fstype, "xfs");
   EXPECT_EQ((*m)->source, dev_ + "/ublkb0");
-  EXPECT_EQ(mounter_->FlagsOf(Path("stage")), std::vector<std::string>{"noatime"});
+  // nouuid: a restored snapshot shares its source's XFS UUID.
+  EXPECT_EQ(mounter_->FlagsOf(Path("stage")), (std::vector<std::string>{"noatime", "nouuid"}));
   // Repeat: same answer, no second mkfs or mount.
   ASSERT_TRUE(Stage(id, Path("stage"), cap).ok());
   EXPECT_EQ(mounter_->CountCalls("mkfs "), 1);
