@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "glog/logging.h"
 #include "ublk/file_target.h"
 #include "ublk/kernel_real.h"
@@ -209,7 +210,23 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
     }
     return false;
   }
-  if (dev->state != UBLK_S_DEV_QUIESCED || (dev->flags & UBLK_F_USER_RECOVERY) == 0) return false;
+  if ((dev->flags & UBLK_F_USER_RECOVERY) == 0) return false;
+  // LIVE and not served by this process: perhaps our dead predecessor whose
+  // char device is not released yet. (Not told apart by ublksrv_pid: in a
+  // container both processes may well be pid 1.)
+  if (dev->state == UBLK_S_DEV_LIVE && !Serves(dev_id)) {
+    const absl::Time give_up = absl::Now() + options_.quiesce_wait;
+    while (dev.ok() && dev->state == UBLK_S_DEV_LIVE && absl::Now() < give_up) {
+      absl::SleepFor(options_.quiesce_poll);
+      dev = control_->GetDeviceInfo(dev_id);
+    }
+    if (!dev.ok()) return false;
+    if (dev->state == UBLK_S_DEV_QUIESCED) {
+      LOG(INFO) << ctx << ": ublk device " << dev_id
+                << " became QUIESCED after its previous server exited";
+    }
+  }
+  if (dev->state != UBLK_S_DEV_QUIESCED) return false;
   std::shared_ptr<ublk::FileTarget> target;
   {
     std::lock_guard<std::mutex> lock(v.mu);
@@ -228,6 +245,19 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
   v.exp = std::move(*e);
   v.workers = std::move(workers);
   return true;
+}
+
+bool UblkVolumeBackend::Serves(uint32_t dev_id) {
+  std::vector<std::shared_ptr<Volume>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [id, v] : volumes_) all.push_back(v);
+  }
+  for (const auto& v : all) {
+    std::lock_guard<std::mutex> lock(v->mu);
+    if (v->exp != nullptr && v->exp->dev_id() == dev_id) return true;
+  }
+  return false;
 }
 
 absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spec, Volume& v) {

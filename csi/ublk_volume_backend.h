@@ -40,6 +40,13 @@ struct UblkVolumeBackendOptions {
   uint32_t max_io_bytes = 0;
   // How long RemoveExport waits for the queues to drain after STOP_DEV.
   absl::Duration stop_drain_timeout = absl::Seconds(10);
+  // After a server is killed the kernel quiesces its USER_RECOVERY devices
+  // only once their char devices are released, so a plugin restarted at
+  // once can find its device still LIVE. EnsureExport waits this long for
+  // such a device to become QUIESCED before it treats the id as taken by
+  // another server (and asks for a new device).
+  absl::Duration quiesce_wait = absl::Seconds(10);
+  absl::Duration quiesce_poll = absl::Milliseconds(100);
   // MaxVolumes() reads this (ublk_drv's ublks_max, 6.3+); without it, 64
   // (the module's default, and the 6.1 limit in practice).
   std::string ublks_max_path = "/sys/module/ublk_drv/parameters/ublks_max";
@@ -96,6 +103,8 @@ class UblkVolumeBackend final : public VolumeBackend {
   // is not (the caller creates a device instead).
   absl::StatusOr<bool> MaybeRecover(const ExportSpec& spec, uint32_t dev_id, Volume& volume);
   ExportInfo InfoOf(const Volume& volume) const;
+  // Whether one of this process's exports is ublk device `dev_id`.
+  bool Serves(uint32_t dev_id);
 
   const absl::Status usable_;  // first: computed before control is moved
   const std::unique_ptr<ublk::ControlDevice> control_;

@@ -578,6 +578,73 @@ TEST_F(RecoveryTest, SigtermMidRecoveryLeavesEveryDeviceRecoverable) {
   ExpectEach(ids, 500);
 }
 
+// Right after a kill the kernel may still show the device LIVE (it quiesces
+// it when the dead server's char device is released). The backend waits for
+// QUIESCED instead of taking the id for another server's and making a new
+// device (which would leave the pod's mount on the old one forever).
+TEST_F(RecoveryTest, DeviceStillLiveFromTheDeadServerIsWaitedForAndRecovered) {
+  ublk::WorkerPoolOptions po;
+  po.worker_count = 1;
+  po.memory = &memory_;
+  po.clock = &clock_;
+  po.metrics_refresh_interval = absl::ZeroDuration();
+  auto old_pool = ublk::WorkerPool::Create(po, nullptr);
+  ASSERT_TRUE(old_pool.ok());
+  ublk::FeatureOptions fo;
+  fo.kernel_release = "6.12.0-test";
+  auto open = [this](ublk::CmdEncoding e) -> absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> {
+    return kernel_->OpenControl(e);
+  };
+  UblkVolumeBackendOptions bo;
+  bo.queue_depth = 8;
+  bo.ublks_max_path = dir_.path() + "/ublks_max";
+  auto old_server = UblkVolumeBackend::Open(open, fo, old_pool->get(), bo);
+  ExportSpec spec;
+  spec.volume_id = "v";
+  spec.backing_file = dir_.path() + "/v.img";
+  spec.size_bytes = 4 * kMiB;
+  spec.preferred_dev_id = 5;
+  { std::ofstream(spec.backing_file).close(); }
+  ASSERT_EQ(::truncate(spec.backing_file.c_str(), spec.size_bytes), 0);
+  auto first = old_server->EnsureExport(spec);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->dev_id, 5);
+
+  auto new_pool = ublk::WorkerPool::Create(po, nullptr);
+  ASSERT_TRUE(new_pool.ok());
+  bo.quiesce_wait = absl::Seconds(10);
+  bo.quiesce_poll = absl::Milliseconds(5);
+  auto new_server = UblkVolumeBackend::Open(open, fo, new_pool->get(), bo);
+  std::thread dies([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    old_server->Shutdown();  // the char device is released only now
+  });
+  const absl::Time t0 = absl::Now();
+  auto second = new_server->EnsureExport(spec);
+  dies.join();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->recovered);
+  EXPECT_EQ(second->dev_id, 5);
+  EXPECT_GE(absl::Now() - t0, absl::Milliseconds(90));
+  EXPECT_EQ(kernel_->device_count(), 1u);
+  new_server->Shutdown();
+
+  // A device another live server keeps serving is given up after the wait.
+  ExportSpec other = spec;
+  other.volume_id = "w";
+  bo.quiesce_wait = absl::Milliseconds(50);
+  auto third_server = UblkVolumeBackend::Open(open, fo, old_pool->get(), bo);
+  auto mine = third_server->EnsureExport(spec);  // recovers 5 and serves it
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  auto fourth_server = UblkVolumeBackend::Open(open, fo, new_pool->get(), bo);
+  auto taken = fourth_server->EnsureExport(other);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_NE(taken->dev_id, 5);
+  EXPECT_FALSE(taken->recovered);
+  fourth_server->Shutdown();
+  third_server->Shutdown();
+}
+
 // No staged volumes: ready at once, no threads.
 TEST_F(RecoveryTest, NothingToRecoverIsReadyAtOnce) {
   Start();
