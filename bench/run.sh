@@ -87,7 +87,7 @@ if [ ! -f "$share/runs.tsv" ]; then
 fi
 /usr/bin/python3 "$here/report.py" --raw "$share" --host "$host_info" --out "$out" || exit 1
 if command -v gnuplot >/dev/null; then
-  gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'" "$here/iops-ratios.gp" \
+  gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'; repeats=$repeats" "$here/iops-ratios.gp" \
     || log "gnuplot failed"
 fi
 rm -f "$host_info"
