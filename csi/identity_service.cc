@@ -27,6 +27,9 @@ grpc::Status IdentityService::GetPluginCapabilities(
   if (caps_.online_expansion) {
     resp->add_capabilities()->mutable_volume_expansion()->set_type(
         csi::v1::PluginCapability::VolumeExpansion::ONLINE);
+  } else if (caps_.offline_expansion) {
+    resp->add_capabilities()->mutable_volume_expansion()->set_type(
+        csi::v1::PluginCapability::VolumeExpansion::OFFLINE);
   }
   return grpc::Status::OK;
 }

@@ -13,6 +13,7 @@ struct PluginCapabilities {
   bool controller_service = false;
   bool volume_accessibility_constraints = false;
   bool online_expansion = false;
+  bool offline_expansion = false;  // advertised when online is not possible
 };
 
 class IdentityService final : public csi::v1::Identity::Service {

@@ -31,6 +31,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
 #include "ublk/kernel_real.h"
+#include "ublk/uapi.h"
 #include "ublk/clock.h"
 #include "ublk/memory.h"
 #include "ublk/worker_pool.h"
@@ -140,6 +141,7 @@ int Run() {
   std::unique_ptr<MmapFaultMemorySource> fault_memory;
   std::unique_ptr<ublk::WorkerPool> pool;
   std::unique_ptr<VolumeBackend> backend;
+  bool online_resize = true;  // the fake backend resizes anything
   if (FLAGS_backend == "fake") {
     const std::string dev_dir = FLAGS_data_dir + "/fake-devices";
     if (::mkdir(dev_dir.c_str(), 0700) != 0 && errno != EEXIST) {
@@ -177,13 +179,19 @@ int Run() {
     pool = std::move(*created);
     // No driver (or an unusable one) does not stop the plugin: Usable(),
     // Probe and /readyz say why, and every export call fails with it.
-    backend = UblkVolumeBackend::Open(
+    auto ublk_backend = UblkVolumeBackend::Open(
         [](ublk::CmdEncoding enc) -> absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> {
           auto dev = ublk::RealControlDevice::Open(enc);
           if (!dev.ok()) return dev.status();
           return std::unique_ptr<ublk::ControlDevice>(std::move(*dev));
         },
         ublk::FeatureOptions{}, pool.get());
+    // A live ublk device can only grow with UPDATE_SIZE (Linux 6.14+); on
+    // older kernels expansion is offline: the device takes the grown backing
+    // file's size when it is staged again, then NodeExpandVolume grows the fs.
+    const ublk::KernelFeatures* kf = ublk_backend->features();
+    online_resize = kf != nullptr && (kf->features & UBLK_F_UPDATE_SIZE) != 0;
+    backend = std::move(ublk_backend);
   } else {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--backend=", FLAGS_backend, ": expected ublk or fake")));
@@ -225,7 +233,7 @@ int Run() {
     node = std::make_unique<NodeService>(manager.get());
     services = {controller.get(), node.get()};
     caps = {.controller_service = true, .volume_accessibility_constraints = true,
-            .online_expansion = true};
+            .online_expansion = online_resize, .offline_expansion = !online_resize};
     health.SetBackend(backend->Usable());
     if (!health.Backend().ok()) LOG(WARNING) << "backend unusable: " << health.Backend();
   }

@@ -53,6 +53,16 @@ TEST_F(IdentityTest, CapabilitiesFollowConfiguration) {
             csi::v1::PluginCapability::VolumeExpansion::ONLINE);
 }
 
+TEST_F(IdentityTest, OfflineExpansionWhenTheKernelCannotResizeLiveDevices) {
+  Start({.controller_service = true, .offline_expansion = true});
+  grpc::ClientContext ctx;
+  csi::v1::GetPluginCapabilitiesResponse resp;
+  ASSERT_TRUE(stub_->GetPluginCapabilities(&ctx, {}, &resp).ok());
+  ASSERT_EQ(resp.capabilities_size(), 2);
+  EXPECT_EQ(resp.capabilities(1).volume_expansion().type(),
+            csi::v1::PluginCapability::VolumeExpansion::OFFLINE);
+}
+
 TEST_F(IdentityTest, NoCapabilitiesAdvertisedThatAreNotServed) {
   Start({});
   grpc::ClientContext ctx;
