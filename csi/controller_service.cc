@@ -4,46 +4,34 @@
 
 namespace ublk_csi {
 
-namespace {
-
-// Copies a manager result into the gRPC response, or maps its error.
-template <typename Resp>
-grpc::Status Reply(absl::StatusOr<Resp> result, Resp* out) {
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  *out = std::move(*result);
-  return grpc::Status::OK;
-}
-
-}  // namespace
-
 grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
                                              const csi::v1::CreateVolumeRequest* req,
                                              csi::v1::CreateVolumeResponse* resp) {
-  return Reply(manager_->CreateVolume(*req), resp);
+  return ToGrpcReply(manager_->CreateVolume(*req), resp);
 }
 
 grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
                                              const csi::v1::DeleteVolumeRequest* req,
                                              csi::v1::DeleteVolumeResponse* resp) {
-  return Reply(manager_->DeleteVolume(*req), resp);
+  return ToGrpcReply(manager_->DeleteVolume(*req), resp);
 }
 
 grpc::Status ControllerService::ValidateVolumeCapabilities(
     grpc::ServerContext*, const csi::v1::ValidateVolumeCapabilitiesRequest* req,
     csi::v1::ValidateVolumeCapabilitiesResponse* resp) {
-  return Reply(manager_->ValidateVolumeCapabilities(*req), resp);
+  return ToGrpcReply(manager_->ValidateVolumeCapabilities(*req), resp);
 }
 
 grpc::Status ControllerService::ListVolumes(grpc::ServerContext*,
                                             const csi::v1::ListVolumesRequest* req,
                                             csi::v1::ListVolumesResponse* resp) {
-  return Reply(manager_->ListVolumes(*req), resp);
+  return ToGrpcReply(manager_->ListVolumes(*req), resp);
 }
 
 grpc::Status ControllerService::GetCapacity(grpc::ServerContext*,
                                             const csi::v1::GetCapacityRequest* req,
                                             csi::v1::GetCapacityResponse* resp) {
-  return Reply(manager_->GetCapacity(*req), resp);
+  return ToGrpcReply(manager_->GetCapacity(*req), resp);
 }
 
 grpc::Status ControllerService::ControllerGetCapabilities(
@@ -62,25 +50,25 @@ grpc::Status ControllerService::ControllerGetCapabilities(
 grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
                                                const csi::v1::CreateSnapshotRequest* req,
                                                csi::v1::CreateSnapshotResponse* resp) {
-  return Reply(manager_->CreateSnapshot(*req), resp);
+  return ToGrpcReply(manager_->CreateSnapshot(*req), resp);
 }
 
 grpc::Status ControllerService::DeleteSnapshot(grpc::ServerContext*,
                                                const csi::v1::DeleteSnapshotRequest* req,
                                                csi::v1::DeleteSnapshotResponse* resp) {
-  return Reply(manager_->DeleteSnapshot(*req), resp);
+  return ToGrpcReply(manager_->DeleteSnapshot(*req), resp);
 }
 
 grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
                                               const csi::v1::ListSnapshotsRequest* req,
                                               csi::v1::ListSnapshotsResponse* resp) {
-  return Reply(manager_->ListSnapshots(*req), resp);
+  return ToGrpcReply(manager_->ListSnapshots(*req), resp);
 }
 
 grpc::Status ControllerService::ControllerExpandVolume(
     grpc::ServerContext*, const csi::v1::ControllerExpandVolumeRequest* req,
     csi::v1::ControllerExpandVolumeResponse* resp) {
-  return Reply(manager_->ControllerExpandVolume(*req), resp);
+  return ToGrpcReply(manager_->ControllerExpandVolume(*req), resp);
 }
 
 }  // namespace ublk_csi

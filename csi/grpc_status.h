@@ -4,7 +4,10 @@
 // message is carried over unchanged. Stateless and thread-safe.
 #pragma once
 
+#include <utility>
+
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "grpcpp/support/status.h"
 
 namespace ublk_csi {
@@ -17,5 +20,14 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 // For clients (ublk-csi-ctl, tests): a gRPC result as an absl::Status. A code
 // outside the canonical set becomes UNKNOWN; error_details are dropped.
 absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// A service handler's whole body: the manager's response into `out`, or its
+// error mapped by ToGrpcStatus.
+template <typename Resp>
+grpc::Status ToGrpcReply(absl::StatusOr<Resp> result, Resp* out) {
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *out = std::move(*result);
+  return grpc::Status::OK;
+}
 
 }  // namespace ublk_csi

@@ -4,51 +4,40 @@
 
 namespace ublk_csi {
 
-namespace {
-
-template <typename Resp>
-grpc::Status Reply(absl::StatusOr<Resp> result, Resp* out) {
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  *out = std::move(*result);
-  return grpc::Status::OK;
-}
-
-}  // namespace
-
 grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
                                           const csi::v1::NodeStageVolumeRequest* req,
                                           csi::v1::NodeStageVolumeResponse* resp) {
-  return Reply(manager_->NodeStageVolume(*req), resp);
+  return ToGrpcReply(manager_->NodeStageVolume(*req), resp);
 }
 
 grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
                                             const csi::v1::NodeUnstageVolumeRequest* req,
                                             csi::v1::NodeUnstageVolumeResponse* resp) {
-  return Reply(manager_->NodeUnstageVolume(*req), resp);
+  return ToGrpcReply(manager_->NodeUnstageVolume(*req), resp);
 }
 
 grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
                                             const csi::v1::NodePublishVolumeRequest* req,
                                             csi::v1::NodePublishVolumeResponse* resp) {
-  return Reply(manager_->NodePublishVolume(*req), resp);
+  return ToGrpcReply(manager_->NodePublishVolume(*req), resp);
 }
 
 grpc::Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
                                               const csi::v1::NodeUnpublishVolumeRequest* req,
                                               csi::v1::NodeUnpublishVolumeResponse* resp) {
-  return Reply(manager_->NodeUnpublishVolume(*req), resp);
+  return ToGrpcReply(manager_->NodeUnpublishVolume(*req), resp);
 }
 
 grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
                                              const csi::v1::NodeGetVolumeStatsRequest* req,
                                              csi::v1::NodeGetVolumeStatsResponse* resp) {
-  return Reply(manager_->NodeGetVolumeStats(*req), resp);
+  return ToGrpcReply(manager_->NodeGetVolumeStats(*req), resp);
 }
 
 grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
                                            const csi::v1::NodeExpandVolumeRequest* req,
                                            csi::v1::NodeExpandVolumeResponse* resp) {
-  return Reply(manager_->NodeExpandVolume(*req), resp);
+  return ToGrpcReply(manager_->NodeExpandVolume(*req), resp);
 }
 
 grpc::Status NodeService::NodeGetCapabilities(grpc::ServerContext*,
