@@ -30,6 +30,7 @@
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/log_capture.h"
 #include "prometheus/registry.h"
 #include "tests/testing/subprocess.h"
 #include "ublk/memory.h"
@@ -51,31 +52,7 @@ using Outcome = RecoveryManager::Outcome;
 
 constexpr int64_t kMiB = 1 << 20;
 
-class LogCapture : public google::LogSink {
- public:
-  LogCapture() { google::AddLogSink(this); }
-  ~LogCapture() override { google::RemoveLogSink(this); }
-  void send(google::LogSeverity severity, const char*, const char*, int,
-            const google::LogMessageTime&, const char* message, size_t len) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    lines_.emplace_back(severity, std::string(message, len));
-  }
-  int Count(google::LogSeverity severity, const std::vector<std::string>& parts) const {
-    std::lock_guard<std::mutex> lock(mu_);
-    int n = 0;
-    for (const auto& [sev, text] : lines_) {
-      if (sev != severity) continue;
-      bool all = true;
-      for (const std::string& p : parts) all = all && absl::StrContains(text, p);
-      n += all ? 1 : 0;
-    }
-    return n;
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::vector<std::pair<google::LogSeverity, std::string>> lines_;
-};
+using ublk_test::LogCapture;
 
 VolumeCapability BlockCap() {
   VolumeCapability cap;

@@ -15,6 +15,7 @@
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/log_capture.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
 #include "ublk/memory.h"
@@ -34,46 +35,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Captures every glog line so tests can count transitions.
-class LogCapture : public google::LogSink {
- public:
-  LogCapture() { google::AddLogSink(this); }
-  ~LogCapture() override { google::RemoveLogSink(this); }
-
-  void send(google::LogSeverity severity, const char* /*full_filename*/,
-            const char* /*base_filename*/, int /*line*/,
-            const google::LogMessageTime& /*time*/, const char* message,
-            size_t message_len) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    lines_.emplace_back(severity, std::string(message, message_len));
-  }
-
-  // Lines of exactly `severity` containing every one of `parts`.
-  int Count(google::LogSeverity severity,
-            const std::vector<std::string>& parts) const {
-    std::lock_guard<std::mutex> lock(mu_);
-    int n = 0;
-    for (const auto& [sev, text] : lines_) {
-      if (sev != severity) continue;
-      bool all = true;
-      for (const std::string& p : parts)
-        all = all && absl::StrContains(text, p);
-      if (all) ++n;
-    }
-    return n;
-  }
-  int CountAtLeast(google::LogSeverity severity) const {
-    std::lock_guard<std::mutex> lock(mu_);
-    int n = 0;
-    for (const auto& line : lines_) n += line.first >= severity ? 1 : 0;
-    return n;
-  }
-
- private:
-  mutable std::mutex mu_;  // not absl::Mutex: see fake_clock.h
-  std::vector<std::pair<google::LogSeverity, std::string>> lines_
-      ABSL_GUARDED_BY(mu_);
-};
+using ublk_test::LogCapture;
 
 std::string Worker(int id) { return absl::StrCat("worker ", id, ":"); }
 const std::string kDegradeText = "cannot create buffer pool";
