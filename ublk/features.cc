@@ -20,14 +20,43 @@ std::string UnameRelease() {
 
 std::string FeaturesHex(uint64_t features) { return absl::StrCat("0x", absl::Hex(features)); }
 
+absl::StatusOr<KernelEmulation> ParseKernelEmulation(absl::string_view text) {
+  if (text.empty() || text == "none") return KernelEmulation::kNone;
+  if (text == "6.1") return KernelEmulation::kLinux61;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--emulate_kernel=", text, ": expected none or 6.1"));
+}
+
+absl::string_view KernelEmulationName(KernelEmulation emulation) {
+  return emulation == KernelEmulation::kLinux61 ? "6.1" : "none";
+}
+
 absl::StatusOr<KernelFeatures> DetectFeatures(const ControlDeviceFactory& open_control,
                                               const FeatureOptions& options) {
   KernelFeatures kf;
   kf.kernel_release = options.kernel_release.empty() ? UnameRelease() : options.kernel_release;
+  kf.emulation = options.emulate_kernel;
+  const bool emulate61 = options.emulate_kernel == KernelEmulation::kLinux61;
+  if (emulate61) {
+    if (options.force_encoding == CmdEncoding::kIoctl) {
+      return absl::FailedPreconditionError(
+          "encoding ioctl forced together with emulate_kernel 6.1, which has only legacy "
+          "command numbers");
+    }
+    if (options.force_copy_mode.has_value() && *options.force_copy_mode != CopyMode::kGetData) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("copy mode ", CopyModeName(*options.force_copy_mode),
+                       " forced together with emulate_kernel 6.1, which offers only get_data"));
+    }
+  }
 
-  auto control = open_control(CmdEncoding::kIoctl);
+  // Under 6.1 emulation the control device is still opened (with the
+  // command encoding 6.1 has), so a missing ublk_drv is reported the same way.
+  auto control = open_control(emulate61 ? CmdEncoding::kLegacy : CmdEncoding::kIoctl);
   if (!control.ok()) return control.status();
-  auto features = (*control)->GetFeatures();
+  absl::StatusOr<uint64_t> features =
+      emulate61 ? absl::StatusOr<uint64_t>(absl::UnimplementedError("emulating Linux 6.1"))
+                : (*control)->GetFeatures();
   if (features.ok()) {
     kf.has_get_features = true;
     kf.features = *features;
@@ -66,7 +95,10 @@ absl::StatusOr<KernelFeatures> DetectFeatures(const ControlDeviceFactory& open_c
 void LogKernelFeatures(const KernelFeatures& kf) {
   LOG(INFO) << "ublk_drv on kernel " << kf.kernel_release << ": features "
             << FeaturesHex(kf.features)
-            << (kf.has_get_features ? " (GET_FEATURES)" : " (no GET_FEATURES: 6.1 baseline)")
+            << (kf.emulation == KernelEmulation::kLinux61
+                    ? " (emulating Linux 6.1: GET_FEATURES not asked, 6.1 baseline)"
+                : kf.has_get_features ? " (GET_FEATURES)"
+                                      : " (no GET_FEATURES: 6.1 baseline)")
             << ", using copy_mode=" << CopyModeName(kf.copy_mode)
             << " encoding=" << CmdEncodingName(kf.encoding)
             << " user_recovery=" << kf.user_recovery
@@ -80,6 +112,7 @@ void RegisterKernelInfoMetric(const KernelFeatures& kf, prometheus::Registry& re
                      .Register(registry);
   family
       .Add({{"copy_mode", std::string(CopyModeName(kf.copy_mode))},
+            {"emulate_kernel", std::string(KernelEmulationName(kf.emulation))},
             {"encoding", std::string(CmdEncodingName(kf.encoding))},
             {"features", FeaturesHex(kf.features)},
             {"kernel", kf.kernel_release}})

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "ublk/kernel.h"
 
 namespace prometheus {
@@ -19,9 +20,24 @@ class Registry;
 
 namespace ublk {
 
+// An older kernel to emulate on a newer one by masking features, so CI can
+// exercise old-kernel paths on the kernels that ship ublk.
+enum class KernelEmulation {
+  kNone,
+  // Linux 6.1: no GET_FEATURES is sent, legacy command numbers, the 6.1
+  // baseline features, get-data copy mode.
+  kLinux61,
+};
+
+// "" or "none" -> kNone, "6.1" -> kLinux61; anything else InvalidArgument
+// naming the accepted values.
+absl::StatusOr<KernelEmulation> ParseKernelEmulation(absl::string_view text);
+absl::string_view KernelEmulationName(KernelEmulation emulation);  // "none" | "6.1"
+
 struct KernelFeatures {
   uint64_t features = 0;  // GET_FEATURES mask, or the 6.1 baseline without it
   bool has_get_features = false;
+  KernelEmulation emulation = KernelEmulation::kNone;
   CmdEncoding encoding = CmdEncoding::kLegacy;
   CopyMode copy_mode = CopyMode::kGetData;
   bool user_recovery = false;
@@ -41,6 +57,10 @@ struct FeatureOptions {
   // FailedPrecondition.
   std::optional<CmdEncoding> force_encoding;
   std::optional<CopyMode> force_copy_mode;
+  // kLinux61 behaves as if GET_FEATURES did not exist. Forcing ioctl
+  // encoding or a copy mode other than get-data with it is
+  // FailedPrecondition naming both.
+  KernelEmulation emulate_kernel = KernelEmulation::kNone;
   // Empty: uname(2).
   std::string kernel_release;
 };
@@ -59,7 +79,7 @@ absl::StatusOr<KernelFeatures> DetectFeatures(const ControlDeviceFactory& open_c
 std::string FeaturesHex(uint64_t features);
 // Logs the choice (INFO) once per call.
 void LogKernelFeatures(const KernelFeatures& features);
-// Registers ublk_csi_kernel_info{copy_mode,encoding,features,kernel} = 1.
+// Registers ublk_csi_kernel_info{copy_mode,emulate_kernel,encoding,features,kernel} = 1.
 void RegisterKernelInfoMetric(const KernelFeatures& features, prometheus::Registry& registry);
 
 }  // namespace ublk

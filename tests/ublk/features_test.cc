@@ -113,5 +113,97 @@ TEST(FeaturesTest, KernelInfoMetric) {
   EXPECT_THAT(text, HasSubstr("} 1"));
 }
 
+TEST(FeaturesTest, ParseKernelEmulation) {
+  EXPECT_EQ(*ParseKernelEmulation(""), KernelEmulation::kNone);
+  EXPECT_EQ(*ParseKernelEmulation("none"), KernelEmulation::kNone);
+  EXPECT_EQ(*ParseKernelEmulation("6.1"), KernelEmulation::kLinux61);
+  auto bad = ParseKernelEmulation("6.2");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--emulate_kernel=6.2"));
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("6.1"));
+  EXPECT_EQ(KernelEmulationName(KernelEmulation::kLinux61), "6.1");
+  EXPECT_EQ(KernelEmulationName(KernelEmulation::kNone), "none");
+}
+
+TEST(FeaturesTest, Emulating61On612SendsNoGetFeaturesAndUsesLegacyGetData) {
+  FakeKernel k(FakeKernelOptions::Linux612());
+  FeatureOptions o = Opts();
+  o.emulate_kernel = KernelEmulation::kLinux61;
+  std::vector<CmdEncoding> opened;
+  auto f = DetectFeatures(FactoryFor(k, &opened), o);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(k.get_features_calls(), 0);
+  EXPECT_THAT(opened, ::testing::ElementsAre(CmdEncoding::kLegacy));
+  EXPECT_FALSE(f->has_get_features);
+  EXPECT_EQ(f->emulation, KernelEmulation::kLinux61);
+  EXPECT_EQ(f->features, kBaselineFeatures);
+  EXPECT_EQ(f->encoding, CmdEncoding::kLegacy);
+  EXPECT_EQ(f->copy_mode, CopyMode::kGetData);
+  EXPECT_FALSE(f->update_size);
+  EXPECT_TRUE(f->user_recovery_reissue);
+  // Without emulation the same kernel is asked.
+  auto plain = DetectFeatures(FactoryFor(k), Opts());
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(k.get_features_calls(), 1);
+  EXPECT_EQ(plain->copy_mode, CopyMode::kUserCopy);
+  // The emulated encoding really works against the kernel.
+  auto control = k.OpenControl(f->encoding);
+  DeviceInfo want;
+  want.flags = UBLK_F_NEED_GET_DATA | UBLK_F_USER_RECOVERY;
+  auto info = control->AddDevice(want);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_NE(info->flags & UBLK_F_NEED_GET_DATA, 0u);
+  EXPECT_TRUE(control->DeleteDevice(info->dev_id).ok());
+}
+
+TEST(FeaturesTest, Emulating61WithForcedGetDataAndLegacyIsFine) {
+  FakeKernel k(FakeKernelOptions::Linux612());
+  FeatureOptions o = Opts();
+  o.emulate_kernel = KernelEmulation::kLinux61;
+  o.force_copy_mode = CopyMode::kGetData;
+  o.force_encoding = CmdEncoding::kLegacy;
+  auto f = DetectFeatures(FactoryFor(k), o);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->copy_mode, CopyMode::kGetData);
+  EXPECT_EQ(f->encoding, CmdEncoding::kLegacy);
+}
+
+TEST(FeaturesTest, Emulating61WithForcedUserCopyIsFailedPreconditionNamingBoth) {
+  FakeKernel k(FakeKernelOptions::Linux612());
+  FeatureOptions o = Opts();
+  o.emulate_kernel = KernelEmulation::kLinux61;
+  o.force_copy_mode = CopyMode::kUserCopy;
+  auto f = DetectFeatures(FactoryFor(k), o);
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("user_copy"));
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("emulate_kernel 6.1"));
+  EXPECT_EQ(k.get_features_calls(), 0);
+}
+
+TEST(FeaturesTest, Emulating61WithForcedIoctlIsFailedPreconditionNamingBoth) {
+  FakeKernel k(FakeKernelOptions::Linux612());
+  FeatureOptions o = Opts();
+  o.emulate_kernel = KernelEmulation::kLinux61;
+  o.force_encoding = CmdEncoding::kIoctl;
+  auto f = DetectFeatures(FactoryFor(k), o);
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("ioctl"));
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("emulate_kernel 6.1"));
+}
+
+TEST(FeaturesTest, KernelInfoMetricNamesTheEmulation) {
+  FakeKernel k(FakeKernelOptions::Linux612());
+  FeatureOptions o = Opts();
+  o.emulate_kernel = KernelEmulation::kLinux61;
+  auto f = DetectFeatures(FactoryFor(k), o);
+  ASSERT_TRUE(f.ok());
+  prometheus::Registry registry;
+  RegisterKernelInfoMetric(*f, registry);
+  const std::string text = prometheus::TextSerializer().Serialize(registry.Collect());
+  EXPECT_THAT(text, HasSubstr("emulate_kernel=\"6.1\""));
+  EXPECT_THAT(text, HasSubstr("copy_mode=\"get_data\""));
+  EXPECT_THAT(text, HasSubstr("encoding=\"legacy\""));
+}
+
 }  // namespace
 }  // namespace ublk

@@ -82,6 +82,7 @@ struct FakeKernel::State {
   std::condition_variable cv;
   std::map<uint32_t, std::shared_ptr<FakeDevice>> devices ABSL_GUARDED_BY(mu);
   int fail_next_add ABSL_GUARDED_BY(mu) = 0;
+  int get_features_calls ABSL_GUARDED_BY(mu) = 0;
 
   absl::StatusOr<std::shared_ptr<FakeDevice>> Lookup(uint32_t dev_id, absl::string_view what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -419,6 +420,10 @@ class FakeControlDevice final : public ControlDevice {
   CmdEncoding encoding() const override { return encoding_; }
 
   absl::StatusOr<uint64_t> GetFeatures() override {
+    {
+      std::unique_lock<std::mutex> lock(state_->mu);
+      ++state_->get_features_calls;
+    }
     if (!state_->options.has_get_features || !state_->options.accept_ioctl) {
       return absl::UnimplementedError(
           "ublk GET_FEATURES not supported by this kernel (fake kernel without GET_FEATURES)");
@@ -743,6 +748,11 @@ int FakeKernel::open_channels(uint32_t dev_id) const {
   std::unique_lock<std::mutex> lock(state_->mu);
   auto it = state_->devices.find(dev_id);
   return it == state_->devices.end() ? 0 : it->second->open_channels;
+}
+
+int FakeKernel::get_features_calls() const {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  return state_->get_features_calls;
 }
 
 int FakeKernel::inflight(uint32_t dev_id) const {

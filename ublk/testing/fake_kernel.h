@@ -115,6 +115,8 @@ class FakeKernel {
   int open_channels(uint32_t dev_id) const;
   // Requests handed to the server and not yet committed.
   int inflight(uint32_t dev_id) const;
+  // GET_FEATURES commands received (any control device).
+  int get_features_calls() const;
 
  private:
   std::shared_ptr<State> state_;

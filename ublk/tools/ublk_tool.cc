@@ -1,6 +1,6 @@
 // ublk-tool: drives the engine against the real kernel; the e2e harness runs
 // it in a qemu guest. Subcommands:
-//   ublk-tool features [--encoding=..] [--copy_mode=..]
+//   ublk-tool features [--encoding=..] [--copy_mode=..] [--emulate_kernel=6.1]
 //   ublk-tool serve --target=file|null --backing=PATH --size=BYTES [--create]
 //       [--dev_id=N] [--copy_mode=auto|user_copy|get_data]
 //       [--encoding=auto|ioctl|legacy] [--queues=1] [--depth=64] [--recovery]
@@ -41,6 +41,9 @@ DEFINE_bool(create, false, "create (or grow) the backing file, sparse");
 DEFINE_int64(dev_id, -1, "ublk device id (-1: any for serve; required otherwise)");
 DEFINE_string(copy_mode, "auto", "auto | user_copy | get_data");
 DEFINE_string(encoding, "auto", "auto | ioctl | legacy");
+DEFINE_string(emulate_kernel, "none",
+              "none | 6.1: behave as on Linux 6.1 (no GET_FEATURES, legacy commands, get-data) "
+              "on a newer kernel; all subcommands");
 DEFINE_int32(queues, 1, "number of ublk queues");
 DEFINE_int32(depth, 64, "queue depth");
 DEFINE_bool(recovery, false, "create with UBLK_F_USER_RECOVERY (+REISSUE where offered)");
@@ -84,6 +87,7 @@ class CorruptingTarget final : public Target {
 
 absl::StatusOr<FeatureOptions> ParseModes() {
   FeatureOptions o;
+  ASSIGN_OR_RETURN(o.emulate_kernel, ParseKernelEmulation(FLAGS_emulate_kernel));
   if (FLAGS_encoding == "ioctl") {
     o.force_encoding = CmdEncoding::kIoctl;
   } else if (FLAGS_encoding == "legacy") {
@@ -124,10 +128,12 @@ absl::Status Features() {
   ASSIGN_OR_RETURN(KernelFeatures kf, Detect());
   auto max = ReadUblksMax();
   std::printf(
-      "kernel_release=%s\nfeatures=%s\nhas_get_features=%d\nencoding=%s\ncopy_mode=%s\n"
+      "kernel_release=%s\nemulate_kernel=%s\nfeatures=%s\nhas_get_features=%d\nencoding=%s\n"
+      "copy_mode=%s\n"
       "user_copy=%d\nneed_get_data=%d\nuser_recovery=%d\nuser_recovery_reissue=%d\n"
       "update_size=%d\nzero_copy=%d\nublks_max=%s\n",
-      kf.kernel_release.c_str(), FeaturesHex(kf.features).c_str(), kf.has_get_features ? 1 : 0,
+      kf.kernel_release.c_str(), std::string(KernelEmulationName(kf.emulation)).c_str(),
+      FeaturesHex(kf.features).c_str(), kf.has_get_features ? 1 : 0,
       std::string(CmdEncodingName(kf.encoding)).c_str(),
       std::string(CopyModeName(kf.copy_mode)).c_str(), (kf.features & UBLK_F_USER_COPY) ? 1 : 0,
       (kf.features & UBLK_F_NEED_GET_DATA) ? 1 : 0, kf.user_recovery ? 1 : 0,
