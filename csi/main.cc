@@ -62,6 +62,10 @@ DEFINE_int32(fault_injection_fail_buffer_pool_mmap_seconds, 0,
 DEFINE_int32(recovery_concurrency, 8,
              "volumes whose exports are re-attached or re-created at once after a start");
 
+DEFINE_string(emulate_kernel, "none",
+              "none | 6.1: on a newer kernel, behave as on Linux 6.1 (no GET_FEATURES, legacy "
+              "command numbers, get-data copy mode); for CI coverage of old-kernel paths");
+
 namespace ublk_csi {
 namespace {
 
@@ -109,6 +113,13 @@ int Run() {
   absl::StatusOr<Endpoint> endpoint = ParseEndpoint(FLAGS_endpoint);
   if (!endpoint.ok()) return Fail(endpoint.status());
   if (absl::Status s = CheckDataDir(FLAGS_data_dir); !s.ok()) return Fail(s);
+  ublk::FeatureOptions feature_options;
+  {
+    absl::StatusOr<ublk::KernelEmulation> emulation =
+        ublk::ParseKernelEmulation(FLAGS_emulate_kernel);
+    if (!emulation.ok()) return Fail(emulation.status());
+    feature_options.emulate_kernel = *emulation;
+  }
 
   // SIGTERM/SIGINT are taken synchronously by this thread with sigwait; block
   // them before any other thread starts so every thread inherits the mask.
@@ -185,7 +196,7 @@ int Run() {
           if (!dev.ok()) return dev.status();
           return std::unique_ptr<ublk::ControlDevice>(std::move(*dev));
         },
-        ublk::FeatureOptions{}, pool.get());
+        feature_options, pool.get());
     // A live ublk device can only grow with UPDATE_SIZE (Linux 6.14+); on
     // older kernels expansion is offline: the device takes the grown backing
     // file's size when it is staged again, then NodeExpandVolume grows the fs.
