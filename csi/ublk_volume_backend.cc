@@ -68,6 +68,8 @@ const char* UblkVolumeBackend::CopyModeLabel(ublk::CopyMode mode) {
       return "user-copy";
     case ublk::CopyMode::kGetData:
       return "get-data";
+    case ublk::CopyMode::kZeroCopy:
+      return "zero-copy";
   }
   return "";
 }
@@ -241,6 +243,14 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
     return WithContext(e.status(), absl::StrCat(ctx, ": recovering its ublk device ", dev_id));
   }
   LOG(INFO) << ctx << ": recovered ublk device " << dev_id << " left by a previous process";
+  if ((*e)->copy_mode() != features_->copy_mode) {
+    // Device flags are fixed at ADD_DEV: a device made in another mode (e.g.
+    // zero copy before the operator forced --copy_mode=user_copy) is served
+    // in its own mode until it is re-created.
+    LOG(WARNING) << ctx << ": ublk device " << dev_id << " was created in copy mode "
+                 << ublk::CopyModeName((*e)->copy_mode()) << " and is served in it, not in the "
+                 << "configured " << ublk::CopyModeName(features_->copy_mode);
+  }
   std::lock_guard<std::mutex> lock(v.mu);
   v.exp = std::move(*e);
   v.workers = std::move(workers);

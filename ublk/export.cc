@@ -57,6 +57,24 @@ absl::Status ValidateExportOptions(const ExportOptions& o) {
   return absl::OkStatus();
 }
 
+uint64_t CopyModeFlags(CopyMode mode) {
+  switch (mode) {
+    case CopyMode::kUserCopy:
+      return UBLK_F_USER_COPY;
+    case CopyMode::kGetData:
+      return UBLK_F_NEED_GET_DATA;
+    case CopyMode::kZeroCopy:
+      return UBLK_F_AUTO_BUF_REG;
+  }
+  return 0;
+}
+
+CopyMode CopyModeOfDevice(uint64_t device_flags) {
+  if ((device_flags & UBLK_F_AUTO_BUF_REG) != 0) return CopyMode::kZeroCopy;
+  if ((device_flags & UBLK_F_USER_COPY) != 0) return CopyMode::kUserCopy;
+  return CopyMode::kGetData;
+}
+
 ublk_params ParamsFor(const ExportOptions& o, bool target_discard) {
   ublk_params p{};
   p.len = sizeof(p);
@@ -110,7 +128,7 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Create(ControlDevice& control,
   want.queue_depth = o.queue_depth;
   want.max_io_buf_bytes = o.max_io_bytes;
   want.ublksrv_pid = getpid();
-  want.flags = (o.copy_mode == CopyMode::kUserCopy ? UBLK_F_USER_COPY : UBLK_F_NEED_GET_DATA) |
+  want.flags = CopyModeFlags(o.copy_mode) |
                (o.user_recovery ? UBLK_F_USER_RECOVERY : 0) |
                (o.user_recovery_reissue ? UBLK_F_USER_RECOVERY_REISSUE : 0);
   ASSIGN_OR_RETURN(DeviceInfo info, control.AddDevice(want));
@@ -175,7 +193,9 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Recover(ControlDevice& control,
   o.queue_depth = info.queue_depth;
   o.user_recovery = true;
   o.user_recovery_reissue = (info.flags & UBLK_F_USER_RECOVERY_REISSUE) != 0;
-  o.copy_mode = (info.flags & UBLK_F_USER_COPY) != 0 ? CopyMode::kUserCopy : CopyMode::kGetData;
+  // The device's flags were fixed at ADD_DEV: serve it in the mode it was
+  // made for, whatever this process would pick for a new device.
+  o.copy_mode = CopyModeOfDevice(info.flags);
   std::unique_ptr<Export> e(new Export(control, std::move(workers), std::move(target), info,
                                        o.copy_mode, size, o));
   std::lock_guard<std::mutex> lock(e->mu_);

@@ -45,6 +45,10 @@ struct ExportOptions {
 
 // InvalidArgument naming the field.
 absl::Status ValidateExportOptions(const ExportOptions& options);
+// The ADD_DEV flag a copy mode needs (USER_COPY, NEED_GET_DATA, AUTO_BUF_REG).
+uint64_t CopyModeFlags(CopyMode mode);
+// The copy mode a device was created for, from its flags.
+CopyMode CopyModeOfDevice(uint64_t device_flags);
 // The ublk_params an export sets for `options` (size already resolved).
 ublk_params ParamsFor(const ExportOptions& options, bool target_discard);
 
@@ -60,7 +64,8 @@ class Export {
                                                         const ExportOptions& options);
   // Re-attaches to a QUIESCED device left by a dead server:
   // START_USER_RECOVERY, GET_PARAMS, serve every queue, END_USER_RECOVERY.
-  // The copy mode, queue count and depth come from the device.
+  // The copy mode (zero copy for a UBLK_F_AUTO_BUF_REG device), queue count
+  // and depth come from the device, not from what a new device would get.
   static absl::StatusOr<std::unique_ptr<Export>> Recover(ControlDevice& control,
                                                          std::vector<Worker*> workers,
                                                          std::shared_ptr<Target> target,

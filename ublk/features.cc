@@ -20,6 +20,15 @@ std::string UnameRelease() {
 
 std::string FeaturesHex(uint64_t features) { return absl::StrCat("0x", absl::Hex(features)); }
 
+absl::StatusOr<std::optional<CopyMode>> ParseCopyModeFlag(absl::string_view text) {
+  if (text == "auto") return std::optional<CopyMode>();
+  for (CopyMode m : {CopyMode::kZeroCopy, CopyMode::kUserCopy, CopyMode::kGetData}) {
+    if (text == CopyModeName(m)) return std::optional<CopyMode>(m);
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--copy_mode=", text, ": expected auto, zero_copy, user_copy or get_data"));
+}
+
 absl::StatusOr<KernelEmulation> ParseKernelEmulation(absl::string_view text) {
   if (text.empty() || text == "none") return KernelEmulation::kNone;
   if (text == "6.1") return KernelEmulation::kLinux61;
@@ -71,7 +80,10 @@ absl::StatusOr<KernelFeatures> DetectFeatures(const ControlDeviceFactory& open_c
   kf.user_recovery = (kf.features & UBLK_F_USER_RECOVERY) != 0;
   kf.user_recovery_reissue = (kf.features & UBLK_F_USER_RECOVERY_REISSUE) != 0;
   kf.update_size = (kf.features & UBLK_F_UPDATE_SIZE) != 0;
-  kf.copy_mode = (kf.features & UBLK_F_USER_COPY) != 0 ? CopyMode::kUserCopy : CopyMode::kGetData;
+  kf.auto_buf_reg = (kf.features & UBLK_F_AUTO_BUF_REG) != 0;
+  kf.copy_mode = kf.auto_buf_reg                          ? CopyMode::kZeroCopy
+                 : (kf.features & UBLK_F_USER_COPY) != 0 ? CopyMode::kUserCopy
+                                                         : CopyMode::kGetData;
 
   if (options.force_encoding.has_value()) kf.encoding = *options.force_encoding;
   if (options.force_copy_mode.has_value()) {
@@ -80,6 +92,12 @@ absl::StatusOr<KernelFeatures> DetectFeatures(const ControlDeviceFactory& open_c
           "copy mode user_copy forced, but ublk_drv on kernel ", kf.kernel_release,
           " does not offer UBLK_F_USER_COPY (features ", FeaturesHex(kf.features),
           "; user copy needs Linux 6.5+)"));
+    }
+    if (*options.force_copy_mode == CopyMode::kZeroCopy && !kf.auto_buf_reg) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "copy mode zero_copy forced, but ublk_drv on kernel ", kf.kernel_release,
+          " does not offer UBLK_F_AUTO_BUF_REG (features ", FeaturesHex(kf.features),
+          "; zero copy needs Linux 6.16+)"));
     }
     if (*options.force_copy_mode == CopyMode::kGetData &&
         (kf.features & UBLK_F_NEED_GET_DATA) == 0) {
@@ -102,7 +120,7 @@ void LogKernelFeatures(const KernelFeatures& kf) {
             << ", using copy_mode=" << CopyModeName(kf.copy_mode)
             << " encoding=" << CmdEncodingName(kf.encoding)
             << " user_recovery=" << kf.user_recovery
-            << " reissue=" << kf.user_recovery_reissue;
+            << " reissue=" << kf.user_recovery_reissue << " auto_buf_reg=" << kf.auto_buf_reg;
 }
 
 void RegisterKernelInfoMetric(const KernelFeatures& kf, prometheus::Registry& registry) {

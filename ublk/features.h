@@ -29,6 +29,10 @@ enum class KernelEmulation {
   kLinux61,
 };
 
+// A --copy_mode flag: "auto" -> nullopt (detect), "zero_copy" | "user_copy"
+// | "get_data"; anything else InvalidArgument naming the accepted values.
+absl::StatusOr<std::optional<CopyMode>> ParseCopyModeFlag(absl::string_view text);
+
 // "" or "none" -> kNone, "6.1" -> kLinux61; anything else InvalidArgument
 // naming the accepted values.
 absl::StatusOr<KernelEmulation> ParseKernelEmulation(absl::string_view text);
@@ -43,6 +47,7 @@ struct KernelFeatures {
   bool user_recovery = false;
   bool user_recovery_reissue = false;
   bool update_size = false;
+  bool auto_buf_reg = false;  // UBLK_F_AUTO_BUF_REG (6.16+): zero copy possible
   std::string kernel_release;
 };
 
@@ -52,9 +57,10 @@ inline constexpr uint64_t kBaselineFeatures =
     UBLK_F_USER_RECOVERY_REISSUE;
 
 struct FeatureOptions {
-  // Unset: detect. Set: use it (the real-kernel test forces all four
-  // combinations). Forcing user copy on a kernel without UBLK_F_USER_COPY is
-  // FailedPrecondition.
+  // Unset: detect. Set: use it (the real-kernel test forces the
+  // combinations). Forcing a copy mode the kernel lacks (zero copy without
+  // UBLK_F_AUTO_BUF_REG, user copy without UBLK_F_USER_COPY) is
+  // FailedPrecondition naming the mode and the kernel's features.
   std::optional<CmdEncoding> force_encoding;
   std::optional<CopyMode> force_copy_mode;
   // kLinux61 behaves as if GET_FEATURES did not exist. Forcing ioctl
@@ -70,7 +76,8 @@ using ControlDeviceFactory =
 
 // Opens a control device with ioctl encoding and asks GET_FEATURES; if the
 // kernel rejects it, falls back to legacy commands and the 6.1 baseline.
-// Copy mode: user copy when UBLK_F_USER_COPY is offered, else get-data.
+// Copy mode: zero copy when UBLK_F_AUTO_BUF_REG is offered, else user copy
+// when UBLK_F_USER_COPY is, else get-data.
 // Errors: the factory's (e.g. no ublk_drv), a forced mode the kernel lacks.
 absl::StatusOr<KernelFeatures> DetectFeatures(const ControlDeviceFactory& open_control,
                                               const FeatureOptions& options);

@@ -113,10 +113,19 @@ std::optional<int32_t> FileTarget::StartIo(Ring& ring, const TargetIo& io, uint6
   const int fd = direct() ? direct_fd_.get() : buffered_fd_.get();
   switch (io.op) {
     case UBLK_IO_OP_READ:
-      io_uring_prep_read(sqe, fd, io.buf, io.len, io.offset);
+      if (io.buf_index >= 0) {
+        // Zero copy: straight into the request's registered pages.
+        io_uring_prep_read_fixed(sqe, fd, io.buf, io.len, io.offset, io.buf_index);
+      } else {
+        io_uring_prep_read(sqe, fd, io.buf, io.len, io.offset);
+      }
       break;
     case UBLK_IO_OP_WRITE:
-      io_uring_prep_write(sqe, fd, io.buf, io.len, io.offset);
+      if (io.buf_index >= 0) {
+        io_uring_prep_write_fixed(sqe, fd, io.buf, io.len, io.offset, io.buf_index);
+      } else {
+        io_uring_prep_write(sqe, fd, io.buf, io.len, io.offset);
+      }
       if (io.flags & UBLK_IO_F_FUA) sqe->rw_flags = RWF_DSYNC;
       break;
     case UBLK_IO_OP_FLUSH:

@@ -12,7 +12,15 @@ absl::string_view CmdEncodingName(CmdEncoding encoding) {
 }
 
 absl::string_view CopyModeName(CopyMode mode) {
-  return mode == CopyMode::kUserCopy ? "user_copy" : "get_data";
+  switch (mode) {
+    case CopyMode::kUserCopy:
+      return "user_copy";
+    case CopyMode::kGetData:
+      return "get_data";
+    case CopyMode::kZeroCopy:
+      return "zero_copy";
+  }
+  return "?";
 }
 
 absl::string_view DeviceStateName(uint16_t state) {

@@ -27,12 +27,15 @@ class Ring;
 // How command numbers are encoded: legacy (6.1 has only these) or
 // ioctl-encoded _IOWR('u', nr, ...) (6.4+; 6.8+ distro kernels often only these).
 enum class CmdEncoding { kLegacy, kIoctl };
-// How request data moves between kernel and server. Both hold a buffer only
-// while an I/O is served. Zero copy (6.16+, UBLK_F_AUTO_BUF_REG) comes later.
-enum class CopyMode { kUserCopy, kGetData };
+// How request data moves between kernel and server. The two copy modes hold
+// a bounce buffer only while an I/O is served; zero copy (6.16+,
+// UBLK_F_AUTO_BUF_REG) holds none: the kernel registers the request's pages
+// in the worker ring's buffer table and the target does fixed-buffer I/O.
+enum class CopyMode { kUserCopy, kGetData, kZeroCopy };
 
 absl::string_view CmdEncodingName(CmdEncoding encoding);  // "ioctl" | "legacy"
-absl::string_view CopyModeName(CopyMode mode);            // "user_copy" | "get_data"
+// "user_copy" | "get_data" | "zero_copy"
+absl::string_view CopyModeName(CopyMode mode);
 absl::string_view DeviceStateName(uint16_t state);        // "DEAD" | "LIVE" | ...
 
 inline constexpr uint32_t kAnyDevId = UINT32_MAX;
@@ -77,15 +80,26 @@ class QueueChannel {
   // UBLK_IO_RES_NEED_GET_DATA until the tag's next commit.
   virtual const ublksrv_io_desc& Desc(uint16_t tag) const = 0;
 
-  // `buf`: nullptr in user-copy mode (the kernel requires it); in get-data
-  // mode nullptr for FETCH and for committing non-READ requests, else the
-  // buffer holding a READ's data (the kernel copies it while the commit is
-  // submitted).
+  // `buf`: nullptr in user-copy and zero-copy mode; in get-data mode nullptr
+  // for FETCH and for committing non-READ requests, else the buffer holding
+  // a READ's data (the kernel copies it while the commit is submitted).
+  // Zero copy: after SetAutoBufRegBase(base) every FETCH/COMMIT_AND_FETCH of
+  // `tag` asks the kernel to register the next request's pages at index
+  // base + tag of `ring`'s buffer table (commit unregisters the previous
+  // one); the table must exist and the slot be free, or the kernel fails
+  // that request with EIO (no UBLK_AUTO_BUF_REG_FALLBACK is asked for).
   // Errors: the SQ could not be had, or (fake kernel only) misuse that the
   // real kernel reports in the CQE.
   virtual absl::Status PrepFetch(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) = 0;
   virtual absl::Status PrepCommitAndFetch(Ring& ring, uint16_t tag, int32_t result, void* buf,
                                           uint64_t user_data) = 0;
+  // Zero copy: the first buffer-table index of this queue's tags (tag t uses
+  // base + t). Call before the first PrepFetch.
+  virtual void SetAutoBufRegBase(uint16_t index_base) = 0;
+  // Zero copy: the address at which the registered buffer of `tag` starts in
+  // fixed-buffer I/O (READ_FIXED/WRITE_FIXED address the request's bytes as
+  // base..base+len). 0 for the kernel's registered request pages.
+  virtual uint64_t FixedBufferAddress(uint16_t tag) const = 0;
   // Get-data mode: answers UBLK_IO_RES_NEED_GET_DATA with the buffer the
   // WRITE's data is copied into; completes with UBLK_IO_RES_OK once it is.
   virtual absl::Status PrepNeedGetData(Ring& ring, uint16_t tag, void* buf,

@@ -83,16 +83,22 @@ class RealQueueChannel final : public QueueChannel {
   const ublksrv_io_desc& Desc(uint16_t tag) const override { return descs_[tag]; }
 
   absl::Status PrepFetch(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) override {
-    return Prep(ring, UBLK_IO_FETCH_REQ, UBLK_U_IO_FETCH_REQ, tag, -1, buf, user_data);
+    return Prep(ring, UBLK_IO_FETCH_REQ, UBLK_U_IO_FETCH_REQ, tag, -1, buf, user_data,
+                /*auto_reg=*/true);
   }
   absl::Status PrepCommitAndFetch(Ring& ring, uint16_t tag, int32_t result, void* buf,
                                   uint64_t user_data) override {
     return Prep(ring, UBLK_IO_COMMIT_AND_FETCH_REQ, UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag, result,
-                buf, user_data);
+                buf, user_data, /*auto_reg=*/true);
   }
   absl::Status PrepNeedGetData(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) override {
-    return Prep(ring, UBLK_IO_NEED_GET_DATA, UBLK_U_IO_NEED_GET_DATA, tag, 0, buf, user_data);
+    return Prep(ring, UBLK_IO_NEED_GET_DATA, UBLK_U_IO_NEED_GET_DATA, tag, 0, buf, user_data,
+                /*auto_reg=*/false);
   }
+  void SetAutoBufRegBase(uint16_t index_base) override { auto_base_ = index_base; }
+  // The kernel registers the request's bio pages as a bvec buffer that
+  // fixed-buffer I/O addresses from 0.
+  uint64_t FixedBufferAddress(uint16_t) const override { return 0; }
   int32_t TranslateCompletion(uint16_t, int32_t raw_cqe_res) override { return raw_cqe_res; }
 
   absl::Status ReadRequestData(uint16_t tag, void* buf, size_t len, uint64_t offset) override {
@@ -125,7 +131,7 @@ class RealQueueChannel final : public QueueChannel {
 
  private:
   absl::Status Prep(Ring& ring, unsigned legacy_op, unsigned ioctl_op, uint16_t tag,
-                    int32_t result, void* buf, uint64_t user_data) {
+                    int32_t result, void* buf, uint64_t user_data, bool auto_reg) {
     io_uring_sqe* sqe = ring.GetSqe();
     if (sqe == nullptr) {
       return absl::UnavailableError(absl::StrCat("ublk device ", dev_->dev_id, " queue ", q_id_,
@@ -133,6 +139,9 @@ class RealQueueChannel final : public QueueChannel {
     }
     PrepIoCmd(sqe, dev_->fd.get(), encoding_ == CmdEncoding::kIoctl ? ioctl_op : legacy_op, q_id_,
               tag, result, buf, user_data);
+    if (auto_reg && auto_base_ >= 0) {
+      sqe->addr = AutoBufRegSqeAddr(static_cast<uint16_t>(auto_base_ + tag));
+    }
     return absl::OkStatus();
   }
   absl::Status Error(absl::string_view what, uint16_t tag, int err) const {
@@ -146,6 +155,7 @@ class RealQueueChannel final : public QueueChannel {
   const uint16_t depth_;
   const ublksrv_io_desc* const descs_;
   const size_t map_len_;
+  int auto_base_ = -1;  // zero copy: first buffer-table index; worker thread only
 };
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "ublk/null_target.h"
 
+#include <fcntl.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -7,11 +9,23 @@
 
 namespace ublk {
 
-std::optional<int32_t> NullTarget::StartIo(Ring&, const TargetIo& io, uint64_t) {
+NullTarget::NullTarget(uint64_t size_bytes)
+    : size_bytes_(size_bytes), zero_fd_(open("/dev/zero", O_RDONLY | O_CLOEXEC)) {}
+
+std::optional<int32_t> NullTarget::StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) {
   switch (io.op) {
-    case UBLK_IO_OP_READ:
-      std::memset(io.buf, 0, io.len);
-      return static_cast<int32_t>(io.len);
+    case UBLK_IO_OP_READ: {
+      if (io.buf_index < 0) {
+        std::memset(io.buf, 0, io.len);
+        return static_cast<int32_t>(io.len);
+      }
+      if (!zero_fd_.valid()) return -EIO;
+      io_uring_sqe* sqe = ring.GetSqe();
+      if (sqe == nullptr) return -EAGAIN;
+      io_uring_prep_read_fixed(sqe, zero_fd_.get(), io.buf, io.len, 0, io.buf_index);
+      sqe->user_data = user_data;
+      return std::nullopt;
+    }
     case UBLK_IO_OP_WRITE:
       return static_cast<int32_t>(io.len);
     case UBLK_IO_OP_FLUSH:

@@ -1,14 +1,19 @@
 // NullTarget: reads return zeros, writes are dropped, everything completes
 // at once without touching the ring. For benchmarks and data-path tests.
+// Zero copy is the exception: a READ's registered request pages are not
+// ours to memset, and leaving them as they are could hand stale page
+// contents to the reader, so it is zero-filled by a READ_FIXED from
+// /dev/zero on the ring (no user-space copy either way).
 #pragma once
 
 #include "ublk/target.h"
+#include "ublk/unique_fd.h"
 
 namespace ublk {
 
 class NullTarget final : public Target {
  public:
-  explicit NullTarget(uint64_t size_bytes) : size_bytes_(size_bytes) {}
+  explicit NullTarget(uint64_t size_bytes);
   uint64_t size_bytes() const override { return size_bytes_; }
   bool supports_discard() const override { return true; }
   const char* name() const override { return "null"; }
@@ -17,6 +22,7 @@ class NullTarget final : public Target {
 
  private:
   const uint64_t size_bytes_;
+  const UniqueFd zero_fd_;  // /dev/zero; invalid if it could not be opened
 };
 
 }  // namespace ublk

@@ -132,6 +132,16 @@
 #define UBLK_F_QUIESCE (1ULL << 12)
 #endif
 
+// 6.16: UBLK_F_AUTO_BUF_REG. FETCH/COMMIT_AND_FETCH carry struct
+// ublk_auto_buf_reg in the SQE's own addr field (not ublksrv_io_cmd.addr):
+// bits 0-15 buffer index, 16-23 flags, 24-63 reserved (zero).
+#ifndef UBLK_AUTO_BUF_REG_FALLBACK
+#define UBLK_AUTO_BUF_REG_FALLBACK (1 << 0)
+#endif
+#ifndef UBLK_IO_F_NEED_REG_BUF
+#define UBLK_IO_F_NEED_REG_BUF (1U << 17)
+#endif
+
 #ifndef UBLK_S_DEV_FAIL_IO
 #define UBLK_S_DEV_FAIL_IO 3
 #endif
@@ -148,6 +158,11 @@ inline constexpr unsigned kMaxQueues = UBLK_MAX_NR_QUEUES;
 // the maximum depth, rounded to pages (ublk_max_cmd_buf_size()).
 inline constexpr unsigned long long kMaxDescBytesPerQueue =
     UBLK_MAX_QUEUE_DEPTH * sizeof(struct ublksrv_io_desc);
+// The SQE addr of a FETCH/COMMIT_AND_FETCH asking for automatic
+// registration at `index` (no flags: no fallback).
+inline constexpr unsigned long long AutoBufRegSqeAddr(unsigned short index, unsigned char flags = 0) {
+  return static_cast<unsigned long long>(index) | (static_cast<unsigned long long>(flags) << 16);
+}
 // Byte offset of (q_id, tag) in the user-copy address space of /dev/ublkcN.
 inline constexpr unsigned long long UserCopyOffset(unsigned q_id, unsigned tag) {
   return UBLKSRV_IO_BUF_OFFSET + (static_cast<unsigned long long>(q_id) << UBLK_QID_OFF) +

@@ -65,6 +65,7 @@ struct Worker::Queue {
   std::unique_ptr<QueueChannel> channel;
   std::shared_ptr<Target> target;
   CopyMode mode = CopyMode::kUserCopy;
+  int32_t buf_base = -1;  // zero copy: first index of the queue's buffer-table range
   std::vector<TagState> tags;
   unsigned done_tags = 0;
   unsigned busy = 0;  // tags in kGetData or kTargetIo
@@ -175,13 +176,28 @@ absl::StatusOr<Worker::QueueId> Worker::AddQueue(QueueConfig config) {
       slot_gen_.push_back(0);
     }
     auto q = std::make_unique<Queue>();
-    q->id = next_queue_id_++;
-    q->slot = slot;
-    q->gen = ++slot_gen_[slot];
     q->channel = std::move(shared->channel);
     q->target = std::move(shared->target);
     q->mode = shared->copy_mode;
     q->tags.resize(q->channel->queue_depth());
+    if (q->mode == CopyMode::kZeroCopy) {
+      absl::Status table = EnsureBufferTable();
+      absl::StatusOr<uint16_t> base =
+          table.ok() ? AllocBufferRange(q->channel->queue_depth()) : table;
+      if (!base.ok()) {
+        result = absl::Status(
+            base.status().code(),
+            absl::StrCat(base.status().message(), ": cannot attach zero-copy queue ",
+                         q->channel->q_id(), " of ublk device ", q->channel->dev_id(),
+                         " (depth ", q->channel->queue_depth(), ")"));
+        return;  // the channel closes with q
+      }
+      q->buf_base = *base;
+      q->channel->SetAutoBufRegBase(*base);
+    }
+    q->id = next_queue_id_++;
+    q->slot = slot;
+    q->gen = ++slot_gen_[slot];
     Queue& ref = *q;
     slots_[slot] = std::move(q);
     queue_count_.fetch_add(1, std::memory_order_relaxed);
@@ -360,6 +376,15 @@ void Worker::BeginRequest(Queue& q, uint16_t tag) {
         Commit(q, tag, 0);
         return;
       }
+      if (q.buf_base >= 0) {
+        // Zero copy: the kernel registered the request's pages at this
+        // tag's index; the target reads/writes them there.
+        t.io.buf_index = q.buf_base + tag;
+        t.io.buf = reinterpret_cast<void*>(
+            static_cast<uintptr_t>(q.channel->FixedBufferAddress(tag)));
+        StartTarget(q, tag);
+        return;
+      }
       if (q.mode == CopyMode::kGetData && t.io.op == UBLK_IO_OP_WRITE) {
         // Only reached if the device was made without UBLK_F_NEED_GET_DATA.
         LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": get-data WRITE without NEED_GET_DATA";
@@ -381,6 +406,7 @@ void Worker::BeginRequest(Queue& q, uint16_t tag) {
 }
 
 bool Worker::AcquireBuffer(Queue& q, uint16_t tag, size_t len) {
+  pool_touched_.store(true, std::memory_order_relaxed);
   AcquireResult r = pool_->AcquireIoBuffer(len);
   pool_degraded_.store(pool_->degraded(), std::memory_order_relaxed);
   switch (r.outcome) {
@@ -427,7 +453,7 @@ void Worker::Continue(Queue& q, uint16_t tag) {
 
 void Worker::StartTarget(Queue& q, uint16_t tag) {
   TagState& t = q.tags[tag];
-  t.io.buf = t.buffer ? t.buffer.data() : nullptr;
+  if (t.io.buf_index < 0) t.io.buf = t.buffer ? t.buffer.data() : nullptr;
   q.SetPhase(tag, TagState::Phase::kTargetIo);
   std::optional<int32_t> r = q.target->StartIo(*ring_, t.io, UserData(Kind::kTarget, q, tag));
   if (r.has_value()) {
@@ -461,7 +487,7 @@ void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
           result = -EIO;
         }
       }
-    } else {
+    } else if (q.mode == CopyMode::kGetData) {
       // Get-data: the kernel refuses a READ commit without an address even
       // when it copies nothing (error or empty result).
       static uint64_t no_data;
@@ -521,11 +547,72 @@ void Worker::DropQueue(Queue& q, bool drained) {
   auto removed = std::move(q.removed);
   for (auto& t : q.tags) t.buffer.Reset();
   const uint16_t slot = q.slot;
+  const int32_t buf_base = q.buf_base;
+  const uint16_t depth = static_cast<uint16_t>(q.tags.size());
   slots_[slot].reset();  // closes the channel
+  // After the close: the kernel registers nothing more for this queue.
+  if (buf_base >= 0) ReleaseBufferRange(static_cast<uint16_t>(buf_base), depth);
   queue_count_.fetch_sub(1, std::memory_order_relaxed);
   if (removed != nullptr) {
     removed->drained = drained;
     removed->done.Notify();
+  }
+}
+
+absl::Status Worker::EnsureBufferTable() {
+  if (buffer_table_) return absl::OkStatus();
+  if (options_.fixed_buffer_slots == 0 || options_.fixed_buffer_slots > UINT16_MAX + 1u) {
+    return absl::InvalidArgumentError(absl::StrCat("worker ", id(), ": fixed_buffer_slots ",
+                                                   options_.fixed_buffer_slots,
+                                                   " out of range 1..65536"));
+  }
+  int ret = io_uring_register_buffers_sparse(ring_->raw(), options_.fixed_buffer_slots);
+  if (ret < 0) {
+    return absl::ErrnoToStatus(
+        -ret, absl::StrCat("worker ", id(), ": registering a sparse buffer table of ",
+                           options_.fixed_buffer_slots, " slots on its io_uring (zero copy)"));
+  }
+  buffer_table_ = true;
+  LOG(INFO) << "worker " << id() << ": registered-buffer table of "
+            << options_.fixed_buffer_slots << " slots for zero copy";
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint16_t> Worker::AllocBufferRange(uint16_t n) {
+  uint32_t next = 0;  // first index after the previous used range
+  auto it = buffer_ranges_.begin();
+  for (;; ++it) {
+    const uint32_t end = it == buffer_ranges_.end() ? options_.fixed_buffer_slots : it->first;
+    if (end >= next && end - next >= n) break;
+    if (it == buffer_ranges_.end()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "worker ", id(), ": registered-buffer table full (", fixed_buffers_in_use(), " of ",
+          options_.fixed_buffer_slots, " slots in use, no free range of ", n, ")"));
+    }
+    next = it->first + it->second;
+  }
+  buffer_ranges_.insert(it, {next, n});
+  fixed_buffers_in_use_.fetch_add(n, std::memory_order_relaxed);
+  return static_cast<uint16_t>(next);
+}
+
+void Worker::ReleaseBufferRange(uint16_t base, uint16_t n) {
+  std::vector<iovec> empty(n, iovec{nullptr, 0});
+  int ret = io_uring_register_buffers_update_tag(ring_->raw(), base, empty.data(), nullptr, n);
+  if (ret < 0) {
+    // Keep the range out of use: a later request registered there would
+    // find its slot taken and fail.
+    LOG(ERROR) << "worker " << id() << ": clearing registered buffers " << base << ".."
+               << base + n - 1 << " failed (" << std::strerror(-ret)
+               << "); those indices stay reserved";
+    return;
+  }
+  for (auto it = buffer_ranges_.begin(); it != buffer_ranges_.end(); ++it) {
+    if (it->first == base) {
+      fixed_buffers_in_use_.fetch_sub(it->second, std::memory_order_relaxed);
+      buffer_ranges_.erase(it);
+      return;
+    }
   }
 }
 

@@ -7,8 +7,12 @@
 // Threads: AddQueue/RemoveQueue/Stop may be called from any thread except
 // the worker's own; they reach the worker through a mutex-protected task
 // list and an eventfd the ring reads. Everything else runs on the worker.
-// Buffers: an I/O holds a buffer (from the worker's BufferPool) only while it
-// is served; a tag at rest holds none.
+// Buffers: in the copy modes an I/O holds a buffer (from the worker's
+// BufferPool) only while it is served; a tag at rest holds none. Zero-copy
+// queues never touch the BufferPool: the ring gets a sparse registered-buffer
+// table when the first zero-copy queue attaches, each such queue gets a range
+// of queue_depth indices in it (given back, and cleared, when the queue is
+// dropped), and the kernel registers each request's pages at its tag's index.
 #pragma once
 
 #include <atomic>
@@ -43,6 +47,10 @@ struct WorkerOptions {
   BufferPoolMetrics* pool_metrics = nullptr;  // nullable
   // How soon an I/O that found no memory at all tries again.
   absl::Duration no_memory_retry = absl::Milliseconds(5);
+  // Size of the ring's registered-buffer table (registered sparse, at the
+  // first zero-copy queue): the sum of the depths of the zero-copy queues the
+  // worker can serve at once. io_uring allows at most 16384.
+  unsigned fixed_buffer_slots = 16384;
 };
 
 struct QueueConfig {
@@ -62,6 +70,9 @@ class Worker {
 
   // Takes the queue and FETCHes every tag. Returns once the fetches are
   // submitted (the device may then be started from another thread).
+  // Zero copy: ResourceExhausted naming the worker when its buffer table has
+  // no free range of queue_depth indices; the error of registering the table
+  // if the kernel refuses it.
   absl::StatusOr<QueueId> AddQueue(QueueConfig config);
   // Drops the queue and closes its channel. Waits up to `drain_timeout` for
   // the kernel to abort every tag (it does after STOP_DEV); after that the
@@ -79,6 +90,13 @@ class Worker {
   // True while this worker's buffer pool cannot be created and I/O is served
   // from the heap (as of the worker's last buffer acquisition). Any thread.
   bool buffer_pool_degraded() const { return pool_degraded_.load(std::memory_order_relaxed); }
+  // Registered-buffer table indices held by zero-copy queues. Any thread.
+  size_t fixed_buffers_in_use() const {
+    return fixed_buffers_in_use_.load(std::memory_order_relaxed);
+  }
+  // Whether the worker ever created its BufferPool's memory or fell back to
+  // the heap (false while it served only zero-copy queues). Any thread.
+  bool buffer_pool_touched() const { return pool_touched_.load(std::memory_order_relaxed); }
 
  private:
   struct Queue;
@@ -106,6 +124,13 @@ class Worker {
   void DropQueue(Queue& q, bool drained);
   uint64_t UserData(Kind kind, const Queue& q, uint16_t tag) const;
   Queue* FindQueue(uint16_t slot, uint16_t gen);
+  // Zero copy: registers the sparse buffer table once; a range of `n`
+  // indices, or ResourceExhausted.
+  absl::Status EnsureBufferTable();
+  absl::StatusOr<uint16_t> AllocBufferRange(uint16_t n);
+  // Empties the range's slots (a buffer the kernel registered and never got
+  // back through a commit stays registered otherwise) and frees it.
+  void ReleaseBufferRange(uint16_t base, uint16_t n);
 
   const WorkerOptions options_;
   RealClock real_clock_;
@@ -137,10 +162,14 @@ class Worker {
   // Get-data READ buffers: the kernel copies them while the commit is
   // submitted, so they are released right after the next submit.
   std::vector<IoBuffer> release_after_submit_;
+  bool buffer_table_ = false;
+  std::vector<std::pair<uint32_t, uint32_t>> buffer_ranges_;  // (base, n), sorted by base
 
   std::atomic<uint64_t> completed_ios_{0};
   std::atomic<size_t> queue_count_{0};
   std::atomic<bool> pool_degraded_{false};
+  std::atomic<bool> pool_touched_{false};
+  std::atomic<size_t> fixed_buffers_in_use_{0};
 };
 
 }  // namespace ublk

@@ -1,6 +1,7 @@
 // Export + Worker + targets end to end on the fake kernel: data written
 // through the "block device" lands in the backing file and reads back, in
-// both copy modes; lifecycle, misuse and recovery.
+// all three data modes (zero copy on a 7.x-like fake); lifecycle, misuse and
+// recovery.
 #include "ublk/export.h"
 
 #include <fcntl.h>
@@ -97,7 +98,16 @@ class ExportTest : public ::testing::TestWithParam<CopyMode> {
     return std::move(*e);
   }
 
-  FakeKernel kernel_;
+  static FakeKernelOptions KernelFor(CopyMode mode) {
+    // Zero copy needs UBLK_F_AUTO_BUF_REG (6.16+). The resize tests below
+    // expect no UPDATE_SIZE, as on 6.12.
+    if (mode != CopyMode::kZeroCopy) return FakeKernelOptions::Linux612();
+    FakeKernelOptions o = FakeKernelOptions::Linux7();
+    o.features &= ~UBLK_F_UPDATE_SIZE;
+    return o;
+  }
+
+  FakeKernel kernel_{KernelFor(GetParam())};
   std::unique_ptr<ControlDevice> control_;
   RealMemorySource memory_;
   std::vector<std::unique_ptr<Worker>> workers_;
@@ -407,7 +417,8 @@ TEST_P(ExportTest, TargetErrorsReachTheBlockLayer) {
 }
 
 INSTANTIATE_TEST_SUITE_P(CopyModes, ExportTest,
-                         ::testing::Values(CopyMode::kUserCopy, CopyMode::kGetData),
+                         ::testing::Values(CopyMode::kUserCopy, CopyMode::kGetData,
+                                           CopyMode::kZeroCopy),
                          [](const auto& info) { return std::string(CopyModeName(info.param)); });
 
 }  // namespace

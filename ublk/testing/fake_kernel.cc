@@ -8,9 +8,12 @@
 #include <condition_variable>
 #include <mutex>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
+#include <set>
+#include <sys/uio.h>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -44,6 +47,20 @@ struct FakeTag {
   int32_t deliver = 0;
   bool deliver_ready = false;
   std::shared_ptr<Request> req;
+  // Zero copy (UBLK_F_AUTO_BUF_REG): where the next request's buffer goes
+  // (the ring and index of the last FETCH/COMMIT), and where the current
+  // one is registered.
+  Ring* cmd_ring = nullptr;
+  uint16_t next_index = 0;
+  bool registered = false;
+  Ring* reg_ring = nullptr;
+  uint16_t reg_index = 0;
+  // The registered memory: the kernel registers the request's own pages; the
+  // fake registers a page-aligned stand-in (so O_DIRECT works on it) and
+  // copies the WRITE payload in at registration and the READ data out at
+  // commit, which the server cannot tell apart.
+  std::shared_ptr<char> reg_buf;
+  char* reg_data = nullptr;
 };
 
 struct FakeQueue {
@@ -83,6 +100,14 @@ struct FakeKernel::State {
   std::map<uint32_t, std::shared_ptr<FakeDevice>> devices ABSL_GUARDED_BY(mu);
   int fail_next_add ABSL_GUARDED_BY(mu) = 0;
   int get_features_calls ABSL_GUARDED_BY(mu) = 0;
+  int fail_next_auto_reg ABSL_GUARDED_BY(mu) = 0;
+  int auto_regs_at_close ABSL_GUARDED_BY(mu) = 0;
+  int auto_regs ABSL_GUARDED_BY(mu) = 0;
+  // Registered stand-ins whose request went away without a commit: kept
+  // until the fake dies, as the server's ring may still hold them.
+  std::vector<std::shared_ptr<char>> orphaned_bufs ABSL_GUARDED_BY(mu);
+  // Buffer-table slots holding a request buffer registered by the fake.
+  std::map<const Ring*, std::set<uint16_t>> fixed_regs ABSL_GUARDED_BY(mu);
 
   absl::StatusOr<std::shared_ptr<FakeDevice>> Lookup(uint32_t dev_id, absl::string_view what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -109,10 +134,63 @@ struct FakeKernel::State {
     cv.notify_all();
   }
 
-  void Assign(FakeDevice& d, uint16_t q, uint16_t tag, std::shared_ptr<Request> r)
+  // Like ublk_auto_buf_reg() without UBLK_AUTO_BUF_REG_FALLBACK: 0, or the
+  // errno that makes the kernel end the request with EIO before delivery.
+  int AutoRegister(FakeTag& t, Request& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (fail_next_auto_reg != 0) return std::exchange(fail_next_auto_reg, 0);
+    if (t.cmd_ring == nullptr) return EINVAL;
+    std::set<uint16_t>& used = fixed_regs[t.cmd_ring];
+    if (used.count(t.next_index) != 0) return EBUSY;
+    const size_t skew = options.zero_copy_misalign;
+    void* mem = std::aligned_alloc(4096, (r.len + skew + 4095) / 4096 * 4096);
+    if (mem == nullptr) return ENOMEM;
+    std::shared_ptr<char> buf(static_cast<char*>(mem), [](char* p) { std::free(p); });
+    char* data = buf.get() + skew;
+    if (r.op == UBLK_IO_OP_WRITE) std::memcpy(data, r.data.data(), r.len);
+    iovec iov{data, r.len};
+    int ret = io_uring_register_buffers_update_tag(t.cmd_ring->raw(), t.next_index, &iov,
+                                                   nullptr, 1);
+    if (ret < 0) return -ret;
+    used.insert(t.next_index);
+    t.reg_buf = std::move(buf);
+    t.reg_data = data;
+    t.registered = true;
+    t.reg_ring = t.cmd_ring;
+    t.reg_index = t.next_index;
+    ++auto_regs;
+    return 0;
+  }
+
+  // The commit's unregistration (and the ring's, when the server is gone).
+  void AutoUnregister(FakeTag& t, bool touch_ring) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (!t.registered) return;
+    if (touch_ring) {
+      iovec empty{nullptr, 0};
+      (void)io_uring_register_buffers_update_tag(t.reg_ring->raw(), t.reg_index, &empty,
+                                                 nullptr, 1);
+    } else {
+      orphaned_bufs.push_back(t.reg_buf);
+    }
+    fixed_regs[t.reg_ring].erase(t.reg_index);
+    t.registered = false;
+    t.reg_ring = nullptr;
+    t.reg_buf = nullptr;
+    t.reg_data = nullptr;
+  }
+
+  // False if the request could not be handed over (it is then failed).
+  bool Assign(FakeDevice& d, uint16_t q, uint16_t tag, std::shared_ptr<Request> r)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     FakeTag& t = d.queues[q].tags[tag];
     ublksrv_io_desc& desc = d.queues[q].descs[tag];
+    if ((d.info.flags & UBLK_F_AUTO_BUF_REG) != 0 && r->len > 0 &&
+        (r->op == UBLK_IO_OP_READ || r->op == UBLK_IO_OP_WRITE)) {
+      if (AutoRegister(t, *r) != 0) {
+        // The tag's fetch stays pending; the block layer sees EIO.
+        Complete(r, -EIO);
+        return false;
+      }
+    }
     desc.op_flags = r->op | r->flags;
     desc.nr_sectors = r->len >> 9;
     desc.start_sector = r->offset >> 9;
@@ -123,6 +201,7 @@ struct FakeKernel::State {
     t.req = std::move(r);
     ++d.inflight;
     Deliver(t, get_data ? UBLK_IO_RES_NEED_GET_DATA : UBLK_IO_RES_OK);
+    return true;
   }
 
   void Dispatch(FakeDevice& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -137,6 +216,7 @@ struct FakeKernel::State {
           if (tags[tag].s != FakeTag::S::kFetchPending) continue;
           auto r = std::move(d.pending.front());
           d.pending.pop_front();
+          // A request failed at registration is consumed too: go on.
           Assign(d, q, tag, std::move(r));
           d.rr = q + 1;
           assigned = true;
@@ -175,6 +255,13 @@ struct FakeKernel::State {
     std::vector<std::shared_ptr<Request>> requeue;
     for (auto& q : d.queues) {
       for (auto& t : q.tags) {
+        if (t.registered) {
+          // The server's ring keeps the buffer until it drops it (or dies);
+          // this process's worker clears the range when it drops the queue.
+          ++auto_regs_at_close;
+          AutoUnregister(t, /*touch_ring=*/false);
+        }
+        t.cmd_ring = nullptr;
         if (t.s == FakeTag::S::kOwned && t.req != nullptr) {
           --d.inflight;
           if (live && recovery && reissue) {
@@ -275,6 +362,7 @@ class FakeQueueChannel final : public QueueChannel {
     }
     RETURN_IF_ERROR(CheckBuffer(tag, buf, /*read_commit=*/false, "FETCH_REQ"));
     RETURN_IF_ERROR(PrepRead(ring, tag, user_data));
+    NoteAutoReg(t, ring, tag);
     t.s = FakeTag::S::kFetchPending;
     ++d.fetched;
     state_->cv.notify_all();
@@ -293,8 +381,18 @@ class FakeQueueChannel final : public QueueChannel {
     }
     const bool is_read = t.req->op == UBLK_IO_OP_READ;
     // Like 6.12: a READ commit needs an address even when nothing is copied.
-    RETURN_IF_ERROR(CheckBuffer(tag, buf, is_read, "COMMIT_AND_FETCH_REQ"));
+    RETURN_IF_ERROR(CheckBuffer(tag, buf, is_read && !ZeroCopy(), "COMMIT_AND_FETCH_REQ"));
+    if (t.registered && t.reg_ring != &ring) {
+      return Err(EINVAL, tag,
+                 "COMMIT_AND_FETCH_REQ on another ring than the one holding the auto-registered "
+                 "buffer (the kernel would never complete the request)");
+    }
     RETURN_IF_ERROR(PrepRead(ring, tag, user_data));
+    if (t.registered && is_read && result > 0) {
+      std::memcpy(t.req->data.data(), t.reg_data, std::min<size_t>(result, t.req->len));
+    }
+    state_->AutoUnregister(t, /*touch_ring=*/true);
+    NoteAutoReg(t, ring, tag);
     if (is_read && result > 0 && buf != nullptr) {
       std::memcpy(t.req->data.data(), buf, std::min<size_t>(result, t.req->len));
     }
@@ -322,6 +420,20 @@ class FakeQueueChannel final : public QueueChannel {
     std::memcpy(buf, t.req->data.data(), t.req->len);
     state_->Deliver(t, UBLK_IO_RES_OK);
     return absl::OkStatus();
+  }
+
+  void SetAutoBufRegBase(uint16_t index_base) override {
+    std::unique_lock<std::mutex> lock(state_->mu);
+    auto_base_ = index_base;
+  }
+
+  uint64_t FixedBufferAddress(uint16_t tag) const override {
+    std::unique_lock<std::mutex> lock(state_->mu);
+    if (tag >= depth_) return 0;
+    const FakeTag& t = dev_->queues[q_id_].tags[tag];
+    // User memory is registered, so fixed-buffer I/O addresses it by its
+    // user address (the kernel's request pages start at 0).
+    return t.registered ? reinterpret_cast<uintptr_t>(t.reg_data) : 0;
   }
 
   int32_t TranslateCompletion(uint16_t tag, int32_t raw) override {
@@ -363,7 +475,9 @@ class FakeQueueChannel final : public QueueChannel {
   absl::Status CheckBuffer(uint16_t tag, void* buf, bool read_commit, absl::string_view what) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
     const uint64_t flags = dev_->info.flags;
-    if ((flags & UBLK_F_USER_COPY) != 0) {
+    if ((flags & UBLK_F_AUTO_BUF_REG) != 0) {
+      if (buf != nullptr) return Err(EINVAL, tag, absl::StrCat(what, ": buffer given in zero-copy mode"));
+    } else if ((flags & UBLK_F_USER_COPY) != 0) {
       if (buf != nullptr) return Err(EINVAL, tag, absl::StrCat(what, ": buffer given in user-copy mode"));
     } else if ((flags & UBLK_F_NEED_GET_DATA) == 0 || read_commit) {
       if (buf == nullptr) return Err(EINVAL, tag, absl::StrCat(what, ": no buffer"));
@@ -376,6 +490,16 @@ class FakeQueueChannel final : public QueueChannel {
     io_uring_prep_read(sqe, efds_[tag].get(), &read_bufs_[tag], sizeof(uint64_t), 0);
     sqe->user_data = user_data;
     return absl::OkStatus();
+  }
+  bool ZeroCopy() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+    return (dev_->info.flags & UBLK_F_AUTO_BUF_REG) != 0;
+  }
+  // The index the kernel takes from the SQE's addr: base + tag once the
+  // server set a base, else 0 (what a zeroed addr says).
+  void NoteAutoReg(FakeTag& t, Ring& ring, uint16_t tag) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+    if (!ZeroCopy()) return;
+    t.cmd_ring = &ring;
+    t.next_index = auto_base_ >= 0 ? static_cast<uint16_t>(auto_base_ + tag) : 0;
   }
   void AfterFetch(FakeDevice& d, FakeTag& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
     if (d.stopped) {
@@ -410,6 +534,7 @@ class FakeQueueChannel final : public QueueChannel {
   const uint16_t depth_;
   const std::vector<UniqueFd> efds_;
   const std::unique_ptr<uint64_t[]> read_bufs_;  // written by the kernel's eventfd reads
+  int auto_base_ ABSL_GUARDED_BY(state_->mu) = -1;
 };
 
 class FakeControlDevice final : public ControlDevice {
@@ -462,6 +587,8 @@ class FakeControlDevice final : public ControlDevice {
     d->info.state = UBLK_S_DEV_DEAD;
     d->info.max_io_buf_bytes = want.max_io_buf_bytes / 4096 * 4096;
     d->info.flags = want.flags & state_->options.features;
+    // Like ublk_ctrl_add_dev(): no get-data with automatic registration.
+    if (d->info.flags & UBLK_F_AUTO_BUF_REG) d->info.flags &= ~UBLK_F_NEED_GET_DATA;
     if (state_->options.features & UBLK_F_CMD_IOCTL_ENCODE) {
       d->info.flags |= UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_URING_CMD_COMP_IN_TASK;
     }
@@ -652,6 +779,9 @@ std::shared_ptr<FakeKernel::Request> FakeKernel::SubmitIoAsync(uint32_t dev_id, 
   r->len = len;
   r->data = std::move(data);
   r->data.resize(op == UBLK_IO_OP_READ || op == UBLK_IO_OP_WRITE ? len : 0);
+  // A READ's buffer starts as poison, so a server that reports data it did
+  // not provide is caught.
+  if (op == UBLK_IO_OP_READ) std::fill(r->data.begin(), r->data.end(), '\xa5');
   std::unique_lock<std::mutex> lock(state_->mu);
   auto it = state_->devices.find(dev_id);
   if (it == state_->devices.end() || !it->second->started) {
@@ -748,6 +878,21 @@ int FakeKernel::open_channels(uint32_t dev_id) const {
   std::unique_lock<std::mutex> lock(state_->mu);
   auto it = state_->devices.find(dev_id);
   return it == state_->devices.end() ? 0 : it->second->open_channels;
+}
+
+void FakeKernel::FailNextAutoBufReg(int err) {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->fail_next_auto_reg = err;
+}
+
+int FakeKernel::auto_buf_regs() const {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  return state_->auto_regs;
+}
+
+int FakeKernel::auto_buf_regs_at_close() const {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  return state_->auto_regs_at_close;
 }
 
 int FakeKernel::get_features_calls() const {

@@ -11,18 +11,35 @@
 // ublk result for the tag and writes the eventfd; the worker's CQE has res=8
 // and TranslateCompletion(tag, 8) returns the stored result.
 //
-// Behaves like ublk_drv (6.1..6.12) in: device ids (given or any, EEXIST,
+// Behaves like ublk_drv (6.1..7.x) in: device ids (given or any, EEXIST,
 // ublks_max -> EACCES), states DEAD/LIVE/QUIESCED, flags masked by the
 // feature set (6.1 silently drops USER_COPY), params validation (EINVAL; EACCES
 // while LIVE), START_DEV waiting for every tag to be fetched, STOP_DEV aborting
-// fetches with UBLK_IO_RES_ABORT, both copy modes (get-data: a WRITE first
-// completes with UBLK_IO_RES_NEED_GET_DATA; a READ's data is taken from the
-// commit's buffer; user copy: data moves through Read/WriteResponseData, and
-// buffers passed with commands are refused), quiesce when the last channel
+// fetches with UBLK_IO_RES_ABORT, all three data modes (get-data: a WRITE
+// first completes with UBLK_IO_RES_NEED_GET_DATA; a READ's data is taken
+// from the commit's buffer; user copy: data moves through
+// Read/WriteResponseData, and buffers passed with commands are refused; zero
+// copy with UBLK_F_AUTO_BUF_REG: before a READ/WRITE is handed over, its
+// buffer is registered in the buffer table of the ring that sent the tag's
+// last FETCH/COMMIT, at the index that command named, and the commit
+// unregisters it, so the target's READ_FIXED/WRITE_FIXED really move the
+// data; a failed registration ends the request with EIO and leaves the
+// fetch pending, as without UBLK_AUTO_BUF_REG_FALLBACK), quiesce when the last channel
 // of a USER_RECOVERY device closes (else the device is aborted: in-flight and
 // new I/O fail with EIO), the recovery handshake and REISSUE.
 //
 // Differs from the kernel:
+// - Zero copy registers the request's user-space bytes (the fake's request
+//   buffer), so fixed-buffer I/O addresses them by their user address
+//   (QueueChannel::FixedBufferAddress); the kernel registers bio pages
+//   addressed from 0. The fake registers a page-aligned stand-in and
+//   copies a WRITE's payload into it before the fetch completes and a
+//   READ's data out of it at commit (invisible to the server). EBUSY for a taken slot is only detected against the
+//   fake's own registrations, not against buffers the server registered
+//   itself; UBLK_AUTO_BUF_REG_FALLBACK is not emulated. When a channel
+//   closes with buffers still registered the fake forgets them at once (the
+//   kernel waits until the server's ring drops them): see
+//   auto_buf_regs_at_close().
 // - Misuse of an I/O command (double fetch, commit of a tag the server does
 //   not own, a buffer in user-copy mode) is returned by the Prep* call; the
 //   kernel reports it in the CQE.
@@ -56,6 +73,8 @@ inline constexpr uint64_t kFake61Features = UBLK_F_URING_CMD_COMP_IN_TASK |
 inline constexpr uint64_t kFake65Features =
     kFake61Features | UBLK_F_UNPRIVILEGED_DEV | UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_COPY;
 inline constexpr uint64_t kFake612Features = 0x1fe;  // what 6.12's GET_FEATURES returns
+// What Debian's 7.x GET_FEATURES returns: includes UBLK_F_AUTO_BUF_REG.
+inline constexpr uint64_t kFake7Features = 0x1fffff;
 
 struct FakeKernelOptions {
   uint64_t features = kFake612Features;
@@ -64,6 +83,10 @@ struct FakeKernelOptions {
   bool accept_legacy = true;     // CONFIG_BLKDEV_UBLK_LEGACY_OPCODES
   int ublks_max = 64;
   absl::Duration start_timeout = absl::Seconds(10);
+  // Zero copy: registered request buffers start this many bytes past a page
+  // boundary (the kernel's bvec may start anywhere the block layer's
+  // dma_alignment allows; O_DIRECT then refuses it).
+  size_t zero_copy_misalign = 0;
 
   static FakeKernelOptions Linux61() {
     return {kFake61Features, false, false, true, 64, absl::Seconds(10)};
@@ -72,6 +95,9 @@ struct FakeKernelOptions {
     return {kFake65Features, true, true, true, 64, absl::Seconds(10)};
   }
   static FakeKernelOptions Linux612() { return {}; }
+  static FakeKernelOptions Linux7() {
+    return {kFake7Features, true, true, true, 64, absl::Seconds(10)};
+  }
 };
 
 struct FakeIoResult {
@@ -108,6 +134,9 @@ class FakeKernel {
   // Fault injection.
   void FailNextAddDevice(int err);          // e.g. ENOSPC, ENOMEM
   void VanishDevice(uint32_t dev_id);       // gone as if another process deleted it
+  // The next automatic buffer registration fails with `err` (e.g. ENOMEM):
+  // the kernel then ends that request with EIO and the tag stays fetched.
+  void FailNextAutoBufReg(int err);
 
   // Inspection.
   std::optional<uint16_t> DeviceState(uint32_t dev_id) const;
@@ -117,6 +146,11 @@ class FakeKernel {
   int inflight(uint32_t dev_id) const;
   // GET_FEATURES commands received (any control device).
   int get_features_calls() const;
+  // Zero copy: request buffers registered so far; and how many were still
+  // registered when their queue's channel closed (the real kernel waits for
+  // the server's ring to drop those).
+  int auto_buf_regs() const;
+  int auto_buf_regs_at_close() const;
 
  private:
   std::shared_ptr<State> state_;

@@ -2,7 +2,7 @@
 // it in a qemu guest. Subcommands:
 //   ublk-tool features [--encoding=..] [--copy_mode=..] [--emulate_kernel=6.1]
 //   ublk-tool serve --target=file|null --backing=PATH --size=BYTES [--create]
-//       [--dev_id=N] [--copy_mode=auto|user_copy|get_data]
+//       [--dev_id=N] [--copy_mode=auto|zero_copy|user_copy|get_data]
 //       [--encoding=auto|ioctl|legacy] [--queues=1] [--depth=64] [--recovery]
 //       [--ready_file=PATH] [--inject_corruption]
 //   ublk-tool recover --dev_id=N --target=file|null --backing=PATH [...]
@@ -39,7 +39,9 @@ DEFINE_string(backing, "", "backing file of the file target");
 DEFINE_uint64(size, 0, "volume size in bytes (0: the backing file's size)");
 DEFINE_bool(create, false, "create (or grow) the backing file, sparse");
 DEFINE_int64(dev_id, -1, "ublk device id (-1: any for serve; required otherwise)");
-DEFINE_string(copy_mode, "auto", "auto | user_copy | get_data");
+DEFINE_string(copy_mode, "auto",
+              "auto | zero_copy | user_copy | get_data (auto: zero copy where the kernel has "
+              "UBLK_F_AUTO_BUF_REG, else user copy where it has UBLK_F_USER_COPY, else get-data)");
 DEFINE_string(encoding, "auto", "auto | ioctl | legacy");
 DEFINE_string(emulate_kernel, "none",
               "none | 6.1: behave as on Linux 6.1 (no GET_FEATURES, legacy commands, get-data) "
@@ -75,7 +77,11 @@ class CorruptingTarget final : public Target {
 
  private:
   void Maybe(const TargetIo& io, int32_t res) {
-    if (io.op != UBLK_IO_OP_READ || res <= 0 || io.buf == nullptr || !armed_.load()) return;
+    // Zero copy: the data is in the kernel's pages, not reachable from here.
+    if (io.op != UBLK_IO_OP_READ || res <= 0 || io.buf == nullptr || io.buf_index >= 0 ||
+        !armed_.load()) {
+      return;
+    }
     if (armed_.exchange(false)) {
       static_cast<unsigned char*>(io.buf)[0] ^= 0x5a;
       LOG(WARNING) << "inject_corruption: flipped byte at offset " << io.offset;
@@ -96,14 +102,7 @@ absl::StatusOr<FeatureOptions> ParseModes() {
     return absl::InvalidArgumentError(
         absl::StrCat("--encoding=", FLAGS_encoding, ": expected auto, ioctl or legacy"));
   }
-  if (FLAGS_copy_mode == "user_copy") {
-    o.force_copy_mode = CopyMode::kUserCopy;
-  } else if (FLAGS_copy_mode == "get_data") {
-    o.force_copy_mode = CopyMode::kGetData;
-  } else if (FLAGS_copy_mode != "auto") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--copy_mode=", FLAGS_copy_mode, ": expected auto, user_copy or get_data"));
-  }
+  ASSIGN_OR_RETURN(o.force_copy_mode, ParseCopyModeFlag(FLAGS_copy_mode));
   return o;
 }
 
@@ -131,14 +130,14 @@ absl::Status Features() {
       "kernel_release=%s\nemulate_kernel=%s\nfeatures=%s\nhas_get_features=%d\nencoding=%s\n"
       "copy_mode=%s\n"
       "user_copy=%d\nneed_get_data=%d\nuser_recovery=%d\nuser_recovery_reissue=%d\n"
-      "update_size=%d\nzero_copy=%d\nublks_max=%s\n",
+      "update_size=%d\nzero_copy=%d\nauto_buf_reg=%d\nublks_max=%s\n",
       kf.kernel_release.c_str(), std::string(KernelEmulationName(kf.emulation)).c_str(),
       FeaturesHex(kf.features).c_str(), kf.has_get_features ? 1 : 0,
       std::string(CmdEncodingName(kf.encoding)).c_str(),
       std::string(CopyModeName(kf.copy_mode)).c_str(), (kf.features & UBLK_F_USER_COPY) ? 1 : 0,
       (kf.features & UBLK_F_NEED_GET_DATA) ? 1 : 0, kf.user_recovery ? 1 : 0,
       kf.user_recovery_reissue ? 1 : 0, kf.update_size ? 1 : 0,
-      (kf.features & UBLK_F_SUPPORT_ZERO_COPY) ? 1 : 0,
+      (kf.features & UBLK_F_SUPPORT_ZERO_COPY) ? 1 : 0, kf.auto_buf_reg ? 1 : 0,
       max.ok() ? absl::StrCat(*max).c_str() : "unknown");
   return absl::OkStatus();
 }
