@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,6 +31,7 @@
 #include "glog/logging.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
+#include "ublk/features.h"
 #include "ublk/kernel_real.h"
 #include "ublk/uapi.h"
 #include "ublk/clock.h"
@@ -65,6 +67,15 @@ DEFINE_int32(recovery_concurrency, 8,
 DEFINE_string(emulate_kernel, "none",
               "none | 6.1: on a newer kernel, behave as on Linux 6.1 (no GET_FEATURES, legacy "
               "command numbers, get-data copy mode); for CI coverage of old-kernel paths");
+
+DEFINE_string(copy_mode, "auto",
+              "how request data moves between kernel and plugin: auto | zero_copy | user_copy | "
+              "get_data. auto picks zero_copy where ublk_drv has UBLK_F_AUTO_BUF_REG (Linux "
+              "6.16+), else user_copy (6.5+), else get_data. Forcing a mode is the operators' "
+              "kill switch (e.g. --copy_mode=user_copy to turn zero copy off); forcing one the "
+              "kernel lacks stops the plugin at start with an error naming the mode and the "
+              "kernel's features. Applies to devices created from now on: a device recovered "
+              "after a plugin restart keeps the mode it was created in");
 
 namespace ublk_csi {
 namespace {
@@ -119,6 +130,9 @@ int Run() {
         ublk::ParseKernelEmulation(FLAGS_emulate_kernel);
     if (!emulation.ok()) return Fail(emulation.status());
     feature_options.emulate_kernel = *emulation;
+    absl::StatusOr<std::optional<ublk::CopyMode>> mode = ublk::ParseCopyModeFlag(FLAGS_copy_mode);
+    if (!mode.ok()) return Fail(mode.status());
+    feature_options.force_copy_mode = *mode;
   }
 
   // SIGTERM/SIGINT are taken synchronously by this thread with sigwait; block
@@ -201,6 +215,15 @@ int Run() {
     // older kernels expansion is offline: the device takes the grown backing
     // file's size when it is staged again, then NodeExpandVolume grows the fs.
     const ublk::KernelFeatures* kf = ublk_backend->features();
+    if (kf == nullptr && feature_options.force_copy_mode.has_value()) {
+      // A forced mode the kernel cannot give (or no kernel to ask): the
+      // operator asked for something this node cannot do; say so and stop.
+      return Fail(absl::FailedPreconditionError(
+          absl::StrCat("--copy_mode=", FLAGS_copy_mode, ": ", ublk_backend->Usable().message())));
+    }
+    if (kf != nullptr) {
+      ublk::RegisterKernelInfoMetric(*kf, *registry);
+    }
     online_resize = kf != nullptr && (kf->features & UBLK_F_UPDATE_SIZE) != 0;
     backend = std::move(ublk_backend);
   } else {

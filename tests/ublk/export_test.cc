@@ -19,7 +19,9 @@
 #include "ublk/file_target.h"
 #include "ublk/memory.h"
 #include "ublk/null_target.h"
+#include "ublk/ring.h"
 #include "ublk/testing/fake_kernel.h"
+#include "ublk/testing/fault_memory.h"
 #include "ublk/worker.h"
 
 namespace ublk {
@@ -420,6 +422,403 @@ INSTANTIATE_TEST_SUITE_P(CopyModes, ExportTest,
                          ::testing::Values(CopyMode::kUserCopy, CopyMode::kGetData,
                                            CopyMode::kZeroCopy),
                          [](const auto& info) { return std::string(CopyModeName(info.param)); });
+
+// Zero copy on a 7.x-like fake: what the parameterized tests cannot see.
+class ZeroCopyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = MakeTempDir();
+    control_ = kernel_->OpenControl(CmdEncoding::kIoctl);
+  }
+  void TearDown() override {
+    for (auto& w : workers_) w->Stop();
+    std::filesystem::remove_all(dir_);
+  }
+  void UseKernel(FakeKernelOptions o) {
+    kernel_ = std::make_unique<FakeKernel>(o);
+    control_ = kernel_->OpenControl(CmdEncoding::kIoctl);
+  }
+  void AddWorkers(int n, unsigned slots = 16384) {
+    for (int i = 0; i < n; ++i) {
+      WorkerOptions wo;
+      wo.worker_id = static_cast<int>(workers_.size());
+      wo.memory = &memory_;
+      wo.fixed_buffer_slots = slots;
+      auto w = Worker::Create(wo);
+      ASSERT_TRUE(w.ok()) << w.status();
+      workers_.push_back(std::move(*w));
+    }
+  }
+  std::vector<Worker*> Workers() {
+    std::vector<Worker*> v;
+    for (auto& w : workers_) v.push_back(w.get());
+    return v;
+  }
+  std::shared_ptr<FileTarget> MakeFileTarget(const std::string& name) {
+    auto t = FileTarget::Open({dir_ + "/" + name, kSize, /*create=*/true, true});
+    EXPECT_TRUE(t.ok()) << t.status();
+    return std::shared_ptr<FileTarget>(std::move(*t));
+  }
+  ExportOptions Options(uint16_t queues, uint16_t depth) {
+    ExportOptions o;
+    o.size_bytes = kSize;
+    o.nr_queues = queues;
+    o.queue_depth = depth;
+    o.copy_mode = CopyMode::kZeroCopy;
+    o.max_io_bytes = 128 * 1024;
+    return o;
+  }
+  size_t FixedInUse() {
+    size_t n = 0;
+    for (auto& w : workers_) n += w->fixed_buffers_in_use();
+    return n;
+  }
+
+  std::unique_ptr<FakeKernel> kernel_ = std::make_unique<FakeKernel>(FakeKernelOptions::Linux7());
+  std::unique_ptr<ControlDevice> control_;
+  RealMemorySource real_memory_;
+  FaultInjectingMemorySource memory_{real_memory_};
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::string dir_;
+};
+
+TEST_F(ZeroCopyTest, DevicesGetAutoBufRegAndNoGetData) {
+  AddWorkers(1);
+  auto e = Export::Create(*control_, Workers(), MakeFileTarget("a.img"), Options(1, 8));
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_NE((*e)->device_info().flags & UBLK_F_AUTO_BUF_REG, 0u);
+  EXPECT_EQ((*e)->device_info().flags & (UBLK_F_NEED_GET_DATA | UBLK_F_USER_COPY), 0u);
+  EXPECT_EQ((*e)->copy_mode(), CopyMode::kZeroCopy);
+  ASSERT_TRUE((*e)->Delete().ok());
+}
+
+TEST_F(ZeroCopyTest, ManyExportsPerWorkerMoveDataWithoutTheBufferPool) {
+  AddWorkers(2);
+  constexpr int kExports = 3;
+  constexpr uint16_t kQueues = 2, kDepth = 16;
+  std::vector<std::unique_ptr<Export>> exports;
+  for (int i = 0; i < kExports; ++i) {
+    auto e = Export::Create(*control_, Workers(), MakeFileTarget(absl::StrCat("v", i, ".img")),
+                            Options(kQueues, kDepth));
+    ASSERT_TRUE(e.ok()) << e.status();
+    ASSERT_TRUE((*e)->Start().ok());
+    exports.push_back(std::move(*e));
+  }
+  // Each worker serves three queues; each queue holds its own index range.
+  EXPECT_EQ(workers_[0]->queue_count(), 3u);
+  EXPECT_EQ(FixedInUse(), size_t{kExports} * kQueues * kDepth);
+
+  constexpr int kPerExport = 48;  // 3x the tags of a queue: tags are reused
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int x = 0; x < kExports; ++x) {
+    threads.emplace_back([&, x] {
+      const uint32_t id = exports[x]->dev_id();
+      std::vector<std::shared_ptr<FakeKernel::Request>> reqs;
+      for (int i = 0; i < kPerExport; ++i) {
+        const uint32_t len = 4096u * (1 + i % 8);
+        reqs.push_back(kernel_->SubmitIoAsync(id, UBLK_IO_OP_WRITE, uint64_t{65536} * i, len,
+                                              RandomData(len, x * 100 + i)));
+      }
+      for (int i = 0; i < kPerExport; ++i) {
+        auto res = kernel_->Wait(reqs[i], absl::Seconds(10));
+        if (!res.ok() || res->result != static_cast<int32_t>(4096u * (1 + i % 8))) ++bad;
+      }
+      reqs.clear();
+      for (int i = 0; i < kPerExport; ++i) {
+        reqs.push_back(kernel_->SubmitIoAsync(id, UBLK_IO_OP_READ, uint64_t{65536} * i,
+                                              4096u * (1 + i % 8)));
+      }
+      for (int i = 0; i < kPerExport; ++i) {
+        auto res = kernel_->Wait(reqs[i], absl::Seconds(10));
+        if (!res.ok() || res->data != RandomData(4096u * (1 + i % 8), x * 100 + i)) ++bad;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  // The bytes reached the backing files.
+  EXPECT_TRUE(ReadFileRange(dir_ + "/v2.img", 65536 * 5, 4096 * 6) == RandomData(4096 * 6, 205));
+  // Every READ and WRITE went through a registered buffer; no bounce buffer
+  // was taken, no pool mapped, nothing from the heap.
+  EXPECT_EQ(kernel_->auto_buf_regs(), 2 * kExports * kPerExport);
+  for (auto& w : workers_) EXPECT_FALSE(w->buffer_pool_touched());
+  EXPECT_EQ(memory_.map_calls(), 0);
+  EXPECT_EQ(memory_.heap_calls(), 0);
+
+  for (auto& e : exports) {
+    ASSERT_TRUE(e->Stop().ok());
+    ASSERT_TRUE(e->Delete().ok());
+  }
+  EXPECT_EQ(FixedInUse(), 0u);
+}
+
+TEST_F(ZeroCopyTest, FullBufferTableIsResourceExhaustedAndFreedByDelete) {
+  AddWorkers(1, /*slots=*/24);
+  auto a = Export::Create(*control_, Workers(), MakeFileTarget("a.img"), Options(1, 16));
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE((*a)->Start().ok());
+  EXPECT_EQ(FixedInUse(), 16u);
+
+  auto b = Export::Create(*control_, Workers(), MakeFileTarget("b.img"), Options(1, 16));
+  ASSERT_TRUE(b.ok());
+  absl::Status s = (*b)->Start();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("worker 0"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("table full"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr(absl::StrCat("ublk device ", (*b)->dev_id())));
+  EXPECT_EQ((*b)->state(), Export::State::kFailed);
+  ASSERT_TRUE((*b)->Delete().ok());
+  EXPECT_EQ(FixedInUse(), 16u);
+
+  // A smaller queue still fits beside the first; the first keeps serving.
+  auto c = Export::Create(*control_, Workers(), MakeFileTarget("c.img"), Options(1, 8));
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE((*c)->Start().ok());
+  EXPECT_EQ(FixedInUse(), 24u);
+  EXPECT_EQ(kernel_->Write((*a)->dev_id(), 0, RandomData(8192, 1))->result, 8192);
+  EXPECT_EQ(kernel_->Write((*c)->dev_id(), 0, RandomData(8192, 2))->result, 8192);
+  EXPECT_TRUE(kernel_->Read((*c)->dev_id(), 0, 8192)->data == RandomData(8192, 2));
+
+  // Once the first is gone its range serves a new device.
+  ASSERT_TRUE((*a)->Stop().ok());
+  ASSERT_TRUE((*a)->Delete().ok());
+  EXPECT_EQ(FixedInUse(), 8u);
+  auto d = Export::Create(*control_, Workers(), MakeFileTarget("d.img"), Options(1, 16));
+  ASSERT_TRUE(d.ok());
+  ASSERT_TRUE((*d)->Start().ok());
+  EXPECT_EQ(kernel_->Write((*d)->dev_id(), 4096, RandomData(4096, 3))->result, 4096);
+  EXPECT_TRUE(kernel_->Read((*d)->dev_id(), 4096, 4096)->data == RandomData(4096, 3));
+  for (auto* e : {c->get(), d->get()}) {
+    ASSERT_TRUE(e->Stop().ok());
+    ASSERT_TRUE(e->Delete().ok());
+  }
+  EXPECT_EQ(FixedInUse(), 0u);
+}
+
+TEST_F(ZeroCopyTest, FailedRegistrationFailsOnlyThatRequest) {
+  AddWorkers(1);
+  auto e = Export::Create(*control_, Workers(), MakeFileTarget("a.img"), Options(1, 4));
+  ASSERT_TRUE(e.ok());
+  ASSERT_TRUE((*e)->Start().ok());
+  const uint32_t id = (*e)->dev_id();
+  kernel_->FailNextAutoBufReg(ENOMEM);
+  auto w = kernel_->Write(id, 0, RandomData(4096, 1));
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->result, -EIO);
+  EXPECT_EQ(kernel_->inflight(id), 0);
+  // The tag was never handed over and stays fetched: all four serve again.
+  std::vector<std::shared_ptr<FakeKernel::Request>> reqs;
+  for (int i = 0; i < 4; ++i) {
+    reqs.push_back(kernel_->SubmitIoAsync(id, UBLK_IO_OP_WRITE, 4096u * i, 4096,
+                                          RandomData(4096, 10 + i)));
+  }
+  for (auto& r : reqs) EXPECT_EQ(kernel_->Wait(r, absl::Seconds(5))->result, 4096);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_TRUE(kernel_->Read(id, 4096u * i, 4096)->data == RandomData(4096, 10 + i));
+  }
+  ASSERT_TRUE((*e)->Stop().ok());
+  ASSERT_TRUE((*e)->Delete().ok());
+}
+
+bool DirectIoWorks(const std::string& dir) {
+  std::string p = dir + "/probe";
+  int fd = open(p.c_str(), O_RDWR | O_CREAT | O_DIRECT, 0600);
+  if (fd < 0) return false;
+  close(fd);
+  unlink(p.c_str());
+  return true;
+}
+
+TEST_F(ZeroCopyTest, FixedBufferIoUsesODirectWhereTheBufferIsAligned) {
+  if (!DirectIoWorks(dir_)) GTEST_SKIP() << "no O_DIRECT in " << dir_;
+  AddWorkers(1);
+  auto target = MakeFileTarget("a.img");
+  ASSERT_TRUE(target->direct());
+  auto e = Export::Create(*control_, Workers(), target, Options(1, 4));
+  ASSERT_TRUE(e.ok());
+  ASSERT_TRUE((*e)->Start().ok());
+  EXPECT_EQ(kernel_->Write((*e)->dev_id(), 8192, RandomData(16384, 4))->result, 16384);
+  EXPECT_TRUE(kernel_->Read((*e)->dev_id(), 8192, 16384)->data == RandomData(16384, 4));
+  EXPECT_TRUE(target->direct());
+  ASSERT_TRUE((*e)->Stop().ok());
+  ASSERT_TRUE((*e)->Delete().ok());
+}
+
+TEST_F(ZeroCopyTest, ODirectRefusedForAMisalignedBufferFallsBackToBuffered) {
+  if (!DirectIoWorks(dir_)) GTEST_SKIP() << "no O_DIRECT in " << dir_;
+  FakeKernelOptions o = FakeKernelOptions::Linux7();
+  o.zero_copy_misalign = 8;
+  UseKernel(o);
+  AddWorkers(1);
+  auto target = MakeFileTarget("a.img");
+  ASSERT_TRUE(target->direct());
+  auto e = Export::Create(*control_, Workers(), target, Options(1, 4));
+  ASSERT_TRUE(e.ok());
+  ASSERT_TRUE((*e)->Start().ok());
+  auto w = kernel_->Write((*e)->dev_id(), 8192, RandomData(16384, 5));
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(w->result, 16384);
+  EXPECT_FALSE(target->direct());  // switched for good, the request redone
+  EXPECT_TRUE(kernel_->Read((*e)->dev_id(), 8192, 16384)->data == RandomData(16384, 5));
+  EXPECT_TRUE(ReadFileRange(dir_ + "/a.img", 8192, 16384) == RandomData(16384, 5));
+  ASSERT_TRUE((*e)->Stop().ok());
+  ASSERT_TRUE((*e)->Delete().ok());
+}
+
+// The server goes away while writes are streaming in (some handed over with
+// their buffers registered, some queued); a new server on new workers, as
+// after a restart, recovers the device in zero copy and every write lands.
+TEST_F(ZeroCopyTest, RecoveryUnderIoComesBackInZeroCopy) {
+  AddWorkers(2);
+  ExportOptions o = Options(2, 8);
+  o.user_recovery = true;
+  o.user_recovery_reissue = true;
+  auto target = MakeFileTarget("a.img");
+  auto created = Export::Create(*control_, Workers(), target, o);
+  ASSERT_TRUE(created.ok());
+  auto e = std::move(*created);
+  ASSERT_TRUE(e->Start().ok());
+  const uint32_t id = e->dev_id();
+
+  constexpr int kWrites = 96;
+  std::vector<std::shared_ptr<FakeKernel::Request>> reqs;
+  for (int i = 0; i < kWrites; ++i) {
+    reqs.push_back(kernel_->SubmitIoAsync(id, UBLK_IO_OP_WRITE, 8192u * i, 8192,
+                                          RandomData(8192, 500 + i)));
+    if (i == kWrites / 2) {
+      ASSERT_TRUE(e->Detach().ok());  // the old server is gone mid-stream
+    }
+  }
+  EXPECT_EQ(kernel_->DeviceState(id), UBLK_S_DEV_QUIESCED);
+  EXPECT_EQ(FixedInUse(), 0u);  // the old queues gave their ranges back
+  RecordProperty("buffers_registered_at_server_exit", kernel_->auto_buf_regs_at_close());
+
+  // The "restarted" server: fresh workers, fresh rings and buffer tables.
+  std::vector<std::unique_ptr<Worker>> old = std::move(workers_);
+  workers_.clear();
+  AddWorkers(2);
+  auto recovered = Export::Recover(*control_, Workers(), target, id);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  EXPECT_EQ((*recovered)->copy_mode(), CopyMode::kZeroCopy);
+  EXPECT_EQ(FixedInUse(), 16u);
+  for (int i = 0; i < kWrites; ++i) {
+    auto r = kernel_->Wait(reqs[i], absl::Seconds(10));
+    ASSERT_TRUE(r.ok()) << i;
+    EXPECT_EQ(r->result, 8192) << i;
+  }
+  for (int i = 0; i < kWrites; ++i) {
+    EXPECT_TRUE(kernel_->Read(id, 8192u * i, 8192)->data == RandomData(8192, 500 + i)) << i;
+  }
+  ASSERT_TRUE((*recovered)->Stop().ok());
+  ASSERT_TRUE((*recovered)->Delete().ok());
+  for (auto& w : old) w->Stop();
+}
+
+// kill -9 while a WRITE is in the server's hands with its buffer
+// registered: a hand-driven server fetches on its own ring (with its own
+// buffer table), takes the WRITE, then dies (channel and ring gone). REISSUE
+// hands the WRITE to the recovering server, which registers it afresh in its
+// own ring; the data lands.
+TEST_F(ZeroCopyTest, ServerKilledHoldingARegisteredBufferRecovers) {
+  AddWorkers(1);
+  ExportOptions o = Options(1, 4);
+  o.user_recovery = true;
+  o.user_recovery_reissue = true;
+  auto target = MakeFileTarget("a.img");
+  auto created = Export::Create(*control_, Workers(), target, o);
+  ASSERT_TRUE(created.ok());
+  ASSERT_TRUE((*created)->Start().ok());
+  const uint32_t id = (*created)->dev_id();
+  ASSERT_EQ(kernel_->Write(id, 0, RandomData(4096, 1))->result, 4096);
+  ASSERT_TRUE((*created)->Detach().ok());
+
+  std::shared_ptr<FakeKernel::Request> w;
+  {
+    // The doomed server.
+    ASSERT_TRUE(control_->StartUserRecovery(id).ok());
+    auto ring = Ring::Create(16);
+    ASSERT_TRUE(ring.ok());
+    ASSERT_EQ(io_uring_register_buffers_sparse((*ring)->raw(), 4), 0);
+    auto ch = control_->OpenQueue(id, 0, 4);
+    ASSERT_TRUE(ch.ok()) << ch.status();
+    (*ch)->SetAutoBufRegBase(0);
+    for (uint16_t t = 0; t < 4; ++t) ASSERT_TRUE((*ch)->PrepFetch(**ring, t, nullptr, t).ok());
+    ASSERT_TRUE((*ring)->Submit().ok());
+    ASSERT_TRUE(control_->EndUserRecovery(id, getpid()).ok());
+    w = kernel_->SubmitIoAsync(id, UBLK_IO_OP_WRITE, 8192, 8192, RandomData(8192, 2));
+    int delivered = 0;
+    for (int i = 0; i < 100 && delivered == 0; ++i) {
+      ASSERT_TRUE((*ring)->SubmitAndWait(absl::Milliseconds(50)).ok());
+      (*ring)->DrainCompletions([&](const io_uring_cqe& c) {
+        if ((*ch)->TranslateCompletion(static_cast<uint16_t>(c.user_data), c.res) ==
+            UBLK_IO_RES_OK) {
+          ++delivered;
+        }
+      });
+    }
+    ASSERT_EQ(delivered, 1);
+    EXPECT_EQ(kernel_->auto_buf_regs(), 2);  // the first WRITE's, and this one
+    EXPECT_EQ(kernel_->inflight(id), 1);
+    // Dies: the channel closes, then the ring (and its buffer table) goes.
+  }
+  EXPECT_EQ(kernel_->auto_buf_regs_at_close(), 1);
+  EXPECT_EQ(kernel_->DeviceState(id), UBLK_S_DEV_QUIESCED);
+  auto recovered = Export::Recover(*control_, Workers(), target, id);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  EXPECT_EQ((*recovered)->copy_mode(), CopyMode::kZeroCopy);
+  auto wr = kernel_->Wait(w, absl::Seconds(5));
+  ASSERT_TRUE(wr.ok());
+  EXPECT_EQ(wr->result, 8192);
+  auto r = kernel_->Read(id, 8192, 8192);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->data == RandomData(8192, 2));
+  EXPECT_TRUE(kernel_->Read(id, 0, 4096)->data == RandomData(4096, 1));
+  EXPECT_EQ(kernel_->auto_buf_regs(), 5);  // + the reissued WRITE + two READs
+  ASSERT_TRUE((*recovered)->Stop().ok());
+  ASSERT_TRUE((*recovered)->Delete().ok());
+}
+
+// The same worker serves the recovered queues (detach and recover in one
+// process): the ranges the old queues held are cleared and reused.
+TEST_F(ZeroCopyTest, RecoveryOnTheSameWorkersReusesClearedRanges) {
+  AddWorkers(1, /*slots=*/8);
+  ExportOptions o = Options(1, 8);
+  o.user_recovery = true;
+  o.user_recovery_reissue = true;
+  auto target = MakeFileTarget("a.img");
+  for (int round = 0; round < 3; ++round) {
+    std::unique_ptr<Export> e;
+    uint32_t id = 0;
+    if (round == 0) {
+      auto created = Export::Create(*control_, Workers(), target, o);
+      ASSERT_TRUE(created.ok());
+      e = std::move(*created);
+      ASSERT_TRUE(e->Start().ok());
+      id = e->dev_id();
+    } else {
+      auto recovered = Export::Recover(*control_, Workers(), target, 0);
+      ASSERT_TRUE(recovered.ok()) << recovered.status();
+      e = std::move(*recovered);
+      id = e->dev_id();
+    }
+    std::vector<std::shared_ptr<FakeKernel::Request>> reqs;
+    for (int i = 0; i < 24; ++i) {
+      reqs.push_back(kernel_->SubmitIoAsync(id, UBLK_IO_OP_WRITE, 4096u * i, 4096,
+                                            RandomData(4096, round * 100 + i)));
+    }
+    ASSERT_TRUE(e->Detach().ok());
+    EXPECT_EQ(FixedInUse(), 0u);
+    auto again = Export::Recover(*control_, Workers(), target, id);
+    ASSERT_TRUE(again.ok()) << again.status();
+    for (auto& r : reqs) EXPECT_EQ(kernel_->Wait(r, absl::Seconds(10))->result, 4096);
+    for (int i = 0; i < 24; ++i) {
+      EXPECT_TRUE(kernel_->Read(id, 4096u * i, 4096)->data == RandomData(4096, round * 100 + i));
+    }
+    ASSERT_TRUE((*again)->Detach().ok());
+  }
+  EXPECT_EQ(kernel_->DeviceState(0), UBLK_S_DEV_QUIESCED);
+}
 
 }  // namespace
 }  // namespace ublk

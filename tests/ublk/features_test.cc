@@ -205,5 +205,76 @@ TEST(FeaturesTest, KernelInfoMetricNamesTheEmulation) {
   EXPECT_THAT(text, HasSubstr("encoding=\"legacy\""));
 }
 
+TEST(FeaturesTest, Linux7PicksZeroCopy) {
+  FakeKernel k(FakeKernelOptions::Linux7());
+  auto f = DetectFeatures(FactoryFor(k), Opts());
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(FeaturesHex(f->features), "0x1fffff");
+  EXPECT_TRUE(f->auto_buf_reg);
+  EXPECT_EQ(f->copy_mode, CopyMode::kZeroCopy);
+  EXPECT_EQ(f->encoding, CmdEncoding::kIoctl);
+}
+
+TEST(FeaturesTest, EveryModeCanBeForcedOn7) {
+  FakeKernel k(FakeKernelOptions::Linux7());
+  for (CopyMode m : {CopyMode::kZeroCopy, CopyMode::kUserCopy, CopyMode::kGetData}) {
+    FeatureOptions o = Opts();
+    o.force_copy_mode = m;
+    auto f = DetectFeatures(FactoryFor(k), o);
+    ASSERT_TRUE(f.ok()) << f.status();
+    EXPECT_EQ(f->copy_mode, m);
+  }
+}
+
+TEST(FeaturesTest, ForcingZeroCopyWithoutAutoBufRegNamesModeAndFeatures) {
+  FakeKernel k(FakeKernelOptions::Linux612());
+  FeatureOptions o = Opts();
+  o.force_copy_mode = CopyMode::kZeroCopy;
+  auto f = DetectFeatures(FactoryFor(k), o);
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kFailedPrecondition);
+  const std::string msg(f.status().message());
+  EXPECT_THAT(msg, HasSubstr("zero_copy"));
+  EXPECT_THAT(msg, HasSubstr("UBLK_F_AUTO_BUF_REG"));
+  EXPECT_THAT(msg, HasSubstr("0x1fe"));
+  EXPECT_THAT(msg, HasSubstr("kernel test"));
+}
+
+TEST(FeaturesTest, Emulating61On7IsStillGetDataAndRefusesZeroCopy) {
+  FakeKernel k(FakeKernelOptions::Linux7());
+  FeatureOptions o = Opts();
+  o.emulate_kernel = KernelEmulation::kLinux61;
+  auto f = DetectFeatures(FactoryFor(k), o);
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->copy_mode, CopyMode::kGetData);
+  EXPECT_FALSE(f->auto_buf_reg);
+  o.force_copy_mode = CopyMode::kZeroCopy;
+  f = DetectFeatures(FactoryFor(k), o);
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("zero_copy"));
+  EXPECT_THAT(std::string(f.status().message()), HasSubstr("emulate_kernel 6.1"));
+}
+
+TEST(FeaturesTest, ParseCopyModeFlag) {
+  EXPECT_EQ(*ParseCopyModeFlag("auto"), std::nullopt);
+  EXPECT_EQ(*ParseCopyModeFlag("zero_copy"), CopyMode::kZeroCopy);
+  EXPECT_EQ(*ParseCopyModeFlag("user_copy"), CopyMode::kUserCopy);
+  EXPECT_EQ(*ParseCopyModeFlag("get_data"), CopyMode::kGetData);
+  auto bad = ParseCopyModeFlag("zerocopy");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--copy_mode=zerocopy"));
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("zero_copy"));
+}
+
+TEST(FeaturesTest, KernelInfoMetricShowsZeroCopy) {
+  FakeKernel k(FakeKernelOptions::Linux7());
+  auto f = DetectFeatures(FactoryFor(k), Opts());
+  ASSERT_TRUE(f.ok());
+  prometheus::Registry registry;
+  RegisterKernelInfoMetric(*f, registry);
+  const std::string text = prometheus::TextSerializer().Serialize(registry.Collect());
+  EXPECT_THAT(text, HasSubstr("copy_mode=\"zero_copy\""));
+  EXPECT_THAT(text, HasSubstr("emulate_kernel=\"none\""));
+}
+
 }  // namespace
 }  // namespace ublk
