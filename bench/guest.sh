@@ -2,7 +2,13 @@
 # bench/guest.sh: the guest half of `make bench` (bench/run.sh boots the e2e
 # guest once with tests/e2e/run-in-guest.sh and runs this script in it).
 #
-# usage (in the guest): bench/guest.sh RUNTIME_S REPEATS SIZE_MIB
+# usage (in the guest): bench/guest.sh RUNTIME_S REPEATS SIZE_MIB [PARTS] [GROUPS]
+# PARTS: words out of "data profile plugin" (default: all three); data = the
+# fio comparisons below, profile = perf profiles (bench/profile.sh), plugin =
+# the plugin's memory, recovery and control plane (bench/plugin.sh).
+# GROUPS: words out of "tmpfs ext4 null" (default: all three).
+# Copy modes: user_copy and get_data, and zero_copy first where ublk-tool
+# knows it and the kernel offers it (`ublk-tool features --copy_mode=zero_copy`).
 #
 # Sets up every device once: per backing (a file on tmpfs, a file on ext4 on
 # the virtio data disk) a kernel loop device with direct I/O and a ublk file
@@ -28,11 +34,17 @@
 BENCH_DIR=$(dirname "$(realpath "${BASH_SOURCE[0]}")")
 # shellcheck source=SCRIPTDIR/lib.sh
 . "$BENCH_DIR/lib.sh"
+# shellcheck source=SCRIPTDIR/plugin.sh
+. "$BENCH_DIR/plugin.sh"
 e2e_require_ublk_tool
 
 RUNTIME=${1:-10}
 REPEATS=${2:-2}
 SIZE_MIB=${3:-256}
+PARTS=${4:-data profile plugin}
+GROUPS_RUN=${5:-tmpfs ext4 null}
+has_part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
+has_group() { case " $GROUPS_RUN " in *" $1 "*) return 0 ;; esac; return 1; }
 [ "$RUNTIME" -ge 4 ] || e2e_fail "RUNTIME must be >= 4 s (the counter window leaves out 1.5 s of each job)"
 OUT=$E2E_RESULT_DIR/bench
 rm -rf "$OUT"
@@ -43,6 +55,9 @@ mkfifo "$FIFO" || e2e_fail "mkfifo $FIFO"
 # name:rw:bs:iodepth
 WORKLOADS="randread-4k-qd32:randread:4k:32 randwrite-4k-qd32:randwrite:4k:32 randread-4k-qd1:randread:4k:1 seqread-128k-qd8:read:128k:8 seqwrite-128k-qd8:write:128k:8"
 COPY_MODES="user_copy get_data"
+if "$UBLK_TOOL" features --copy_mode=zero_copy 2>/dev/null | grep -q '^copy_mode=zero_copy$'; then
+  COPY_MODES="zero_copy $COPY_MODES"
+fi
 
 e2e_step "guest facts"
 {
@@ -55,6 +70,10 @@ e2e_step "guest facts"
   echo "runtime_s=$RUNTIME"
   echo "repeats=$REPEATS"
   echo "size_mib=$SIZE_MIB"
+  echo "parts=$PARTS"
+  echo "groups=$GROUPS_RUN"
+  echo "copy_modes=$COPY_MODES"
+  "$UBLK_TOOL" features 2>&1 | sed 's/^/ublk_features./'
   for p in /sys/module/null_blk/parameters/*; do
     echo "null_blk.$(basename "$p")=$(cat "$p" 2>/dev/null)"
   done
@@ -219,51 +238,65 @@ run_repeat() {
   echo "  [$(now)s] $tag: done"
 }
 
-# Backing files, written in full so that no run reads holes or allocates.
-TMPFS_FILE=$E2E_SCRATCH/bench-backing.img
-e2e_step "backing file on tmpfs ($SIZE_MIB MiB)"
-dd if=/dev/zero of="$TMPFS_FILE" bs=1M count="$SIZE_MIB" status=none || e2e_fail "write $TMPFS_FILE"
-EXT4_FILE=
-if [ -n "${E2E_DATA_DIR:-}" ]; then
-  EXT4_FILE=$E2E_DATA_DIR/bench-backing.img
-  e2e_step "backing file on ext4 on the virtio disk ($SIZE_MIB MiB)"
-  rm -f "$EXT4_FILE"
-  dd if=/dev/zero of="$EXT4_FILE" bs=1M count="$SIZE_MIB" oflag=direct conv=fsync status=none \
-    || e2e_fail "write $EXT4_FILE"
-  echo "data_disk_fs=$(findmnt -n -o FSTYPE,OPTIONS "$E2E_DATA_DIR")" >> "$OUT/guest.txt"
-  echo "data_disk_dev=$(findmnt -n -o SOURCE "$E2E_DATA_DIR") scheduler=$(cat /sys/block/vda/queue/scheduler 2>/dev/null)" >> "$OUT/guest.txt"
-else
-  echo "no data disk (run-in-guest.sh --data-disk): ext4 rows skipped" | tee -a "$OUT/guest.txt"
+if has_part data; then
+  # Backing files, written in full so that no run reads holes or allocates.
+  TMPFS_FILE=$E2E_SCRATCH/bench-backing.img
+  e2e_step "backing file on tmpfs ($SIZE_MIB MiB)"
+  dd if=/dev/zero of="$TMPFS_FILE" bs=1M count="$SIZE_MIB" status=none || e2e_fail "write $TMPFS_FILE"
+  EXT4_FILE=
+  if [ -n "${E2E_DATA_DIR:-}" ] && has_group ext4; then
+    EXT4_FILE=$E2E_DATA_DIR/bench-backing.img
+    e2e_step "backing file on ext4 on the virtio disk ($SIZE_MIB MiB)"
+    rm -f "$EXT4_FILE"
+    dd if=/dev/zero of="$EXT4_FILE" bs=1M count="$SIZE_MIB" oflag=direct conv=fsync status=none \
+      || e2e_fail "write $EXT4_FILE"
+    echo "data_disk_fs=$(findmnt -n -o FSTYPE,OPTIONS "$E2E_DATA_DIR")" >> "$OUT/guest.txt"
+    echo "data_disk_dev=$(findmnt -n -o SOURCE "$E2E_DATA_DIR") scheduler=$(cat /sys/block/vda/queue/scheduler 2>/dev/null)" >> "$OUT/guest.txt"
+  else
+    echo "no data disk (run-in-guest.sh --data-disk): ext4 rows skipped" | tee -a "$OUT/guest.txt"
+  fi
+  [ -b /dev/nullb0 ] || modprobe null_blk || e2e_fail "no null_blk"
+
+  e2e_step "devices"
+  if has_group tmpfs; then
+    add_loop tmpfs "$TMPFS_FILE"
+    for m in $COPY_MODES; do start_ublk tmpfs "ublk-$m" "$m" --target=file --backing="$TMPFS_FILE"; done
+    finish_ublks
+  fi
+  if [ -n "$EXT4_FILE" ] && has_group ext4; then
+    add_loop ext4 "$EXT4_FILE"
+    for m in $COPY_MODES; do start_ublk ext4 "ublk-$m" "$m" --target=file --backing="$EXT4_FILE"; done
+    finish_ublks
+  fi
+  if has_group null; then
+    prepare_dev /dev/nullb0 null null_blk "null_blk module defaults"
+    DEVICES+=("null null_blk null_blk - /dev/nullb0 -")
+    for m in $COPY_MODES; do start_ublk null "ublk-$m" "$m" --target=null --size=$((SIZE_MIB * 1048576)); done
+    finish_ublks
+  fi
+
+  t_start=$(now)
+  for rep in $(seq "$REPEATS"); do
+    e2e_step "repeat $rep: ${#DEVICES[@]} devices x 5 workloads x $RUNTIME s"
+    run_repeat "$rep"
+  done
+  echo "bench_seconds=$(awk -v a="$t_start" -v b="$(now)" 'BEGIN {print b - a}')" >> "$OUT/guest.txt"
+
+  if has_part profile; then
+    # shellcheck source=SCRIPTDIR/profile.sh
+    . "$BENCH_DIR/profile.sh"
+    profile_bench "$OUT"
+  fi
+
+  e2e_step "teardown"
+  for s in "${SERVERS[@]}"; do
+    # shellcheck disable=SC2034 # SRV_PID, SRV_DEV, SRV_LOG are ublk_stop's inputs
+    IFS='|' read -r SRV_PID SRV_DEV SRV_LOG _ _ <<< "$s"
+    cp "$SRV_LOG" "$OUT/logs/" 2>/dev/null
+    ublk_stop TERM || e2e_check_failed "$SRV_DEV: clean stop"
+  done
+  for l in "${LOOPS[@]}"; do losetup -d "$l" || e2e_check_failed "losetup -d $l"; done
 fi
-[ -b /dev/nullb0 ] || modprobe null_blk || e2e_fail "no null_blk"
 
-e2e_step "devices"
-add_loop tmpfs "$TMPFS_FILE"
-for m in $COPY_MODES; do start_ublk tmpfs "ublk-$m" "$m" --target=file --backing="$TMPFS_FILE"; done
-finish_ublks
-if [ -n "$EXT4_FILE" ]; then
-  add_loop ext4 "$EXT4_FILE"
-  for m in $COPY_MODES; do start_ublk ext4 "ublk-$m" "$m" --target=file --backing="$EXT4_FILE"; done
-  finish_ublks
-fi
-prepare_dev /dev/nullb0 null null_blk "null_blk module defaults"
-DEVICES+=("null null_blk null_blk - /dev/nullb0 -")
-for m in $COPY_MODES; do start_ublk null "ublk-$m" "$m" --target=null --size=$((SIZE_MIB * 1048576)); done
-finish_ublks
-
-t_start=$(now)
-for rep in $(seq "$REPEATS"); do
-  e2e_step "repeat $rep: ${#DEVICES[@]} devices x 5 workloads x $RUNTIME s"
-  run_repeat "$rep"
-done
-echo "bench_seconds=$(awk -v a="$t_start" -v b="$(now)" 'BEGIN {print b - a}')" >> "$OUT/guest.txt"
-
-e2e_step "teardown"
-for s in "${SERVERS[@]}"; do
-  # shellcheck disable=SC2034 # SRV_PID, SRV_DEV, SRV_LOG are ublk_stop's inputs
-  IFS='|' read -r SRV_PID SRV_DEV SRV_LOG _ _ <<< "$s"
-  cp "$SRV_LOG" "$OUT/logs/" 2>/dev/null
-  ublk_stop TERM || e2e_check_failed "$SRV_DEV: clean stop"
-done
-for l in "${LOOPS[@]}"; do losetup -d "$l" || e2e_check_failed "losetup -d $l"; done
+has_part plugin && plugin_bench "$OUT"
 e2e_finish

@@ -1,6 +1,8 @@
-# gnuplot -e "datafile='...dat'; outfile='...png'; repeats=N" bench/iops-ratios.gp
+# gnuplot -e "datafile='...dat'; outfile='...png'; repeats=N; modes='user_copy get_data'" bench/iops-ratios.gp
 # Clustered bars: ublk IOPS / baseline IOPS (loop for tmpfs and ext4 backing,
-# null_blk for null) per workload, both repeats of each copy mode.
+# null_blk for null) per workload, both repeats of each copy mode. modes names
+# the copy modes in the order of the data file's column triples
+# (ratio, r1, r2 per mode).
 set terminal pngcairo size 1400,700 noenhanced font ",10"
 set output outfile
 set title "ublk / kernel baseline IOPS ratio (qemu TCG guest; >1: ublk faster)"
@@ -16,12 +18,14 @@ set key top right
 set arrow from graph 0, first 1.0 to graph 1, first 1.0 nohead dt 2 lw 2 lc rgb "black" front
 set arrow from graph 0, first 0.9 to graph 1, first 0.9 nohead dt 3 lw 1 lc rgb "red" front
 if (!exists("repeats")) repeats = 2
+if (!exists("modes")) modes = "user_copy get_data"
+dark = "#1f77b4 #ff7f0e #2ca02c"
+light = "#aec7e8 #ffbb78 #98df8a"
+n = words(modes)
 if (repeats >= 2) {
-  plot datafile using 3:xtic(1) title "user_copy r1" lc rgb "#1f77b4", \
-       '' using 4 title "user_copy r2" lc rgb "#aec7e8", \
-       '' using 6 title "get_data r1" lc rgb "#ff7f0e", \
-       '' using 7 title "get_data r2" lc rgb "#ffbb78"
+  plot for [k=0:2*n-1] datafile using (column(3*(k/2+1) + k%2)):xtic(1) \
+       title sprintf("%s r%d", word(modes, k/2+1), k%2+1) \
+       lc rgb (k%2 == 0 ? word(dark, k/2+1) : word(light, k/2+1))
 } else {
-  plot datafile using 3:xtic(1) title "user_copy" lc rgb "#1f77b4", \
-       '' using 6 title "get_data" lc rgb "#ff7f0e"
+  plot for [i=1:n] datafile using (column(3*i)):xtic(1) title word(modes, i) lc rgb word(dark, i)
 }

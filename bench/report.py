@@ -18,7 +18,8 @@ WORKLOADS = ["randread-4k-qd32", "randwrite-4k-qd32", "randread-4k-qd1",
 GROUPS = [("tmpfs", "loop", "file on tmpfs", 1.0),
           ("ext4", "loop", "file on ext4 (virtio disk, cache=none)", 1.0),
           ("null", "null_blk", "null", 0.9)]
-UBLK = ["ublk-user_copy", "ublk-get_data"]
+MODE_ORDER = ["zero_copy", "user_copy", "get_data"]
+UBLK = ["ublk-" + m for m in MODE_ORDER]  # narrowed in main() to the modes that ran
 
 
 def kv(path):
@@ -171,6 +172,217 @@ def fmt(v, digits=0):
     return f"{v:,.{digits}f}"
 
 
+def pct(vals, p):
+    """Nearest-rank percentile (as ublk-csi-ctl bench prints it)."""
+    v = sorted(vals)
+    if not v:
+        return None
+    k = max(1, min(len(v), int(-(-p * len(v) // 100))))
+    return v[k - 1]
+
+
+def fio_summary(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+        doc = json.loads(text[text.index("{"):])
+    except (OSError, ValueError):
+        return None
+    j = doc["jobs"][0]
+    return {"iops": j["read"]["iops"] + j["write"]["iops"],
+            "mibs": (j["read"]["bw"] + j["write"]["bw"]) / 1024.0,
+            "ios": j["read"]["total_ios"] + j["write"]["total_ios"],
+            "error": j.get("error", 0)}
+
+
+def plugin_section(raw, w, guest):
+    d = os.path.join(raw, "plugin")
+    mem = tsv(os.path.join(d, "memory.tsv"))
+    if not mem:
+        return False
+    mib = lambda kb: "-" if kb in (None, "", "-") else f"{float(kb) / 1024:.1f}"
+    w("## The plugin: memory, recovery, control plane")
+    w("")
+    w("One `ublk-csi` process (`--backend=ublk --workers=2 --recovery-concurrency=8`, the")
+    w("default node-wide buffer-pool budget of 64 MiB, i.e. 32 MiB = 256 slots x 128 KiB per")
+    w("worker, mapped lazily on a worker's first copy-mode I/O) serves every volume: 16 MiB")
+    w("block volumes on the guest's tmpfs, made by `ublk-csi-ctl bench` (CreateVolume,")
+    w("NodeStageVolume, NodePublishVolume). Copy mode: the plugin's automatic choice.")
+    w(f"Guest time of this part: {guest.get('plugin_seconds', '?')} s.")
+    w("")
+    w("### Memory against exports and against I/O in flight")
+    w("")
+    w("VmRSS / VmHWM from /proc/PID/status at the end of the phase; peak = largest VmRSS of")
+    w("4 Hz samples during the fio run; pool = `ublk_csi_buffer_pool_bytes` (sum over")
+    w("workers); slots = largest `ublk_csi_buffer_pool_slots_in_use` polled (~2 Hz) during fio. fio: libaio,")
+    w("direct, one job per export, 6 s.")
+    w("")
+    w("| phase | exports | I/O in flight | fio IOPS | VmRSS MiB | VmHWM MiB | peak VmRSS MiB "
+      "| pool MiB | slots in use |")
+    w("|---|--:|---|--:|--:|--:|--:|--:|--:|")
+    for m in mem:
+        iops = "-"
+        if m["phase"].startswith("io:"):
+            fs = fio_summary(os.path.join(d, f"fio-{m['phase'][3:]}-{m['exports']}.json"))
+            iops = fmt(fs["iops"]) if fs else "?"
+        pool = m["pool_bytes"]
+        w(f"| {m['phase']} | {m['exports']} | {m['io']} | {iops} | {mib(m['vmrss_kb'])} | "
+          f"{mib(m['vmhwm_kb'])} | {mib(m['peak_rss_kb'])} | "
+          f"{'-' if pool in ('', '-') else f'{float(pool) / 1048576:.0f}'} | {m['slots_in_use']} |")
+    w("")
+    rec = None
+    try:
+        with open(os.path.join(d, "recovery.json")) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        pass
+    w("### Recovery: kill -9 with 66 exports under fio, restart at once")
+    w("")
+    if rec:
+        fr = fio_summary(os.path.join(d, "fio-recovery.json"))
+        done = ""
+        try:
+            with open(os.path.join(d, "plugin.log")) as f:
+                lines = [l.strip() for l in f if "recovery done:" in l]
+            done = lines[-1][lines[-1].index("recovery done:"):] if lines else ""
+        except OSError:
+            pass
+        w("fio randrw 4k QD16 on 8 of the 66 exports runs across the kill. Right after the")
+        w("kill one 4 KiB O_DIRECT read per device is issued (threads armed beforehand); a")
+        w("read of a quiesced device blocks until the new process serves it, so its")
+        w("completion is the moment that device serves again. Times from the kill -9:")
+        w("")
+        w("| | |")
+        w("|---|---|")
+        w(f"| exports | {rec['devices']} (served again: {rec['served']}, read errors: "
+          f"{len(rec['read_errors'])}) |")
+        w(f"| reads issued | {rec['reads_issued_s']} s |")
+        w(f"| first / median / last device serving | {rec['kill_to_first_served_s']} / "
+          f"{rec['kill_to_median_served_s']} / **{rec['kill_to_all_served_s']}** s |")
+        w(f"| /readyz ready | **{rec['kill_to_ready_s']}** s |")
+        w(f"| new process VmHWM at the end (peak RSS of the recovery) | "
+          f"{mib(rec['new_pid_vmhwm_kb'])} MiB (VmRSS {mib(rec['new_pid_vmrss_kb'])} MiB) |")
+        w(f"| largest pool bytes sampled (10 Hz) | {rec['max_pool_bytes_sampled'] / 1048576:.0f} MiB |")
+        if fr:
+            w(f"| fio across the kill | {fr['ios']} I/Os, error {fr['error']} |")
+        if done:
+            w(f"| plugin log | `{done}` |")
+        w("")
+    else:
+        w("No recovery result (see the guest log).")
+        w("")
+    cp = tsv(os.path.join(d, "cp-samples.tsv"))
+    if cp:
+        w("### Control plane: latency through the gRPC unix socket")
+        w("")
+        w("`ublk-csi-ctl bench` (one process, one channel, connected before timing) creates,")
+        w("then stages (block: no mkfs), then publishes each volume of a batch, timing every")
+        w("call in the client. The batches grow the plugin from 0 to 256 exports (1, 15, 48,")
+        w("2, 190 volumes); all calls pooled, then per batch (p50).")
+        w("")
+        batches = []
+        for r in cp:
+            if r["batch"] not in batches:
+                batches.append(r["batch"])
+        w("| call | calls | p50 ms | p99 ms | mean ms | max ms | " +
+          " | ".join(f"p50 {b}" for b in batches) + " |")
+        w("|---|--:|--:|--:|--:|--:|" + "--:|" * len(batches))
+        for call in ["CreateVolume", "NodeStageVolume", "NodePublishVolume"]:
+            v = [float(r["us"]) / 1000 for r in cp if r["call"] == call]
+            if not v:
+                continue
+            per = [pct([float(r["us"]) / 1000 for r in cp if r["call"] == call and r["batch"] == b], 50)
+                   for b in batches]
+            w(f"| {call} | {len(v)} | {pct(v, 50):.1f} | {pct(v, 99):.1f} | "
+              f"{statistics.mean(v):.1f} | {max(v):.1f} | " +
+              " | ".join(fmt(x, 1) for x in per) + " |")
+        w("")
+    return True
+
+
+def profile_section(raw, w):
+    d = os.path.join(raw, "profile")
+    if not os.path.isdir(d):
+        return
+    w("## Profiles and I/O shapes")
+    w("")
+    skipped = os.path.join(d, "skipped")
+    if os.path.exists(skipped):
+        w(open(skipped).read().strip())
+        w("")
+    names = sorted(f[:-len(".dso.txt")] for f in os.listdir(d) if f.endswith(".dso.txt"))
+    if names:
+        ver = open(os.path.join(d, "perf-version.txt")).read().strip() \
+            if os.path.exists(os.path.join(d, "perf-version.txt")) else "?"
+        w(f"`perf record -a -g -e cpu-clock -F 1000` ({ver}; a software clock: TCG has no PMU)")
+        w("over 8 s in the middle of fio 4k randread QD32 on each device; `perf report")
+        w("--no-children`. Samples per process and user/kernel side ([k] = kernel), then the")
+        w("top symbols. Full reports: profile/*.txt in the raw output (not committed).")
+        w("")
+    for n in names:
+        fio = fio_summary(os.path.join(d, f"fio-{n}.json"))
+        split = {}
+        total = 0.0
+        with open(os.path.join(d, f"{n}.dso.txt")) as f:
+            for line in f:
+                p = line.split()
+                if len(p) >= 3 and p[0].endswith("%"):
+                    pc = float(p[0][:-1])
+                    comm = p[1]
+                    kern = "[kernel" in line
+                    key = (comm, "kernel" if kern else "user")
+                    split[key] = split.get(key, 0) + pc
+                    total += pc
+        syms = []
+        with open(os.path.join(d, f"{n}.sym.txt")) as f:
+            for line in f:
+                p = line.split(None, 3)
+                if len(p) >= 4 and p[0].endswith("%"):
+                    syms.append((p[0], p[1], p[3].strip()))
+        w(f"**{n}** (fio {fmt(fio['iops']) if fio else '?'} IOPS while profiled)")
+        w("")
+        w("| process | side | % of samples |")
+        w("|---|---|--:|")
+        for (comm, side), pc in sorted(split.items(), key=lambda x: -x[1])[:10]:
+            w(f"| {comm} | {side} | {pc:.1f} |")
+        w("")
+        w("| % | process | symbol |")
+        w("|--:|---|---|")
+        for pc, comm, sym in syms[:15]:
+            w(f"| {pc} | {comm} | `{sym}` |")
+        w("")
+    io = tsv(os.path.join(d, "iostat.tsv"))
+    if io:
+        w("I/O shapes of the ext4 128k rows: /sys/block/X/stat deltas over fio 128k QD8 (8 s)")
+        w("on the device and on the virtio disk (vda) under the ext4 backing file.")
+        w("")
+        w("| run | device: requests | merges | KiB/request | vda: requests | merges | KiB/request |")
+        w("|---|--:|--:|--:|--:|--:|--:|")
+        for r in io:
+            b0, b1 = [list(map(int, r[k].split())) for k in ("before", "after")]
+            v0, v1 = [list(map(int, r[k].split())) for k in ("vda_before", "vda_after")]
+            side = 0 if "seqread" in r["run"] else 3
+            def shape(x0, x1):
+                n = x1[side] - x0[side]
+                mg = x1[side + 1] - x0[side + 1]
+                sec = x1[side + 2] - x0[side + 2]
+                return n, mg, (sec / 2 / n if n else 0)
+            dn, dm, dk = shape(b0, b1)
+            vn, vm, vk = shape(v0, v1)
+            w(f"| {r['run']} ({r['dev']}) | {dn} | {dm} | {dk:.0f} | {vn} | {vm} | {vk:.0f} |")
+        w("")
+    lim = tsv(os.path.join(d, "limits.tsv"))
+    if lim:
+        cols = list(lim[0].keys())
+        w("Queue limits:")
+        w("")
+        w("| " + " | ".join(cols) + " |")
+        w("|" + "---|" * len(cols))
+        for r in lim:
+            w("| " + " | ".join(r[c] for c in cols) + " |")
+        w("")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--raw", required=True)
@@ -183,6 +395,8 @@ def main():
     if not runs:
         print("report: no usable runs", file=sys.stderr)
         return 1
+    global UBLK
+    UBLK = [d for d in UBLK if any(r["device"] == d for r in runs)]
     devices = tsv(os.path.join(a.raw, "devices.tsv"))
     memory = tsv(os.path.join(a.raw, "memory.tsv"))
     os.makedirs(a.out, exist_ok=True)
@@ -393,22 +607,13 @@ def main():
                 w(f"| {gname} | {dev} | " + " | ".join(cells) + " |")
     w("")
 
-    w("## Not measured yet")
-    w("")
-    w("- **RSS with 1 / 16 / 64 / 256 idle exports in one process, and during the mass")
-    w("  recovery of 66 exports**: needs one process serving many exports, i.e. the plugin.")
-    w("  `ublk-tool` serves exactly one export per process. The plugin's real ublk backend")
-    w("  (csi/ublk_volume_backend.*, commit 50db913) and its recovery manager (5e06916) landed")
-    w("  while this benchmark was being written and run (csi/main.cc still had uncommitted")
-    w("  changes); the plugin scenario (start `ublk-csi --backend=ublk`, stage N volumes")
-    w("  through `ublk-csi-ctl`, read /proc/PID/status) is not written yet. Per-process")
-    w("  numbers for one export are above.")
-    w("- **Recovery time kill -9 -> 66 exports serving**: same reason (plugin scenario not")
-    w("  written yet).")
-    w("- **Control plane latency (CreateVolume / NodeStage / NodePublish p50/p99 over 200")
-    w("  calls through the gRPC socket)**: same reason.")
-    w("- **Buffer-pool bytes from the metrics**: ublk-tool exposes no metrics endpoint.")
-    w("")
+    if not plugin_section(a.raw, w, guest):
+        w("## The plugin")
+        w("")
+        w("The plugin part (memory with 1-256 exports, recovery of 66 exports, control-plane")
+        w("latency) did not run in this invocation (BENCH_PARTS); see the 6.12 results.")
+        w("")
+    profile_section(a.raw, w)
     samp = {k: v for k, v in guest.items() if k.startswith("sampler_r")}
     if samp:
         w("Sampler cost (its own utime+stime in the guest): " + "; ".join(
@@ -419,7 +624,8 @@ def main():
     with open(os.path.join(a.out, "RESULTS.md"), "w") as f:
         f.write("\n".join(L) + "\n")
     with open(os.path.join(a.out, "iops-ratios.dat"), "w") as f:
-        f.write("# label uc_ratio uc_r1 uc_r2 gd_ratio gd_r1 gd_r2 (ublk IOPS / baseline IOPS)\n")
+        f.write("# label" + "".join(f" {d[5:]}_ratio {d[5:]}_r1 {d[5:]}_r2" for d in UBLK)
+                + " (ublk IOPS / baseline IOPS)\n")
         for row in dat:
             f.write(" ".join(row) + "\n")
     return 0

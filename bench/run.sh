@@ -5,23 +5,30 @@
 # ublk-tool and against loop / null_blk baselines in the same boot), then
 # writes bench/results/RESULTS.md, runs.tsv and iops-ratios.png on the host.
 #
-# usage: bench/run.sh [--build-dir DIR]      (DIR must hold ublk/ublk-tool)
+# usage: bench/run.sh [--build-dir DIR] [--kernel 6.12|7]
+#   DIR must hold ublk/ublk-tool, csi/ublk-csi and csi/ublk-csi-ctl (the
+#   plugin part is skipped without the last two).
 # environment:
 #   BENCH_RUNTIME  seconds per fio run (default 10; shorter runs mislead)
 #   BENCH_REPEATS  repeats of every comparison (default 2)
 #   BENCH_SIZE_MIB backing file / fio region size (default 256)
-#   BENCH_OUT      results dir (default bench/results)
+#   BENCH_PARTS    "data profile plugin" (6.12 default) | "data profile" (7 default)
+#   BENCH_GROUPS   "tmpfs ext4 null" (6.12 default) | "tmpfs null" (7 default)
+#   BENCH_OUT      results dir (default bench/results, bench/results/kernel-7 for 7)
 #   E2E_WORK_DIR   as for tests/e2e (kernel cache and guest logs; default DIR)
 set -uo pipefail
 
 here=$(dirname "$(realpath "$0")")
 root=$(realpath "$here/..")
 build_dir=$root/build
+kernel=6.12
 while [ $# -gt 0 ]; do
   case $1 in
     --build-dir) build_dir=${2:?}; shift 2 ;;
     --build-dir=*) build_dir=${1#*=}; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --kernel) kernel=${2:?}; shift 2 ;;
+    --kernel=*) kernel=${1#*=}; shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -29,7 +36,17 @@ build_dir=$(realpath "$build_dir")
 runtime=${BENCH_RUNTIME:-10}
 repeats=${BENCH_REPEATS:-2}
 size_mib=${BENCH_SIZE_MIB:-256}
-out=$(realpath -m "${BENCH_OUT:-$root/bench/results}")
+if [ "$kernel" = 6.12 ]; then
+  parts=${BENCH_PARTS:-data profile plugin}
+  groups=${BENCH_GROUPS:-tmpfs ext4 null}
+  out=$(realpath -m "${BENCH_OUT:-$root/bench/results}")
+else
+  # Three copy modes where the kernel has zero copy: fewer groups and no
+  # plugin part keep this run under 20 minutes too.
+  parts=${BENCH_PARTS:-data profile}
+  groups=${BENCH_GROUPS:-tmpfs null}
+  out=$(realpath -m "${BENCH_OUT:-$root/bench/results/kernel-$kernel}")
+fi
 work=$(realpath -m "${E2E_WORK_DIR:-$build_dir}")
 
 log() { echo "bench: $*" >&2; }
@@ -57,19 +74,21 @@ host_info=$out/.host.txt
   echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg)"
   echo "git=$(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(git -C "$root" diff --quiet HEAD -- ublk 2>/dev/null || echo ' (ublk/ has uncommitted changes)')"
   echo "ublk_tool=$build_dir/ublk/ublk-tool ($(date -u -r "$build_dir/ublk/ublk-tool" +%FT%TZ))"
+  echo "kernel_series=$kernel"
 } > "$host_info"
 
-# 9 devices x 5 workloads x repeats x (runtime + ~4 s of fio start/stop under
-# TCG) plus setup: the watchdog leaves room for a loaded host.
-budget=$(( 45 * repeats * (runtime + 6) + 300 ))
+# up to 12 devices x 5 workloads x repeats x (runtime + ~4 s of fio
+# start/stop under TCG), plus setup, profiles and the plugin part: the
+# watchdog leaves room for a loaded host.
+budget=$(( 60 * repeats * (runtime + 6) + 900 ))
 # Sample the host's load while the guest runs (the machine is shared).
 ( while :; do cut -d' ' -f1 /proc/loadavg; sleep 15; done > "$out/.load.txt" ) &
 sampler=$!
 trap 'kill $sampler 2>/dev/null' EXIT
 
 E2E_WORK_DIR=$work "$root/tests/e2e/run-in-guest.sh" --build-dir "$build_dir" \
-  --timeout "$budget" --ublks-max 300 --data-disk 2G \
-  "$here/guest.sh" "$runtime" "$repeats" "$size_mib"
+  --kernel "$kernel" --timeout "$budget" --ublks-max 300 --data-disk 2G \
+  "$here/guest.sh" "$runtime" "$repeats" "$size_mib" "$parts" "$groups"
 rc=$?
 kill $sampler 2>/dev/null
 {
@@ -87,7 +106,8 @@ if [ ! -f "$share/runs.tsv" ]; then
 fi
 /usr/bin/python3 "$here/report.py" --raw "$share" --host "$host_info" --out "$out" || exit 1
 if command -v gnuplot >/dev/null; then
-  gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'; repeats=$repeats" "$here/iops-ratios.gp" \
+  modes=$(sed -n '1s/^# label//; 1s/ (.*//p' "$out/iops-ratios.dat" | tr ' ' '\n' | sed -n 's/_ratio$//p' | tr '\n' ' ')
+  gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'; repeats=$repeats; modes='${modes% }'" "$here/iops-ratios.gp" \
     || log "gnuplot failed"
 fi
 rm -f "$host_info"

@@ -1,7 +1,10 @@
 // ublk-csi-ctl: drive the plugin by hand over its CSI socket, like the
 // community `csc` tool. One gRPC call per invocation; prints the response as
 // protobuf text; exit 0 on OK, 1 on a gRPC error (printed with its code), 2 on
-// bad usage.
+// bad usage. `bench` is the exception: many calls over one channel, timed.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <map>
@@ -33,6 +36,9 @@ DEFINE_bool(readonly, false, "node publish: read-only");
 DEFINE_int32(max_entries, 0, "volume list / snapshot list: page size (0 = all)");
 DEFINE_string(starting_token, "", "volume list / snapshot list: next_token of the previous page");
 DEFINE_string(access_mode, "SINGLE_NODE_WRITER", "volume capability access mode");
+DEFINE_int32(count, 200, "bench: volumes to create, stage and publish");
+DEFINE_string(prefix, "bench", "bench: volume names are PREFIX-0 .. PREFIX-(count-1)");
+DEFINE_string(samples, "", "bench: append every call's latency to this file (TSV: call, i, us)");
 
 namespace ublk_csi {
 namespace {
@@ -115,6 +121,124 @@ bool Size(const std::string& text, int64_t* out) {
   }
   *out = *v;
   return true;
+}
+
+// One call kind's latencies in microseconds; nearest-rank percentiles.
+struct Latencies {
+  std::vector<double> us;
+  int errors = 0;
+  double Percentile(double p) const {
+    if (us.empty()) return 0;
+    std::vector<double> v = us;
+    std::sort(v.begin(), v.end());
+    size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+    return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
+  }
+};
+
+// Times one unary call; on error prints it (the first few) and counts it.
+template <typename Stub, typename Req, typename Resp>
+bool Timed(grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*), Stub* stub,
+           const Req& req, Resp* resp, Latencies* lat, const char* what) {
+  auto context = NewContext();
+  auto t0 = std::chrono::steady_clock::now();
+  grpc::Status st = (stub->*method)(context.get(), req, resp);
+  auto t1 = std::chrono::steady_clock::now();
+  if (!st.ok()) {
+    if (++lat->errors <= 3) {
+      absl::Status s = FromGrpcStatus(st);
+      std::fprintf(stderr, "bench: %s: %s: %s\n", what, absl::StatusCodeToString(s.code()).c_str(),
+                   std::string(s.message()).c_str());
+    }
+    return false;
+  }
+  lat->us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+  return true;
+}
+
+// bench DIR: control-plane latency as kubelet and the provisioner see it,
+// without a process start per call: one channel, --count block volumes,
+// each CreateVolume'd, then each NodeStageVolume'd (block: no mkfs) at
+// DIR/stage/NAME, then each NodePublishVolume'd at DIR/publish/NAME. Every
+// call is timed on the client (gRPC over the unix socket included).
+int Bench(const Ctx& ctx) {
+  if (!Args(ctx, 1, "bench DIR [--count=200] [--prefix=bench] [--size=16Mi] [--samples=FILE]")) {
+    return 2;
+  }
+  if (FLAGS_count <= 0) return BadUsage("--count must be positive");
+  FLAGS_block = true;
+  const std::string dir = ctx.args[0];
+  auto controller = csi::v1::Controller::NewStub(ctx.channel);
+  auto node = csi::v1::Node::NewStub(ctx.channel);
+  // Connect before the clock starts: the first call would otherwise pay it.
+  if (!ctx.channel->WaitForConnected(std::chrono::system_clock::now() +
+                                     std::chrono::milliseconds(static_cast<int64_t>(FLAGS_timeout * 1000)))) {
+    std::fprintf(stderr, "bench: cannot connect to %s\n", FLAGS_endpoint.c_str());
+    return 1;
+  }
+  int64_t bytes = 0;
+  if (!FLAGS_size.empty() && !Size(FLAGS_size, &bytes)) return 2;
+  Latencies create, stage, publish;
+  std::vector<std::pair<std::string, std::string>> vols;  // (name, id)
+  for (int i = 0; i < FLAGS_count; ++i) {
+    csi::v1::CreateVolumeRequest req;
+    req.set_name(absl::StrCat(FLAGS_prefix, "-", i));
+    if (bytes > 0) req.mutable_capacity_range()->set_required_bytes(bytes);
+    if (!Capability(req.add_volume_capabilities())) return 2;
+    csi::v1::CreateVolumeResponse resp;
+    if (Timed(&csi::v1::Controller::Stub::CreateVolume, controller.get(), req, &resp, &create,
+              "CreateVolume")) {
+      vols.emplace_back(req.name(), resp.volume().volume_id());
+    }
+  }
+  std::vector<std::pair<std::string, std::string>> staged;
+  for (const auto& [name, id] : vols) {
+    csi::v1::NodeStageVolumeRequest req;
+    req.set_volume_id(id);
+    req.set_staging_target_path(absl::StrCat(dir, "/stage/", name));
+    if (!Capability(req.mutable_volume_capability())) return 2;
+    csi::v1::NodeStageVolumeResponse resp;
+    if (Timed(&csi::v1::Node::Stub::NodeStageVolume, node.get(), req, &resp, &stage,
+              "NodeStageVolume")) {
+      staged.emplace_back(name, id);
+    }
+  }
+  for (const auto& [name, id] : staged) {
+    csi::v1::NodePublishVolumeRequest req;
+    req.set_volume_id(id);
+    req.set_staging_target_path(absl::StrCat(dir, "/stage/", name));
+    req.set_target_path(absl::StrCat(dir, "/publish/", name));
+    if (!Capability(req.mutable_volume_capability())) return 2;
+    csi::v1::NodePublishVolumeResponse resp;
+    Timed(&csi::v1::Node::Stub::NodePublishVolume, node.get(), req, &resp, &publish,
+          "NodePublishVolume");
+  }
+  const std::pair<const char*, const Latencies*> rows[] = {
+      {"CreateVolume", &create}, {"NodeStageVolume", &stage}, {"NodePublishVolume", &publish}};
+  std::printf("%-18s %6s %6s %10s %10s %10s %10s\n", "call", "ok", "errors", "p50_ms", "p99_ms",
+              "mean_ms", "max_ms");
+  for (const auto& [name, lat] : rows) {
+    double sum = 0;
+    for (double u : lat->us) sum += u;
+    std::printf("%-18s %6zu %6d %10.2f %10.2f %10.2f %10.2f\n", name, lat->us.size(), lat->errors,
+                lat->Percentile(50) / 1000, lat->Percentile(99) / 1000,
+                lat->us.empty() ? 0.0 : sum / static_cast<double>(lat->us.size()) / 1000,
+                lat->Percentile(100) / 1000);
+  }
+  if (!FLAGS_samples.empty()) {
+    FILE* f = std::fopen(FLAGS_samples.c_str(), "a");
+    if (f == nullptr) {
+      std::fprintf(stderr, "bench: cannot open %s\n", FLAGS_samples.c_str());
+      return 1;
+    }
+    for (const auto& [name, lat] : rows) {
+      for (size_t i = 0; i < lat->us.size(); ++i) {
+        std::fprintf(f, "%s\t%s\t%zu\t%.1f\n", FLAGS_prefix.c_str(), name, i, lat->us[i]);
+      }
+    }
+    std::fclose(f);
+  }
+  return create.errors + stage.errors + publish.errors == 0 ? 0 : 1;
 }
 
 std::map<std::string, Command> Commands() {
@@ -309,6 +433,7 @@ std::map<std::string, Command> Commands() {
     } while (!req.starting_token().empty());
     return 0;
   };
+  c["bench"] = Bench;
   return c;
 }
 

@@ -1,0 +1,198 @@
+# shellcheck shell=bash
+# bench/plugin.sh: the plugin half of `make bench`, run by bench/guest.sh in
+# the same guest boot after the data-path runs. One ublk-csi process (real
+# ublk backend, 2 workers, the default 64 MiB node-wide buffer-pool budget)
+# serves every volume. Measures:
+#   - memory (VmRSS, VmHWM; ublk_csi_buffer_pool_bytes and slots in use from
+#     /metrics) with 1, 16, 64, 66 and 256 idle block exports, and with fio
+#     in flight on 1 and 8 exports at a few queue depths;
+#   - control-plane latency: every export is made by `ublk-csi-ctl bench`
+#     (CreateVolume, NodeStageVolume in block mode, NodePublishVolume over one
+#     gRPC channel, each call timed in the client);
+#   - recovery at 66 exports under fio load: kill -9, restart at once; time
+#     until every device answered a 4 KiB O_DIRECT read issued right after
+#     the kill, and until /readyz says ready; the new process's peak RSS
+#     and pool bytes meanwhile (bench/recovery_watch.py).
+#
+# usage (sourced by guest.sh): plugin_bench OUT_DIR
+# Writes OUT_DIR/plugin/: memory.tsv, cp-samples.tsv, cp-*.txt, recovery.json,
+# fio-*.json, plugin.log. Records failures with e2e_check_failed.
+
+PB_METRICS=127.0.0.1:9815
+
+# pb_metric NAME: sum of a metric's series ("-" if /metrics is unreadable).
+pb_metric() {
+  local out
+  out=$(curl -sf -m 5 "http://$PB_METRICS/metrics") || { echo -; return; }
+  echo "$out" | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
+}
+
+# pb_status KEY: a /proc/PB_PID/status field in kB.
+pb_status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$PB_PID/status" 2>/dev/null; }
+
+pb_start() {
+  "$PB_PLUGIN" --node-id=bench --endpoint="unix://$PB_SOCK" --data-dir="$PB_WORK/data" \
+    --metrics-address="$PB_METRICS" --backend=ublk --mounter=real --workers=2 \
+    --recovery-concurrency=8 "$@" 2>>"$PB_OUT/plugin.log" &
+  PB_PID=$!
+}
+
+pb_ready() { # SECONDS
+  local i
+  for i in $(seq $(( $1 * 5 ))); do
+    curl -sf -m 2 -o /dev/null "http://$PB_METRICS/readyz" && return 0
+    kill -0 "$PB_PID" 2>/dev/null || return 1
+    sleep 0.2
+  done
+  return 1
+}
+
+# pb_rss_watch FILE: VmRSS of the plugin every 0.25 s ("epoch kB") until killed.
+pb_rss_watch() {
+  local res rest
+  exec 9<>"$PB_FIFO"
+  while :; do
+    read -r _ res rest < "/proc/$PB_PID/statm" 2>/dev/null && echo "$EPOCHREALTIME $((res * 4))"
+    read -r -t 0.25 -u 9 _
+  done >> "$1"
+}
+
+# pb_mem PHASE EXPORTS IO PEAK_RSS SLOTS_IN_USE: one row of memory.tsv.
+pb_mem() {
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(pb_status VmRSS)" \
+    "$(pb_status VmHWM)" "$4" "$(pb_metric ublk_csi_buffer_pool_bytes)" "$5" \
+    "$(pb_metric ublk_csi_exports)" >> "$PB_OUT/memory.tsv"
+}
+
+# pb_batch N PREFIX: N more block volumes, created, staged and published by
+# one `ublk-csi-ctl bench` (its latencies go to cp-samples.tsv).
+pb_batch() {
+  local t0=$EPOCHREALTIME
+  "${PB_CTL[@]}" bench "$PB_WORK/paths" --count="$1" --prefix="$2" --size=16Mi \
+    --samples="$PB_OUT/cp-samples.tsv" > "$PB_OUT/cp-$2.txt" 2>&1 \
+    || e2e_check_failed "ublk-csi-ctl bench --count=$1 --prefix=$2: $(tail -3 "$PB_OUT/cp-$2.txt")"
+  PB_EXPORTS=$((PB_EXPORTS + $1))
+  echo "  [$(now)s] $PB_EXPORTS exports ($1 created+staged+published in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", b - a}') s)"
+  "${PB_CTL[@]}" status | sed -n 's/.*device=\(\/dev\/ublkb[0-9]*\).*/\1/p' > "$PB_WORK/devs"
+  [ "$(wc -l < "$PB_WORK/devs")" = "$PB_EXPORTS" ] \
+    || e2e_check_failed "status lists $(wc -l < "$PB_WORK/devs") devices, want $PB_EXPORTS"
+}
+
+# pb_idle: memory with every export idle (the kernel's partition scan at
+# START_DEV is the only I/O they have seen).
+pb_idle() {
+  sleep 1
+  pb_mem idle "$PB_EXPORTS" - - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
+}
+
+# pb_io NAME NDEV RW BS QD: fio on the first NDEV exports (one job each) for
+# PB_IO_S seconds; the peak of 4 Hz VmRSS samples over the run and the
+# largest slots-in-use of /metrics read every ~0.5 s while fio runs.
+pb_io() {
+  local name=$1 ndev=$2 rw=$3 bs=$4 qd=$5 job=$PB_WORK/$1.fio wpid fpid slots d x
+  {
+    echo "[global]"; echo "ioengine=libaio"; echo "direct=1"; echo "time_based"
+    echo "runtime=$PB_IO_S"; echo "rw=$rw"; echo "bs=$bs"; echo "iodepth=$qd"
+    echo "norandommap"; echo "randrepeat=0"; echo "group_reporting"
+    head -n "$ndev" "$PB_WORK/devs" | while read -r d; do echo "[$(basename "$d")]"; echo "filename=$d"; done
+  } > "$job"
+  : > "$PB_WORK/rss-$name"
+  pb_rss_watch "$PB_WORK/rss-$name" &
+  wpid=$!
+  fio --output-format=json --output="$PB_OUT/fio-$name-$PB_EXPORTS.json" "$job" > /dev/null 2>&1 &
+  fpid=$!
+  slots=0
+  while kill -0 "$fpid" 2>/dev/null; do
+    x=$(pb_metric ublk_csi_buffer_pool_slots_in_use)
+    [ "${x%.*}" -gt "$slots" ] 2>/dev/null && slots=${x%.*}
+    sleep 0.5
+  done
+  wait "$fpid" || e2e_check_failed "fio $name on $PB_EXPORTS exports failed"
+  kill "$wpid"; wait "$wpid" 2>/dev/null
+  pb_mem "io:$name" "$PB_EXPORTS" "$ndev dev x $rw $bs QD$qd" \
+    "$(awk '$2 > m {m = $2} END {print m + 0}' "$PB_WORK/rss-$name")" "$slots"
+}
+
+pb_io_set() {
+  pb_io qd1-4k 1 randread 4k 1
+  pb_io qd32-4k 1 randread 4k 32
+  pb_io qd32-128k 1 randread 128k 32
+  [ "$PB_EXPORTS" -ge 8 ] && pb_io 8x-qd32-128k 8 randread 128k 32
+}
+
+# pb_recovery: kill -9 under fio on 8 exports, restart at once.
+pb_recovery() {
+  local job=$PB_WORK/recovery.fio fpid wdir=$PB_WORK/watch d
+  {
+    echo "[global]"; echo "ioengine=libaio"; echo "direct=1"; echo "time_based"
+    echo "runtime=25"; echo "rw=randrw"; echo "bs=4k"; echo "iodepth=16"
+    echo "norandommap"; echo "randrepeat=0"; echo "group_reporting"
+    head -n 8 "$PB_WORK/devs" | while read -r d; do echo "[$(basename "$d")]"; echo "filename=$d"; done
+  } > "$job"
+  mkdir -p "$wdir"
+  fio --output-format=json --output="$PB_OUT/fio-recovery.json" "$job" > "$PB_OUT/fio-recovery.log" 2>&1 &
+  fpid=$!
+  # The watcher opens every device first, then waits for the go file.
+  python3 "$BENCH_DIR/recovery_watch.py" --devs "$PB_WORK/devs" --dir "$wdir" \
+    --metrics "$PB_METRICS" --out "$PB_OUT/recovery.json" --timeout 180 > "$PB_OUT/recovery-watch.log" 2>&1 &
+  local wpid=$! i
+  for i in $(seq 300); do [ -e "$wdir/armed" ] && break; sleep 0.1; done
+  [ -e "$wdir/armed" ] || e2e_check_failed "recovery watcher did not arm: $(tail -3 "$PB_OUT/recovery-watch.log")"
+  sleep 6  # fio's I/O phase has begun (its start-up takes seconds under TCG)
+  pb_mem before-kill "$PB_EXPORTS" "8 dev x randrw 4k QD16" - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
+  local t_kill=$EPOCHREALTIME
+  kill -KILL "$PB_PID"
+  echo "$t_kill" > "$wdir/go.tmp" && mv "$wdir/go.tmp" "$wdir/go"
+  wait "$PB_PID" 2>/dev/null
+  pb_start
+  echo "$PB_PID" > "$wdir/pid"
+  echo "  [$(now)s] killed -9 and restarted (pid $PB_PID)"
+  wait "$wpid" || e2e_check_failed "recovery watcher: $(tail -3 "$PB_OUT/recovery-watch.log")"
+  cat "$PB_OUT/recovery-watch.log"
+  pb_mem after-recovery "$PB_EXPORTS" "8 dev x randrw 4k QD16" - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
+  wait "$fpid" || e2e_check_failed "fio across kill -9 failed: $(tail -3 "$PB_OUT/fio-recovery.log")"
+  grep -o "recovery done: .*" "$PB_OUT/plugin.log" | tail -1
+}
+
+plugin_bench() {
+  PB_OUT=$1/plugin
+  PB_WORK=$E2E_SCRATCH/plugin-bench
+  PB_SOCK=$PB_WORK/csi.sock
+  PB_FIFO=$PB_WORK/fifo
+  PB_PLUGIN=$BUILD_DIR/csi/ublk-csi
+  PB_CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$PB_SOCK" --timeout=60)
+  PB_IO_S=${PB_IO_S:-6}
+  PB_EXPORTS=0
+  mkdir -p "$PB_OUT" "$PB_WORK/data" "$PB_WORK/paths"
+  mkfifo "$PB_FIFO"
+  if [ ! -x "$PB_PLUGIN" ] || [ ! -x "${PB_CTL[0]}" ]; then
+    echo "plugin part skipped: $PB_PLUGIN or ublk-csi-ctl not built" | tee "$PB_OUT/skipped"
+    return 0
+  fi
+  printf 'phase\texports\tio\tvmrss_kb\tvmhwm_kb\tpeak_rss_kb\tpool_bytes\tslots_in_use\texports_gauge\n' > "$PB_OUT/memory.tsv"
+  printf 'batch\tcall\ti\tus\n' > "$PB_OUT/cp-samples.tsv"
+  ip link set lo up 2>/dev/null || busybox ifconfig lo up
+  local t0
+  t0=$(now)
+  e2e_step "plugin: start ublk-csi (2 workers, default pool budget)"
+  pb_start
+  pb_ready 60 || { e2e_check_failed "plugin not ready: $(tail -5 "$PB_OUT/plugin.log")"; return 1; }
+  pb_mem idle 0 - - -
+  e2e_step "plugin: 1 export; idle, then fio"
+  pb_batch 1 b1
+  pb_idle
+  pb_io_set
+  e2e_step "plugin: 16, 64, 66 idle exports"
+  pb_batch 15 b16; pb_idle
+  pb_batch 48 b64; pb_idle
+  pb_batch 2 b66; pb_idle
+  e2e_step "plugin: kill -9 and restart with 66 exports under fio"
+  pb_recovery
+  e2e_step "plugin: 256 exports; idle, then fio"
+  pb_batch 190 b256
+  pb_idle
+  pb_io_set
+  e2e_step "plugin: stop"
+  kill -TERM "$PB_PID"; wait "$PB_PID" 2>/dev/null
+  echo "plugin_seconds=$(awk -v a="$t0" -v b="$(now)" 'BEGIN {print b - a}')" >> "$1/guest.txt"
+}

@@ -1,0 +1,130 @@
+#!/usr/bin/python3
+"""Recovery watcher of bench/plugin.sh (runs in the guest).
+
+Opens every device first (O_DIRECT), writes DIR/armed, then waits for DIR/go
+(the epoch of the kill -9). At once it issues one 4 KiB O_DIRECT read per
+device, each in its own thread: a read of a quiesced device blocks until a
+server serves it again, so its completion time is when that device serves
+again. Meanwhile it polls /readyz of the restarted plugin (its pid appears in
+DIR/pid), the plugin's VmRSS/VmHWM and ublk_csi_buffer_pool_bytes. Ends when
+every read completed and /readyz answered 200 (or at --timeout); writes a
+JSON summary (times relative to the kill).
+"""
+import argparse
+import json
+import mmap
+import os
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+
+
+def metric_sum(text, name):
+    s = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            try:
+                s += float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                pass
+    return s
+
+
+def status_kb(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--devs", required=True)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--timeout", type=float, default=180)
+    a = ap.parse_args()
+    devs = [d.strip() for d in open(a.devs) if d.strip()]
+    fds = [os.open(d, os.O_RDONLY | os.O_DIRECT) for d in devs]
+    done = [None] * len(devs)
+    errors = [None] * len(devs)
+
+    start = threading.Event()
+
+    def reader(i):
+        buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT needs
+        start.wait()
+        try:
+            os.preadv(fds[i], [buf], 0)
+        except OSError as e:
+            errors[i] = str(e)
+        done[i] = time.time()
+
+    threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(len(devs))]
+    for t in threads:
+        t.start()
+    open(os.path.join(a.dir, "armed"), "w").close()
+    go = os.path.join(a.dir, "go")
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    t_kill = float(open(go).read())
+    start.set()
+    t_issued = time.time()
+    pid = None
+    t_ready = None
+    hwm = rss_max = 0
+    pool_max = 0.0
+    deadline = t_kill + a.timeout
+    while time.time() < deadline:
+        if pid is None and os.path.exists(os.path.join(a.dir, "pid")):
+            txt = open(os.path.join(a.dir, "pid")).read().strip()
+            pid = int(txt) if txt else None
+        if pid is not None:
+            h, r = status_kb(pid, "VmHWM"), status_kb(pid, "VmRSS")
+            hwm = max(hwm, h or 0)
+            rss_max = max(rss_max, r or 0)
+            try:
+                text = urllib.request.urlopen(f"http://{a.metrics}/metrics", timeout=1).read().decode()
+                pool_max = max(pool_max, metric_sum(text, "ublk_csi_buffer_pool_bytes"))
+            except OSError:
+                pass
+            if t_ready is None:
+                try:
+                    if urllib.request.urlopen(f"http://{a.metrics}/readyz", timeout=1).status == 200:
+                        t_ready = time.time()
+                except OSError:
+                    pass
+        if t_ready is not None and all(d is not None for d in done):
+            break
+        time.sleep(0.1)
+    served = [d - t_kill for d in done if d is not None]
+    res = {
+        "devices": len(devs),
+        "served": len(served),
+        "read_errors": [f"{devs[i]}: {e}" for i, e in enumerate(errors) if e],
+        "reads_issued_s": round(t_issued - t_kill, 3),
+        "kill_to_ready_s": round(t_ready - t_kill, 3) if t_ready else None,
+        "kill_to_all_served_s": round(max(served), 3) if len(served) == len(devs) else None,
+        "kill_to_first_served_s": round(min(served), 3) if served else None,
+        "kill_to_median_served_s": round(statistics.median(served), 3) if served else None,
+        "new_pid_vmhwm_kb": status_kb(pid, "VmHWM") if pid else None,
+        "new_pid_vmrss_kb": status_kb(pid, "VmRSS") if pid else None,
+        "max_vmrss_sampled_kb": rss_max,
+        "max_pool_bytes_sampled": pool_max,
+    }
+    json.dump(res, open(a.out, "w"), indent=1)
+    print("recovery:", json.dumps(res))
+    ok = res["kill_to_ready_s"] is not None and res["kill_to_all_served_s"] is not None \
+        and not res["read_errors"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
