@@ -4,6 +4,8 @@
 // without REISSUE.
 #include "ublk/testing/fake_kernel.h"
 
+#include <fcntl.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <deque>
@@ -431,6 +433,120 @@ TEST_F(FakeKernelTest, BlockLayerRefusesOutOfRangeIo) {
   EXPECT_EQ(kernel_.Read(id, kSize, 512)->result, -EIO);
   EXPECT_EQ(kernel_.Read(id, 100, 512)->result, -EINVAL);
   ASSERT_TRUE(control_->StopDevice(id).ok());
+}
+
+// Runs one fixed-buffer READ or WRITE of `len` bytes on `ring` to completion.
+int32_t FixedIo(Ring& ring, bool read, int fd, uint64_t addr, uint32_t len, int index) {
+  io_uring_sqe* sqe = ring.GetSqe();
+  void* p = reinterpret_cast<void*>(static_cast<uintptr_t>(addr));
+  if (read) {
+    io_uring_prep_read_fixed(sqe, fd, p, len, 0, index);
+  } else {
+    io_uring_prep_write_fixed(sqe, fd, p, len, 0, index);
+  }
+  sqe->user_data = 0xfeed;
+  int32_t res = -ETIME;
+  for (int i = 0; i < 100 && res == -ETIME; ++i) {
+    EXPECT_TRUE(ring.SubmitAndWait(absl::Milliseconds(20)).ok());
+    ring.DrainCompletions([&](const io_uring_cqe& c) {
+      if (c.user_data == 0xfeed) res = c.res;
+    });
+  }
+  return res;
+}
+
+TEST(FakeKernelZeroCopyTest, AutoBufRegRegistersAtTheNamedIndexAndUnregistersAtCommit) {
+  FakeKernel kernel(FakeKernelOptions::Linux7());
+  auto control = kernel.OpenControl(CmdEncoding::kIoctl);
+  auto info = control->AddDevice(Want(UBLK_F_AUTO_BUF_REG));
+  ASSERT_TRUE(info.ok());
+  EXPECT_NE(info->flags & UBLK_F_AUTO_BUF_REG, 0u);
+  ASSERT_TRUE(control->SetParams(info->dev_id, GoodParams()).ok());
+  const uint32_t id = info->dev_id;
+  RawServer srv(*control, id);
+  ASSERT_EQ(io_uring_register_buffers_sparse(srv.ring().raw(), 16), 0);
+  char buf[512];
+  EXPECT_EQ(srv.ch().PrepFetch(srv.ring(), 0, buf, 0).code(),
+            absl::StatusCode::kInvalidArgument);  // no buffer in zero-copy mode
+  srv.ch().SetAutoBufRegBase(10);  // tags use indices 10..13
+  srv.FetchAll();
+  std::thread starter([&] { EXPECT_TRUE(control->StartDevice(id, getpid()).ok()); });
+  starter.join();
+
+  std::string tmpl = ::testing::TempDir() + "/fkzc.XXXXXX";
+  int fd = mkstemp(tmpl.data());
+  ASSERT_GE(fd, 0);
+  unlink(tmpl.c_str());
+
+  // WRITE: its payload is readable through the fixed buffer at base + tag.
+  const std::string payload(4096, 'z');
+  auto w = kernel.SubmitIoAsync(id, UBLK_IO_OP_WRITE, 0, 4096, payload);
+  auto [tag, res] = srv.Next();
+  ASSERT_GE(tag, 0);
+  EXPECT_EQ(res, UBLK_IO_RES_OK);
+  const uint16_t t = static_cast<uint16_t>(tag);
+  EXPECT_EQ(FixedIo(srv.ring(), /*read=*/false, fd, srv.ch().FixedBufferAddress(t), 4096, 10 + t),
+            4096);
+  std::string back(4096, '\0');
+  ASSERT_EQ(pread(fd, back.data(), 4096, 0), 4096);
+  EXPECT_EQ(back, payload);
+  // A commit from another ring than the registration's: refused (the kernel
+  // would never complete the request).
+  auto other = std::move(Ring::Create(8)).value();
+  EXPECT_EQ(srv.ch().PrepCommitAndFetch(*other, t, 4096, nullptr, t).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(srv.ch().PrepCommitAndFetch(srv.ring(), t, 4096, nullptr, t).ok());
+  EXPECT_EQ(kernel.Wait(w, absl::Seconds(5))->result, 4096);
+  // The commit emptied the slot: fixed I/O on it fails now.
+  EXPECT_LT(FixedIo(srv.ring(), /*read=*/true, fd, 0, 512, 10 + t), 0);
+
+  // READ: what the server puts into the fixed buffer is what the reader gets.
+  const std::string file_data(4096, 'r');
+  ASSERT_EQ(pwrite(fd, file_data.data(), 4096, 0), 4096);
+  auto r = kernel.SubmitIoAsync(id, UBLK_IO_OP_READ, 4096, 4096);
+  auto [rtag, rres] = srv.Next();
+  ASSERT_GE(rtag, 0);
+  EXPECT_EQ(rres, UBLK_IO_RES_OK);
+  const uint16_t rt = static_cast<uint16_t>(rtag);
+  EXPECT_EQ(FixedIo(srv.ring(), /*read=*/true, fd, srv.ch().FixedBufferAddress(rt), 4096, 10 + rt),
+            4096);
+  ASSERT_TRUE(srv.ch().PrepCommitAndFetch(srv.ring(), rt, 4096, nullptr, rt).ok());
+  auto rr = kernel.Wait(r, absl::Seconds(5));
+  ASSERT_TRUE(rr.ok());
+  EXPECT_EQ(rr->data, file_data);
+  EXPECT_EQ(kernel.auto_buf_regs(), 2);
+  close(fd);
+  ASSERT_TRUE(control->StopDevice(id).ok());
+  srv.Close();
+  ASSERT_TRUE(control->DeleteDevice(id).ok());
+}
+
+TEST(FakeKernelZeroCopyTest, WithoutAnIndexEveryTagNamesSlotZeroAndTheSecondRequestFails) {
+  FakeKernel kernel(FakeKernelOptions::Linux7());
+  auto control = kernel.OpenControl(CmdEncoding::kIoctl);
+  auto info = control->AddDevice(Want(UBLK_F_AUTO_BUF_REG));
+  ASSERT_TRUE(info.ok());
+  ASSERT_TRUE(control->SetParams(info->dev_id, GoodParams()).ok());
+  const uint32_t id = info->dev_id;
+  RawServer srv(*control, id);
+  ASSERT_EQ(io_uring_register_buffers_sparse(srv.ring().raw(), 4), 0);
+  srv.FetchAll();  // no SetAutoBufRegBase: a zeroed SQE addr names index 0
+  std::thread starter([&] { EXPECT_TRUE(control->StartDevice(id, getpid()).ok()); });
+  starter.join();
+  auto first = kernel.SubmitIoAsync(id, UBLK_IO_OP_READ, 0, 4096);
+  auto second = kernel.SubmitIoAsync(id, UBLK_IO_OP_READ, 4096, 4096);
+  auto [tag, res] = srv.Next();
+  ASSERT_GE(tag, 0);
+  EXPECT_EQ(res, UBLK_IO_RES_OK);
+  // Slot 0 is taken: the kernel fails the second request before delivery.
+  auto s = kernel.Wait(second, absl::Seconds(5));
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->result, -EIO);
+  EXPECT_EQ(srv.Next(absl::Milliseconds(50)).first, -1);
+  ASSERT_TRUE(control->StopDevice(id).ok());
+  srv.Close();
+  ASSERT_TRUE(control->DeleteDevice(id).ok());
+  (void)first;
 }
 
 }  // namespace
