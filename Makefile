@@ -56,11 +56,13 @@ check-packaging:
 image:
 	@scripts/build-image.sh
 
-# Data-path benchmark in the e2e guest (one boot): fio on ublk exports vs loop
-# and null_blk; writes bench/results/RESULTS.md and iops-ratios.png.
+# Benchmarks in the e2e guest (one boot): fio on ublk exports vs loop and
+# null_blk, perf profiles, and the plugin's memory / recovery / control plane;
+# writes bench/results/RESULTS.md and iops-ratios.png (KERNEL=7: the 7.x
+# kernel, zero copy against the copy modes, into bench/results/kernel-7/).
 # BENCH_RUNTIME (s per fio run, default 10) and BENCH_REPEATS (2) override.
 .PHONY: bench
 bench: deps
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-	@ninja -C $(BUILD) ublk-tool
-	@bench/run.sh --build-dir $(BUILD)
+	@ninja -C $(BUILD) ublk-tool ublk-csi ublk-csi-ctl
+	@bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)

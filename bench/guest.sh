@@ -238,7 +238,7 @@ run_repeat() {
   echo "  [$(now)s] $tag: done"
 }
 
-if has_part data; then
+if has_part data || has_part profile; then
   # Backing files, written in full so that no run reads holes or allocates.
   TMPFS_FILE=$E2E_SCRATCH/bench-backing.img
   e2e_step "backing file on tmpfs ($SIZE_MIB MiB)"
@@ -276,6 +276,7 @@ if has_part data; then
   fi
 
   t_start=$(now)
+  has_part data || REPEATS=0
   for rep in $(seq "$REPEATS"); do
     e2e_step "repeat $rep: ${#DEVICES[@]} devices x 5 workloads x $RUNTIME s"
     run_repeat "$rep"

@@ -6,14 +6,18 @@
 #    no PMU) during fio 4k randread QD32 on null_blk, the ublk null export,
 #    tmpfs loop and the tmpfs ublk export (first copy mode); `perf report`
 #    splits the samples by process and user/kernel and lists the top symbols.
-# 2. I/O shapes for the ext4 128k rows: /sys/block/X/stat of the device and
+# 2. Syscalls per I/O of each ublk server (file on tmpfs and null, every copy
+#    mode, 4k randread and randwrite QD32): `perf stat` of the syscall
+#    tracepoints on the server's pid against the I/Os the device completed
+#    in the same interval (/sys/block/X/stat).
+# 3. I/O shapes for the ext4 128k rows: /sys/block/X/stat of the device and
 #    of the virtio disk under it before and after fio 128k seq read/write on
 #    ext4 loop and ext4 ublk (requests, merges, sectors per request), and
 #    every device's queue limits (max_sectors_kb, max_segments, ...).
 #
 # usage: profile_bench OUT_DIR (uses DEVICES from guest.sh)
 # Writes OUT_DIR/profile/: NAME.dso.txt, NAME.sym.txt, NAME.srv.txt,
-# iostat.tsv, limits.tsv.
+# syscalls.tsv, iostat.tsv, limits.tsv.
 
 PF_S=${PF_S:-8}
 
@@ -55,6 +59,28 @@ pf_profile() {
   echo "  [$(now)s] profile $name: $(grep -c . "$PF_OUT/$name.sym.txt") lines"
 }
 
+PF_SYSCALLS="io_uring_enter pread64 pwrite64 read write futex"
+
+# pf_syscalls NAME DEV PID RW: fio 4k QD32 for 10 s; perf stat counts the
+# server's syscalls over 5 s in the middle; the device's completed I/Os over
+# the same 5 s.
+pf_syscalls() {
+  local name=$1 b fpid s0 s1 ev=() c out=$E2E_SCRATCH/pf-stat.txt
+  b=$(basename "$2")
+  for c in $PF_SYSCALLS; do ev+=(-e "syscalls:sys_enter_$c"); done
+  pf_fio "$2" "$4" 4k 32 11 &
+  fpid=$!
+  sleep 3
+  s0=$(pf_stat "$b")
+  perf stat -x, "${ev[@]}" -e raw_syscalls:sys_enter -e context-switches -p "$3" -o "$out" -- sleep 5 \
+    > /dev/null 2>&1
+  s1=$(pf_stat "$b")
+  wait "$fpid"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$4" "$s0" "$s1" \
+    "$(awk -F, '$3 != "" && $1 ~ /^[0-9]+$/ {printf "%s%s=%s", sep, $3, $1; sep=" "}' "$out")" \
+    >> "$PF_OUT/syscalls.tsv"
+}
+
 # pf_stat DEV: "reads read_merges read_sectors writes write_merges write_sectors" of /sys/block/DEV/stat
 pf_stat() {
   local r rm rs rt w wm ws rest
@@ -84,13 +110,27 @@ profile_bench() {
     perf --version > "$PF_OUT/perf-version.txt" 2>&1
     local m x
     m=${COPY_MODES%% *}
+    # shellcheck disable=SC2086 # $x is "dev pid"
     x=$(pf_dev null null_blk); [ -n "$x" ] && pf_profile null-null_blk $x
     x=$(pf_dev null "ublk-$m"); [ -n "$x" ] && pf_profile "null-ublk-$m" $x
     x=$(pf_dev tmpfs loop); [ -n "$x" ] && pf_profile tmpfs-loop $x
     x=$(pf_dev tmpfs "ublk-$m"); [ -n "$x" ] && pf_profile "tmpfs-ublk-$m" $x
   fi
+  local l dev pid
+  printf 'run\trw\tbefore\tafter\tcounts\n' > "$PF_OUT/syscalls.tsv"
+  if command -v perf > /dev/null; then
+    mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+    local g md rw
+    for g in null tmpfs; do
+      for md in $COPY_MODES; do
+        read -r dev pid <<< "$(pf_dev "$g" "ublk-$md")"
+        [ -n "$dev" ] || continue
+        for rw in randread randwrite; do pf_syscalls "$g-ublk-$md" "$dev" "$pid" "$rw"; done
+      done
+    done
+    echo "  [$(now)s] syscall counts: $(($(wc -l < "$PF_OUT/syscalls.tsv") - 1)) runs"
+  fi
   printf 'run\tdev\tbefore\tafter\tvda_before\tvda_after\n' > "$PF_OUT/iostat.tsv"
-  local l dev
   for l in loop "ublk-${COPY_MODES%% *}"; do
     read -r dev _ <<< "$(pf_dev ext4 "$l")"
     [ -n "$dev" ] || continue

@@ -12,7 +12,9 @@
 #   BENCH_RUNTIME  seconds per fio run (default 10; shorter runs mislead)
 #   BENCH_REPEATS  repeats of every comparison (default 2)
 #   BENCH_SIZE_MIB backing file / fio region size (default 256)
-#   BENCH_PARTS    "data profile plugin" (6.12 default) | "data profile" (7 default)
+#   BENCH_PARTS    words of "data plugin profile"; default "data plugin" (6.12),
+#                  "data" (7). profile (perf profiles, I/O shapes; ~4 min) runs
+#                  on demand: BENCH_PARTS=profile writes PROFILE.md only.
 #   BENCH_GROUPS   "tmpfs ext4 null" (6.12 default) | "tmpfs null" (7 default)
 #   BENCH_OUT      results dir (default bench/results, bench/results/kernel-7 for 7)
 #   E2E_WORK_DIR   as for tests/e2e (kernel cache and guest logs; default DIR)
@@ -37,13 +39,13 @@ runtime=${BENCH_RUNTIME:-10}
 repeats=${BENCH_REPEATS:-2}
 size_mib=${BENCH_SIZE_MIB:-256}
 if [ "$kernel" = 6.12 ]; then
-  parts=${BENCH_PARTS:-data profile plugin}
+  parts=${BENCH_PARTS:-data plugin}
   groups=${BENCH_GROUPS:-tmpfs ext4 null}
   out=$(realpath -m "${BENCH_OUT:-$root/bench/results}")
 else
   # Three copy modes where the kernel has zero copy: fewer groups and no
   # plugin part keep this run under 20 minutes too.
-  parts=${BENCH_PARTS:-data profile}
+  parts=${BENCH_PARTS:-data}
   groups=${BENCH_GROUPS:-tmpfs null}
   out=$(realpath -m "${BENCH_OUT:-$root/bench/results/kernel-$kernel}")
 fi
@@ -100,12 +102,12 @@ kill $sampler 2>/dev/null
 rm -f "$out/.load.txt"
 
 share=$work/e2e-logs/run-in-guest/share/bench
-if [ ! -f "$share/runs.tsv" ]; then
+if [ ! -f "$share/guest.txt" ]; then
   log "the guest produced no results (exit $rc); console: $work/e2e-logs/run-in-guest/console.log"
   exit 1
 fi
 /usr/bin/python3 "$here/report.py" --raw "$share" --host "$host_info" --out "$out" || exit 1
-if command -v gnuplot >/dev/null; then
+if [ -f "$out/iops-ratios.dat" ] && [ "$out/iops-ratios.dat" -nt "$host_info" ] && command -v gnuplot >/dev/null; then
   modes=$(sed -n '1s/^# label//; 1s/ (.*//p' "$out/iops-ratios.dat" | tr ' ' '\n' | sed -n 's/_ratio$//p' | tr '\n' ' ')
   gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'; repeats=$repeats; modes='${modes% }'" "$here/iops-ratios.gp" \
     || log "gnuplot failed"
