@@ -3,6 +3,7 @@
 #include <sys/utsname.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "glog/logging.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
@@ -22,8 +23,11 @@ std::string FeaturesHex(uint64_t features) { return absl::StrCat("0x", absl::Hex
 
 absl::StatusOr<std::optional<CopyMode>> ParseCopyModeFlag(absl::string_view text) {
   if (text == "auto") return std::optional<CopyMode>();
+  // Also the dashed spelling (user-copy): the Helm chart's examples and the
+  // plugin's status output use it.
+  const std::string underscored = absl::StrReplaceAll(text, {{"-", "_"}});
   for (CopyMode m : {CopyMode::kZeroCopy, CopyMode::kUserCopy, CopyMode::kGetData}) {
-    if (text == CopyModeName(m)) return std::optional<CopyMode>(m);
+    if (underscored == CopyModeName(m)) return std::optional<CopyMode>(m);
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "--copy_mode=", text, ": expected auto, zero_copy, user_copy or get_data"));

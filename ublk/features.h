@@ -30,7 +30,8 @@ enum class KernelEmulation {
 };
 
 // A --copy_mode flag: "auto" -> nullopt (detect), "zero_copy" | "user_copy"
-// | "get_data"; anything else InvalidArgument naming the accepted values.
+// | "get_data" (or with dashes: "user-copy"); anything else InvalidArgument
+// naming the accepted values.
 absl::StatusOr<std::optional<CopyMode>> ParseCopyModeFlag(absl::string_view text);
 
 // "" or "none" -> kNone, "6.1" -> kLinux61; anything else InvalidArgument

@@ -259,6 +259,8 @@ TEST(FeaturesTest, ParseCopyModeFlag) {
   EXPECT_EQ(*ParseCopyModeFlag("zero_copy"), CopyMode::kZeroCopy);
   EXPECT_EQ(*ParseCopyModeFlag("user_copy"), CopyMode::kUserCopy);
   EXPECT_EQ(*ParseCopyModeFlag("get_data"), CopyMode::kGetData);
+  EXPECT_EQ(*ParseCopyModeFlag("user-copy"), CopyMode::kUserCopy);  // the chart's spelling
+  EXPECT_EQ(*ParseCopyModeFlag("zero-copy"), CopyMode::kZeroCopy);
   auto bad = ParseCopyModeFlag("zerocopy");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--copy_mode=zerocopy"));
