@@ -1,11 +1,13 @@
 # engine-basic: the engine serving real ublk devices through ublk-tool.
-# For each copy mode (user_copy, get_data) x command encoding (ioctl, legacy):
+# For each copy mode (user_copy, get_data, and zero_copy where the kernel has
+# UBLK_F_AUTO_BUF_REG) x command encoding (ioctl, legacy):
 # a file-backed export (sparse file on tmpfs), raw O_DIRECT data check (also
 # against the backing file), ext4 and xfs with a remount checksum, SIGTERM stop
-# and the device gone. Then the null target: reads return zeros. xfs runs for
+# and the device gone. Then the null target (in the detected mode: zero copy
+# on 7.x zero-fills through a fixed buffer): reads return zeros. xfs runs for
 # the ioctl encoding only (the file system does not depend on the command
 # encoding; it keeps the scenario within the CI budget under TCG).
-# e2e-timeout: 600
+# e2e-timeout: 900
 # e2e-requires: ublk/ublk-tool
 . "$E2E_LIB"
 e2e_require_ublk_tool
@@ -15,9 +17,12 @@ PAT=$E2E_SCRATCH/pattern
 e2e_make_pattern "$PAT" 8
 
 e2e_step "ublk-tool features"
-timeout 30 "$UBLK_TOOL" features || e2e_check_failed "ublk-tool features exited $?"
+timeout 30 "$UBLK_TOOL" features | tee "$E2E_SCRATCH/features" || e2e_check_failed "ublk-tool features exited $?"
+copies="user_copy get_data"
+# Zero copy (UBLK_F_AUTO_BUF_REG, 6.16+) where the kernel has it.
+if grep -qx 'auto_buf_reg=1' "$E2E_SCRATCH/features"; then copies="zero_copy $copies"; fi
 
-for copy in user_copy get_data; do
+for copy in $copies; do
   for enc in ioctl legacy; do
     combo="copy_mode=$copy encoding=$enc"
     back=$E2E_SCRATCH/backing-$copy-$enc.img

@@ -46,6 +46,8 @@ if ! wait_ready 30; then
   e2e_finish
 fi
 e2e_ok "plugin ready"
+# The data mode feature detection chose (zero_copy on 7.x, user_copy on 6.12).
+echo "note: plugin $(grep -o 'using copy_mode=[a-z_]*' "$WORK/plugin.log" | head -1)"
 
 e2e_step "create and stage a raw block volume and an ext4 volume"
 BLK=$("${CTL[@]}" volume create rb --size=256Mi --block | field volume_id)

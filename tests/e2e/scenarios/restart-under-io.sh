@@ -1,6 +1,7 @@
 # restart-under-io (engine level, through ublk-tool): a file export created
 # with user recovery serves fio randwrite+verify; its server is killed with
-# SIGKILL mid-I/O (twice in a row for user_copy, once for get_data); the
+# SIGKILL mid-I/O (twice in a row for zero_copy where the kernel has it and
+# user_copy, once for get_data); the
 # device must be QUIESCED, `ublk-tool recover` must re-attach the same
 # /dev/ublkbN, fio must finish with every block verified (REISSUE: no write
 # lost), and SIGTERM must then remove the device. The plugin-level version
@@ -66,6 +67,21 @@ run_case() { # COPY_MODE KILLS
   rm -f "$back"
 }
 
+# Zero copy where the kernel has UBLK_F_AUTO_BUF_REG: the dead server's ring
+# (and the request buffers registered in it) goes with it; the recovering
+# server registers them afresh in its own ring. ublk_drv WARNs (refcount,
+# task_registered_buffers) if a registration outlived its server.
+if "$UBLK_TOOL" features 2>/dev/null | grep -qx 'auto_buf_reg=1'; then
+  dmesg_lines=$(dmesg | wc -l)
+  run_case zero_copy 2
+  if dmesg | tail -n +$((dmesg_lines + 1)) | grep -E 'WARNING|BUG|refcount' | head -5 | grep .; then
+    e2e_check_failed "zero_copy: kernel warnings during kill/recover (above)"
+  else
+    e2e_ok "zero_copy: no kernel warning across the kills and recoveries"
+  fi
+else
+  echo "note: no UBLK_F_AUTO_BUF_REG on this kernel: zero_copy not run"
+fi
 run_case user_copy 2
 run_case get_data 1
 e2e_finish
