@@ -437,5 +437,49 @@ TEST_F(UblkVolumeBackendTest, ShutdownLeavesDevicesRecoverableForTheNextProcess)
   EXPECT_EQ(kernel_->device_count(), 0u);
 }
 
+// A 7.x-like kernel: volumes are served in zero copy (no bounce-buffer
+// pool is mapped). The operator then restarts the plugin with the kill
+// switch --copy_mode=user_copy: the zero-copy device still recovers, in
+// zero copy (its flags were fixed at ADD_DEV), and new volumes use user copy.
+TEST_F(UblkVolumeBackendTest, ZeroCopyDeviceRecoversInZeroCopyAfterTheKillSwitch) {
+  kernel_ = std::make_unique<FakeKernel>(FakeKernelOptions::Linux7());
+  Start();
+  EXPECT_EQ(backend_->features()->copy_mode, ublk::CopyMode::kZeroCopy);
+  auto a = backend_->EnsureExport(Spec("a", 2));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(backend_->GetExportStatus("a").copy_mode, "zero-copy");
+  EXPECT_EQ(kernel_->Write(a->dev_id, 0, Pattern(16384, 30))->result, 16384);
+  EXPECT_TRUE(kernel_->Read(a->dev_id, 0, 16384)->data == Pattern(16384, 30));
+  EXPECT_EQ(memory_.map_calls(), 0);
+  EXPECT_GT(kernel_->auto_buf_regs(), 0);
+  backend_->Shutdown();
+  EXPECT_EQ(kernel_->DeviceState(a->dev_id), UBLK_S_DEV_QUIESCED);
+  auto pending = kernel_->SubmitIoAsync(a->dev_id, UBLK_IO_OP_WRITE, 65536, 8192, Pattern(8192, 31));
+
+  ublk::FeatureOptions kill_switch;
+  kill_switch.force_copy_mode = ublk::CopyMode::kUserCopy;
+  Start(kill_switch);
+  EXPECT_EQ(backend_->features()->copy_mode, ublk::CopyMode::kUserCopy);
+  auto again = backend_->EnsureExport(Spec("a", 2));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->recovered);
+  EXPECT_EQ(again->dev_id, a->dev_id);
+  EXPECT_EQ(backend_->GetExportStatus("a").copy_mode, "zero-copy");
+  auto done = kernel_->Wait(pending, absl::Seconds(5));
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->result, 8192);
+  EXPECT_TRUE(kernel_->Read(a->dev_id, 0, 16384)->data == Pattern(16384, 30));
+  EXPECT_TRUE(kernel_->Read(a->dev_id, 65536, 8192)->data == Pattern(8192, 31));
+
+  auto b = backend_->EnsureExport(Spec("b"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(backend_->GetExportStatus("b").copy_mode, "user-copy");
+  EXPECT_EQ(kernel_->Write(b->dev_id, 0, Pattern(4096, 32))->result, 4096);
+  EXPECT_TRUE(kernel_->Read(b->dev_id, 0, 4096)->data == Pattern(4096, 32));
+  ASSERT_TRUE(backend_->RemoveExport("a").ok());
+  ASSERT_TRUE(backend_->RemoveExport("b").ok());
+  EXPECT_EQ(kernel_->device_count(), 0u);
+}
+
 }  // namespace
 }  // namespace ublk_csi
