@@ -38,11 +38,13 @@ test: unit-test asan-test
 
 # Real ublk devices: natively where the host kernel has ublk_drv, else in a
 # qemu guest booting Debian's 6.12 kernel (tests/e2e).
+# make e2e KERNEL=7 boots a 7.x kernel from trixie-backports instead;
+# KERNEL="6.12 7" runs every scenario on both.
 demo: build
 	@scripts/demo.sh $(BUILD)
 
 e2e: build
-	@tests/e2e/run.sh --build-dir $(BUILD) --kernel $(KERNEL) $(SCENARIO)
+	@tests/e2e/run.sh --build-dir $(BUILD) --kernel "$(KERNEL)" $(SCENARIO)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)

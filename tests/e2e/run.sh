@@ -1,18 +1,23 @@
 #!/bin/bash
-# Real-kernel end-to-end scenarios: boots Debian's 6.12 kernel (ublk_drv) under
-# qemu, one guest per scenario, and runs tests/e2e/scenarios/NAME.sh in it.
+# Real-kernel end-to-end scenarios: boots a Debian kernel with ublk_drv (6.12
+# by default, or 7.x from trixie-backports) under qemu, one guest per
+# scenario, and runs tests/e2e/scenarios/NAME.sh in it.
 #
-# usage: tests/e2e/run.sh [--build-dir DIR] [--kernel 6.12] [-v|--verbose]
+# usage: tests/e2e/run.sh [--build-dir DIR] [--kernel 6.12|7|6.12,7] [-v|--verbose]
 #                         [--list] [SCENARIO...]
 #   --build-dir DIR  the project's build dir (binaries: DIR/ublk/ublk-tool,
 #                    DIR/csi/ublk-csi, DIR/csi/ublk-csi-ctl); default ./build.
 #                    Kernel + initramfs are cached in DIR/e2e-cache, logs go
-#                    to DIR/e2e-logs/NAME/console.log.
-#   --kernel SERIES  Debian kernel series behind linux-image-SERIES-amd64
+#                    to DIR/e2e-logs/NAME/console.log (6.12) or
+#                    DIR/e2e-logs/kernel-7/NAME/console.log (7).
+#   --kernel LIST    6.12: linux-image-6.12-amd64 from the machine's apt
+#                    sources; 7: linux-image-amd64 of trixie-backports;
+#                    several (comma/space separated): every scenario on each
 #   -v, --verbose    stream each guest's console
 #   no SCENARIO      all scenarios
 # Prints PASS name / FAIL name / SKIP name: reason per scenario and ends with
-# "N passed, N failed, N skipped"; exits 1 if any failed, 2 on a setup error.
+# "N passed, N failed, N skipped" (with several kernels: one such line per
+# kernel, then the combined one last); exits 1 if any failed, 2 on a setup error.
 #
 # Scenario headers ("# e2e-KEY: value" lines in the scenario file):
 #   e2e-timeout: S       watchdog per guest boot (default 240)
@@ -36,7 +41,7 @@ while [ $# -gt 0 ]; do
     --kernel=*) series=${1#*=}; shift ;;
     -v|--verbose) verbose=1; shift ;;
     --list) list=1; shift ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) names+=("$1"); shift ;;
   esac
@@ -49,18 +54,26 @@ if [ ${#names[@]} = 0 ]; then
 fi
 if [ $list = 1 ]; then printf '%s\n' "${names[@]}"; exit 0; fi
 
+kernels=()
+for k in ${series//,/ }; do kernels+=("$k"); done
+[ ${#kernels[@]} -gt 0 ] || { echo "run.sh: --kernel needs a value" >&2; exit 2; }
 mkdir -p "$build_dir" || exit 2
 E2E_BUILD_DIR=$(realpath "$build_dir")
-E2E_KERNEL_SERIES=$series
+E2E_KERNEL_SERIES=${kernels[0]}
 # shellcheck source=lib/host.sh
 . "$HERE/lib/host.sh"
 e2e_check_visible "build dir" "$E2E_BUILD_DIR"
 e2e_check_visible "project root" "$E2E_SRC_DIR"
+for k in "${kernels[@]}"; do
+  e2e_kernel_series_ok "$k" || { echo "run.sh: unknown kernel series '$k' (known: 6.12, 7)" >&2; exit 2; }
+done
 
 T_ALL=$(e2e_now)
 passed=0 failed=0 skipped=0
 summary=()
 setup_done=0
+features_shown=0
+kernel_features=
 
 result() { # KIND NAME [DETAIL]
   local line
@@ -77,7 +90,8 @@ setup() {
   [ $setup_done = 1 ] && return 0
   local t0
   t0=$(e2e_now)
-  e2e_ensure_packages
+  [ "$packages_done" = 1 ] || e2e_ensure_packages
+  packages_done=1
   e2e_ensure_kernel
   e2e_log "guest kernel $E2E_KVER, initramfs $(basename "$E2E_INITRD") (setup $(e2e_secs "$t0")s)"
   setup_done=1
@@ -105,7 +119,7 @@ run_scenario() {
   ublks_max=$(e2e_header "$file" ublks-max)
 
   setup
-  local run=$E2E_WORK_DIR/e2e-logs/$name t0 boot=1 use_disk=0 rc detail
+  local run=$LOG_DIR/$name t0 boot=1 use_disk=0 rc detail
   rm -rf "$run"; mkdir -p "$run/share"
   if [ -n "$disk" ]; then truncate -s "$disk" "$run/disk.img" && use_disk=1; fi
   t0=$(e2e_now)
@@ -125,6 +139,13 @@ run_scenario() {
     break
   done
   detail="$(e2e_secs "$t0")s, $boot boot(s), guest ready at ${ready:-?}s"
+  if [ $features_shown = 0 ] && [ -s "$run/share/features" ]; then
+    # GET_FEATURES and the engine's choice on this kernel, once per kernel.
+    kernel_features=$(tr -d '\r' < "$run/share/features" \
+      | grep -E '^(kernel_release|features|encoding|copy_mode|auto_buf_reg)=' | tr '\n' ' ' | sed 's/ $//')
+    e2e_log "guest ublk: $kernel_features"
+    features_shown=1
+  fi
   if [ -n "$E2E_BOOT_PROBLEM" ]; then
     result FAIL "$name" "" "$detail"
     echo "  $E2E_BOOT_PROBLEM; last console lines ($run/console.log):"
@@ -140,11 +161,30 @@ run_scenario() {
   fi
 }
 
-for n in "${names[@]}"; do
-  run_scenario "$n"
+packages_done=0
+all_passed=0 all_failed=0 all_skipped=0
+kernel_lines=()
+for k in "${kernels[@]}"; do
+  E2E_KERNEL_SERIES=$k
+  LOG_DIR=$E2E_WORK_DIR/e2e-logs
+  [ "$k" = 6.12 ] || LOG_DIR=$E2E_WORK_DIR/e2e-logs/kernel-$k
+  passed=0 failed=0 skipped=0 summary=() setup_done=0 features_shown=0 kernel_features=
+  E2E_KVER=
+  T_K=$(e2e_now)
+  [ ${#kernels[@]} -gt 1 ] && echo "=== kernel $k"
+  for n in "${names[@]}"; do
+    run_scenario "$n"
+  done
+  echo "e2e summary, kernel $k ${E2E_KVER:+($E2E_KVER) }(total $(e2e_secs "$T_K")s):"
+  [ -n "$kernel_features" ] && echo "  ublk: $kernel_features"
+  for s in "${summary[@]}"; do echo "  $s"; done
+  line="$passed passed, $failed failed, $skipped skipped"
+  kernel_lines+=("kernel $k${E2E_KVER:+ ($E2E_KVER)}: $line")
+  all_passed=$((all_passed + passed)) all_failed=$((all_failed + failed)) all_skipped=$((all_skipped + skipped))
 done
-
-echo "e2e summary (total $(e2e_secs "$T_ALL")s):"
-for s in "${summary[@]}"; do echo "  $s"; done
-echo "$passed passed, $failed failed, $skipped skipped"
-[ "$failed" = 0 ]
+if [ ${#kernels[@]} -gt 1 ]; then
+  echo "e2e: all kernels (total $(e2e_secs "$T_ALL")s):"
+  for l in "${kernel_lines[@]}"; do echo "  $l"; done
+fi
+echo "$all_passed passed, $all_failed failed, $all_skipped skipped"
+[ "$all_failed" = 0 ]

@@ -15,9 +15,11 @@ MODDIR=$KDIR/lib/modules/$KVER
 
 # Modules loaded at boot, in this order (each after its dependencies).
 # crc32c is requested by ext4/jbd2 through the crypto API, not by symbol, so
-# modules.dep does not list it: load it explicitly before ext4.
-MODS="configfs netfs 9pnet 9pnet_virtio 9p virtio_blk crc32c-intel crc32c_generic
-      crc16 mbcache jbd2 ext4 libcrc32c xfs loop null_blk ublk_drv"
+# modules.dep does not list it: load it explicitly before ext4. A name ending
+# in "?" may be absent (7.x kernels have crc32c as a library that ext4, jbd2
+# and xfs link by symbol: no crc32c-intel, crc32c_generic, libcrc32c).
+MODS="configfs netfs 9pnet 9pnet_virtio 9p virtio_blk crc32c-intel? crc32c_generic?
+      crc16 mbcache jbd2 ext4 libcrc32c? xfs loop null_blk ublk_drv"
 
 [ -f "$MODDIR/modules.dep" ] || depmod -b "$KDIR" "$KVER"
 BUSYBOX=$(command -v busybox) || { echo "build-initramfs: busybox not found" >&2; exit 1; }
@@ -47,16 +49,20 @@ add_mod() { # $1 = path relative to MODDIR as in modules.dep
   esac
   echo "${rel%.xz}" >> "$ST/etc/modorder"
 }
+set -f  # the "?" in MODS is not a glob
 for m in $MODS; do
+  optional=0
+  case $m in *\?) optional=1; m=${m%\?} ;; esac
   rel=$(grep -E "/${m}\.ko(\.xz|\.zst)?:" "$MODDIR/modules.dep" | cut -d: -f1 | head -1 || true)
   if [ -z "$rel" ]; then
     # Built into this kernel (or absent): nothing to load.
-    grep -q "/${m}.ko" "$MODDIR/modules.builtin" 2>/dev/null \
+    [ $optional = 1 ] || grep -q "/${m}.ko" "$MODDIR/modules.builtin" 2>/dev/null \
       || echo "build-initramfs: module $m not found in $KVER" >&2
     continue
   fi
   add_mod "$rel"
 done
+set +f
 sed -i 's/\.zst$//' "$ST/etc/modorder"
 cp "$MODDIR"/modules.builtin* "$MODDIR"/modules.order "$ST/lib/modules/$KVER/" 2>/dev/null || true
 depmod -b "$ST" "$KVER"

@@ -57,10 +57,29 @@ e2e_resolve_kernel_pkg() {
     | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
 }
 
+# e2e_kernel_series_ok SERIES: the series this harness knows how to fetch.
+#   6.12  linux-image-6.12-amd64 from this machine's apt sources (bookworm-security)
+#   7     linux-image-amd64 of trixie-backports (a 7.x kernel), through a
+#         private apt source list on the Debian mirror this machine uses
+e2e_kernel_series_ok() {
+  case $1 in 7) return 0 ;; [0-9]*.[0-9]*) return 0 ;; esac
+  return 1
+}
+
 # Makes sure the cache under $E2E_WORK_DIR/e2e-cache holds the current kernel of
 # $E2E_KERNEL_SERIES and an initramfs built by the current guest-setup scripts.
 # Sets E2E_KVER, E2E_VMLINUZ, E2E_INITRD.
 e2e_ensure_kernel() {
+  e2e_kernel_series_ok "$E2E_KERNEL_SERIES" \
+    || e2e_die "unknown kernel series '$E2E_KERNEL_SERIES' (known: 6.12, 7)"
+  if [ "$E2E_KERNEL_SERIES" = 7 ]; then
+    e2e_ensure_kernel_backports trixie-backports 7
+  else
+    e2e_ensure_kernel_series
+  fi
+}
+
+e2e_ensure_kernel_series() {
   local cache=$E2E_WORK_DIR/e2e-cache series=$E2E_KERNEL_SERIES pkg deb kdir
   mkdir -p "$cache/debs"
   [ "${E2E_APT_UPDATE:-0}" = 1 ] && e2e_apt_update
@@ -94,26 +113,135 @@ e2e_ensure_kernel() {
     fi
     kdir=$cache/kernel-$(basename "$deb" .deb)
   fi
+  e2e_build_guest_image "$kdir" "$cache" ${deb:+"$deb"}
+}
 
+# Prints the URI of the Debian mirror this machine's apt uses for its release
+# suite (not -security, not third-party repositories). E2E_DEBIAN_MIRROR overrides.
+e2e_debian_mirror() {
+  if [ -n "${E2E_DEBIAN_MIRROR:-}" ]; then echo "$E2E_DEBIAN_MIRROR"; return; fi
+  local f
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    # deb [options] URI SUITE COMPONENTS...
+    sed -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" && $3 !~ /-/ && $2 ~ /debian\/?$/ {print $2; exit}'
+  done
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    # deb822 stanzas, separated by blank lines.
+    awk 'function flush() { if (t ~ /(^| )deb( |$)/ && s ~ /(^| )[a-z]+( |$)/ && u ~ /debian\/?$/ && e != "no") print u; t = s = u = e = "" }
+         /^[ \t]*$/ { flush(); next }
+         tolower($1) == "types:"   { $1 = ""; t = $0 }
+         tolower($1) == "suites:"  { $1 = ""; s = $0 }
+         tolower($1) == "uris:"    { u = $2 }
+         tolower($1) == "enabled:" { e = tolower($2) }
+         END { flush() }' "$f"
+  done
+}
+
+# e2e_ensure_kernel_backports SUITE SERIES: the kernel behind linux-image-amd64
+# in SUITE (Debian's split packages: linux-binary-KVER has vmlinuz under
+# usr/lib/modules/KVER, linux-modules-KVER the modules, linux-base-KVER the
+# config), fetched with a private apt configuration under
+# e2e-cache/SUITE/ so the machine's own sources stay untouched.
+e2e_ensure_kernel_backports() {
+  local suite=$1 series=$2
+  local cache=$E2E_WORK_DIR/e2e-cache/$suite mirror kver kdir p debs=() d
+  mkdir -p "$cache/lists/partial" "$cache/apt/archives/partial" "$cache/debs"
+  mirror=$(e2e_debian_mirror | head -1)
+  [ -n "$mirror" ] || e2e_die "no Debian mirror found in /etc/apt/sources.list*; set E2E_DEBIAN_MIRROR"
+  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  echo "deb [signed-by=$keyring] $mirror $suite main" > "$cache/sources.list.new"
+  if ! cmp -s "$cache/sources.list.new" "$cache/sources.list"; then
+    mv "$cache/sources.list.new" "$cache/sources.list"
+    rm -rf "$cache/lists"; mkdir -p "$cache/lists/partial"
+  else
+    rm -f "$cache/sources.list.new"
+  fi
+  local opts=(-o "Dir::Etc::SourceList=$cache/sources.list" -o Dir::Etc::SourceParts=/dev/null
+              -o "Dir::State::Lists=$cache/lists" -o "Dir::Cache=$cache/apt")
+  resolve() {
+    apt-cache "${opts[@]}" depends linux-image-amd64 2>/dev/null \
+      | awk '/Depends: linux-image-[0-9]/ {sub("^linux-image-", "", $2); print $2; exit}'
+  }
+  update() {
+    e2e_log "apt-get update ($suite on $mirror, private lists in $cache)"
+    apt-get "${opts[@]}" update -qq >&2 || e2e_log "apt-get update of $suite failed"
+  }
+  [ "${E2E_APT_UPDATE:-0}" = 1 ] && update
+  kver=$(resolve)
+  if [ -z "$kver" ]; then update; kver=$(resolve); fi
+  if [ -z "$kver" ]; then
+    kdir=$(ls -d "$cache"/kernel-"$series".*/ 2>/dev/null | sort -V | tail -1)
+    [ -n "$kdir" ] || e2e_die "cannot resolve linux-image-amd64 in $suite and no kernel is cached in $cache"
+    kdir=${kdir%/}
+    e2e_log "cannot resolve linux-image-amd64 in $suite; using cached $(basename "$kdir")"
+    e2e_build_guest_image "$kdir" "$cache"
+    return
+  fi
+  case $kver in "$series".*) ;; *) e2e_die "$suite offers kernel $kver, not a $series.x one" ;; esac
+  fetch() {
+    local p
+    for p in linux-binary linux-modules linux-base; do
+      ls "$cache/debs/$p-${kver}"_*.deb >/dev/null 2>&1 && continue
+      e2e_log "downloading $p-$kver"
+      (cd "$cache/debs" && apt-get "${opts[@]}" download -q "$p-$kver" 2>&1 \
+        | grep -v '^W: Download is performed unsandboxed' >&2) || true
+    done
+  }
+  fetch
+  for p in linux-binary linux-modules linux-base; do
+    ls "$cache/debs/$p-${kver}"_*.deb >/dev/null 2>&1 || { update; fetch; break; }
+  done
+  for p in linux-binary linux-modules linux-base; do
+    d=$(ls "$cache/debs/$p-${kver}"_*.deb 2>/dev/null | sort -V | tail -1)
+    [ -n "$d" ] || e2e_die "apt-get download $p-$kver from $suite failed"
+    debs+=("$d")
+  done
+  # Keep only the current kernel's packages.
+  for d in "$cache"/debs/*.deb; do
+    case " ${debs[*]} " in *" $d "*) ;; *) rm -f "$d" ;; esac
+  done
+  kdir=$cache/kernel-$kver
+  e2e_build_guest_image "$kdir" "$cache" "${debs[@]}"
+}
+
+# e2e_build_guest_image KDIR CACHE [DEB...]: makes sure KDIR holds vmlinuz,
+# config, kver and an initramfs built by the current guest-setup scripts,
+# unpacking DEB... (one linux-image package, or Debian's split
+# binary/modules/base packages) when anything is missing; then drops other
+# kernel-* dirs in CACHE. Sets E2E_KVER, E2E_VMLINUZ, E2E_INITRD.
+e2e_build_guest_image() {
+  local kdir=$1 cache=$2
+  shift 2
   local key
   key=$(cat "$E2E_DIR/guest/init.sh" "$E2E_DIR/lib/build-initramfs.sh" | sha256sum | cut -c1-16)
   E2E_INITRD=$kdir/initramfs-$key.img
   if [ ! -f "$kdir/vmlinuz" ] || [ ! -f "$kdir/kver" ] || [ ! -f "$E2E_INITRD" ]; then
-    [ -n "${deb:-}" ] || e2e_die "cached kernel $kdir is incomplete and apt cannot resolve a new one"
-    local t0 tree kver
+    [ $# -gt 0 ] || e2e_die "cached kernel $kdir is incomplete and apt cannot resolve a new one"
+    local t0 tree kver d root vmlinuz config
     t0=$(e2e_now)
     tree=$(mktemp -d "$cache/unpack.XXXXXX")
-    dpkg-deb -x "$deb" "$tree" || { rm -rf "$tree"; e2e_die "dpkg-deb -x $deb failed"; }
-    kver=$(ls "$tree/lib/modules" | head -1)
-    [ -n "$kver" ] || { rm -rf "$tree"; e2e_die "$deb has no lib/modules"; }
-    if ! grep -q '^CONFIG_BLK_DEV_UBLK=[my]' "$tree/boot/config-$kver"; then
-      rm -rf "$tree"; e2e_die "$deb: kernel $kver is built without ublk (CONFIG_BLK_DEV_UBLK)"
+    for d in "$@"; do
+      dpkg-deb -x "$d" "$tree" || { rm -rf "$tree"; e2e_die "dpkg-deb -x $d failed"; }
+    done
+    # Older packages put modules under lib/modules, newer ones (7.x) under usr/lib/modules.
+    root=$tree
+    [ -d "$tree/lib/modules" ] || root=$tree/usr
+    kver=$(ls "$root/lib/modules" 2>/dev/null | head -1)
+    [ -n "$kver" ] || { rm -rf "$tree"; e2e_die "$* has no lib/modules"; }
+    vmlinuz=$tree/boot/vmlinuz-$kver config=$tree/boot/config-$kver
+    [ -f "$vmlinuz" ] || vmlinuz=$root/lib/modules/$kver/vmlinuz
+    [ -f "$config" ] || config=$root/lib/modules/$kver/config
+    [ -f "$vmlinuz" ] || { rm -rf "$tree"; e2e_die "$*: no vmlinuz for $kver"; }
+    if ! grep -q '^CONFIG_BLK_DEV_UBLK=[my]' "$config"; then
+      rm -rf "$tree"; e2e_die "$*: kernel $kver is built without ublk (CONFIG_BLK_DEV_UBLK)"
     fi
-    depmod -b "$tree" "$kver" || { rm -rf "$tree"; e2e_die "depmod -b $tree $kver failed"; }
+    depmod -b "$root" "$kver" || { rm -rf "$tree"; e2e_die "depmod -b $root $kver failed"; }
     rm -rf "$kdir"; mkdir -p "$kdir"
-    cp "$tree/boot/vmlinuz-$kver" "$kdir/vmlinuz"
-    cp "$tree/boot/config-$kver" "$kdir/config"
-    bash "$E2E_DIR/lib/build-initramfs.sh" "$tree" "$kver" "$E2E_INITRD" >&2 \
+    cp "$vmlinuz" "$kdir/vmlinuz"
+    cp "$config" "$kdir/config"
+    bash "$E2E_DIR/lib/build-initramfs.sh" "$root" "$kver" "$E2E_INITRD" >&2 \
       || { rm -rf "$tree" "$kdir"; e2e_die "building the initramfs failed"; }
     echo "$kver" > "$kdir/kver"
     rm -rf "$tree"
@@ -170,6 +298,13 @@ e2e_write_job() {
     echo "export E2E_RESULT_DIR=/run/e2e E2E_SCRATCH=/tmp/e2e-scratch"
     if [ "$disk" = 1 ]; then echo "export E2E_DATA_DIR=/run/e2e-data"; else echo "export E2E_DATA_DIR="; fi
     echo 'mkdir -p "$E2E_SCRATCH"'
+    # Every log starts with the guest kernel, its GET_FEATURES and the mode the
+    # engine picks there (the host prints the first boot's copy per kernel).
+    echo 'echo "e2e: guest kernel $(uname -r)"'
+    echo 'if [ -x "$BUILD_DIR/ublk/ublk-tool" ]; then'
+    echo '  timeout 30 "$BUILD_DIR/ublk/ublk-tool" features > "$E2E_RESULT_DIR/features" 2>&1'
+    echo '  sed "s/^/e2e: ublk-tool features: /" "$E2E_RESULT_DIR/features"'
+    echo 'fi'
     printf 'cd %q || exit 126\n' "$E2E_SRC_DIR"
     printf 'exec /bin/bash %q' "$script"
     [ $# -gt 0 ] && printf ' %q' "$@"
