@@ -113,9 +113,11 @@ pb_io() {
     "$(awk '$2 > m {m = $2} END {print m + 0}' "$PB_WORK/rss-$name")" "$slots"
 }
 
+# The I/O in flight: 1 x 4k (QD1), 32 x 128 KiB on one export (one worker),
+# 8 exports x 32 x 128 KiB (both workers: up to 256 I/Os of 128 KiB, the
+# whole pool of 2 x 256 slots).
 pb_io_set() {
   pb_io qd1-4k 1 randread 4k 1
-  pb_io qd32-4k 1 randread 4k 32
   pb_io qd32-128k 1 randread 128k 32
   [ "$PB_EXPORTS" -ge 8 ] && pb_io 8x-qd32-128k 8 randread 128k 32
 }
@@ -125,20 +127,24 @@ pb_recovery() {
   local job=$PB_WORK/recovery.fio fpid wdir=$PB_WORK/watch d
   {
     echo "[global]"; echo "ioengine=libaio"; echo "direct=1"; echo "time_based"
-    echo "runtime=25"; echo "rw=randrw"; echo "bs=4k"; echo "iodepth=16"
+    echo "runtime=300"; echo "rw=randrw"; echo "bs=4k"; echo "iodepth=16"
     echo "norandommap"; echo "randrepeat=0"; echo "group_reporting"
     head -n 8 "$PB_WORK/devs" | while read -r d; do echo "[$(basename "$d")]"; echo "filename=$d"; done
   } > "$job"
   mkdir -p "$wdir"
-  fio --output-format=json --output="$PB_OUT/fio-recovery.json" "$job" > "$PB_OUT/fio-recovery.log" 2>&1 &
-  fpid=$!
-  # The watcher opens every device first, then waits for the go file.
+  # The watcher opens every device and starts its reader threads first (tens
+  # of seconds under TCG on a loaded host), then waits for the go file; fio
+  # starts meanwhile.
   python3 "$BENCH_DIR/recovery_watch.py" --devs "$PB_WORK/devs" --dir "$wdir" \
     --metrics "$PB_METRICS" --out "$PB_OUT/recovery.json" --timeout 180 > "$PB_OUT/recovery-watch.log" 2>&1 &
-  local wpid=$! i
-  for i in $(seq 300); do [ -e "$wdir/armed" ] && break; sleep 0.1; done
+  local wpid=$! i t_fio
+  fio --output-format=json --output="$PB_OUT/fio-recovery.json" "$job" > "$PB_OUT/fio-recovery.log" 2>&1 &
+  fpid=$!
+  t_fio=$(now)
+  for i in $(seq 1200); do [ -e "$wdir/armed" ] && break; sleep 0.1; done
   [ -e "$wdir/armed" ] || e2e_check_failed "recovery watcher did not arm: $(tail -3 "$PB_OUT/recovery-watch.log")"
-  sleep 6  # fio's I/O phase has begun (its start-up takes seconds under TCG)
+  # fio's I/O phase has begun (its start-up takes seconds under TCG).
+  while awk -v a="$t_fio" -v b="$(now)" 'BEGIN {exit !(b - a < 6)}'; do sleep 0.5; done
   pb_mem before-kill "$PB_EXPORTS" "8 dev x randrw 4k QD16" - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
   local t_kill=$EPOCHREALTIME
   kill -KILL "$PB_PID"
@@ -150,7 +156,10 @@ pb_recovery() {
   wait "$wpid" || e2e_check_failed "recovery watcher: $(tail -3 "$PB_OUT/recovery-watch.log")"
   cat "$PB_OUT/recovery-watch.log"
   pb_mem after-recovery "$PB_EXPORTS" "8 dev x randrw 4k QD16" - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
-  wait "$fpid" || e2e_check_failed "fio across kill -9 failed: $(tail -3 "$PB_OUT/fio-recovery.log")"
+  # fio ran across the kill; SIGINT ends it with its report written.
+  kill -INT "$fpid"
+  wait "$fpid"
+  echo "fio across the kill: exit $? (after SIGINT), $(grep -o '"error" : [0-9]*' "$PB_OUT/fio-recovery.json" | sort | uniq -c | tr -s ' ')"
   grep -o "recovery done: .*" "$PB_OUT/plugin.log" | tail -1
 }
 
@@ -161,7 +170,7 @@ plugin_bench() {
   PB_FIFO=$PB_WORK/fifo
   PB_PLUGIN=$BUILD_DIR/csi/ublk-csi
   PB_CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$PB_SOCK" --timeout=60)
-  PB_IO_S=${PB_IO_S:-6}
+  PB_IO_S=${PB_IO_S:-5}
   PB_EXPORTS=0
   mkdir -p "$PB_OUT" "$PB_WORK/data" "$PB_WORK/paths"
   mkfifo "$PB_FIFO"
