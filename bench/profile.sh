@@ -3,9 +3,10 @@
 # while the data-path devices are still up (same boot, after the repeats).
 #
 # 1. CPU profiles: `perf record -a -g -e cpu-clock` (software event: TCG has
-#    no PMU) during fio 4k randread QD32 on null_blk, the ublk null export,
-#    tmpfs loop and the tmpfs ublk export (first copy mode); `perf report`
-#    splits the samples by process and user/kernel and lists the top symbols.
+#    no PMU) for PF_S s while fio 4k randread QD32 runs on null_blk, each
+#    ublk null export, tmpfs loop and the tmpfs ublk export (first copy
+#    mode); `perf report` splits the samples by process and user/kernel and
+#    lists the top symbols.
 # 2. Syscalls per I/O of each ublk server (file on tmpfs and null, every copy
 #    mode, 4k randread and randwrite QD32): `perf stat` of the syscall
 #    tracepoints on the server's pid against the I/Os the device completed
@@ -19,7 +20,7 @@
 # Writes OUT_DIR/profile/: NAME.dso.txt, NAME.sym.txt, NAME.srv.txt,
 # syscalls.tsv, iostat.tsv, limits.tsv.
 
-PF_S=${PF_S:-8}
+PF_S=${PF_S:-6}
 
 # pf_dev GROUP LABEL: "dev pid" of a device set up by guest.sh, or nothing.
 pf_dev() {
@@ -37,54 +38,72 @@ pf_fio() {
     --randrepeat=0 --output-format=json --output="${6:-/dev/null}" > /dev/null 2>&1
 }
 
-# pf_profile NAME DEV PID: fio 4k randread QD32 for PF_S+4 s; perf samples
-# the whole guest for PF_S s in the middle of it.
+# pf_wait_io DEV: returns once DEV completed I/O within the last ~0.5 s
+# (fio's start-up takes seconds under TCG on a loaded host).
+pf_wait_io() {
+  local a b i
+  a=$(pf_stat "$1")
+  for i in $(seq 240); do
+    sleep 0.5
+    b=$(pf_stat "$1")
+    [ "$a" != "$b" ] && return 0
+    a=$b
+  done
+  return 1
+}
+
+# pf_bg_fio DEV RW BS QD [OUT_JSON]: fio for up to 120 s in the background
+# (PF_FIO = its pid); the caller ends it with SIGINT, which writes its report.
+pf_bg_fio() {
+  pf_fio "$1" "$2" "$3" "$4" 120 "${5:-/dev/null}" &
+  PF_FIO=$!
+  pf_wait_io "$(basename "$1")" || e2e_check_failed "no I/O on $1 after 120 s"
+}
+
+pf_end_fio() { kill -INT "$PF_FIO" 2>/dev/null; wait "$PF_FIO" 2>/dev/null; }
+
+# pf_profile NAME DEV PID: fio 4k randread QD32 runs; once its I/O flows,
+# perf samples the whole guest for PF_S s (perf's workload, `sleep`, starts
+# only once the events are enabled, so the window is all recorded).
 pf_profile() {
-  local name=$1 dev=$2 pid=$3 data=$E2E_SCRATCH/perf-$1.data fpid
-  pf_fio "$dev" randread 4k 32 $((PF_S + 5)) "$PF_OUT/fio-$name.json" &
-  fpid=$!
-  sleep 3
+  local name=$1 dev=$2 pid=$3 data=$E2E_SCRATCH/perf-$1.data
+  pf_bg_fio "$dev" randread 4k 32 "$PF_OUT/fio-$name.json"
   perf record -a -g -e cpu-clock -F 1000 -o "$data" -- sleep "$PF_S" > "$PF_OUT/$name.record.log" 2>&1 \
     || e2e_check_failed "perf record $name: $(tail -2 "$PF_OUT/$name.record.log")"
-  wait "$fpid"
+  pf_end_fio
   perf report -i "$data" --stdio --no-children --sort comm,dso -g none --percent-limit 0.5 \
     > "$PF_OUT/$name.dso.txt" 2>/dev/null
   perf report -i "$data" --stdio --no-children --sort comm,sym -g none --percent-limit 0.7 \
     > "$PF_OUT/$name.sym.txt" 2>/dev/null
-  if [ "$pid" != - ]; then
-    perf report -i "$data" --stdio --no-children --pid="$pid" --sort sym -g caller,0.5,callee \
-      --percent-limit 2 > "$PF_OUT/$name.srv.txt" 2>/dev/null
-  fi
   rm -f "$data"
   echo "  [$(now)s] profile $name: $(grep -c . "$PF_OUT/$name.sym.txt") lines"
 }
 
 PF_SYSCALLS="io_uring_enter pread64 pwrite64 read write futex"
 
-# pf_syscalls NAME DEV PID RW: fio 4k QD32 for 10 s; perf stat counts the
-# server's syscalls over 5 s in the middle; the device's completed I/Os over
-# the same 5 s.
+# pf_syscalls NAME DEV PID RW: fio 4k QD32 runs; perf stat counts the
+# server's syscalls while its workload snapshots the device's stat, sleeps
+# 5 s and snapshots it again (counting is on for the whole workload).
 pf_syscalls() {
-  local name=$1 b fpid s0 s1 ev=() c out=$E2E_SCRATCH/pf-stat.txt
+  local name=$1 b ev=() c out=$E2E_SCRATCH/pf-stat.txt
   b=$(basename "$2")
   for c in $PF_SYSCALLS; do ev+=(-e "syscalls:sys_enter_$c"); done
-  pf_fio "$2" "$4" 4k 32 11 &
-  fpid=$!
-  sleep 3
-  s0=$(pf_stat "$b")
-  perf stat -x, "${ev[@]}" -e raw_syscalls:sys_enter -e context-switches -p "$3" -o "$out" -- sleep 5 \
+  pf_bg_fio "$2" "$4" 4k 32
+  perf stat -x, "${ev[@]}" -e raw_syscalls:sys_enter -e context-switches -p "$3" -o "$out" -- \
+    sh -c "cat /sys/block/$b/stat > $E2E_SCRATCH/s0; sleep 5; cat /sys/block/$b/stat > $E2E_SCRATCH/s1" \
     > /dev/null 2>&1
-  s1=$(pf_stat "$b")
-  wait "$fpid"
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$4" "$s0" "$s1" \
+  pf_end_fio
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$4" "$(pf_stat_file "$E2E_SCRATCH/s0")" \
+    "$(pf_stat_file "$E2E_SCRATCH/s1")" \
     "$(awk -F, '$3 != "" && $1 ~ /^[0-9]+$/ {printf "%s%s=%s", sep, $3, $1; sep=" "}' "$out")" \
     >> "$PF_OUT/syscalls.tsv"
 }
 
 # pf_stat DEV: "reads read_merges read_sectors writes write_merges write_sectors" of /sys/block/DEV/stat
-pf_stat() {
+pf_stat() { pf_stat_file "/sys/block/$1/stat"; }
+pf_stat_file() {
   local r rm rs rt w wm ws rest
-  read -r r rm rs rt w wm ws rest < "/sys/block/$1/stat"
+  read -r r rm rs rt w wm ws rest < "$1"
   echo "$r $rm $rs $w $wm $ws"
 }
 
@@ -108,11 +127,13 @@ profile_bench() {
     echo -1 > /proc/sys/kernel/perf_event_paranoid
     echo 0 > /proc/sys/kernel/kptr_restrict
     perf --version > "$PF_OUT/perf-version.txt" 2>&1
-    local m x
+    local m x md
     m=${COPY_MODES%% *}
     # shellcheck disable=SC2086 # $x is "dev pid"
     x=$(pf_dev null null_blk); [ -n "$x" ] && pf_profile null-null_blk $x
-    x=$(pf_dev null "ublk-$m"); [ -n "$x" ] && pf_profile "null-ublk-$m" $x
+    for md in $COPY_MODES; do
+      x=$(pf_dev null "ublk-$md"); [ -n "$x" ] && pf_profile "null-ublk-$md" $x
+    done
     x=$(pf_dev tmpfs loop); [ -n "$x" ] && pf_profile tmpfs-loop $x
     x=$(pf_dev tmpfs "ublk-$m"); [ -n "$x" ] && pf_profile "tmpfs-ublk-$m" $x
   fi

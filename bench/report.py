@@ -333,9 +333,10 @@ def write_profile(raw, out, host, guest):
         ver = open(os.path.join(d, "perf-version.txt")).read().strip() \
             if os.path.exists(os.path.join(d, "perf-version.txt")) else "?"
         w(f"`perf record -a -g -e cpu-clock -F 1000` ({ver}; a software clock: TCG has no PMU)")
-        w("over 8 s in the middle of fio 4k randread QD32 on each device; `perf report")
-        w("--no-children`. Samples per process and user/kernel side ([k] = kernel), then the")
-        w("top symbols. Full reports: profile/*.txt in the raw output (not committed).")
+        w("for 6 s while fio 4k randread QD32 runs on each device (recording starts once the")
+        w("device completes I/O); `perf report --no-children`. Samples per process and")
+        w("user/kernel side, as % of all samples and % of the busy (non-idle: not swapper)")
+        w("ones, then the top symbols (% of all samples).")
         w("")
     for n in names:
         fio = fio_summary(os.path.join(d, f"fio-{n}.json"))
@@ -359,10 +360,12 @@ def write_profile(raw, out, host, guest):
                     syms.append((p[0], p[1], p[3].strip()))
         w(f"**{n}** (fio {fmt(fio['iops']) if fio else '?'} IOPS while profiled)")
         w("")
-        w("| process | side | % of samples |")
-        w("|---|---|--:|")
+        idle = sum(pc for (comm, _), pc in split.items() if comm == "swapper")
+        w("| process | side | % of samples | % of busy samples |")
+        w("|---|---|--:|--:|")
         for (comm, side), pc in sorted(split.items(), key=lambda x: -x[1])[:10]:
-            w(f"| {comm} | {side} | {pc:.1f} |")
+            busy = "-" if comm == "swapper" or idle >= 100 else f"{100 * pc / (100 - idle):.1f}"
+            w(f"| {comm} | {side} | {pc:.1f} | {busy} |")
         w("")
         w("| % | process | symbol |")
         w("|--:|---|---|")
@@ -396,7 +399,7 @@ def write_profile(raw, out, host, guest):
         w("")
     io = tsv(os.path.join(d, "iostat.tsv"))
     if io:
-        w("I/O shapes of the ext4 128k rows: /sys/block/X/stat deltas over fio 128k QD8 (8 s)")
+        w("I/O shapes of the ext4 128k rows: /sys/block/X/stat deltas over fio 128k QD8 (6 s)")
         w("on the device and on the virtio disk (vda) under the ext4 backing file.")
         w("")
         w("| run | device: requests | merges | KiB/request | vda: requests | merges | KiB/request |")
