@@ -3,7 +3,7 @@
 # script in it, chrooted in the host's root (shared read-only) with cwd = the
 # project root; streams its output and exits with its exit code.
 #
-# usage: tests/e2e/run-in-guest.sh [--build-dir DIR] [--kernel 6.12]
+# usage: tests/e2e/run-in-guest.sh [--build-dir DIR] [--kernel 6.12|7]
 #                                  [--timeout SECONDS] [--ublks-max N]
 #                                  [--data-disk SIZE] SCRIPT [ARGS...]
 # In the guest the script sees SRC_DIR, BUILD_DIR, E2E_SCRATCH (a tmpfs dir),
