@@ -6,7 +6,7 @@
 # /dev/ublkbN, fio must finish with every block verified (REISSUE: no write
 # lost), and SIGTERM must then remove the device. The plugin-level version
 # (ublk-csi restarted under pods' I/O) extends this once the plugin recovers.
-# e2e-timeout: 480
+# e2e-timeout: 720
 # e2e-requires: ublk/ublk-tool
 . "$E2E_LIB"
 e2e_require_ublk_tool
@@ -46,6 +46,9 @@ run_case() { # COPY_MODE KILLS
       "$UBLK_TOOL" del --dev_id="$id" >/dev/null 2>&1
       return
     fi
+    # The READY line names the mode the recovered server serves in (the
+    # device's own, fixed at ADD_DEV).
+    grep -h '^READY' "$SRV_LOG" | sed 's/^/  | /'
     if [ "$SRV_DEV" = "$dev" ]; then e2e_ok "$copy: recovered $dev, state $(state_of "$id")"
     else e2e_check_failed "$copy: recover gave '$SRV_DEV', want $dev"; fi
   done
