@@ -33,13 +33,13 @@ pb_status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$PB_PID/status" 2>/dev/
 pb_start() {
   "$PB_PLUGIN" --node-id=bench --endpoint="unix://$PB_SOCK" --data-dir="$PB_WORK/data" \
     --metrics-address="$PB_METRICS" --backend=ublk --mounter=real --workers=2 \
-    --recovery-concurrency=8 "$@" 2>>"$PB_OUT/plugin.log" &
+    --recovery-concurrency=8 2>>"$PB_OUT/plugin.log" &
   PB_PID=$!
 }
 
 pb_ready() { # SECONDS
-  local i
-  for i in $(seq $(( $1 * 5 ))); do
+  local _i
+  for _i in $(seq $(( $1 * 5 ))); do
     curl -sf -m 2 -o /dev/null "http://$PB_METRICS/readyz" && return 0
     kill -0 "$PB_PID" 2>/dev/null || return 1
     sleep 0.2
@@ -137,11 +137,11 @@ pb_recovery() {
   # starts meanwhile.
   python3 "$BENCH_DIR/recovery_watch.py" --devs "$PB_WORK/devs" --dir "$wdir" \
     --metrics "$PB_METRICS" --out "$PB_OUT/recovery.json" --timeout 180 > "$PB_OUT/recovery-watch.log" 2>&1 &
-  local wpid=$! i t_fio
+  local wpid=$! t_fio
   fio --output-format=json --output="$PB_OUT/fio-recovery.json" "$job" > "$PB_OUT/fio-recovery.log" 2>&1 &
   fpid=$!
   t_fio=$(now)
-  for i in $(seq 1200); do [ -e "$wdir/armed" ] && break; sleep 0.1; done
+  for _ in $(seq 1200); do [ -e "$wdir/armed" ] && break; sleep 0.1; done
   [ -e "$wdir/armed" ] || e2e_check_failed "recovery watcher did not arm: $(tail -3 "$PB_OUT/recovery-watch.log")"
   # fio's I/O phase has begun (its start-up takes seconds under TCG).
   while awk -v a="$t_fio" -v b="$(now)" 'BEGIN {exit !(b - a < 6)}'; do sleep 0.5; done

@@ -24,9 +24,9 @@ PF_S=${PF_S:-6}
 
 # pf_dev GROUP LABEL: "dev pid" of a device set up by guest.sh, or nothing.
 pf_dev() {
-  local d group label kind mode dev pid
+  local d group label dev pid
   for d in "${DEVICES[@]}"; do
-    read -r group label kind mode dev pid <<< "$d"
+    read -r group label _ _ dev pid <<< "$d"
     [ "$group" = "$1" ] && [ "$label" = "$2" ] && { echo "$dev $pid"; return; }
   done
 }
@@ -41,9 +41,9 @@ pf_fio() {
 # pf_wait_io DEV: returns once DEV completed I/O within the last ~0.5 s
 # (fio's start-up takes seconds under TCG on a loaded host).
 pf_wait_io() {
-  local a b i
+  local a b
   a=$(pf_stat "$1")
-  for i in $(seq 240); do
+  for _ in $(seq 240); do
     sleep 0.5
     b=$(pf_stat "$1")
     [ "$a" != "$b" ] && return 0
@@ -102,8 +102,8 @@ pf_syscalls() {
 # pf_stat DEV: "reads read_merges read_sectors writes write_merges write_sectors" of /sys/block/DEV/stat
 pf_stat() { pf_stat_file "/sys/block/$1/stat"; }
 pf_stat_file() {
-  local r rm rs rt w wm ws rest
-  read -r r rm rs rt w wm ws rest < "$1"
+  local r rm rs w wm ws rest
+  read -r r rm rs _ w wm ws rest < "$1"
   echo "$r $rm $rs $w $wm $ws"
 }
 
