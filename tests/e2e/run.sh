@@ -4,7 +4,7 @@
 # scenario, and runs tests/e2e/scenarios/NAME.sh in it.
 #
 # usage: tests/e2e/run.sh [--build-dir DIR] [--kernel 6.12|7|6.12,7] [-v|--verbose]
-#                         [--list] [SCENARIO...]
+#                         [--parallel] [--list] [SCENARIO...]
 #   --build-dir DIR  the project's build dir (binaries: DIR/ublk/ublk-tool,
 #                    DIR/csi/ublk-csi, DIR/csi/ublk-csi-ctl); default ./build.
 #                    Kernel + initramfs are cached in DIR/e2e-cache, logs go
@@ -13,6 +13,9 @@
 #   --kernel LIST    6.12: linux-image-6.12-amd64 from the machine's apt
 #                    sources; 7: linux-image-amd64 of trixie-backports;
 #                    several (comma/space separated): every scenario on each
+#   --parallel       with several kernels, run them side by side (also
+#                    E2E_PARALLEL=1); each kernel's output is printed whole
+#                    when all are done
 #   -v, --verbose    stream each guest's console
 #   no SCENARIO      all scenarios
 # Prints PASS name / FAIL name / SKIP name: reason per scenario and ends with
@@ -32,6 +35,7 @@ build_dir=./build
 series=6.12
 verbose=${E2E_VERBOSE:-0}
 list=0
+parallel=${E2E_PARALLEL:-0}
 names=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -41,6 +45,7 @@ while [ $# -gt 0 ]; do
     --kernel=*) series=${1#*=}; shift ;;
     -v|--verbose) verbose=1; shift ;;
     --list) list=1; shift ;;
+    --parallel) parallel=1; shift ;;
     -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) names+=("$1"); shift ;;
@@ -175,12 +180,14 @@ run_scenario() {
 packages_done=0
 all_passed=0 all_failed=0 all_skipped=0
 kernel_lines=()
-for k in "${kernels[@]}"; do
+
+# One kernel's scenarios; writes "passed failed skipped|kernel line" to $1.
+run_kernel() { # RESULT_FILE KERNEL
+  local k=$2 n s line
   E2E_KERNEL_SERIES=$k
   LOG_DIR=$E2E_WORK_DIR/e2e-logs
   [ "$k" = 6.12 ] || LOG_DIR=$E2E_WORK_DIR/e2e-logs/kernel-$k
-  passed=0 failed=0 skipped=0 summary=() setup_done=0 features_shown=0 kernel_features=
-  E2E_KVER=
+  passed=0 failed=0 skipped=0 summary=() features_shown=0 kernel_features=
   T_K=$(e2e_now)
   [ ${#kernels[@]} -gt 1 ] && echo "=== kernel $k"
   for n in "${names[@]}"; do
@@ -190,8 +197,41 @@ for k in "${kernels[@]}"; do
   [ -n "$kernel_features" ] && echo "  ublk: $kernel_features"
   for s in "${summary[@]}"; do echo "  $s"; done
   line="$passed passed, $failed failed, $skipped skipped"
-  kernel_lines+=("kernel $k${E2E_KVER:+ ($E2E_KVER)}: $line")
-  all_passed=$((all_passed + passed)) all_failed=$((all_failed + failed)) all_skipped=$((all_skipped + skipped))
+  echo "$passed $failed $skipped|kernel $k${E2E_KVER:+ ($E2E_KVER)}: $line" > "$1"
+}
+
+results_dir=$(mktemp -d)
+trap 'rm -rf "$results_dir"' EXIT
+if [ "$parallel" = 1 ] && [ ${#kernels[@]} -gt 1 ]; then
+  # Kernels side by side: most guest work (process starts, mkfs, one fio job)
+  # keeps one vCPU busy, so two TCG guests on 2 cores take far less than twice
+  # one. Set-up (apt, kernel, initramfs) stays sequential; each kernel's
+  # output is printed whole once all have finished.
+  pids=()
+  for k in "${kernels[@]}"; do
+    E2E_KERNEL_SERIES=$k setup_done=0 E2E_KVER=
+    setup
+    echo "e2e: kernel $k started in parallel (log: $results_dir/$k.out)"
+    ( run_kernel "$results_dir/$k.res" "$k" ) > "$results_dir/$k.out" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  for k in "${kernels[@]}"; do cat "$results_dir/$k.out"; done
+else
+  for k in "${kernels[@]}"; do
+    setup_done=0 E2E_KVER=
+    run_kernel "$results_dir/$k.res" "$k"
+  done
+fi
+for k in "${kernels[@]}"; do
+  if [ -s "$results_dir/$k.res" ]; then
+    IFS='|' read -r counts line < "$results_dir/$k.res"
+    read -r p f s <<< "$counts"
+  else
+    p=0 f=1 s=0 line="kernel $k: no result (the run died)"
+  fi
+  kernel_lines+=("$line")
+  all_passed=$((all_passed + p)) all_failed=$((all_failed + f)) all_skipped=$((all_skipped + s))
 done
 if [ ${#kernels[@]} -gt 1 ]; then
   echo "e2e: all kernels (total $(e2e_secs "$T_ALL")s):"
