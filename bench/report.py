@@ -388,7 +388,7 @@ def write_profile(raw, out, host, guest):
                     names.append(k)
             rows.append((r["run"], r["rw"], ios, counts))
         w("Syscalls of the ublk server per I/O: `perf stat` of the syscall tracepoints on its pid")
-        w("over 5 s in the middle of fio 4k QD32 (10 s), divided by the I/Os the device completed")
+        w("over 5 s while fio 4k QD32 runs (from once its I/O flows), divided by the I/Os the device completed")
         w("in the same 5 s (/sys/block/X/stat).")
         w("")
         w("| server | rw | I/Os | " + " | ".join(f"{n}/IO" for n in names) + " |")
