@@ -549,6 +549,14 @@ void Worker::DropQueue(Queue& q, bool drained) {
   const uint16_t slot = q.slot;
   const int32_t buf_base = q.buf_base;
   const uint16_t depth = static_cast<uint16_t>(q.tags.size());
+  // SQEs prepared for this queue but not yet submitted name the channel's fds
+  // by number. Submit them before the channel closes: a recovery opens the
+  // next channel at once, may get the same numbers, and a late stale FETCH or
+  // COMMIT would then land on the new channel and steal its completions.
+  if (auto submitted = ring_->Submit(); !submitted.ok()) {
+    LOG(WARNING) << "worker " << id() << ": submitting before dropping queue " << q.id << ": "
+                 << submitted.status();
+  }
   slots_[slot].reset();  // closes the channel
   // After the close: the kernel registers nothing more for this queue.
   if (buf_base >= 0) ReleaseBufferRange(static_cast<uint16_t>(buf_base), depth);
