@@ -122,12 +122,14 @@ class FakeKernel {
   // Block I/O on /dev/ublkbN. `data` is the WRITE payload (len bytes).
   std::shared_ptr<Request> SubmitIoAsync(uint32_t dev_id, uint8_t op, uint64_t offset,
                                          uint32_t len, std::string data = {}, uint32_t flags = 0);
-  // DeadlineExceeded if the request is not done in `timeout`.
+  // DeadlineExceeded if the request is not done in `timeout`. SubmitIo's
+  // default is a liveness bound, not a speed check: generous, so an ASan
+  // build on a loaded machine does not read as a hang.
   absl::StatusOr<FakeIoResult> Wait(const std::shared_ptr<Request>& request,
                                     absl::Duration timeout);
   absl::StatusOr<FakeIoResult> SubmitIo(uint32_t dev_id, uint8_t op, uint64_t offset,
                                         uint32_t len, std::string data = {},
-                                        absl::Duration timeout = absl::Seconds(5));
+                                        absl::Duration timeout = absl::Seconds(30));
   absl::StatusOr<FakeIoResult> Write(uint32_t dev_id, uint64_t offset, std::string data);
   absl::StatusOr<FakeIoResult> Read(uint32_t dev_id, uint64_t offset, uint32_t len);
 
