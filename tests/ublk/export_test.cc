@@ -54,6 +54,29 @@ std::string ReadFileRange(const std::string& path, uint64_t off, size_t len) {
   return s;
 }
 
+// Shared by the fixtures below (copy modes and zero copy).
+std::vector<Worker*> RawWorkers(const std::vector<std::unique_ptr<Worker>>& workers) {
+  std::vector<Worker*> v;
+  for (auto& w : workers) v.push_back(w.get());
+  return v;
+}
+
+std::shared_ptr<FileTarget> MakeFileTargetIn(const std::string& dir, const std::string& name) {
+  auto t = FileTarget::Open({dir + "/" + name, kSize, /*create=*/true, true});
+  EXPECT_TRUE(t.ok()) << t.status();
+  return std::shared_ptr<FileTarget>(std::move(*t));
+}
+
+ExportOptions TestExportOptions(uint16_t queues, uint16_t depth, CopyMode mode) {
+  ExportOptions o;
+  o.size_bytes = kSize;
+  o.nr_queues = queues;
+  o.queue_depth = depth;
+  o.copy_mode = mode;
+  o.max_io_bytes = 128 * 1024;
+  return o;
+}
+
 class ExportTest : public ::testing::TestWithParam<CopyMode> {
  protected:
   void SetUp() override {
@@ -72,24 +95,12 @@ class ExportTest : public ::testing::TestWithParam<CopyMode> {
     for (auto& w : workers_) w->Stop();
     std::filesystem::remove_all(dir_);
   }
-  std::vector<Worker*> Workers() {
-    std::vector<Worker*> v;
-    for (auto& w : workers_) v.push_back(w.get());
-    return v;
-  }
+  std::vector<Worker*> Workers() { return RawWorkers(workers_); }
   std::shared_ptr<FileTarget> MakeFileTarget(const std::string& name = "vol.img") {
-    auto t = FileTarget::Open({dir_ + "/" + name, kSize, /*create=*/true, true});
-    EXPECT_TRUE(t.ok()) << t.status();
-    return std::shared_ptr<FileTarget>(std::move(*t));
+    return MakeFileTargetIn(dir_, name);
   }
   ExportOptions Options(uint16_t queues = 1, uint16_t depth = 8) {
-    ExportOptions o;
-    o.size_bytes = kSize;
-    o.nr_queues = queues;
-    o.queue_depth = depth;
-    o.copy_mode = GetParam();
-    o.max_io_bytes = 128 * 1024;
-    return o;
+    return TestExportOptions(queues, depth, GetParam());
   }
   std::unique_ptr<Export> StartExport(std::shared_ptr<Target> target, const ExportOptions& o) {
     auto e = Export::Create(*control_, Workers(), std::move(target), o);
@@ -449,23 +460,18 @@ class ZeroCopyTest : public ::testing::Test {
       workers_.push_back(std::move(*w));
     }
   }
-  std::vector<Worker*> Workers() {
-    std::vector<Worker*> v;
-    for (auto& w : workers_) v.push_back(w.get());
-    return v;
-  }
+  std::vector<Worker*> Workers() { return RawWorkers(workers_); }
   std::shared_ptr<FileTarget> MakeFileTarget(const std::string& name) {
-    auto t = FileTarget::Open({dir_ + "/" + name, kSize, /*create=*/true, true});
-    EXPECT_TRUE(t.ok()) << t.status();
-    return std::shared_ptr<FileTarget>(std::move(*t));
+    return MakeFileTargetIn(dir_, name);
   }
   ExportOptions Options(uint16_t queues, uint16_t depth) {
-    ExportOptions o;
-    o.size_bytes = kSize;
-    o.nr_queues = queues;
-    o.queue_depth = depth;
-    o.copy_mode = CopyMode::kZeroCopy;
-    o.max_io_bytes = 128 * 1024;
+    return TestExportOptions(queues, depth, CopyMode::kZeroCopy);
+  }
+  // Options of a device that survives its server (USER_RECOVERY + REISSUE).
+  ExportOptions RecoverableOptions(uint16_t queues, uint16_t depth) {
+    ExportOptions o = Options(queues, depth);
+    o.user_recovery = true;
+    o.user_recovery_reissue = true;
     return o;
   }
   size_t FixedInUse() {
@@ -671,9 +677,7 @@ TEST_F(ZeroCopyTest, ODirectRefusedForAMisalignedBufferFallsBackToBuffered) {
 // after a restart, recovers the device in zero copy and every write lands.
 TEST_F(ZeroCopyTest, RecoveryUnderIoComesBackInZeroCopy) {
   AddWorkers(2);
-  ExportOptions o = Options(2, 8);
-  o.user_recovery = true;
-  o.user_recovery_reissue = true;
+  ExportOptions o = RecoverableOptions(2, 8);
   auto target = MakeFileTarget("a.img");
   auto created = Export::Create(*control_, Workers(), target, o);
   ASSERT_TRUE(created.ok());
@@ -722,9 +726,7 @@ TEST_F(ZeroCopyTest, RecoveryUnderIoComesBackInZeroCopy) {
 // own ring; the data lands.
 TEST_F(ZeroCopyTest, ServerKilledHoldingARegisteredBufferRecovers) {
   AddWorkers(1);
-  ExportOptions o = Options(1, 4);
-  o.user_recovery = true;
-  o.user_recovery_reissue = true;
+  ExportOptions o = RecoverableOptions(1, 4);
   auto target = MakeFileTarget("a.img");
   auto created = Export::Create(*control_, Workers(), target, o);
   ASSERT_TRUE(created.ok());
@@ -783,9 +785,7 @@ TEST_F(ZeroCopyTest, ServerKilledHoldingARegisteredBufferRecovers) {
 // process): the ranges the old queues held are cleared and reused.
 TEST_F(ZeroCopyTest, RecoveryOnTheSameWorkersReusesClearedRanges) {
   AddWorkers(1, /*slots=*/8);
-  ExportOptions o = Options(1, 8);
-  o.user_recovery = true;
-  o.user_recovery_reissue = true;
+  ExportOptions o = RecoverableOptions(1, 8);
   auto target = MakeFileTarget("a.img");
   for (int round = 0; round < 3; ++round) {
     std::unique_ptr<Export> e;
