@@ -5,7 +5,8 @@
 
 #include <unistd.h>
 
-#include <filesystem>
+#include <atomic>
+#include <cerrno>
 #include <random>
 #include <thread>
 
@@ -13,7 +14,6 @@
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
 #include "ublk/export.h"
-#include "ublk/file_target.h"
 #include "ublk/memory.h"
 #include "ublk/null_target.h"
 #include "ublk/testing/fake_kernel.h"
@@ -43,6 +43,57 @@ class RamTarget final : public Target {
  private:
   std::mutex mu_;
   std::string data_;
+};
+
+// A RAM target whose I/O stays in flight on the worker's ring until the test
+// opens the gate: each request, once copied, waits on a 1-byte read from a
+// pipe. While the gate is shut every request that has a pool slot keeps it,
+// so more requests than slots must park: pool exhaustion by construction,
+// not by timing (the old version relied on file writes being slow enough,
+// which TSan's slowdown broke).
+class GatedTarget final : public Target {
+ public:
+  GatedTarget() {
+    int fds[2];
+    EXPECT_EQ(pipe(fds), 0);
+    read_fd_ = fds[0];
+    write_fd_ = fds[1];
+  }
+  ~GatedTarget() override {
+    close(read_fd_);
+    close(write_fd_);
+  }
+  uint64_t size_bytes() const override { return ram_.size_bytes(); }
+  bool supports_discard() const override { return false; }
+  const char* name() const override { return "gated"; }
+  std::optional<int32_t> StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) override {
+    std::optional<int32_t> res = ram_.StartIo(ring, io, user_data);
+    if (open_.load()) return res;
+    started_.fetch_add(1);
+    io_uring_sqe* sqe = ring.GetSqe();
+    io_uring_prep_read(sqe, read_fd_, &sink_[user_data % sizeof(sink_)], 1, 0);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return std::nullopt;
+  }
+  std::optional<int32_t> FinishIo(const TargetIo& io, int32_t res) override {
+    return res == 1 ? static_cast<int32_t>(io.len) : -EIO;
+  }
+  // From now on requests complete at once; the ones waiting on the pipe get
+  // a byte each (more bytes than the queue depth: the rest stay unread).
+  void Open() {
+    open_.store(true);
+    const std::string bytes(256, 'x');
+    EXPECT_EQ(write(write_fd_, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  }
+  int started() const { return started_.load(); }
+
+ private:
+  RamTarget ram_;
+  int read_fd_ = -1;
+  int write_fd_ = -1;
+  std::atomic<bool> open_{false};
+  std::atomic<int> started_{0};
+  char sink_[256] = {};
 };
 
 std::string Pattern(size_t n, unsigned seed) {
@@ -87,18 +138,27 @@ TEST_P(WorkerTest, PoolExhaustionParksIoUntilASlotIsFree) {
   prometheus::Registry registry;
   BufferPoolMetrics metrics(registry);
   auto w = MakeWorker(real_memory_, /*slots=*/2, &metrics);
-  // A file target keeps each buffer while its io_uring write is in flight, so
-  // 16 requests at once need more than the 2 slots.
-  std::string dir = ::testing::TempDir() + "/worker_test.XXXXXX";
-  ASSERT_NE(mkdtemp(dir.data()), nullptr);
-  auto file = FileTarget::Open({dir + "/vol", kSize, /*create=*/true, true});
-  ASSERT_TRUE(file.ok()) << file.status();
-  auto e = Serve(*w, std::shared_ptr<Target>(std::move(*file)), /*depth=*/16);
+  // The gated target holds each request's buffer until Open(): 16 requests
+  // at once against 2 slots must park 14 of them.
+  auto target = std::make_shared<GatedTarget>();
+  auto e = Serve(*w, target, /*depth=*/16);
   std::vector<std::shared_ptr<FakeKernel::Request>> writes;
   for (int i = 0; i < 48; ++i) {
     writes.push_back(kernel_.SubmitIoAsync(e->dev_id(), UBLK_IO_OP_WRITE, i * 65536ull, 65536,
                                            Pattern(65536, i)));
   }
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (metrics.slot_waits(0) == 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_GT(metrics.slot_waits(0), 0);  // the parking path was taken
+  // Parked, not failed and not given a heap buffer: no request got past the
+  // two that hold the slots.
+  EXPECT_EQ(target->started(), 2);
+  EXPECT_EQ(metrics.heap_fallbacks(0), 0);
+  EXPECT_EQ(kernel_.Wait(writes.back(), absl::Milliseconds(20)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  target->Open();
   for (auto& r : writes) {
     auto res = kernel_.Wait(r, absl::Seconds(10));
     ASSERT_TRUE(res.ok()) << res.status();
@@ -113,11 +173,9 @@ TEST_P(WorkerTest, PoolExhaustionParksIoUntilASlotIsFree) {
     ASSERT_TRUE(res.ok());
     EXPECT_TRUE(res->data == Pattern(65536, i)) << "block " << i;
   }
-  EXPECT_GT(metrics.slot_waits(0), 0);  // the parking path was taken
   EXPECT_EQ(metrics.heap_fallbacks(0), 0);
   ASSERT_TRUE(e->Stop().ok());
   ASSERT_TRUE(e->Delete().ok());
-  std::filesystem::remove_all(dir);
 }
 
 TEST_P(WorkerTest, NoMemoryAtAllRequeuesIoInsteadOfFailingIt) {
