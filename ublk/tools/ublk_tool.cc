@@ -243,6 +243,19 @@ absl::Status Serve(bool recover) {
     ASSIGN_OR_RETURN(ublk_params p, control->GetParams(rec_id));
     size = p.basic.dev_sectors << 9;
   }
+  // Recovery keeps the device's own copy mode; a new device gets the detected one.
+  CopyMode mode = kf.copy_mode;
+  if (recover) {
+    ASSIGN_OR_RETURN(auto info, control->GetDeviceInfo(rec_id));
+    mode = CopyModeOfDevice(info.flags);
+  }
+  if (FLAGS_inject_corruption && mode == CopyMode::kZeroCopy) {
+    // Zero copy never puts read data in this process's memory: the flip
+    // could not happen, and a test relying on it would pass for no reason.
+    return absl::FailedPreconditionError(
+        "--inject_corruption needs read data in the server's memory, which zero_copy never "
+        "gives it; pass --copy_mode=user_copy or --copy_mode=get_data");
+  }
   if (FLAGS_queues < 1 || FLAGS_queues > 64 || FLAGS_depth < 1 || FLAGS_depth > 4096) {
     return absl::InvalidArgumentError("--queues must be 1..64 and --depth 1..4096");
   }
