@@ -52,10 +52,12 @@ struct HttpServer::Handlers {
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     const std::string& address, std::shared_ptr<prometheus::Registry> registry,
-    const Health* health, std::function<absl::Status()> liveness) {
+    const Health* health, std::function<absl::Status()> liveness,
+    std::function<void()> before_metrics) {
   std::unique_ptr<HttpServer> s(new HttpServer());
   s->handlers_.reset(new Handlers{
-      FuncHandler([registry](mg_connection* c) {
+      FuncHandler([registry, before_metrics](mg_connection* c) {
+        if (before_metrics) before_metrics();
         prometheus::TextSerializer serializer;
         Reply(c, 200, "text/plain; version=0.0.4", serializer.Serialize(registry->Collect()));
       }),

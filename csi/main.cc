@@ -289,8 +289,14 @@ int Run() {
 
   std::unique_ptr<HttpServer> http;
   if (!FLAGS_metrics_address.empty()) {
-    auto started = HttpServer::Start(FLAGS_metrics_address, registry, &health,
-                                     [] { return absl::OkStatus(); });
+    // ublk_csi_exports is counted from the volumes' state at each scrape, so
+    // volumes staged or deleted after recovery show too.
+    RecoveryManager* rm = recovery.get();
+    auto started = HttpServer::Start(
+        FLAGS_metrics_address, registry, &health, [] { return absl::OkStatus(); },
+        [rm] {
+          if (rm != nullptr) rm->RefreshExportGauge();
+        });
     if (!started.ok()) return Fail(started.status());
     http = std::move(*started);
   }

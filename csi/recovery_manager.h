@@ -91,8 +91,8 @@ class RecoveryManager final : public VolumeGate {
   // The outcome of one volume, if it has one.
   std::optional<Outcome> OutcomeOf(const std::string& volume_id) const;
   // Sets ublk_csi_exports{state=absent|recovering|live|degraded|failed|pending}
-  // from the manager's current view (done when recovery starts and ends;
-  // main() may call it periodically).
+  // from the manager's current view (done when recovery starts and ends, and
+  // by main() before every /metrics scrape). Thread-safe.
   void RefreshExportGauge();
 
   static const char* OutcomeName(Outcome outcome);

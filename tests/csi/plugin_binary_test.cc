@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -109,6 +110,29 @@ TEST_F(PluginBinaryTest, ServesIdentityRefusesSecondInstanceAndCleansUpOnSigterm
   EXPECT_EQ(plugin.Stop(SIGTERM), 0) << plugin.Log();
   EXPECT_NE(access(sock.c_str(), F_OK), 0) << "socket must be removed on SIGTERM";
   EXPECT_THAT(plugin.Log(), HasSubstr("shutdown complete"));
+}
+
+// ublk_csi_exports counts volumes staged after start-up too: it is taken
+// from the volumes' state at each scrape (it used to be set only when
+// recovery ran, so it said 0 on a node serving hundreds of volumes).
+TEST_F(PluginBinaryTest, ExportGaugeCountsVolumesStagedAfterStartup) {
+  std::string sock = dir_.path() + "/csi.sock";
+  int port = FreePort();
+  std::vector<std::string> args = Args(sock, port);
+  args.push_back("--backend=fake");
+  args.push_back("--mounter=fake");
+  ublk_test::Child plugin(args, dir_.path() + "/plugin.log");
+  ASSERT_TRUE(ublk_test::WaitForPath(sock)) << plugin.Log();
+  const std::string live = "ublk_csi_exports{state=\"live\"} ";
+  for (int i = 0; i < 100 && ublk_test::HttpGet(port, "/readyz") != "200 ok\n"; ++i) usleep(50000);
+  EXPECT_THAT(ublk_test::HttpGet(port, "/metrics"), HasSubstr(live + "0"));
+
+  ASSERT_EQ(mkdir((dir_.path() + "/paths").c_str(), 0755), 0);
+  auto bench = ublk_test::Run({Ctl(), "--endpoint=unix://" + sock, "bench", dir_.path() + "/paths",
+                               "--count=3", "--prefix=g", "--size=1Mi"});
+  ASSERT_EQ(bench.exit_code, 0) << bench.output;
+  EXPECT_THAT(ublk_test::HttpGet(port, "/metrics"), HasSubstr(live + "3"));
+  EXPECT_EQ(plugin.Stop(SIGTERM), 0) << plugin.Log();
 }
 
 TEST_F(PluginBinaryTest, RemovesStaleSocketLeftByKilledInstance) {
