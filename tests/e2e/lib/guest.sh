@@ -125,6 +125,14 @@ e2e_require_ublk_tool() {
   [ -x "$UBLK_TOOL" ] || e2e_skip "$UBLK_TOOL is not built yet"
 }
 
+# ublk_state_of DEV_ID [ublk-tool flags...]: the device's state as `ublk-tool
+# info` reports it (LIVE, QUIESCED, DEAD), empty if it cannot be read.
+ublk_state_of() {
+  local id=$1
+  shift
+  "$UBLK_TOOL" info --dev_id="$id" "$@" 2>/dev/null | sed -n 's/^state=//p'
+}
+
 # ublk_serve NAME SERVE_ARGS...: starts `ublk-tool serve SERVE_ARGS` in the
 # background and waits until it reports the device ready. Sets SRV_PID, SRV_DEV
 # (/dev/ublkbN), SRV_ID (N) and SRV_LOG. Returns non-zero (server log shown) if
@@ -197,4 +205,22 @@ ublk_stop() {
     ok=1
   fi
   return $ok
+}
+
+# --- ublk-csi-ctl (csi/ctl_main.cc) -------------------------------------------
+# These expect the scenario's CTL array: (ublk-csi-ctl --endpoint=unix://SOCK).
+
+# csi_field KEY < ctl-output: the first quoted value of KEY in the text-format
+# reply `ublk-csi-ctl` prints (e.g. `volume create ... | csi_field volume_id`).
+csi_field() { sed -n "s/^ *$1: \"\(.*\)\"$/\1/p" | head -1; }
+
+# csi_dev_of VOLUME_ID: the /dev/ublkbN `ublk-csi-ctl status` lists for it.
+csi_dev_of() { "${CTL[@]}" status | sed -n "s/.*$1.*device=\([^ ]*\).*/\1/p"; }
+
+# csi_teardown VOLUME_ID STAGE_DIR POD_DIR: NodeUnpublish, NodeUnstage and
+# DeleteVolume, each a check of its own.
+csi_teardown() {
+  "${CTL[@]}" node unpublish "$1" "$3" >/dev/null || e2e_check_failed "unpublish $1"
+  "${CTL[@]}" node unstage "$1" "$2" >/dev/null || e2e_check_failed "unstage $1"
+  "${CTL[@]}" volume delete "$1" >/dev/null || e2e_check_failed "delete $1"
 }

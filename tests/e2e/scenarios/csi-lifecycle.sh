@@ -25,8 +25,6 @@ WORK=$E2E_SCRATCH/expand
 SOCK=$WORK/csi.sock
 CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$SOCK")
 mkdir -p "$WORK/data"
-field() { sed -n "s/^ *$1: \"\(.*\)\"$/\1/p" | head -1; }
-dev_of() { "${CTL[@]}" status | sed -n "s/.*$1.*device=\([^ ]*\).*/\1/p"; }
 fs_mib() { df -m --output=size "$1" | tail -1 | tr -d ' '; }
 dev_mib() { echo $(( $(cat "/sys/block/$(basename "$1")/size") / 2048 )); }
 "$BUILD_DIR/csi/ublk-csi" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$WORK/data" \
@@ -42,10 +40,10 @@ else e2e_check_failed "kernel update_size=$update_size: plugin advertises '${mod
 
 PAT=$E2E_SCRATCH/expand-pattern
 e2e_make_pattern "$PAT" 8
-VOL=$("${CTL[@]}" volume create grow --size=256Mi --fs-type=ext4 | field volume_id)
+VOL=$("${CTL[@]}" volume create grow --size=256Mi --fs-type=ext4 | csi_field volume_id)
 if [ -n "$VOL" ] && "${CTL[@]}" node stage "$VOL" "$WORK/stage" --fs-type=ext4 >/dev/null \
     && "${CTL[@]}" node publish "$VOL" "$WORK/stage" "$WORK/pod" --fs-type=ext4 >/dev/null; then
-  DEV=$(dev_of "$VOL")
+  DEV=$(csi_dev_of "$VOL")
   cp "$PAT" "$WORK/pod/data" && sync
   before_fs=$(fs_mib "$WORK/pod")
   echo "  | $VOL on $DEV: device $(dev_mib "$DEV") MiB, ext4 $before_fs MiB"
@@ -61,7 +59,7 @@ if [ -n "$VOL" ] && "${CTL[@]}" node stage "$VOL" "$WORK/stage" --fs-type=ext4 >
     "${CTL[@]}" node stage "$VOL" "$WORK/stage" --fs-type=ext4 >/dev/null || e2e_check_failed "stage again"
     "${CTL[@]}" node publish "$VOL" "$WORK/stage" "$WORK/pod" --fs-type=ext4 >/dev/null \
       || e2e_check_failed "publish again"
-    DEV=$(dev_of "$VOL")
+    DEV=$(csi_dev_of "$VOL")
     [ "$(dev_mib "$DEV")" = 512 ] && e2e_ok "staged again: $DEV is 512 MiB" \
       || e2e_check_failed "staged again: $DEV is $(dev_mib "$DEV") MiB, want 512"
     "${CTL[@]}" node expand "$VOL" "$WORK/pod" 512Mi || e2e_check_failed "node expand (offline)"
@@ -75,9 +73,7 @@ if [ -n "$VOL" ] && "${CTL[@]}" node stage "$VOL" "$WORK/stage" --fs-type=ext4 >
   echo 3 > /proc/sys/vm/drop_caches
   [ "$(e2e_sha "$WORK/pod/data")" = "$(e2e_sha "$PAT")" ] && e2e_ok "$mode: data checksum intact" \
     || e2e_check_failed "$mode: data differs after expansion"
-  "${CTL[@]}" node unpublish "$VOL" "$WORK/pod" >/dev/null || e2e_check_failed "unpublish"
-  "${CTL[@]}" node unstage "$VOL" "$WORK/stage" >/dev/null || e2e_check_failed "unstage"
-  "${CTL[@]}" volume delete "$VOL" >/dev/null || e2e_check_failed "delete"
+  csi_teardown "$VOL" "$WORK/stage" "$WORK/pod"
 else
   e2e_check_failed "expand: create/stage/publish failed"
   tail -20 "$WORK/plugin.log"

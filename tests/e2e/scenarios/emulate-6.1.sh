@@ -55,7 +55,6 @@ fi
 rm -f "$back"
 
 e2e_step "kill -9 under fio randwrite+verify, recover $EMU"
-state_of() { "$UBLK_TOOL" info --dev_id="$1" "$EMU" 2>/dev/null | sed -n 's/^state=//p'; }
 back=$E2E_SCRATCH/emu-rec.img
 fio_log=$E2E_SCRATCH/fio-emu.log
 if ublk_serve emu-rec --target=file --backing="$back" --size=$SIZE --create --recovery "$EMU"; then
@@ -66,8 +65,8 @@ if ublk_serve emu-rec --target=file --backing="$back" --size=$SIZE --create --re
   sleep 2
   if kill -0 "$fio_pid" 2>/dev/null; then
     kill -KILL "$SRV_PID"; wait "$SRV_PID" 2>/dev/null; SRV_PID=
-    if e2e_wait_for 10 test "$(state_of "$id")" = QUIESCED; then e2e_ok "device $id QUIESCED"
-    else e2e_check_failed "device $id is '$(state_of "$id")' after SIGKILL, want QUIESCED"; fi
+    if e2e_wait_for 10 test "$(ublk_state_of "$id" "$EMU")" = QUIESCED; then e2e_ok "device $id QUIESCED"
+    else e2e_check_failed "device $id is '$(ublk_state_of "$id" "$EMU")' after SIGKILL, want QUIESCED"; fi
     if ublk_recover emu-rec --dev_id="$id" --target=file --backing="$back" "$EMU"; then
       if [ "$SRV_DEV" = "$dev" ]; then e2e_ok "recovered $dev ($(grep -m1 '^READY' "$SRV_LOG"))"
       else e2e_check_failed "recover gave '$SRV_DEV', want $dev"; fi
@@ -102,8 +101,6 @@ METRICS=127.0.0.1:9814
 CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$SOCK")
 mkdir -p "$WORK/data"
 ip link set lo up 2>/dev/null || busybox ifconfig lo up  # /metrics on 127.0.0.1
-field() { sed -n "s/^ *$1: \"\(.*\)\"$/\1/p" | head -1; }
-dev_of() { "${CTL[@]}" status | sed -n "s/.*$1.*device=\([^ ]*\).*/\1/p"; }
 PID=
 start_plugin() {
   "$PLUGIN" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$WORK/data" \
@@ -133,10 +130,10 @@ start_plugin
 if wait_ready 30; then
   e2e_ok "plugin ready"
   check_modes "first start" 1
-  VOL=$("${CTL[@]}" volume create emu --size=256Mi --fs-type=ext4 | field volume_id)
+  VOL=$("${CTL[@]}" volume create emu --size=256Mi --fs-type=ext4 | csi_field volume_id)
   if [ -n "$VOL" ] && "${CTL[@]}" node stage "$VOL" "$WORK/stage" --fs-type=ext4 >/dev/null \
       && "${CTL[@]}" node publish "$VOL" "$WORK/stage" "$WORK/pod" --fs-type=ext4 >/dev/null; then
-    DEV=$(dev_of "$VOL")
+    DEV=$(csi_dev_of "$VOL")
     e2e_ok "volume $VOL on $DEV staged (ext4) and published"
     cp "$PAT" "$WORK/pod/data" && sync
     want=$(e2e_sha "$PAT")
@@ -149,8 +146,8 @@ if wait_ready 30; then
     if wait_ready 60; then
       e2e_ok "restarted after kill -9, ready (recovery done)"
       check_modes "after restart" 2
-      [ "$(dev_of "$VOL")" = "$DEV" ] && e2e_ok "same device $DEV" \
-        || e2e_check_failed "volume moved from $DEV to '$(dev_of "$VOL")'"
+      [ "$(csi_dev_of "$VOL")" = "$DEV" ] && e2e_ok "same device $DEV" \
+        || e2e_check_failed "volume moved from $DEV to '$(csi_dev_of "$VOL")'"
       grep -o 'recovery done: .*' "$WORK/plugin.log" | tail -1
       echo 3 > /proc/sys/vm/drop_caches
       if [ "$(timeout 60 sha256sum "$WORK/pod/data" | cut -d' ' -f1)" = "$want" ]; then
@@ -169,9 +166,7 @@ if wait_ready 30; then
       e2e_check_failed "plugin not ready within 60 s after kill -9"
       tail -20 "$WORK/plugin.log"
     fi
-    "${CTL[@]}" node unpublish "$VOL" "$WORK/pod" >/dev/null || e2e_check_failed "unpublish"
-    "${CTL[@]}" node unstage "$VOL" "$WORK/stage" >/dev/null || e2e_check_failed "unstage"
-    "${CTL[@]}" volume delete "$VOL" >/dev/null || e2e_check_failed "delete"
+    csi_teardown "$VOL" "$WORK/stage" "$WORK/pod"
   else
     e2e_check_failed "create/stage/publish failed"
     tail -20 "$WORK/plugin.log"

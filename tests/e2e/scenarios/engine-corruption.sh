@@ -21,7 +21,6 @@ SIZE=$((64 * 1024 * 1024))
 MODE=--copy_mode=user_copy
 PAT=$E2E_SCRATCH/pattern
 e2e_make_pattern "$PAT" 16
-state_of() { "$UBLK_TOOL" info --dev_id="$1" 2>/dev/null | sed -n 's/^state=//p'; }
 
 # check NAME [RECOVER_ARGS...]: serve, write the pattern, kill -9, recover
 # with RECOVER_ARGS, verify. Returns the verify's result; 2 on a setup error.
@@ -33,8 +32,8 @@ check() {
   id=$SRV_ID
   e2e_write_dev "$SRV_DEV" "$PAT" || { ublk_stop KILL; return 2; }
   kill -KILL "$SRV_PID"; wait "$SRV_PID" 2>/dev/null; SRV_PID=
-  e2e_wait_for 10 test "$(state_of "$id")" = QUIESCED \
-    || { echo "$name: device $id is '$(state_of "$id")' after kill -9"; return 2; }
+  e2e_wait_for 10 test "$(ublk_state_of "$id")" = QUIESCED \
+    || { echo "$name: device $id is '$(ublk_state_of "$id")' after kill -9"; return 2; }
   ublk_recover "$name" --dev_id="$id" --target=file --backing="$back" "$MODE" "$@" \
     || { echo "$name: recover failed"; "$UBLK_TOOL" del --dev_id="$id" >/dev/null 2>&1; return 2; }
   VERIFY_OUT=$(e2e_verify_dev "$SRV_DEV" "$PAT"); rc=$?

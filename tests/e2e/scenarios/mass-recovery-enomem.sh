@@ -23,7 +23,6 @@ SOCK=$WORK/csi.sock
 METRICS=127.0.0.1:9814
 CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$SOCK")
 mkdir -p "$WORK/data"
-field() { sed -n "s/^ *$1: \"\(.*\)\"$/\1/p" | head -1; }
 start_plugin() { # EXTRA FLAGS...
   "$PLUGIN" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$WORK/data" \
     --metrics-address="$METRICS" --backend=ublk --mounter=real --workers=2 \

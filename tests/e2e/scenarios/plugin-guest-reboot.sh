@@ -14,8 +14,6 @@ DATA=$E2E_DATA_DIR/plugin
 SOCK=$E2E_SCRATCH/csi.sock
 CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$SOCK")
 mkdir -p "$DATA"
-field() { sed -n "s/^ *$1: \"\(.*\)\"$/\1/p" | head -1; }
-dev_of() { "${CTL[@]}" status | sed -n "s/.*$1.*device=\([^ ]*\).*/\1/p"; }
 
 modprobe ublk_drv 2>/dev/null
 "$PLUGIN" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$DATA" \
@@ -27,15 +25,15 @@ STAGE=$E2E_SCRATCH/stage-f
 
 if [ "$E2E_BOOT" = 1 ]; then
   e2e_step "boot 1: create, stage, write; then reboot without cleanup"
-  FSV=$("${CTL[@]}" volume create fs --size=128Mi --fs-type=ext4 | field volume_id)
-  BLK=$("${CTL[@]}" volume create rb --size=64Mi --block | field volume_id)
+  FSV=$("${CTL[@]}" volume create fs --size=128Mi --fs-type=ext4 | csi_field volume_id)
+  BLK=$("${CTL[@]}" volume create rb --size=64Mi --block | csi_field volume_id)
   "${CTL[@]}" node stage "$FSV" "$STAGE" --fs-type=ext4 || e2e_fail "stage ext4"
   "${CTL[@]}" node stage "$BLK" "$E2E_SCRATCH/stage-b" --block || e2e_fail "stage block"
   head -c 8M /dev/urandom > "$STAGE/data"
   head -c 8M /dev/urandom > "$DATA/blk.pat"
-  dd if="$DATA/blk.pat" of="$(dev_of "$BLK")" bs=1M oflag=direct status=none || e2e_fail "dd"
+  dd if="$DATA/blk.pat" of="$(csi_dev_of "$BLK")" bs=1M oflag=direct status=none || e2e_fail "dd"
   sync
-  echo "$FSV $BLK $(dev_of "$FSV") $(dev_of "$BLK") $(e2e_sha "$STAGE/data")" > "$DATA/expect"
+  echo "$FSV $BLK $(csi_dev_of "$FSV") $(csi_dev_of "$BLK") $(e2e_sha "$STAGE/data")" > "$DATA/expect"
   e2e_ok "wrote $(cat "$DATA/expect")"
   e2e_reboot
 fi
@@ -43,10 +41,10 @@ fi
 read -r FSV BLK FDEV BDEV SUM < "$DATA/expect"
 e2e_step "boot $E2E_BOOT: the plugin re-created the exports before reporting ready"
 grep -o "recovery done: .*" "$E2E_SCRATCH/plugin.log" || e2e_check_failed "no recovery pass logged"
-[ "$(dev_of "$FSV")" = "$FDEV" ] && e2e_ok "ext4 volume back on $FDEV" \
-  || e2e_check_failed "ext4 volume on '$(dev_of "$FSV")', want $FDEV"
-[ "$(dev_of "$BLK")" = "$BDEV" ] && e2e_ok "block volume back on $BDEV" \
-  || e2e_check_failed "block volume on '$(dev_of "$BLK")', want $BDEV"
+[ "$(csi_dev_of "$FSV")" = "$FDEV" ] && e2e_ok "ext4 volume back on $FDEV" \
+  || e2e_check_failed "ext4 volume on '$(csi_dev_of "$FSV")', want $FDEV"
+[ "$(csi_dev_of "$BLK")" = "$BDEV" ] && e2e_ok "block volume back on $BDEV" \
+  || e2e_check_failed "block volume on '$(csi_dev_of "$BLK")', want $BDEV"
 "${CTL[@]}" node stage "$FSV" "$STAGE" --fs-type=ext4 || e2e_check_failed "stage ext4 again"
 "${CTL[@]}" node stage "$BLK" "$E2E_SCRATCH/stage-b" --block || e2e_check_failed "stage block again"
 [ "$(e2e_sha "$STAGE/data")" = "$SUM" ] && e2e_ok "ext4 file intact" || e2e_check_failed "ext4 file differs"

@@ -21,7 +21,6 @@ mount --bind "$KUBELET" "$KUBELET"
 mount --make-shared "$KUBELET"
 PID=
 
-field() { sed -n "s/^ *$1: \"\(.*\)\"$/\1/p" | head -1; }
 start_plugin() {
   unshare -m --propagation unchanged -- "$PLUGIN" --node-id=e2e --endpoint="unix://$SOCK" \
     --data-dir="$WORK/data" --metrics-address=127.0.0.1:9812 --backend=ublk --mounter=real \
@@ -38,7 +37,7 @@ wait_ready 30 || { tail -20 "$WORK/plugin.log"; e2e_fail "plugin not ready"; }
   && e2e_ok "plugin mount namespace $(readlink /proc/$PID/ns/mnt) differs from ours" \
   || e2e_check_failed "plugin runs in our mount namespace"
 
-VOL=$("${CTL[@]}" volume create v --size=512Mi --fs-type=ext4 | field volume_id)
+VOL=$("${CTL[@]}" volume create v --size=512Mi --fs-type=ext4 | csi_field volume_id)
 STAGE=$KUBELET/stage
 "${CTL[@]}" node stage "$VOL" "$STAGE" --fs-type=ext4 || e2e_fail "stage"
 mountpoint -q "$STAGE" && e2e_ok "the plugin's stage mount is visible in the initial namespace" \

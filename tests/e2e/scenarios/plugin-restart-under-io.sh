@@ -20,7 +20,6 @@ CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$SOCK")
 mkdir -p "$WORK/data"
 PID=
 
-field() { sed -n "s/^ *$1: \"\(.*\)\"$/\1/p" | head -1; }
 
 start_plugin() { # LOG
   "$PLUGIN" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$WORK/data" \
@@ -50,14 +49,13 @@ e2e_ok "plugin ready"
 echo "note: plugin $(grep -o 'using copy_mode=[a-z_]*' "$WORK/plugin.log" | head -1)"
 
 e2e_step "create and stage a raw block volume and an ext4 volume"
-BLK=$("${CTL[@]}" volume create rb --size=256Mi --block | field volume_id)
-FSV=$("${CTL[@]}" volume create fs --size=256Mi --fs-type=ext4 | field volume_id)
+BLK=$("${CTL[@]}" volume create rb --size=256Mi --block | csi_field volume_id)
+FSV=$("${CTL[@]}" volume create fs --size=256Mi --fs-type=ext4 | csi_field volume_id)
 [ -n "$BLK" ] && [ -n "$FSV" ] || { tail -20 "$WORK/plugin.log"; e2e_check_failed "create"; e2e_finish; }
 "${CTL[@]}" node stage "$BLK" "$WORK/stage-b" --block || e2e_check_failed "stage block"
 "${CTL[@]}" node stage "$FSV" "$WORK/stage-f" --fs-type=ext4 || e2e_check_failed "stage ext4"
-dev_of() { "${CTL[@]}" status | sed -n "s/.*$1.*device=\([^ ]*\).*/\1/p"; }
-BDEV=$(dev_of "$BLK")
-FDEV=$(dev_of "$FSV")
+BDEV=$(csi_dev_of "$BLK")
+FDEV=$(csi_dev_of "$FSV")
 [ -b "$BDEV" ] && mountpoint -q "$WORK/stage-f" || { e2e_check_failed "no device ($BDEV) or no mount"; e2e_finish; }
 e2e_ok "block $BLK on $BDEV, ext4 $FSV on $FDEV mounted at $WORK/stage-f"
 
@@ -86,8 +84,8 @@ for i in $(seq "$KILLS"); do
     tail -20 "$WORK/plugin.log"
     break
   fi
-  [ "$(dev_of "$BLK")" = "$BDEV" ] || e2e_check_failed "kill $i: block volume moved to $(dev_of "$BLK")"
-  [ "$(dev_of "$FSV")" = "$FDEV" ] || e2e_check_failed "kill $i: ext4 volume moved to $(dev_of "$FSV")"
+  [ "$(csi_dev_of "$BLK")" = "$BDEV" ] || e2e_check_failed "kill $i: block volume moved to $(csi_dev_of "$BLK")"
+  [ "$(csi_dev_of "$FSV")" = "$FDEV" ] || e2e_check_failed "kill $i: ext4 volume moved to $(csi_dev_of "$FSV")"
 done
 [ "$killed" -gt 0 ] || e2e_check_failed "fio ended before any kill"
 grep -o "recovery done: .*" "$WORK/plugin.log"

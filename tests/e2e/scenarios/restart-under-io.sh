@@ -13,7 +13,6 @@ e2e_require_ublk_tool
 
 SIZE=$((256 * 1024 * 1024))
 
-state_of() { "$UBLK_TOOL" info --dev_id="$1" 2>/dev/null | sed -n 's/^state=//p'; }
 
 run_case() { # COPY_MODE KILLS
   local copy=$1 kills=$2 back=$E2E_SCRATCH/rec-$1.img fio_log=$E2E_SCRATCH/fio-$1.log
@@ -37,8 +36,8 @@ run_case() { # COPY_MODE KILLS
     e2e_step "$copy: SIGKILL the server (kill $cycle of $kills) while fio runs"
     kill -KILL "$SRV_PID"; wait "$SRV_PID" 2>/dev/null; SRV_PID=
     killed=$((killed + 1))
-    if e2e_wait_for 10 test "$(state_of "$id")" = QUIESCED; then e2e_ok "$copy: device $id QUIESCED"
-    else e2e_check_failed "$copy: device $id state is '$(state_of "$id")' after SIGKILL, want QUIESCED"; fi
+    if e2e_wait_for 10 test "$(ublk_state_of "$id")" = QUIESCED; then e2e_ok "$copy: device $id QUIESCED"
+    else e2e_check_failed "$copy: device $id state is '$(ublk_state_of "$id")' after SIGKILL, want QUIESCED"; fi
     if ! ublk_recover "rec-$copy-$cycle" --dev_id="$id" --target=file --backing="$back" \
         --copy_mode="$copy"; then
       e2e_check_failed "$copy: recover $cycle failed"
@@ -49,7 +48,7 @@ run_case() { # COPY_MODE KILLS
     # The READY line names the mode the recovered server serves in (the
     # device's own, fixed at ADD_DEV).
     grep -h '^READY' "$SRV_LOG" | sed 's/^/  | /'
-    if [ "$SRV_DEV" = "$dev" ]; then e2e_ok "$copy: recovered $dev, state $(state_of "$id")"
+    if [ "$SRV_DEV" = "$dev" ]; then e2e_ok "$copy: recovered $dev, state $(ublk_state_of "$id")"
     else e2e_check_failed "$copy: recover gave '$SRV_DEV', want $dev"; fi
   done
   [ "$killed" -gt 0 ] || e2e_check_failed "$copy: fio ended before any kill; nothing was tested under I/O"
