@@ -38,12 +38,15 @@
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
 #include "ublk/worker_pool.h"
+#include "tests/testing/data.h"
 
 // glog + tzset under TSan: see tests/ublk/buffer_pool_test.cc.
 extern "C" const char* __tsan_default_suppressions() { return "race:tzset_internal\n"; }
 
 namespace ublk_csi {
 namespace {
+
+using ublk_test::Pattern;
 
 using ::testing::HasSubstr;
 using csi::v1::VolumeCapability;
@@ -59,13 +62,6 @@ VolumeCapability BlockCap() {
   cap.mutable_block();
   cap.mutable_access_mode()->set_mode(Mode::SINGLE_NODE_WRITER);
   return cap;
-}
-
-std::string Pattern(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
 }
 
 // Sum of every series of one metric family.

@@ -23,9 +23,12 @@
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
 #include "ublk/worker.h"
+#include "tests/testing/data.h"
 
 namespace ublk {
 namespace {
+
+using ublk_test::ReadFileRange;
 
 using ::testing::HasSubstr;
 
@@ -43,15 +46,6 @@ std::string MakeTempDir() {
   char* d = mkdtemp(tmpl.data());
   EXPECT_NE(d, nullptr);
   return tmpl;
-}
-
-std::string ReadFileRange(const std::string& path, uint64_t off, size_t len) {
-  std::string s(len, '\0');
-  int fd = open(path.c_str(), O_RDONLY);
-  EXPECT_GE(fd, 0);
-  EXPECT_EQ(pread(fd, s.data(), len, static_cast<off_t>(off)), static_cast<ssize_t>(len));
-  close(fd);
-  return s;
 }
 
 // Shared by the fixtures below (copy modes and zero copy).

@@ -31,6 +31,7 @@
 #include "ublk/testing/fake_clock.h"
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
+#include "tests/testing/data.h"
 
 // glog 0.6 calls mktime() for every line; glibc's tzset then frees and
 // re-strdup()s its TZ copy under a libc-internal lock that TSan cannot see, so
@@ -41,6 +42,8 @@ extern "C" const char* __tsan_default_suppressions() { return "race:tzset_intern
 namespace ublk {
 namespace {
 
+using ublk_test::Pattern;
+
 using ::testing::HasSubstr;
 
 using ublk_test::LogCapture;
@@ -48,13 +51,6 @@ using ublk_test::LogCapture;
 std::string WorkerTag(size_t id) { return absl::StrCat("worker ", id, ":"); }
 const std::string kDegradeText = "cannot create buffer pool";
 const std::string kRecoverText = "buffer pool of";
-
-std::string Pattern(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
 
 std::string MakeTempDir() {
   std::string tmpl = ::testing::TempDir() + "/worker_pool_test.XXXXXX";

@@ -18,9 +18,12 @@
 #include "ublk/null_target.h"
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
+#include "tests/testing/data.h"
 
 namespace ublk {
 namespace {
+
+using ublk_test::Pattern;
 
 constexpr uint64_t kSize = 8 << 20;
 
@@ -95,13 +98,6 @@ class GatedTarget final : public Target {
   std::atomic<int> started_{0};
   char sink_[256] = {};
 };
-
-std::string Pattern(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
 
 class WorkerTest : public ::testing::TestWithParam<CopyMode> {
  protected:
