@@ -62,6 +62,15 @@ struct UblkVolumeBackend::Volume {
   std::string error ABSL_GUARDED_BY(mu);  // why the last EnsureExport failed
 };
 
+uint64_t UblkVolumeBackend::OwnerTag(absl::string_view volume_id) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, 64 bits
+  for (unsigned char c : volume_id) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return (uint64_t{0x7562} << 48) | (h & ((uint64_t{1} << 48) - 1));
+}
+
 const char* UblkVolumeBackend::CopyModeLabel(ublk::CopyMode mode) {
   switch (mode) {
     case ublk::CopyMode::kUserCopy:
@@ -213,6 +222,16 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
     return false;
   }
   if ((dev->flags & UBLK_F_USER_RECOVERY) == 0) return false;
+  // Ours only: a device another server made (or one made for another
+  // volume) is left alone, and the volume gets a device of its own. 0 is a
+  // device from a version that did not tag, adopted as before.
+  const uint64_t want_tag = OwnerTag(spec.volume_id);
+  if (dev->ublksrv_flags != 0 && dev->ublksrv_flags != want_tag) {
+    LOG(WARNING) << ctx << ": ublk device " << dev_id << " was not made for this volume (owner tag 0x"
+                 << std::hex << dev->ublksrv_flags << ", want 0x" << want_tag << std::dec
+                 << "); not recovering it";
+    return false;
+  }
   // LIVE and not served by this process: perhaps our dead predecessor whose
   // char device is not released yet. (Not told apart by ublksrv_pid: in a
   // container both processes may well be pid 1.)
@@ -312,6 +331,7 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spe
   // dead server had in hand is safe, failing it (plain recovery) is not.
   eo.user_recovery_reissue = kf.user_recovery && kf.user_recovery_reissue;
   eo.copy_mode = kf.copy_mode;
+  eo.owner_tag = OwnerTag(spec.volume_id);
   eo.stop_drain_timeout = options_.stop_drain_timeout;
 
   std::vector<ublk::Worker*> workers = pool_->Assign(eo.nr_queues);

@@ -21,6 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "csi/volume_backend.h"
 #include "ublk/export.h"
@@ -91,6 +92,10 @@ class UblkVolumeBackend final : public VolumeBackend {
   const ublk::KernelFeatures* features() const { return features_.ok() ? &*features_ : nullptr; }
   // "user-copy" | "get-data" (the contract's spelling).
   static const char* CopyModeLabel(ublk::CopyMode mode);
+  // What the plugin stores in a volume's device (ublksrv_flags) and checks
+  // before recovering one: "ub" in the top 16 bits, then 48 bits of FNV-1a
+  // of the volume id. Never 0.
+  static uint64_t OwnerTag(absl::string_view volume_id);
 
  private:
   struct Volume;

@@ -128,6 +128,7 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Create(ControlDevice& control,
   want.queue_depth = o.queue_depth;
   want.max_io_buf_bytes = o.max_io_bytes;
   want.ublksrv_pid = getpid();
+  want.ublksrv_flags = o.owner_tag;
   want.flags = CopyModeFlags(o.copy_mode) |
                (o.user_recovery ? UBLK_F_USER_RECOVERY : 0) |
                (o.user_recovery_reissue ? UBLK_F_USER_RECOVERY_REISSUE : 0);

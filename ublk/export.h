@@ -39,6 +39,9 @@ struct ExportOptions {
   bool user_recovery = false;
   bool user_recovery_reissue = false;  // requires user_recovery
   CopyMode copy_mode = CopyMode::kUserCopy;
+  // Stored in the device's ublksrv_flags, so that a later process can tell
+  // its own devices from other servers' before recovering one (0: none).
+  uint64_t owner_tag = 0;
   // How long Stop() waits for the kernel to abort every fetch.
   absl::Duration stop_drain_timeout = absl::Seconds(10);
 };

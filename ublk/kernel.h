@@ -49,6 +49,9 @@ struct DeviceInfo {
   uint32_t max_io_buf_bytes = 512 * 1024;
   uint64_t flags = 0;
   int32_t ublksrv_pid = 0;
+  // The server's own word: the kernel stores it at ADD_DEV and hands it back
+  // unread (ublk_cmd.h: "for ublksrv internal use, invisible to ublk driver").
+  uint64_t ublksrv_flags = 0;
 };
 
 // Path of the block device / char device of a ublk device id.

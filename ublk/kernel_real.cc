@@ -35,6 +35,7 @@ DeviceInfo FromKernel(const ublksrv_ctrl_dev_info& k) {
   info.max_io_buf_bytes = k.max_io_buf_bytes;
   info.flags = k.flags;
   info.ublksrv_pid = k.ublksrv_pid;
+  info.ublksrv_flags = k.ublksrv_flags;
   return info;
 }
 
@@ -261,6 +262,7 @@ absl::StatusOr<DeviceInfo> RealControlDevice::AddDevice(const DeviceInfo& want) 
   info.max_io_buf_bytes = want.max_io_buf_bytes;
   info.flags = want.flags;
   info.ublksrv_pid = want.ublksrv_pid != 0 ? want.ublksrv_pid : getpid();
+  info.ublksrv_flags = want.ublksrv_flags;
   std::string what = want.dev_id == kAnyDevId ? std::string("ublk ADD_DEV (any id)")
                                               : absl::StrCat("ublk ADD_DEV id ", want.dev_id);
   int err = 0;

@@ -21,6 +21,7 @@
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
 #include "ublk/worker_pool.h"
+#include "tests/testing/data.h"
 
 // glog + tzset under TSan: see tests/ublk/buffer_pool_test.cc.
 extern "C" const char* __tsan_default_suppressions() { return "race:tzset_internal\n"; }
@@ -28,28 +29,15 @@ extern "C" const char* __tsan_default_suppressions() { return "race:tzset_intern
 namespace ublk_csi {
 namespace {
 
+using ublk_test::Pattern;
+using ublk_test::ReadFileRange;
+
 using ::testing::HasSubstr;
 using ublk::CmdEncoding;
 using ublk::FakeKernel;
 using ublk::FakeKernelOptions;
 
 constexpr int64_t kSize = 4 << 20;
-
-std::string Pattern(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (auto& c : s) c = static_cast<char>(rng());
-  return s;
-}
-
-std::string ReadFileRange(const std::string& path, uint64_t off, size_t len) {
-  std::string s(len, '\0');
-  int fd = open(path.c_str(), O_RDONLY);
-  EXPECT_GE(fd, 0);
-  EXPECT_EQ(pread(fd, s.data(), len, static_cast<off_t>(off)), static_cast<ssize_t>(len));
-  close(fd);
-  return s;
-}
 
 class UblkVolumeBackendTest : public ::testing::Test {
  protected:
@@ -434,6 +422,50 @@ TEST_F(UblkVolumeBackendTest, ShutdownLeavesDevicesRecoverableForTheNextProcess)
   EXPECT_EQ(AssignedQueues(), 2u);
   ASSERT_TRUE(backend_->RemoveExport("a").ok());
   ASSERT_TRUE(backend_->RemoveExport("b").ok());
+  EXPECT_EQ(kernel_->device_count(), 0u);
+}
+
+// Devices carry the volume's owner tag (ublksrv_flags). A QUIESCED device
+// whose tag names another volume or another server is not recovered for a
+// volume that claims its id: it is left as it is and the volume gets a new
+// device. An untagged device (from a version before tags) is still adopted.
+TEST_F(UblkVolumeBackendTest, RecoversOnlyDevicesTaggedForTheVolume) {
+  Start();
+  auto a = backend_->EnsureExport(Spec("a", 3));
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_EQ(a->dev_id, 3);
+  auto control = kernel_->OpenControl(CmdEncoding::kIoctl);
+  auto info = control->GetDeviceInfo(3);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->ublksrv_flags, UblkVolumeBackend::OwnerTag("a"));
+  EXPECT_NE(UblkVolumeBackend::OwnerTag("a"), UblkVolumeBackend::OwnerTag("b"));
+  EXPECT_EQ(kernel_->Write(3, 0, Pattern(4096, 40))->result, 4096);
+  auto b = backend_->EnsureExport(Spec("b", 4));
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(b->dev_id, 4);
+  backend_->Shutdown();
+  ASSERT_EQ(kernel_->DeviceState(3), UBLK_S_DEV_QUIESCED);
+  kernel_->SetUblksrvFlags(4, 0);  // as an untagged version left it
+
+  Start();  // the next process
+  // "x" claims a's device id (e.g. a record copied from elsewhere).
+  auto x = backend_->EnsureExport(Spec("x", 3));
+  ASSERT_TRUE(x.ok()) << x.status();
+  EXPECT_FALSE(x->recovered);
+  EXPECT_NE(x->dev_id, 3);
+  EXPECT_EQ(kernel_->DeviceState(3), UBLK_S_DEV_QUIESCED) << "a's device must be left alone";
+  // a's own device still comes back, with its data.
+  auto again = backend_->EnsureExport(Spec("a", 3));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->recovered);
+  EXPECT_EQ(again->dev_id, 3);
+  EXPECT_TRUE(kernel_->Read(3, 0, 4096)->data == Pattern(4096, 40));
+  // The untagged device is adopted as before.
+  auto b2 = backend_->EnsureExport(Spec("b", 4));
+  ASSERT_TRUE(b2.ok()) << b2.status();
+  EXPECT_TRUE(b2->recovered);
+  EXPECT_EQ(b2->dev_id, 4);
+  for (const char* v : {"a", "b", "x"}) ASSERT_TRUE(backend_->RemoveExport(v).ok()) << v;
   EXPECT_EQ(kernel_->device_count(), 0u);
 }
 

@@ -862,6 +862,12 @@ void FakeKernel::VanishDevice(uint32_t dev_id) {
   state_->cv.notify_all();
 }
 
+void FakeKernel::SetUblksrvFlags(uint32_t dev_id, uint64_t value) {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  auto it = state_->devices.find(dev_id);
+  if (it != state_->devices.end()) it->second->info.ublksrv_flags = value;
+}
+
 std::optional<uint16_t> FakeKernel::DeviceState(uint32_t dev_id) const {
   std::unique_lock<std::mutex> lock(state_->mu);
   auto it = state_->devices.find(dev_id);

@@ -136,6 +136,9 @@ class FakeKernel {
   // Fault injection.
   void FailNextAddDevice(int err);          // e.g. ENOSPC, ENOMEM
   void VanishDevice(uint32_t dev_id);       // gone as if another process deleted it
+  // Overwrites a device's ublksrv_flags, as if another server (or an older
+  // version) had made it with that word.
+  void SetUblksrvFlags(uint32_t dev_id, uint64_t value);
   // The next automatic buffer registration fails with `err` (e.g. ENOMEM):
   // the kernel then ends that request with EIO and the tag stays fetched.
   void FailNextAutoBufReg(int err);

@@ -149,9 +149,10 @@ absl::Status Info() {
   ASSIGN_OR_RETURN(DeviceInfo info, control->GetDeviceInfo(id));
   std::printf(
       "dev_id=%u\nstate=%s\nnr_hw_queues=%u\nqueue_depth=%u\nmax_io_buf_bytes=%u\nflags=%s\n"
-      "ublksrv_pid=%d\n",
+      "ublksrv_pid=%d\nublksrv_flags=0x%llx\n",
       info.dev_id, std::string(DeviceStateName(info.state)).c_str(), info.nr_hw_queues,
-      info.queue_depth, info.max_io_buf_bytes, FeaturesHex(info.flags).c_str(), info.ublksrv_pid);
+      info.queue_depth, info.max_io_buf_bytes, FeaturesHex(info.flags).c_str(), info.ublksrv_pid,
+      static_cast<unsigned long long>(info.ublksrv_flags));
   auto params = control->GetParams(id);
   if (params.ok()) {
     std::printf("size=%llu\nlogical_block_size=%u\n",

@@ -58,6 +58,13 @@ BDEV=$(csi_dev_of "$BLK")
 FDEV=$(csi_dev_of "$FSV")
 [ -b "$BDEV" ] && mountpoint -q "$WORK/stage-f" || { e2e_check_failed "no device ($BDEV) or no mount"; e2e_finish; }
 e2e_ok "block $BLK on $BDEV, ext4 $FSV on $FDEV mounted at $WORK/stage-f"
+# The kernel keeps the plugin's owner tag (ublksrv_flags) for the next
+# process to check before it recovers the device.
+tag=$("$UBLK_TOOL" info --dev_id="${BDEV#/dev/ublkb}" 2>&1 | sed -n 's/^ublksrv_flags=//p')
+case $tag in
+  0x7562*) e2e_ok "$BDEV carries the plugin's owner tag $tag" ;;
+  *) e2e_check_failed "$BDEV has ublksrv_flags '$tag', want the plugin's owner tag 0x7562..." ;;
+esac
 
 e2e_step "fio randwrite+verify on both while the plugin is killed $KILLS times"
 fio --name=blk --filename="$BDEV" --rw=randwrite --bs=4k --iodepth=16 --ioengine=io_uring \
