@@ -25,6 +25,14 @@ std::string FakeMounter::DeviceKey(const std::string& path) const {
   return path;
 }
 
+const FakeMounter::Entry* FakeMounter::TopAt(const std::string& target) const {
+  const Entry* top = nullptr;
+  for (const Entry& e : table_) {
+    if (e.info.target == target) top = &e;
+  }
+  return top;
+}
+
 absl::Status FakeMounter::Mount(const std::string& source, const std::string& target,
                                 const std::string& fstype, const MountOptions& options) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -140,10 +148,7 @@ absl::Status FakeMounter::ResizeFilesystem(const std::string& device,
 absl::StatusOr<FsStats> FakeMounter::Statfs(const std::string& path) {
   std::lock_guard<std::mutex> lock(mu_);
   if (absl::Status s = TakeFailure(Op::kStatfs); !s.ok()) return s;
-  const Entry* top = nullptr;
-  for (const Entry& e : table_) {
-    if (e.info.target == path) top = &e;
-  }
+  const Entry* top = TopAt(path);
   if (top == nullptr) return absl::NotFoundError(absl::StrCat("statfs ", path, ": not mounted"));
   FsStats st;
   st.total_bytes = fs_size_[top->device];
@@ -153,6 +158,35 @@ absl::StatusOr<FsStats> FakeMounter::Statfs(const std::string& path) {
   st.used_inodes = 11;
   st.free_inodes = st.total_inodes - st.used_inodes;
   return st;
+}
+
+absl::Status FakeMounter::Freeze(const std::string& mount_path) {
+  std::lock_guard<std::mutex> lock(mu_);
+  calls_.push_back(absl::StrCat("freeze ", mount_path));
+  if (absl::Status s = TakeFailure(Op::kFreeze); !s.ok()) return s;
+  const Entry* top = TopAt(mount_path);
+  if (top == nullptr) return absl::NotFoundError(absl::StrCat("freeze ", mount_path, ": not mounted"));
+  if (!frozen_.insert(top->device).second) {
+    return absl::FailedPreconditionError(absl::StrCat("freeze ", mount_path, ": already frozen"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FakeMounter::Thaw(const std::string& mount_path) {
+  std::lock_guard<std::mutex> lock(mu_);
+  calls_.push_back(absl::StrCat("thaw ", mount_path));
+  if (absl::Status s = TakeFailure(Op::kThaw); !s.ok()) return s;
+  const Entry* top = TopAt(mount_path);
+  if (top == nullptr || frozen_.erase(top->device) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("thaw ", mount_path, ": not frozen"));
+  }
+  return absl::OkStatus();
+}
+
+bool FakeMounter::IsFrozen(const std::string& mount_path) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Entry* top = TopAt(mount_path);
+  return top != nullptr && frozen_.count(top->device) != 0;
 }
 
 void FakeMounter::FailNext(Op op, absl::Status status) {

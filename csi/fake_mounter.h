@@ -7,6 +7,7 @@
 
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -17,7 +18,7 @@ namespace ublk_csi {
 
 class FakeMounter final : public Mounter {
  public:
-  enum class Op { kMount, kUnmount, kMkfs, kProbe, kResize, kStatfs };
+  enum class Op { kMount, kUnmount, kMkfs, kProbe, kResize, kStatfs, kFreeze, kThaw };
 
   absl::Status Mount(const std::string& source, const std::string& target,
                      const std::string& fstype, const MountOptions& options) override;
@@ -28,7 +29,13 @@ class FakeMounter final : public Mounter {
   absl::Status ResizeFilesystem(const std::string& device, const std::string& mount_path,
                                 const std::string& fstype) override;
   absl::StatusOr<FsStats> Statfs(const std::string& path) override;
+  // The filesystem of the topmost mount at mount_path is frozen until Thaw,
+  // as by the kernel (per filesystem: a bind mount of it is frozen too).
+  absl::Status Freeze(const std::string& mount_path) override;
+  absl::Status Thaw(const std::string& mount_path) override;
 
+  // Whether the filesystem mounted at mount_path is frozen.
+  bool IsFrozen(const std::string& mount_path) const;
   void FailNext(Op op, absl::Status status);
   // Every call so far, e.g. "mount /dev/ublkb0 /stage ext4 noatime".
   std::vector<std::string> calls() const;
@@ -44,6 +51,8 @@ class FakeMounter final : public Mounter {
     std::string device;  // the real device behind a bind of a mount
   };
   absl::Status TakeFailure(Op op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The topmost mount at exactly target, or null.
+  const Entry* TopAt(const std::string& target) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string DeviceKey(const std::string& path) const;
 
   // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
@@ -52,6 +61,7 @@ class FakeMounter final : public Mounter {
   std::map<std::string, std::string> filesystems_ ABSL_GUARDED_BY(mu_);  // device -> type
   std::map<std::string, int64_t> fs_size_ ABSL_GUARDED_BY(mu_);          // device -> bytes
   std::map<Op, absl::Status> failures_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> frozen_ ABSL_GUARDED_BY(mu_);  // devices whose fs is frozen
   std::vector<std::string> calls_ ABSL_GUARDED_BY(mu_);
 };
 

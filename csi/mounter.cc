@@ -1,7 +1,9 @@
 #include "csi/mounter.h"
 
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
@@ -259,6 +261,37 @@ absl::StatusOr<FsStats> RealMounter::Statfs(const std::string& path) {
   st.free_inodes = static_cast<int64_t>(s.f_ffree);
   st.used_inodes = st.total_inodes - st.free_inodes;
   return st;
+}
+
+namespace {
+
+// FIFREEZE / FITHAW on the mount point's directory.
+absl::Status FreezeIoctl(const std::string& mount_path, unsigned long request, const char* what) {
+  int fd = ::open(mount_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat("open ", mount_path, ": ", Errno(errno)));
+  int rc = ::ioctl(fd, request, 0);
+  int err = errno;
+  ::close(fd);
+  if (rc == 0) return absl::OkStatus();
+  const std::string msg = absl::StrCat(what, " ", mount_path, ": ", Errno(err));
+  if (request == FIFREEZE && err == EBUSY) {
+    return absl::FailedPreconditionError(absl::StrCat(msg, " (already frozen)"));
+  }
+  if (request == FITHAW && err == EINVAL) {
+    return absl::FailedPreconditionError(absl::StrCat(msg, " (not frozen)"));
+  }
+  if (err == EOPNOTSUPP || err == ENOTTY) return absl::UnimplementedError(msg);
+  return absl::InternalError(msg);
+}
+
+}  // namespace
+
+absl::Status RealMounter::Freeze(const std::string& mount_path) {
+  return FreezeIoctl(mount_path, FIFREEZE, "freeze");
+}
+
+absl::Status RealMounter::Thaw(const std::string& mount_path) {
+  return FreezeIoctl(mount_path, FITHAW, "thaw");
 }
 
 }  // namespace ublk_csi

@@ -1,6 +1,6 @@
 // The seam for every mount-table and filesystem effect of the Node service:
-// mount/unmount, the mount table, mkfs, "has a filesystem?", online grow and
-// statfs. RealMounter does it with mount(2)/umount2(2), /proc/self/mountinfo
+// mount/unmount, the mount table, mkfs, "has a filesystem?", online grow,
+// statfs and freeze/thaw. RealMounter does it with mount(2)/umount2(2), /proc/self/mountinfo
 // and the util programs (mkfs.ext4, mkfs.xfs, blkid, resize2fs, xfs_growfs);
 // FakeMounter (csi/fake_mounter.h) keeps an in-memory table for tests.
 // Implementations are thread-safe.
@@ -59,6 +59,12 @@ class Mounter {
   virtual absl::Status ResizeFilesystem(const std::string& device, const std::string& mount_path,
                                         const std::string& fstype) = 0;
   virtual absl::StatusOr<FsStats> Statfs(const std::string& path) = 0;
+  // Freezes the filesystem mounted at mount_path (FIFREEZE): its dirty data
+  // reaches the device and writers wait until Thaw. FailedPrecondition if it
+  // is frozen already; Unimplemented if the filesystem cannot be frozen.
+  virtual absl::Status Freeze(const std::string& mount_path) = 0;
+  // Thaws it (FITHAW). FailedPrecondition if it was not frozen.
+  virtual absl::Status Thaw(const std::string& mount_path) = 0;
 
   absl::StatusOr<bool> IsMountPoint(const std::string& target) {
     absl::StatusOr<std::optional<MountInfo>> info = GetMountInfo(target);
@@ -78,6 +84,8 @@ class RealMounter final : public Mounter {
   absl::Status ResizeFilesystem(const std::string& device, const std::string& mount_path,
                                 const std::string& fstype) override;
   absl::StatusOr<FsStats> Statfs(const std::string& path) override;
+  absl::Status Freeze(const std::string& mount_path) override;
+  absl::Status Thaw(const std::string& mount_path) override;
 };
 
 // Parses /proc/self/mountinfo text; exposed for tests.

@@ -524,6 +524,7 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
   // Content source: the data to start from and its size.
   std::string source_file;
   std::optional<KeyLock> source_lock;
+  std::optional<VolumeRecord> source_volume;  // a clone's source, to freeze while copied
   if (!src_snapshot.empty()) {
     std::optional<SnapshotRecord> snap = FindSnapshot(src_snapshot);
     if (!snap) return absl::NotFoundError(absl::StrCat("snapshot ", src_snapshot, " does not exist"));
@@ -542,6 +543,7 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
                                                 src_volume, " (", vol->capacity_bytes(), " bytes)"));
     }
     source_file = store_->Abs(vol->backing_file());
+    source_volume = std::move(vol);
   }
   ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
   if (size > free_bytes) {
@@ -569,7 +571,18 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
   // The record goes first: after a crash it says which file to roll back.
   RETURN_IF_ERROR(store_->PutVolume(rec));
   const std::string path = store_->Abs(rec.backing_file());
-  absl::Status made = source_file.empty() ? CreateSparse(path, size) : CloneFile(source_file, path, size);
+  absl::Status made;
+  if (source_file.empty()) {
+    made = CreateSparse(path, size);
+  } else {
+    absl::StatusOr<std::string> frozen =
+        source_volume ? FreezeForCopy(*source_volume, "clone " + rec.volume_id()) : std::string();
+    made = frozen.status();
+    if (made.ok()) {
+      made = CloneFile(source_file, path, size);
+      if (source_volume) ThawAfterCopy(source_volume->volume_id(), *frozen);
+    }
+  }
   if (made.ok()) {
     rec.set_state(VolumeRecord::READY);
     made = SaveVolume(rec);
@@ -764,6 +777,56 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
   return resp;
 }
 
+absl::StatusOr<std::string> VolumeManager::FreezeForCopy(const VolumeRecord& vol,
+                                                        absl::string_view why) {
+  if (vol.staged_path().empty()) return std::string();
+  const std::string ctx = absl::StrCat("volume ", vol.volume_id(), " (", why, ")");
+  if (vol.access_type() == VolumeRecord::BLOCK) {
+    LOG(WARNING) << ctx << ": a staged block volume cannot be frozen; its data is copied while "
+                 << "in use (consistent only if the application is quiesced)";
+    return std::string();
+  }
+  const std::string& path = vol.staged_path();
+  ASSIGN_OR_RETURN(std::optional<MountInfo> mounted, mounter_->GetMountInfo(path));
+  ExportStatus es = backend_->GetExportStatus(vol.volume_id());
+  // Only the volume's own filesystem: freezing whatever else is (or is not)
+  // mounted there would stop an unrelated filesystem, perhaps the node's root.
+  if (!mounted || es.device_path.empty() || mounted->source != es.device_path) {
+    return std::string();
+  }
+  // Recorded first: if this process dies while the filesystem is frozen, the
+  // next one knows to thaw it (RecoverExport).
+  VolumeRecord marked = vol;
+  marked.set_frozen_for_copy(true);
+  RETURN_IF_ERROR(SaveVolume(marked));
+  absl::Status s = mounter_->Freeze(path);
+  if (!s.ok()) {
+    marked.set_frozen_for_copy(false);
+    SaveVolume(marked).IgnoreError();
+    return absl::FailedPreconditionError(absl::StrCat(
+        ctx, ": cannot freeze its filesystem at ", path, " for a consistent copy: ", s.message()));
+  }
+  LOG(INFO) << ctx << ": filesystem at " << path << " frozen for the copy";
+  return path;
+}
+
+void VolumeManager::ThawAfterCopy(const std::string& volume_id, const std::string& mount_path) {
+  if (mount_path.empty()) return;
+  absl::Status s = mounter_->Thaw(mount_path);
+  if (s.ok()) {
+    LOG(INFO) << "volume " << volume_id << ": filesystem at " << mount_path << " thawed";
+    absl::StatusOr<VolumeRecord> rec = GetRecord(volume_id);
+    if (rec.ok()) {
+      rec->set_frozen_for_copy(false);
+      absl::Status saved = SaveVolume(*rec);
+      if (!saved.ok()) LOG(WARNING) << "volume " << volume_id << ": clearing frozen_for_copy: " << saved;
+    }
+  } else {
+    LOG(ERROR) << "volume " << volume_id << ": thawing its filesystem at " << mount_path
+               << " failed, writers there stay blocked until it is thawed (fsfreeze -u): " << s;
+  }
+}
+
 absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
     const csi::v1::CreateSnapshotRequest& req) {
   if (req.name().empty()) return absl::InvalidArgumentError("name is required");
@@ -817,7 +880,12 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
   snap.set_file(RecordStore::SnapshotFileRel(snap.snapshot_id()));
   RETURN_IF_ERROR(store_->PutSnapshot(snap));
   const std::string dst = store_->Abs(snap.file());
-  absl::Status made = CloneFile(src, dst, vol.capacity_bytes());
+  absl::StatusOr<std::string> frozen = FreezeForCopy(vol, "snapshot " + snap.snapshot_id());
+  absl::Status made = frozen.status();
+  if (made.ok()) {
+    made = CloneFile(src, dst, vol.capacity_bytes());
+    ThawAfterCopy(vol.volume_id(), *frozen);
+  }
   if (made.ok()) {
     snap.set_ready_to_use(true);
     made = SaveSnapshot(snap);

@@ -148,6 +148,13 @@ class VolumeManager {
   void FillVolume(const records::VolumeRecord& rec, csi::v1::Volume* out) const;
   ExportSpec SpecFor(const records::VolumeRecord& rec) const;
   absl::StatusOr<ExportInfo> EnsureExport(records::VolumeRecord* rec);
+  // Before copying a volume's backing file (snapshot, clone): if the volume's
+  // filesystem is mounted at its staging path on this node, freezes it so the
+  // copy is one point in time, and returns that path; "" when nothing was
+  // frozen (not staged, or a block volume: copied live, with a warning).
+  absl::StatusOr<std::string> FreezeForCopy(const records::VolumeRecord& vol, absl::string_view why);
+  // Thaws what FreezeForCopy froze (a failure is logged: nothing else to do).
+  void ThawAfterCopy(const std::string& volume_id, const std::string& mount_path);
 
   const VolumeManagerOptions options_;
   RecordStore* const store_;

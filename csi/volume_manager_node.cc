@@ -96,7 +96,21 @@ absl::StatusOr<ExportInfo> VolumeManager::EnsureExport(VolumeRecord* rec) {
 absl::StatusOr<ExportInfo> VolumeManager::RecoverExport(const std::string& volume_id) {
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(volume_id, "volume " + volume_id));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(volume_id));
-  return EnsureExport(&rec);
+  ASSIGN_OR_RETURN(ExportInfo info, EnsureExport(&rec));
+  if (rec.frozen_for_copy()) {
+    // The previous process died while it held the filesystem frozen for a
+    // copy: thaw it now that the device serves again (the thaw writes).
+    LOG(WARNING) << "volume " << volume_id << ": its filesystem at " << rec.staged_path()
+                 << " was left frozen by an interrupted copy; thawing it";
+    absl::Status s = mounter_->Thaw(rec.staged_path());
+    if (!s.ok() && s.code() != absl::StatusCode::kFailedPrecondition) {
+      LOG(ERROR) << "volume " << volume_id << ": " << s;
+    } else {
+      rec.set_frozen_for_copy(false);
+      RETURN_IF_ERROR(SaveVolume(rec));
+    }
+  }
+  return info;
 }
 
 absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(

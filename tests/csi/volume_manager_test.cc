@@ -299,6 +299,87 @@ TEST_F(VM, CloneFromVolume) {
   EXPECT_EQ(manager_->CreateVolume(req).status().code(), absl::StatusCode::kNotFound);
 }
 
+// A snapshot or clone of a volume whose filesystem is mounted here is taken
+// with that filesystem frozen (its dirty data on the device, writers held),
+// so the copy is one point in time; the mark in the record is gone after.
+TEST_F(VM, CopiesOfAStagedFilesystemAreTakenFrozen) {
+  std::string id = Create("src", 16 * kMiB);
+  ASSERT_TRUE(Stage(id, Path("stage")).ok());
+  WriteAt(data_ + "/volumes/" + id + ".img", 3 * kMiB, "frozen copy");
+  csi::v1::CreateSnapshotRequest sr;
+  sr.set_name("snap-f");
+  sr.set_source_volume_id(id);
+  auto snap = manager_->CreateSnapshot(sr);
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  auto clone = CreateReq("clone", 16 * kMiB);
+  clone.mutable_volume_content_source()->mutable_volume()->set_volume_id(id);
+  auto c = manager_->CreateVolume(clone);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(ReadAt(data_ + "/volumes/" + c->volume().volume_id() + ".img", 3 * kMiB, 11),
+            "frozen copy");
+  std::vector<std::string> fz;
+  for (const std::string& call : mounter_->calls()) {
+    if (call.rfind("freeze ", 0) == 0 || call.rfind("thaw ", 0) == 0) fz.push_back(call);
+  }
+  EXPECT_THAT(fz, ::testing::ElementsAre("freeze " + Path("stage"), "thaw " + Path("stage"),
+                                         "freeze " + Path("stage"), "thaw " + Path("stage")));
+  EXPECT_FALSE(mounter_->IsFrozen(Path("stage")));
+  EXPECT_FALSE(manager_->GetRecord(id)->frozen_for_copy());
+}
+
+TEST_F(VM, AFilesystemThatCannotBeFrozenIsNotCopied) {
+  std::string id = Create("src", 16 * kMiB);
+  ASSERT_TRUE(Stage(id, Path("stage")).ok());
+  mounter_->FailNext(FakeMounter::Op::kFreeze, absl::UnimplementedError("freeze: not supported"));
+  csi::v1::CreateSnapshotRequest sr;
+  sr.set_name("snap-x");
+  sr.set_source_volume_id(id);
+  auto snap = manager_->CreateSnapshot(sr);
+  EXPECT_EQ(snap.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(snap.status().message()), ::testing::HasSubstr("cannot freeze"));
+  csi::v1::ListSnapshotsRequest lr;
+  EXPECT_EQ(manager_->ListSnapshots(lr)->entries_size(), 0) << "no half-made snapshot";
+  EXPECT_FALSE(manager_->GetRecord(id)->frozen_for_copy());
+  EXPECT_EQ(mounter_->CountCalls("thaw"), 0);
+  // Unstaged, nothing needs freezing: the same snapshot then works.
+  ASSERT_TRUE(Unstage(id, Path("stage")).ok());
+  ASSERT_TRUE(manager_->CreateSnapshot(sr).ok());
+  EXPECT_EQ(mounter_->CountCalls("freeze"), 1);
+}
+
+TEST_F(VM, AStagedBlockVolumeIsCopiedWithoutAFreeze) {
+  std::string id = Create("blk", 16 * kMiB, BlockCap());
+  ASSERT_TRUE(Stage(id, Path("stage-b"), BlockCap()).ok());
+  csi::v1::CreateSnapshotRequest sr;
+  sr.set_name("snap-b");
+  sr.set_source_volume_id(id);
+  ASSERT_TRUE(manager_->CreateSnapshot(sr).ok());
+  EXPECT_EQ(mounter_->CountCalls("freeze"), 0);
+}
+
+// The plugin dies while it holds a filesystem frozen (here: the thaw
+// fails): the record keeps the mark, and the next process thaws the
+// filesystem once the volume's device serves again.
+TEST_F(VM, AFilesystemLeftFrozenIsThawedByTheNextProcess) {
+  std::string id = Create("src", 16 * kMiB);
+  ASSERT_TRUE(Stage(id, Path("stage")).ok());
+  mounter_->FailNext(FakeMounter::Op::kThaw, absl::InternalError("thaw: injected"));
+  csi::v1::CreateSnapshotRequest sr;
+  sr.set_name("snap-c");
+  sr.set_source_volume_id(id);
+  ASSERT_TRUE(manager_->CreateSnapshot(sr).ok());
+  EXPECT_TRUE(mounter_->IsFrozen(Path("stage")));
+  EXPECT_TRUE(manager_->GetRecord(id)->frozen_for_copy());
+
+  Restart();
+  EXPECT_TRUE(manager_->GetRecord(id)->frozen_for_copy());
+  ASSERT_TRUE(manager_->RecoverExport(id).ok());
+  EXPECT_FALSE(mounter_->IsFrozen(Path("stage")));
+  EXPECT_FALSE(manager_->GetRecord(id)->frozen_for_copy());
+  Restart();
+  EXPECT_FALSE(manager_->GetRecord(id)->frozen_for_copy()) << "the cleared mark is saved";
+}
+
 TEST_F(VM, SnapshotErrors) {
   std::string a = Create("a");
   std::string b = Create("b");
