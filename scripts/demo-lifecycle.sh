@@ -91,6 +91,10 @@ run node stats "$VOL" "$WORK/pod/vol"
 step "snapshot, then restore it into a new volume and check the data"
 OUT=$(run snapshot create "$VOL" demo-snap) || fail "snapshot"
 echo "$OUT"
+# The volume is mounted: its filesystem must have been frozen for the copy.
+grep -q "frozen for the copy" "$WORK/plugin.log" && grep -q "thawed" "$WORK/plugin.log" \
+  || fail "the snapshot of a mounted volume was not taken with its filesystem frozen and thawed"
+echo "(filesystem frozen for the copy, then thawed: $(grep -c 'frozen for the copy' "$WORK/plugin.log") freeze(s) in the plugin log)"
 SNAP=$(echo "$OUT" | field snapshot_id)
 OUT=$(run volume create demo-restored --size=1Gi --fs-type="$FS" --from-snapshot="$SNAP") || fail "restore"
 RESTORED=$(echo "$OUT" | field volume_id)
