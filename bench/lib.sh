@@ -15,19 +15,27 @@ cpu_sample() {
   done < /proc/stat
 }
 
-# srv_sample PID: sets S_SRV_NS (CPU time of all threads, ns, from
-# /proc/PID/task/*/schedstat), S_SRV_SLICES (times any thread was put on a CPU:
-# the context switches into the server) and S_RSS (KiB, /proc/PID/statm); all
-# "-" when PID is "-" or gone. One short line per file: a bash read loop over
-# /proc/PID/status of every thread costs seconds per sample under TCG.
+# srv_sample PID: sets S_SRV_TICKS (CPU time of the whole process in clock
+# ticks: utime + stime of /proc/PID/stat, which keeps the time of threads that
+# have exited, such as io_uring's io-wq workers), S_SRV_SLICES (times a live
+# thread was put on a CPU, summed over /proc/PID/task/*/schedstat: the slices
+# of a thread that exits drop out of this sum), S_SRV_THREADS (the threads
+# summed) and S_RSS (KiB, /proc/PID/statm); all "-" when PID is "-" or gone.
+# One short line per file: a bash read loop over /proc/PID/status of every
+# thread costs seconds per sample under TCG.
 srv_sample() {
-  local pid=${1:--} f run slices res rest
-  S_SRV_NS=- S_SRV_SLICES=- S_RSS=-
+  local pid=${1:--} f run slices res rest line
+  local -a st
+  S_SRV_TICKS=- S_SRV_SLICES=- S_SRV_THREADS=- S_RSS=-
   [ -d "/proc/$pid" ] || return 0
-  S_SRV_NS=0 S_SRV_SLICES=0
+  read -r line < "/proc/$pid/stat" || return 0
+  # Fields after "(comm) ": st[0] is field 3 (state), so utime (14) is st[11].
+  read -r -a st <<< "${line##*) }"
+  S_SRV_TICKS=$((st[11] + st[12]))
+  S_SRV_SLICES=0 S_SRV_THREADS=0
   for f in /proc/"$pid"/task/*/schedstat; do
     read -r run _ slices rest < "$f" || continue
-    S_SRV_NS=$((S_SRV_NS + run)); S_SRV_SLICES=$((S_SRV_SLICES + slices))
+    S_SRV_SLICES=$((S_SRV_SLICES + slices)); S_SRV_THREADS=$((S_SRV_THREADS + 1))
   done
   read -r _ res rest < "/proc/$pid/statm" && S_RSS=$((res * 4))
 }
@@ -43,7 +51,7 @@ hwm() {
 }
 
 # sampler OUT_FILE FIFO PID...: every 0.5 s appends "epoch_s busy total ctxt"
-# followed by "srv_cpu_ns srv_slices rss_kb" for each PID (in argument
+# followed by "srv_ticks srv_slices rss_kb srv_threads" for each PID (in argument
 # order) to OUT_FILE until killed. FIFO (made with mkfifo beforehand) only
 # serves as a builtin sleep (read -t).
 sampler() {
@@ -55,7 +63,7 @@ sampler() {
     line="$EPOCHREALTIME $S_BUSY $S_TOTAL $S_CTXT"
     for pid in "$@"; do
       srv_sample "$pid"
-      line="$line $S_SRV_NS $S_SRV_SLICES $S_RSS"
+      line="$line $S_SRV_TICKS $S_SRV_SLICES $S_RSS $S_SRV_THREADS"
     done
     echo "$line"
     read -r -t 0.5 -u 8 _

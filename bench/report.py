@@ -13,6 +13,7 @@ import statistics
 import sys
 
 CLK_TCK = 100  # USER_HZ of the Debian guest kernel: /proc/stat and /proc/PID/stat ticks
+SRV_FIELDS = 4  # per ublk server in a sample line: cpu_ticks slices rss_kb threads (bench/lib.sh)
 WORKLOADS = ["randread-4k-qd32", "randwrite-4k-qd32", "randread-4k-qd1",
              "seqread-128k-qd8", "seqwrite-128k-qd8"]
 GROUPS = [("tmpfs", "loop", "file on tmpfs", 1.0),
@@ -85,8 +86,8 @@ def samples(path):
     with open(path) as f:
         for line in f:
             p = line.split()
-            # epoch busy total ctxt, then cpu_ns slices rss_kb per ublk server
-            if len(p) >= 4 and (len(p) - 4) % 3 == 0:
+            # epoch busy total ctxt, then cpu_ticks slices rss_kb threads per ublk server
+            if len(p) >= 4 and (len(p) - 4) % SRV_FIELDS == 0:
                 out.append([float(p[0])] + [None if x == "-" else float(x) for x in p[1:]])
     return out
 
@@ -146,11 +147,14 @@ def load_runs(raw):
                 "guest_cpu_us_per_io": busy * 1e6 / CLK_TCK / ios,
                 "guest_ctx_per_io": ctxt / ios,
             })
-            c = 4 + 3 * int(col) if col != "-" else None
-            if c is not None and len(a) > c + 2 and a[c] is not None and b[c] is not None:
+            c = 4 + SRV_FIELDS * int(col) if col != "-" else None
+            if c is not None and len(a) > c + 3 and a[c] is not None and b[c] is not None:
+                # Slices are summed over live threads only: a thread that
+                # exits (or starts) inside the window makes the sum meaningless.
+                same_threads = a[c + 3] == b[c + 3] and b[c + 1] >= a[c + 1]
                 m.update({
-                    "srv_cpu_us_per_io": (b[c] - a[c]) / 1000.0 / ios,
-                    "srv_ctx_per_io": (b[c + 1] - a[c + 1]) / ios,
+                    "srv_cpu_us_per_io": (b[c] - a[c]) * 1e6 / CLK_TCK / ios,
+                    "srv_ctx_per_io": (b[c + 1] - a[c + 1]) / ios if same_threads else None,
                     "srv_rss_kb": b[c + 2],
                     "srv_hwm_kb": max(x[c + 2] for x in w if x[c + 2] is not None),
                 })
@@ -564,8 +568,10 @@ def main():
     w("I/O completed in that window (fio's mean IOPS x window length).")
     w("guest CPU = busy ticks of all vCPUs in /proc/stat (not idle, not iowait)")
     w("per I/O; guest busy % = share of both vCPUs busy; ctx = context switches (/proc/stat ctxt) per I/O; server = the")
-    w("ublk-tool process: CPU time and times put on a CPU (context switches in), summed over")
-    w("its threads' /proc/PID/task/*/schedstat; fio = fio's own usr/sys CPU %. The sampler")
+    w("ublk-tool process: CPU time (utime + stime of /proc/PID/stat, which keeps the time of")
+    w("exited threads such as io_uring's io-wq workers) and times put on a CPU (context switches")
+    w("in, summed over its live threads' /proc/PID/task/*/schedstat; \"-\" where a thread started")
+    w("or exited inside the window); fio = fio's own usr/sys CPU %. The sampler")
     w("itself (a bash loop, 2 Hz) also runs on the guest's CPUs; its cost is listed at the end.")
     w("")
     w("| backing | workload | device | guest busy % | guest CPU µs/IO | ctx/IO | server CPU µs/IO "
