@@ -40,13 +40,14 @@ absl::Status FakeMounter::Mount(const std::string& source, const std::string& ta
                                 options.readonly ? " ro" : "", options.flags.empty() ? "" : " ",
                                 absl::StrJoin(options.flags, ",")));
   if (absl::Status s = TakeFailure(Op::kMount); !s.ok()) return s;
+  if (absl::Status s = ValidateMountFlags(options.flags, "mount"); !s.ok()) return s;
   struct stat st;
   if (::stat(target.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("mount ", source, " on ", target,
                                             ": target does not exist"));
   }
   Entry e;
-  e.info.target = target;
+  e.info.target = DeviceKey(target);  // the kernel follows symlinks in the target
   e.info.readonly = options.readonly;
   e.flags = options.flags;
   for (const std::string& f : options.flags) {
@@ -55,8 +56,9 @@ absl::Status FakeMounter::Mount(const std::string& source, const std::string& ta
   if (options.bind) {
     // Binding a mount point shows the mounted fs's source, like the kernel.
     const Entry* under = nullptr;
+    const std::string resolved_source = DeviceKey(source);
     for (const Entry& m : table_) {
-      if (m.info.target == source) under = &m;
+      if (m.info.target == resolved_source) under = &m;
     }
     if (under != nullptr) {
       e.info.source = under->info.source;
@@ -79,6 +81,7 @@ absl::Status FakeMounter::Mount(const std::string& source, const std::string& ta
     e.info.fstype = fstype;
     e.info.root = "/";
   }
+  e.info.device = e.device;
   table_.push_back(std::move(e));
   return absl::OkStatus();
 }
@@ -103,6 +106,21 @@ absl::StatusOr<std::optional<MountInfo>> FakeMounter::GetMountInfo(const std::st
     if (e.info.target == target) found = e.info;
   }
   return found;
+}
+
+absl::StatusOr<std::vector<MountInfo>> FakeMounter::ListMounts() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<MountInfo> out;
+  for (const Entry& e : table_) out.push_back(e.info);
+  return out;
+}
+
+absl::StatusOr<std::string> FakeMounter::DeviceNumber(const std::string& device_path) {
+  struct stat st;
+  if (::stat(device_path.c_str(), &st) != 0) {
+    return absl::NotFoundError(absl::StrCat("stat ", device_path, ": no such device"));
+  }
+  return DeviceKey(device_path);
 }
 
 absl::Status FakeMounter::MakeFilesystem(const std::string& device, const std::string& fstype) {

@@ -1,7 +1,9 @@
 // A Mounter with an in-memory mount table and filesystem registry: no mount
 // ever happens. Records every call, lets tests inject one failure per
 // operation, and reports statfs numbers from the size of the "device" (the
-// file behind the source path). Used by unit tests and `ublk-csi
+// file behind the source path). Like the kernel, a mount lands on (and the
+// table shows) the target with its symlinks resolved, so tests can make
+// symlinked node paths in a temp dir. Used by unit tests and `ublk-csi
 // --mounter=fake` demos. Thread-safe.
 #pragma once
 
@@ -24,6 +26,10 @@ class FakeMounter final : public Mounter {
                      const std::string& fstype, const MountOptions& options) override;
   absl::Status Unmount(const std::string& target) override;
   absl::StatusOr<std::optional<MountInfo>> GetMountInfo(const std::string& target) override;
+  absl::StatusOr<std::vector<MountInfo>> ListMounts() override;
+  // The "device" is the file a device path resolves to (the fake backend's
+  // device nodes are symlinks to backing files).
+  absl::StatusOr<std::string> DeviceNumber(const std::string& device_path) override;
   absl::Status MakeFilesystem(const std::string& device, const std::string& fstype) override;
   absl::StatusOr<std::string> ProbeFilesystem(const std::string& device) override;
   absl::Status ResizeFilesystem(const std::string& device, const std::string& mount_path,

@@ -5,7 +5,9 @@
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,8 +15,12 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -57,6 +63,78 @@ const std::map<std::string, std::pair<unsigned long, bool>>& FlagTable() {
   return *table;
 }
 
+// ext4/xfs options the plugin passes through as fs data: plain words, and
+// key=value options with the values each takes ("#" = a decimal number,
+// optionally with a k/m/g suffix).
+const std::set<std::string>& FsDataWords() {
+  static const auto* words = new std::set<std::string>{
+      "defaults", "discard",  "nodiscard", "nouuid",      "noquota",    "quota",
+      "usrquota", "grpquota", "prjquota",  "uquota",      "gquota",     "pquota",
+      "acl",      "noacl",    "user_xattr", "nouser_xattr", "barrier",  "nobarrier",
+      "inode64",  "inode32",  "largeio",   "nolargeio",   "nodelalloc", "delalloc",
+      "journal_checksum", "nojournal_checksum", "dioread_nolock", "dioread_lock",
+  };
+  return *words;
+}
+
+const std::map<std::string, std::set<std::string>>& FsDataKeys() {
+  static const auto* keys = new std::map<std::string, std::set<std::string>>{
+      {"errors", {"continue", "remount-ro", "panic"}},
+      {"data", {"ordered", "writeback", "journal"}},
+      {"commit", {"#"}},
+      {"stripe", {"#"}},
+      {"logbufs", {"#"}},
+      {"logbsize", {"#"}},
+      {"allocsize", {"#"}},
+      {"sunit", {"#"}},
+      {"swidth", {"#"}},
+  };
+  return *keys;
+}
+
+bool IsSizeNumber(absl::string_view v) {
+  if (!v.empty() && (absl::ascii_tolower(v.back()) == 'k' || absl::ascii_tolower(v.back()) == 'm' ||
+                     absl::ascii_tolower(v.back()) == 'g')) {
+    v.remove_suffix(1);
+  }
+  if (v.empty() || v.size() > 12) return false;
+  for (char c : v) {
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+bool IsAllowedFsData(const std::string& flag) {
+  if (FsDataWords().count(flag) != 0) return true;
+  size_t eq = flag.find('=');
+  if (eq == std::string::npos) return false;
+  auto it = FsDataKeys().find(flag.substr(0, eq));
+  if (it == FsDataKeys().end()) return false;
+  const std::string value = flag.substr(eq + 1);
+  if (it->second.count("#") != 0) return IsSizeNumber(value);
+  return it->second.count(value) != 0;
+}
+
+// "maj:min" of a dev_t, the form /proc/self/mountinfo uses.
+std::string DevString(dev_t dev) { return absl::StrCat(major(dev), ":", minor(dev)); }
+
+// The mount table with `device` filled in: mountinfo's maj:min (the
+// filesystem's device) or, for a bind-mounted device node, the node's own
+// device number (mountinfo shows devtmpfs there).
+absl::StatusOr<std::vector<MountInfo>> ReadMounts() {
+  std::ifstream in("/proc/self/mountinfo");
+  if (!in) return absl::InternalError("cannot read /proc/self/mountinfo");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::vector<MountInfo> mounts = ParseMountInfo(ss.str());
+  for (MountInfo& m : mounts) {
+    if (m.root == "/") continue;
+    struct stat st;
+    if (::lstat(m.target.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) m.device = DevString(st.st_rdev);
+  }
+  return mounts;
+}
+
 std::string CommandError(const std::vector<std::string>& argv, const CommandResult& r) {
   // One line, so the whole of it lands in the CSI error and the log line.
   std::string out = absl::StrJoin(
@@ -77,6 +155,57 @@ absl::Status RunChecked(const std::vector<std::string>& argv) {
 
 }  // namespace
 
+absl::Status ValidateMountFlags(const std::vector<std::string>& flags, absl::string_view field) {
+  for (const std::string& f : flags) {
+    if (FlagTable().count(f) != 0 || IsAllowedFsData(f)) continue;
+    std::string shown = f.size() > 64 ? f.substr(0, 64) + "..." : f;
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": mount flag '", absl::CHexEscape(shown),
+        "' is not supported (allowed: VFS flags such as ro, noatime, nosuid, nodev, noexec, "
+        "and ext4/xfs options such as discard, nouuid, errors=, commit=, data=; "
+        "bind, remount, move and propagation flags are never allowed)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RefuseSymlinks(const std::string& path, absl::string_view field) {
+  if (path.empty() || path[0] != '/') {
+    return absl::InvalidArgumentError(absl::StrCat(field, " must be an absolute path"));
+  }
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = path.find('/', pos + 1);
+    const std::string prefix = path.substr(0, pos);
+    struct stat st;
+    if (::lstat(prefix.c_str(), &st) != 0) {
+      // A missing tail is created by us with mkdir/O_NOFOLLOW; any other
+      // error shows up in the operation that follows.
+      return absl::OkStatus();
+    }
+    if (S_ISLNK(st.st_mode)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " ", path, ": ", prefix,
+          " is a symbolic link; the plugin does not follow symlinks in node paths"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<MountInfo>> MountsOfDevice(Mounter& mounter,
+                                                      const std::string& device_path) {
+  std::vector<MountInfo> out;
+  if (device_path.empty()) return out;
+  absl::StatusOr<std::string> dev = mounter.DeviceNumber(device_path);
+  if (absl::IsNotFound(dev.status())) return out;
+  if (!dev.ok()) return dev.status();
+  absl::StatusOr<std::vector<MountInfo>> all = mounter.ListMounts();
+  if (!all.ok()) return all.status();
+  for (MountInfo& m : *all) {
+    if (m.device == *dev) out.push_back(std::move(m));
+  }
+  return out;
+}
+
 std::vector<MountInfo> ParseMountInfo(const std::string& text) {
   std::vector<MountInfo> out;
   for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
@@ -86,6 +215,7 @@ std::vector<MountInfo> ParseMountInfo(const std::string& text) {
     while (dash < f.size() && f[dash] != "-") ++dash;
     if (f.size() < 7 || dash + 2 >= f.size()) continue;
     MountInfo m;
+    m.device = std::string(f[2]);
     m.root = Unescape(f[3]);
     m.target = Unescape(f[4]);
     for (absl::string_view o : absl::StrSplit(f[5], ',')) {
@@ -151,6 +281,7 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv) {
 
 absl::Status RealMounter::Mount(const std::string& source, const std::string& target,
                                 const std::string& fstype, const MountOptions& options) {
+  if (absl::Status s = ValidateMountFlags(options.flags, "mount"); !s.ok()) return s;
   unsigned long flags = 0;
   std::vector<std::string> data;
   for (const std::string& f : options.flags) {
@@ -200,15 +331,26 @@ absl::Status RealMounter::Unmount(const std::string& target) {
 }
 
 absl::StatusOr<std::optional<MountInfo>> RealMounter::GetMountInfo(const std::string& target) {
-  std::ifstream in("/proc/self/mountinfo");
-  if (!in) return absl::InternalError("cannot read /proc/self/mountinfo");
-  std::stringstream ss;
-  ss << in.rdbuf();
+  absl::StatusOr<std::vector<MountInfo>> mounts = ReadMounts();
+  if (!mounts.ok()) return mounts.status();
   std::optional<MountInfo> found;
-  for (MountInfo& m : ParseMountInfo(ss.str())) {
+  for (MountInfo& m : *mounts) {
     if (m.target == target) found = std::move(m);  // the last one is on top
   }
   return found;
+}
+
+absl::StatusOr<std::vector<MountInfo>> RealMounter::ListMounts() { return ReadMounts(); }
+
+absl::StatusOr<std::string> RealMounter::DeviceNumber(const std::string& device_path) {
+  struct stat st;
+  if (::stat(device_path.c_str(), &st) != 0) {
+    return absl::NotFoundError(absl::StrCat("stat ", device_path, ": ", Errno(errno)));
+  }
+  if (!S_ISBLK(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(device_path, " is not a block device"));
+  }
+  return DevString(st.st_rdev);
 }
 
 absl::Status RealMounter::MakeFilesystem(const std::string& device, const std::string& fstype) {

@@ -30,6 +30,10 @@ struct MountInfo {
   std::string fstype;
   std::string root;  // path within the source fs ("/" for a plain mount)
   bool readonly = false;
+  // Which device's data the mount shows, comparable with DeviceNumber(): the
+  // filesystem's device for a mount or a bind of a mount, the node's device
+  // for a bind-mounted device node (block publish). "" if unknown.
+  std::string device;
 };
 
 struct FsStats {
@@ -51,6 +55,11 @@ class Mounter {
   virtual absl::Status Unmount(const std::string& target) = 0;
   // The topmost mount at exactly `target`, or nullopt if it is not a mount point.
   virtual absl::StatusOr<std::optional<MountInfo>> GetMountInfo(const std::string& target) = 0;
+  // Every mount in this mount namespace, in mount order (stacked mounts:
+  // the later one is on top), with `device` filled in.
+  virtual absl::StatusOr<std::vector<MountInfo>> ListMounts() = 0;
+  // The identity of a block device path, as MountInfo::device reports it.
+  virtual absl::StatusOr<std::string> DeviceNumber(const std::string& device_path) = 0;
   // Creates a fresh filesystem (ext4 or xfs) on device.
   virtual absl::Status MakeFilesystem(const std::string& device, const std::string& fstype) = 0;
   // The filesystem type found on device ("ext4", "xfs", ...) or "" for none.
@@ -79,6 +88,8 @@ class RealMounter final : public Mounter {
                      const std::string& fstype, const MountOptions& options) override;
   absl::Status Unmount(const std::string& target) override;
   absl::StatusOr<std::optional<MountInfo>> GetMountInfo(const std::string& target) override;
+  absl::StatusOr<std::vector<MountInfo>> ListMounts() override;
+  absl::StatusOr<std::string> DeviceNumber(const std::string& device_path) override;
   absl::Status MakeFilesystem(const std::string& device, const std::string& fstype) override;
   absl::StatusOr<std::string> ProbeFilesystem(const std::string& device) override;
   absl::Status ResizeFilesystem(const std::string& device, const std::string& mount_path,
@@ -87,6 +98,25 @@ class RealMounter final : public Mounter {
   absl::Status Freeze(const std::string& mount_path) override;
   absl::Status Thaw(const std::string& mount_path) override;
 };
+
+// CSI mount_flags the plugin accepts: the VFS flags mount(2) takes as MS_*
+// bits (ro, noatime, nosuid, ...) and a short list of ext4/xfs options
+// (discard, nouuid, errors=..., commit=N, ...). Anything else, and above all
+// flags that change what kind of mount it is (bind, rbind, remount, move,
+// shared, private, ...), is INVALID_ARGUMENT naming the flag and `field`.
+absl::Status ValidateMountFlags(const std::vector<std::string>& flags, absl::string_view field);
+
+// Node paths the plugin creates, mounts on or removes are never resolved
+// through a symbolic link: the kernel's mount table shows resolved paths, so
+// a symlink would make the plugin mount in one place and look (and unmount)
+// in another. INVALID_ARGUMENT naming `field` and the symlink if any existing
+// component of `path` (absolute, clean) is one; a missing tail is fine.
+absl::Status RefuseSymlinks(const std::string& path, absl::string_view field);
+
+// Every mount that shows device_path's device (its filesystem, a bind of it,
+// or a bind of the device node), wherever it is. Empty if the device is gone.
+absl::StatusOr<std::vector<MountInfo>> MountsOfDevice(Mounter& mounter,
+                                                      const std::string& device_path);
 
 // Parses /proc/self/mountinfo text; exposed for tests.
 std::vector<MountInfo> ParseMountInfo(const std::string& text);

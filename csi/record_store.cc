@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <algorithm>
@@ -13,6 +15,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "glog/logging.h"
 #include "prometheus/counter.h"
@@ -79,7 +83,98 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return out;
 }
 
+// A node path as a record may hold it: absolute, no empty/"."/".." parts.
+bool CleanAbsolute(absl::string_view p) {
+  if (p.size() < 2 || p[0] != '/' || p.back() == '/' || p.size() > 4096) return false;
+  for (absl::string_view part : absl::StrSplit(p.substr(1), '/')) {
+    if (part.empty() || part == "." || part == "..") return false;
+  }
+  return p.find('\0') == absl::string_view::npos;
+}
+
+std::string Shown(absl::string_view p) {
+  return absl::CHexEscape(p.size() > 256 ? p.substr(0, 256) : p);
+}
+
+absl::Status CheckNotWorldWritable(const std::string& dir) {
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("stat ", dir, ": ", Errno(errno)));
+  }
+  if (S_ISLNK(st.st_mode)) {
+    // The data dir as given may be reached through a symlink (main resolves
+    // it); its subdirs must not be.
+    return absl::FailedPreconditionError(absl::StrCat(dir, " is a symbolic link"));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, " is not a directory"));
+  }
+  if ((st.st_mode & S_IWOTH) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "data dir %s is world-writable (mode %04o): anyone on the node could plant records or "
+        "backing files; chmod o-w it (the plugin creates it 0700)",
+        dir, st.st_mode & 07777));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::Status RecordStore::CheckVolumePaths(const records::VolumeRecord& rec) const {
+  auto inside = [this](absl::string_view field, const std::string& rel) -> absl::Status {
+    if (rel.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
+    if (rel[0] == '/' || !CleanAbsolute("/" + rel)) {
+      return absl::InvalidArgumentError(absl::StrCat(field, " '", Shown(rel),
+                                                     "' is not a clean path inside the data dir"));
+    }
+    // Walk it from the data dir without following anything.
+    std::string at = data_dir_;
+    for (absl::string_view part : absl::StrSplit(rel, '/')) {
+      absl::StrAppend(&at, "/", part);
+      struct stat st;
+      if (::lstat(at.c_str(), &st) != 0) break;  // a missing tail is inside
+      if (S_ISLNK(st.st_mode)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, " '", Shown(rel), "' leads through the symlink ", at, " (out of the data dir)"));
+      }
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status s = inside("backing_file", rec.backing_file()); !s.ok()) return s;
+  auto node = [](absl::string_view field, const std::string& p) -> absl::Status {
+    if (!CleanAbsolute(p)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " '", Shown(p), "' is not an absolute clean path"));
+    }
+    return absl::OkStatus();
+  };
+  if (!rec.staged_path().empty()) {
+    if (absl::Status s = node("staged_path", rec.staged_path()); !s.ok()) return s;
+  }
+  for (const std::string& p : rec.published_paths()) {
+    if (absl::Status s = node("published_paths", p); !s.ok()) return s;
+  }
+  for (const std::string& p : rec.created_paths()) {
+    if (absl::Status s = node("created_paths", p); !s.ok()) return s;
+    const bool listed = p == rec.staged_path() ||
+                        std::find(rec.published_paths().begin(), rec.published_paths().end(),
+                                  p) != rec.published_paths().end();
+    if (!listed) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "created_paths '", Shown(p), "' is neither the staged path nor a published path"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RecordStore::CheckSnapshotPaths(const records::SnapshotRecord& rec) const {
+  records::VolumeRecord as_volume;  // reuse the data-dir walk
+  as_volume.set_backing_file(rec.file());
+  absl::Status s = CheckVolumePaths(as_volume);
+  if (s.ok()) return s;
+  return absl::InvalidArgumentError(
+      absl::StrCat("file", absl::StripPrefix(s.message(), "backing_file")));
+}
 
 absl::Status ValidateId(absl::string_view id, absl::string_view field) {
   if (id.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
@@ -112,6 +207,13 @@ absl::StatusOr<std::unique_ptr<RecordStore>> RecordStore::Open(const std::string
                                                                prometheus::Registry* registry) {
   for (const char* sub : {"", "/records", "/records/corrupt", "/volumes", "/snapshots"}) {
     if (absl::Status s = MakeDir(data_dir + sub); !s.ok()) return s;
+    // The data dir itself may be given through a symlink; nothing below it.
+    std::string dir = data_dir + sub;
+    if (*sub == '\0') {
+      char buf[PATH_MAX];
+      if (::realpath(data_dir.c_str(), buf) != nullptr) dir = buf;
+    }
+    if (absl::Status s = CheckNotWorldWritable(dir); !s.ok()) return s;
   }
   prometheus::Counter* counter = nullptr;
   if (registry != nullptr) {
@@ -250,6 +352,8 @@ absl::StatusOr<RecordStore::Loaded> RecordStore::LoadAll() {
                  absl::StrCat("volume_id '", absl::CHexEscape(rec.volume_id()),
                               "' / schema ", rec.schema_version(), " do not match the file"),
                  &loaded);
+      } else if (absl::Status s = CheckVolumePaths(rec); !s.ok()) {
+        SetAside(name, s.message(), &loaded);
       } else {
         loaded.volumes.push_back(std::move(rec));
       }
@@ -263,6 +367,8 @@ absl::StatusOr<RecordStore::Loaded> RecordStore::LoadAll() {
                  absl::StrCat("snapshot_id '", absl::CHexEscape(rec.snapshot_id()),
                               "' / schema ", rec.schema_version(), " do not match the file"),
                  &loaded);
+      } else if (absl::Status s = CheckSnapshotPaths(rec); !s.ok()) {
+        SetAside(name, s.message(), &loaded);
       } else {
         loaded.snapshots.push_back(std::move(rec));
       }

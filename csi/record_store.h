@@ -46,12 +46,15 @@ class RecordStore {
 
   // Creates the layout under data_dir if needed and removes temp files a
   // crash left behind. `registry` (may be null) gets
-  // ublk_csi_corrupt_records_total.
+  // ublk_csi_corrupt_records_total. FAILED_PRECONDITION if the data dir or
+  // one of its subdirs is world-writable or a symlink: anyone could then
+  // plant records or backing files the plugin acts on as root.
   static absl::StatusOr<std::unique_ptr<RecordStore>> Open(const std::string& data_dir,
                                                            prometheus::Registry* registry);
 
-  // Reads every record. A file that cannot be read or parsed, or whose ID
-  // does not match its name, is moved to records/corrupt/, logged once and
+  // Reads every record. A file that cannot be read or parsed, whose ID
+  // does not match its name, or whose paths fail CheckVolumePaths /
+  // CheckSnapshotPaths, is moved to records/corrupt/, logged once and
   // counted; the others load.
   absl::StatusOr<Loaded> LoadAll();
 
@@ -59,6 +62,14 @@ class RecordStore {
   absl::Status DeleteVolume(const std::string& volume_id);  // OK if absent
   absl::Status PutSnapshot(const records::SnapshotRecord& record);
   absl::Status DeleteSnapshot(const std::string& snapshot_id);  // OK if absent
+
+  // Records are untrusted input. A record's data-dir paths (backing_file,
+  // snapshot file) must be clean relative paths that resolve inside the data
+  // dir through no symlink; its node paths (staged, published, created) must
+  // be absolute and clean, and every created path one of the others. The
+  // error names the field and the path.
+  absl::Status CheckVolumePaths(const records::VolumeRecord& rec) const;
+  absl::Status CheckSnapshotPaths(const records::SnapshotRecord& rec) const;
 
   const std::string& data_dir() const { return data_dir_; }
   std::string records_dir() const { return data_dir_ + "/records"; }

@@ -20,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "glog/logging.h"
 #include "ublk/status_macros.h"
@@ -609,6 +610,18 @@ absl::StatusOr<csi::v1::DeleteVolumeResponse> VolumeManager::DeleteVolume(
     return absl::FailedPreconditionError(absl::StrCat(
         "volume ", req.volume_id(), " is in use (staged at '", rec->staged_path(), "', ",
         rec->published_paths_size(), " publications); unpublish and unstage it first"));
+  }
+  // A mount the records do not know of (made by hand, or leaked) still
+  // reads the device: removing it would hand its number, and so that
+  // mount, to the next volume.
+  ASSIGN_OR_RETURN(std::vector<MountInfo> mounted,
+                   MountsOfDevice(*mounter_, backend_->GetExportStatus(req.volume_id()).device_path));
+  if (!mounted.empty()) {
+    std::vector<std::string> where;
+    for (const MountInfo& m : mounted) where.push_back(m.target);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "volume ", req.volume_id(), ": its device is still mounted at ", absl::StrJoin(where, ", "),
+        "; unmount it before deleting the volume"));
   }
   rec->set_state(VolumeRecord::DELETING);
   RETURN_IF_ERROR(SaveVolume(*rec));

@@ -22,27 +22,74 @@ namespace {
 
 std::string Errno(int err) { return std::strerror(err); }
 
-absl::Status MkdirAll(const std::string& path) {
+// Makes path and any missing parents (never through a symlink: callers ran
+// RefuseSymlinks, and mkdir does not follow a last component). Appends to
+// `created` the dirs it made, parents first.
+absl::Status MkdirAll(const std::string& path, std::vector<std::string>* created = nullptr) {
   struct stat st;
-  if (::stat(path.c_str(), &st) == 0) {
+  if (::lstat(path.c_str(), &st) == 0) {
     if (S_ISDIR(st.st_mode)) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat(path, " exists and is not a directory"));
   }
   size_t slash = path.rfind('/');
-  if (slash != std::string::npos && slash > 0) RETURN_IF_ERROR(MkdirAll(path.substr(0, slash)));
-  if (::mkdir(path.c_str(), 0750) != 0 && errno != EEXIST) {
+  if (slash != std::string::npos && slash > 0) {
+    RETURN_IF_ERROR(MkdirAll(path.substr(0, slash), created));
+  }
+  if (::mkdir(path.c_str(), 0750) != 0) {
+    if (errno == EEXIST) return absl::OkStatus();
     return absl::InternalError(absl::StrCat("mkdir ", path, ": ", Errno(errno)));
+  }
+  if (created != nullptr) created->push_back(path);
+  return absl::OkStatus();
+}
+
+// The block publish target: a regular file. *created says whether this call
+// made it (an existing file is used as it is and never removed by us).
+absl::Status EnsureTargetFile(const std::string& path, bool* created) {
+  *created = false;
+  size_t slash = path.rfind('/');
+  if (slash != std::string::npos && slash > 0) RETURN_IF_ERROR(MkdirAll(path.substr(0, slash)));
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
+  if (fd >= 0) {
+    ::close(fd);
+    *created = true;
+    return absl::OkStatus();
+  }
+  if (errno != EEXIST) return absl::InternalError(absl::StrCat("create ", path, ": ", Errno(errno)));
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("target_path ", path, " exists and is not a file"));
   }
   return absl::OkStatus();
 }
 
-absl::Status TouchFile(const std::string& path) {
-  size_t slash = path.rfind('/');
-  if (slash != std::string::npos && slash > 0) RETURN_IF_ERROR(MkdirAll(path.substr(0, slash)));
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0640);
-  if (fd < 0) return absl::InternalError(absl::StrCat("create ", path, ": ", Errno(errno)));
-  ::close(fd);
-  return absl::OkStatus();
+// Removes a node path the plugin created, if it still looks like what it
+// made: an empty dir, or an empty regular file (a block target once the
+// device is unmounted from it). Anything else stays, with a log line.
+void RemoveCreated(const std::string& volume_id, const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return;
+  int rc = -1;
+  if (S_ISDIR(st.st_mode)) {
+    rc = ::rmdir(path.c_str());
+  } else if (S_ISREG(st.st_mode) && st.st_size == 0) {
+    rc = ::unlink(path.c_str());
+  } else {
+    errno = ENOTEMPTY;
+  }
+  if (rc != 0) {
+    LOG(WARNING) << "volume " << volume_id << ": not removing " << path
+                 << " (it holds something now: " << Errno(errno) << ")";
+  }
+}
+
+bool Contains(const google::protobuf::RepeatedPtrField<std::string>& list, const std::string& s) {
+  return std::find(list.begin(), list.end(), s) != list.end();
+}
+
+void Erase(google::protobuf::RepeatedPtrField<std::string>* list, const std::string& s) {
+  list->erase(std::remove(list->begin(), list->end(), s), list->end());
 }
 
 bool Exists(const std::string& path) {
@@ -61,6 +108,19 @@ absl::Status CheckMode(const VolumeCapability& cap, const VolumeRecord& rec,
                                                    block ? "block" : "mount", " volume"));
   }
   return absl::OkStatus();
+}
+
+// The identity (Mounter::DeviceNumber) of the volume's device now, or "" if
+// it has none: then no mount anywhere can be this volume's.
+std::string DeviceOf(VolumeBackend* backend, Mounter* mounter, const std::string& volume_id) {
+  ExportStatus es = backend->GetExportStatus(volume_id);
+  if (es.state == ExportState::kAbsent || es.device_path.empty()) return "";
+  absl::StatusOr<std::string> dev = mounter->DeviceNumber(es.device_path);
+  if (!dev.ok()) {
+    LOG(WARNING) << "volume " << volume_id << ": " << dev.status();
+    return "";
+  }
+  return *dev;
 }
 
 }  // namespace
@@ -119,6 +179,13 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   RETURN_IF_ERROR(ValidatePath(req.staging_target_path(), "staging_target_path"));
   if (!req.has_volume_capability()) return absl::InvalidArgumentError("volume_capability is required");
   RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
+  std::vector<std::string> flags;
+  if (req.volume_capability().has_mount()) {
+    const auto& mf = req.volume_capability().mount().mount_flags();
+    flags.assign(mf.begin(), mf.end());
+    RETURN_IF_ERROR(ValidateMountFlags(flags, "volume_capability.mount.mount_flags"));
+  }
+  RETURN_IF_ERROR(RefuseSymlinks(req.staging_target_path(), "staging_target_path"));
   if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(req.volume_id()));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
@@ -131,17 +198,46 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
                                                         " is already staged at ", rec.staged_path()));
     }
   }
-  ASSIGN_OR_RETURN(ExportInfo dev, EnsureExport(&rec));
-
-  if (rec.access_type() == VolumeRecord::MOUNT) {
-    const auto& m = req.volume_capability().mount();
-    std::string fs_type = m.fs_type().empty() ? rec.fs_type() : m.fs_type();
+  const bool had_export =
+      backend_->GetExportStatus(rec.volume_id()).state != ExportState::kAbsent;
+  std::vector<std::string> made_dirs;
+  std::string device_path;
+  // What a failed stage did is undone, so a retry (or a give-up) leaves no
+  // device and no dir behind.
+  auto undo = [&](absl::Status failed) -> absl::Status {
+    std::vector<std::string> undone;
+    if (!had_export && !device_path.empty()) {
+      if (absl::Status s = backend_->RemoveExport(rec.volume_id()); s.ok()) {
+        undone.push_back("removed its export " + device_path);
+      } else {
+        LOG(ERROR) << "volume " << rec.volume_id() << ": undo stage: " << s;
+      }
+    }
+    for (auto it = made_dirs.rbegin(); it != made_dirs.rend(); ++it) {
+      if (::rmdir(it->c_str()) == 0) undone.push_back("removed dir " + *it);
+    }
+    LOG(WARNING) << "volume " << rec.volume_id() << ": stage at " << staging
+                 << " failed: " << failed
+                 << (undone.empty() ? "" : "; undid: " + absl::StrJoin(undone, ", "));
+    return failed;
+  };
+  absl::StatusOr<ExportInfo> exported = EnsureExport(&rec);
+  if (!exported.ok()) {
+    if (!had_export) device_path = backend_->GetExportStatus(rec.volume_id()).device_path;
+    return undo(exported.status());
+  }
+  const ExportInfo dev = *exported;
+  device_path = dev.device_path;
+  absl::Status done = [&]() -> absl::Status {
+    RETURN_IF_ERROR(MkdirAll(staging, &made_dirs));
+    if (rec.access_type() != VolumeRecord::MOUNT) return absl::OkStatus();
+    std::string fs_type = req.volume_capability().mount().fs_type();
+    if (fs_type.empty()) fs_type = rec.fs_type();
     if (fs_type.empty()) fs_type = "ext4";
-    std::vector<std::string> flags(m.mount_flags().begin(), m.mount_flags().end());
-    RETURN_IF_ERROR(MkdirAll(staging));
     ASSIGN_OR_RETURN(std::optional<MountInfo> mounted, mounter_->GetMountInfo(staging));
     if (mounted) {
-      if (mounted->source != dev.device_path) {
+      ASSIGN_OR_RETURN(std::string ours, mounter_->DeviceNumber(dev.device_path));
+      if (mounted->device != ours) {
         return absl::AlreadyExistsError(absl::StrCat("staging_target_path ", staging,
                                                      " already has ", mounted->source,
                                                      " mounted, not volume ", rec.volume_id(),
@@ -184,11 +280,19 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     }
     rec.clear_mount_flags();
     for (const std::string& f : flags) rec.add_mount_flags(f);
-  } else {
-    RETURN_IF_ERROR(MkdirAll(staging));
+    return absl::OkStatus();
+  }();
+  if (done.ok()) {
+    rec.set_staged_path(staging);
+    if (!made_dirs.empty() && made_dirs.back() == staging && !Contains(rec.created_paths(), staging)) {
+      rec.add_created_paths(staging);
+    }
+    done = SaveVolume(rec);
+    if (!done.ok() && rec.access_type() == VolumeRecord::MOUNT) {
+      mounter_->Unmount(staging).IgnoreError();
+    }
   }
-  rec.set_staged_path(staging);
-  RETURN_IF_ERROR(SaveVolume(rec));
+  if (!done.ok()) return undo(done);
   LOG(INFO) << "volume " << rec.volume_id() << " staged at " << staging << " (" << dev.device_path
             << ")";
   return csi::v1::NodeStageVolumeResponse();
@@ -201,33 +305,54 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   const std::string& staging = req.staging_target_path();
-  if (!rec.staged_path().empty() && rec.staged_path() != staging) {
+  if (rec.staged_path().empty()) {
+    // Not staged: whatever is at staging belongs to someone else.
+    VLOG(1) << "volume " << rec.volume_id() << " is not staged; nothing to unstage at " << staging;
+    return csi::v1::NodeUnstageVolumeResponse();
+  }
+  if (rec.staged_path() != staging) {
     return absl::InvalidArgumentError(absl::StrCat("volume ", rec.volume_id(), " is staged at ",
                                                    rec.staged_path(), ", not ", staging));
   }
+  const std::string dev = DeviceOf(backend_, mounter_, rec.volume_id());
   // Publications whose mount is gone (e.g. after a reboot) no longer count.
   std::vector<std::string> live;
   for (const std::string& p : rec.published_paths()) {
-    ASSIGN_OR_RETURN(bool m, mounter_->IsMountPoint(p));
-    if (m) live.push_back(p);
+    ASSIGN_OR_RETURN(std::optional<MountInfo> m, mounter_->GetMountInfo(p));
+    if (m && !dev.empty() && m->device == dev) live.push_back(p);
   }
   if (!live.empty()) {
     return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(),
                                                       " is still published at ",
                                                       absl::StrJoin(live, ", ")));
   }
-  for (;;) {  // a stacked mount would hide the device below it
-    ASSIGN_OR_RETURN(bool m, mounter_->IsMountPoint(staging));
-    if (!m) break;
-    RETURN_IF_ERROR(mounter_->Unmount(staging));
+  if (!dev.empty()) {
+    for (;;) {  // only this volume's own mounts, top down
+      ASSIGN_OR_RETURN(std::optional<MountInfo> m, mounter_->GetMountInfo(staging));
+      if (!m || m->device != dev) break;
+      RETURN_IF_ERROR(mounter_->Unmount(staging));
+    }
+    // Removing the device under a mount would leave that mount reading
+    // whichever volume gets the device number next.
+    ASSIGN_OR_RETURN(std::vector<MountInfo> left,
+                     MountsOfDevice(*mounter_, backend_->GetExportStatus(rec.volume_id()).device_path));
+    if (!left.empty()) {
+      std::vector<std::string> where;
+      for (const MountInfo& m : left) where.push_back(m.target);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "volume ", rec.volume_id(), ": its device is still mounted at ",
+          absl::StrJoin(where, ", "), " (not by this plugin's records); unmount it first"));
+    }
   }
   RETURN_IF_ERROR(backend_->RemoveExport(rec.volume_id()));
-  if (!rec.staged_path().empty() || rec.published_paths_size() > 0) {
-    rec.clear_staged_path();
-    rec.clear_published_paths();
-    RETURN_IF_ERROR(SaveVolume(rec));
-    LOG(INFO) << "volume " << rec.volume_id() << " unstaged from " << staging;
+  for (const std::string& p : rec.created_paths()) {
+    if (p == staging) RemoveCreated(rec.volume_id(), p);
   }
+  rec.clear_staged_path();
+  rec.clear_published_paths();
+  rec.clear_created_paths();
+  RETURN_IF_ERROR(SaveVolume(rec));
+  LOG(INFO) << "volume " << rec.volume_id() << " unstaged from " << staging;
   return csi::v1::NodeUnstageVolumeResponse();
 }
 
@@ -238,6 +363,13 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
   RETURN_IF_ERROR(ValidatePath(req.target_path(), "target_path"));
   if (!req.has_volume_capability()) return absl::InvalidArgumentError("volume_capability is required");
   RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
+  MountOptions opts;
+  if (req.volume_capability().has_mount()) {
+    const auto& mf = req.volume_capability().mount().mount_flags();
+    opts.flags.assign(mf.begin(), mf.end());
+    RETURN_IF_ERROR(ValidateMountFlags(opts.flags, "volume_capability.mount.mount_flags"));
+  }
+  RETURN_IF_ERROR(RefuseSymlinks(req.target_path(), "target_path"));
   if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(req.volume_id()));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
@@ -250,18 +382,19 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
   const std::string& target = req.target_path();
   const bool readonly = req.readonly() || req.volume_capability().access_mode().mode() ==
                                               VolumeCapability::AccessMode::SINGLE_NODE_READER_ONLY;
-  MountOptions opts;
   opts.bind = true;
   opts.readonly = readonly;
   std::string source;
-  if (rec.access_type() == VolumeRecord::BLOCK) {
+  std::string device_path;
+  const bool block = rec.access_type() == VolumeRecord::BLOCK;
+  if (block) {
     ExportStatus st = backend_->GetExportStatus(rec.volume_id());
     if (st.state == ExportState::kAbsent || st.device_path.empty()) {
       return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(),
                                                         " has no device; stage it again"));
     }
     source = st.device_path;
-    RETURN_IF_ERROR(TouchFile(target));
+    device_path = st.device_path;
   } else {
     ASSIGN_OR_RETURN(bool staged, mounter_->IsMountPoint(req.staging_target_path()));
     if (!staged) {
@@ -270,14 +403,17 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
                                                         " is not mounted; stage it again"));
     }
     source = req.staging_target_path();
-    for (const std::string& f : req.volume_capability().mount().mount_flags()) opts.flags.push_back(f);
-    RETURN_IF_ERROR(MkdirAll(target));
+    device_path = backend_->GetExportStatus(rec.volume_id()).device_path;
   }
+  if (device_path.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(),
+                                                      " has no device; stage it again"));
+  }
+  ASSIGN_OR_RETURN(std::string ours, mounter_->DeviceNumber(device_path));
+  const bool recorded = Contains(rec.published_paths(), target);
   ASSIGN_OR_RETURN(std::optional<MountInfo> mounted, mounter_->GetMountInfo(target));
-  const bool recorded = std::find(rec.published_paths().begin(), rec.published_paths().end(),
-                                  target) != rec.published_paths().end();
   if (mounted) {
-    if (!recorded) {
+    if (!recorded || mounted->device != ours) {
       return absl::AlreadyExistsError(absl::StrCat("target_path ", target,
                                                    " is already a mount point of something else"));
     }
@@ -288,15 +424,27 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
     }
     return csi::v1::NodePublishVolumeResponse();
   }
-  RETURN_IF_ERROR(mounter_->Mount(source, target, "", opts));
-  if (!recorded) {
-    rec.add_published_paths(target);
-    absl::Status saved = SaveVolume(rec);
-    if (!saved.ok()) {
-      mounter_->Unmount(target).IgnoreError();
-      return saved;
-    }
+  bool created = false;
+  if (block) {
+    RETURN_IF_ERROR(EnsureTargetFile(target, &created));
+  } else {
+    std::vector<std::string> made;
+    RETURN_IF_ERROR(MkdirAll(target, &made));
+    created = !made.empty() && made.back() == target;
   }
+  // The record lists the path before the mount exists, so a crash between
+  // the two leaves a path teardown knows about, never an unknown mount.
+  const VolumeRecord before = rec;
+  if (!recorded) rec.add_published_paths(target);
+  if (created && !Contains(rec.created_paths(), target)) rec.add_created_paths(target);
+  absl::Status s = SaveVolume(rec);
+  if (s.ok()) {
+    s = mounter_->Mount(source, target, "", opts);
+    if (!s.ok() && SaveVolume(before).ok() && created) RemoveCreated(rec.volume_id(), target);
+  } else if (created) {
+    RemoveCreated(rec.volume_id(), target);
+  }
+  RETURN_IF_ERROR(s);
   LOG(INFO) << "volume " << rec.volume_id() << " published at " << target
             << (readonly ? " (read-only)" : "");
   return csi::v1::NodePublishVolumeResponse();
@@ -309,20 +457,40 @@ absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> VolumeManager::NodeUnpublis
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   const std::string& target = req.target_path();
-  for (;;) {
-    ASSIGN_OR_RETURN(bool m, mounter_->IsMountPoint(target));
+  if (!Contains(rec.published_paths(), target)) {
+    // Never published there (or already unpublished): nothing of ours to undo.
+    VLOG(1) << "volume " << rec.volume_id() << " is not published at " << target;
+    return csi::v1::NodeUnpublishVolumeResponse();
+  }
+  const std::string dev = DeviceOf(backend_, mounter_, rec.volume_id());
+  bool foreign = false;
+  for (;;) {  // only this volume's own mounts, top down
+    ASSIGN_OR_RETURN(std::optional<MountInfo> m, mounter_->GetMountInfo(target));
     if (!m) break;
+    if (dev.empty() || m->device != dev) {
+      LOG(WARNING) << "volume " << rec.volume_id() << ": " << target << " has a mount of "
+                   << m->source << " that is not this volume's; leaving it alone";
+      foreign = true;
+      break;
+    }
     RETURN_IF_ERROR(mounter_->Unmount(target));
   }
-  // The SP removes what it created at target_path.
-  if (::rmdir(target.c_str()) != 0 && errno == ENOTDIR) ::unlink(target.c_str());
-  auto* paths = rec.mutable_published_paths();
-  auto it = std::find(paths->begin(), paths->end(), target);
-  if (it != paths->end()) {
-    paths->erase(it);
-    RETURN_IF_ERROR(SaveVolume(rec));
-    LOG(INFO) << "volume " << rec.volume_id() << " unpublished from " << target;
+  if (foreign && !dev.empty()) {
+    ASSIGN_OR_RETURN(std::vector<MountInfo> mine,
+                     MountsOfDevice(*mounter_, backend_->GetExportStatus(rec.volume_id()).device_path));
+    for (const MountInfo& m : mine) {
+      if (m.target == target) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "volume ", rec.volume_id(), ": its mount at ", target,
+            " is covered by another mount; unmount that first"));
+      }
+    }
   }
+  if (!foreign && Contains(rec.created_paths(), target)) RemoveCreated(rec.volume_id(), target);
+  Erase(rec.mutable_published_paths(), target);
+  Erase(rec.mutable_created_paths(), target);
+  RETURN_IF_ERROR(SaveVolume(rec));
+  LOG(INFO) << "volume " << rec.volume_id() << " unpublished from " << target;
   return csi::v1::NodeUnpublishVolumeResponse();
 }
 
