@@ -27,6 +27,7 @@ VolumeRecord Vol(const std::string& id, int64_t cap) {
   r.set_state(VolumeRecord::READY);
   r.set_capacity_bytes(cap);
   r.set_dev_id(0);
+  r.set_backing_file(RecordStore::VolumeFileRel(id));  // a record without one is corrupt
   return r;
 }
 
@@ -75,6 +76,7 @@ TEST_F(RecordStoreTest, PutReplacesAtomicallyAndLeavesNoTempFiles) {
   SnapshotRecord snap;
   snap.set_snapshot_id("snap-a");
   snap.set_ready_to_use(true);
+  snap.set_file(RecordStore::SnapshotFileRel("snap-a"));
   ASSERT_TRUE(store->PutSnapshot(snap).ok());
   EXPECT_EQ(Ls(Records()), (std::vector<std::string>{"corrupt", "snap-a.snapshot", "vol-a.volume"}));
   auto loaded = store->LoadAll();
