@@ -128,7 +128,9 @@ absl::StatusOr<std::vector<MountInfo>> ReadMounts() {
   ss << in.rdbuf();
   std::vector<MountInfo> mounts = ParseMountInfo(ss.str());
   for (MountInfo& m : mounts) {
-    if (m.root == "/") continue;
+    // Device nodes live on devtmpfs (tmpfs in some containers); stat only
+    // such binds, never a network mount's target (it could hang).
+    if (m.root == "/" || (m.fstype != "devtmpfs" && m.fstype != "tmpfs")) continue;
     struct stat st;
     if (::lstat(m.target.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) m.device = DevString(st.st_rdev);
   }
