@@ -111,14 +111,16 @@ absl::Status CheckMode(const VolumeCapability& cap, const VolumeRecord& rec,
 }
 
 // The identity (Mounter::DeviceNumber) of the volume's device now, or "" if
-// it has none: then no mount anywhere can be this volume's.
-std::string DeviceOf(VolumeBackend* backend, Mounter* mounter, const std::string& volume_id) {
+// it has no export: then no mount anywhere can be this volume's. An export
+// whose device cannot be identified is an error, never "not ours".
+absl::StatusOr<std::string> DeviceOf(VolumeBackend* backend, Mounter* mounter,
+                                     const std::string& volume_id) {
   ExportStatus es = backend->GetExportStatus(volume_id);
-  if (es.state == ExportState::kAbsent || es.device_path.empty()) return "";
+  if (es.state == ExportState::kAbsent || es.device_path.empty()) return std::string();
   absl::StatusOr<std::string> dev = mounter->DeviceNumber(es.device_path);
   if (!dev.ok()) {
-    LOG(WARNING) << "volume " << volume_id << ": " << dev.status();
-    return "";
+    return absl::Status(dev.status().code(),
+                        absl::StrCat("volume ", volume_id, ": ", dev.status().message()));
   }
   return *dev;
 }
@@ -314,7 +316,10 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
     return absl::InvalidArgumentError(absl::StrCat("volume ", rec.volume_id(), " is staged at ",
                                                    rec.staged_path(), ", not ", staging));
   }
-  const std::string dev = DeviceOf(backend_, mounter_, rec.volume_id());
+  // Until recovery re-attached the device after a restart, its mounts
+  // cannot be told from anyone else's: the CO retries.
+  if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(rec.volume_id()));
+  ASSIGN_OR_RETURN(const std::string dev, DeviceOf(backend_, mounter_, rec.volume_id()));
   // Publications whose mount is gone (e.g. after a reboot) no longer count.
   std::vector<std::string> live;
   for (const std::string& p : rec.published_paths()) {
@@ -462,7 +467,8 @@ absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> VolumeManager::NodeUnpublis
     VLOG(1) << "volume " << rec.volume_id() << " is not published at " << target;
     return csi::v1::NodeUnpublishVolumeResponse();
   }
-  const std::string dev = DeviceOf(backend_, mounter_, rec.volume_id());
+  if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(rec.volume_id()));
+  ASSIGN_OR_RETURN(const std::string dev, DeviceOf(backend_, mounter_, rec.volume_id()));
   bool foreign = false;
   for (;;) {  // only this volume's own mounts, top down
     ASSIGN_OR_RETURN(std::optional<MountInfo> m, mounter_->GetMountInfo(target));

@@ -283,6 +283,29 @@ TEST_F(NodeSafetyTest, TeardownRemovesWhatThePluginCreatedAndOnlyThat) {
   EXPECT_THAT(Targets(), ::testing::IsEmpty());
 }
 
+// After a restart, until recovery re-attached a volume's device, its mounts
+// cannot be told from anyone else's: teardown asks the CO to retry rather
+// than call them foreign and leave them behind.
+TEST_F(NodeSafetyTest, TeardownWaitsForRecoveryInsteadOfGuessingOwnership) {
+  std::string id = Create("fs");
+  ASSERT_TRUE(Stage(id, Path("stage")).ok());
+  ASSERT_TRUE(Publish(id, Path("stage"), Path("pod")).ok());
+  struct Recovering : VolumeGate {
+    absl::Status CheckServing(const std::string&) override {
+      return absl::UnavailableError("being recovered");
+    }
+  } gate;
+  manager_->SetGate(&gate);
+  EXPECT_EQ(Unpublish(id, Path("pod")).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Unstage(id, Path("stage")).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(mounter_.CountCalls("unmount "), 0);
+  EXPECT_EQ(manager_->GetRecord(id)->published_paths_size(), 1);
+  manager_->SetGate(nullptr);
+  EXPECT_TRUE(Unpublish(id, Path("pod")).ok());
+  EXPECT_TRUE(Unstage(id, Path("stage")).ok());
+  EXPECT_THAT(Targets(), ::testing::IsEmpty());
+}
+
 // Item 3: three failed stages left three devices (and the staging dir).
 TEST_F(NodeSafetyTest, AFailedStageUndoesItsExportAndDirAndSaysSo) {
   std::string id = Create("fs");
