@@ -245,6 +245,44 @@ TEST_F(PluginServerTest, SocketGroupMakesIt0660WithThatGroup) {
   EXPECT_EQ(st.st_gid, getgid());
 }
 
+// Idle connections used to stay forever (400 of them exhausted the fds). A
+// connection that does not answer the server's keepalive ping (a dead peer,
+// or a raw socket that never speaks HTTP/2) is closed; gRPC clients answer
+// pings and keep theirs.
+TEST_F(PluginServerTest, ConnectionsThatDoNotAnswerKeepalivePingsAreClosed) {
+  BlockingIdentity identity;
+  identity.Release();
+  PluginServerOptions opts;
+  opts.keepalive_time = absl::Milliseconds(300);
+  opts.keepalive_timeout = absl::Milliseconds(300);
+  Start({&identity}, opts);
+  int raw = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, Sock().c_str(), Sock().size() + 1);
+  ASSERT_EQ(connect(raw, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  auto stub = csi::v1::Identity::NewStub(channel_);
+  {
+    grpc::ClientContext ctx;
+    csi::v1::ProbeResponse resp;
+    ASSERT_TRUE(stub->Probe(&ctx, {}, &resp).ok());
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool closed = false;
+  char buf[4096];
+  while (!closed && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{.fd = raw, .events = POLLIN, .revents = 0};
+    if (poll(&p, 1, 100) == 1) closed = read(raw, buf, sizeof(buf)) <= 0;
+  }
+  close(raw);
+  EXPECT_TRUE(closed) << "a connection that never answers pings stayed open";
+  // The gRPC client's connection, idle as long, is the same one and works.
+  EXPECT_EQ(channel_->GetState(false), GRPC_CHANNEL_READY);
+  grpc::ClientContext ctx;
+  csi::v1::ProbeResponse resp;
+  EXPECT_TRUE(stub->Probe(&ctx, {}, &resp).ok());
+}
+
 // Issue 16 item 11: failed calls were not logged at all.
 TEST_F(PluginServerTest, EveryFailedCallIsOneWarningWithIdsAndNoSecrets) {
   BigController controller;
