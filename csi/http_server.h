@@ -1,6 +1,8 @@
 // The plugin's HTTP endpoint (--metrics-address): /metrics (Prometheus text
-// format from a prometheus::Registry), /healthz and /readyz (from Health).
-// civetweb owns its threads; handlers only read thread-safe state.
+// format from a prometheus::Registry), /healthz (liveness) and /readyz (from
+// Health). civetweb owns its threads; handlers only read thread-safe state.
+// Slow or half-open clients hold a thread for at most `request_timeout`, and
+// there are `threads` of them, so they cannot keep kubelet's probes out.
 #pragma once
 
 #include <functional>
@@ -8,12 +10,26 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "csi/health.h"
 #include "prometheus/registry.h"
 
 class CivetServer;
 
 namespace ublk_csi {
+
+struct HttpServerOptions {
+  // civetweb worker threads (connections served at once).
+  int threads = 8;
+  // Longest a connection may take to send its request (or read the answer).
+  absl::Duration request_timeout = absl::Seconds(3);
+};
+
+// "host:port" as civetweb takes it: an IPv6 host gets brackets
+// ("fd00::1:9810" -> "[fd00::1]:9810", as $(POD_IP):PORT gives on an IPv6
+// cluster); an empty host means every address. INVALID_ARGUMENT for a
+// missing or bad port.
+absl::StatusOr<std::string> NormalizeHttpAddress(const std::string& address);
 
 class HttpServer {
  public:
@@ -24,7 +40,7 @@ class HttpServer {
   static absl::StatusOr<std::unique_ptr<HttpServer>> Start(
       const std::string& address, std::shared_ptr<prometheus::Registry> registry,
       const Health* health, std::function<absl::Status()> liveness,
-      std::function<void()> before_metrics = nullptr);
+      std::function<void()> before_metrics = nullptr, HttpServerOptions options = {});
   ~HttpServer();
 
   int port() const { return port_; }

@@ -36,6 +36,10 @@ grpc::Status IdentityService::GetPluginCapabilities(
 
 grpc::Status IdentityService::Probe(grpc::ServerContext*, const csi::v1::ProbeRequest*,
                                     csi::v1::ProbeResponse* resp) {
+  if (liveness_) {
+    absl::Status live = liveness_();
+    if (!live.ok()) return ToGrpcStatus(live);
+  }
   // An unusable backend is an error (the livenessprobe sidecar reports it with
   // the reason); recovery still running is a plain "not ready yet".
   absl::Status backend = health_->Backend();

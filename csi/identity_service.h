@@ -1,7 +1,11 @@
 // The CSI Identity service: plugin name and version, which other services this
-// plugin offers, and Probe (readiness from Health). Thread-safe.
+// plugin offers, and Probe (liveness from a self-dial, readiness from Health).
+// Thread-safe.
 #pragma once
 
+#include <functional>
+
+#include "absl/status/status.h"
 #include "csi.grpc.pb.h"
 #include "csi/health.h"
 
@@ -18,8 +22,12 @@ struct PluginCapabilities {
 
 class IdentityService final : public csi::v1::Identity::Service {
  public:
-  IdentityService(PluginCapabilities caps, const Health* health)
-      : caps_(caps), health_(health) {}
+  // `liveness`, if set, is asked first by Probe: when it fails, Probe fails
+  // (UNAVAILABLE), so the livenessprobe sidecar reports the plugin dead even
+  // over its own long-lived connection.
+  IdentityService(PluginCapabilities caps, const Health* health,
+                  std::function<absl::Status()> liveness = nullptr)
+      : caps_(caps), health_(health), liveness_(std::move(liveness)) {}
 
   grpc::Status GetPluginInfo(grpc::ServerContext*, const csi::v1::GetPluginInfoRequest*,
                              csi::v1::GetPluginInfoResponse*) override;
@@ -32,6 +40,7 @@ class IdentityService final : public csi::v1::Identity::Service {
  private:
   const PluginCapabilities caps_;
   const Health* health_;
+  const std::function<absl::Status()> liveness_;
 };
 
 }  // namespace ublk_csi

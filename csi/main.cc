@@ -1,6 +1,8 @@
 // ublk-csi: the CSI plugin binary. Wires the real implementations together
 // (nothing else constructs globals), serves until SIGTERM/SIGINT.
+#include <grp.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,7 +13,9 @@
 #include <optional>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "csi/controller_service.h"
 #include "csi/endpoint.h"
 #include "csi/fake_mounter.h"
@@ -23,6 +27,7 @@
 #include "csi/health.h"
 #include "csi/http_server.h"
 #include "csi/identity_service.h"
+#include "csi/liveness.h"
 #include "csi/mmap_fault_memory.h"
 #include "csi/plugin_server.h"
 #include "csi/recovery_manager.h"
@@ -36,6 +41,7 @@
 #include "ublk/uapi.h"
 #include "ublk/clock.h"
 #include "ublk/memory.h"
+#include "ublk/status_macros.h"
 #include "ublk/worker_pool.h"
 
 DEFINE_string(endpoint, "unix:///csi/csi.sock",
@@ -43,8 +49,33 @@ DEFINE_string(endpoint, "unix:///csi/csi.sock",
 DEFINE_string(node_id, "", "this node's name (Kubernetes node name); required");
 DEFINE_string(data_dir, "/var/lib/ublk-csi",
               "directory holding volume backing files and records");
-DEFINE_string(metrics_address, "0.0.0.0:9810",
-              "host:port for /metrics, /healthz and /readyz; empty disables");
+DEFINE_string(metrics_address, "127.0.0.1:9810",
+              "host:port for /metrics, /healthz and /readyz (an IPv6 host with or without "
+              "brackets); empty disables. Loopback by default: in a pod, pass the pod IP "
+              "(the chart does) so kubelet's probes and Prometheus reach it");
+DEFINE_int32(http_threads, 8, "threads serving /metrics, /healthz and /readyz");
+DEFINE_string(http_request_timeout, "3s",
+              "longest an HTTP client may take to send its request: a slow or half-open "
+              "client holds one of --http-threads at most this long");
+DEFINE_string(socket_group, "",
+              "unix CSI socket: empty = mode 0600 (owner only); a group name or gid = mode "
+              "0660 with that group");
+DEFINE_int32(grpc_max_threads, 64,
+             "threads serving CSI calls; a call that finds none free fails with "
+             "RESOURCE_EXHAUSTED (the sidecars and kubelet retry) instead of starting more");
+DEFINE_int32(grpc_max_concurrent_streams, 32, "CSI calls in flight on one connection");
+DEFINE_int32(grpc_max_message_bytes, 4 << 20, "largest CSI request or response message");
+DEFINE_string(grpc_keepalive_time, "60s",
+              "ping a CSI connection after this much silence; a connection that does not "
+              "answer within --grpc-keepalive-timeout is closed");
+DEFINE_string(grpc_keepalive_timeout, "20s", "see --grpc-keepalive-time");
+DEFINE_string(grpc_max_connection_idle, "0s",
+              "close CSI connections without calls for this long; 0s = never (the default: "
+              "the CSI sidecars exit when the plugin closes their connection)");
+DEFINE_string(liveness_timeout, "2s",
+              "/healthz and Probe fail when a new connection to the CSI endpoint cannot "
+              "complete a call within this bound (keep it below the probes' timeouts)");
+DEFINE_string(liveness_cache, "3s", "a liveness result is reused for this long");
 DEFINE_string(log_level, "info", "error | warning | info | debug | trace");
 DEFINE_string(backend, "ublk",
               "volume backend: ublk (real devices) | fake (no devices: a symlink stands in "
@@ -118,22 +149,314 @@ int Fail(const absl::Status& s) {
   return 2;
 }
 
-int Run() {
-  if (absl::Status s = ApplyLogLevel(FLAGS_log_level); !s.ok()) return Fail(s);
-  if (FLAGS_node_id.empty()) return Fail(absl::InvalidArgumentError("--node-id is required"));
-  absl::StatusOr<Endpoint> endpoint = ParseEndpoint(FLAGS_endpoint);
-  if (!endpoint.ok()) return Fail(endpoint.status());
-  if (absl::Status s = CheckDataDir(FLAGS_data_dir); !s.ok()) return Fail(s);
-  ublk::FeatureOptions feature_options;
-  {
-    absl::StatusOr<ublk::KernelEmulation> emulation =
-        ublk::ParseKernelEmulation(FLAGS_emulate_kernel);
-    if (!emulation.ok()) return Fail(emulation.status());
-    feature_options.emulate_kernel = *emulation;
-    absl::StatusOr<std::optional<ublk::CopyMode>> mode = ublk::ParseCopyModeFlag(FLAGS_copy_mode);
-    if (!mode.ok()) return Fail(mode.status());
-    feature_options.force_copy_mode = *mode;
+absl::StatusOr<absl::Duration> ParseDurationFlag(const char* name, const std::string& value,
+                                                 bool allow_zero) {
+  absl::Duration d;
+  if (!absl::ParseDuration(value, &d) || d < absl::ZeroDuration() ||
+      (!allow_zero && d == absl::ZeroDuration())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", name, "=", value, ": expected a ", allow_zero ? "" : "positive ",
+        "duration such as 500ms, 3s, 5m"));
   }
+  return d;
+}
+
+absl::StatusOr<gid_t> ParseGroup(const std::string& group) {
+  uint32_t gid = 0;
+  if (absl::SimpleAtoi(group, &gid)) return static_cast<gid_t>(gid);
+  struct group grp;
+  struct group* found = nullptr;
+  std::vector<char> buf(16384);
+  if (::getgrnam_r(group.c_str(), &grp, buf.data(), buf.size(), &found) != 0 || found == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--socket-group=", group, ": no such group (give a name or a numeric gid)"));
+  }
+  return found->gr_gid;
+}
+
+// Every flag checked before anything is created, so a bad one stops the
+// plugin with a clear message and no side effect.
+struct PluginConfig {
+  Endpoint endpoint;
+  ublk::FeatureOptions feature_options;
+  int64_t default_volume_bytes = 0;
+  PluginServerOptions grpc;
+  HttpServerOptions http;
+  absl::Duration liveness_timeout;
+  absl::Duration liveness_cache;
+};
+
+absl::StatusOr<PluginConfig> ParseFlags() {
+  PluginConfig c;
+  RETURN_IF_ERROR(ApplyLogLevel(FLAGS_log_level));
+  if (FLAGS_node_id.empty()) return absl::InvalidArgumentError("--node-id is required");
+  ASSIGN_OR_RETURN(c.endpoint, ParseEndpoint(FLAGS_endpoint));
+  RETURN_IF_ERROR(CheckDataDir(FLAGS_data_dir));
+  ASSIGN_OR_RETURN(c.feature_options.emulate_kernel,
+                   ublk::ParseKernelEmulation(FLAGS_emulate_kernel));
+  ASSIGN_OR_RETURN(c.feature_options.force_copy_mode, ublk::ParseCopyModeFlag(FLAGS_copy_mode));
+  absl::StatusOr<int64_t> default_size = ParseSize(FLAGS_default_volume_size);
+  if (!default_size.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--default-volume-size: ", default_size.status().message()));
+  }
+  c.default_volume_bytes = *default_size;
+  if (FLAGS_recovery_concurrency < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--recovery-concurrency=", FLAGS_recovery_concurrency, ": must be at least 1"));
+  }
+  if (FLAGS_grpc_max_threads < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--grpc-max-threads=", FLAGS_grpc_max_threads, ": must be at least 2"));
+  }
+  if (FLAGS_grpc_max_concurrent_streams < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--grpc-max-concurrent-streams=",
+                                                   FLAGS_grpc_max_concurrent_streams,
+                                                   ": must be positive"));
+  }
+  if (FLAGS_grpc_max_message_bytes < 1024) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--grpc-max-message-bytes=", FLAGS_grpc_max_message_bytes, ": must be at least 1024"));
+  }
+  if (FLAGS_http_threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--http-threads=", FLAGS_http_threads, ": must be positive"));
+  }
+  c.grpc.max_threads = FLAGS_grpc_max_threads;
+  c.grpc.max_concurrent_streams = FLAGS_grpc_max_concurrent_streams;
+  c.grpc.max_message_bytes = FLAGS_grpc_max_message_bytes;
+  c.http.threads = FLAGS_http_threads;
+  ASSIGN_OR_RETURN(c.grpc.keepalive_time,
+                   ParseDurationFlag("grpc-keepalive-time", FLAGS_grpc_keepalive_time, false));
+  ASSIGN_OR_RETURN(c.grpc.keepalive_timeout, ParseDurationFlag("grpc-keepalive-timeout",
+                                                               FLAGS_grpc_keepalive_timeout, false));
+  ASSIGN_OR_RETURN(c.grpc.max_connection_idle,
+                   ParseDurationFlag("grpc-max-connection-idle", FLAGS_grpc_max_connection_idle,
+                                     true));
+  ASSIGN_OR_RETURN(c.http.request_timeout,
+                   ParseDurationFlag("http-request-timeout", FLAGS_http_request_timeout, false));
+  ASSIGN_OR_RETURN(c.liveness_timeout,
+                   ParseDurationFlag("liveness-timeout", FLAGS_liveness_timeout, false));
+  ASSIGN_OR_RETURN(c.liveness_cache,
+                   ParseDurationFlag("liveness-cache", FLAGS_liveness_cache, true));
+  if (!FLAGS_socket_group.empty()) {
+    ASSIGN_OR_RETURN(gid_t gid, ParseGroup(FLAGS_socket_group));
+    c.grpc.socket_group = gid;
+  }
+  if (!FLAGS_metrics_address.empty()) {
+    RETURN_IF_ERROR(NormalizeHttpAddress(FLAGS_metrics_address).status());
+  }
+  return c;
+}
+
+// Every idle connection, backing file and device costs a descriptor, and the
+// soft limit (often 1024) is far below the hard one a container gets. Never
+// fatal: the plugin runs on with the soft limit it has.
+void RaiseOpenFileLimit() {
+  struct rlimit rl;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    PLOG(WARNING) << "getrlimit(RLIMIT_NOFILE)";
+    return;
+  }
+  if (rl.rlim_cur >= rl.rlim_max) {
+    LOG(INFO) << "RLIMIT_NOFILE: " << rl.rlim_cur << " (soft = hard)";
+    return;
+  }
+  const rlim_t before = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    PLOG(WARNING) << "raising RLIMIT_NOFILE soft limit from " << before << " to " << rl.rlim_max
+                  << " failed; staying at " << before;
+    return;
+  }
+  LOG(INFO) << "raised RLIMIT_NOFILE soft limit from " << before << " to " << rl.rlim_max;
+}
+
+// The storage backend and what it owns. Members are declared in this order
+// so they are destroyed backend first (it detaches every export:
+// USER_RECOVERY devices stay quiesced for the next process), then the worker
+// pool.
+struct BackendParts {
+  std::unique_ptr<ublk::RealMemorySource> memory;
+  ublk::RealClock clock;
+  std::unique_ptr<MmapFaultMemorySource> fault_memory;
+  std::unique_ptr<ublk::WorkerPool> pool;
+  std::unique_ptr<VolumeBackend> backend;
+  bool online_resize = true;  // the fake backend resizes anything
+};
+
+absl::Status BuildFakeBackend(BackendParts* parts) {
+  const std::string dev_dir = FLAGS_data_dir + "/fake-devices";
+  if (::mkdir(dev_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("mkdir ", dev_dir, ": ", strerror(errno)));
+  }
+  LOG(WARNING) << "--backend=fake: no block devices are created; " << dev_dir
+               << "/ublkbN are symlinks to the backing files";
+  parts->backend = std::make_unique<FakeVolumeBackend>(dev_dir, 64);
+  return absl::OkStatus();
+}
+
+absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
+                              prometheus::Registry* registry, BackendParts* parts) {
+  parts->memory = std::make_unique<ublk::RealMemorySource>();
+  ublk::WorkerPoolOptions wopts;
+  wopts.worker_count = FLAGS_workers;
+  wopts.memory = parts->memory.get();
+  if (FLAGS_fault_injection_fail_buffer_pool_mmap_seconds > 0) {
+    parts->fault_memory = std::make_unique<MmapFaultMemorySource>(
+        *parts->memory, parts->clock,
+        absl::Now() + absl::Seconds(FLAGS_fault_injection_fail_buffer_pool_mmap_seconds));
+    LOG(WARNING) << "FAULT INJECTION: every buffer-pool mmap fails for "
+                 << FLAGS_fault_injection_fail_buffer_pool_mmap_seconds << " s";
+    wopts.memory = parts->fault_memory.get();
+  }
+  if (FLAGS_buffer_pool_slot_size <= 0) {
+    return absl::InvalidArgumentError("--buffer-pool-slot-size must be positive");
+  }
+  wopts.buffer_slot_size = static_cast<size_t>(FLAGS_buffer_pool_slot_size);
+  if (FLAGS_buffer_pool_slots < 0) {
+    return absl::InvalidArgumentError("--buffer-pool-slots must not be negative");
+  }
+  if (FLAGS_buffer_pool_slots > 0) {
+    wopts.buffer_slots_per_worker = static_cast<size_t>(FLAGS_buffer_pool_slots);
+  }
+  ASSIGN_OR_RETURN(parts->pool, ublk::WorkerPool::Create(wopts, registry));
+  // No driver (or an unusable one) does not stop the plugin: Usable(),
+  // Probe and /readyz say why, and every export call fails with it.
+  auto ublk_backend = UblkVolumeBackend::Open(
+      [](ublk::CmdEncoding enc) -> absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> {
+        auto dev = ublk::RealControlDevice::Open(enc);
+        if (!dev.ok()) return dev.status();
+        return std::unique_ptr<ublk::ControlDevice>(std::move(*dev));
+      },
+      feature_options, parts->pool.get());
+  // A live ublk device can only grow with UPDATE_SIZE (Linux 6.14+); on
+  // older kernels expansion is offline: the device takes the grown backing
+  // file's size when it is staged again, then NodeExpandVolume grows the fs.
+  const ublk::KernelFeatures* kf = ublk_backend->features();
+  if (kf == nullptr && feature_options.force_copy_mode.has_value()) {
+    // A forced mode the kernel cannot give (or no kernel to ask): the
+    // operator asked for something this node cannot do; say so and stop.
+    return absl::FailedPreconditionError(
+        absl::StrCat("--copy_mode=", FLAGS_copy_mode, ": ", ublk_backend->Usable().message()));
+  }
+  if (kf != nullptr) ublk::RegisterKernelInfoMetric(*kf, *registry);
+  parts->online_resize = kf != nullptr && (kf->features & UBLK_F_UPDATE_SIZE) != 0;
+  parts->backend = std::move(ublk_backend);
+  return absl::OkStatus();
+}
+
+absl::Status BuildBackend(const PluginConfig& config, prometheus::Registry* registry,
+                          BackendParts* parts) {
+  if (FLAGS_backend == "fake") return BuildFakeBackend(parts);
+  if (FLAGS_backend == "ublk") return BuildUblkBackend(config.feature_options, registry, parts);
+  return absl::InvalidArgumentError(
+      absl::StrCat("--backend=", FLAGS_backend, ": expected ublk or fake"));
+}
+
+absl::StatusOr<std::unique_ptr<Mounter>> BuildMounter() {
+  if (FLAGS_mounter == "real") return std::unique_ptr<Mounter>(std::make_unique<RealMounter>());
+  if (FLAGS_mounter == "fake") {
+    LOG(WARNING) << "--mounter=fake: nothing is mounted or formatted";
+    return std::unique_ptr<Mounter>(std::make_unique<FakeMounter>());
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--mounter=", FLAGS_mounter, ": expected real or fake"));
+}
+
+// The CSI services over the loaded volumes, and recovery of those volumes
+// running in the background.
+struct Services {
+  std::unique_ptr<VolumeManager> manager;
+  std::unique_ptr<RecoveryManager> recovery;
+  std::unique_ptr<ControllerService> controller;
+  std::unique_ptr<NodeService> node;
+  PluginCapabilities caps;
+};
+
+absl::Status BuildServices(const PluginConfig& config, RecordStore* store,
+                           const BackendParts& parts, Mounter* mounter,
+                           prometheus::Registry* registry, Health* health, Services* out) {
+  VolumeManagerOptions opts;
+  opts.node_id = FLAGS_node_id;
+  opts.max_volumes_override = FLAGS_max_volumes;
+  opts.default_volume_bytes = config.default_volume_bytes;
+  out->manager = std::make_unique<VolumeManager>(opts, store, parts.backend.get(), mounter);
+  RETURN_IF_ERROR(out->manager->Load());
+  out->controller = std::make_unique<ControllerService>(out->manager.get());
+  out->node = std::make_unique<NodeService>(out->manager.get());
+  out->caps = {.controller_service = true,
+               .volume_accessibility_constraints = true,
+               .online_expansion = parts.online_resize,
+               .offline_expansion = !parts.online_resize};
+  health->SetBackend(parts.backend->Usable());
+  if (!health->Backend().ok()) LOG(WARNING) << "backend unusable: " << health->Backend();
+  if (health->Backend().ok()) {
+    // In the background: the servers start now, answer Probe/readyz "not
+    // ready" and NodeStage of a volume not yet recovered UNAVAILABLE.
+    RecoveryOptions ro;
+    ro.concurrency = FLAGS_recovery_concurrency;
+    out->recovery = std::make_unique<RecoveryManager>(out->manager.get(), health, registry, ro);
+    out->recovery->Start();
+  } else {
+    health->SetRecoveryDone();
+  }
+  return absl::OkStatus();
+}
+
+// Serves CSI and HTTP until SIGTERM/SIGINT (blocked in `stop_signals`),
+// then shuts down in order.
+int Serve(const PluginConfig& config, const sigset_t& stop_signals,
+          std::shared_ptr<prometheus::Registry> registry, Health* health, Services* services) {
+  ublk::RealClock clock;
+  const Endpoint endpoint = config.endpoint;
+  LivenessCheck liveness(
+      [endpoint](absl::Duration timeout) { return DialGetPluginInfo(endpoint, timeout); },
+      &clock, config.liveness_timeout, config.liveness_cache, registry.get());
+  auto live = [&liveness] { return liveness.Check(); };
+  IdentityService identity(services->caps, health, live);
+  std::vector<grpc::Service*> grpc_services = {&identity, services->controller.get(),
+                                               services->node.get()};
+  PluginServerOptions grpc_options = config.grpc;
+  grpc_options.registry = registry.get();
+  PluginServer server(config.endpoint, grpc_services, grpc_options);
+  if (absl::Status s = server.Start(); !s.ok()) return Fail(s);
+
+  std::unique_ptr<HttpServer> http;
+  if (!FLAGS_metrics_address.empty()) {
+    // ublk_csi_exports is counted from the volumes' state at each scrape, so
+    // volumes staged or deleted after recovery show too.
+    RecoveryManager* rm = services->recovery.get();
+    auto started = HttpServer::Start(
+        FLAGS_metrics_address, registry, health, live,
+        [rm] {
+          if (rm != nullptr) rm->RefreshExportGauge();
+        },
+        config.http);
+    if (!started.ok()) return Fail(started.status());
+    http = std::move(*started);
+  }
+  LOG(INFO) << "ublk-csi " << kVersion << " serving node " << FLAGS_node_id << " (backend "
+            << FLAGS_backend << ", mounter " << FLAGS_mounter << ")";
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  LOG(INFO) << "received " << strsignal(sig) << ", shutting down";
+  // Stop taking calls, then stop recovery (the volumes in progress finish;
+  // the rest stay as the kernel has them: QUIESCED devices stay
+  // recoverable), then the backend detaches every export as it is destroyed.
+  server.Shutdown();
+  if (services->recovery != nullptr) services->recovery->Stop();
+  http.reset();
+  LOG(INFO) << "shutdown complete";
+  return 0;
+}
+
+int Run() {
+  absl::StatusOr<PluginConfig> config = ParseFlags();
+  if (!config.ok()) return Fail(config.status());
+  RaiseOpenFileLimit();
 
   // SIGTERM/SIGINT are taken synchronously by this thread with sigwait; block
   // them before any other thread starts so every thread inherits the mask.
@@ -155,165 +478,20 @@ int Run() {
   Health health;
   health.SetRecoveryPending("loading volume records");
 
-  absl::StatusOr<std::unique_ptr<RecordStore>> store = RecordStore::Open(FLAGS_data_dir, registry.get());
+  absl::StatusOr<std::unique_ptr<RecordStore>> store =
+      RecordStore::Open(FLAGS_data_dir, registry.get());
   if (!store.ok()) return Fail(store.status());
-
-  // Declared in this order so they are destroyed backend first (it detaches
-  // every export: USER_RECOVERY devices stay quiesced for the next process),
-  // then the worker pool.
-  std::unique_ptr<ublk::RealMemorySource> memory;
-  ublk::RealClock clock;
-  std::unique_ptr<MmapFaultMemorySource> fault_memory;
-  std::unique_ptr<ublk::WorkerPool> pool;
-  std::unique_ptr<VolumeBackend> backend;
-  bool online_resize = true;  // the fake backend resizes anything
-  if (FLAGS_backend == "fake") {
-    const std::string dev_dir = FLAGS_data_dir + "/fake-devices";
-    if (::mkdir(dev_dir.c_str(), 0700) != 0 && errno != EEXIST) {
-      return Fail(absl::FailedPreconditionError(absl::StrCat("mkdir ", dev_dir, ": ", strerror(errno))));
-    }
-    LOG(WARNING) << "--backend=fake: no block devices are created; " << dev_dir
-                 << "/ublkbN are symlinks to the backing files";
-    backend = std::make_unique<FakeVolumeBackend>(dev_dir, 64);
-  } else if (FLAGS_backend == "ublk") {
-    memory = std::make_unique<ublk::RealMemorySource>();
-    ublk::WorkerPoolOptions wopts;
-    wopts.worker_count = FLAGS_workers;
-    wopts.memory = memory.get();
-    if (FLAGS_fault_injection_fail_buffer_pool_mmap_seconds > 0) {
-      fault_memory = std::make_unique<MmapFaultMemorySource>(
-          *memory, clock,
-          absl::Now() + absl::Seconds(FLAGS_fault_injection_fail_buffer_pool_mmap_seconds));
-      LOG(WARNING) << "FAULT INJECTION: every buffer-pool mmap fails for "
-                   << FLAGS_fault_injection_fail_buffer_pool_mmap_seconds << " s";
-      wopts.memory = fault_memory.get();
-    }
-    if (FLAGS_buffer_pool_slot_size <= 0) {
-      return Fail(absl::InvalidArgumentError("--buffer-pool-slot-size must be positive"));
-    }
-    wopts.buffer_slot_size = static_cast<size_t>(FLAGS_buffer_pool_slot_size);
-    if (FLAGS_buffer_pool_slots < 0) {
-      return Fail(absl::InvalidArgumentError("--buffer-pool-slots must not be negative"));
-    }
-    if (FLAGS_buffer_pool_slots > 0) {
-      wopts.buffer_slots_per_worker = static_cast<size_t>(FLAGS_buffer_pool_slots);
-    }
-    absl::StatusOr<std::unique_ptr<ublk::WorkerPool>> created =
-        ublk::WorkerPool::Create(wopts, registry.get());
-    if (!created.ok()) return Fail(created.status());
-    pool = std::move(*created);
-    // No driver (or an unusable one) does not stop the plugin: Usable(),
-    // Probe and /readyz say why, and every export call fails with it.
-    auto ublk_backend = UblkVolumeBackend::Open(
-        [](ublk::CmdEncoding enc) -> absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> {
-          auto dev = ublk::RealControlDevice::Open(enc);
-          if (!dev.ok()) return dev.status();
-          return std::unique_ptr<ublk::ControlDevice>(std::move(*dev));
-        },
-        feature_options, pool.get());
-    // A live ublk device can only grow with UPDATE_SIZE (Linux 6.14+); on
-    // older kernels expansion is offline: the device takes the grown backing
-    // file's size when it is staged again, then NodeExpandVolume grows the fs.
-    const ublk::KernelFeatures* kf = ublk_backend->features();
-    if (kf == nullptr && feature_options.force_copy_mode.has_value()) {
-      // A forced mode the kernel cannot give (or no kernel to ask): the
-      // operator asked for something this node cannot do; say so and stop.
-      return Fail(absl::FailedPreconditionError(
-          absl::StrCat("--copy_mode=", FLAGS_copy_mode, ": ", ublk_backend->Usable().message())));
-    }
-    if (kf != nullptr) {
-      ublk::RegisterKernelInfoMetric(*kf, *registry);
-    }
-    online_resize = kf != nullptr && (kf->features & UBLK_F_UPDATE_SIZE) != 0;
-    backend = std::move(ublk_backend);
-  } else {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--backend=", FLAGS_backend, ": expected ublk or fake")));
+  BackendParts backend;
+  if (absl::Status s = BuildBackend(*config, registry.get(), &backend); !s.ok()) return Fail(s);
+  absl::StatusOr<std::unique_ptr<Mounter>> mounter = BuildMounter();
+  if (!mounter.ok()) return Fail(mounter.status());
+  Services services;
+  if (absl::Status s = BuildServices(*config, store->get(), backend, mounter->get(),
+                                     registry.get(), &health, &services);
+      !s.ok()) {
+    return Fail(s);
   }
-
-  std::unique_ptr<Mounter> mounter;
-  if (FLAGS_mounter == "real") {
-    mounter = std::make_unique<RealMounter>();
-  } else if (FLAGS_mounter == "fake") {
-    LOG(WARNING) << "--mounter=fake: nothing is mounted or formatted";
-    mounter = std::make_unique<FakeMounter>();
-  } else {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--mounter=", FLAGS_mounter, ": expected real or fake")));
-  }
-
-  absl::StatusOr<int64_t> default_size = ParseSize(FLAGS_default_volume_size);
-  if (!default_size.ok()) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat("--default-volume-size: ", default_size.status().message())));
-  }
-  if (FLAGS_recovery_concurrency < 1) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat(
-        "--recovery-concurrency=", FLAGS_recovery_concurrency, ": must be at least 1")));
-  }
-  std::unique_ptr<VolumeManager> manager;
-  std::unique_ptr<RecoveryManager> recovery;
-  std::unique_ptr<ControllerService> controller;
-  std::unique_ptr<NodeService> node;
-  std::vector<grpc::Service*> services;
-  PluginCapabilities caps;
-  {
-    VolumeManagerOptions opts;
-    opts.node_id = FLAGS_node_id;
-    opts.max_volumes_override = FLAGS_max_volumes;
-    opts.default_volume_bytes = *default_size;
-    manager = std::make_unique<VolumeManager>(opts, store->get(), backend.get(), mounter.get());
-    if (absl::Status s = manager->Load(); !s.ok()) return Fail(s);
-    controller = std::make_unique<ControllerService>(manager.get());
-    node = std::make_unique<NodeService>(manager.get());
-    services = {controller.get(), node.get()};
-    caps = {.controller_service = true, .volume_accessibility_constraints = true,
-            .online_expansion = online_resize, .offline_expansion = !online_resize};
-    health.SetBackend(backend->Usable());
-    if (!health.Backend().ok()) LOG(WARNING) << "backend unusable: " << health.Backend();
-  }
-  if (manager != nullptr && health.Backend().ok()) {
-    // In the background: the servers start now, answer Probe/readyz "not
-    // ready" and NodeStage of a volume not yet recovered UNAVAILABLE.
-    RecoveryOptions ro;
-    ro.concurrency = FLAGS_recovery_concurrency;
-    recovery = std::make_unique<RecoveryManager>(manager.get(), &health, registry.get(), ro);
-    recovery->Start();
-  } else {
-    health.SetRecoveryDone();
-  }
-
-  IdentityService identity(caps, &health);
-  services.insert(services.begin(), &identity);
-  PluginServer server(*endpoint, services);
-  if (absl::Status s = server.Start(); !s.ok()) return Fail(s);
-
-  std::unique_ptr<HttpServer> http;
-  if (!FLAGS_metrics_address.empty()) {
-    // ublk_csi_exports is counted from the volumes' state at each scrape, so
-    // volumes staged or deleted after recovery show too.
-    RecoveryManager* rm = recovery.get();
-    auto started = HttpServer::Start(
-        FLAGS_metrics_address, registry, &health, [] { return absl::OkStatus(); },
-        [rm] {
-          if (rm != nullptr) rm->RefreshExportGauge();
-        });
-    if (!started.ok()) return Fail(started.status());
-    http = std::move(*started);
-  }
-  LOG(INFO) << "ublk-csi " << kVersion << " serving node " << FLAGS_node_id << " (backend "
-            << FLAGS_backend << ", mounter " << FLAGS_mounter << ")";
-
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
-  LOG(INFO) << "received " << strsignal(sig) << ", shutting down";
-  // Stop taking calls, then stop recovery (the volumes in progress finish;
-  // the rest stay as the kernel has them: QUIESCED devices stay
-  // recoverable), then the backend detaches every export as it is destroyed.
-  server.Shutdown();
-  if (recovery != nullptr) recovery->Stop();
-  http.reset();
-  LOG(INFO) << "shutdown complete";
-  return 0;
+  return Serve(*config, stop_signals, registry, &health, &services);
 }
 
 }  // namespace
