@@ -92,7 +92,7 @@ for access in ${CSI_SANITY_ACCESS_TYPES:-mount block}; do
 done
 
 e2e_step "after the suite: the plugin is alive and nothing is left behind"
-if kill -0 "$PID" 2>/dev/null && timeout 10 "${CTL[@]}" identity probe >/dev/null 2>&1; then
+if kill -0 "$PID" 2>/dev/null && timeout 60 "${CTL[@]}" identity probe >/dev/null 2>&1; then
   e2e_ok "plugin still running and answering"
 else
   e2e_check_failed "plugin died or stopped answering during the suite"
