@@ -29,6 +29,8 @@
 #   e2e-disk: SIZE       attach a fresh virtio data disk (cache=none), mounted
 #                        in the guest at $E2E_DATA_DIR; it survives e2e_reboot
 #   e2e-ublks-max: N     load ublk_drv with ublks_max=N
+#   e2e-prepare: SCRIPT  host-side step before the first boot (path under
+#                        tests/e2e, e.g. a test tool to unpack); exit 77 = SKIP
 set -uo pipefail
 
 build_dir=./build
@@ -46,7 +48,7 @@ while [ $# -gt 0 ]; do
     -v|--verbose) verbose=1; shift ;;
     --list) list=1; shift ;;
     --parallel) parallel=1; shift ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) names+=("$1"); shift ;;
   esac
@@ -109,7 +111,7 @@ run_scenario() {
     result FAIL "$name"
     return
   fi
-  local skip req p timeout disk ublks_max
+  local skip req p timeout disk ublks_max prepare
   skip=$(e2e_header "$file" skip)
   if [ -n "$skip" ]; then result SKIP "$name" "$skip"; return; fi
   req=$(e2e_header "$file" requires)
@@ -122,10 +124,22 @@ run_scenario() {
   timeout=$(e2e_header "$file" timeout); timeout=${timeout:-240}
   disk=$(e2e_header "$file" disk)
   ublks_max=$(e2e_header "$file" ublks-max)
+  prepare=$(e2e_header "$file" prepare)
 
-  setup
   local run=$LOG_DIR/$name t0 boot=1 use_disk=0 rc detail early_retry=0
   rm -rf "$run"; mkdir -p "$run/share"
+  if [ -n "$prepare" ]; then
+    e2e_prepare "$run" "$E2E_DIR/$prepare"
+    case $E2E_PREPARE_RC in
+      0) ;;
+      77) result SKIP "$name" "$(cat "$run/share/skip_reason" 2>/dev/null || echo "$prepare skipped it")"; return ;;
+      *) result FAIL "$name"
+         echo "  host-side preparation $prepare exited $E2E_PREPARE_RC ($run/prepare.log):"
+         tail -n 20 "$run/prepare.log" | sed 's/^/  | /'
+         return ;;
+    esac
+  fi
+  setup
   if [ -n "$disk" ]; then truncate -s "$disk" "$run/disk.img" && use_disk=1; fi
   t0=$(e2e_now)
   [ "$verbose" = 1 ] && echo "=== $name (console: $run/console.log)"

@@ -298,6 +298,8 @@ e2e_write_job() {
     echo "export E2E_RESULT_DIR=/run/e2e E2E_SCRATCH=/tmp/e2e-scratch"
     if [ "$disk" = 1 ]; then echo "export E2E_DATA_DIR=/run/e2e-data"; else echo "export E2E_DATA_DIR="; fi
     echo 'mkdir -p "$E2E_SCRATCH"'
+    # Written by the scenario's host-side step (e2e_prepare), if it has one.
+    echo '[ -f "$E2E_RESULT_DIR/env" ] && . "$E2E_RESULT_DIR/env"'
     # Every log starts with the guest kernel, its GET_FEATURES and the mode the
     # engine picks there (the host prints the first boot's copy per kernel).
     echo 'echo "e2e: guest kernel $(uname -r)"'
@@ -400,6 +402,20 @@ e2e_boot() {
     E2E_BOOT_PROBLEM="guest ended without reporting a result (qemu rc=$qrc; kernel panic or guest setup failure?)"
   fi
   return 0
+}
+
+# e2e_prepare RUN_DIR SCRIPT: a scenario's host-side step ("# e2e-prepare:
+# lib/NAME.sh"), run once before its first boot as `bash SCRIPT SHARE` with
+# E2E_SRC_DIR, E2E_BUILD_DIR, E2E_WORK_DIR and E2E_KERNEL_SERIES exported,
+# output in RUN_DIR/prepare.log. It may write SHARE/env (shell lines the guest
+# sources before the scenario, e.g. a tool's path) or SHARE/skip_reason.
+# Sets E2E_PREPARE_RC: 0 boot, 77 SKIP, anything else FAIL.
+e2e_prepare() {
+  local run=$1 script=$2
+  E2E_PREPARE_RC=0
+  E2E_SRC_DIR=$E2E_SRC_DIR E2E_BUILD_DIR=$E2E_BUILD_DIR E2E_WORK_DIR=$E2E_WORK_DIR \
+    E2E_KERNEL_SERIES=$E2E_KERNEL_SERIES bash "$script" "$run/share" > "$run/prepare.log" 2>&1 \
+    || E2E_PREPARE_RC=$?
 }
 
 # Prints "value" of a "# e2e-KEY: value" header line of a scenario file.

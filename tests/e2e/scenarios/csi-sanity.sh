@@ -1,0 +1,115 @@
+# csi-sanity: the CSI conformance suite (kubernetes-csi/csi-test's csi-sanity,
+# v5.4.0) against the real plugin: ublk backend, real mounts, mkfs. The
+# suite's default 10 GiB volumes live as sparse files on a tmpfs data dir
+# sized for them (CreateVolume compares each request with the free space;
+# nothing is written beyond mkfs metadata). Staging and target paths are
+# under the scenario's tmpfs scratch dir. Passes only with 0 failed specs,
+# the plugin still running afterwards, and nothing left behind by the suite
+# (no volume, no /dev/ublkbN, no mount, no backing file).
+#
+# The binary: the host-side step (lib/prepare-csi-sanity.sh) takes
+# CSI_SANITY=/path/to/csi-sanity, else unpacks
+# csi-sanity-v5.4.0-linux-amd64.tar.xz from ../shared/k8s (or
+# CSI_SANITY_TARBALL) into the build dir's e2e-tools/; with neither it SKIPs.
+# Host knobs (passed on by that step): CSI_SANITY_ACCESS_TYPES, the suite's
+# volume access types to run one after the other (default "mount block"),
+# and CSI_SANITY_TIMEOUT, the suite's deadline per access type in seconds.
+# e2e-timeout: 900
+# e2e-requires: csi/ublk-csi csi/ublk-csi-ctl
+# e2e-prepare: lib/prepare-csi-sanity.sh
+. "$E2E_LIB"
+
+[ -n "${CSI_SANITY:-}" ] && [ -x "$CSI_SANITY" ] \
+  || e2e_skip "no csi-sanity binary (CSI_SANITY='${CSI_SANITY:-}'; the host-side step sets it)"
+
+PLUGIN=$BUILD_DIR/csi/ublk-csi
+WORK=$E2E_SCRATCH/sanity
+SOCK=$WORK/csi.sock
+DATA=$WORK/data
+CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$SOCK")
+# The suite's own deadline leaves time for its report and our checks.
+SUITE_TIMEOUT=${CSI_SANITY_TIMEOUT:-360}
+
+mkdir -p "$DATA"
+# tmpfs pages are only used where written: 64 GiB of room costs the guest's
+# RAM only the filesystem metadata that mkfs writes.
+mount -t tmpfs -o size=64G,mode=0700 sanity-data "$DATA" || e2e_fail "tmpfs on $DATA"
+modprobe ublk_drv 2>/dev/null
+
+e2e_step "plugin: --backend=ublk --mounter=real, data dir on a 64 GiB tmpfs"
+"$PLUGIN" --node-id=e2e-sanity --endpoint="unix://$SOCK" --data-dir="$DATA" \
+  --metrics-address=127.0.0.1:0 --backend=ublk --mounter=real --log-level=info \
+  2>"$E2E_RESULT_DIR/plugin.log" &
+PID=$!
+# Under TCG on a loaded host one ublk-csi-ctl start (gRPC's libraries over 9p)
+# took longer than 5 s: wait for the socket, then probe with room.
+e2e_wait_for 120 test -S "$SOCK" && timeout 60 "${CTL[@]}" identity probe >/dev/null 2>&1 \
+  || { tail -30 "$E2E_RESULT_DIR/plugin.log"; e2e_fail "plugin not ready after 120 s"; }
+e2e_ok "plugin ready (pid $PID)"
+
+# counts LOG: "Passed Failed Pending Skipped" of ginkgo's closing line
+# ("SUCCESS! -- 67 Passed | 0 Failed | 1 Pending | 24 Skipped").
+counts() {
+  sed -n 's/.*-- \([0-9]*\) Passed | \([0-9]*\) Failed | \([0-9]*\) Pending | \([0-9]*\) Skipped.*/\1 \2 \3 \4/p' "$1" | tail -1
+}
+
+# failures LOG: "FAILED <spec>" and "  why: <assertion>" for each failed spec.
+failures() {
+  awk '/^[^ ]+ \[(FAILED|PANICKED|TIMEDOUT)\] \[[0-9.]+ seconds\]/ { getline name; print "FAILED " name; inblk = 1; why = ""; next }
+       inblk && /^  \[(FAILED|PANICKED|TIMEDOUT)\] / && !/ in \[/ { sub(/^  /, ""); why = $0; grab = 1; next }
+       grab && /^  In \[/ { print "  why: " why; grab = 0; inblk = 0; next }
+       grab { gsub(/^ +/, ""); if (length(why) < 400) why = why " " $0 }' "$1"
+}
+
+for access in ${CSI_SANITY_ACCESS_TYPES:-mount block}; do
+  e2e_step "$CSI_SANITY_VERSION --csi.testvolumeaccesstype=$access"
+  log=$E2E_RESULT_DIR/csi-sanity-$access.log
+  mkdir -p "$WORK/$access"   # csi-sanity makes (and removes) the two dirs in it
+  args=(--csi.endpoint="unix://$SOCK"
+        --csi.stagingdir="$WORK/$access/staging" --csi.mountdir="$WORK/$access/target"
+        --csi.testvolumeaccesstype="$access" --csi.testnodevolumeattachlimit
+        --ginkgo.no-color --ginkgo.timeout="${SUITE_TIMEOUT}s"
+        --ginkgo.junit-report="$E2E_RESULT_DIR/csi-sanity-$access.junit.xml")
+  echo "  | $CSI_SANITY ${args[*]}"
+  t0=$(e2e_t)
+  timeout $((SUITE_TIMEOUT + 30)) "$CSI_SANITY" "${args[@]}" > "$log" 2>&1
+  rc=$?
+  t1=$(e2e_t)
+  read -r passed failed pending skipped <<< "$(counts "$log")"
+  grep -m1 -E '^Random Seed: [0-9]+' "$log" | sed 's/^/  | (rerun this order: --ginkgo.seed) /'
+  grep -m1 '^Ran [0-9]* of [0-9]* Specs' "$log" | sed 's/^/  | /'
+  echo "  | $access: Passed=${passed:-?} Failed=${failed:-?} Pending=${pending:-?} Skipped=${skipped:-?}," \
+       "exit $rc, $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", b - a}') s"
+  if [ "$rc" = 0 ] && [ "${failed:-x}" = 0 ] && [ "${passed:-0}" -gt 0 ]; then
+    e2e_ok "$access: 0 specs failed"
+  else
+    # Each failed spec: its name, then its assertion (the plugin's message,
+    # the gRPC code it got and the one the spec wants) on one line.
+    failures "$log" | head -60 | sed 's/^/  | /'
+    [ -n "$passed" ] || tail -40 "$log" | sed 's/^/  | /'
+    e2e_check_failed "$access: csi-sanity exited $rc with ${failed:-?} failed spec(s) (log: e2e-logs/.../share/$(basename "$log"))"
+  fi
+done
+
+e2e_step "after the suite: the plugin is alive and nothing is left behind"
+if kill -0 "$PID" 2>/dev/null && timeout 60 "${CTL[@]}" identity probe >/dev/null 2>&1; then
+  e2e_ok "plugin still running and answering"
+else
+  e2e_check_failed "plugin died or stopped answering during the suite"
+  tail -30 "$E2E_RESULT_DIR/plugin.log"
+fi
+left=$(timeout 30 "${CTL[@]}" status 2>&1 | tail -n +2)
+[ -z "$left" ] && e2e_ok "no volume left" || { e2e_check_failed "volumes left:"; echo "$left" | sed 's/^/  | /'; }
+devs=$(ls /dev/ublkb* 2>/dev/null)
+[ -z "$devs" ] && e2e_ok "no /dev/ublkbN left" || e2e_check_failed "devices left: $devs"
+mnts=$(awk -v w="$WORK/" 'index($5, w) == 1 && $5 != "'"$DATA"'" {print $5}' /proc/self/mountinfo)
+[ -z "$mnts" ] && e2e_ok "no mount left under $WORK" || e2e_check_failed "mounts left: $mnts"
+files=$(find "$DATA" -type f 2>/dev/null | head -20)
+[ -z "$files" ] && e2e_ok "no file left in the data dir (backing files, records)" || { e2e_check_failed "files left in the data dir:"; echo "$files" | sed 's/^/  | /'; }
+
+kill -TERM "$PID"
+e2e_wait_for 30 sh -c "! kill -0 $PID" || e2e_check_failed "plugin still running 30 s after SIGTERM"
+wait "$PID" 2>/dev/null
+echo "  | plugin log: $(grep -cE '^[WE][0-9]{4} ' "$E2E_RESULT_DIR/plugin.log") warning/error lines"
+umount "$DATA" 2>/dev/null
+e2e_finish
