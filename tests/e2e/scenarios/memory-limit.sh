@@ -11,7 +11,7 @@
 # raised and the buffer pools come back. Prints RSS with 1, 16 and N exports,
 # the time to all-serving under the limit, heap fallbacks and parked I/Os.
 # Copy mode user_copy on both kernels: zero copy (7.x) uses no pool.
-# e2e-timeout: 600
+# e2e-timeout: 1200
 # e2e-ublks-max: 128
 # e2e-requires: csi/ublk-csi csi/ublk-csi-ctl ublk/ublk-tool
 . "$E2E_LIB"
