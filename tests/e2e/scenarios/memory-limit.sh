@@ -157,18 +157,27 @@ e2e_ok "metrics: budget $(mib "${bud%.*}"), headroom $(metric ublk_csi_memory_he
 [ "${bud%.*}" = "$LIMIT" ] || e2e_check_failed "budget ${bud} is not memory.max $LIMIT"
 e2e_ok "peak memory.current $(mib "$(cat "$CG/memory.peak" 2>/dev/null || echo 0)") of $(mib "$LIMIT")"
 
-e2e_step "memory.max raised: the pools come back"
+e2e_step "memory.max raised: the pools come back, nothing waits for memory"
+POOL_LIMITED=$pool
 echo max > "$CG/memory.max"
 sleep 2  # a budget refresh and a pool retry interval
+dn0=$(metric ublk_csi_memory_denials_total)
 for _ in 1 2 3; do
   while read -r d; do dd if="$d" of=/dev/null bs=64K count=4 iflag=direct status=none; done < "$WORK/devs"
   pool=$(metric ublk_csi_buffer_pool_bytes)
   [ "${pool%.*}" -gt 0 ] && break
   sleep 1
 done
-[ "${pool%.*}" -gt 0 ] 2>/dev/null && e2e_ok "buffer pools mapped again: $(mib "${pool%.*}")" \
+sleep 1.5  # a metrics refresh
+dn1=$(metric ublk_csi_memory_denials_total)
+[ "${pool%.*}" -gt 0 ] 2>/dev/null && e2e_ok "buffer pools mapped: $(mib "${pool%.*}") (under the limit: $(mib "${POOL_LIMITED%.*}"))" \
   || e2e_check_failed "no buffer pool after the limit was raised (pool bytes $pool)"
+[ "$dn1" = "$dn0" ] && e2e_ok "no budget denial after the limit was raised" \
+  || e2e_check_failed "budget denials went on after the limit was raised: $dn0 -> $dn1"
 kill -0 "$(plugin_pid)" && e2e_ok "plugin still running"
+# Unmounted while the plugin serves: an ext4 mount left on a quiesced device
+# hangs the guest's poweroff.
+for i in $(seq "$N_FS"); do umount "$WORK/stage-f$i" || e2e_check_failed "umount stage-f$i"; done
 touch "$WORK/stop"
 kill -TERM "$(plugin_pid)"
 wait "$SUP" 2>/dev/null
