@@ -188,6 +188,18 @@ MemoryBudget::Reading MemoryBudget::Read() const {
     if (auto cur = files_.Read(dir + "/memory.current"); cur.ok()) {
       r.usage = ParseBytes(*cur);
       r.usage_source = dir + "/memory.current";
+      // Inactive page cache is reclaimed before the OOM killer runs: count
+      // the working set, as the kubelet does. Otherwise cache (mkfs, the
+      // records) fills the group to its limit and no buffer is ever admitted
+      // again, while nothing we wait for would free it.
+      if (auto stat = files_.Read(dir + "/memory.stat"); stat.ok() && r.usage.has_value()) {
+        for (absl::string_view line : absl::StrSplit(*stat, '\n', absl::SkipEmpty())) {
+          if (!absl::ConsumePrefix(&line, "inactive_file ")) continue;
+          const std::optional<uint64_t> cache = ParseBytes(line);
+          if (cache.has_value()) *r.usage -= std::min(*cache, *r.usage);
+          r.usage_source += " - inactive_file";
+        }
+      }
     }
     if (auto ev = files_.Read(dir + "/memory.events"); ev.ok()) {
       for (absl::string_view line : absl::StrSplit(*ev, '\n', absl::SkipEmpty())) {

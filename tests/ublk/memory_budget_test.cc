@@ -58,6 +58,22 @@ TEST(MemoryBudgetTest, V2LimitIsTheLowestMaxOrHighOfTheGroupAndItsAncestors) {
   EXPECT_EQ(budget.limit(), 200 * kMiB);
 }
 
+// Page cache the kernel would reclaim before an OOM kill does not count:
+// without this, cache filled the guest's group to its limit and buffers were
+// refused for good.
+TEST(MemoryBudgetTest, InactivePageCacheIsNotUsage) {
+  FakeMemoryFiles files;
+  files.SetCgroupV2("/plugin", 45 * kMiB, 45 * kMiB);
+  files.Set("/sys/fs/cgroup/plugin/memory.stat",
+            absl::StrCat("anon ", 20 * kMiB, "\nfile ", 25 * kMiB, "\nactive_file ", 5 * kMiB,
+                         "\ninactive_file ", 20 * kMiB, "\n"));
+  MemoryBudget budget(Options(8 * kMiB), files, nullptr);
+  ASSERT_TRUE(budget.Refresh().ok());
+  EXPECT_EQ(budget.other_usage(), 25 * kMiB);
+  EXPECT_TRUE(budget.TryCharge(12 * kMiB));
+  EXPECT_FALSE(budget.TryCharge(1));
+}
+
 TEST(MemoryBudgetTest, V1LimitAndUsageAreTheFallback) {
   FakeMemoryFiles files;
   files.Set("/proc/self/cgroup", "12:cpu,cpuacct:/docker/x\n4:memory:/docker/x\n");
