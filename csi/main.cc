@@ -92,6 +92,9 @@ DEFINE_int64(buffer_pool_slot_size, 128 * 1024, "bytes per bounce-buffer slot (m
 DEFINE_int32(fault_injection_fail_buffer_pool_mmap_seconds, 0,
              "TESTS ONLY: every buffer-pool mmap fails with ENOMEM for this many seconds after "
              "start (the degrade-to-heap path under memory pressure); 0 = off");
+DEFINE_string(memory_limit, "",
+              "memory the plugin keeps under (e.g. 256Mi); empty = its cgroup's memory.max/high");
+DEFINE_string(memory_headroom, "8Mi", "kept free below the limit: I/O buffers beyond it wait");
 DEFINE_int32(recovery_concurrency, 8,
              "volumes whose exports are re-attached or re-created at once after a start");
 
@@ -303,6 +306,19 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
   ublk::WorkerPoolOptions wopts;
   wopts.worker_count = FLAGS_workers;
   wopts.memory = parts->memory.get();
+  wopts.budget = ublk::MemoryBudgetOptions{};  // admits buffers within the cgroup's limit
+  absl::StatusOr<int64_t> headroom = ParseSize(FLAGS_memory_headroom);
+  if (!headroom.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--memory_headroom: ", headroom.status().message()));
+  }
+  wopts.budget->headroom = static_cast<uint64_t>(*headroom);
+  absl::StatusOr<int64_t> limit =
+      FLAGS_memory_limit.empty() ? absl::StatusOr<int64_t>(0) : ParseSize(FLAGS_memory_limit);
+  if (!limit.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--memory_limit: ", limit.status().message()));
+  }
+  if (*limit > 0) wopts.budget->limit_override = static_cast<uint64_t>(*limit);
   if (FLAGS_fault_injection_fail_buffer_pool_mmap_seconds > 0) {
     parts->fault_memory = std::make_unique<MmapFaultMemorySource>(
         *parts->memory, parts->clock,

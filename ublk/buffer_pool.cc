@@ -54,6 +54,11 @@ absl::Status BufferPoolOptions::Validate() const {
         "buffer pool of slot_count ", slot_count, " x slot_size ", slot_size,
         " exceeds the per-worker cap of ", kMaxPoolBytes, " bytes"));
   }
+  if (chunk_slots > slot_count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("buffer pool chunk_slots ", chunk_slots,
+                     " exceeds slot_count ", slot_count));
+  }
   if (retry_interval <= absl::ZeroDuration() ||
       retry_interval == absl::InfiniteDuration()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -84,6 +89,8 @@ IoBuffer::IoBuffer(IoBuffer&& other) noexcept
       size_(std::exchange(other.size_, 0)),
       pool_(std::exchange(other.pool_, nullptr)),
       heap_(std::exchange(other.heap_, nullptr)),
+      budget_(std::exchange(other.budget_, nullptr)),
+      charged_(std::exchange(other.charged_, 0)),
       slot_(std::exchange(other.slot_, 0)) {}
 
 IoBuffer& IoBuffer::operator=(IoBuffer&& other) noexcept {
@@ -93,6 +100,8 @@ IoBuffer& IoBuffer::operator=(IoBuffer&& other) noexcept {
     size_ = std::exchange(other.size_, 0);
     pool_ = std::exchange(other.pool_, nullptr);
     heap_ = std::exchange(other.heap_, nullptr);
+    budget_ = std::exchange(other.budget_, nullptr);
+    charged_ = std::exchange(other.charged_, 0);
     slot_ = std::exchange(other.slot_, 0);
   }
   return *this;
@@ -105,10 +114,13 @@ void IoBuffer::Reset() {
   void* data = std::exchange(data_, nullptr);
   const uint32_t slot = std::exchange(slot_, 0);
   size_ = 0;
+  MemoryBudget* budget = std::exchange(budget_, nullptr);
+  const size_t charged = std::exchange(charged_, 0);
   if (pool != nullptr) {
     pool->ReleaseSlot(slot);
   } else if (heap != nullptr) {
     heap->FreeHeap(data);
+    if (budget != nullptr) budget->Uncharge(charged);
   }
 }
 
@@ -126,12 +138,14 @@ struct BufferPool::Series {
 
 BufferPool::BufferPool(const BufferPoolOptions& options, MemorySource& memory,
                        const Clock& clock, BufferPoolMetrics* metrics,
-                       int worker_id)
+                       int worker_id, MemoryBudget* budget)
     : options_(options),
       options_status_(options.Validate()),
       memory_(memory),
       clock_(clock),
-      worker_id_(worker_id) {
+      worker_id_(worker_id),
+      budget_(budget),
+      demand_(options.slot_count) {
   if (metrics != nullptr) {
     const prometheus::Labels labels = WorkerLabels(worker_id);
     series_ = std::make_unique<Series>(Series{
@@ -143,13 +157,19 @@ BufferPool::BufferPool(const BufferPoolOptions& options, MemorySource& memory,
         metrics->degraded_workers_,
     });
   }
+  if (options_status_.ok()) {
+    const size_t chunks =
+        (options_.slot_count + ChunkSlots() - 1) / ChunkSlots();
+    chunks_.reset(new (std::nothrow) std::byte*[chunks]);
+    free_slots_.reset(new (std::nothrow) uint32_t[options_.slot_count]);
+  }
 }
 
 BufferPool::~BufferPool() {
   DCHECK_EQ(slots_in_use_, 0u)
       << "worker " << worker_id_
       << ": buffer pool destroyed with pooled IoBuffers still alive";
-  if (base_ != nullptr) memory_.Unmap(base_, pool_bytes_);
+  ReleaseIfIdle();
   if (series_ != nullptr) {
     series_->slots_in_use.Set(0);
     series_->pool_bytes.Set(0);
@@ -157,13 +177,51 @@ BufferPool::~BufferPool() {
   }
 }
 
+size_t BufferPool::ChunkSlots() const {
+  return options_.chunk_slots == 0 ? options_.slot_count : options_.chunk_slots;
+}
+
+size_t BufferPool::Target() const {
+  return std::min(options_.slot_count, demand_);
+}
+
+std::byte* BufferPool::SlotAddress(uint32_t slot) const {
+  const size_t per = ChunkSlots();
+  return chunks_[slot / per] + (slot % per) * options_.slot_size;
+}
+
 void BufferPool::SetSlotReleasedCallback(std::function<void()> callback) {
   slot_released_ = std::move(callback);
 }
 
+void BufferPool::SetDemand(size_t slots) { demand_ = slots; }
+
+size_t BufferPool::ReleaseIfIdle(bool pressure) {
+  if (slots_in_use_ != 0 || capacity_ == 0) return 0;
+  const size_t per = ChunkSlots();
+  size_t released = 0;
+  for (size_t c = 0; c < chunk_count_; ++c) {
+    const size_t slots = std::min(per, options_.slot_count - c * per);
+    const size_t bytes = slots * options_.slot_size;
+    memory_.Unmap(chunks_[c], bytes);
+    if (budget_ != nullptr) budget_->Uncharge(bytes);
+    released += bytes;
+  }
+  chunk_count_ = 0;
+  capacity_ = 0;
+  free_count_ = 0;
+  // Under pressure, not mapped again at once.
+  if (pressure) last_attempt_ = clock_.Now();
+  if (series_ != nullptr) series_->pool_bytes.Set(0);
+  return released;
+}
+
 AcquireResult BufferPool::AcquireIoBuffer(size_t len) {
-  if (base_ == nullptr) MaybeCreatePool();
-  if (base_ == nullptr) return AcquireHeap(len);
+  // Invalid options also go through MaybeGrow(): it says why, once.
+  if (free_count_ == 0 && (capacity_ < Target() || !options_status_.ok())) {
+    MaybeGrow();
+  }
+  if (capacity_ == 0) return AcquireHeap(len);
 
   if (len > options_.slot_size) {
     // The device was set up for larger I/O than a slot; serving it from the
@@ -184,20 +242,33 @@ AcquireResult BufferPool::AcquireIoBuffer(size_t len) {
   const uint32_t slot = free_slots_[--free_count_];
   ++slots_in_use_;
   if (series_ != nullptr) series_->slots_in_use.Increment();
-  return AcquireResult{
-      AcquireOutcome::kPooled,
-      IoBuffer(this, slot, base_ + size_t{slot} * options_.slot_size, len)};
+  return AcquireResult{AcquireOutcome::kPooled,
+                       IoBuffer(this, slot, SlotAddress(slot), len)};
 }
 
 AcquireResult BufferPool::AcquireHeap(size_t len) {
-  absl::StatusOr<void*> block =
-      memory_.AllocateHeap(RoundUpToPage(len), kHeapAlign);
-  if (!block.ok() || *block == nullptr) {
+  const size_t bytes = RoundUpToPage(len);
+  if (budget_ != nullptr && !budget_->TryCharge(bytes)) {
     if (!heap_failing_) {
       heap_failing_ = true;
+      LOG(WARNING) << "worker " << worker_id_ << ": heap buffer of " << len
+                   << " bytes refused by the memory budget (headroom "
+                   << budget_->headroom()
+                   << " bytes); I/O waits and is retried until memory returns";
+    }
+    return AcquireResult{AcquireOutcome::kNoMemory, IoBuffer()};
+  }
+  absl::StatusOr<void*> block = memory_.AllocateHeap(bytes, kHeapAlign);
+  if (!block.ok() || *block == nullptr) {
+    if (budget_ != nullptr) budget_->Uncharge(bytes);
+    if (!heap_failing_) {
+      heap_failing_ = true;
+      // No Status::ToString() here: this line is written while allocation
+      // fails, so it must not allocate.
       LOG(WARNING) << "worker " << worker_id_ << ": no buffer pool and heap "
                    << "allocation of " << len << " bytes failed ("
-                   << (block.ok() ? "null block" : block.status().ToString())
+                   << (block.ok() ? "null block"
+                                  : StatusCodeText(block.status().code()))
                    << "); I/O waits and is retried until memory returns";
     }
     return AcquireResult{AcquireOutcome::kNoMemory, IoBuffer()};
@@ -208,10 +279,12 @@ AcquireResult BufferPool::AcquireHeap(size_t len) {
               << ": heap allocation works again; resuming waiting I/O";
   }
   if (series_ != nullptr) series_->heap_fallbacks.Increment();
-  return AcquireResult{AcquireOutcome::kHeap, IoBuffer(&memory_, *block, len)};
+  return AcquireResult{
+      AcquireOutcome::kHeap,
+      IoBuffer(&memory_, budget_, budget_ != nullptr ? bytes : 0, *block, len)};
 }
 
-void BufferPool::MaybeCreatePool() {
+void BufferPool::MaybeGrow() {
   const absl::Time now = clock_.Now();
   if (last_attempt_.has_value()) {
     const absl::Duration since = now - *last_attempt_;
@@ -222,61 +295,71 @@ void BufferPool::MaybeCreatePool() {
     }
   }
   last_attempt_ = now;
-  const absl::Status status = CreatePool();
+  const bool first = capacity_ == 0;
+  const absl::Status status = AddChunk();
   if (status.ok()) {
-    if (degraded_) {
+    // A success is not rate-limited: the next chunk may follow at once.
+    last_attempt_.reset();
+    if (first && degraded_) {
       degraded_ = false;
       if (series_ != nullptr) series_->degraded_workers.Decrement();
-      LOG(INFO) << "worker " << worker_id_ << ": buffer pool of " << pool_bytes_
-                << " bytes created after "
+      LOG(INFO) << "worker " << worker_id_ << ": buffer pool of "
+                << pool_bytes() << " bytes created after "
                 << absl::FormatDuration(now - degraded_since_)
                 << " degraded; I/O uses the pool again";
     }
     return;
   }
   if (series_ != nullptr) series_->creation_failures.Increment();
-  if (!degraded_) {
+  if (first && !degraded_) {
     degraded_ = true;
     degraded_since_ = now;
     if (series_ != nullptr) series_->degraded_workers.Increment();
+    // status.message() and StatusCodeText(): no allocation (see AcquireHeap).
     LOG(WARNING) << "worker " << worker_id_ << ": cannot create buffer pool ("
-                 << options_.slot_count << " x " << options_.slot_size
-                 << " bytes): " << status
+                 << std::min(ChunkSlots(), Target()) << " x " << options_.slot_size
+                 << " bytes): " << StatusCodeText(status.code()) << " "
+                 << status.message()
                  << "; serving I/O from heap buffers, retrying every "
                  << absl::FormatDuration(options_.retry_interval);
   }
 }
 
-absl::Status BufferPool::CreatePool() {
+absl::Status BufferPool::AddChunk() {
   if (!options_status_.ok()) return options_status_;
-  const size_t bytes = options_.slot_count * options_.slot_size;
+  if (chunks_ == nullptr || free_slots_ == nullptr) {
+    return absl::Status(absl::StatusCode::kResourceExhausted, "");
+  }
+  const size_t per = ChunkSlots();
+  const size_t first_slot = chunk_count_ * per;
+  const size_t slots = std::min(per, options_.slot_count - first_slot);
+  const size_t bytes = slots * options_.slot_size;
+  if (budget_ != nullptr && !budget_->TryCharge(bytes)) {
+    return absl::Status(absl::StatusCode::kResourceExhausted,
+                        "(memory budget: no headroom)");
+  }
   absl::StatusOr<void*> addr = memory_.Map(bytes);
-  if (!addr.ok()) return addr.status();
-  if (*addr == nullptr) {
-    return absl::InternalError("memory source mapped a null address");
+  if (!addr.ok() || *addr == nullptr) {
+    if (budget_ != nullptr) budget_->Uncharge(bytes);
+    if (!addr.ok()) return addr.status();
+    return absl::Status(absl::StatusCode::kInternal, "(null mapping)");
   }
-  std::unique_ptr<uint32_t[]> free_slots(new (std::nothrow)
-                                             uint32_t[options_.slot_count]);
-  if (free_slots == nullptr) {
-    memory_.Unmap(*addr, bytes);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "allocating the free list of ", options_.slot_count, " slots"));
-  }
+  chunks_[chunk_count_++] = static_cast<std::byte*>(*addr);
   // Lowest slot on top, so a lightly loaded worker keeps touching the same
   // few (warm) slots.
-  for (size_t i = 0; i < options_.slot_count; ++i) {
-    free_slots[i] = static_cast<uint32_t>(options_.slot_count - 1 - i);
+  for (size_t i = 0; i < slots; ++i) {
+    free_slots_[free_count_++] =
+        static_cast<uint32_t>(first_slot + slots - 1 - i);
   }
-  base_ = static_cast<std::byte*>(*addr);
-  pool_bytes_ = bytes;
-  free_slots_ = std::move(free_slots);
-  free_count_ = options_.slot_count;
-  if (series_ != nullptr) series_->pool_bytes.Set(static_cast<double>(bytes));
+  capacity_ += slots;
+  if (series_ != nullptr) {
+    series_->pool_bytes.Set(static_cast<double>(pool_bytes()));
+  }
   return absl::OkStatus();
 }
 
 void BufferPool::ReleaseSlot(uint32_t slot) {
-  DCHECK_LT(free_count_, options_.slot_count);
+  DCHECK_LT(free_count_, capacity_);
   free_slots_[free_count_++] = slot;
   --slots_in_use_;
   if (series_ != nullptr) series_->slots_in_use.Decrement();

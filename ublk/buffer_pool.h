@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "ublk/clock.h"
 #include "ublk/memory.h"
+#include "ublk/memory_budget.h"
 
 namespace prometheus {
 class Registry;
@@ -52,10 +53,14 @@ struct BufferPoolOptions {
   size_t slot_count = kDefaultSlotCount;
   // Minimum time between two attempts to create the pool after a failure.
   absl::Duration retry_interval = absl::Seconds(1);
+  // The pool is mapped (and pre-faulted) in chunks of this many slots, added
+  // only while every slot is busy and the demand (SetDemand) wants more, so
+  // its memory follows what is served. 0: one chunk of slot_count slots.
+  size_t chunk_slots = 0;
 
   // InvalidArgument naming the field for: zero slots; slot size zero or not a
   // multiple of 4096; slot_count * slot_size above kMaxPoolBytes; retry
-  // interval not positive and finite.
+  // interval not positive and finite; chunk_slots above slot_count.
   absl::Status Validate() const;
 
   // Options with `slot_size` whose slot count splits `total_bytes` evenly over
@@ -99,13 +104,15 @@ class IoBuffer {
   friend class BufferPool;
   IoBuffer(BufferPool* pool, uint32_t slot, void* data, size_t size)
       : data_(data), size_(size), pool_(pool), slot_(slot) {}
-  IoBuffer(MemorySource* heap, void* data, size_t size)
-      : data_(data), size_(size), heap_(heap) {}
+  IoBuffer(MemorySource* heap, MemoryBudget* budget, size_t charged, void* data, size_t size)
+      : data_(data), size_(size), heap_(heap), budget_(budget), charged_(charged) {}
 
   void* data_ = nullptr;
   size_t size_ = 0;
   BufferPool* pool_ = nullptr;    // set for a pooled slot
   MemorySource* heap_ = nullptr;  // set for a heap block
+  MemoryBudget* budget_ = nullptr;  // a heap block's charge goes back here
+  size_t charged_ = 0;
   uint32_t slot_ = 0;
 };
 
@@ -113,7 +120,8 @@ enum class AcquireOutcome {
   kPooled,         // a pool slot
   kHeap,           // a heap block: no pool (degraded), or len > slot_size
   kPoolExhausted,  // every slot busy: park the I/O until a slot is released
-  kNoMemory,       // no pool and no heap: requeue the I/O and retry later
+  kNoMemory,       // no pool and no heap (or the memory budget refused
+                   // both): park the I/O and retry later
 };
 
 struct AcquireResult {
@@ -128,18 +136,32 @@ class BufferPool {
   // invalid ones are not fatal here either: the worker logs the error once and
   // serves from the heap, degraded. `memory`, `clock` and `metrics` (nullable)
   // must outlive the pool. `worker_id` labels the metrics and log lines and
-  // must be unique among pools sharing `metrics`.
+  // must be unique among pools sharing `metrics`. `budget` (nullable, must
+  // outlive the pool) admits every chunk and heap block first.
   BufferPool(const BufferPoolOptions& options, MemorySource& memory,
-             const Clock& clock, BufferPoolMetrics* metrics, int worker_id);
+             const Clock& clock, BufferPoolMetrics* metrics, int worker_id,
+             MemoryBudget* budget = nullptr);
   // Every pooled IoBuffer must have been destroyed.
   ~BufferPool();
   BufferPool(const BufferPool&) = delete;
   BufferPool& operator=(const BufferPool&) = delete;
 
-  // A buffer of at least `len` bytes. Creates the pool if there is none and
-  // the last attempt is at least retry_interval old. See AcquireOutcome for
-  // what the caller does with each result; never blocks, throws or aborts.
+  // A buffer of at least `len` bytes. Creates the pool (its first chunk) if
+  // there is none, or adds a chunk when every slot is busy and the demand
+  // wants more, at most once per retry_interval after a failed attempt. See
+  // AcquireOutcome for what the caller does with each result; never blocks,
+  // throws, aborts or allocates from the C++ heap.
   AcquireResult AcquireIoBuffer(size_t len);
+
+  // How many slots the I/O this pool serves can hold at once (the summed
+  // depth of the copy-mode queues attached to the worker). The pool grows
+  // to min(demand, slot_count) slots, no further. Until it is called the
+  // demand is slot_count.
+  void SetDemand(size_t slots);
+  // Unmaps every chunk if no slot is in use (memory pressure, or nothing
+  // left to serve); the next I/O maps again (after `pressure`: not before
+  // retry_interval). Returns the bytes released.
+  size_t ReleaseIfIdle(bool pressure = false);
 
   // Called (on the worker thread) each time a pooled slot is released, after
   // the slot is free again, so it may call AcquireIoBuffer(). It must not call
@@ -148,8 +170,12 @@ class BufferPool {
 
   // True while the last pool creation attempt failed.
   bool degraded() const { return degraded_; }
-  bool has_pool() const { return base_ != nullptr; }
+  bool has_pool() const { return capacity_ > 0; }
   size_t slots_in_use() const { return slots_in_use_; }
+  // Slots mapped now, and their bytes.
+  size_t capacity() const { return capacity_; }
+  size_t pool_bytes() const { return capacity_ * options_.slot_size; }
+  size_t demand() const { return demand_; }
   int worker_id() const { return worker_id_; }
   const BufferPoolOptions& options() const { return options_; }
 
@@ -157,10 +183,14 @@ class BufferPool {
   friend class IoBuffer;
   struct Series;
 
-  void MaybeCreatePool();
-  absl::Status CreatePool();
+  size_t ChunkSlots() const;
+  size_t Target() const;
+  // Adds one chunk if the retry interval allows; logs transitions.
+  void MaybeGrow();
+  absl::Status AddChunk();
   void ReleaseSlot(uint32_t slot);
   AcquireResult AcquireHeap(size_t len);
+  std::byte* SlotAddress(uint32_t slot) const;
 
   const BufferPoolOptions options_;
   const absl::Status options_status_;
@@ -170,9 +200,14 @@ class BufferPool {
   std::unique_ptr<Series> series_;  // null without metrics
   std::function<void()> slot_released_;
 
-  std::byte* base_ = nullptr;  // the mapping; null while there is no pool
-  size_t pool_bytes_ = 0;
-  std::unique_ptr<uint32_t[]> free_slots_;  // stack of free slot indices
+  MemoryBudget* const budget_;
+  // Allocated at construction (never on the I/O path): the chunks' bases
+  // and the stack of free slot indices. Null if that allocation failed.
+  std::unique_ptr<std::byte*[]> chunks_;
+  std::unique_ptr<uint32_t[]> free_slots_;
+  size_t chunk_count_ = 0;
+  size_t capacity_ = 0;  // slots mapped
+  size_t demand_;
   size_t free_count_ = 0;
   size_t slots_in_use_ = 0;
 

@@ -22,16 +22,24 @@ const char* ErrnoText(int err) {
 
 }  // namespace
 
+const char* StatusCodeText(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk: return "OK";
+    case absl::StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED (out of memory)";
+    case absl::StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
+    case absl::StatusCode::kPermissionDenied: return "PERMISSION_DENIED";
+    case absl::StatusCode::kInternal: return "INTERNAL";
+    case absl::StatusCode::kUnavailable: return "UNAVAILABLE";
+    default: return "error";
+  }
+}
+
 absl::StatusOr<void*> RealMemorySource::Map(size_t len) {
-  if (len == 0) return absl::InvalidArgumentError("mmap of 0 bytes");
+  if (len == 0) return absl::Status(absl::StatusCode::kInvalidArgument, "");
   void* addr = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (addr == MAP_FAILED) {
-    const int err = errno;
-    return absl::Status(
-        absl::ErrnoToStatusCode(err),
-        absl::StrCat("mmap of ", len,
-                     " bytes of anonymous memory: ", ErrnoText(err)));
+    return absl::Status(absl::ErrnoToStatusCode(errno), "");
   }
   if (::madvise(addr, len, MADV_POPULATE_WRITE) != 0) {
     const int err = errno;
@@ -40,9 +48,7 @@ absl::StatusOr<void*> RealMemorySource::Map(size_t len) {
       return absl::Status(err == ENOMEM || err == EFAULT || err == EHWPOISON
                               ? absl::StatusCode::kResourceExhausted
                               : absl::ErrnoToStatusCode(err),
-                          absl::StrCat("pre-faulting ", len,
-                                       " bytes (madvise MADV_POPULATE_WRITE): ",
-                                       ErrnoText(err)));
+                          "");
     }
     // Kernel older than 5.14: keep the lazily-faulted mapping (see header).
   }
@@ -66,11 +72,7 @@ absl::StatusOr<void*> RealMemorySource::AllocateHeap(size_t len, size_t align) {
   }
   void* block = nullptr;
   const int err = ::posix_memalign(&block, align, len == 0 ? 1 : len);
-  if (err != 0) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("heap allocation of ", len, " bytes aligned to ", align,
-                     ": ", ErrnoText(err)));
-  }
+  if (err != 0) return absl::Status(absl::StatusCode::kResourceExhausted, "");
   return block;
 }
 

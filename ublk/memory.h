@@ -14,6 +14,11 @@ class MemorySource {
  public:
   virtual ~MemorySource() = default;
 
+  // Failures are returned as a Status WITHOUT a message (absl keeps such a
+  // Status inline): these calls fail exactly when memory is short, and
+  // building a message would allocate. The caller's log line gives the
+  // context (see StatusCodeText).
+  //
   // Maps `len` bytes of private anonymous read-write memory. Memory pressure is
   // reported here as ResourceExhausted, never later as a signal or an abort.
   virtual absl::StatusOr<void*> Map(size_t len) = 0;
@@ -27,6 +32,9 @@ class MemorySource {
   // Frees a block from AllocateHeap(). nullptr is ignored.
   virtual void FreeHeap(void* block) = 0;
 };
+
+// A static name for `code` (absl::StatusCodeToString allocates a string).
+const char* StatusCodeText(absl::StatusCode code);
 
 // The production source.
 //

@@ -67,6 +67,12 @@ struct Worker::Queue {
   CopyMode mode = CopyMode::kUserCopy;
   int32_t buf_base = -1;  // zero copy: first index of the queue's buffer-table range
   std::vector<TagState> tags;
+  // Tags waiting for a buffer, oldest first: a ring of queue_depth entries
+  // (a tag is parked at most once), allocated with the queue so that
+  // parking never allocates.
+  std::unique_ptr<uint16_t[]> parked;
+  uint16_t parked_head = 0;
+  uint16_t parked_count = 0;
   unsigned done_tags = 0;
   unsigned busy = 0;  // tags in kGetData or kTargetIo
   bool removing = false;
@@ -98,7 +104,9 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
   }
   w->wakeup_fd_.reset(efd);
   w->pool_ = std::make_unique<BufferPool>(options.buffer_pool, *options.memory, w->clock_,
-                                          options.pool_metrics, options.worker_id);
+                                          options.pool_metrics, options.worker_id,
+                                          options.budget);
+  w->pool_->SetDemand(0);  // grows with the copy-mode queues attached
   Worker* self = w.get();
   w->pool_->SetSlotReleasedCallback([self] { self->slot_released_ = true; });
   w->thread_ = std::thread([self] { self->Run(); });
@@ -179,7 +187,24 @@ absl::StatusOr<Worker::QueueId> Worker::AddQueue(QueueConfig config) {
     q->channel = std::move(shared->channel);
     q->target = std::move(shared->target);
     q->mode = shared->copy_mode;
-    q->tags.resize(q->channel->queue_depth());
+    const uint16_t depth = q->channel->queue_depth();
+    q->tags.resize(depth);
+    q->parked.reset(new (std::nothrow) uint16_t[depth]);
+    if (q->parked == nullptr) {
+      result = absl::ResourceExhaustedError(absl::StrCat(
+          "worker ", id(), ": no memory for the parked list of a queue of depth ", depth));
+      return;
+    }
+    if (q->mode == CopyMode::kGetData) {
+      // Get-data READ buffers wait here for one submit: reserve room for
+      // every tag now, so that a commit never has to grow the vector.
+      release_after_submit_.reserve(get_data_depth_ + depth);
+      get_data_depth_ += depth;
+    }
+    if (q->mode != CopyMode::kZeroCopy) {
+      copy_demand_ += depth;
+      pool_->SetDemand(copy_demand_);
+    }
     if (q->mode == CopyMode::kZeroCopy) {
       absl::Status table = EnsureBufferTable();
       absl::StatusOr<uint16_t> base =
@@ -190,7 +215,7 @@ absl::StatusOr<Worker::QueueId> Worker::AddQueue(QueueConfig config) {
             absl::StrCat(base.status().message(), ": cannot attach zero-copy queue ",
                          q->channel->q_id(), " of ublk device ", q->channel->dev_id(),
                          " (depth ", q->channel->queue_depth(), ")"));
-        return;  // the channel closes with q
+        return;  // the channel closes with q (zero copy: no demand was added)
       }
       q->buf_base = *base;
       q->channel->SetAutoBufRegBase(*base);
@@ -243,6 +268,11 @@ absl::StatusOr<bool> Worker::RemoveQueue(QueueId queue_id, absl::Duration drain_
   return removed->drained;
 }
 
+void Worker::Poke() {
+  uint64_t one = 1;
+  if (wakeup_fd_.valid()) (void)!write(wakeup_fd_.get(), &one, sizeof(one));
+}
+
 void Worker::ArmWakeup() {
   io_uring_sqe* sqe = ring_->GetSqe();
   if (sqe == nullptr) {
@@ -285,7 +315,7 @@ void Worker::Run() {
     if (!running_ && !any_queue) break;
     absl::Duration timeout = absl::InfiniteDuration();
     if (any_removing) timeout = kRemovalPoll;
-    if (!parked_.empty()) timeout = std::min(timeout, options_.no_memory_retry);
+    if (parked_count_ > 0) timeout = std::min(timeout, options_.no_memory_retry);
     if (!release_after_submit_.empty() && ring_->Submit().ok()) {
       // The kernel has copied the get-data READs: free their slots now, not
       // after the next completion (an idle worker would hold them forever).
@@ -298,8 +328,10 @@ void Worker::Run() {
       absl::SleepFor(absl::Milliseconds(1));
     }
     ring_->DrainCompletions([this](const io_uring_cqe& cqe) { HandleCqe(cqe); });
+    CheckMemoryPressure();
     RetryParked();
     ReapQueues();
+    pool_bytes_.store(pool_->pool_bytes(), std::memory_order_relaxed);
   }
   // Nothing of ours is in flight any more except pending eventfd/fetch reads,
   // which the ring's teardown cancels.
@@ -405,7 +437,7 @@ void Worker::BeginRequest(Queue& q, uint16_t tag) {
   }
 }
 
-bool Worker::AcquireBuffer(Queue& q, uint16_t tag, size_t len) {
+bool Worker::TryAcquire(Queue& q, uint16_t tag, size_t len) {
   pool_touched_.store(true, std::memory_order_relaxed);
   AcquireResult r = pool_->AcquireIoBuffer(len);
   pool_degraded_.store(pool_->degraded(), std::memory_order_relaxed);
@@ -416,13 +448,39 @@ bool Worker::AcquireBuffer(Queue& q, uint16_t tag, size_t len) {
       return true;
     case AcquireOutcome::kNoMemory:
       next_memory_retry_ = clock_.Now() + options_.no_memory_retry;
-      [[fallthrough]];
+      return false;
     case AcquireOutcome::kPoolExhausted:
-      q.SetPhase(tag, TagState::Phase::kParked);
-      parked_.push_back(Parked{q.slot, q.gen, tag});
       return false;
   }
   return false;
+}
+
+void Worker::Park(Queue& q, uint16_t tag) {
+  q.SetPhase(tag, TagState::Phase::kParked);
+  const size_t depth = q.tags.size();
+  q.parked[(q.parked_head + q.parked_count) % depth] = tag;
+  ++q.parked_count;
+  ++parked_count_;
+  parked_now_.store(parked_count_, std::memory_order_relaxed);
+  parked_ever_.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool Worker::AcquireBuffer(Queue& q, uint16_t tag, size_t len) {
+  if (TryAcquire(q, tag, len)) return true;
+  Park(q, tag);
+  return false;
+}
+
+void Worker::CheckMemoryPressure() {
+  if (options_.budget == nullptr) return;
+  const uint64_t epoch = options_.budget->pressure_epoch();
+  if (epoch == pressure_seen_) return;
+  pressure_seen_ = epoch;
+  const size_t freed = pool_->ReleaseIfIdle(/*pressure=*/true);
+  if (freed > 0) {
+    LOG(INFO) << "worker " << id() << ": memory is tight; released its idle buffer pool of "
+              << freed << " bytes";
+  }
 }
 
 void Worker::Continue(Queue& q, uint16_t tag) {
@@ -513,22 +571,32 @@ void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
 }
 
 void Worker::RetryParked() {
-  if (parked_.empty()) return;
+  if (parked_count_ == 0) return;
   if (!slot_released_ && clock_.Now() < next_memory_retry_) return;
   slot_released_ = false;
-  std::vector<Parked> parked;
-  parked.swap(parked_);
-  size_t i = 0;
-  for (; i < parked.size(); ++i) {
-    Queue* q = FindQueue(parked[i].slot, parked[i].gen);
-    if (q == nullptr || q->tags[parked[i].tag].phase != TagState::Phase::kParked) continue;
-    if (!parked_.empty()) {  // an earlier one failed again: keep the order
-      parked_.push_back(parked[i]);
-      continue;
+  // Oldest first within a queue; the queue served first rotates, so one
+  // queue's parked tags cannot starve another's.
+  const size_t n = slots_.size();
+  for (size_t k = 0; k < n && parked_count_ > 0; ++k) {
+    const size_t i = (retry_cursor_ + k) % n;
+    Queue* q = slots_[i].get();
+    while (q != nullptr && q->parked_count > 0) {
+      const uint16_t tag = q->parked[q->parked_head];
+      TagState& t = q->tags[tag];
+      if (t.phase == TagState::Phase::kParked && !TryAcquire(*q, tag, t.io.len)) {
+        retry_cursor_ = i;  // memory is still short: resume here next time
+        return;
+      }
+      q->parked_head = static_cast<uint16_t>((q->parked_head + 1) % q->tags.size());
+      --q->parked_count;
+      --parked_count_;
+      parked_now_.store(parked_count_, std::memory_order_relaxed);
+      if (t.phase != TagState::Phase::kParked) continue;
+      q->SetPhase(tag, TagState::Phase::kIdle);
+      Continue(*q, tag);
     }
-    q->SetPhase(parked[i].tag, TagState::Phase::kIdle);
-    if (AcquireBuffer(*q, parked[i].tag, q->tags[parked[i].tag].io.len)) Continue(*q, parked[i].tag);
   }
+  retry_cursor_ = n == 0 ? 0 : (retry_cursor_ + 1) % n;
 }
 
 void Worker::ReapQueues() {
@@ -546,6 +614,15 @@ void Worker::DropQueue(Queue& q, bool drained) {
           << (drained ? "" : " with fetches still pending");
   auto removed = std::move(q.removed);
   for (auto& t : q.tags) t.buffer.Reset();
+  parked_count_ -= q.parked_count;
+  parked_now_.store(parked_count_, std::memory_order_relaxed);
+  if (q.mode == CopyMode::kGetData) get_data_depth_ -= q.tags.size();
+  if (q.mode != CopyMode::kZeroCopy) {
+    copy_demand_ -= q.tags.size();
+    pool_->SetDemand(copy_demand_);
+    // Nothing left to serve from it: give the pool back.
+    if (copy_demand_ == 0) pool_->ReleaseIfIdle(/*pressure=*/false);
+  }
   const uint16_t slot = q.slot;
   const int32_t buf_base = q.buf_base;
   const uint16_t depth = static_cast<uint16_t>(q.tags.size());

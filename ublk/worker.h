@@ -30,6 +30,7 @@
 #include "ublk/clock.h"
 #include "ublk/kernel.h"
 #include "ublk/memory.h"
+#include "ublk/memory_budget.h"
 #include "ublk/ring.h"
 #include "ublk/target.h"
 #include "ublk/unique_fd.h"
@@ -45,6 +46,9 @@ struct WorkerOptions {
   // Nullable: a RealClock is used.
   const Clock* clock = nullptr;
   BufferPoolMetrics* pool_metrics = nullptr;  // nullable
+  // Nullable; must outlive the worker. Admits the pool's chunks and heap
+  // buffers; when its pressure_epoch() moves the worker releases an idle pool.
+  MemoryBudget* budget = nullptr;
   // How soon an I/O that found no memory at all tries again.
   absl::Duration no_memory_retry = absl::Milliseconds(5);
   // Size of the ring's registered-buffer table (registered sparse, at the
@@ -97,6 +101,14 @@ class Worker {
   // Whether the worker ever created its BufferPool's memory or fell back to
   // the heap (false while it served only zero-copy queues). Any thread.
   bool buffer_pool_touched() const { return pool_touched_.load(std::memory_order_relaxed); }
+  // I/Os waiting for a buffer now, and ever parked. Any thread.
+  size_t parked_ios() const { return parked_now_.load(std::memory_order_relaxed); }
+  uint64_t parked_ios_total() const { return parked_ever_.load(std::memory_order_relaxed); }
+  // Bytes of the worker's buffer pool mapped now. Any thread.
+  size_t buffer_pool_bytes() const { return pool_bytes_.load(std::memory_order_relaxed); }
+  // Wakes the worker so that it looks at the memory budget's pressure now.
+  // Any thread; allocates nothing.
+  void Poke();
 
  private:
   struct Queue;
@@ -114,8 +126,14 @@ class Worker {
   void OnCommand(Queue& q, uint16_t tag, int32_t raw);
   void OnTargetDone(Queue& q, uint16_t tag, int32_t raw);
   void BeginRequest(Queue& q, uint16_t tag);
-  // Gets the tag's buffer; false if it had to park the tag.
+  // Gets the tag's buffer; false if it had to park the tag. Allocation-free,
+  // as is everything on the parked path (the queue's parked FIFO is
+  // allocated with the queue).
   bool AcquireBuffer(Queue& q, uint16_t tag, size_t len);
+  // Tries to give the tag a buffer; false (and nothing changed) if none.
+  bool TryAcquire(Queue& q, uint16_t tag, size_t len);
+  void Park(Queue& q, uint16_t tag);
+  void CheckMemoryPressure();
   void Continue(Queue& q, uint16_t tag);
   void StartTarget(Queue& q, uint16_t tag);
   void Commit(Queue& q, uint16_t tag, int32_t result);
@@ -153,11 +171,12 @@ class Worker {
   std::vector<std::unique_ptr<Queue>> slots_;
   std::vector<uint16_t> slot_gen_;
   QueueId next_queue_id_ = 1;
-  struct Parked {
-    uint16_t slot, gen, tag;
-  };
-  std::vector<Parked> parked_;
+  size_t parked_count_ = 0;  // tags parked over all queues
+  size_t retry_cursor_ = 0;  // slot whose parked tags are retried first
   bool slot_released_ = false;
+  size_t copy_demand_ = 0;       // summed depth of the copy-mode queues
+  size_t get_data_depth_ = 0;    // summed depth of the get-data queues
+  uint64_t pressure_seen_ = 0;
   absl::Time next_memory_retry_ = absl::InfinitePast();
   // Get-data READ buffers: the kernel copies them while the commit is
   // submitted, so they are released right after the next submit.
@@ -169,6 +188,9 @@ class Worker {
   std::atomic<size_t> queue_count_{0};
   std::atomic<bool> pool_degraded_{false};
   std::atomic<bool> pool_touched_{false};
+  std::atomic<size_t> parked_now_{0};
+  std::atomic<uint64_t> parked_ever_{0};
+  std::atomic<size_t> pool_bytes_{0};
   std::atomic<size_t> fixed_buffers_in_use_{0};
 };
 

@@ -16,13 +16,17 @@ struct WorkerPool::Series {
   prometheus::Counter* ios = nullptr;
   prometheus::Gauge* queues = nullptr;
   prometheus::Gauge* assigned = nullptr;
+  prometheus::Gauge* parked = nullptr;
+  prometheus::Counter* parked_total = nullptr;
   uint64_t ios_seen = 0;  // completed_ios already added to `ios`
+  uint64_t parked_seen = 0;
 };
 
 absl::StatusOr<BufferPoolOptions> WorkerPoolOptions::BufferPoolFor(int workers) const {
   BufferPoolOptions o = BufferPoolOptions::ForBudget(buffer_pool_bytes, workers, buffer_slot_size);
   if (buffer_slots_per_worker.has_value()) o.slot_count = *buffer_slots_per_worker;
   o.retry_interval = buffer_retry_interval;
+  o.chunk_slots = std::min(buffer_chunk_slots, o.slot_count);
   if (!buffer_slots_per_worker.has_value() && buffer_pool_bytes < buffer_slot_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("buffer_pool_bytes ", buffer_pool_bytes, " is less than one slot of ",
@@ -57,6 +61,14 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
   std::unique_ptr<WorkerPool> pool(new WorkerPool());
   pool->buffer_pool_options_ = *bp;
   if (registry != nullptr) pool->pool_metrics_ = std::make_unique<BufferPoolMetrics>(*registry);
+  if (options.budget.has_value()) {
+    const MemoryFiles& files =
+        options.memory_files != nullptr ? *options.memory_files : pool->real_files_;
+    pool->budget_ = std::make_unique<MemoryBudget>(*options.budget, files, registry);
+    // Errors are logged once by the budget; it then admits by what it has.
+    (void)pool->budget_->Refresh();
+    pool->budget_epoch_ = pool->budget_->pressure_epoch();
+  }
   for (int i = 0; i < count; ++i) {
     WorkerOptions wo;
     wo.worker_id = i;
@@ -66,6 +78,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
     wo.clock = options.clock;
     wo.pool_metrics = pool->pool_metrics_.get();
     wo.no_memory_retry = options.no_memory_retry;
+    wo.budget = pool->budget_.get();
     absl::StatusOr<std::unique_ptr<Worker>> w = Worker::Create(wo);
     if (!w.ok()) {
       pool->Stop();
@@ -92,20 +105,35 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
                          .Name("ublk_csi_worker_assigned_queues")
                          .Help("ublk queues assigned to a worker thread by the pool")
                          .Register(*registry);
+    auto& parked = prometheus::BuildGauge()
+                       .Name("ublk_csi_worker_parked_ios")
+                       .Help("I/Os waiting for a buffer (pool full, or no memory within the "
+                             "budget)")
+                       .Register(*registry);
+    auto& parked_total = prometheus::BuildCounter()
+                             .Name("ublk_csi_worker_parked_ios_total")
+                             .Help("I/Os that had to wait for a buffer")
+                             .Register(*registry);
     std::lock_guard<std::mutex> lock(pool->metrics_mu_);
     for (int i = 0; i < count; ++i) {
       const prometheus::Labels labels{{"worker", std::to_string(i)}};
       pool->series_.push_back(Series{&ios.Add(labels), &queues.Add(labels),
-                                     &assigned.Add(labels), 0});
+                                     &assigned.Add(labels), &parked.Add(labels),
+                                     &parked_total.Add(labels), 0, 0});
     }
   }
   LOG(INFO) << "worker pool: " << count << " worker(s), buffer pool of up to "
             << bp->slot_count << " x " << bp->slot_size << " bytes each (created on first I/O; "
             << count * bp->slot_count * bp->slot_size << " bytes at most in total)";
-  if (registry != nullptr && options.metrics_refresh_interval > absl::ZeroDuration()) {
+  const absl::Duration metrics_interval =
+      registry != nullptr ? options.metrics_refresh_interval : absl::ZeroDuration();
+  const absl::Duration budget_interval =
+      pool->budget_ != nullptr ? options.budget_refresh_interval : absl::ZeroDuration();
+  if (metrics_interval > absl::ZeroDuration() || budget_interval > absl::ZeroDuration()) {
     WorkerPool* self = pool.get();
-    const absl::Duration interval = options.metrics_refresh_interval;
-    pool->refresher_ = std::thread([self, interval] { self->RefreshLoop(interval); });
+    pool->refresher_ = std::thread([self, metrics_interval, budget_interval] {
+      self->RefreshLoop(metrics_interval, budget_interval);
+    });
   }
   return pool;
 }
@@ -176,17 +204,43 @@ void WorkerPool::UpdateMetrics() {
     }
     s.queues->Set(static_cast<double>(workers_[i]->queue_count()));
     s.assigned->Set(static_cast<double>(assigned[i]));
+    s.parked->Set(static_cast<double>(workers_[i]->parked_ios()));
+    const uint64_t parked = workers_[i]->parked_ios_total();
+    if (parked > s.parked_seen) {
+      s.parked_total->Increment(static_cast<double>(parked - s.parked_seen));
+      s.parked_seen = parked;
+    }
   }
 }
 
-void WorkerPool::RefreshLoop(absl::Duration interval) {
-  const auto wait = absl::ToChronoMilliseconds(std::max(interval, absl::Milliseconds(1)));
+void WorkerPool::RefreshBudget() {
+  if (budget_ == nullptr) return;
+  (void)budget_->Refresh();  // an unreadable usage is logged once by the budget
+  const uint64_t epoch = budget_->pressure_epoch();
+  std::lock_guard<std::mutex> lock(metrics_mu_);
+  if (epoch == budget_epoch_) return;
+  budget_epoch_ = epoch;
+  for (auto& w : workers_) w->Poke();
+}
+
+void WorkerPool::RefreshLoop(absl::Duration metrics_interval, absl::Duration budget_interval) {
+  // One thread for both: it wakes at the shorter interval and does what is due.
+  absl::Duration tick = absl::InfiniteDuration();
+  if (metrics_interval > absl::ZeroDuration()) tick = metrics_interval;
+  if (budget_interval > absl::ZeroDuration()) tick = std::min(tick, budget_interval);
+  const auto wait = absl::ToChronoMilliseconds(std::max(tick, absl::Milliseconds(1)));
+  absl::Time next_metrics = absl::InfinitePast();
   for (;;) {
-    UpdateMetrics();
+    if (budget_interval > absl::ZeroDuration()) RefreshBudget();
+    const absl::Time now = absl::Now();
+    if (metrics_interval > absl::ZeroDuration() && now >= next_metrics) {
+      UpdateMetrics();
+      next_metrics = now + metrics_interval;
+    }
     std::unique_lock<std::mutex> lock(mu_);
     if (stop_cv_.wait_for(lock, wait, [this] { return stopped_; })) break;
   }
-  UpdateMetrics();
+  if (metrics_interval > absl::ZeroDuration()) UpdateMetrics();
 }
 
 }  // namespace ublk

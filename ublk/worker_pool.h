@@ -30,6 +30,7 @@
 #include "ublk/buffer_pool.h"
 #include "ublk/clock.h"
 #include "ublk/memory.h"
+#include "ublk/memory_budget.h"
 #include "ublk/worker.h"
 
 namespace prometheus {
@@ -79,6 +80,18 @@ struct WorkerPoolOptions {
   // before each scrape).
   absl::Duration metrics_refresh_interval = absl::Seconds(1);
 
+  // Set: the pool owns a MemoryBudget with these options (the cgroup limit,
+  // or the override) that admits every pool chunk and heap buffer, re-read
+  // every budget_refresh_interval by a background thread (zero: only by
+  // RefreshBudget()). Unset: no budget (tests of the pool alone).
+  std::optional<MemoryBudgetOptions> budget;
+  absl::Duration budget_refresh_interval = absl::Milliseconds(250);
+  // Nullable: RealMemoryFiles. Must outlive the pool.
+  const MemoryFiles* memory_files = nullptr;
+  // Slots per pool chunk (BufferPoolOptions::chunk_slots): a worker's pool
+  // is mapped a chunk at a time as its queues need it. 0: whole pools.
+  size_t buffer_chunk_slots = 8;
+
   // The per-worker buffer pool options these settings give. InvalidArgument
   // naming the field when they do not validate.
   absl::StatusOr<BufferPoolOptions> BufferPoolFor(int workers) const;
@@ -91,6 +104,9 @@ class WorkerPool {
   //   ublk_csi_worker_ios_total{worker="<id>"}  requests completed
   //   ublk_csi_worker_queues{worker="<id>"}     queues being served
   //   ublk_csi_worker_assigned_queues{worker="<id>"}  queues assigned
+  //   ublk_csi_worker_parked_ios{worker="<id>"}  I/Os waiting for a buffer
+  //   ublk_csi_worker_parked_ios_total{worker="<id>"}  I/Os that ever waited
+  //   and, with options.budget, MemoryBudget's ublk_csi_memory_* metrics
   // InvalidArgument for bad options (naming the field); a worker's own
   // creation error (io_uring, eventfd) with context.
   static absl::StatusOr<std::unique_ptr<WorkerPool>> Create(const WorkerPoolOptions& options,
@@ -123,14 +139,21 @@ class WorkerPool {
 
   // Copies the workers' I/O counters and queue counts into the metrics now.
   void UpdateMetrics();
+  // Null without options.budget.
+  MemoryBudget* memory_budget() const { return budget_.get(); }
+  // Re-reads the budget and wakes the workers if memory got tight.
+  void RefreshBudget();
 
  private:
   struct Series;
 
   WorkerPool();
-  void RefreshLoop(absl::Duration interval);
+  void RefreshLoop(absl::Duration metrics_interval, absl::Duration budget_interval);
 
   BufferPoolOptions buffer_pool_options_;
+  RealMemoryFiles real_files_;
+  std::unique_ptr<MemoryBudget> budget_;
+  uint64_t budget_epoch_ = 0;  // under metrics_mu_ (after Create)
   std::unique_ptr<BufferPoolMetrics> pool_metrics_;
   std::vector<std::unique_ptr<Worker>> workers_;
 

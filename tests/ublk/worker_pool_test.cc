@@ -335,6 +335,175 @@ TEST_F(WorkerPoolTest, ExportsComeAndGoWithoutDisturbingOthers) {
   EXPECT_EQ(kernel.device_count(), 0u);
 }
 
+// Pools sized to what is served: one small export maps one chunk, not the
+// worker's whole share of the node budget; the pool never grows past the
+// depth of the queues attached, and goes when the last one does.
+TEST_F(WorkerPoolTest, PoolFollowsTheQueuesItServes) {
+  FakeKernel kernel;
+  auto control = kernel.OpenControl(CmdEncoding::kIoctl);
+  prometheus::Registry registry;
+  WorkerPoolOptions o = Options(1);  // 64 MiB budget: 512 slots, chunks of 8
+  auto pool = MakePool(o, &registry);
+  ASSERT_NE(pool, nullptr);
+  ASSERT_EQ(pool->buffer_pool_options().slot_count, 512u);
+  ExportOptions eo;
+  eo.queue_depth = 4;
+  eo.max_io_bytes = 128 * 1024;
+  auto workers = pool->Assign(1);
+  auto small = Export::Create(*control, workers, MakeFileTarget("small", 1 << 20), eo);
+  ASSERT_TRUE(small.ok()) << small.status();
+  ASSERT_TRUE((*small)->Start().ok());
+  ASSERT_EQ(kernel.Write((*small)->dev_id(), 0, Pattern(65536, 1))->result, 65536);
+  EXPECT_EQ(pool->buffer_pool_metrics()->pool_bytes(0), 8.0 * 128 * 1024);  // 1 MiB, not 64
+  EXPECT_EQ(memory_.live_maps(), 1);
+
+  // A deep queue with many requests in flight: the pool grows, by chunks,
+  // up to at most the depth attached (4 + 32 slots -> 5 chunks).
+  eo.queue_depth = 32;
+  auto workers2 = pool->Assign(1);
+  auto deep = Export::Create(*control, workers2, MakeFileTarget("deep", 4 << 20), eo);
+  ASSERT_TRUE(deep.ok()) << deep.status();
+  ASSERT_TRUE((*deep)->Start().ok());
+  std::vector<std::shared_ptr<FakeKernel::Request>> reqs;
+  for (int round = 0; round < 4; ++round) {
+    for (int i = 0; i < 32; ++i) {
+      reqs.push_back(kernel.SubmitIoAsync((*deep)->dev_id(), UBLK_IO_OP_WRITE,
+                                          uint64_t(i) * 131072, 131072, Pattern(131072, i)));
+    }
+    for (auto& r : reqs) ASSERT_EQ(kernel.Wait(r, absl::Seconds(10))->result, 131072);
+    reqs.clear();
+  }
+  const double bytes = pool->buffer_pool_metrics()->pool_bytes(0);
+  EXPECT_GE(bytes, 8.0 * 128 * 1024);
+  EXPECT_LE(bytes, 40.0 * 128 * 1024);
+  EXPECT_EQ(pool->buffer_pool_metrics()->heap_fallbacks(0), 0);
+
+  for (auto* e : {&*small, &*deep}) {
+    ASSERT_TRUE((*e)->Stop().ok());
+    ASSERT_TRUE((*e)->Delete().ok());
+  }
+  pool->Release(workers);
+  pool->Release(workers2);
+  // Nothing left to serve: the pool is gone with the last queue.
+  for (int i = 0; i < 200 && memory_.live_maps() != 0; ++i) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(memory_.live_maps(), 0);
+  EXPECT_EQ(pool->buffer_pool_metrics()->pool_bytes(0), 0);
+}
+
+// Issue 17: under a memory cgroup with no headroom the I/O is parked (no
+// pool is mapped, no heap block even tried), counted in the metrics, and
+// served as soon as the limit is raised.
+TEST_F(WorkerPoolTest, NoHeadroomParksIoUntilTheLimitIsRaised) {
+  constexpr uint64_t kMiB = 1 << 20;
+  FakeKernel kernel;
+  auto control = kernel.OpenControl(CmdEncoding::kIoctl);
+  prometheus::Registry registry;
+  FakeMemoryFiles files;
+  files.SetCgroupV2("/plugin", 40 * kMiB, 36 * kMiB);  // 4 MiB free, margin 8
+  WorkerPoolOptions o = Options(1);
+  o.budget = MemoryBudgetOptions{};
+  o.memory_files = &files;
+  o.budget_refresh_interval = absl::ZeroDuration();
+  o.buffer_retry_interval = absl::Milliseconds(20);
+  o.no_memory_retry = absl::Milliseconds(2);
+  LogCapture logs;
+  auto pool = MakePool(o, &registry);
+  ASSERT_NE(pool, nullptr);
+  ASSERT_NE(pool->memory_budget(), nullptr);
+  EXPECT_EQ(pool->memory_budget()->limit(), 40 * kMiB);
+  ExportOptions eo;
+  eo.queue_depth = 4;
+  eo.max_io_bytes = 128 * 1024;
+  auto workers = pool->Assign(1);
+  auto e = Export::Create(*control, workers, MakeFileTarget("d", 1 << 20), eo);
+  ASSERT_TRUE(e.ok()) << e.status();
+  ASSERT_TRUE((*e)->Start().ok());
+
+  const std::string data = Pattern(16384, 9);
+  auto write = kernel.SubmitIoAsync((*e)->dev_id(), UBLK_IO_OP_WRITE, 0, 16384, data);
+  EXPECT_EQ(kernel.Wait(write, absl::Milliseconds(100)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(pool->worker(0)->parked_ios(), 1u);
+  EXPECT_EQ(memory_.map_calls(), 0);   // refused before mapping anything
+  EXPECT_EQ(memory_.heap_calls(), 0);  // ... or allocating anything
+  EXPECT_GT(pool->memory_budget()->denials(), 1u);  // and retried
+  pool->UpdateMetrics();
+  pool->RefreshBudget();
+  EXPECT_EQ(MetricValue(registry, "ublk_csi_worker_parked_ios", 0), 1);
+  EXPECT_EQ(MetricValue(registry, "ublk_csi_worker_parked_ios_total", 0), 1);
+  EXPECT_EQ(logs.Count(google::GLOG_WARNING, {WorkerTag(0), "refused by the memory budget"}), 1);
+
+  files.SetCgroupV2("/plugin", 80 * kMiB, 36 * kMiB);
+  pool->RefreshBudget();
+  auto done = kernel.Wait(write, absl::Seconds(5));
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->result, 16384);
+  auto r = kernel.Read((*e)->dev_id(), 0, 16384);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->data == data);
+  // The pool comes back (its chunk admitted now), after the retry interval.
+  for (int i = 0; i < 100 && pool->buffer_pool_metrics()->pool_bytes(0) == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(25));
+    ASSERT_EQ(kernel.Write((*e)->dev_id(), 0, Pattern(4096, i))->result, 4096);
+  }
+  EXPECT_GT(pool->buffer_pool_metrics()->pool_bytes(0), 0);
+  EXPECT_EQ(pool->worker(0)->parked_ios(), 0u);
+  EXPECT_EQ(pool->memory_budget()->charged(),
+            static_cast<uint64_t>(pool->buffer_pool_metrics()->pool_bytes(0)));
+  ASSERT_TRUE((*e)->Stop().ok());
+  ASSERT_TRUE((*e)->Delete().ok());
+  pool->Release(workers);
+  pool.reset();
+  EXPECT_EQ(memory_.live_maps(), 0);
+  EXPECT_EQ(memory_.live_heap_blocks(), 0);
+}
+
+// memory.high throttling: the workers give their idle pools back (one line
+// each), and I/O goes on.
+TEST_F(WorkerPoolTest, MemoryHighEventsReleaseIdlePools) {
+  constexpr uint64_t kMiB = 1 << 20;
+  FakeKernel kernel;
+  auto control = kernel.OpenControl(CmdEncoding::kIoctl);
+  FakeMemoryFiles files;
+  files.SetCgroupV2("/plugin", 200 * kMiB, 30 * kMiB, /*high_events=*/2);
+  WorkerPoolOptions o = Options(1);
+  o.budget = MemoryBudgetOptions{};
+  o.memory_files = &files;
+  o.budget_refresh_interval = absl::ZeroDuration();
+  LogCapture logs;
+  auto pool = MakePool(o);
+  ASSERT_NE(pool, nullptr);
+  ExportOptions eo;
+  eo.queue_depth = 4;
+  eo.max_io_bytes = 128 * 1024;
+  auto workers = pool->Assign(1);
+  auto e = Export::Create(*control, workers, MakeFileTarget("d", 1 << 20), eo);
+  ASSERT_TRUE(e.ok()) << e.status();
+  ASSERT_TRUE((*e)->Start().ok());
+  ASSERT_EQ(kernel.Write((*e)->dev_id(), 0, Pattern(8192, 1))->result, 8192);
+  for (int i = 0; i < 200 && pool->worker(0)->buffer_pool_bytes() == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_GT(pool->worker(0)->buffer_pool_bytes(), 0u);
+  EXPECT_EQ(memory_.live_maps(), 1);
+
+  files.SetCgroupV2("/plugin", 200 * kMiB, 30 * kMiB, /*high_events=*/9);
+  pool->RefreshBudget();
+  for (int i = 0; i < 200 && memory_.live_maps() != 0; ++i) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(memory_.live_maps(), 0);
+  EXPECT_EQ(pool->memory_budget()->high_events(), 7u);
+  EXPECT_EQ(pool->memory_budget()->charged(), 0u);
+  EXPECT_EQ(logs.Count(google::GLOG_INFO, {WorkerTag(0), "released its idle buffer pool"}), 1);
+  // I/O goes on.
+  ASSERT_EQ(kernel.Write((*e)->dev_id(), 4096, Pattern(8192, 2))->result, 8192);
+  auto r = kernel.Read((*e)->dev_id(), 4096, 8192);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->data == Pattern(8192, 2));
+  ASSERT_TRUE((*e)->Stop().ok());
+  ASSERT_TRUE((*e)->Delete().ok());
+  pool->Release(workers);
+}
+
 TEST_F(WorkerPoolTest, MetricsThreadRefreshesWithoutBeingAsked) {
   FakeKernel kernel;
   auto control = kernel.OpenControl(CmdEncoding::kIoctl);

@@ -18,8 +18,8 @@ absl::StatusOr<void*> FaultInjectingMemorySource::Map(size_t len) {
     ++map_calls_;
     if (ShouldFail(map_plan_)) {
       ++failed_map_calls_;
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "mmap of ", len, " bytes: Cannot allocate memory (injected ENOMEM)"));
+      // No message: see MemorySource (a message would allocate).
+      return absl::Status(absl::StatusCode::kResourceExhausted, "");
     }
   }
   absl::StatusOr<void*> addr = base_.Map(len);
@@ -46,9 +46,7 @@ absl::StatusOr<void*> FaultInjectingMemorySource::AllocateHeap(size_t len,
     ++heap_calls_;
     if (ShouldFail(heap_plan_)) {
       ++failed_heap_calls_;
-      return absl::ResourceExhaustedError(
-          absl::StrCat("heap allocation of ", len, " bytes aligned to ", align,
-                       ": Cannot allocate memory (injected)"));
+      return absl::Status(absl::StatusCode::kResourceExhausted, "");
     }
   }
   absl::StatusOr<void*> block = base_.AllocateHeap(len, align);
@@ -124,6 +122,39 @@ int64_t FaultInjectingMemorySource::live_maps() const {
 int64_t FaultInjectingMemorySource::live_heap_blocks() const {
   std::lock_guard<std::mutex> lock(mu_);
   return live_heap_blocks_;
+}
+
+absl::StatusOr<std::string> FakeMemoryFiles::Read(const std::string& path) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++reads_;
+  auto it = files_.find(path);
+  if (it == files_.end()) return absl::NotFoundError(absl::StrCat("reading ", path));
+  return it->second;
+}
+
+void FakeMemoryFiles::Set(const std::string& path, const std::string& content) {
+  std::lock_guard<std::mutex> lock(mu_);
+  files_[path] = content;
+}
+
+void FakeMemoryFiles::Remove(const std::string& path) {
+  std::lock_guard<std::mutex> lock(mu_);
+  files_.erase(path);
+}
+
+int64_t FakeMemoryFiles::reads() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return reads_;
+}
+
+void FakeMemoryFiles::SetCgroupV2(const std::string& group, uint64_t max, uint64_t current,
+                                  uint64_t high_events) {
+  const std::string dir = "/sys/fs/cgroup" + group;
+  Set("/proc/self/cgroup", absl::StrCat("0::", group, "\n"));
+  Set(dir + "/memory.max", max == 0 ? std::string("max\n") : absl::StrCat(max, "\n"));
+  Set(dir + "/memory.current", absl::StrCat(current, "\n"));
+  Set(dir + "/memory.events",
+      absl::StrCat("low 0\nhigh ", high_events, "\nmax 0\noom 0\noom_kill 0\n"));
 }
 
 }  // namespace ublk
