@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "csi/controller_service.h"
+#include "csi/crash_loop_guard.h"
 #include "csi/endpoint.h"
 #include "csi/fake_mounter.h"
 #include "csi/fake_volume_backend.h"
@@ -157,6 +158,18 @@ int Run() {
 
   absl::StatusOr<std::unique_ptr<RecordStore>> store = RecordStore::Open(FLAGS_data_dir, registry.get());
   if (!store.ok()) return Fail(store.status());
+  // Counts starts whose recovery did not complete; after a few, this start
+  // recovers one volume at a time without buffer pools (crash_loop_guard.h).
+  std::shared_ptr<CrashLoopGuard> guard;
+  if (auto g = CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold,
+                                     registry.get());
+      g.ok()) {
+    guard = std::move(*g);
+  } else {
+    LOG(WARNING) << g.status() << "; recovering without the crash-loop guard";
+  }
+  const bool conservative = guard != nullptr && guard->conservative();
+  std::unique_ptr<HeapOnlyMemorySource> heap_only;
 
   // Declared in this order so they are destroyed backend first (it detaches
   // every export: USER_RECOVERY devices stay quiesced for the next process),
@@ -177,12 +190,13 @@ int Run() {
     backend = std::make_unique<FakeVolumeBackend>(dev_dir, 64);
   } else if (FLAGS_backend == "ublk") {
     memory = std::make_unique<ublk::RealMemorySource>();
+    heap_only = std::make_unique<HeapOnlyMemorySource>(*memory, conservative);
     ublk::WorkerPoolOptions wopts;
     wopts.worker_count = FLAGS_workers;
-    wopts.memory = memory.get();
+    wopts.memory = heap_only.get();
     if (FLAGS_fault_injection_fail_buffer_pool_mmap_seconds > 0) {
       fault_memory = std::make_unique<MmapFaultMemorySource>(
-          *memory, clock,
+          *heap_only, clock,
           absl::Now() + absl::Seconds(FLAGS_fault_injection_fail_buffer_pool_mmap_seconds));
       LOG(WARNING) << "FAULT INJECTION: every buffer-pool mmap fails for "
                    << FLAGS_fault_injection_fail_buffer_pool_mmap_seconds << " s";
@@ -204,13 +218,16 @@ int Run() {
     pool = std::move(*created);
     // No driver (or an unusable one) does not stop the plugin: Usable(),
     // Probe and /readyz say why, and every export call fails with it.
+    UblkVolumeBackendOptions bopts;
+    bopts.clock = &clock;
+    bopts.registry = registry.get();
     auto ublk_backend = UblkVolumeBackend::Open(
-        [](ublk::CmdEncoding enc) -> absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> {
-          auto dev = ublk::RealControlDevice::Open(enc);
+        [&clock](ublk::CmdEncoding enc) -> absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> {
+          auto dev = ublk::RealControlDevice::Open(enc, ublk::kUblkControlPath, &clock);
           if (!dev.ok()) return dev.status();
           return std::unique_ptr<ublk::ControlDevice>(std::move(*dev));
         },
-        feature_options, pool.get());
+        feature_options, pool.get(), bopts);
     // A live ublk device can only grow with UPDATE_SIZE (Linux 6.14+); on
     // older kernels expansion is offline: the device takes the grown backing
     // file's size when it is staged again, then NodeExpandVolume grows the fs.
@@ -275,8 +292,18 @@ int Run() {
     // In the background: the servers start now, answer Probe/readyz "not
     // ready" and NodeStage of a volume not yet recovered UNAVAILABLE.
     RecoveryOptions ro;
-    ro.concurrency = FLAGS_recovery_concurrency;
+    ro.concurrency = conservative ? 1 : FLAGS_recovery_concurrency;
+    ro.clock = &clock;
+    HeapOnlyMemorySource* ho = heap_only.get();
+    ro.on_done = [guard, ho](int, int) {
+      if (guard != nullptr) {
+        if (absl::Status s = guard->Complete(); !s.ok()) LOG(WARNING) << s;
+      }
+      if (ho != nullptr) ho->SetHeapOnly(false);
+    };
     recovery = std::make_unique<RecoveryManager>(manager.get(), &health, registry.get(), ro);
+    RecoveryManager* rm = recovery.get();
+    health.SetServingCheck([rm] { return rm->ServingStatus(); });
     recovery->Start();
   } else {
     health.SetRecoveryDone();

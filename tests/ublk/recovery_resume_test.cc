@@ -109,6 +109,10 @@ class RecoveryResumeTest : public ::testing::TestWithParam<Case> {
     auto r = Export::Recover(*control_, Workers(), target_, id, Quick());
     ASSERT_FALSE(r.ok());
     EXPECT_THAT(std::string(r.status().message()), HasSubstr("fault point"));
+    // The dead server's channels close on its worker threads: wait for
+    // that (a liveness bound, not a timing check).
+    for (int i = 0; i < 5000 && kernel_.open_channels(id) > 0; ++i) absl::SleepFor(absl::Milliseconds(1));
+    ASSERT_EQ(kernel_.open_channels(id), 0);
     kernel_.NewProcess();  // the next server
   }
   // Backoff on the real clock but short: the previous server's channels

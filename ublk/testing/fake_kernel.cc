@@ -282,7 +282,8 @@ struct FakeKernel::State {
     return true;
   }
   absl::Status Crashed(absl::string_view where) const {
-    return absl::AbortedError(absl::StrCat("fault point: server killed ", where));
+    // Not Aborted: callers read that as "busy, retry".
+    return absl::InternalError(absl::StrCat("fault point: server killed ", where));
   }
 
   // ublk_queue_reinit on every queue (START_USER_RECOVERY before 6.16, char

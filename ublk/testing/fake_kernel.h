@@ -150,7 +150,8 @@ class FakeKernel {
 
   // Fault injection.
   // Where a recovering server is killed: the call that reaches the point
-  // does the kernel's part of it, then fails with Aborted, and the caller
+  // does the kernel's part of it, then fails with Internal (and so does
+  // every later FETCH of this process), and the caller
   // drops what it holds as a dying process would (closing its channels).
   // Follow with NewProcess() before the next server starts.
   enum class CrashPoint {
