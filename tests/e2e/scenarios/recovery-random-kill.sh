@@ -141,7 +141,7 @@ for f in "$WORK"/fio-*.log; do
   grep -qE "err= *0" "$f" || { ferr=$((ferr + 1)); grep -E "err=|verify" "$f" | head -3; }
 done
 [ "$ferr" = 0 ] && e2e_ok "fio: 0 errors on $FIO_VOLS volumes" || e2e_check_failed "fio: $ferr failures"
-failed=$("${CTL[@]}" status | grep -c "failed")
+failed=$("${CTL[@]}" status | grep -c "ABNORMAL")
 [ "$failed" = 0 ] && e2e_ok "0 volumes marked failed" || e2e_check_failed "$failed volumes marked failed"
 kill -TERM "$PID"; wait "$PID" 2>/dev/null
 e2e_finish
