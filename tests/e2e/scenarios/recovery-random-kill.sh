@@ -3,7 +3,8 @@
 # (64 KiB pattern each) and fio randwrite+verify runs on FIO_VOLS of them;
 # then ROUNDS times in a row (default 30; CI may set fewer) the plugin is
 # started and killed with SIGKILL at a random moment of its recovery
-# (uniform in 0..KILL_MAX_MS, default 1500 ms), which on 6.12 leaves devices
+# (uniform in 0..KILL_MAX_MS after recovery begins, default 1500 ms), which
+# on 6.12 leaves devices
 # START_USER_RECOVERY'd, mmapped or half-fetched by a dead process. A last
 # start must then recover every volume: ready=true (Probe and /readyz), the
 # log's "recovery done: N ... N recovered, 0 recreated, 0 failed", every
@@ -83,7 +84,13 @@ stuck=0
 total_ms=0
 for r in $(seq "$ROUNDS"); do
   t0=$(now_ms)
+  started=$(grep -c "staged or published volume(s)" "$WORK/plugin.log")
   start_plugin
+  # The random moment counts from when recovery begins (its "recovery: N
+  # staged or published volume(s)" line), not from the exec: under TCG a
+  # start takes longer than a recovery.
+  e2e_wait_for 60 sh -c "[ \$(grep -c 'staged or published volume(s)' '$WORK/plugin.log') -gt $started ]" \
+    || echo "  round $r: recovery did not begin within 60 s"
   delay=$(( RANDOM % (KILL_MAX_MS + 1) ))
   sleep "$(printf '%d.%03d' $((delay / 1000)) $((delay % 1000)))"
   done_now=$(grep -c "recovery done" "$WORK/plugin.log")
