@@ -24,12 +24,24 @@ absl::Status Health::Backend() const {
   return backend_;
 }
 
-absl::Status Health::Ready() const {
+void Health::SetServingCheck(std::function<absl::Status()> check) {
   std::lock_guard<std::mutex> l(mu_);
-  if (!backend_.ok()) return backend_;
-  if (!recovery_pending_.empty()) {
-    return absl::UnavailableError(absl::StrCat("recovering: ", recovery_pending_));
+  serving_check_ = std::move(check);
+}
+
+absl::Status Health::Ready() const {
+  std::function<absl::Status()> check;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!backend_.ok()) return backend_;
+    if (!recovery_pending_.empty()) {
+      return absl::UnavailableError(absl::StrCat("recovering: ", recovery_pending_));
+    }
+    check = serving_check_;
   }
+  // Outside the lock: the check asks the volume manager, whose calls may
+  // update this Health.
+  if (check) return check();
   return absl::OkStatus();
 }
 

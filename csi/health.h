@@ -2,6 +2,7 @@
 // HTTP /healthz and /readyz endpoints. Thread-safe.
 #pragma once
 
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -18,8 +19,14 @@ class Health {
   // Volume recovery after start: ready is withheld until it is done.
   void SetRecoveryPending(std::string why);
   void SetRecoveryDone();
+  // Whether every volume that should be served is (checked at each Ready(),
+  // without Health's lock held): e.g. RecoveryManager::ServingStatus, which
+  // says "N of M staged volumes not serving (...)". Set once, before the
+  // servers start.
+  void SetServingCheck(std::function<absl::Status()> check);
 
-  // OK when the backend is usable and recovery is done; otherwise the reason.
+  // OK when the backend is usable, recovery is done and the serving check
+  // passes; otherwise the reason.
   absl::Status Ready() const;
   // Backend status alone (Probe fails on an unusable backend even while
   // recovery would otherwise keep it merely "not ready").
@@ -32,6 +39,7 @@ class Health {
   absl::Status backend_ ABSL_GUARDED_BY(mu_) =
       absl::UnavailableError("backend not checked yet");
   std::string recovery_pending_ ABSL_GUARDED_BY(mu_);
+  std::function<absl::Status()> serving_check_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ublk_csi

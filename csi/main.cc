@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "csi/controller_service.h"
+#include "csi/crash_loop_guard.h"
 #include "csi/endpoint.h"
 #include "csi/fake_mounter.h"
 #include "csi/fake_volume_backend.h"
@@ -280,7 +281,12 @@ void RaiseOpenFileLimit() {
 // USER_RECOVERY devices stay quiesced for the next process), then the worker
 // pool.
 struct BackendParts {
+  // Counts starts whose recovery did not complete; after a few, this start
+  // recovers one volume at a time without buffer pools (crash_loop_guard.h).
+  std::shared_ptr<CrashLoopGuard> guard;
+  bool conservative = false;
   std::unique_ptr<ublk::RealMemorySource> memory;
+  std::unique_ptr<HeapOnlyMemorySource> heap_only;
   ublk::RealClock clock;
   std::unique_ptr<MmapFaultMemorySource> fault_memory;
   std::unique_ptr<ublk::WorkerPool> pool;
@@ -303,9 +309,10 @@ absl::Status BuildFakeBackend(BackendParts* parts) {
 absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
                               prometheus::Registry* registry, BackendParts* parts) {
   parts->memory = std::make_unique<ublk::RealMemorySource>();
+  parts->heap_only = std::make_unique<HeapOnlyMemorySource>(*parts->memory, parts->conservative);
   ublk::WorkerPoolOptions wopts;
   wopts.worker_count = FLAGS_workers;
-  wopts.memory = parts->memory.get();
+  wopts.memory = parts->heap_only.get();
   wopts.budget = ublk::MemoryBudgetOptions{};  // admits buffers within the cgroup's limit
   absl::StatusOr<int64_t> headroom = ParseSize(FLAGS_memory_headroom);
   if (!headroom.ok()) {
@@ -321,7 +328,7 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
   if (*limit > 0) wopts.budget->limit_override = static_cast<uint64_t>(*limit);
   if (FLAGS_fault_injection_fail_buffer_pool_mmap_seconds > 0) {
     parts->fault_memory = std::make_unique<MmapFaultMemorySource>(
-        *parts->memory, parts->clock,
+        *parts->heap_only, parts->clock,
         absl::Now() + absl::Seconds(FLAGS_fault_injection_fail_buffer_pool_mmap_seconds));
     LOG(WARNING) << "FAULT INJECTION: every buffer-pool mmap fails for "
                  << FLAGS_fault_injection_fail_buffer_pool_mmap_seconds << " s";
@@ -340,13 +347,17 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
   ASSIGN_OR_RETURN(parts->pool, ublk::WorkerPool::Create(wopts, registry));
   // No driver (or an unusable one) does not stop the plugin: Usable(),
   // Probe and /readyz say why, and every export call fails with it.
+  UblkVolumeBackendOptions bopts;
+  bopts.clock = &parts->clock;
+  bopts.registry = registry;
+  ublk::RealClock* clock = &parts->clock;
   auto ublk_backend = UblkVolumeBackend::Open(
-      [](ublk::CmdEncoding enc) -> absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> {
-        auto dev = ublk::RealControlDevice::Open(enc);
+      [clock](ublk::CmdEncoding enc) -> absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> {
+        auto dev = ublk::RealControlDevice::Open(enc, ublk::kUblkControlPath, clock);
         if (!dev.ok()) return dev.status();
         return std::unique_ptr<ublk::ControlDevice>(std::move(*dev));
       },
-      feature_options, parts->pool.get());
+      feature_options, parts->pool.get(), bopts);
   // A live ublk device can only grow with UPDATE_SIZE (Linux 6.14+); on
   // older kernels expansion is offline: the device takes the grown backing
   // file's size when it is staged again, then NodeExpandVolume grows the fs.
@@ -392,28 +403,38 @@ struct Services {
 };
 
 absl::Status BuildServices(const PluginConfig& config, RecordStore* store,
-                           const BackendParts& parts, Mounter* mounter,
+                           BackendParts* parts, Mounter* mounter,
                            prometheus::Registry* registry, Health* health, Services* out) {
   VolumeManagerOptions opts;
   opts.node_id = FLAGS_node_id;
   opts.max_volumes_override = FLAGS_max_volumes;
   opts.default_volume_bytes = config.default_volume_bytes;
-  out->manager = std::make_unique<VolumeManager>(opts, store, parts.backend.get(), mounter);
+  out->manager = std::make_unique<VolumeManager>(opts, store, parts->backend.get(), mounter);
   RETURN_IF_ERROR(out->manager->Load());
   out->controller = std::make_unique<ControllerService>(out->manager.get());
   out->node = std::make_unique<NodeService>(out->manager.get());
   out->caps = {.controller_service = true,
                .volume_accessibility_constraints = true,
-               .online_expansion = parts.online_resize,
-               .offline_expansion = !parts.online_resize};
-  health->SetBackend(parts.backend->Usable());
+               .online_expansion = parts->online_resize,
+               .offline_expansion = !parts->online_resize};
+  health->SetBackend(parts->backend->Usable());
   if (!health->Backend().ok()) LOG(WARNING) << "backend unusable: " << health->Backend();
   if (health->Backend().ok()) {
     // In the background: the servers start now, answer Probe/readyz "not
     // ready" and NodeStage of a volume not yet recovered UNAVAILABLE.
     RecoveryOptions ro;
-    ro.concurrency = FLAGS_recovery_concurrency;
+    ro.concurrency = parts->conservative ? 1 : FLAGS_recovery_concurrency;
+    ro.clock = &parts->clock;
+    HeapOnlyMemorySource* ho = parts->heap_only.get();
+    ro.on_done = [guard = parts->guard, ho](int, int) {
+      if (guard != nullptr) {
+        if (absl::Status s = guard->Complete(); !s.ok()) LOG(WARNING) << s;
+      }
+      if (ho != nullptr) ho->SetHeapOnly(false);
+    };
     out->recovery = std::make_unique<RecoveryManager>(out->manager.get(), health, registry, ro);
+    RecoveryManager* rm = out->recovery.get();
+    health->SetServingCheck([rm] { return rm->ServingStatus(); });
     out->recovery->Start();
   } else {
     health->SetRecoveryDone();
@@ -498,11 +519,19 @@ int Run() {
       RecordStore::Open(FLAGS_data_dir, registry.get());
   if (!store.ok()) return Fail(store.status());
   BackendParts backend;
+  if (auto g = CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold,
+                                     registry.get());
+      g.ok()) {
+    backend.guard = std::move(*g);
+    backend.conservative = backend.guard->conservative();
+  } else {
+    LOG(WARNING) << g.status() << "; recovering without the crash-loop guard";
+  }
   if (absl::Status s = BuildBackend(*config, registry.get(), &backend); !s.ok()) return Fail(s);
   absl::StatusOr<std::unique_ptr<Mounter>> mounter = BuildMounter();
   if (!mounter.ok()) return Fail(mounter.status());
   Services services;
-  if (absl::Status s = BuildServices(*config, store->get(), backend, mounter->get(),
+  if (absl::Status s = BuildServices(*config, store->get(), &backend, mounter->get(),
                                      registry.get(), &health, &services);
       !s.ok()) {
     return Fail(s);

@@ -31,7 +31,10 @@ const char* RecoveryManager::OutcomeName(Outcome outcome) {
 
 RecoveryManager::RecoveryManager(VolumeManager* manager, Health* health,
                                  prometheus::Registry* registry, RecoveryOptions options)
-    : manager_(manager), health_(health), options_(options) {
+    : manager_(manager),
+      health_(health),
+      options_(std::move(options)),
+      clock_(options_.clock != nullptr ? *options_.clock : real_clock_) {
   if (registry != nullptr) {
     recoveries_ = &prometheus::BuildCounter()
                        .Name("ublk_csi_recoveries_total")
@@ -75,7 +78,7 @@ void RecoveryManager::Start() {
     order_ = picked;
     for (const std::string& id : order_) states_[id] = VState::kPending;
     progress_.total = static_cast<int>(order_.size());
-    started_at_ = absl::Now();
+    started_at_ = clock_.Now();
     if (order_.empty()) {
       progress_.finished = true;
     } else {
@@ -86,6 +89,7 @@ void RecoveryManager::Start() {
   manager_->SetGate(this);
   if (threads == 0) {
     LOG(INFO) << "recovery: no staged or published volumes";
+    if (options_.on_done) options_.on_done(0, 0);
     health_->SetRecoveryDone();
     RefreshExportGauge();
     cv_.notify_all();
@@ -167,17 +171,47 @@ void RecoveryManager::RefreshExportGauge() {
   for (const auto& [state, n] : counts) exports_->Add({{"state", state}}).Set(n);
 }
 
+absl::Status RecoveryManager::ServingStatus() const {
+  const std::vector<VolumeStatus> all = manager_->Status();
+  int should = 0, failed = 0, unrecovered = 0;
+  std::string example;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const VolumeStatus& v : all) {
+    auto it = states_.find(v.volume_id);
+    const bool pending = it != states_.end() && it->second != VState::kDone;
+    if (v.staged_path.empty() && v.published == 0 && !pending) continue;
+    ++should;
+    const ExportState st = v.export_status.state;
+    if (pending || st == ExportState::kRecovering) {
+      ++unrecovered;
+    } else if (st == ExportState::kFailed || st == ExportState::kAbsent) {
+      ++failed;
+      if (example.empty()) {
+        example = absl::StrCat(v.volume_id, ": ",
+                               v.export_status.message.empty() ? ExportStateName(st)
+                                                               : v.export_status.message);
+      }
+    }
+  }
+  if (failed == 0 && unrecovered == 0) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(
+      failed + unrecovered, " of ", should, " staged or published volumes not serving: ", failed,
+      " failed, ", unrecovered, " not recovered yet", example.empty() ? "" : " (e.g. ", example,
+      example.empty() ? "" : ")"));
+}
+
 absl::StatusOr<ExportInfo> RecoveryManager::RecoverOne(const std::string& volume_id) {
-  const absl::Time give_up = absl::Now() + options_.busy_retry_for;
+  const absl::Time give_up = clock_.Now() + options_.busy_retry_for;
   for (;;) {
     absl::StatusOr<ExportInfo> info = manager_->RecoverExport(volume_id);
     if (info.ok() || info.status().code() != absl::StatusCode::kAborted) return info;
     // A call on this volume holds its lock (it cannot be a NodeStage: the
     // gate turns those away; e.g. a NodeUnpublish). Wait for it, briefly.
-    std::unique_lock<std::mutex> lock(mu_);
-    if (stopping_ || absl::Now() >= give_up) return info;
-    cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.busy_retry_interval),
-                 [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_ || clock_.Now() >= give_up) return info;
+    }
+    clock_.SleepFor(options_.busy_retry_interval);
   }
 }
 
@@ -190,7 +224,7 @@ void RecoveryManager::Run() {
       id = order_[next_++];
       states_[id] = VState::kInProgress;
     }
-    const absl::Time t0 = absl::Now();
+    const absl::Time t0 = clock_.Now();
     absl::StatusOr<ExportInfo> info = RecoverOne(id);
     Outcome outcome = Outcome::kFailed;
     if (info.ok()) {
@@ -202,7 +236,7 @@ void RecoveryManager::Run() {
       LOG(ERROR) << "volume " << id << ": recovery failed, volume marked failed: "
                  << info.status();
     }
-    Finish(id, outcome, absl::Now() - t0);
+    Finish(id, outcome, clock_.Now() - t0);
   }
   bool all_done = false;
   Progress p;
@@ -211,11 +245,12 @@ void RecoveryManager::Run() {
     std::lock_guard<std::mutex> lock(mu_);
     all_done = --running_ == 0 && progress_.done == progress_.total;
     p = progress_;
-    took = absl::Now() - started_at_;
+    took = clock_.Now() - started_at_;
   }
   if (all_done) {
     LOG(INFO) << "recovery done: " << p.total << " volume(s) in " << took << ": " << p.recovered
               << " recovered, " << p.recreated << " recreated, " << p.failed << " failed";
+    if (options_.on_done) options_.on_done(p.total, p.failed);
     // Health and the gauge first: whoever WaitDone() wakes sees them final.
     health_->SetRecoveryDone();
     RefreshExportGauge();

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -26,6 +27,7 @@
 #include "absl/time/time.h"
 #include "csi/health.h"
 #include "csi/volume_manager.h"
+#include "ublk/clock.h"
 
 namespace prometheus {
 class Registry;
@@ -47,6 +49,11 @@ struct RecoveryOptions {
   // every `busy_retry_interval` for at most `busy_retry_for`, then failed.
   absl::Duration busy_retry_interval = absl::Milliseconds(20);
   absl::Duration busy_retry_for = absl::Seconds(30);
+  // Nullable: a RealClock. Every deadline, duration and retry wait uses it.
+  const ublk::Clock* clock = nullptr;
+  // Called once when every volume has an outcome (before Health turns
+  // ready), e.g. to reset the crash-loop guard.
+  std::function<void(int total, int failed)> on_done;
 };
 
 class RecoveryManager final : public VolumeGate {
@@ -88,6 +95,11 @@ class RecoveryManager final : public VolumeGate {
   absl::Status CheckServing(const std::string& volume_id) override;
 
   Progress progress() const;
+  // For Health::SetServingCheck: OK when every volume whose record says it
+  // is staged or published is served (its export live or degraded);
+  // otherwise Unavailable "N of M staged or published volumes not serving:
+  // F failed, U not recovered yet (e.g. vol-a: <why>)".
+  absl::Status ServingStatus() const;
   // The outcome of one volume, if it has one.
   std::optional<Outcome> OutcomeOf(const std::string& volume_id) const;
   // Sets ublk_csi_exports{state=absent|recovering|live|degraded|failed|pending}
@@ -106,6 +118,8 @@ class RecoveryManager final : public VolumeGate {
   VolumeManager* const manager_;
   Health* const health_;
   const RecoveryOptions options_;
+  const ublk::RealClock real_clock_;
+  const ublk::Clock& clock_;
 
   prometheus::Family<prometheus::Counter>* recoveries_ = nullptr;
   prometheus::Histogram* duration_ = nullptr;

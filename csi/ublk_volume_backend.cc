@@ -12,6 +12,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "glog/logging.h"
+#include "prometheus/counter.h"
+#include "prometheus/registry.h"
 #include "ublk/file_target.h"
 #include "ublk/kernel_real.h"
 
@@ -91,8 +93,22 @@ UblkVolumeBackend::UblkVolumeBackend(
       control_(control.ok() ? std::move(*control) : nullptr),
       features_(std::move(features)),
       pool_(pool),
-      options_(std::move(options)) {
+      options_(std::move(options)),
+      clock_(options_.clock != nullptr ? *options_.clock : real_clock_) {
   if (!usable_.ok()) LOG(WARNING) << "ublk volume backend unusable: " << usable_;
+  if (options_.registry != nullptr) {
+    auto& family = prometheus::BuildCounter()
+                       .Name("ublk_csi_recovery_resume_total")
+                       .Help("Resuming devices whose previous recovery was cut short: "
+                             "busy_retry (START_USER_RECOVERY retried while the old server's "
+                             "char device was not released), rearm (a 6.1-6.15 device left "
+                             "with no queue ready, re-armed), gave_up (the char device stayed "
+                             "held: the volume is marked failed, see README)")
+                       .Register(*options_.registry);
+    resume_busy_retries_ = &family.Add({{"event", "busy_retry"}});
+    resume_rearms_ = &family.Add({{"event", "rearm"}});
+    resume_gave_up_ = &family.Add({{"event", "gave_up"}});
+  }
 }
 
 std::unique_ptr<UblkVolumeBackend> UblkVolumeBackend::Open(
@@ -236,9 +252,11 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
   // char device is not released yet. (Not told apart by ublksrv_pid: in a
   // container both processes may well be pid 1.)
   if (dev->state == UBLK_S_DEV_LIVE && !Serves(dev_id)) {
-    const absl::Time give_up = absl::Now() + options_.quiesce_wait;
-    while (dev.ok() && dev->state == UBLK_S_DEV_LIVE && absl::Now() < give_up) {
-      absl::SleepFor(options_.quiesce_poll);
+    const absl::Time give_up = clock_.Now() + options_.quiesce_wait;
+    absl::Duration poll = options_.quiesce_poll_initial;
+    while (dev.ok() && dev->state == UBLK_S_DEV_LIVE && clock_.Now() < give_up) {
+      clock_.SleepFor(poll);
+      poll = std::min(poll * 2, options_.quiesce_poll);
       dev = control_->GetDeviceInfo(dev_id);
     }
     if (!dev.ok()) return false;
@@ -254,8 +272,20 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
     target = v.target;
   }
   std::vector<ublk::Worker*> workers = pool_->Assign(dev->nr_hw_queues);
+  ublk::RecoverOptions ro = options_.recover;
+  ro.clock = &clock_;
+  ublk::RecoverStats stats;
   absl::StatusOr<std::unique_ptr<ublk::Export>> e =
-      ublk::Export::Recover(*control_, workers, target, dev_id);
+      ublk::Export::Recover(*control_, workers, target, dev_id, ro, &stats);
+  if (resume_busy_retries_ != nullptr) {
+    resume_busy_retries_->Increment(stats.busy_retries);
+    resume_rearms_->Increment(stats.rearms);
+    if (stats.gave_up) resume_gave_up_->Increment();
+  }
+  if (stats.rearms > 0 || stats.busy_retries > 0) {
+    LOG(INFO) << ctx << ": ublk device " << dev_id << ": recovery resumed after "
+              << stats.busy_retries << " busy retries, " << stats.rearms << " re-arm(s)";
+  }
   if (!e.ok()) {
     pool_->Release(workers);
     // Not replaced by a new device: this one may still be mounted.

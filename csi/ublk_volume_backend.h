@@ -24,11 +24,19 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "csi/volume_backend.h"
+#include "ublk/clock.h"
 #include "ublk/export.h"
 #include "ublk/features.h"
 #include "ublk/file_target.h"
 #include "ublk/kernel.h"
 #include "ublk/worker_pool.h"
+
+namespace prometheus {
+class Registry;
+class Counter;
+template <typename T>
+class Family;
+}  // namespace prometheus
 
 namespace ublk_csi {
 
@@ -47,7 +55,16 @@ struct UblkVolumeBackendOptions {
   // such a device to become QUIESCED before it treats the id as taken by
   // another server (and asks for a new device).
   absl::Duration quiesce_wait = absl::Seconds(10);
+  // First poll interval; it doubles up to quiesce_poll.
+  absl::Duration quiesce_poll_initial = absl::Milliseconds(2);
   absl::Duration quiesce_poll = absl::Milliseconds(100);
+  // How a recovery cut short is resumed (ublk::RecoverOptions; its clock is
+  // replaced by `clock`).
+  ublk::RecoverOptions recover;
+  // Nullable: a RealClock. Every wait and deadline of the backend uses it.
+  const ublk::Clock* clock = nullptr;
+  // Nullable. Gets ublk_csi_recovery_resume_total{event=busy_retry|rearm|gave_up}.
+  prometheus::Registry* registry = nullptr;
   // MaxVolumes() reads this (ublk_drv's ublks_max, 6.3+); without it, 64
   // (the module's default, and the 6.1 limit in practice).
   std::string ublks_max_path = "/sys/module/ublk_drv/parameters/ublks_max";
@@ -116,6 +133,11 @@ class UblkVolumeBackend final : public VolumeBackend {
   const absl::StatusOr<ublk::KernelFeatures> features_;
   ublk::WorkerPool* const pool_;
   const UblkVolumeBackendOptions options_;
+  const ublk::RealClock real_clock_;
+  const ublk::Clock& clock_;
+  prometheus::Counter* resume_busy_retries_ = nullptr;
+  prometheus::Counter* resume_rearms_ = nullptr;
+  prometheus::Counter* resume_gave_up_ = nullptr;
 
   // std::mutex, not absl::Mutex: Debian's abseil is not built with TSan.
   std::mutex mu_;

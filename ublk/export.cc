@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
 #include "ublk/status_macros.h"
@@ -162,10 +164,72 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Create(ControlDevice& control,
                                             o.copy_mode, o.size_bytes, o));
 }
 
+namespace {
+
+// START_USER_RECOVERY, resuming whatever a killed predecessor left.
+absl::Status StartRecovery(ControlDevice& control, const DeviceInfo& info,
+                           const RecoverOptions& ro, RecoverStats& stats) {
+  RealClock real_clock;
+  const Clock& clock = ro.clock != nullptr ? *ro.clock : real_clock;
+  const uint32_t dev_id = info.dev_id;
+  const absl::Time deadline = clock.Now() + ro.release_wait;
+  absl::Duration backoff = ro.backoff_initial;
+  bool rearmed = false;
+  bool logged_einval = false;
+  auto rearm = [&]() -> absl::Status {
+    absl::Status r = control.RearmRecovery(dev_id, info.nr_hw_queues, info.queue_depth);
+    if (r.ok()) {
+      rearmed = true;
+      ++stats.rearms;
+    }
+    return r;
+  };
+  if (ro.rearm_multi_queue && info.nr_hw_queues > 1) {
+    absl::Status r = rearm();
+    if (!r.ok() && !absl::IsUnavailable(r)) return r;
+  }
+  for (;;) {
+    absl::Status s = control.StartUserRecovery(dev_id);
+    if (s.ok()) return s;
+    if (absl::IsInvalidArgument(s) && !rearmed) {
+      if (!logged_einval) {
+        logged_einval = true;
+        LOG(WARNING) << "ublk device " << dev_id << ": START_USER_RECOVERY refused ("
+                     << s.message() << "): a previous recovery was cut short after its START; "
+                     << "re-arming";
+      }
+      absl::Status r = rearm();
+      if (r.ok()) continue;
+      if (!absl::IsUnavailable(r)) return r;
+      s = r;
+    }
+    if (!absl::IsUnavailable(s)) return s;
+    if (clock.Now() >= deadline) {
+      stats.gave_up = true;
+      return absl::FailedPreconditionError(absl::StrCat(
+          "ublk device ", dev_id, " cannot be recovered: its char device is still held ",
+          absl::FormatDuration(ro.release_wait),
+          " later (on Linux before 6.16 a server killed in the middle of its FETCHes never "
+          "releases it); the device is left as it is, never deleted: see README \"A device "
+          "left unrecoverable\" (last error: ",
+          s.message(), ")"));
+    }
+    ++stats.busy_retries;
+    clock.SleepFor(backoff);
+    backoff = std::min(backoff * 2, ro.backoff_max);
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Export>> Export::Recover(ControlDevice& control,
                                                         std::vector<Worker*> workers,
                                                         std::shared_ptr<Target> target,
-                                                        uint32_t dev_id) {
+                                                        uint32_t dev_id,
+                                                        const RecoverOptions& recover,
+                                                        RecoverStats* stats_out) {
+  RecoverStats ignored;
+  RecoverStats& stats = stats_out != nullptr ? *stats_out : ignored;
   if (workers.empty() || target == nullptr) {
     return absl::InvalidArgumentError("export: needs at least one worker and a target");
   }
@@ -186,7 +250,7 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Recover(ControlDevice& control,
                                                       " bytes but its ", target->name(),
                                                       " target only ", target->size_bytes()));
   }
-  RETURN_IF_ERROR(control.StartUserRecovery(dev_id));
+  RETURN_IF_ERROR(StartRecovery(control, info, recover, stats));
   ExportOptions o;
   o.dev_id = dev_id;
   o.size_bytes = size;

@@ -19,6 +19,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "ublk/clock.h"
 #include "ublk/kernel.h"
 #include "ublk/target.h"
 #include "ublk/worker.h"
@@ -46,6 +47,31 @@ struct ExportOptions {
   absl::Duration stop_drain_timeout = absl::Seconds(10);
 };
 
+// How Export::Recover resumes a device whose previous recovery was cut
+// short (README "Recovery cut short"): START_USER_RECOVERY refused with
+// EBUSY (the old server's char device not released yet) is retried with
+// exponential backoff until `release_wait` has passed; refused with EINVAL
+// (6.1-6.15: a previous START left no queue ready) the device is re-armed
+// once (ControlDevice::RearmRecovery) and START retried.
+struct RecoverOptions {
+  const Clock* clock = nullptr;  // nullable: a RealClock
+  absl::Duration release_wait = absl::Seconds(10);
+  absl::Duration backoff_initial = absl::Milliseconds(1);
+  absl::Duration backoff_max = absl::Milliseconds(100);
+  // Re-arm a multi-queue device before its START as well: on 6.1-6.15 a
+  // server killed after some queues were ready and before the others
+  // leaves a device whose START_USER_RECOVERY oopses the kernel
+  // (put_task_struct(NULL)); a re-arm readies the rest first. Costs one
+  // open and a few FETCHes per multi-queue device.
+  bool rearm_multi_queue = true;
+};
+// What resuming took (for the caller's metrics).
+struct RecoverStats {
+  int busy_retries = 0;  // START_USER_RECOVERY/re-arm refused with EBUSY, retried
+  int rearms = 0;        // RearmRecovery calls that did their work
+  bool gave_up = false;  // the char device stayed held past release_wait
+};
+
 // InvalidArgument naming the field.
 absl::Status ValidateExportOptions(const ExportOptions& options);
 // The ADD_DEV flag a copy mode needs (USER_COPY, NEED_GET_DATA, AUTO_BUF_REG).
@@ -69,10 +95,15 @@ class Export {
   // START_USER_RECOVERY, GET_PARAMS, serve every queue, END_USER_RECOVERY.
   // The copy mode (zero copy for a UBLK_F_AUTO_BUF_REG device), queue count
   // and depth come from the device, not from what a new device would get.
+  // A device whose char device stays held past `recover.release_wait`
+  // is FailedPrecondition naming the way out (README "A device left
+  // unrecoverable"); it is left as it is, never deleted.
   static absl::StatusOr<std::unique_ptr<Export>> Recover(ControlDevice& control,
                                                          std::vector<Worker*> workers,
                                                          std::shared_ptr<Target> target,
-                                                         uint32_t dev_id);
+                                                         uint32_t dev_id,
+                                                         const RecoverOptions& recover = {},
+                                                         RecoverStats* stats = nullptr);
   // Drops the queues without stopping the device (see Detach()).
   ~Export();
 

@@ -142,8 +142,27 @@ class ControlDevice {
   // Every QueueChannel of the device must be closed first.
   virtual absl::Status DeleteDevice(uint32_t dev_id) = 0;
   virtual absl::StatusOr<DeviceInfo> GetDeviceInfo(uint32_t dev_id) = 0;
-  // Only for a QUIESCED device whose old server is gone.
+  // Only for a QUIESCED device whose old server is gone. Unavailable (EBUSY)
+  // while the old server's char device is not released yet (its exit, or on
+  // 7.x the release work, is still running): retry later. On 6.1-6.15
+  // InvalidArgument (EINVAL) when no queue is ready, which is the state a
+  // previous START_USER_RECOVERY leaves until every queue has FETCHed: see
+  // RearmRecovery().
   virtual absl::Status StartUserRecovery(uint32_t dev_id) = 0;
+  // Undoes what a recovery cut short after its START_USER_RECOVERY left on
+  // kernels before 6.16 (ublk_ctrl_start_recovery refuses a device with
+  // nr_queues_ready == 0, and ublk_ch_mmap refuses every process but the
+  // one that mapped first after START): from a short-lived thread, opens the
+  // char device, sends FETCH_REQ for every tag of every queue that is not
+  // ready (no mmap: FETCH does not need it), then closes its ring and the
+  // char device and exits, so the kernel sees a server that had every queue
+  // ready and died; once its release is done (START_USER_RECOVERY stops
+  // answering EBUSY) a normal recovery works, and that START resets the
+  // mmap owner. Unavailable if the char device is still held (a server that
+  // died with only part of a queue fetched never finishes exiting on 6.12:
+  // only STOP_DEV releases it; see README "A device left unrecoverable").
+  virtual absl::Status RearmRecovery(uint32_t dev_id, uint16_t nr_queues,
+                                     uint16_t queue_depth) = 0;
   // Like StartDevice: blocks until all tags are re-fetched.
   virtual absl::Status EndUserRecovery(uint32_t dev_id, pid_t pid) = 0;
   // UBLK_U_CMD_UPDATE_SIZE (6.14+, UBLK_F_UPDATE_SIZE); Unimplemented where

@@ -20,8 +20,8 @@ namespace {
 
 constexpr unsigned kControlRingEntries = 4;
 // udev (or devtmpfs) creates /dev/ublkcN shortly after ADD_DEV.
-constexpr int kCharDevOpenAttempts = 200;
-constexpr auto kCharDevOpenRetry = std::chrono::milliseconds(10);
+constexpr absl::Duration kCharDevOpenWait = absl::Seconds(2);
+constexpr absl::Duration kCharDevOpenRetry = absl::Milliseconds(10);
 
 size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 size_t RoundUp(size_t n, size_t to) { return (n + to - 1) / to * to; }
@@ -162,7 +162,7 @@ class RealQueueChannel final : public QueueChannel {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RealControlDevice>> RealControlDevice::Open(
-    CmdEncoding encoding, const std::string& control_path) {
+    CmdEncoding encoding, const std::string& control_path, const Clock* clock) {
   int fd = open(control_path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
@@ -173,7 +173,7 @@ absl::StatusOr<std::unique_ptr<RealControlDevice>> RealControlDevice::Open(
     }
     return UblkErrnoToStatus(err, absl::StrCat("open ", control_path, " (ublk_drv control device)"));
   }
-  std::unique_ptr<RealControlDevice> dev(new RealControlDevice(encoding, UniqueFd(fd)));
+  std::unique_ptr<RealControlDevice> dev(new RealControlDevice(encoding, UniqueFd(fd), clock));
   // Fail now, not at the first command, if this kernel's io_uring lacks SQE128.
   ASSIGN_OR_RETURN(auto ring, Ring::Create(kControlRingEntries, IORING_SETUP_SQE128));
   {
@@ -347,31 +347,117 @@ absl::Status RealControlDevice::UpdateSize(uint32_t dev_id, uint64_t dev_sectors
   return res.status();
 }
 
-absl::StatusOr<std::shared_ptr<RealControlDevice::CharDev>> RealControlDevice::GetCharDev(
-    uint32_t dev_id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = char_devs_.find(dev_id);
-  if (it != char_devs_.end()) {
-    if (auto dev = it->second.lock()) return dev;
-  }
-  std::string path = CharDevicePath(dev_id);
-  int fd = -1;
-  for (int attempt = 0; attempt < kCharDevOpenAttempts; ++attempt) {
-    fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd >= 0 || errno != ENOENT) break;
-    std::this_thread::sleep_for(kCharDevOpenRetry);
-  }
-  if (fd < 0) {
-    int err = errno;
+absl::StatusOr<int> RealControlDevice::OpenCharDev(uint32_t dev_id) {
+  const std::string path = CharDevicePath(dev_id);
+  const absl::Time deadline = clock_.Now() + kCharDevOpenWait;
+  for (;;) {
+    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd >= 0) return fd;
+    const int err = errno;
+    if (err == ENOENT && clock_.Now() < deadline) {
+      clock_.SleepFor(kCharDevOpenRetry);
+      continue;
+    }
     if (err == EBUSY) {
       return absl::UnavailableError(absl::StrCat(
           "open ", path, ": busy: another ublk server still holds ublk device ", dev_id));
     }
     return UblkErrnoToStatus(err, absl::StrCat("open ", path));
   }
-  auto dev = std::make_shared<CharDev>(CharDev{dev_id, UniqueFd(fd)});
-  char_devs_[dev_id] = dev;
+}
+
+absl::StatusOr<std::shared_ptr<RealControlDevice::CharDev>> RealControlDevice::GetCharDev(
+    uint32_t dev_id) {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      auto it = char_devs_.find(dev_id);
+      if (it != char_devs_.end()) {
+        if (auto dev = it->second.lock()) return dev;
+      }
+      if (!opening_.contains(dev_id)) break;
+      // Another queue of this device is being opened: its fd is ours too.
+      opened_cv_.wait(lock);
+    }
+    opening_.insert(dev_id);
+  }
+  // The open may wait for udev: every other device's commands go on.
+  absl::StatusOr<int> fd = OpenCharDev(dev_id);
+  std::shared_ptr<CharDev> dev;
+  if (fd.ok()) dev = std::make_shared<CharDev>(CharDev{dev_id, UniqueFd(*fd)});
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    opening_.erase(dev_id);
+    if (dev != nullptr) char_devs_[dev_id] = dev;
+  }
+  opened_cv_.notify_all();
+  if (!fd.ok()) return fd.status();
   return dev;
+}
+
+absl::Status RealControlDevice::RearmRecovery(uint32_t dev_id, uint16_t nr_queues,
+                                              uint16_t queue_depth) {
+  if (nr_queues == 0 || nr_queues > kMaxQueues || queue_depth == 0 ||
+      queue_depth > kMaxQueueDepth) {
+    return absl::InvalidArgumentError(absl::StrCat("ublk device ", dev_id, ": cannot re-arm ",
+                                                   nr_queues, " queue(s) x ", queue_depth));
+  }
+  // A thread of its own: the kernel makes the task whose FETCHes readied a
+  // queue that queue's daemon, and lets START_USER_RECOVERY reinit the queue
+  // once that task is exiting (ubq_daemon_is_dying). The thread's FETCHes are
+  // cancelled when its ring closes and it exits, as a dead server's are.
+  absl::Status result;
+  int accepted = 0;
+  std::thread rearm([&] {
+    absl::StatusOr<int> fd = OpenCharDev(dev_id);
+    if (!fd.ok()) {
+      result = fd.status();
+      return;
+    }
+    UniqueFd chr(*fd);
+    unsigned entries = 1;
+    while (entries < static_cast<unsigned>(nr_queues) * queue_depth) entries <<= 1;
+    absl::StatusOr<std::unique_ptr<Ring>> ring = Ring::Create(entries);
+    if (!ring.ok()) {
+      result = ring.status();
+      return;
+    }
+    const unsigned op =
+        encoding_ == CmdEncoding::kIoctl ? UBLK_U_IO_FETCH_REQ : UBLK_IO_FETCH_REQ;
+    for (uint16_t q = 0; q < nr_queues; ++q) {
+      for (uint16_t tag = 0; tag < queue_depth; ++tag) {
+        io_uring_sqe* sqe = (*ring)->GetSqe();
+        if (sqe == nullptr) {
+          result = absl::InternalError(absl::StrCat("ublk device ", dev_id, ": re-arm: no SQE"));
+          return;
+        }
+        PrepIoCmd(sqe, chr.get(), op, q, tag, -1, nullptr, (uint64_t{q} << 16) | tag);
+      }
+    }
+    absl::StatusOr<int> submitted = (*ring)->Submit();
+    if (!submitted.ok()) {
+      result = submitted.status();
+      return;
+    }
+    // A queue that is ready already (or owned by a dead task) refuses its
+    // FETCHes at once: EINVAL/EBUSY CQEs. The accepted ones stay pending
+    // until the ring closes below.
+    int refused = 0;
+    io_uring_cqe* cqe = nullptr;
+    while (io_uring_peek_cqe((*ring)->raw(), &cqe) == 0) {
+      ++refused;
+      io_uring_cqe_seen((*ring)->raw(), cqe);
+    }
+    accepted = *submitted - refused;
+  });
+  rearm.join();
+  if (!result.ok()) {
+    return absl::Status(result.code(), absl::StrCat("ublk device ", dev_id,
+                                                    ": re-arming recovery: ", result.message()));
+  }
+  LOG(INFO) << "ublk device " << dev_id << ": re-armed for recovery (" << accepted << " of "
+            << nr_queues * queue_depth << " FETCHes taken by the kernel)";
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<QueueChannel>> RealControlDevice::OpenQueue(uint32_t dev_id,

@@ -5,6 +5,7 @@
 // blocking START_DEV does not hold up other devices' commands.
 #pragma once
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -12,6 +13,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "ublk/clock.h"
 #include "ublk/kernel.h"
 #include "ublk/ring.h"
 #include "ublk/unique_fd.h"
@@ -24,8 +27,11 @@ inline constexpr char kUblksMaxPath[] = "/sys/module/ublk_drv/parameters/ublks_m
 class RealControlDevice final : public ControlDevice {
  public:
   // FailedPrecondition naming ublk_drv if `control_path` does not exist.
+  // `clock` (nullable: a RealClock; must outlive the device) times the wait
+  // for /dev/ublkcN to appear after ADD_DEV.
   static absl::StatusOr<std::unique_ptr<RealControlDevice>> Open(
-      CmdEncoding encoding, const std::string& control_path = kUblkControlPath);
+      CmdEncoding encoding, const std::string& control_path = kUblkControlPath,
+      const Clock* clock = nullptr);
   ~RealControlDevice() override;
 
   CmdEncoding encoding() const override { return encoding_; }
@@ -39,6 +45,7 @@ class RealControlDevice final : public ControlDevice {
   absl::StatusOr<DeviceInfo> GetDeviceInfo(uint32_t dev_id) override;
   absl::Status StartUserRecovery(uint32_t dev_id) override;
   absl::Status EndUserRecovery(uint32_t dev_id, pid_t pid) override;
+  absl::Status RearmRecovery(uint32_t dev_id, uint16_t nr_queues, uint16_t queue_depth) override;
   absl::Status UpdateSize(uint32_t dev_id, uint64_t dev_sectors) override;
   absl::StatusOr<std::unique_ptr<QueueChannel>> OpenQueue(uint32_t dev_id, uint16_t q_id,
                                                           uint16_t queue_depth) override;
@@ -48,7 +55,8 @@ class RealControlDevice final : public ControlDevice {
   struct CharDev;
 
  private:
-  RealControlDevice(CmdEncoding encoding, UniqueFd fd) : encoding_(encoding), fd_(std::move(fd)) {}
+  RealControlDevice(CmdEncoding encoding, UniqueFd fd, const Clock* clock)
+      : encoding_(encoding), fd_(std::move(fd)), clock_(clock != nullptr ? *clock : real_clock_) {}
 
   // Runs one control command; returns the CQE result (>= 0) or the error
   // mapped with `what` as context.
@@ -57,11 +65,21 @@ class RealControlDevice final : public ControlDevice {
   unsigned Op(unsigned legacy_op, unsigned ioctl_op) const {
     return encoding_ == CmdEncoding::kIoctl ? ioctl_op : legacy_op;
   }
+  // Opens /dev/ublkcN once for all queues, waiting (up to 2 s, through the
+  // clock, with no lock held) for udev to create the node after ADD_DEV.
   absl::StatusOr<std::shared_ptr<CharDev>> GetCharDev(uint32_t dev_id);
+  // Opens the char device, retrying ENOENT until `deadline`. No lock held.
+  absl::StatusOr<int> OpenCharDev(uint32_t dev_id);
 
   const CmdEncoding encoding_;
   const UniqueFd fd_;
-  std::mutex mu_;  // not absl::Mutex: see worker.h
+  const RealClock real_clock_;
+  const Clock& clock_;
+  std::mutex mu_;
+  std::condition_variable opened_cv_;  // an open of opening_ finished
+  // Devices whose char device a thread is opening right now (the kernel
+  // lets it be opened once: a second thread waits for the first's result).
+  absl::flat_hash_set<uint32_t> opening_ ABSL_GUARDED_BY(mu_);  // not absl::Mutex: see worker.h
   std::vector<std::unique_ptr<Ring>> idle_rings_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint32_t, std::weak_ptr<CharDev>> char_devs_ ABSL_GUARDED_BY(mu_);
 };

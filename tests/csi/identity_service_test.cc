@@ -1,6 +1,9 @@
 // Identity over a real unix socket with a real gRPC client.
 #include "csi/identity_service.h"
 
+#include <atomic>
+
+#include "absl/strings/str_cat.h"
 #include "csi/plugin_server.h"
 #include "csi/version.h"
 #include "grpcpp/grpcpp.h"
@@ -92,6 +95,27 @@ TEST_F(IdentityTest, ProbeReflectsBackendAndRecovery) {
     EXPECT_FALSE(resp.ready().value());
   }
   health_.SetRecoveryDone();
+  {
+    grpc::ClientContext ctx;
+    csi::v1::ProbeResponse resp;
+    ASSERT_TRUE(stub_->Probe(&ctx, {}, &resp).ok());
+    EXPECT_TRUE(resp.ready().value());
+  }
+  // Recovery done but volumes not served: Probe says not ready (issue 17:
+  // it said ready while 64 of 66 volumes were failed).
+  std::atomic<int> not_serving{2};
+  health_.SetServingCheck([&not_serving]() -> absl::Status {
+    if (not_serving.load() == 0) return absl::OkStatus();
+    return absl::UnavailableError(absl::StrCat(not_serving.load(), " of 66 volumes not serving"));
+  });
+  {
+    grpc::ClientContext ctx;
+    csi::v1::ProbeResponse resp;
+    ASSERT_TRUE(stub_->Probe(&ctx, {}, &resp).ok());
+    EXPECT_FALSE(resp.ready().value());
+    EXPECT_EQ(health_.Ready().message(), "2 of 66 volumes not serving");
+  }
+  not_serving = 0;
   {
     grpc::ClientContext ctx;
     csi::v1::ProbeResponse resp;

@@ -193,6 +193,8 @@ class RecoveryTest : public ::testing::Test {
     ro.concurrency = concurrency;
     p_->recovery = std::make_unique<RecoveryManager>(p_->manager.get(), &p_->health,
                                                      p_->registry.get(), ro);
+    RecoveryManager* rm = p_->recovery.get();
+    p_->health.SetServingCheck([rm] { return rm->ServingStatus(); });
     p_->recovery->Start();
   }
 
@@ -420,7 +422,13 @@ TEST_F(RecoveryTest, BrokenVolumesFailAloneOthersRecover) {
   EXPECT_EQ(logs.Count(google::GLOG_ERROR, {ids[1], "recovery failed"}), 1);
   EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recoveries_total", "outcome", "failed"), 1);
   EXPECT_EQ(p_->store->corrupt_count(), 1);
-  EXPECT_TRUE(p_->health.Ready().ok());
+  // Recovery is done, but a staged volume is not served: not ready, with
+  // the count and the reason (issue 17: it used to say ready).
+  absl::Status ready = p_->health.Ready();
+  EXPECT_EQ(ready.code(), absl::StatusCode::kUnavailable) << ready;
+  EXPECT_THAT(std::string(ready.message()),
+              HasSubstr("1 of 4 staged or published volumes not serving: 1 failed"));
+  EXPECT_THAT(std::string(ready.message()), HasSubstr(ids[1]));
 
   csi::v1::NodeGetVolumeStatsRequest sr;
   sr.set_volume_id(ids[1]);
@@ -616,6 +624,45 @@ TEST_F(RecoveryTest, DeviceStillLiveFromTheDeadServerIsWaitedForAndRecovered) {
   EXPECT_FALSE(taken->recovered);
   fourth_server->Shutdown();
   third_server->Shutdown();
+}
+
+// The plugin is killed in the middle of recovering a device, twice in a
+// row, on 6.12 and on 7.x (the fault point stands for the kill: the rest of
+// that process's recoveries stop where they are), and the next process
+// recovers every volume, none marked failed, and turns ready.
+TEST_F(RecoveryTest, RecoveryCutShortResumesInTheNextProcess) {
+  for (bool legacy : {true, false}) {
+    SCOPED_TRACE(legacy ? "6.12" : "7.x");
+    Reboot(legacy ? ublk::FakeKernelOptions::Linux612() : ublk::FakeKernelOptions::Linux7());
+    Start();
+    ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(5)));
+    std::vector<std::string> ids = MakeVolumes(6);
+    WriteEach(ids, 70);
+    for (auto point : {ublk::FakeKernel::CrashPoint::kAfterStartRecovery,
+                       ublk::FakeKernel::CrashPoint::kAfterMmap}) {
+      Kill();
+      kernel_->NewProcess();
+      kernel_->CrashAt(point);
+      Start(/*concurrency=*/1);
+      ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(10)));
+      // The "killed" process's later volumes fail too (its FETCHes never
+      // reach the kernel): each is left where its recovery stopped.
+      EXPECT_EQ(p_->recovery->progress().failed, 6);
+      EXPECT_THAT(std::string(p_->health.Ready().message()), HasSubstr("6 failed"));
+    }
+    Kill();
+    kernel_->NewProcess();
+    Start();
+    ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(10)));
+    RecoveryManager::Progress pr = p_->recovery->progress();
+    EXPECT_EQ(pr.recovered, 6);
+    EXPECT_EQ(pr.failed, 0);
+    EXPECT_TRUE(p_->health.Ready().ok()) << p_->health.Ready();
+    ExpectEach(ids, 70);
+    if (legacy) {
+      EXPECT_GE(kernel_->rearms(), 1);
+    }
+  }
 }
 
 // No staged volumes: ready at once, no threads.

@@ -21,6 +21,17 @@ class FakeClock final : public Clock {
     std::lock_guard<std::mutex> lock(mu_);
     return now_;
   }
+  // Returns at once, the time advanced by `d`: a backoff loop under test
+  // runs its whole schedule without waiting.
+  void SleepFor(absl::Duration d) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    now_ += d;
+    ++sleeps_;
+  }
+  int sleeps() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return sleeps_;
+  }
   void Advance(absl::Duration d) {
     std::lock_guard<std::mutex> lock(mu_);
     now_ += d;
@@ -34,7 +45,8 @@ class FakeClock final : public Clock {
   // std::mutex, not absl::Mutex: Debian's abseil is not built with TSan, so
   // TSan cannot see absl::Mutex's happens-before edges and reports false races.
   mutable std::mutex mu_;
-  absl::Time now_ ABSL_GUARDED_BY(mu_);
+  mutable absl::Time now_ ABSL_GUARDED_BY(mu_);
+  mutable int sleeps_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace ublk

@@ -67,6 +67,12 @@ struct FakeQueue {
   std::vector<FakeTag> tags;
   std::unique_ptr<ublksrv_io_desc[]> descs;
   bool channel_open = false;
+  // ublk_queue's nr_io_ready and ubq_daemon: FETCH_REQs counted since the
+  // last reinit, and whether the queue became ready (the fetching task is
+  // its daemon). Before 6.16 only START_USER_RECOVERY resets them; 7.x
+  // also resets them when the char device is released.
+  int nr_io_ready = 0;
+  bool ready = false;
 };
 
 struct FakeDevice {
@@ -77,6 +83,15 @@ struct FakeDevice {
   bool aborted = false;  // server gone without recovery
   bool recovering = false;
   bool removed = false;
+  // ublk_device's nr_queues_ready and mm (the fake's process generation of
+  // the first "mmap", i.e. OpenQueue; 0: none).
+  int nr_queues_ready = 0;
+  uint64_t mm = 0;
+  // 6.12: the server died with FETCHes pending on a queue that was not
+  // ready; the kernel's cancel callback refuses them (ubq_daemon is NULL),
+  // so the dead process never finishes exiting and holds the char device
+  // until STOP_DEV/DEL_DEV completes those FETCHes.
+  bool held_by_dying_server = false;
   std::vector<FakeQueue> queues;
   std::deque<std::shared_ptr<Request>> pending;
   int open_channels = 0;
@@ -101,6 +116,14 @@ struct FakeKernel::State {
   int fail_next_add ABSL_GUARDED_BY(mu) = 0;
   int get_features_calls ABSL_GUARDED_BY(mu) = 0;
   int fail_next_auto_reg ABSL_GUARDED_BY(mu) = 0;
+  uint64_t process ABSL_GUARDED_BY(mu) = 1;  // the current server process
+  FakeKernel::CrashPoint crash_point ABSL_GUARDED_BY(mu) = FakeKernel::CrashPoint::kNone;
+  int crash_after_fetches ABSL_GUARDED_BY(mu) = 0;
+  int crash_fetches_seen ABSL_GUARDED_BY(mu) = 0;
+  int rearms ABSL_GUARDED_BY(mu) = 0;
+  // A crash point fired: the process is dead until NewProcess(), so its
+  // workers' further FETCHes never reach the kernel.
+  bool process_dead ABSL_GUARDED_BY(mu) = false;
   int auto_regs_at_close ABSL_GUARDED_BY(mu) = 0;
   int auto_regs ABSL_GUARDED_BY(mu) = 0;
   // Registered stand-ins whose request went away without a commit: kept
@@ -229,6 +252,9 @@ struct FakeKernel::State {
 
   // STOP_DEV, DEL_DEV and vanishing: no more disk, fetches aborted.
   void Kill(FakeDevice& d, int32_t io_error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    // ublk_cancel_dev completes every pending FETCH: a server stuck in its
+    // exit (held_by_dying_server) finishes it and releases the char device.
+    d.held_by_dying_server = false;
     d.started = false;
     d.stopped = true;
     d.info.state = UBLK_S_DEV_DEAD;
@@ -248,8 +274,38 @@ struct FakeKernel::State {
   }
 
   // The last channel of a device closed: the server is gone.
+  // Whether a crash point fires now (then it is spent).
+  bool Crash(FakeKernel::CrashPoint p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (crash_point != p) return false;
+    crash_point = FakeKernel::CrashPoint::kNone;
+    process_dead = true;
+    return true;
+  }
+  absl::Status Crashed(absl::string_view where) const {
+    // Not Aborted: callers read that as "busy, retry".
+    return absl::InternalError(absl::StrCat("fault point: server killed ", where));
+  }
+
+  // ublk_queue_reinit on every queue (START_USER_RECOVERY before 6.16, char
+  // device release on 7.x).
+  void ResetRound(FakeDevice& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (auto& q : d.queues) {
+      q.nr_io_ready = 0;
+      q.ready = false;
+    }
+    d.nr_queues_ready = 0;
+    d.mm = 0;
+  }
+
   void ServerGone(FakeDevice& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     const bool recovery = (d.info.flags & UBLK_F_USER_RECOVERY) != 0;
+    if (options.legacy_recovery) {
+      for (auto& q : d.queues) {
+        bool pending = false;
+        for (auto& t : q.tags) pending |= t.s == FakeTag::S::kFetchPending;
+        if (pending && !q.ready) d.held_by_dying_server = true;
+      }
+    }
     const bool reissue = (d.info.flags & UBLK_F_USER_RECOVERY_REISSUE) != 0;
     const bool live = d.started && !d.aborted;
     std::vector<std::shared_ptr<Request>> requeue;
@@ -278,6 +334,7 @@ struct FakeKernel::State {
     d.pending.insert(d.pending.begin(), requeue.begin(), requeue.end());
     d.fetched = 0;
     d.recovering = false;
+    if (!options.legacy_recovery) ResetRound(d);
     if (!live) return;
     if (recovery) {
       d.info.state = UBLK_S_DEV_QUIESCED;
@@ -357,14 +414,26 @@ class FakeQueueChannel final : public QueueChannel {
     RETURN_IF_ERROR(Check(tag, "FETCH_REQ"));
     FakeTag& t = d.queues[q_id_].tags[tag];
     if (t.s != FakeTag::S::kNone) return Err(EINVAL, tag, "FETCH_REQ: tag already fetched");
-    if (d.stopped && !d.started) {
-      // After STOP_DEV every new fetch is aborted at once.
+    FakeQueue& fq = d.queues[q_id_];
+    if (fq.ready && fq.nr_io_ready >= depth_) {
+      return Err(EBUSY, tag, "FETCH_REQ: queue already set up (ublk_queue_ready)");
+    }
+    if (state_->process_dead) return state_->Crashed("earlier");
+    if (state_->crash_point == FakeKernel::CrashPoint::kDuringFetch &&
+        state_->crash_fetches_seen++ >= state_->crash_after_fetches) {
+      state_->crash_point = FakeKernel::CrashPoint::kNone;
+      state_->process_dead = true;
+      return state_->Crashed(absl::StrCat("after ", state_->crash_after_fetches, " FETCH_REQs"));
     }
     RETURN_IF_ERROR(CheckBuffer(tag, buf, /*read_commit=*/false, "FETCH_REQ"));
     RETURN_IF_ERROR(PrepRead(ring, tag, user_data));
     NoteAutoReg(t, ring, tag);
     t.s = FakeTag::S::kFetchPending;
     ++d.fetched;
+    if (++fq.nr_io_ready == depth_) {
+      fq.ready = true;
+      ++d.nr_queues_ready;
+    }
     state_->cv.notify_all();
     AfterFetch(d, t);
     return absl::OkStatus();
@@ -685,11 +754,27 @@ class FakeControlDevice final : public ControlDevice {
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "START_USER_RECOVERY"));
     if ((d->info.flags & UBLK_F_USER_RECOVERY) == 0) return UblkErrnoToStatus(EINVAL, what);
-    if (d->open_channels > 0 || d->info.state != UBLK_S_DEV_QUIESCED) {
+    // 6.1-6.15 check nr_queues_ready before anything else.
+    if (state_->options.legacy_recovery && d->nr_queues_ready == 0) {
+      return UblkErrnoToStatus(EINVAL, what);
+    }
+    if (d->open_channels > 0 || d->held_by_dying_server ||
+        d->info.state != UBLK_S_DEV_QUIESCED) {
       return UblkErrnoToStatus(EBUSY, what);
     }
+    if (state_->options.legacy_recovery && d->nr_queues_ready < d->info.nr_hw_queues) {
+      // ublk_queue_reinit does put_task_struct(ubq_daemon) on a queue that
+      // never became ready: NULL. The real kernel oopses here.
+      return absl::InternalError(absl::StrCat(
+          what, ": kernel oops: ", d->nr_queues_ready, " of ", d->info.nr_hw_queues,
+          " queues ready (put_task_struct(NULL) in ublk_queue_reinit)"));
+    }
+    if (state_->options.legacy_recovery) state_->ResetRound(*d);
     d->recovering = true;
     d->fetched = 0;
+    if (state_->Crash(FakeKernel::CrashPoint::kAfterStartRecovery)) {
+      return state_->Crashed("after START_USER_RECOVERY");
+    }
     return absl::OkStatus();
   }
 
@@ -702,12 +787,44 @@ class FakeControlDevice final : public ControlDevice {
       return UblkErrnoToStatus(EBUSY, what);
     }
     if (pid <= 0) return UblkErrnoToStatus(EINVAL, what);
+    if (state_->Crash(FakeKernel::CrashPoint::kBeforeEndRecovery)) {
+      return state_->Crashed("before END_USER_RECOVERY");
+    }
     RETURN_IF_ERROR(state_->AwaitFetched(lock, d, "END_USER_RECOVERY"));
     if (d->info.state != UBLK_S_DEV_QUIESCED) return UblkErrnoToStatus(EBUSY, what);
     d->recovering = false;
     d->info.state = UBLK_S_DEV_LIVE;
     d->info.ublksrv_pid = pid;
     state_->Dispatch(*d);
+    if (state_->Crash(FakeKernel::CrashPoint::kAfterEndRecovery)) {
+      return state_->Crashed("after END_USER_RECOVERY");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RearmRecovery(uint32_t dev_id, uint16_t nr_queues, uint16_t depth) override {
+    std::unique_lock<std::mutex> lock(state_->mu);
+    const std::string what = absl::StrCat("ublk device ", dev_id, ": re-arming recovery");
+    ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "re-arm"));
+    if (nr_queues != d->info.nr_hw_queues || depth != d->info.queue_depth) {
+      return UblkErrnoToStatus(EINVAL, what);
+    }
+    if (d->open_channels > 0 || d->held_by_dying_server) {
+      return absl::UnavailableError(absl::StrCat(
+          what, ": open ", CharDevicePath(dev_id),
+          ": busy: another ublk server still holds ublk device ", dev_id));
+    }
+    ++state_->rearms;
+    // The helper task FETCHes every tag of each queue that is not ready
+    // (a ready queue refuses the first one), then dies: a dead server with
+    // every queue ready, whose release resets the round on 7.x.
+    for (auto& q : d->queues) {
+      if (q.ready) continue;
+      q.nr_io_ready = d->info.queue_depth;
+      q.ready = true;
+      ++d->nr_queues_ready;
+    }
+    if (!state_->options.legacy_recovery) state_->ResetRound(*d);
     return absl::OkStatus();
   }
 
@@ -737,6 +854,21 @@ class FakeControlDevice final : public ControlDevice {
     if (d->info.state == UBLK_S_DEV_QUIESCED && !d->recovering) {
       return absl::FailedPreconditionError(
           absl::StrCat(what, ": device is QUIESCED, START_USER_RECOVERY first"));
+    }
+    if (d->held_by_dying_server || (d->open_channels > 0 && d->mm != state_->process)) {
+      return absl::UnavailableError(absl::StrCat(what, ": busy: another server holds it"));
+    }
+    // ublk_ch_mmap: the first process to map after ADD_DEV/START (7.x: or
+    // after the char device's release) owns the device's mappings.
+    if (d->mm == 0) d->mm = state_->process;
+    if (d->mm != state_->process) {
+      return UblkErrnoToStatus(
+          EINVAL, absl::StrCat("mmap descriptors of ", CharDevicePath(dev_id), " queue ", q_id,
+                               " (mapped by another process since START_USER_RECOVERY)"));
+    }
+    if (state_->Crash(FakeKernel::CrashPoint::kAfterMmap)) {
+      if (d->open_channels == 0) state_->ServerGone(*d);
+      return state_->Crashed("after mmap");
     }
     std::vector<UniqueFd> efds;
     for (uint16_t tag = 0; tag < depth; ++tag) {
@@ -834,6 +966,30 @@ absl::StatusOr<FakeIoResult> FakeKernel::Write(uint32_t dev_id, uint64_t offset,
 
 absl::StatusOr<FakeIoResult> FakeKernel::Read(uint32_t dev_id, uint64_t offset, uint32_t len) {
   return SubmitIo(dev_id, UBLK_IO_OP_READ, offset, len);
+}
+
+void FakeKernel::NewProcess() {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  ++state_->process;
+  state_->process_dead = false;
+}
+
+void FakeKernel::CrashAt(CrashPoint point, int after_fetches) {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->crash_point = point;
+  state_->crash_after_fetches = after_fetches;
+  state_->crash_fetches_seen = 0;
+}
+
+bool FakeKernel::HeldByDyingServer(uint32_t dev_id) const {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  auto it = state_->devices.find(dev_id);
+  return it != state_->devices.end() && it->second->held_by_dying_server;
+}
+
+int FakeKernel::rearms() const {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  return state_->rearms;
 }
 
 void FakeKernel::FailNextAddDevice(int err) {

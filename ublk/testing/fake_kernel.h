@@ -48,7 +48,13 @@
 // - DEL_DEV with channels still open fails with FailedPrecondition; the
 //   kernel hangs until they are closed.
 // - Opening a queue of a QUIESCED device before START_USER_RECOVERY fails;
-//   the kernel lets the open succeed and fails the mmap.
+//   the kernel lets the open succeed and fails the mmap (6.12) or, on 7.x,
+//   lets a new server fetch without it. END_USER_RECOVERY without a START
+//   first is EBUSY (6.12 would go LIVE on a stale completion).
+// - OpenQueue is the open and the mmap in one: the mmap-owner check
+//   (EINVAL) happens there.
+// - RearmRecovery's helper task is modelled by its effect (every queue
+//   ready, then the round reset on 7.x), not by real FETCHes.
 // - No partition scan, no block-layer splitting or merging: one SubmitIo is
 //   one request. The queue is chosen round-robin among fetched tags.
 // - An aborted (server gone, no recovery) device stays LIVE in GET_DEV_INFO
@@ -87,6 +93,13 @@ struct FakeKernelOptions {
   // boundary (the kernel's bvec may start anywhere the block layer's
   // dma_alignment allows; O_DIRECT then refuses it).
   size_t zero_copy_misalign = 0;
+  // Recovery as before 6.16 (6.12's ublk_drv): START_USER_RECOVERY resets
+  // the FETCH round and refuses (EINVAL) a device with no queue ready; the
+  // mmap owner is reset only by START_USER_RECOVERY; a server killed with
+  // part of a queue fetched never releases its char device. false: 7.x,
+  // where releasing the char device resets the round and START only checks
+  // the state.
+  bool legacy_recovery = true;
 
   static FakeKernelOptions Linux61() {
     return {kFake61Features, false, false, true, 64, absl::Seconds(10)};
@@ -96,7 +109,9 @@ struct FakeKernelOptions {
   }
   static FakeKernelOptions Linux612() { return {}; }
   static FakeKernelOptions Linux7() {
-    return {kFake7Features, true, true, true, 64, absl::Seconds(10)};
+    FakeKernelOptions o{kFake7Features, true, true, true, 64, absl::Seconds(10)};
+    o.legacy_recovery = false;
+    return o;
   }
 };
 
@@ -134,6 +149,23 @@ class FakeKernel {
   absl::StatusOr<FakeIoResult> Read(uint32_t dev_id, uint64_t offset, uint32_t len);
 
   // Fault injection.
+  // Where a recovering server is killed: the call that reaches the point
+  // does the kernel's part of it, then fails with Internal (and so does
+  // every later FETCH of this process), and the caller
+  // drops what it holds as a dying process would (closing its channels).
+  // Follow with NewProcess() before the next server starts.
+  enum class CrashPoint {
+    kNone,
+    kAfterStartRecovery,  // START_USER_RECOVERY done
+    kAfterMmap,           // OpenQueue (the mmap) done, nothing fetched
+    kDuringFetch,         // `after_fetches` FETCH_REQs sent, the next fails
+    kBeforeEndRecovery,   // every tag fetched, END_USER_RECOVERY not sent
+    kAfterEndRecovery,    // END_USER_RECOVERY done
+  };
+  void CrashAt(CrashPoint point, int after_fetches = 0);
+  // A new server process: what the previous one mapped is not its own
+  // (ublk_ch_mmap compares mm).
+  void NewProcess();
   void FailNextAddDevice(int err);          // e.g. ENOSPC, ENOMEM
   void VanishDevice(uint32_t dev_id);       // gone as if another process deleted it
   // Overwrites a device's ublksrv_flags, as if another server (or an older
@@ -151,6 +183,10 @@ class FakeKernel {
   int inflight(uint32_t dev_id) const;
   // GET_FEATURES commands received (any control device).
   int get_features_calls() const;
+  // Whether a dead server still holds the char device (6.12, killed with a
+  // queue partly fetched) and RearmRecovery() calls that did their work.
+  bool HeldByDyingServer(uint32_t dev_id) const;
+  int rearms() const;
   // Zero copy: request buffers registered so far; and how many were still
   // registered when their queue's channel closed (the real kernel waits for
   // the server's ring to drop those).

@@ -214,6 +214,15 @@ ublk_stop() {
 # reply `ublk-csi-ctl` prints (e.g. `volume create ... | csi_field volume_id`).
 csi_field() { sed -n "s/^ *$1: \"\(.*\)\"$/\1/p" | head -1; }
 
+# csi_ready: Probe answers ready=true (the backend is usable, recovery is
+# done and every staged or published volume is served). Probe's exit status
+# alone is not readiness: it returns OK with ready=false while recovering.
+csi_ready() { timeout 5 "${CTL[@]}" identity probe 2>/dev/null | grep -q 'value: true'; }
+# csi_wait_ready SECONDS: polls csi_ready.
+csi_wait_ready() { e2e_wait_for "$1" csi_ready; }
+# csi_not_ready_why: the reason /readyz gives (METRICS=host:port), if any.
+csi_not_ready_why() { curl -s "http://${METRICS:-127.0.0.1:9810}/readyz" 2>/dev/null; }
+
 # csi_dev_of VOLUME_ID: the /dev/ublkbN `ublk-csi-ctl status` lists for it.
 csi_dev_of() { "${CTL[@]}" status | sed -n "s/.*$1.*device=\([^ ]*\).*/\1/p"; }
 

@@ -30,7 +30,7 @@ dev_mib() { echo $(( $(cat "/sys/block/$(basename "$1")/size") / 2048 )); }
 "$BUILD_DIR/csi/ublk-csi" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$WORK/data" \
   --metrics-address=127.0.0.1:0 --backend=ublk --mounter=real 2>"$WORK/plugin.log" &
 PID=$!
-e2e_wait_for 30 timeout 5 "${CTL[@]}" identity probe >/dev/null 2>&1 || e2e_check_failed "expand: plugin not ready"
+csi_wait_ready 30 || e2e_check_failed "expand: plugin not ready"
 caps=$("${CTL[@]}" identity caps)
 mode=$(echo "$caps" | sed -n 's/^ *type: \(ONLINE\|OFFLINE\)$/\1/p' | head -1)
 want=OFFLINE

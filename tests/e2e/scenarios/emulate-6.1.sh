@@ -107,7 +107,7 @@ start_plugin() {
     --metrics-address="$METRICS" --backend=ublk --mounter=real "$EMU" 2>>"$WORK/plugin.log" &
   PID=$!
 }
-wait_ready() { e2e_wait_for "$1" timeout 5 "${CTL[@]}" identity probe >/dev/null 2>&1; }
+wait_ready() { csi_wait_ready "$1"; }
 check_modes() { # WHEN STARTS_SO_FAR
   local line info n
   n=$(grep -c 'ublk_drv on kernel' "$WORK/plugin.log")

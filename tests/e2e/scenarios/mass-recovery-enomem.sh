@@ -39,7 +39,7 @@ e2e_step "start the plugin; create, stage and write $N block volumes"
 modprobe ublk_drv 2>/dev/null
 ip link set lo up 2>/dev/null || busybox ifconfig lo up  # /metrics on 127.0.0.1
 start_plugin
-e2e_wait_for 30 timeout 5 "${CTL[@]}" identity probe >/dev/null 2>&1 || { tail "$WORK/plugin.log"; e2e_fail "not ready"; }
+csi_wait_ready 30 || { tail "$WORK/plugin.log"; e2e_fail "not ready"; }
 head -c 64K /dev/urandom > "$WORK/pat"
 WANT=$(e2e_sha "$WORK/pat")
 # One client process for all 132+ calls (`ublk-csi-ctl bench`: create, stage
@@ -76,7 +76,7 @@ for _ in $(seq 600); do
   kill -0 "$PID" 2>/dev/null || e2e_fail "the plugin exited during recovery: $(tail -5 "$WORK/plugin.log")"
   h=$(awk '/^VmHWM:/ {print $2}' "/proc/$PID/status" 2>/dev/null)
   [ -n "$h" ] && [ "$h" -gt "$hwm" ] && hwm=$h
-  if timeout 5 "${CTL[@]}" identity probe >/dev/null 2>&1; then ready=1; break; fi
+  if csi_ready; then ready=1; break; fi
   sleep 0.2
 done
 t1=$(date +%s.%N)

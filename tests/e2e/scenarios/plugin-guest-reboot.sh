@@ -19,7 +19,7 @@ modprobe ublk_drv 2>/dev/null
 "$PLUGIN" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$DATA" \
   --metrics-address=127.0.0.1:9813 --backend=ublk --mounter=real 2>>"$E2E_SCRATCH/plugin.log" &
 PID=$!
-e2e_wait_for 60 timeout 5 "${CTL[@]}" identity probe >/dev/null 2>&1 \
+csi_wait_ready 60 \
   || { tail -20 "$E2E_SCRATCH/plugin.log"; e2e_fail "boot $E2E_BOOT: plugin not ready"; }
 STAGE=$E2E_SCRATCH/stage-f
 

@@ -27,7 +27,7 @@ start_plugin() {
     2>>"$WORK/plugin.log" &
   PID=$!
 }
-wait_ready() { e2e_wait_for "$1" timeout 5 "${CTL[@]}" identity probe >/dev/null 2>&1; }
+wait_ready() { csi_wait_ready "$1"; }
 
 e2e_step "start the plugin in its own mount namespace"
 modprobe ublk_drv 2>/dev/null

@@ -30,7 +30,7 @@ start_plugin() { # LOG
 
 # Ready = Probe says ready: backend usable and recovery done.
 wait_ready() { # SECONDS
-  e2e_wait_for "$1" timeout 5 "${CTL[@]}" identity probe >/dev/null 2>&1
+  csi_wait_ready "$1"
 }
 
 e2e_step "start the plugin (real ublk backend)"

@@ -1,0 +1,154 @@
+# recovery-random-kill (issue 17, "a recovery cut short at any point
+# resumes"): N block volumes (default 66) are staged, published and written
+# (64 KiB pattern each) and fio randwrite+verify runs on FIO_VOLS of them;
+# then ROUNDS times in a row (default 30; CI may set fewer) the plugin is
+# started and killed with SIGKILL at a random moment of its recovery
+# (uniform in 0..KILL_MAX_MS after recovery begins, default 1500 ms), which
+# on 6.12 leaves devices
+# START_USER_RECOVERY'd, mmapped or half-fetched by a dead process. A last
+# start must then recover every volume: ready=true (Probe and /readyz), the
+# log's "recovery done: N ... N recovered, 0 recreated, 0 failed", every
+# pattern intact, fio finished with 0 errors, the crash-loop guard engaged
+# (after 2 unfinished recoveries) and reset. Prints the time per round,
+# the time from the last start to ready (all N serving again, fio running),
+# and the resume metrics (busy retries, re-arms, gave_up).
+# A plugin process that does not finish exiting after SIGKILL (6.12: killed
+# with part of a queue fetched; see README "A device left unrecoverable") is
+# reported, not waited for.
+# e2e-timeout: 1500
+# e2e-ublks-max: 128
+# e2e-requires: csi/ublk-csi csi/ublk-csi-ctl ublk/ublk-tool
+. "$E2E_LIB"
+
+N=${N:-66}
+ROUNDS=${ROUNDS:-30}
+KILL_MAX_MS=${KILL_MAX_MS:-1500}
+FIO_VOLS=${FIO_VOLS:-4}
+PLUGIN=$BUILD_DIR/csi/ublk-csi
+WORK=$E2E_SCRATCH/rkill
+SOCK=$WORK/csi.sock
+METRICS=127.0.0.1:9815
+CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$SOCK")
+mkdir -p "$WORK/data"
+PID=
+start_plugin() {
+  "$PLUGIN" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$WORK/data" \
+    --metrics-address="$METRICS" --backend=ublk --mounter=real --workers=2 \
+    --recovery-concurrency=8 2>>"$WORK/plugin.log" &
+  PID=$!
+}
+metric() { # NAME [LABEL-FILTER]: sum of its series
+  curl -sf "http://$METRICS/metrics" | awk -v m="$1" -v f="${2:-}" \
+    'index($1, m) == 1 && index($1, f) > 0 {s += $2} END {print s + 0}'
+}
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# SIGKILL and wait (bounded) for the process to be gone.
+kill9() {
+  kill -KILL "$PID" 2>/dev/null
+  local i
+  for i in $(seq 100); do
+    kill -0 "$PID" 2>/dev/null || { wait "$PID" 2>/dev/null; return 0; }
+    sleep 0.1
+  done
+  return 1
+}
+
+e2e_step "start the plugin; create, stage, publish and write $N block volumes"
+modprobe ublk_drv 2>/dev/null
+ip link set lo up 2>/dev/null || busybox ifconfig lo up
+start_plugin
+csi_wait_ready 30 || { tail "$WORK/plugin.log"; e2e_fail "not ready"; }
+head -c 64K /dev/urandom > "$WORK/pat"
+WANT=$(e2e_sha "$WORK/pat")
+"${CTL[@]}" bench "$WORK" --count="$N" --prefix=v --size=16Mi > "$WORK/bench.out" 2>&1 \
+  || { cat "$WORK/bench.out"; e2e_fail "ublk-csi-ctl bench (create/stage/publish $N) failed"; }
+"${CTL[@]}" status | sed -n 's/.*device=\([^ ]*\).*/\1/p' > "$WORK/devs"
+[ "$(wc -l < "$WORK/devs")" = "$N" ] || e2e_fail "$(wc -l < "$WORK/devs") devices, want $N"
+# The pattern goes at 15 MiB, away from fio's first 12 MiB.
+while read -r d; do
+  dd if="$WORK/pat" of="$d" bs=64K seek=240 oflag=direct status=none || e2e_fail "write $d"
+done < "$WORK/devs"
+e2e_ok "$N volumes, 64 KiB pattern written to each"
+
+e2e_step "fio randwrite+verify on $FIO_VOLS volumes, then $ROUNDS starts each killed at random"
+FIOS=
+for d in $(head -"$FIO_VOLS" "$WORK/devs"); do
+  n=${d#/dev/}
+  fio --name="$n" --filename="$d" --rw=randwrite --bs=4k --iodepth=8 --ioengine=io_uring \
+    --direct=1 --size=12M --verify=crc32c --verify_fatal=1 --do_verify=1 --rate=96k \
+    >"$WORK/fio-$n.log" 2>&1 &
+  FIOS="$FIOS $!"
+done
+kill9 || e2e_fail "the first plugin did not exit after SIGKILL"
+stuck=0
+total_ms=0
+for r in $(seq "$ROUNDS"); do
+  t0=$(now_ms)
+  started=$(grep -c "staged or published volume(s)" "$WORK/plugin.log")
+  start_plugin
+  # The random moment counts from when recovery begins (its "recovery: N
+  # staged or published volume(s)" line), not from the exec: under TCG a
+  # start takes longer than a recovery.
+  e2e_wait_for 60 sh -c "[ \$(grep -c 'staged or published volume(s)' '$WORK/plugin.log') -gt $started ]" \
+    || echo "  round $r: recovery did not begin within 60 s"
+  delay=$(( RANDOM % (KILL_MAX_MS + 1) ))
+  sleep "$(printf '%d.%03d' $((delay / 1000)) $((delay % 1000)))"
+  done_now=$(grep -c "recovery done" "$WORK/plugin.log")
+  if ! kill9; then
+    stuck=$((stuck + 1))
+    e2e_check_failed "round $r: plugin pid $PID still exiting 10 s after SIGKILL (stuck in the kernel)"
+    PID=
+  fi
+  t1=$(now_ms)
+  total_ms=$((total_ms + t1 - t0))
+  echo "  round $r: killed after ${delay} ms, round took $((t1 - t0)) ms (recoveries completed so far: $done_now)"
+done
+e2e_ok "$ROUNDS rounds, $((total_ms / ROUNDS)) ms per round on average, $stuck stuck"
+echo "note: crash-loop counter before the last start: $(cat "$WORK/data/recovery-attempts" 2>/dev/null)"
+
+e2e_step "last start: every volume must serve again"
+: > "$WORK/last.log"
+t0=$(now_ms)
+"$PLUGIN" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$WORK/data" \
+  --metrics-address="$METRICS" --backend=ublk --mounter=real --workers=2 \
+  --recovery-concurrency=8 2>"$WORK/last.log" &
+PID=$!
+ready=
+for _ in $(seq 1800); do
+  kill -0 "$PID" 2>/dev/null || e2e_fail "plugin exited: $(tail -5 "$WORK/last.log")"
+  if csi_ready; then ready=1; break; fi
+  sleep 0.1
+done
+t1=$(now_ms)
+[ -n "$ready" ] || { grep -E "ERROR|E[0-9]{4}" "$WORK/last.log" | tail -5; e2e_fail "not ready 180 s after the last start: $(csi_not_ready_why)"; }
+e2e_ok "ready (all $N serving) $((t1 - t0)) ms after the last start, fio running; $(grep -o 'recovery done: .*' "$WORK/last.log")"
+grep -q "recovery done: $N volume(s) .* $N recovered, 0 recreated, 0 failed" "$WORK/last.log" \
+  || e2e_check_failed "not all $N recovered: $(grep -o 'recovery done: .*' "$WORK/last.log")"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://$METRICS/readyz")" = 200 ] \
+  && e2e_ok "/readyz 200" || e2e_check_failed "/readyz: $(csi_not_ready_why)"
+grep -q "crash-loop guard: .*conservative" "$WORK/last.log" \
+  && e2e_ok "crash-loop guard engaged: $(grep -o 'crash-loop guard: [0-9]* recoveries' "$WORK/last.log")" \
+  || echo "note: crash-loop guard not engaged on the last start"
+[ "$(cat "$WORK/data/recovery-attempts")" = 0 ] && e2e_ok "crash-loop counter reset" \
+  || e2e_check_failed "crash-loop counter $(cat "$WORK/data/recovery-attempts") after a completed recovery"
+echo "note: resume events: busy_retry $(metric ublk_csi_recovery_resume_total busy_retry)," \
+  "rearm $(metric ublk_csi_recovery_resume_total rearm), gave_up $(metric ublk_csi_recovery_resume_total gave_up)" \
+  "(this process); re-arm log lines over all rounds: $(grep -c 're-armed for recovery' "$WORK/plugin.log" "$WORK/last.log" | awk -F: '{s += $2} END {print s}')"
+
+e2e_step "every volume serves its data; fio ends with 0 errors"
+bad=0
+while read -r d; do
+  got=$(dd if="$d" bs=64K skip=240 count=1 iflag=direct status=none | sha256sum | cut -d' ' -f1)
+  [ "$got" = "$WANT" ] || bad=$((bad + 1))
+done < "$WORK/devs"
+[ "$bad" = 0 ] && e2e_ok "$N volumes read back intact" || e2e_check_failed "$bad volumes differ"
+ferr=0
+for p in $FIOS; do wait "$p" || ferr=$((ferr + 1)); done
+for f in "$WORK"/fio-*.log; do
+  grep -qE "err= *0" "$f" || { ferr=$((ferr + 1)); grep -E "err=|verify" "$f" | head -3; }
+done
+[ "$ferr" = 0 ] && e2e_ok "fio: 0 errors on $FIO_VOLS volumes" || e2e_check_failed "fio: $ferr failures"
+failed=$("${CTL[@]}" status | grep -c "ABNORMAL")
+[ "$failed" = 0 ] && e2e_ok "0 volumes marked failed" || e2e_check_failed "$failed volumes marked failed"
+kill -TERM "$PID"; wait "$PID" 2>/dev/null
+e2e_finish
