@@ -54,6 +54,10 @@ DEFINE_string(mounter, "real",
 DEFINE_int32(max_volumes, 0,
              "max_volumes_per_node reported to Kubernetes; 0 = the backend's limit (ublks_max)");
 DEFINE_string(default_volume_size, "1Gi", "size of a volume whose CreateVolume names none");
+DEFINE_double(overcommit_ratio, 1.0,
+              "thin provisioning: volume sizes admitted per byte of data-dir capacity (free + "
+              "used by volumes); 1 = never promise more than the disk holds; a StorageClass "
+              "parameter overcommitRatio overrides it per class");
 DEFINE_int32(workers, 0, "ublk worker threads shared by all exports; 0 = one per CPU");
 DEFINE_int64(buffer_pool_slots, 0,
              "bounce-buffer slots per worker; 0 = derived from the node-wide 64 MiB budget");
@@ -261,6 +265,9 @@ int Run() {
     opts.node_id = FLAGS_node_id;
     opts.max_volumes_override = FLAGS_max_volumes;
     opts.default_volume_bytes = *default_size;
+    opts.overcommit_ratio = FLAGS_overcommit_ratio;
+    opts.online_expansion = online_resize;
+    opts.registry = registry.get();
     manager = std::make_unique<VolumeManager>(opts, store->get(), backend.get(), mounter.get());
     if (absl::Status s = manager->Load(); !s.ok()) return Fail(s);
     controller = std::make_unique<ControllerService>(manager.get());
@@ -292,10 +299,12 @@ int Run() {
     // ublk_csi_exports is counted from the volumes' state at each scrape, so
     // volumes staged or deleted after recovery show too.
     RecoveryManager* rm = recovery.get();
+    VolumeManager* vm = manager.get();
     auto started = HttpServer::Start(
         FLAGS_metrics_address, registry, &health, [] { return absl::OkStatus(); },
-        [rm] {
+        [rm, vm] {
           if (rm != nullptr) rm->RefreshExportGauge();
+          if (vm != nullptr) vm->RefreshPoolMetrics();
         });
     if (!started.ok()) return Fail(started.status());
     http = std::move(*started);
