@@ -10,13 +10,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <ctime>
 #include <limits>
 #include <optional>
 #include <utility>
-#include <cerrno>
-#include <cstring>
-#include <ctime>
 
 #include "absl/random/random.h"
 #include "absl/strings/ascii.h"
@@ -687,6 +687,7 @@ struct VolumeManager::CreatePlan {
   std::string name;
   VolumeRecord::AccessType access = VolumeRecord::MOUNT;
   std::string fs_type;  // of a mount volume
+  bool fs_explicit = false;  // asked for by parameters or capability
   int64_t size = 0;
   std::map<std::string, std::string> params;  // user parameters, kept in the record
   double ratio = 1.0;
@@ -751,6 +752,7 @@ absl::StatusOr<VolumeManager::CreatePlan> VolumeManager::ParseCreateRequest(
     fs_type = cap_fs;
   }
   plan.fs_type = plan.access == VolumeRecord::BLOCK ? "" : fs_type;
+  plan.fs_explicit = !cap_fs.empty() || req.parameters().count(kParamFsType) != 0;
   plan.params = UserParams(req.parameters());
   ASSIGN_OR_RETURN(plan.size,
                    SizeFor(req.capacity_range(), options_.default_volume_bytes, "capacity_range"));
@@ -791,7 +793,9 @@ absl::StatusOr<std::optional<csi::v1::CreateVolumeResponse>> VolumeManager::Find
                     plan.params == old_params && existing->access_type() == plan.access &&
                     existing->source_snapshot_id() == plan.src_snapshot &&
                     existing->source_volume_id() == plan.src_volume &&
-                    (plan.access == VolumeRecord::BLOCK || existing->fs_type() == plan.fs_type) &&
+                    (plan.access == VolumeRecord::BLOCK || existing->fs_type() == plan.fs_type ||
+                     (!plan.fs_explicit && existing->content_source_case() !=
+                                               VolumeRecord::CONTENT_SOURCE_NOT_SET)) &&
                     (!req.has_accessibility_requirements() ||
                      CheckTopology(req.accessibility_requirements()).ok());
   if (!same) {
@@ -805,12 +809,16 @@ absl::StatusOr<std::optional<csi::v1::CreateVolumeResponse>> VolumeManager::Find
 }
 
 absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource(
-    const CreatePlan& plan) {
+    CreatePlan& plan) {
   ContentSource out;
   // The source's data must be usable as what is asked for: a mount volume
   // from a raw block volume would be formatted over on its first stage, and
   // a filesystem of another type never mounts (CSI: INVALID_ARGUMENT).
   auto compatible = [&plan](const VolumeRecord& src, absl::string_view what) -> absl::Status {
+    if (plan.access == VolumeRecord::MOUNT && !plan.fs_explicit && src.filesystem_created() &&
+        !src.fs_type().empty()) {
+      plan.fs_type = src.fs_type();
+    }
     if (plan.access == VolumeRecord::MOUNT && src.access_type() == VolumeRecord::BLOCK) {
       return absl::InvalidArgumentError(absl::StrCat(
           what, " holds a raw block volume; it can only be restored as a block volume"));

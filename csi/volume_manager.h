@@ -177,7 +177,9 @@ class VolumeManager {
   // it does not match, nullopt if there is none.
   absl::StatusOr<std::optional<csi::v1::CreateVolumeResponse>> FindCreated(
       const CreatePlan& plan, const csi::v1::CreateVolumeRequest& req);
-  absl::StatusOr<ContentSource> ResolveContentSource(const CreatePlan& plan);
+  // May set plan.fs_type: a volume restored or cloned without an explicit
+  // filesystem type takes its source's.
+  absl::StatusOr<ContentSource> ResolveContentSource(CreatePlan& plan);
   absl::StatusOr<records::VolumeRecord> MaterializeVolume(const CreatePlan& plan,
                                                           ContentSource& source);
 

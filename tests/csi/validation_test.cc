@@ -97,6 +97,24 @@ TEST_F(Validation, CloneAndRestoreWithOverflowingSizeAreOutOfRange) {
   EXPECT_EQ(manager_->CreateVolume(restore).status().code(), absl::StatusCode::kOutOfRange);
 }
 
+TEST_F(Validation, CloneWithoutFsTypeTakesItsSourcesFilesystem) {
+  auto src = Create("src", 8 * kMiB);  // ext4 by default, formatted as xfs
+  ASSERT_TRUE(src.ok());
+  ASSERT_TRUE(Stage(*src, Path("stage"), MountCap("xfs")).ok());
+  csi::v1::CreateVolumeRequest clone = CreateReq("clone", 8 * kMiB);
+  clone.mutable_volume_content_source()->mutable_volume()->set_volume_id(*src);
+  auto made = manager_->CreateVolume(clone);
+  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_EQ(manager_->GetRecord(made->volume().volume_id())->fs_type(), "xfs");
+  auto again = manager_->CreateVolume(clone);  // idempotent repeat
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->volume().volume_id(), made->volume().volume_id());
+  // Asked for ext4 explicitly: the source cannot give it.
+  (*clone.mutable_parameters())["fsType"] = "ext4";
+  clone.set_name("clone-ext4");
+  EXPECT_EQ(manager_->CreateVolume(clone).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(Validation, DefaultSizeIsAlignedAndNeverZero) {
   options_.default_volume_bytes = 1000;
   Restart();
@@ -212,6 +230,19 @@ TEST_F(Validation, BadPageTokenIsEchoedTruncated) {
   auto snaps = manager_->ListSnapshots(s);
   EXPECT_EQ(snaps.status().code(), absl::StatusCode::kAborted);
   EXPECT_LT(snaps.status().message().size(), 400u);
+}
+
+TEST_F(Validation, MalformedIdsAreEchoedOnOneLine) {
+  for (const std::string& id : {std::string(".\nE1202 forged"), std::string("vol\nforged"),
+                               std::string(1 << 20, 'v')}) {
+    csi::v1::ControllerExpandVolumeRequest r;
+    r.set_volume_id(id);
+    r.mutable_capacity_range()->set_required_bytes(kMiB);
+    absl::Status s = manager_->ControllerExpandVolume(r).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s.message(), Not(HasSubstr("\n")));
+    EXPECT_LT(s.message().size(), 400u);
+  }
 }
 
 TEST_F(Validation, ListVolumesStaysUnderAClientsMessageLimitWithLegacyHugeNames) {
