@@ -33,7 +33,7 @@ pb_status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$PB_PID/status" 2>/dev/
 pb_start() {
   "$PB_PLUGIN" --node-id=bench --endpoint="unix://$PB_SOCK" --data-dir="$PB_WORK/data" \
     --metrics-address="$PB_METRICS" --backend=ublk --mounter=real --workers=2 \
-    --recovery-concurrency=8 2>>"$PB_OUT/plugin.log" &
+    --recovery-concurrency=8 --overcommit-ratio=8 2>>"$PB_OUT/plugin.log" &
   PB_PID=$!
 }
 

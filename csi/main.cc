@@ -86,6 +86,10 @@ DEFINE_string(mounter, "real",
 DEFINE_int32(max_volumes, 0,
              "max_volumes_per_node reported to Kubernetes; 0 = the backend's limit (ublks_max)");
 DEFINE_string(default_volume_size, "1Gi", "size of a volume whose CreateVolume names none");
+DEFINE_double(overcommit_ratio, 1.0,
+              "thin provisioning: volume sizes admitted per byte of data-dir capacity (free + "
+              "used by volumes); 1 = never promise more than the disk holds; a StorageClass "
+              "parameter overcommitRatio overrides it per class");
 DEFINE_int32(workers, 0, "ublk worker threads shared by all exports; 0 = one per CPU");
 DEFINE_int64(buffer_pool_slots, 0,
              "bounce-buffer slots per worker; 0 = derived from the node-wide 64 MiB budget");
@@ -409,6 +413,9 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store,
   opts.node_id = FLAGS_node_id;
   opts.max_volumes_override = FLAGS_max_volumes;
   opts.default_volume_bytes = config.default_volume_bytes;
+  opts.overcommit_ratio = FLAGS_overcommit_ratio;
+  opts.online_expansion = parts->online_resize;
+  opts.registry = registry;
   out->manager = std::make_unique<VolumeManager>(opts, store, parts->backend.get(), mounter);
   RETURN_IF_ERROR(out->manager->Load());
   out->controller = std::make_unique<ControllerService>(out->manager.get());
@@ -465,10 +472,12 @@ int Serve(const PluginConfig& config, const sigset_t& stop_signals,
     // ublk_csi_exports is counted from the volumes' state at each scrape, so
     // volumes staged or deleted after recovery show too.
     RecoveryManager* rm = services->recovery.get();
+    VolumeManager* vm = services->manager.get();
     auto started = HttpServer::Start(
         FLAGS_metrics_address, registry, health, live,
-        [rm] {
+        [rm, vm] {
           if (rm != nullptr) rm->RefreshExportGauge();
+          if (vm != nullptr) vm->RefreshPoolMetrics();
         },
         config.http);
     if (!started.ok()) return Fail(started.status());

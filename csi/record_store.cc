@@ -182,7 +182,8 @@ absl::Status ValidateId(absl::string_view id, absl::string_view field) {
     return absl::InvalidArgumentError(absl::StrCat(field, " longer than 128 characters"));
   }
   if (id[0] == '.') {
-    return absl::InvalidArgumentError(absl::StrCat(field, " '", id, "' starts with '.'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " '", absl::CHexEscape(id), "' starts with '.'"));
   }
   for (char c : id) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||

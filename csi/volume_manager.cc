@@ -11,8 +11,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <ctime>
+#include <limits>
+#include <optional>
+#include <utility>
 
 #include "absl/random/random.h"
 #include "absl/strings/ascii.h"
@@ -22,6 +26,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "csi/log_escape.h"
 #include "glog/logging.h"
 #include "ublk/status_macros.h"
 #include "ublk/unique_fd.h"
@@ -35,13 +40,36 @@ using records::VolumeRecord;
 namespace {
 
 constexpr int64_t kAlign = 4096;
+// CSI's general size limits (spec, "Size Limits"): a string field, and the
+// keys plus values of a map<string, string>.
+constexpr size_t kMaxStringBytes = 128;
+constexpr size_t kMaxMapBytes = 4096;
+// Beyond it, a pool would promise exabytes per free gigabyte: a typo.
+constexpr double kMaxOvercommitRatio = 1000;
+// A List* response stops adding entries past this size (and sets
+// next_token) even when max_entries allows more: a quarter of the 4 MiB a
+// gRPC client accepts by default.
+constexpr size_t kMaxListResponseBytes = size_t{1} << 20;
 constexpr char kParamFsType[] = "fsType";
 constexpr char kParamBlockSize[] = "blockSize";
 constexpr char kReservedParamPrefix[] = "csi.storage.k8s.io/";
 
 std::string Errno(int err) { return std::strerror(err); }
 
-int64_t RoundUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+// v rounded up to a multiple of a (> 0); nullopt if that overflows int64.
+std::optional<int64_t> RoundUp(int64_t v, int64_t a) {
+  const int64_t rem = v % a;
+  if (rem == 0) return v;
+  int64_t out = 0;
+  if (__builtin_add_overflow(v, a - rem, &out)) return std::nullopt;
+  return out;
+}
+
+int64_t SaturatingAdd(int64_t a, int64_t b) {
+  int64_t out = 0;
+  if (__builtin_add_overflow(a, b, &out)) return b > 0 ? INT64_MAX : INT64_MIN;
+  return out;
+}
 
 std::string NewId(absl::string_view prefix) {
   static std::mutex* mu = new std::mutex;
@@ -61,7 +89,8 @@ std::map<std::string, std::string> UserParams(
 }
 
 // Resolves a capacity range into a size: INVALID_ARGUMENT for a malformed
-// range, OUT_OF_RANGE when no aligned size fits it.
+// range, OUT_OF_RANGE when no aligned size fits it (or it is beyond int64).
+// `dflt` (> 0) is used when neither bound is given.
 absl::StatusOr<int64_t> SizeFor(const csi::v1::CapacityRange& range, int64_t dflt,
                                 absl::string_view field) {
   const int64_t req = range.required_bytes();
@@ -73,7 +102,9 @@ absl::StatusOr<int64_t> SizeFor(const csi::v1::CapacityRange& range, int64_t dfl
                                                    ") > limit_bytes (", lim, ")"));
   }
   if (req == 0) {
-    if (lim == 0 || lim >= dflt) return dflt;
+    std::optional<int64_t> d = RoundUp(std::max<int64_t>(dflt, kAlign), kAlign);
+    if (!d) d = INT64_MAX / kAlign * kAlign;
+    if (lim == 0 || lim >= *d) return *d;
     int64_t s = lim / kAlign * kAlign;
     if (s == 0) {
       return absl::OutOfRangeError(
@@ -81,12 +112,17 @@ absl::StatusOr<int64_t> SizeFor(const csi::v1::CapacityRange& range, int64_t dfl
     }
     return s;
   }
-  int64_t s = RoundUp(req, kAlign);
-  if (lim != 0 && s > lim) {
+  std::optional<int64_t> s = RoundUp(req, kAlign);
+  if (!s) {
+    return absl::OutOfRangeError(absl::StrCat(field, ".required_bytes ", req,
+                                              " is beyond the largest volume size (",
+                                              INT64_MAX / kAlign * kAlign, " bytes)"));
+  }
+  if (lim != 0 && *s > lim) {
     return absl::OutOfRangeError(absl::StrCat(field, ": no multiple of ", kAlign,
                                               " bytes lies in [", req, ", ", lim, "]"));
   }
-  return s;
+  return *s;
 }
 
 bool FitsRange(int64_t size, const csi::v1::CapacityRange& range) {
@@ -159,15 +195,23 @@ absl::Status CloneFile(const std::string& src, const std::string& dst, int64_t s
   return absl::OkStatus();
 }
 
+// Why a backing file could not be given `size` bytes: a size beyond the
+// largest file the data dir's filesystem holds is the request's capacity
+// range (OUT_OF_RANGE); no space is RESOURCE_EXHAUSTED.
+absl::Status TruncateError(int err, const std::string& path, int64_t size) {
+  const std::string what = absl::StrCat("size ", path, " to ", size, " bytes: ", Errno(err));
+  if (err == EFBIG || err == EINVAL) {
+    return absl::OutOfRangeError(
+        absl::StrCat(what, " (beyond the largest file the data dir's filesystem holds)"));
+  }
+  if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(what);
+  return absl::InternalError(what);
+}
+
 absl::Status CreateSparse(const std::string& path, int64_t size) {
   ublk::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd.valid()) return absl::InternalError(absl::StrCat("create ", path, ": ", Errno(errno)));
-  if (::ftruncate(fd.get(), size) != 0) {
-    int err = errno;
-    return err == EFBIG || err == ENOSPC
-               ? absl::ResourceExhaustedError(absl::StrCat("size ", path, " to ", size, ": ", Errno(err)))
-               : absl::InternalError(absl::StrCat("size ", path, " to ", size, ": ", Errno(err)));
-  }
+  if (::ftruncate(fd.get(), size) != 0) return TruncateError(errno, path, size);
   if (::fsync(fd.get()) != 0) return absl::InternalError(absl::StrCat("fsync ", path, ": ", Errno(errno)));
   return absl::OkStatus();
 }
@@ -189,7 +233,8 @@ absl::StatusOr<size_t> ParseToken(const std::string& token, const std::vector<T>
   if (token.empty()) return 0;
   absl::string_view after = token;
   if (!absl::ConsumePrefix(&after, kTokenPrefix) || !ValidateId(after, "starting_token").ok()) {
-    return absl::AbortedError(absl::StrCat("starting_token '", token, "' is not valid"));
+    return absl::AbortedError(
+        absl::StrCat("starting_token '", EscapeForLog(token), "' is not valid"));
   }
   size_t i = 0;
   while (i < sorted.size() && absl::string_view(id_of(sorted[i])) <= after) ++i;
@@ -201,9 +246,13 @@ absl::StatusOr<size_t> ParseToken(const std::string& token, const std::vector<T>
 absl::Status ValidatePath(absl::string_view path, absl::string_view field) {
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
   if (path[0] != '/') {
-    return absl::InvalidArgumentError(absl::StrCat(field, " '", path, "' is not absolute"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " '", EscapeForLog(path, 256), "' is not absolute"));
   }
-  if (path.size() > 4096) return absl::InvalidArgumentError(absl::StrCat(field, " too long"));
+  if (path.size() > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " is ", path.size(), " bytes, longer than PATH_MAX (4096)"));
+  }
   if (path.find('\0') != absl::string_view::npos) {
     return absl::InvalidArgumentError(absl::StrCat(field, " contains a NUL byte"));
   }
@@ -211,7 +260,8 @@ absl::Status ValidatePath(absl::string_view path, absl::string_view field) {
   for (absl::string_view comp : absl::StrSplit(path.substr(1), '/')) {
     if (comp.empty() || comp == "." || comp == "..") {
       return absl::InvalidArgumentError(
-          absl::StrCat(field, " '", path, "' is not clean (empty, . or .. component)"));
+          absl::StrCat(field, " '", EscapeForLog(path, 256),
+                       "' is not clean (empty, . or .. component)"));
     }
   }
   return absl::OkStatus();
@@ -225,7 +275,7 @@ absl::Status ValidateCapability(const VolumeCapability& cap, absl::string_view f
       const std::string& fs = cap.mount().fs_type();
       if (!fs.empty() && fs != "ext4" && fs != "xfs") {
         return absl::InvalidArgumentError(absl::StrCat(
-            field, ".mount.fs_type '", fs, "' is not supported (ext4 or xfs)"));
+            field, ".mount.fs_type '", EscapeForLog(fs), "' is not supported (ext4 or xfs)"));
       }
       break;
     }
@@ -267,14 +317,117 @@ absl::StatusOr<int64_t> ParseSize(absl::string_view text) {
   }
   int64_t v = 0;
   if (s.empty() || !absl::SimpleAtoi(s, &v) || v < 0 || v > INT64_MAX / mult) {
-    return absl::InvalidArgumentError(absl::StrCat("size '", text, "' is not a size (e.g. 1Gi, 512Mi, 4096)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "size '", EscapeForLog(text), "' is not a size in int64 bytes (e.g. 1Gi, 512Mi, 4096)"));
   }
   return v * mult;
 }
 
+namespace {
+
+// Decodes one UTF-8 sequence at s[i]: its code point and length, or
+// nullopt if it is not well-formed (overlong, surrogate, > U+10FFFF, cut).
+std::optional<std::pair<uint32_t, size_t>> DecodeUtf8(absl::string_view s, size_t i) {
+  const auto b = [&](size_t k) { return static_cast<uint8_t>(s[i + k]); };
+  const uint8_t c = b(0);
+  if (c < 0x80) return std::make_pair(uint32_t{c}, size_t{1});
+  size_t len = 0;
+  uint32_t cp = 0, min = 0;
+  if ((c & 0xe0) == 0xc0) {
+    len = 2, cp = c & 0x1f, min = 0x80;
+  } else if ((c & 0xf0) == 0xe0) {
+    len = 3, cp = c & 0x0f, min = 0x800;
+  } else if ((c & 0xf8) == 0xf0) {
+    len = 4, cp = c & 0x07, min = 0x10000;
+  } else {
+    return std::nullopt;
+  }
+  if (i + len > s.size()) return std::nullopt;
+  for (size_t k = 1; k < len; ++k) {
+    if ((b(k) & 0xc0) != 0x80) return std::nullopt;
+    cp = (cp << 6) | (b(k) & 0x3f);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return std::nullopt;
+  return std::make_pair(cp, len);
+}
+
+bool BannedInName(uint32_t cp) {
+  return cp <= 0x08 || cp == 0x0b || cp == 0x0c || (cp >= 0x0e && cp <= 0x1f) ||
+         (cp >= 0x7f && cp <= 0x9f);
+}
+
+}  // namespace
+
+absl::Status ValidateName(absl::string_view name, absl::string_view field) {
+  if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
+  if (name.size() > kMaxStringBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " '", EscapeForLog(name, 32), "' is ", name.size(), " bytes; CSI allows at most ",
+        kMaxStringBytes));
+  }
+  for (size_t i = 0; i < name.size();) {
+    std::optional<std::pair<uint32_t, size_t>> cp = DecodeUtf8(name, i);
+    if (!cp) {
+      return absl::InvalidArgumentError(absl::StrCat(field, " '", EscapeForLog(name),
+                                                     "' is not UTF-8 (at byte ", i, ")"));
+    }
+    if (BannedInName(cp->first)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " '", EscapeForLog(name), "' contains the control character ",
+          absl::StrFormat("U+%04X", cp->first), " (at byte ", i, "), which CSI bans in names"));
+    }
+    i += cp->second;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateMapSize(const google::protobuf::Map<std::string, std::string>& map,
+                             absl::string_view field) {
+  size_t total = 0;
+  for (const auto& [k, v] : map) total += k.size() + v.size();
+  if (total > kMaxMapBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " holds ", total,
+                                                   " bytes of keys and values; CSI allows at most ",
+                                                   kMaxMapBytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> ParseOvercommitRatio(absl::string_view text, absl::string_view field) {
+  double v = 0;
+  if (!absl::SimpleAtod(text, &v) || !std::isfinite(v) || v <= 0 || v > kMaxOvercommitRatio) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " '", EscapeForLog(text),
+                                                   "' is not a ratio in (0, ",
+                                                   kMaxOvercommitRatio, "] (e.g. 1, 2.5)"));
+  }
+  return v;
+}
+
 VolumeManager::VolumeManager(VolumeManagerOptions options, RecordStore* store,
                              VolumeBackend* backend, Mounter* mounter)
-    : options_(std::move(options)), store_(store), backend_(backend), mounter_(mounter) {}
+    : options_(std::move(options)), store_(store), backend_(backend), mounter_(mounter) {
+  if (options_.registry == nullptr) return;
+  auto& pool = prometheus::BuildGauge()
+                   .Name("ublk_csi_pool_bytes")
+                   .Help("Thin pool of the data dir: provisioned = sum of volume sizes; used = "
+                         "bytes allocated by backing and snapshot files; capacity = free + used")
+                   .Register(*options_.registry);
+  provisioned_gauge_ = &pool.Add({{"kind", "provisioned"}});
+  used_gauge_ = &pool.Add({{"kind", "used"}});
+  capacity_gauge_ = &pool.Add({{"kind", "capacity"}});
+  prometheus::BuildGauge()
+      .Name("ublk_csi_pool_overcommit_ratio")
+      .Help("--overcommit-ratio: provisioned bytes admitted per byte of pool capacity")
+      .Register(*options_.registry)
+      .Add({})
+      .Set(options_.overcommit_ratio);
+  refused_counter_ = &prometheus::BuildCounter()
+                          .Name("ublk_csi_pool_exhausted_total")
+                          .Help("CreateVolume/ControllerExpandVolume calls refused "
+                                "(RESOURCE_EXHAUSTED) because the thin pool would overflow")
+                          .Register(*options_.registry)
+                          .Add({});
+}
 
 VolumeManager::KeyLock::~KeyLock() {
   if (m_ == nullptr) return;
@@ -349,6 +502,104 @@ absl::StatusOr<int64_t> VolumeManager::FreeBytes() {
   return static_cast<int64_t>(s.f_bavail) * static_cast<int64_t>(s.f_frsize);
 }
 
+int64_t VolumeManager::PoolUsage::capacity() const { return SaturatingAdd(free, used); }
+
+VolumeManager::Reservation::~Reservation() {
+  if (m_ == nullptr) return;
+  std::lock_guard<std::mutex> lock(m_->mu_);
+  m_->reserved_bytes_ -= bytes_;
+}
+
+double VolumeManager::RatioFor(
+    const google::protobuf::Map<std::string, std::string>& params) const {
+  auto it = params.find(kParamOvercommitRatio);
+  if (it == params.end()) return options_.overcommit_ratio;
+  absl::StatusOr<double> r = ParseOvercommitRatio(it->second, kParamOvercommitRatio);
+  return r.ok() ? *r : options_.overcommit_ratio;
+}
+
+absl::StatusOr<VolumeManager::PoolUsage> VolumeManager::MeasurePool() {
+  std::vector<std::string> files;
+  PoolUsage u;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [_, rec] : volumes_) {
+      u.provisioned = SaturatingAdd(u.provisioned, rec.capacity_bytes());
+      files.push_back(rec.backing_file());
+    }
+    for (const auto& [_, snap] : snapshots_) files.push_back(snap.file());
+  }
+  for (const std::string& rel : files) {
+    struct stat st;
+    if (::stat(store_->Abs(rel).c_str(), &st) == 0) {
+      u.used = SaturatingAdd(u.used, static_cast<int64_t>(st.st_blocks) * 512);
+    }
+  }
+  ASSIGN_OR_RETURN(u.free, FreeBytes());
+  return u;
+}
+
+namespace {
+
+// bytes x ratio, saturating at INT64_MAX (never UB for any ratio we accept).
+int64_t Scale(int64_t bytes, double ratio) {
+  const long double v = static_cast<long double>(bytes) * static_cast<long double>(ratio);
+  if (!(v < static_cast<long double>(std::numeric_limits<int64_t>::max()))) return INT64_MAX;
+  return v <= 0 ? 0 : static_cast<int64_t>(v);
+}
+
+std::string Human(int64_t bytes) {
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 6) v /= 1024, ++u;
+  return absl::StrFormat("%.1f %s", v, kUnits[u]);
+}
+
+}  // namespace
+
+absl::StatusOr<VolumeManager::Reservation> VolumeManager::Reserve(int64_t bytes, double ratio,
+                                                                  absl::string_view what) {
+  ASSIGN_OR_RETURN(PoolUsage u, MeasurePool());
+  const int64_t limit = Scale(u.capacity(), ratio);
+  std::string refused;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    int64_t provisioned = 0;
+    for (const auto& [_, rec] : volumes_) provisioned = SaturatingAdd(provisioned, rec.capacity_bytes());
+    provisioned = SaturatingAdd(provisioned, reserved_bytes_);
+    const int64_t after = SaturatingAdd(provisioned, bytes);
+    if (after <= limit && after != INT64_MAX) {
+      reserved_bytes_ += bytes;
+      if (pool_full_.exchange(false)) {
+        LOG(INFO) << "thin pool has room again: " << Human(after) << " provisioned of "
+                  << Human(limit) << " (capacity " << Human(u.capacity()) << " x overcommit ratio "
+                  << ratio << ")";
+      }
+      return Reservation(this, bytes);
+    }
+    refused = absl::StrCat(
+        what, ": thin pool exhausted: ", bytes, " bytes (", Human(bytes), ") requested, ",
+        provisioned, " bytes (", Human(provisioned), ") already provisioned; capacity ",
+        u.capacity(), " bytes (", Human(u.capacity()), ": ", Human(u.free), " free + ",
+        Human(u.used), " used by volumes and snapshots) x overcommit ratio ", ratio, " = ",
+        limit, " bytes (", Human(limit), "). Free space in the data dir, delete volumes, or "
+        "raise --overcommit-ratio (or the StorageClass parameter ", kParamOvercommitRatio, ")");
+  }
+  if (refused_counter_ != nullptr) refused_counter_->Increment();
+  if (!pool_full_.exchange(true)) LOG(WARNING) << refused;
+  return absl::ResourceExhaustedError(refused);
+}
+
+void VolumeManager::RefreshPoolMetrics() {
+  if (provisioned_gauge_ == nullptr) return;
+  absl::StatusOr<PoolUsage> u = MeasurePool();
+  if (!u.ok()) return;
+  provisioned_gauge_->Set(static_cast<double>(u->provisioned));
+  used_gauge_->Set(static_cast<double>(u->used));
+  capacity_gauge_->Set(static_cast<double>(u->capacity()));
+}
+
 csi::v1::Topology VolumeManager::NodeTopology() const {
   csi::v1::Topology t;
   (*t.mutable_segments())[kTopologyKey] = options_.node_id;
@@ -392,6 +643,11 @@ void VolumeManager::FillVolume(const VolumeRecord& rec, csi::v1::Volume* out) co
 }
 
 absl::Status VolumeManager::Load() {
+  if (!std::isfinite(options_.overcommit_ratio) || options_.overcommit_ratio <= 0 ||
+      options_.overcommit_ratio > kMaxOvercommitRatio) {
+    return absl::InvalidArgumentError(absl::StrCat("--overcommit-ratio=", options_.overcommit_ratio,
+                                                   ": must be in (0, ", kMaxOvercommitRatio, "]"));
+  }
   ASSIGN_OR_RETURN(RecordStore::Loaded loaded, store_->LoadAll());
   for (VolumeRecord& rec : loaded.volumes) {
     const std::string id = rec.volume_id();
@@ -428,9 +684,28 @@ absl::Status VolumeManager::Load() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
-    const csi::v1::CreateVolumeRequest& req) {
-  if (req.name().empty()) return absl::InvalidArgumentError("name is required");
+struct VolumeManager::CreatePlan {
+  std::string name;
+  VolumeRecord::AccessType access = VolumeRecord::MOUNT;
+  std::string fs_type;  // of a mount volume
+  bool fs_explicit = false;  // asked for by parameters or capability
+  int64_t size = 0;
+  std::map<std::string, std::string> params;  // user parameters, kept in the record
+  double ratio = 1.0;
+  std::string src_snapshot, src_volume;
+};
+
+struct VolumeManager::ContentSource {
+  std::string file;                   // data to start from; "" = an empty volume
+  std::optional<KeyLock> lock;        // a source volume, held while copied
+  std::optional<VolumeRecord> volume;  // a clone's source, frozen while copied
+};
+
+absl::StatusOr<VolumeManager::CreatePlan> VolumeManager::ParseCreateRequest(
+    const csi::v1::CreateVolumeRequest& req) const {
+  CreatePlan plan;
+  RETURN_IF_ERROR(ValidateName(req.name(), "name"));
+  plan.name = req.name();
   RETURN_IF_ERROR(ValidateCapabilities(req.volume_capabilities(), "volume_capabilities"));
   bool block = false, mount = false;
   std::string cap_fs;
@@ -445,23 +720,29 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
     return absl::InvalidArgumentError(
         "volume_capabilities ask for both block and mount access; a volume is one or the other");
   }
+  plan.access = block ? VolumeRecord::BLOCK : VolumeRecord::MOUNT;
+  RETURN_IF_ERROR(ValidateMapSize(req.parameters(), "parameters"));
   std::string fs_type = "ext4";
+  plan.ratio = options_.overcommit_ratio;
   for (const auto& [k, v] : req.parameters()) {
     if (absl::StartsWith(k, kReservedParamPrefix)) continue;
     if (k == kParamFsType) {
       if (v != "ext4" && v != "xfs") {
-        return absl::InvalidArgumentError(
-            absl::StrCat("parameters.fsType '", v, "' is not supported (ext4 or xfs)"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "parameters.fsType '", EscapeForLog(v), "' is not supported (ext4 or xfs)"));
       }
       fs_type = v;
     } else if (k == kParamBlockSize) {
       if (v != "512" && v != "4096") {
-        return absl::InvalidArgumentError(
-            absl::StrCat("parameters.blockSize '", v, "' is not supported (512 or 4096)"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "parameters.blockSize '", EscapeForLog(v), "' is not supported (512 or 4096)"));
       }
+    } else if (k == kParamOvercommitRatio) {
+      ASSIGN_OR_RETURN(plan.ratio, ParseOvercommitRatio(v, "parameters.overcommitRatio"));
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("parameters: unknown key '", k, "' (known: fsType, blockSize)"));
+      return absl::InvalidArgumentError(absl::StrCat("parameters: unknown key '", EscapeForLog(k),
+                                                     "' (known: fsType, blockSize, ",
+                                                     kParamOvercommitRatio, ")"));
     }
   }
   if (!cap_fs.empty()) {
@@ -471,99 +752,149 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
     }
     fs_type = cap_fs;
   }
-  ASSIGN_OR_RETURN(int64_t size,
+  plan.fs_type = plan.access == VolumeRecord::BLOCK ? "" : fs_type;
+  plan.fs_explicit = !cap_fs.empty() || req.parameters().count(kParamFsType) != 0;
+  plan.params = UserParams(req.parameters());
+  ASSIGN_OR_RETURN(plan.size,
                    SizeFor(req.capacity_range(), options_.default_volume_bytes, "capacity_range"));
-  if (req.has_accessibility_requirements()) {
-    RETURN_IF_ERROR(CheckTopology(req.accessibility_requirements()));
-  }
-  std::string src_snapshot, src_volume;
   if (req.has_volume_content_source()) {
     const auto& src = req.volume_content_source();
     if (src.has_snapshot()) {
-      src_snapshot = src.snapshot().snapshot_id();
-      RETURN_IF_ERROR(ValidateId(src_snapshot, "volume_content_source.snapshot.snapshot_id"));
+      plan.src_snapshot = src.snapshot().snapshot_id();
+      RETURN_IF_ERROR(ValidateId(plan.src_snapshot, "volume_content_source.snapshot.snapshot_id"));
     } else if (src.has_volume()) {
-      src_volume = src.volume().volume_id();
-      RETURN_IF_ERROR(ValidateId(src_volume, "volume_content_source.volume.volume_id"));
+      plan.src_volume = src.volume().volume_id();
+      RETURN_IF_ERROR(ValidateId(plan.src_volume, "volume_content_source.volume.volume_id"));
     } else {
       return absl::InvalidArgumentError("volume_content_source has neither snapshot nor volume");
     }
   }
+  return plan;
+}
 
-  ASSIGN_OR_RETURN(KeyLock name_lock, TryLock("name:" + req.name(), "volume name " + req.name()));
+absl::StatusOr<std::optional<csi::v1::CreateVolumeResponse>> VolumeManager::FindCreated(
+    const CreatePlan& plan, const csi::v1::CreateVolumeRequest& req) {
   std::optional<VolumeRecord> existing;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [_, rec] : volumes_) {
-      if (rec.name() == req.name()) existing = rec;
+      if (rec.name() == plan.name) existing = rec;
     }
   }
-  const VolumeRecord::AccessType access = block ? VolumeRecord::BLOCK : VolumeRecord::MOUNT;
-  if (existing && existing->state() != VolumeRecord::READY) {
-    return absl::AbortedError(absl::StrCat("volume name ", req.name(), " (", existing->volume_id(),
+  if (!existing) return std::nullopt;
+  const std::string name = EscapeForLog(plan.name);
+  if (existing->state() != VolumeRecord::READY) {
+    return absl::AbortedError(absl::StrCat("volume name '", name, "' (", existing->volume_id(),
                                            ") is being deleted; retry later"));
   }
-  if (existing) {
-    std::map<std::string, std::string> old_params(existing->parameters().begin(),
-                                                  existing->parameters().end());
-    const bool same = FitsRange(existing->capacity_bytes(), req.capacity_range()) &&
-                      UserParams(req.parameters()) == old_params &&
-                      existing->access_type() == access &&
-                      existing->source_snapshot_id() == src_snapshot &&
-                      existing->source_volume_id() == src_volume &&
-                      (access == VolumeRecord::BLOCK || existing->fs_type() == fs_type);
-    if (!same) {
-      return absl::AlreadyExistsError(absl::StrCat(
-          "volume name ", req.name(), " exists as ", existing->volume_id(),
-          " with a different size, parameters, capabilities or content source"));
-    }
-    csi::v1::CreateVolumeResponse resp;
-    FillVolume(*existing, resp.mutable_volume());
-    return resp;
+  std::map<std::string, std::string> old_params(existing->parameters().begin(),
+                                                existing->parameters().end());
+  // The volume lives on this node: requirements without it do not match it.
+  const bool same = FitsRange(existing->capacity_bytes(), req.capacity_range()) &&
+                    plan.params == old_params && existing->access_type() == plan.access &&
+                    existing->source_snapshot_id() == plan.src_snapshot &&
+                    existing->source_volume_id() == plan.src_volume &&
+                    (plan.access == VolumeRecord::BLOCK || existing->fs_type() == plan.fs_type ||
+                     (!plan.fs_explicit && existing->content_source_case() !=
+                                               VolumeRecord::CONTENT_SOURCE_NOT_SET)) &&
+                    (!req.has_accessibility_requirements() ||
+                     CheckTopology(req.accessibility_requirements()).ok());
+  if (!same) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "volume name '", name, "' exists as ", existing->volume_id(),
+        " with a different size, parameters, capabilities, topology or content source"));
   }
+  csi::v1::CreateVolumeResponse resp;
+  FillVolume(*existing, resp.mutable_volume());
+  return resp;
+}
 
-  // Content source: the data to start from and its size.
-  std::string source_file;
-  std::optional<KeyLock> source_lock;
-  std::optional<VolumeRecord> source_volume;  // a clone's source, to freeze while copied
-  if (!src_snapshot.empty()) {
-    std::optional<SnapshotRecord> snap = FindSnapshot(src_snapshot);
-    if (!snap) return absl::NotFoundError(absl::StrCat("snapshot ", src_snapshot, " does not exist"));
-    if (size < snap->size_bytes()) {
-      return absl::OutOfRangeError(absl::StrCat("capacity ", size, " is smaller than snapshot ",
-                                                src_snapshot, " (", snap->size_bytes(), " bytes)"));
+absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource(
+    CreatePlan& plan) {
+  ContentSource out;
+  // The source's data must be usable as what is asked for: a mount volume
+  // from a raw block volume would be formatted over on its first stage, and
+  // a filesystem of another type never mounts (CSI: INVALID_ARGUMENT).
+  auto compatible = [&plan](const VolumeRecord& src, absl::string_view what) -> absl::Status {
+    if (plan.access == VolumeRecord::MOUNT && !plan.fs_explicit && src.filesystem_created() &&
+        !src.fs_type().empty()) {
+      plan.fs_type = src.fs_type();
     }
-    source_file = store_->Abs(snap->file());
-  } else if (!src_volume.empty()) {
-    ASSIGN_OR_RETURN(KeyLock l, TryLock(src_volume, "source volume " + src_volume));
-    source_lock.emplace(std::move(l));
-    std::optional<VolumeRecord> vol = FindVolume(src_volume);
-    if (!vol) return absl::NotFoundError(absl::StrCat("source volume ", src_volume, " does not exist"));
-    if (size < vol->capacity_bytes()) {
-      return absl::OutOfRangeError(absl::StrCat("capacity ", size, " is smaller than volume ",
-                                                src_volume, " (", vol->capacity_bytes(), " bytes)"));
+    if (plan.access == VolumeRecord::MOUNT && src.access_type() == VolumeRecord::BLOCK) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " holds a raw block volume; it can only be restored as a block volume"));
     }
-    source_file = store_->Abs(vol->backing_file());
-    source_volume = std::move(vol);
+    if (plan.access == VolumeRecord::MOUNT && src.filesystem_created() &&
+        src.fs_type() != plan.fs_type) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " holds a ", src.fs_type(),
+                                                     " filesystem, not ", plan.fs_type));
+    }
+    return absl::OkStatus();
+  };
+  if (!plan.src_snapshot.empty()) {
+    std::optional<SnapshotRecord> snap = FindSnapshot(plan.src_snapshot);
+    if (!snap) {
+      return absl::NotFoundError(absl::StrCat("snapshot ", plan.src_snapshot, " does not exist"));
+    }
+    if (plan.size < snap->size_bytes()) {
+      return absl::OutOfRangeError(absl::StrCat("capacity ", plan.size,
+                                                " is smaller than snapshot ", plan.src_snapshot,
+                                                " (", snap->size_bytes(), " bytes)"));
+    }
+    // The snapshot's volume, if it still exists, says what the data is.
+    if (std::optional<VolumeRecord> vol = FindVolume(snap->source_volume_id())) {
+      RETURN_IF_ERROR(compatible(*vol, absl::StrCat("snapshot ", plan.src_snapshot)));
+    }
+    out.file = store_->Abs(snap->file());
+  } else if (!plan.src_volume.empty()) {
+    ASSIGN_OR_RETURN(KeyLock l, TryLock(plan.src_volume, "source volume " + plan.src_volume));
+    out.lock.emplace(std::move(l));
+    std::optional<VolumeRecord> vol = FindVolume(plan.src_volume);
+    if (!vol) {
+      return absl::NotFoundError(absl::StrCat("source volume ", plan.src_volume, " does not exist"));
+    }
+    if (plan.size < vol->capacity_bytes()) {
+      return absl::OutOfRangeError(absl::StrCat("capacity ", plan.size, " is smaller than volume ",
+                                                plan.src_volume, " (", vol->capacity_bytes(),
+                                                " bytes)"));
+    }
+    RETURN_IF_ERROR(compatible(*vol, absl::StrCat("source volume ", plan.src_volume)));
+    out.file = store_->Abs(vol->backing_file());
+    out.volume = std::move(vol);
   }
-  ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
-  if (size > free_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat("volume ", req.name(), ": ", size,
-                                                     " bytes requested, data dir has ",
-                                                     free_bytes, " free"));
+  if (!out.file.empty()) {
+    // A copy takes real space (the source's allocated extents), whatever
+    // the overcommit ratio.
+    struct stat st;
+    if (::stat(out.file.c_str(), &st) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("content source file ", out.file, ": ", Errno(errno)));
+    }
+    ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
+    const int64_t need = static_cast<int64_t>(st.st_blocks) * 512;
+    if (need > free_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("volume '", EscapeForLog(plan.name),
+                                                       "': copying its content source needs ",
+                                                       need, " bytes, the data dir has ",
+                                                       free_bytes, " free"));
+    }
   }
+  return out;
+}
 
+absl::StatusOr<VolumeRecord> VolumeManager::MaterializeVolume(const CreatePlan& plan,
+                                                              ContentSource& source) {
   VolumeRecord rec;
   rec.set_volume_id(NewId("vol"));
-  rec.set_name(req.name());
+  rec.set_name(plan.name);
   rec.set_state(VolumeRecord::CREATING);
   rec.set_created_at(::time(nullptr));
-  rec.set_capacity_bytes(size);
-  for (const auto& [k, v] : UserParams(req.parameters())) (*rec.mutable_parameters())[k] = v;
-  rec.set_access_type(access);
-  rec.set_fs_type(access == VolumeRecord::BLOCK ? "" : fs_type);
-  if (!src_snapshot.empty()) rec.set_source_snapshot_id(src_snapshot);
-  if (!src_volume.empty()) rec.set_source_volume_id(src_volume);
+  rec.set_capacity_bytes(plan.size);
+  for (const auto& [k, v] : plan.params) (*rec.mutable_parameters())[k] = v;
+  rec.set_access_type(plan.access);
+  rec.set_fs_type(plan.fs_type);
+  if (!plan.src_snapshot.empty()) rec.set_source_snapshot_id(plan.src_snapshot);
+  if (!plan.src_volume.empty()) rec.set_source_volume_id(plan.src_volume);
   rec.set_backing_file(RecordStore::VolumeFileRel(rec.volume_id()));
   rec.set_dev_id(-1);
   // A restored volume brings its filesystem with it.
@@ -573,15 +904,15 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
   RETURN_IF_ERROR(store_->PutVolume(rec));
   const std::string path = store_->Abs(rec.backing_file());
   absl::Status made;
-  if (source_file.empty()) {
-    made = CreateSparse(path, size);
+  if (source.file.empty()) {
+    made = CreateSparse(path, plan.size);
   } else {
     absl::StatusOr<std::string> frozen =
-        source_volume ? FreezeForCopy(*source_volume, "clone " + rec.volume_id()) : std::string();
+        source.volume ? FreezeForCopy(*source.volume, "clone " + rec.volume_id()) : std::string();
     made = frozen.status();
     if (made.ok()) {
-      made = CloneFile(source_file, path, size);
-      if (source_volume) ThawAfterCopy(source_volume->volume_id(), *frozen);
+      made = CloneFile(source.file, path, plan.size);
+      if (source.volume) ThawAfterCopy(source.volume->volume_id(), *frozen);
     }
   }
   if (made.ok()) {
@@ -593,8 +924,25 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
     store_->DeleteVolume(rec.volume_id()).IgnoreError();
     return made;
   }
-  LOG(INFO) << "created volume " << rec.volume_id() << " (" << req.name() << ", " << size
-            << " bytes" << (source_file.empty() ? "" : ", from " + source_file) << ")";
+  return rec;
+}
+
+absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
+    const csi::v1::CreateVolumeRequest& req) {
+  ASSIGN_OR_RETURN(CreatePlan plan, ParseCreateRequest(req));
+  const std::string name = EscapeForLog(plan.name);
+  ASSIGN_OR_RETURN(KeyLock name_lock, TryLock("name:" + plan.name, "volume name '" + name + "'"));
+  ASSIGN_OR_RETURN(std::optional<csi::v1::CreateVolumeResponse> done, FindCreated(plan, req));
+  if (done) return *std::move(done);
+  if (req.has_accessibility_requirements()) {
+    RETURN_IF_ERROR(CheckTopology(req.accessibility_requirements()));
+  }
+  ASSIGN_OR_RETURN(ContentSource source, ResolveContentSource(plan));
+  ASSIGN_OR_RETURN(Reservation room,
+                   Reserve(plan.size, plan.ratio, absl::StrCat("volume '", name, "'")));
+  ASSIGN_OR_RETURN(VolumeRecord rec, MaterializeVolume(plan, source));
+  LOG(INFO) << "created volume " << rec.volume_id() << " ('" << name << "', " << plan.size
+            << " bytes" << (source.file.empty() ? "" : ", from " + source.file) << ")";
   csi::v1::CreateVolumeResponse resp;
   FillVolume(rec, resp.mutable_volume());
   return resp;
@@ -677,7 +1025,8 @@ VolumeManager::ValidateVolumeCapabilities(const csi::v1::ValidateVolumeCapabilit
     if (absl::StartsWith(k, kReservedParamPrefix)) continue;
     auto it = rec.parameters().find(k);
     if (it == rec.parameters().end() || it->second != v) {
-      resp.set_message(absl::StrCat("parameter ", k, "=", v, " does not match the volume"));
+      resp.set_message(absl::StrCat("parameter ", EscapeForLog(k), "=", EscapeForLog(v),
+                                    " does not match the volume"));
       return resp;
     }
   }
@@ -702,7 +1051,12 @@ absl::StatusOr<csi::v1::ListVolumesResponse> VolumeManager::ListVolumes(
   size_t end = req.max_entries() == 0 ? all.size()
                                       : std::min(all.size(), start + static_cast<size_t>(req.max_entries()));
   csi::v1::ListVolumesResponse resp;
+  size_t bytes = 0;
   for (size_t i = start; i < end; ++i) {
+    if (i > start && bytes >= kMaxListResponseBytes) {
+      end = i;  // the rest on the next page, whatever max_entries says
+      break;
+    }
     auto* entry = resp.add_entries();
     FillVolume(all[i], entry->mutable_volume());
     // VOLUME_CONDITION: the export's live state, "key=value ..." so that
@@ -718,6 +1072,7 @@ absl::StatusOr<csi::v1::ListVolumesResponse> VolumeManager::ListVolumes(
                                    es.copy_mode.empty() ? "-" : es.copy_mode,
                                    " staged=", staged ? "yes" : "no",
                                    es.message.empty() ? "" : " message=", es.message));
+    bytes += entry->ByteSizeLong();
   }
   if (end < all.size()) resp.set_next_token(absl::StrCat(kTokenPrefix, all[end - 1].volume_id()));
   return resp;
@@ -729,9 +1084,15 @@ absl::StatusOr<csi::v1::GetCapacityResponse> VolumeManager::GetCapacity(
     RETURN_IF_ERROR(ValidateCapability(req.volume_capabilities(i),
                                        absl::StrCat("volume_capabilities[", i, "]")));
   }
+  RETURN_IF_ERROR(ValidateMapSize(req.parameters(), "parameters"));
+  double ratio = options_.overcommit_ratio;
   for (const auto& [k, v] : req.parameters()) {
-    if (!absl::StartsWith(k, kReservedParamPrefix) && k != kParamFsType && k != kParamBlockSize) {
-      return absl::InvalidArgumentError(absl::StrCat("parameters: unknown key '", k, "'"));
+    if (k == kParamOvercommitRatio) {
+      ASSIGN_OR_RETURN(ratio, ParseOvercommitRatio(v, "parameters.overcommitRatio"));
+    } else if (!absl::StartsWith(k, kReservedParamPrefix) && k != kParamFsType &&
+               k != kParamBlockSize) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("parameters: unknown key '", EscapeForLog(k), "'"));
     }
   }
   csi::v1::GetCapacityResponse resp;
@@ -740,9 +1101,17 @@ absl::StatusOr<csi::v1::GetCapacityResponse> VolumeManager::GetCapacity(
       if (k != kTopologyKey || v != options_.node_id) return resp;  // not here: 0
     }
   }
-  ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
-  resp.set_available_capacity(free_bytes);
-  resp.mutable_maximum_volume_size()->set_value(free_bytes);
+  // What CreateVolume would admit now: the same rule as Reserve.
+  ASSIGN_OR_RETURN(PoolUsage u, MeasurePool());
+  int64_t provisioned = u.provisioned;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    provisioned = SaturatingAdd(provisioned, reserved_bytes_);
+  }
+  const int64_t limit = Scale(u.capacity(), ratio);
+  const int64_t available = limit > provisioned ? (limit - provisioned) / kAlign * kAlign : 0;
+  resp.set_available_capacity(available);
+  resp.mutable_maximum_volume_size()->set_value(available);
   resp.mutable_minimum_volume_size()->set_value(kAlign);
   return resp;
 }
@@ -754,10 +1123,19 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
   if (req.has_volume_capability()) {
     RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
   }
-  ASSIGN_OR_RETURN(int64_t size, SizeFor(req.capacity_range(), 0, "capacity_range"));
-  if (size == 0) return absl::InvalidArgumentError("capacity_range.required_bytes is required");
+  ASSIGN_OR_RETURN(int64_t size, SizeFor(req.capacity_range(), kAlign, "capacity_range"));
+  if (req.capacity_range().required_bytes() == 0) {
+    return absl::InvalidArgumentError("capacity_range.required_bytes is required");
+  }
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
+  if (req.has_volume_capability() &&
+      req.volume_capability().has_block() != (rec.access_type() == VolumeRecord::BLOCK)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "volume_capability asks for ", req.volume_capability().has_block() ? "block" : "mount",
+        " access; volume ", rec.volume_id(), " is a ",
+        rec.access_type() == VolumeRecord::BLOCK ? "block" : "mount", " volume"));
+  }
   csi::v1::ControllerExpandVolumeResponse resp;
   if (size <= rec.capacity_bytes()) {
     // Never shrink; already this big (or bigger) is success.
@@ -770,16 +1148,32 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
     resp.set_node_expansion_required(false);
     return resp;
   }
-  ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
-  if (size - rec.capacity_bytes() > free_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat("volume ", rec.volume_id(), ": growing to ",
-                                                     size, " bytes needs more than the ",
-                                                     free_bytes, " bytes free"));
+  if (!options_.online_expansion &&
+      (!rec.staged_path().empty() || rec.published_paths_size() > 0)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "volume ", rec.volume_id(), " is in use (staged or published) and this node's ublk "
+        "driver cannot grow a live device (OFFLINE expansion only); unpublish and unstage it "
+        "first"));
   }
+  ASSIGN_OR_RETURN(Reservation room, Reserve(size - rec.capacity_bytes(), RatioFor(rec.parameters()),
+                                             absl::StrCat("volume ", rec.volume_id())));
   const std::string path = store_->Abs(rec.backing_file());
-  if (::truncate(path.c_str(), size) != 0) {
-    return absl::InternalError(absl::StrCat("volume ", rec.volume_id(), ": grow ", path, " to ",
-                                            size, ": ", Errno(errno)));
+  {
+    ublk::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd.valid()) {
+      return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(),
+                                                        ": backing file ", path, ": ", Errno(errno)));
+    }
+    if (::ftruncate(fd.get(), size) != 0) return TruncateError(errno, path, size);
+    // Report only a size the file has reached.
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0 || st.st_size < size) {
+      return absl::InternalError(absl::StrCat("volume ", rec.volume_id(), ": ", path,
+                                              " did not grow to ", size, " bytes"));
+    }
+    if (::fsync(fd.get()) != 0) {
+      return absl::InternalError(absl::StrCat("fsync ", path, ": ", Errno(errno)));
+    }
   }
   rec.set_capacity_bytes(size);
   RETURN_IF_ERROR(SaveVolume(rec));
@@ -842,9 +1236,12 @@ void VolumeManager::ThawAfterCopy(const std::string& volume_id, const std::strin
 
 absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
     const csi::v1::CreateSnapshotRequest& req) {
-  if (req.name().empty()) return absl::InvalidArgumentError("name is required");
+  RETURN_IF_ERROR(ValidateName(req.name(), "name"));
   RETURN_IF_ERROR(ValidateId(req.source_volume_id(), "source_volume_id"));
-  ASSIGN_OR_RETURN(KeyLock name_lock, TryLock("snapname:" + req.name(), "snapshot name " + req.name()));
+  RETURN_IF_ERROR(ValidateMapSize(req.parameters(), "parameters"));
+  const std::string name = EscapeForLog(req.name());
+  ASSIGN_OR_RETURN(KeyLock name_lock,
+                   TryLock("snapname:" + req.name(), "snapshot name '" + name + "'"));
   std::optional<SnapshotRecord> existing;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -862,7 +1259,7 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
   csi::v1::CreateSnapshotResponse resp;
   if (existing) {
     if (existing->source_volume_id() != req.source_volume_id()) {
-      return absl::AlreadyExistsError(absl::StrCat("snapshot name ", req.name(), " exists as ",
+      return absl::AlreadyExistsError(absl::StrCat("snapshot name '", name, "' exists as ",
                                                    existing->snapshot_id(), " of volume ",
                                                    existing->source_volume_id()));
     }
@@ -908,7 +1305,7 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
     store_->DeleteSnapshot(snap.snapshot_id()).IgnoreError();
     return made;
   }
-  LOG(INFO) << "snapshot " << snap.snapshot_id() << " (" << req.name() << ") of volume "
+  LOG(INFO) << "snapshot " << snap.snapshot_id() << " ('" << name << "') of volume "
             << vol.volume_id();
   fill(snap, resp.mutable_snapshot());
   return resp;
@@ -948,13 +1345,19 @@ absl::StatusOr<csi::v1::ListSnapshotsResponse> VolumeManager::ListSnapshots(
   size_t end = req.max_entries() == 0 ? all.size()
                                       : std::min(all.size(), start + static_cast<size_t>(req.max_entries()));
   csi::v1::ListSnapshotsResponse resp;
+  size_t bytes = 0;
   for (size_t i = start; i < end; ++i) {
+    if (i > start && bytes >= kMaxListResponseBytes) {
+      end = i;
+      break;
+    }
     csi::v1::Snapshot* out = resp.add_entries()->mutable_snapshot();
     out->set_snapshot_id(all[i].snapshot_id());
     out->set_source_volume_id(all[i].source_volume_id());
     out->set_size_bytes(all[i].size_bytes());
     out->mutable_creation_time()->set_seconds(all[i].created_at());
     out->set_ready_to_use(all[i].ready_to_use());
+    bytes += out->ByteSizeLong();
   }
   if (end < all.size()) resp.set_next_token(absl::StrCat(kTokenPrefix, all[end - 1].snapshot_id()));
   return resp;

@@ -13,10 +13,12 @@
 #include <atomic>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -26,6 +28,9 @@
 #include "csi/mounter.h"
 #include "csi/record_store.h"
 #include "csi/volume_backend.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/registry.h"
 #include "records.pb.h"
 
 namespace ublk_csi {
@@ -41,6 +46,20 @@ struct VolumeManagerOptions {
   // Free bytes for new volumes (GetCapacity, out-of-space checks); default:
   // statvfs of the data dir. A seam so tests can run out of space.
   std::function<absl::StatusOr<int64_t>()> free_bytes;
+  // Thin provisioning. Backing files are sparse, so the sum of volume sizes
+  // (provisioned) may exceed the space they can ever fill. The pool's
+  // capacity is the data dir's free space plus what its backing and snapshot
+  // files already use; CreateVolume and ControllerExpandVolume admit a size
+  // only while provisioned <= capacity x ratio. 1.0 = never promise more
+  // than the disk holds; a StorageClass parameter "overcommitRatio"
+  // overrides it for that class's volumes. Checked by Load().
+  double overcommit_ratio = 1.0;
+  // False when a live device cannot grow (ublk UPDATE_SIZE missing, i.e.
+  // OFFLINE expansion): ControllerExpandVolume of a staged volume is then
+  // FAILED_PRECONDITION, as the CSI spec asks.
+  bool online_expansion = true;
+  // Gets the ublk_csi_pool_* gauges and counter (may be null).
+  prometheus::Registry* registry = nullptr;
 };
 
 // Asked by NodeStage/NodePublish (and NodeGetVolumeStats) before they use a
@@ -108,6 +127,9 @@ class VolumeManager {
   csi::v1::NodeGetInfoResponse NodeGetInfo();
 
   std::vector<VolumeStatus> Status();
+  // Recomputes the ublk_csi_pool_* gauges (provisioned, used, capacity);
+  // called before each /metrics scrape, since "used" grows with writes.
+  void RefreshPoolMetrics();
   // Recovery after a restart: ensures the export of a staged or published
   // volume (re-attach a QUIESCED device, or re-create it after a reboot) and
   // persists the device id it got. Takes the volume's lock like an RPC
@@ -144,6 +166,53 @@ class VolumeManager {
   absl::Status ForgetVolume(const std::string& id);
   absl::Status ForgetSnapshot(const std::string& id);
   absl::StatusOr<int64_t> FreeBytes();
+
+  // CreateVolume, step by step: parse and validate the request; answer a
+  // repeat of an earlier create (idempotency); find and lock the content
+  // source; admit the size into the pool; write record and backing file.
+  struct CreatePlan;
+  struct ContentSource;
+  absl::StatusOr<CreatePlan> ParseCreateRequest(const csi::v1::CreateVolumeRequest& req) const;
+  // The response for an existing volume of the same name, ALREADY_EXISTS if
+  // it does not match, nullopt if there is none.
+  absl::StatusOr<std::optional<csi::v1::CreateVolumeResponse>> FindCreated(
+      const CreatePlan& plan, const csi::v1::CreateVolumeRequest& req);
+  // May set plan.fs_type: a volume restored or cloned without an explicit
+  // filesystem type takes its source's.
+  absl::StatusOr<ContentSource> ResolveContentSource(CreatePlan& plan);
+  absl::StatusOr<records::VolumeRecord> MaterializeVolume(const CreatePlan& plan,
+                                                          ContentSource& source);
+
+  // Thin pool accounting. `Usage` is measured outside mu_ (statvfs, stat);
+  // Reserve then checks and books `bytes` under mu_ so that two concurrent
+  // creates cannot both take the last room. The reservation is released
+  // when the caller has saved the grown record (or failed).
+  struct PoolUsage {
+    int64_t provisioned = 0;  // sum of volume sizes, incl. reservations
+    int64_t used = 0;         // bytes allocated by backing + snapshot files
+    int64_t free = 0;         // free bytes in the data dir
+    int64_t capacity() const;  // free + used, saturating
+  };
+  class Reservation {
+   public:
+    Reservation(VolumeManager* m, int64_t bytes) : m_(m), bytes_(bytes) {}
+    Reservation(Reservation&& o) noexcept
+        : m_(std::exchange(o.m_, nullptr)), bytes_(o.bytes_) {}
+    Reservation(const Reservation&) = delete;
+    Reservation& operator=(const Reservation&) = delete;
+    Reservation& operator=(Reservation&&) = delete;
+    ~Reservation();
+
+   private:
+    VolumeManager* m_;
+    int64_t bytes_;
+  };
+  absl::StatusOr<PoolUsage> MeasurePool();
+  // RESOURCE_EXHAUSTED naming requested, provisioned, capacity and ratio
+  // when `bytes` more would exceed capacity x ratio.
+  absl::StatusOr<Reservation> Reserve(int64_t bytes, double ratio, absl::string_view what);
+  // Ratio for a volume with these (user) parameters.
+  double RatioFor(const google::protobuf::Map<std::string, std::string>& params) const;
   absl::Status CheckTopology(const csi::v1::TopologyRequirement& req) const;
   void FillVolume(const records::VolumeRecord& rec, csi::v1::Volume* out) const;
   ExportSpec SpecFor(const records::VolumeRecord& rec) const;
@@ -166,6 +235,14 @@ class VolumeManager {
   std::map<std::string, records::VolumeRecord> volumes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, records::SnapshotRecord> snapshots_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> busy_ ABSL_GUARDED_BY(mu_);
+  int64_t reserved_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Degraded-mode state: set while the last admission was refused (one log
+  // line per transition, not one per refused call).
+  std::atomic<bool> pool_full_{false};
+  prometheus::Gauge* provisioned_gauge_ = nullptr;
+  prometheus::Gauge* used_gauge_ = nullptr;
+  prometheus::Gauge* capacity_gauge_ = nullptr;
+  prometheus::Counter* refused_counter_ = nullptr;
   std::atomic<VolumeGate*> gate_{nullptr};
 };
 
@@ -175,7 +252,19 @@ absl::Status ValidatePath(absl::string_view path, absl::string_view field);
 // Access mode/type rules: single-node modes only; exactly one access type;
 // mount fs_type empty, ext4 or xfs.
 absl::Status ValidateCapability(const csi::v1::VolumeCapability& cap, absl::string_view field);
-// Parses "1Gi", "512Mi", "4096", "10G" into bytes.
+// Parses "1Gi", "512Mi", "4096", "10G" into bytes; INVALID_ARGUMENT for a
+// malformed or negative size or one that overflows int64.
 absl::StatusOr<int64_t> ParseSize(absl::string_view text);
+// A CO-chosen name (CreateVolume, CreateSnapshot): required, at most 128
+// bytes, UTF-8, none of the control characters the CSI spec bans
+// (U+0000-U+0008, U+000B, U+000C, U+000E-U+001F, U+007F-U+009F).
+absl::Status ValidateName(absl::string_view name, absl::string_view field);
+// A parameters/volume_context map: at most 4 KiB of keys and values (CSI).
+absl::Status ValidateMapSize(const google::protobuf::Map<std::string, std::string>& map,
+                             absl::string_view field);
+// The StorageClass parameter key of the overcommit ratio.
+inline constexpr char kParamOvercommitRatio[] = "overcommitRatio";
+// Parses an overcommit ratio: a finite number in (0, 1000].
+absl::StatusOr<double> ParseOvercommitRatio(absl::string_view text, absl::string_view field);
 
 }  // namespace ublk_csi

@@ -101,8 +101,8 @@ absl::Status CheckMode(const VolumeCapability& cap, const VolumeRecord& rec,
                        absl::string_view field) {
   RETURN_IF_ERROR(ValidateCapability(cap, field));
   const bool block = rec.access_type() == VolumeRecord::BLOCK;
-  if (cap.has_block() != block) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " asks for ",
+  if (cap.has_block() != block) {  // CSI: "exceeds capabilities" of the volume
+    return absl::FailedPreconditionError(absl::StrCat(field, " asks for ",
                                                    cap.has_block() ? "block" : "mount",
                                                    " access; volume ", rec.volume_id(), " is a ",
                                                    block ? "block" : "mount", " volume"));
@@ -502,9 +502,12 @@ absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> VolumeManager::NodeUnpublis
 
 absl::StatusOr<csi::v1::NodeGetVolumeStatsResponse> VolumeManager::NodeGetVolumeStats(
     const csi::v1::NodeGetVolumeStatsRequest& req) {
+  // CSI: an unknown volume is NOT_FOUND whatever its path says; a path is
+  // judged only for a volume that exists.
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
-  RETURN_IF_ERROR(ValidatePath(req.volume_path(), "volume_path"));
+  if (req.volume_path().empty()) return absl::InvalidArgumentError("volume_path is required");
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
+  RETURN_IF_ERROR(ValidatePath(req.volume_path(), "volume_path"));
   const std::string& path = req.volume_path();
   const bool known = path == rec.staged_path() ||
                      std::find(rec.published_paths().begin(), rec.published_paths().end(), path) !=
@@ -575,25 +578,44 @@ absl::StatusOr<csi::v1::NodeGetVolumeStatsResponse> VolumeManager::NodeGetVolume
 
 absl::StatusOr<csi::v1::NodeExpandVolumeResponse> VolumeManager::NodeExpandVolume(
     const csi::v1::NodeExpandVolumeRequest& req) {
+  // The spec's order: missing fields, then an unknown volume (NOT_FOUND,
+  // whatever its path), then what the request says about that volume.
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
-  RETURN_IF_ERROR(ValidatePath(req.volume_path(), "volume_path"));
-  if (req.has_volume_capability()) {
-    RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
-  }
-  if (req.capacity_range().required_bytes() < 0 || req.capacity_range().limit_bytes() < 0) {
+  if (req.volume_path().empty()) return absl::InvalidArgumentError("volume_path is required");
+  const int64_t required = req.capacity_range().required_bytes();
+  const int64_t limit = req.capacity_range().limit_bytes();
+  if (required < 0 || limit < 0) {
     return absl::InvalidArgumentError("capacity_range must not be negative");
+  }
+  if (limit != 0 && required > limit) {
+    return absl::InvalidArgumentError(absl::StrCat("capacity_range.required_bytes (", required,
+                                                   ") > limit_bytes (", limit, ")"));
   }
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
+  RETURN_IF_ERROR(ValidatePath(req.volume_path(), "volume_path"));
+  if (req.has_volume_capability()) {
+    RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
+    if (req.volume_capability().has_block() != (rec.access_type() == VolumeRecord::BLOCK)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "volume_capability asks for ", req.volume_capability().has_block() ? "block" : "mount",
+          " access; volume ", rec.volume_id(), " is a ",
+          rec.access_type() == VolumeRecord::BLOCK ? "block" : "mount", " volume"));
+    }
+  }
   const std::string& path = req.volume_path();
   if (!Exists(path)) return absl::NotFoundError(absl::StrCat("volume_path ", path, " does not exist"));
   if (rec.staged_path().empty()) {
     return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(), " is not staged"));
   }
   const int64_t size = rec.capacity_bytes();
-  if (req.capacity_range().required_bytes() > size) {
+  if (required > size) {
     return absl::OutOfRangeError(absl::StrCat("volume ", rec.volume_id(), " is ", size,
                                               " bytes; expand it with ControllerExpandVolume first"));
+  }
+  if (limit != 0 && size > limit) {
+    return absl::OutOfRangeError(absl::StrCat("volume ", rec.volume_id(), " is ", size,
+                                              " bytes, above capacity_range.limit_bytes ", limit));
   }
   ExportStatus es = backend_->GetExportStatus(rec.volume_id());
   if (es.state == ExportState::kAbsent) {

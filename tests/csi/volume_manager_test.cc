@@ -632,7 +632,7 @@ TEST_F(VM, StageErrors) {
   EXPECT_EQ(Stage(id, "relative/path").code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Stage(id, Path("a/../b")).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Stage(id, "").code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Stage(id, Path("s"), BlockCap()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Stage(id, Path("s"), BlockCap()).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(Stage(id, Path("s"), MountCap("", Mode::MULTI_NODE_SINGLE_WRITER)).code(),
             absl::StatusCode::kInvalidArgument);
   csi::v1::NodeStageVolumeRequest no_cap;

@@ -26,7 +26,7 @@ mkdir -p "$WORK/data"
 start_plugin() { # EXTRA FLAGS...
   "$PLUGIN" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$WORK/data" \
     --metrics-address="$METRICS" --backend=ublk --mounter=real --workers=2 \
-    --recovery-concurrency=8 --copy_mode=user_copy "$@" 2>>"$WORK/plugin.log" &
+    --recovery-concurrency=8 --copy_mode=user_copy --overcommit-ratio=8 "$@" 2>>"$WORK/plugin.log" &
   PID=$!
 }
 metric() { # NAME: sum of its series; fails if /metrics cannot be read
