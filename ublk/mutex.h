@@ -58,7 +58,9 @@ class ABSL_SCOPED_LOCKABLE MutexLock {
 };
 
 // A condition variable waited on through a held MutexLock. The names follow
-// std::condition_variable; a predicate is evaluated with the mutex held.
+// std::condition_variable. A predicate runs with the mutex held, but the
+// analysis cannot see that inside a lambda: annotate it,
+//   cv_.Wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_; });
 class CondVar {
  public:
   void Wait(MutexLock& lock) {
@@ -67,7 +69,7 @@ class CondVar {
     l.release();
   }
   template <class Pred>
-  void Wait(MutexLock& lock, Pred pred) {
+  void Wait(MutexLock& lock, Pred pred) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     while (!pred()) Wait(lock);
   }
   // Returns std::cv_status::timeout once `deadline` has passed.
@@ -81,7 +83,8 @@ class CondVar {
   }
   // Returns pred() at the end: false only if it timed out with pred() false.
   template <class Rep, class Period, class Pred>
-  bool WaitFor(MutexLock& lock, const std::chrono::duration<Rep, Period>& timeout, Pred pred) {
+  bool WaitFor(MutexLock& lock, const std::chrono::duration<Rep, Period>& timeout, Pred pred)
+      ABSL_NO_THREAD_SAFETY_ANALYSIS {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (!pred()) {
       if (WaitUntil(lock, deadline) == std::cv_status::timeout) return pred();
