@@ -19,6 +19,12 @@ for f in "${files[@]}"; do
   [ -f "$f" ] || continue
   grep -qE 'std::(mutex|lock_guard|unique_lock|condition_variable)' "$f" || continue
   perl -0pi -e '
+    # Comments that explained why std::mutex was used instead of absl::Mutex
+    # (ublk/mutex.h says it once now).
+    s{^([ \t]*)// std::mutex, not absl::Mutex:[^\n]*,\n[ \t]*// and ([^\n]*)\n}{$1// \u$2\n}mg;
+    s{^[ \t]*// std::mutex, not absl::Mutex:[^\n]*\n(?:[ \t]*// [^\n]*(?:TSan|absl::Mutex|fake_clock\.h)[^\n]*\n)*}{}mg;
+    s{(std::mutex \w+;)\s*// not absl::Mutex: see worker\.h}{$1}g;
+    s{; std::mutex \(not absl::Mutex\) so TSan sees it\.}{.}g;
     # std::lock_guard<std::mutex> l(mu_);  -> ublk::MutexLock l(&mu_);
     s/std::(?:lock_guard|unique_lock)<std::mutex>\s+(\w+)\(([^;()]*(?:\([^;()]*\))?[^;()]*)\);/ublk::MutexLock $1(&$2);/g;
     s/std::unique_lock<std::mutex>/ublk::MutexLock/g;
@@ -31,23 +37,29 @@ for f in "${files[@]}"; do
     s/\b(cv\w*|\w*_cv_?)\.wait\(/$1.Wait(/g;
     s/\block\.unlock\(\)/lock.Unlock()/g;
     s/\block\.lock\(\)/lock.Lock()/g;
-    # Comments that explained why std::mutex was used instead of absl::Mutex
-    # (ublk/mutex.h says it once now).
-    s{^([ \t]*)// std::mutex, not absl::Mutex:[^\n]*,\n[ \t]*// and ([^\n]*)\n}{$1// \u$2\n}mg;
-    s{^[ \t]*// std::mutex, not absl::Mutex:[^\n]*\n(?:[ \t]*// [^\n]*(?:TSan|absl::Mutex|fake_clock\.h)[^\n]*\n)*}{}mg;
-    s{(ublk::Mutex \w+;)\s*// not absl::Mutex: see worker\.h}{$1}g;
-    s{; std::mutex \(not absl::Mutex\) so TSan sees it\.}{.}g;
   ' "$f"
-  # The include: ublk/mutex.h replaces <mutex> and <condition_variable>.
+  # The include: ublk/mutex.h replaces <mutex> and <condition_variable>; it
+  # goes in sorted order among the project includes (after a .cc file's own
+  # header, which comes first).
   if grep -q 'ublk::\(Mutex\|CondVar\)' "$f"; then
     perl -0pi -e 's/^#include <(?:mutex|condition_variable)>\n//mg' "$f"
-    if ! grep -q '#include "ublk/mutex.h"' "$f"; then
-      if grep -q '^#include "' "$f"; then
-        perl -0pi -e 's/^(#include ")/#include "ublk\/mutex.h"\n$1/m' "$f"
-      else
-        perl -0pi -e 's/^(#pragma once\n)/$1\n#include "ublk\/mutex.h"\n/m' "$f"
-      fi
-    fi
+    grep -q '#include "ublk/mutex.h"' "$f" || perl -0pi -e '
+      my $inc = "#include \"ublk/mutex.h\"\n";
+      my @lines = split /^/m;
+      my ($own, $before, $last) = (-1, -1, -1);
+      for my $i (0 .. $#lines) {
+        next unless $lines[$i] =~ /^#include "([^"]+)"/;
+        my $path = $1;
+        if ($own < 0 && $last < 0 && !grep { /^#include </ } @lines[0 .. $i]) { $own = $i; next; }
+        $last = $i;
+        $before = $i if $before < 0 && $path gt "ublk/mutex.h";
+      }
+      if ($before >= 0) { splice @lines, $before, 0, $inc; }
+      elsif ($last >= 0) { splice @lines, $last + 1, 0, $inc; }
+      elsif ($own >= 0) { splice @lines, $own + 1, 0, "\n", $inc; }
+      else { for my $i (0 .. $#lines) { if ($lines[$i] =~ /^#pragma once/) { splice @lines, $i + 1, 0, "\n", $inc; last; } } }
+      $_ = join "", @lines;
+    ' "$f"
   fi
   echo "converted $f"
 done
