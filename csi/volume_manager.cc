@@ -22,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "glog/logging.h"
+#include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 #include "ublk/unique_fd.h"
 
@@ -43,9 +44,9 @@ std::string Errno(int err) { return std::strerror(err); }
 int64_t RoundUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
 std::string NewId(absl::string_view prefix) {
-  static std::mutex* mu = new std::mutex;
+  static ublk::Mutex* mu = new ublk::Mutex;
   static absl::BitGen* gen = new absl::BitGen;
-  std::lock_guard<std::mutex> lock(*mu);
+  ublk::MutexLock lock(&*mu);
   return absl::StrFormat("%s-%016x", prefix, absl::Uniform<uint64_t>(*gen));
 }
 
@@ -277,13 +278,13 @@ VolumeManager::VolumeManager(VolumeManagerOptions options, RecordStore* store,
 
 VolumeManager::KeyLock::~KeyLock() {
   if (m_ == nullptr) return;
-  std::lock_guard<std::mutex> lock(m_->mu_);
+  ublk::MutexLock lock(&m_->mu_);
   m_->busy_.erase(key_);
 }
 
 absl::StatusOr<VolumeManager::KeyLock> VolumeManager::TryLock(const std::string& key,
                                                               absl::string_view what) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (!busy_.insert(key).second) {
     return absl::AbortedError(
         absl::StrCat("an operation on ", what, " is already in progress; retry later"));
@@ -292,14 +293,14 @@ absl::StatusOr<VolumeManager::KeyLock> VolumeManager::TryLock(const std::string&
 }
 
 std::optional<VolumeRecord> VolumeManager::FindVolume(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   auto it = volumes_.find(id);
   if (it == volumes_.end()) return std::nullopt;
   return it->second;
 }
 
 std::optional<SnapshotRecord> VolumeManager::FindSnapshot(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   auto it = snapshots_.find(id);
   if (it == snapshots_.end()) return std::nullopt;
   return it->second;
@@ -313,28 +314,28 @@ absl::StatusOr<VolumeRecord> VolumeManager::GetRecord(const std::string& volume_
 
 absl::Status VolumeManager::SaveVolume(const VolumeRecord& rec) {
   RETURN_IF_ERROR(store_->PutVolume(rec));
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   volumes_[rec.volume_id()] = rec;
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::SaveSnapshot(const SnapshotRecord& rec) {
   RETURN_IF_ERROR(store_->PutSnapshot(rec));
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   snapshots_[rec.snapshot_id()] = rec;
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::ForgetVolume(const std::string& id) {
   RETURN_IF_ERROR(store_->DeleteVolume(id));
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   volumes_.erase(id);
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::ForgetSnapshot(const std::string& id) {
   RETURN_IF_ERROR(store_->DeleteSnapshot(id));
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   snapshots_.erase(id);
   return absl::OkStatus();
 }
@@ -407,7 +408,7 @@ absl::Status VolumeManager::Load() {
       RETURN_IF_ERROR(store_->DeleteVolume(id));
       continue;
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     volumes_[id] = std::move(rec);
   }
   for (SnapshotRecord& rec : loaded.snapshots) {
@@ -417,10 +418,10 @@ absl::Status VolumeManager::Load() {
       RETURN_IF_ERROR(store_->DeleteSnapshot(rec.snapshot_id()));
       continue;
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     snapshots_[rec.snapshot_id()] = std::move(rec);
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   LOG(INFO) << "loaded " << volumes_.size() << " volume and " << snapshots_.size()
             << " snapshot records" << (loaded.set_aside.empty() ? "" : absl::StrCat(
             "; ", loaded.set_aside.size(), " corrupt records set aside"));
@@ -492,7 +493,7 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
   ASSIGN_OR_RETURN(KeyLock name_lock, TryLock("name:" + req.name(), "volume name " + req.name()));
   std::optional<VolumeRecord> existing;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, rec] : volumes_) {
       if (rec.name() == req.name()) existing = rec;
     }
@@ -680,7 +681,7 @@ absl::StatusOr<csi::v1::ListVolumesResponse> VolumeManager::ListVolumes(
   if (req.max_entries() < 0) return absl::InvalidArgumentError("max_entries must not be negative");
   std::vector<VolumeRecord> all;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, rec] : volumes_) all.push_back(rec);  // sorted by id
   }
   ASSIGN_OR_RETURN(size_t start,
@@ -834,7 +835,7 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
   ASSIGN_OR_RETURN(KeyLock name_lock, TryLock("snapname:" + req.name(), "snapshot name " + req.name()));
   std::optional<SnapshotRecord> existing;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, s] : snapshots_) {
       if (s.name() == req.name()) existing = s;
     }
@@ -922,7 +923,7 @@ absl::StatusOr<csi::v1::ListSnapshotsResponse> VolumeManager::ListSnapshots(
   if (req.max_entries() < 0) return absl::InvalidArgumentError("max_entries must not be negative");
   std::vector<SnapshotRecord> all;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, s] : snapshots_) {
       if (!req.snapshot_id().empty() && s.snapshot_id() != req.snapshot_id()) continue;
       if (!req.source_volume_id().empty() && s.source_volume_id() != req.source_volume_id()) continue;

@@ -13,7 +13,6 @@
 #include <atomic>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <memory>
 #include <set>
 #include <string>
@@ -27,6 +26,7 @@
 #include "csi/record_store.h"
 #include "csi/volume_backend.h"
 #include "records.pb.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 
@@ -161,8 +161,7 @@ class VolumeManager {
   VolumeBackend* const backend_;
   Mounter* const mounter_;
 
-  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
-  std::mutex mu_;
+  ublk::Mutex mu_;
   std::map<std::string, records::VolumeRecord> volumes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, records::SnapshotRecord> snapshots_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> busy_ ABSL_GUARDED_BY(mu_);

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "csi/volume_manager.h"
 #include "glog/logging.h"
+#include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 
 namespace ublk_csi {
@@ -448,7 +449,7 @@ csi::v1::NodeGetInfoResponse VolumeManager::NodeGetInfo() {
 std::vector<VolumeStatus> VolumeManager::Status() {
   std::vector<VolumeRecord> all;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, rec] : volumes_) all.push_back(rec);
   }
   std::vector<VolumeStatus> out;

@@ -6,13 +6,13 @@
 #pragma once
 
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "ublk/kernel.h"
+#include "ublk/mutex.h"
 #include "ublk/ring.h"
 #include "ublk/unique_fd.h"
 
@@ -61,7 +61,7 @@ class RealControlDevice final : public ControlDevice {
 
   const CmdEncoding encoding_;
   const UniqueFd fd_;
-  std::mutex mu_;  // not absl::Mutex: see worker.h
+  ublk::Mutex mu_;
   std::vector<std::unique_ptr<Ring>> idle_rings_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint32_t, std::weak_ptr<CharDev>> char_devs_ ABSL_GUARDED_BY(mu_);
 };

@@ -3,11 +3,11 @@
 #include <sys/eventfd.h>
 
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
+#include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 
 namespace ublk {
@@ -20,19 +20,19 @@ class Latch {
  public:
   void Notify() {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      ublk::MutexLock lock(&mu_);
       done_ = true;
     }
-    cv_.notify_all();
+    cv_.NotifyAll();
   }
   void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return done_; });
+    ublk::MutexLock lock(&mu_);
+    cv_.Wait(lock, [this] { return done_; });
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
+  ublk::Mutex mu_;
+  ublk::CondVar cv_;
   bool done_ = false;
 };
 }  // namespace
@@ -113,7 +113,7 @@ Worker::~Worker() { Stop(); }
 
 void Worker::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (stopped_) {
       // Already stopping or stopped; just make sure the thread is gone.
     } else {
@@ -141,7 +141,7 @@ absl::Status Worker::RunOnWorker(std::function<void()> task) {
   }
   auto done = std::make_shared<Latch>();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (stopped_) {
       return absl::FailedPreconditionError(absl::StrCat("worker ", id(), " is stopped"));
     }
@@ -256,7 +256,7 @@ void Worker::ArmWakeup() {
 void Worker::RunTasks() {
   std::vector<std::function<void()>> tasks;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     tasks.swap(tasks_);
   }
   for (auto& task : tasks) task();

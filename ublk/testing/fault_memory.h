@@ -6,10 +6,10 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 
 #include "absl/base/thread_annotations.h"
 #include "ublk/memory.h"
+#include "ublk/mutex.h"
 
 namespace ublk {
 
@@ -49,9 +49,7 @@ class FaultInjectingMemorySource final : public MemorySource {
   static bool ShouldFail(int& plan);
 
   MemorySource& base_;
-  // std::mutex, not absl::Mutex: Debian's abseil is not built with TSan, so
-  // TSan cannot see absl::Mutex's happens-before edges and reports false races.
-  mutable std::mutex mu_;
+  mutable ublk::Mutex mu_;
   int map_plan_ ABSL_GUARDED_BY(mu_) = 0;
   int heap_plan_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t map_calls_ ABSL_GUARDED_BY(mu_) = 0;
