@@ -8,6 +8,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "ublk/errno.h"
 #include "ublk/mutex.h"
 
 namespace ublk_csi {
@@ -34,7 +35,7 @@ absl::StatusOr<ExportInfo> FakeVolumeBackend::EnsureExport(const ExportSpec& spe
   struct stat st;
   if (::stat(spec.backing_file.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("volume ", spec.volume_id, ": backing file ",
-                                            spec.backing_file, ": ", std::strerror(errno)));
+                                            spec.backing_file, ": ", ublk::Errno(errno)));
   }
   if (static_cast<int>(exports_.size()) >= max_volumes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -56,7 +57,7 @@ absl::StatusOr<ExportInfo> FakeVolumeBackend::EnsureExport(const ExportSpec& spe
   ::unlink(e.info.device_path.c_str());
   if (::symlink(spec.backing_file.c_str(), e.info.device_path.c_str()) != 0) {
     return absl::InternalError(absl::StrCat("volume ", spec.volume_id, ": symlink ",
-                                            e.info.device_path, ": ", std::strerror(errno)));
+                                            e.info.device_path, ": ", ublk::Errno(errno)));
   }
   ExportInfo info = e.info;
   exports_[spec.volume_id] = std::move(e);

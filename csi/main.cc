@@ -31,6 +31,7 @@
 #include "glog/logging.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
+#include "ublk/errno.h"
 #include "ublk/features.h"
 #include "ublk/kernel_real.h"
 #include "ublk/uapi.h"
@@ -170,7 +171,7 @@ int Run() {
   if (FLAGS_backend == "fake") {
     const std::string dev_dir = FLAGS_data_dir + "/fake-devices";
     if (::mkdir(dev_dir.c_str(), 0700) != 0 && errno != EEXIST) {
-      return Fail(absl::FailedPreconditionError(absl::StrCat("mkdir ", dev_dir, ": ", strerror(errno))));
+      return Fail(absl::FailedPreconditionError(absl::StrCat("mkdir ", dev_dir, ": ", ublk::Errno(errno))));
     }
     LOG(WARNING) << "--backend=fake: no block devices are created; " << dev_dir
                  << "/ublkbN are symlinks to the backing files";

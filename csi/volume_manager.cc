@@ -22,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "glog/logging.h"
+#include "ublk/errno.h"
 #include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 #include "ublk/unique_fd.h"
@@ -39,7 +40,7 @@ constexpr char kParamFsType[] = "fsType";
 constexpr char kParamBlockSize[] = "blockSize";
 constexpr char kReservedParamPrefix[] = "csi.storage.k8s.io/";
 
-std::string Errno(int err) { return std::strerror(err); }
+using ublk::Errno;
 
 int64_t RoundUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "csi/volume_manager.h"
 #include "glog/logging.h"
+#include "ublk/errno.h"
 #include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 
@@ -21,7 +22,7 @@ using records::VolumeRecord;
 
 namespace {
 
-std::string Errno(int err) { return std::strerror(err); }
+using ublk::Errno;
 
 absl::Status MkdirAll(const std::string& path) {
   struct stat st;

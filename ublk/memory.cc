@@ -9,19 +9,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
+#include "ublk/errno.h"
 
 namespace ublk {
-namespace {
-
-// strerror() is not thread-safe; strerrordesc_np (glibc 2.32+) is, and
-// allocates nothing.
-const char* ErrnoText(int err) {
-  const char* text = strerrordesc_np(err);
-  return text != nullptr ? text : "unknown error";
-}
-
-}  // namespace
-
 absl::StatusOr<void*> RealMemorySource::Map(size_t len) {
   if (len == 0) return absl::InvalidArgumentError("mmap of 0 bytes");
   void* addr = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
@@ -31,7 +21,7 @@ absl::StatusOr<void*> RealMemorySource::Map(size_t len) {
     return absl::Status(
         absl::ErrnoToStatusCode(err),
         absl::StrCat("mmap of ", len,
-                     " bytes of anonymous memory: ", ErrnoText(err)));
+                     " bytes of anonymous memory: ", Errno(err)));
   }
   if (::madvise(addr, len, MADV_POPULATE_WRITE) != 0) {
     const int err = errno;
@@ -42,7 +32,7 @@ absl::StatusOr<void*> RealMemorySource::Map(size_t len) {
                               : absl::ErrnoToStatusCode(err),
                           absl::StrCat("pre-faulting ", len,
                                        " bytes (madvise MADV_POPULATE_WRITE): ",
-                                       ErrnoText(err)));
+                                       Errno(err)));
     }
     // Kernel older than 5.14: keep the lazily-faulted mapping (see header).
   }
@@ -55,7 +45,7 @@ void RealMemorySource::Unmap(void* addr, size_t len) {
     // Only a caller passing a wrong address/length gets here; leaking the
     // range is the safe answer.
     LOG(ERROR) << "munmap(" << addr << ", " << len
-               << ") failed: " << ErrnoText(errno);
+               << ") failed: " << Errno(errno);
   }
 }
 
@@ -69,7 +59,7 @@ absl::StatusOr<void*> RealMemorySource::AllocateHeap(size_t len, size_t align) {
   if (err != 0) {
     return absl::ResourceExhaustedError(
         absl::StrCat("heap allocation of ", len, " bytes aligned to ", align,
-                     ": ", ErrnoText(err)));
+                     ": ", Errno(err)));
   }
   return block;
 }

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
+#include "ublk/errno.h"
 #include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 
@@ -611,7 +612,7 @@ void Worker::ReleaseBufferRange(uint16_t base, uint16_t n) {
     // Keep the range out of use: a later request registered there would
     // find its slot taken and fail.
     LOG(ERROR) << "worker " << id() << ": clearing registered buffers " << base << ".."
-               << base + n - 1 << " failed (" << std::strerror(-ret)
+               << base + n - 1 << " failed (" << ublk::Errno(-ret)
                << "); those indices stay reserved";
     return;
   }
