@@ -17,6 +17,8 @@
 #include <sstream>
 #include <thread>
 
+#include "ublk/errno.h"
+
 namespace ublk_test {
 
 namespace {
