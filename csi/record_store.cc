@@ -13,6 +13,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "glog/logging.h"
 #include "prometheus/counter.h"
@@ -78,6 +79,17 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   }
   ::close(fd);
   return out;
+}
+
+// A data file a record names (relative to the data dir) must stay inside it:
+// the manager unlinks it when it rolls back or deletes the record, so a
+// tampered or corrupt record must not be able to name another file.
+bool StaysInDataDir(absl::string_view rel) {
+  if (absl::StartsWith(rel, "/")) return false;
+  for (absl::string_view comp : absl::StrSplit(rel, '/')) {
+    if (comp == "..") return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -246,6 +258,11 @@ absl::StatusOr<RecordStore::Loaded> RecordStore::LoadAll() {
       records::VolumeRecord rec;
       if (!rec.ParseFromString(*bytes)) {
         SetAside(name, "not a VolumeRecord", &loaded);
+      } else if (!StaysInDataDir(rec.backing_file())) {
+        SetAside(name,
+                 absl::StrCat("backing_file '", absl::CHexEscape(rec.backing_file()),
+                              "' is outside the data dir"),
+                 &loaded);
       } else if (rec.volume_id() != id || rec.schema_version() != kSchemaVersion) {
         SetAside(name,
                  absl::StrCat("volume_id '", absl::CHexEscape(rec.volume_id()),
@@ -259,6 +276,10 @@ absl::StatusOr<RecordStore::Loaded> RecordStore::LoadAll() {
       records::SnapshotRecord rec;
       if (!rec.ParseFromString(*bytes)) {
         SetAside(name, "not a SnapshotRecord", &loaded);
+      } else if (!StaysInDataDir(rec.file())) {
+        SetAside(name,
+                 absl::StrCat("file '", absl::CHexEscape(rec.file()), "' is outside the data dir"),
+                 &loaded);
       } else if (rec.snapshot_id() != id || rec.schema_version() != kSchemaVersion) {
         SetAside(name,
                  absl::StrCat("snapshot_id '", absl::CHexEscape(rec.snapshot_id()),
