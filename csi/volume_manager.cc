@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -81,6 +82,9 @@ absl::StatusOr<int64_t> SizeFor(const csi::v1::CapacityRange& range, int64_t dfl
           absl::StrCat(field, ".limit_bytes ", lim, " is below the minimum size ", kAlign));
     }
     return s;
+  }
+  if (req > std::numeric_limits<int64_t>::max() - (kAlign - 1)) {  // RoundUp would overflow
+    return absl::OutOfRangeError(absl::StrCat(field, ".required_bytes ", req, " is too large"));
   }
   int64_t s = RoundUp(req, kAlign);
   if (lim != 0 && s > lim) {
