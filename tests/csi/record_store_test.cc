@@ -131,8 +131,9 @@ TEST_F(RecordStoreTest, CorruptRecordsAreSetAsideAndCounted) {
   EXPECT_THAT(metrics, ::testing::HasSubstr("ublk_csi_corrupt_records_total 3"));
 }
 
-// Found writing tests/fuzz/record_fuzz (its sentinel oracle): a record naming "../x" as its backing file
-// loaded, and rolling it back (CREATING) unlinked a file outside the data dir.
+// Found writing tests/fuzz/record_fuzz (its sentinel oracle): a record naming
+// "../x" as its backing file loaded, and rolling it back (CREATING) unlinked a
+// file outside the data dir.
 TEST_F(RecordStoreTest, RecordsNamingFilesOutsideTheDataDirAreSetAside) {
   auto store = Open();
   VolumeRecord vol = Vol("vol-1", 1);

@@ -218,8 +218,8 @@ TEST_F(VM, CreateVolumeCapacityRules) {
   EXPECT_THAT(std::string(big.status().message()), HasSubstr("free"));
 }
 
-// Found writing tests/fuzz/request_fuzz (UBSan oracle): rounding a required_bytes near INT64_MAX
-// up to the 4 KiB alignment overflowed (UBSan: signed overflow; without it a
+// Found writing tests/fuzz/request_fuzz (UBSan oracle): rounding a
+// required_bytes near INT64_MAX up to the 4 KiB alignment overflowed (UBSan: signed overflow; without it a
 // negative size reached ftruncate, and ControllerExpandVolume answered OK).
 TEST_F(VM, CapacityNearInt64MaxIsOutOfRange) {
   const int64_t huge = std::numeric_limits<int64_t>::max() - 1;
