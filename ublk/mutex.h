@@ -83,8 +83,8 @@ class CondVar {
   }
   // Returns pred() at the end: false only if it timed out with pred() false.
   template <class Rep, class Period, class Pred>
-  bool WaitFor(MutexLock& lock, const std::chrono::duration<Rep, Period>& timeout, Pred pred)
-      ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  bool WaitFor(MutexLock& lock, const std::chrono::duration<Rep, Period>& timeout,
+               Pred pred) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (!pred()) {
       if (WaitUntil(lock, deadline) == std::cv_status::timeout) return pred();

@@ -113,22 +113,62 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   using namespace csi::v1;  // NOLINT: sixteen request types
   switch (type % 16) {
-    case 0: Run<CreateVolumeRequest>(data, size, n, [&](auto& r) { return vm.CreateVolume(r); }); break;
-    case 1: Run<DeleteVolumeRequest>(data, size, n, [&](auto& r) { return vm.DeleteVolume(r); }); break;
-    case 2: Run<ValidateVolumeCapabilitiesRequest>(data, size, n, [&](auto& r) { return vm.ValidateVolumeCapabilities(r); }); break;
-    case 3: Run<ListVolumesRequest>(data, size, n, [&](auto& r) { return vm.ListVolumes(r); }); break;
-    case 4: Run<GetCapacityRequest>(data, size, n, [&](auto& r) { return vm.GetCapacity(r); }); break;
-    case 5: Run<ControllerExpandVolumeRequest>(data, size, n, [&](auto& r) { return vm.ControllerExpandVolume(r); }); break;
-    case 6: Run<CreateSnapshotRequest>(data, size, n, [&](auto& r) { return vm.CreateSnapshot(r); }); break;
-    case 7: Run<DeleteSnapshotRequest>(data, size, n, [&](auto& r) { return vm.DeleteSnapshot(r); }); break;
-    case 8: Run<ListSnapshotsRequest>(data, size, n, [&](auto& r) { return vm.ListSnapshots(r); }); break;
-    case 9: Run<NodeStageVolumeRequest>(data, size, n, [&](auto& r) { return vm.NodeStageVolume(r); }); break;
-    case 10: Run<NodeUnstageVolumeRequest>(data, size, n, [&](auto& r) { return vm.NodeUnstageVolume(r); }); break;
-    case 11: Run<NodePublishVolumeRequest>(data, size, n, [&](auto& r) { return vm.NodePublishVolume(r); }); break;
-    case 12: Run<NodeUnpublishVolumeRequest>(data, size, n, [&](auto& r) { return vm.NodeUnpublishVolume(r); }); break;
-    case 13: Run<NodeGetVolumeStatsRequest>(data, size, n, [&](auto& r) { return vm.NodeGetVolumeStats(r); }); break;
-    case 14: Run<NodeExpandVolumeRequest>(data, size, n, [&](auto& r) { return vm.NodeExpandVolume(r); }); break;
-    case 15: (void)vm.Status(); (void)vm.NodeGetInfo(); (void)vm.RecoverExport(n.vol); break;
+    case 0:
+      Run<CreateVolumeRequest>(data, size, n, [&](auto& r) { return vm.CreateVolume(r); });
+      break;
+    case 1:
+      Run<DeleteVolumeRequest>(data, size, n, [&](auto& r) { return vm.DeleteVolume(r); });
+      break;
+    case 2:
+      Run<ValidateVolumeCapabilitiesRequest>(
+          data, size, n, [&](auto& r) { return vm.ValidateVolumeCapabilities(r); });
+      break;
+    case 3:
+      Run<ListVolumesRequest>(data, size, n, [&](auto& r) { return vm.ListVolumes(r); });
+      break;
+    case 4:
+      Run<GetCapacityRequest>(data, size, n, [&](auto& r) { return vm.GetCapacity(r); });
+      break;
+    case 5:
+      Run<ControllerExpandVolumeRequest>(data, size, n,
+                                         [&](auto& r) { return vm.ControllerExpandVolume(r); });
+      break;
+    case 6:
+      Run<CreateSnapshotRequest>(data, size, n, [&](auto& r) { return vm.CreateSnapshot(r); });
+      break;
+    case 7:
+      Run<DeleteSnapshotRequest>(data, size, n, [&](auto& r) { return vm.DeleteSnapshot(r); });
+      break;
+    case 8:
+      Run<ListSnapshotsRequest>(data, size, n, [&](auto& r) { return vm.ListSnapshots(r); });
+      break;
+    case 9:
+      Run<NodeStageVolumeRequest>(data, size, n, [&](auto& r) { return vm.NodeStageVolume(r); });
+      break;
+    case 10:
+      Run<NodeUnstageVolumeRequest>(data, size, n,
+                                    [&](auto& r) { return vm.NodeUnstageVolume(r); });
+      break;
+    case 11:
+      Run<NodePublishVolumeRequest>(data, size, n,
+                                    [&](auto& r) { return vm.NodePublishVolume(r); });
+      break;
+    case 12:
+      Run<NodeUnpublishVolumeRequest>(data, size, n,
+                                      [&](auto& r) { return vm.NodeUnpublishVolume(r); });
+      break;
+    case 13:
+      Run<NodeGetVolumeStatsRequest>(data, size, n,
+                                     [&](auto& r) { return vm.NodeGetVolumeStats(r); });
+      break;
+    case 14:
+      Run<NodeExpandVolumeRequest>(data, size, n, [&](auto& r) { return vm.NodeExpandVolume(r); });
+      break;
+    case 15:
+      (void)vm.Status();
+      (void)vm.NodeGetInfo();
+      (void)vm.RecoverExport(n.vol);
+      break;
   }
   env.CheckSentinel();
   return 0;

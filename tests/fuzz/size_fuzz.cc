@@ -14,8 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::StatusOr<int64_t> v = ublk_csi::ParseSize(text);
   if (v.ok()) {
     if (*v < 0) {
-      std::fprintf(stderr, "ParseSize returned a negative size %lld\n",
-                   static_cast<long long>(*v));
+      std::fprintf(stderr, "ParseSize returned a negative size %lld\n", static_cast<long long>(*v));
       std::abort();
     }
   } else if (v.status().code() != absl::StatusCode::kInvalidArgument) {
