@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
+#include "ublk/errno.h"
 #include "ublk/unique_fd.h"
 
 namespace ublk_csi {
@@ -70,7 +71,7 @@ absl::Status PrepareEndpoint(const Endpoint& endpoint) {
   if (::lstat(endpoint.path.c_str(), &st) != 0) {
     if (errno == ENOENT) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat(
-        "endpoint ", endpoint.path, ": stat: ", std::strerror(errno)));
+        "endpoint ", endpoint.path, ": stat: ", ublk::Errno(errno)));
   }
   if (!S_ISSOCK(st.st_mode)) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -78,7 +79,7 @@ absl::Status PrepareEndpoint(const Endpoint& endpoint) {
   }
   ublk::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) {
-    return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+    return absl::InternalError(absl::StrCat("socket: ", ublk::Errno(errno)));
   }
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -90,11 +91,11 @@ absl::Status PrepareEndpoint(const Endpoint& endpoint) {
   }
   if (errno != ECONNREFUSED && errno != ENOENT) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "endpoint ", endpoint.path, ": probing existing socket: ", std::strerror(errno)));
+        "endpoint ", endpoint.path, ": probing existing socket: ", ublk::Errno(errno)));
   }
   if (::unlink(endpoint.path.c_str()) != 0 && errno != ENOENT) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "endpoint ", endpoint.path, ": removing stale socket: ", std::strerror(errno)));
+        "endpoint ", endpoint.path, ": removing stale socket: ", ublk::Errno(errno)));
   }
   LOG(INFO) << "removed stale socket " << endpoint.path;
   return absl::OkStatus();

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/match.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 
@@ -35,7 +36,7 @@ const FakeMounter::Entry* FakeMounter::TopAt(const std::string& target) const {
 
 absl::Status FakeMounter::Mount(const std::string& source, const std::string& target,
                                 const std::string& fstype, const MountOptions& options) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   calls_.push_back(absl::StrCat("mount ", source, " ", target, " ", options.bind ? "bind" : fstype,
                                 options.readonly ? " ro" : "", options.flags.empty() ? "" : " ",
                                 absl::StrJoin(options.flags, ",")));
@@ -87,7 +88,7 @@ absl::Status FakeMounter::Mount(const std::string& source, const std::string& ta
 }
 
 absl::Status FakeMounter::Unmount(const std::string& target) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   calls_.push_back(absl::StrCat("unmount ", target));
   if (absl::Status s = TakeFailure(Op::kUnmount); !s.ok()) return s;
   for (auto it = table_.rbegin(); it != table_.rend(); ++it) {
@@ -100,7 +101,7 @@ absl::Status FakeMounter::Unmount(const std::string& target) {
 }
 
 absl::StatusOr<std::optional<MountInfo>> FakeMounter::GetMountInfo(const std::string& target) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   std::optional<MountInfo> found;
   for (const Entry& e : table_) {
     if (e.info.target == target) found = e.info;
@@ -109,7 +110,7 @@ absl::StatusOr<std::optional<MountInfo>> FakeMounter::GetMountInfo(const std::st
 }
 
 absl::StatusOr<std::vector<MountInfo>> FakeMounter::ListMounts() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   std::vector<MountInfo> out;
   for (const Entry& e : table_) out.push_back(e.info);
   return out;
@@ -124,7 +125,7 @@ absl::StatusOr<std::string> FakeMounter::DeviceNumber(const std::string& device_
 }
 
 absl::Status FakeMounter::MakeFilesystem(const std::string& device, const std::string& fstype) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   calls_.push_back(absl::StrCat("mkfs ", device, " ", fstype));
   if (absl::Status s = TakeFailure(Op::kMkfs); !s.ok()) return s;
   if (fstype != "ext4" && fstype != "xfs") {
@@ -141,7 +142,7 @@ absl::Status FakeMounter::MakeFilesystem(const std::string& device, const std::s
 }
 
 absl::StatusOr<std::string> FakeMounter::ProbeFilesystem(const std::string& device) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   calls_.push_back(absl::StrCat("probe ", device));
   if (absl::Status s = TakeFailure(Op::kProbe); !s.ok()) return s;
   auto it = filesystems_.find(DeviceKey(device));
@@ -151,7 +152,7 @@ absl::StatusOr<std::string> FakeMounter::ProbeFilesystem(const std::string& devi
 absl::Status FakeMounter::ResizeFilesystem(const std::string& device,
                                            const std::string& mount_path,
                                            const std::string& fstype) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   calls_.push_back(absl::StrCat("resizefs ", device, " ", mount_path, " ", fstype));
   if (absl::Status s = TakeFailure(Op::kResize); !s.ok()) return s;
   std::string key = DeviceKey(device);
@@ -164,7 +165,7 @@ absl::Status FakeMounter::ResizeFilesystem(const std::string& device,
 }
 
 absl::StatusOr<FsStats> FakeMounter::Statfs(const std::string& path) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (absl::Status s = TakeFailure(Op::kStatfs); !s.ok()) return s;
   const Entry* top = TopAt(path);
   if (top == nullptr) return absl::NotFoundError(absl::StrCat("statfs ", path, ": not mounted"));
@@ -179,7 +180,7 @@ absl::StatusOr<FsStats> FakeMounter::Statfs(const std::string& path) {
 }
 
 absl::Status FakeMounter::Freeze(const std::string& mount_path) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   calls_.push_back(absl::StrCat("freeze ", mount_path));
   if (absl::Status s = TakeFailure(Op::kFreeze); !s.ok()) return s;
   const Entry* top = TopAt(mount_path);
@@ -191,7 +192,7 @@ absl::Status FakeMounter::Freeze(const std::string& mount_path) {
 }
 
 absl::Status FakeMounter::Thaw(const std::string& mount_path) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   calls_.push_back(absl::StrCat("thaw ", mount_path));
   if (absl::Status s = TakeFailure(Op::kThaw); !s.ok()) return s;
   const Entry* top = TopAt(mount_path);
@@ -202,37 +203,37 @@ absl::Status FakeMounter::Thaw(const std::string& mount_path) {
 }
 
 bool FakeMounter::IsFrozen(const std::string& mount_path) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   const Entry* top = TopAt(mount_path);
   return top != nullptr && frozen_.count(top->device) != 0;
 }
 
 void FakeMounter::FailNext(Op op, absl::Status status) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   failures_[op] = std::move(status);
 }
 
 std::vector<std::string> FakeMounter::calls() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return calls_;
 }
 
 int FakeMounter::CountCalls(const std::string& prefix) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   int n = 0;
   for (const std::string& c : calls_) n += absl::StartsWith(c, prefix) ? 1 : 0;
   return n;
 }
 
 std::vector<MountInfo> FakeMounter::mounts() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   std::vector<MountInfo> out;
   for (const Entry& e : table_) out.push_back(e.info);
   return out;
 }
 
 std::vector<std::string> FakeMounter::FlagsOf(const std::string& target) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   std::vector<std::string> flags;
   for (const Entry& e : table_) {
     if (e.info.target == target) flags = e.flags;

@@ -8,13 +8,13 @@
 #pragma once
 
 #include <map>
-#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "csi/mounter.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 
@@ -61,8 +61,7 @@ class FakeMounter final : public Mounter {
   const Entry* TopAt(const std::string& target) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string DeviceKey(const std::string& path) const;
 
-  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
-  mutable std::mutex mu_;
+  mutable ublk::Mutex mu_;
   std::vector<Entry> table_ ABSL_GUARDED_BY(mu_);  // in mount order
   std::map<std::string, std::string> filesystems_ ABSL_GUARDED_BY(mu_);  // device -> type
   std::map<std::string, int64_t> fs_size_ ABSL_GUARDED_BY(mu_);          // device -> bytes

@@ -8,6 +8,8 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "ublk/errno.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 
@@ -22,18 +24,18 @@ absl::Status FakeVolumeBackend::TakeFailure(Op op) {
 absl::StatusOr<ExportInfo> FakeVolumeBackend::EnsureExport(const ExportSpec& spec) {
   std::function<void(const ExportSpec&)> hook;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     hook = ensure_hook_;
   }
   if (hook) hook(spec);
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   ++ensure_calls_;
   if (absl::Status s = TakeFailure(Op::kEnsure); !s.ok()) return s;
   if (auto it = exports_.find(spec.volume_id); it != exports_.end()) return it->second.info;
   struct stat st;
   if (::stat(spec.backing_file.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("volume ", spec.volume_id, ": backing file ",
-                                            spec.backing_file, ": ", std::strerror(errno)));
+                                            spec.backing_file, ": ", ublk::Errno(errno)));
   }
   if (static_cast<int>(exports_.size()) >= max_volumes_) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -55,7 +57,7 @@ absl::StatusOr<ExportInfo> FakeVolumeBackend::EnsureExport(const ExportSpec& spe
   ::unlink(e.info.device_path.c_str());
   if (::symlink(spec.backing_file.c_str(), e.info.device_path.c_str()) != 0) {
     return absl::InternalError(absl::StrCat("volume ", spec.volume_id, ": symlink ",
-                                            e.info.device_path, ": ", std::strerror(errno)));
+                                            e.info.device_path, ": ", ublk::Errno(errno)));
   }
   ExportInfo info = e.info;
   exports_[spec.volume_id] = std::move(e);
@@ -63,7 +65,7 @@ absl::StatusOr<ExportInfo> FakeVolumeBackend::EnsureExport(const ExportSpec& spe
 }
 
 absl::Status FakeVolumeBackend::RemoveExport(const std::string& volume_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (absl::Status s = TakeFailure(Op::kRemove); !s.ok()) return s;
   auto it = exports_.find(volume_id);
   if (it == exports_.end()) return absl::OkStatus();
@@ -74,7 +76,7 @@ absl::Status FakeVolumeBackend::RemoveExport(const std::string& volume_id) {
 
 absl::Status FakeVolumeBackend::ResizeExport(const std::string& volume_id,
                                              int64_t new_size_bytes) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (absl::Status s = TakeFailure(Op::kResize); !s.ok()) return s;
   auto it = exports_.find(volume_id);
   if (it == exports_.end()) {
@@ -90,7 +92,7 @@ absl::Status FakeVolumeBackend::ResizeExport(const std::string& volume_id,
 }
 
 ExportStatus FakeVolumeBackend::GetExportStatus(const std::string& volume_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   ExportStatus st;
   auto it = exports_.find(volume_id);
   if (it == exports_.end()) return st;
@@ -104,18 +106,18 @@ ExportStatus FakeVolumeBackend::GetExportStatus(const std::string& volume_id) {
 }
 
 absl::Status FakeVolumeBackend::Usable() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return usable_;
 }
 
 void FakeVolumeBackend::FailNext(Op op, absl::Status status) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   failures_[op] = std::move(status);
 }
 
 void FakeVolumeBackend::SetState(const std::string& volume_id, ExportState state,
                                  std::string message) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   auto it = exports_.find(volume_id);
   if (it == exports_.end()) return;
   it->second.info.state = state;
@@ -123,32 +125,32 @@ void FakeVolumeBackend::SetState(const std::string& volume_id, ExportState state
 }
 
 void FakeVolumeBackend::SetEnsureHook(std::function<void(const ExportSpec&)> hook) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   ensure_hook_ = std::move(hook);
 }
 
 void FakeVolumeBackend::SetUsable(absl::Status status) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   usable_ = std::move(status);
 }
 
 void FakeVolumeBackend::SetResizeSupported(bool supported) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   resize_supported_ = supported;
 }
 
 int FakeVolumeBackend::ensure_calls() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return ensure_calls_;
 }
 
 int FakeVolumeBackend::export_count() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return static_cast<int>(exports_.size());
 }
 
 ExportSpec FakeVolumeBackend::LastSpec(const std::string& volume_id) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   auto it = exports_.find(volume_id);
   return it == exports_.end() ? ExportSpec{} : it->second.spec;
 }

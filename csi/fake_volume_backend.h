@@ -7,11 +7,11 @@
 
 #include <functional>
 #include <map>
-#include <mutex>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "csi/volume_backend.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 
@@ -56,8 +56,7 @@ class FakeVolumeBackend final : public VolumeBackend {
 
   const std::string device_dir_;
   const int max_volumes_;
-  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
-  mutable std::mutex mu_;
+  mutable ublk::Mutex mu_;
   std::map<std::string, Export> exports_ ABSL_GUARDED_BY(mu_);
   std::map<Op, absl::Status> failures_ ABSL_GUARDED_BY(mu_);
   absl::Status usable_ ABSL_GUARDED_BY(mu_);

@@ -1,38 +1,39 @@
 #include "csi/health.h"
 
 #include "absl/strings/str_cat.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 
 void Health::SetBackend(absl::Status status) {
-  std::lock_guard<std::mutex> l(mu_);
+  ublk::MutexLock l(&mu_);
   backend_ = std::move(status);
 }
 
 void Health::SetRecoveryPending(std::string why) {
-  std::lock_guard<std::mutex> l(mu_);
+  ublk::MutexLock l(&mu_);
   recovery_pending_ = std::move(why);
 }
 
 void Health::SetRecoveryDone() {
-  std::lock_guard<std::mutex> l(mu_);
+  ublk::MutexLock l(&mu_);
   recovery_pending_.clear();
 }
 
 absl::Status Health::Backend() const {
-  std::lock_guard<std::mutex> l(mu_);
+  ublk::MutexLock l(&mu_);
   return backend_;
 }
 
 void Health::SetServingCheck(std::function<absl::Status()> check) {
-  std::lock_guard<std::mutex> l(mu_);
+  ublk::MutexLock l(&mu_);
   serving_check_ = std::move(check);
 }
 
 absl::Status Health::Ready() const {
   std::function<absl::Status()> check;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    ublk::MutexLock l(&mu_);
     if (!backend_.ok()) return backend_;
     if (!recovery_pending_.empty()) {
       return absl::UnavailableError(absl::StrCat("recovering: ", recovery_pending_));

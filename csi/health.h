@@ -3,11 +3,11 @@
 #pragma once
 
 #include <functional>
-#include <mutex>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 
@@ -33,9 +33,8 @@ class Health {
   absl::Status Backend() const;
 
  private:
-  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented,
-  // and recovery threads update this while gRPC threads read it.
-  mutable std::mutex mu_;
+  // Recovery threads update this while gRPC threads read it.
+  mutable ublk::Mutex mu_;
   absl::Status backend_ ABSL_GUARDED_BY(mu_) =
       absl::UnavailableError("backend not checked yet");
   std::string recovery_pending_ ABSL_GUARDED_BY(mu_);

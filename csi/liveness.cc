@@ -7,6 +7,7 @@
 #include "grpcpp/grpcpp.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 
@@ -27,7 +28,7 @@ LivenessCheck::LivenessCheck(DialFn dial, const ublk::Clock* clock, absl::Durati
 absl::Status LivenessCheck::Check() {
   const absl::Time asked = clock_->Now();
   {
-    std::lock_guard<std::mutex> l(mu_);
+    ublk::MutexLock l(&mu_);
     if (have_result_ && asked - checked_at_ < cache_for_) return last_;
   }
   std::unique_lock<std::timed_mutex> dial_lock(dial_mu_, std::defer_lock);
@@ -37,7 +38,7 @@ absl::Status LivenessCheck::Check() {
   }
   {
     // Another caller may have dialed while this one waited.
-    std::lock_guard<std::mutex> l(mu_);
+    ublk::MutexLock l(&mu_);
     if (have_result_ && checked_at_ >= asked) return last_;
   }
   absl::Status dialed = dial_(timeout_);
@@ -47,7 +48,7 @@ absl::Status LivenessCheck::Check() {
                                   "liveness: a new connection to the CSI endpoint did not "
                                   "complete a call within ",
                                   absl::FormatDuration(timeout_), ": ", dialed.message()));
-  std::lock_guard<std::mutex> l(mu_);
+  ublk::MutexLock l(&mu_);
   const bool was_ok = !have_result_ || last_.ok();
   if (was_ok && !result.ok()) {
     LOG(WARNING) << "not live: " << EscapeForLog(result.message(), 1024);

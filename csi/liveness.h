@@ -11,13 +11,13 @@
 #pragma once
 
 #include <functional>
-#include <mutex>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "csi/endpoint.h"
 #include "ublk/clock.h"
+#include "ublk/mutex.h"
 
 namespace prometheus {
 class Gauge;
@@ -46,7 +46,7 @@ class LivenessCheck {
   const absl::Duration cache_for_;
   prometheus::Gauge* live_gauge_ = nullptr;
   std::timed_mutex dial_mu_;  // one dial at a time
-  std::mutex mu_;
+  ublk::Mutex mu_;
   bool have_result_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time checked_at_ ABSL_GUARDED_BY(mu_);
   absl::Status last_ ABSL_GUARDED_BY(mu_);

@@ -37,6 +37,7 @@
 #include "glog/logging.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
+#include "ublk/errno.h"
 #include "ublk/features.h"
 #include "ublk/kernel_real.h"
 #include "ublk/uapi.h"
@@ -302,7 +303,7 @@ absl::Status BuildFakeBackend(BackendParts* parts) {
   const std::string dev_dir = FLAGS_data_dir + "/fake-devices";
   if (::mkdir(dev_dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return absl::FailedPreconditionError(
-        absl::StrCat("mkdir ", dev_dir, ": ", strerror(errno)));
+        absl::StrCat("mkdir ", dev_dir, ": ", ublk::Errno(errno)));
   }
   LOG(WARNING) << "--backend=fake: no block devices are created; " << dev_dir
                << "/ublkbN are symlinks to the backing files";

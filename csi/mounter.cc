@@ -26,11 +26,12 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "glog/logging.h"
+#include "ublk/errno.h"
 
 namespace ublk_csi {
 namespace {
 
-std::string Errno(int err) { return std::strerror(err); }
+using ublk::Errno;
 
 std::string Unescape(absl::string_view in) {
   std::string out;

@@ -21,6 +21,7 @@
 #include "glog/logging.h"
 #include "prometheus/counter.h"
 #include "prometheus/registry.h"
+#include "ublk/errno.h"
 #include "ublk/unique_fd.h"
 
 namespace ublk_csi {
@@ -31,7 +32,7 @@ constexpr char kSnapshotSuffix[] = ".snapshot";
 constexpr char kTempSuffix[] = ".tmp";
 constexpr uint32_t kSchemaVersion = 1;
 
-std::string Errno(int err) { return std::strerror(err); }
+using ublk::Errno;
 
 absl::Status MakeDir(const std::string& path) {
   if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {

@@ -8,6 +8,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 namespace {
@@ -72,7 +73,7 @@ void RecoveryManager::Start() {
   }
   int threads = 0;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (started_) return;
     started_ = true;
     order_ = picked;
@@ -92,38 +93,38 @@ void RecoveryManager::Start() {
     if (options_.on_done) options_.on_done(0, 0);
     health_->SetRecoveryDone();
     RefreshExportGauge();
-    cv_.notify_all();
+    cv_.NotifyAll();
     return;
   }
   LOG(INFO) << "recovery: " << picked.size() << " staged or published volume(s), " << threads
             << " at a time";
   health_->SetRecoveryPending(absl::StrCat("0 of ", picked.size(), " volumes"));
   RefreshExportGauge();
-  std::lock_guard<std::mutex> lock(threads_mu_);
+  ublk::MutexLock lock(&threads_mu_);
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
 }
 
 void RecoveryManager::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (!progress_.finished && started_ && !stopping_) {
       LOG(INFO) << "recovery: stopping with " << progress_.done << " of " << progress_.total
                 << " volumes done; the rest stay as the kernel has them";
     }
     stopping_ = true;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
   std::vector<std::thread> threads;
   {
-    std::lock_guard<std::mutex> lock(threads_mu_);
+    ublk::MutexLock lock(&threads_mu_);
     threads.swap(threads_);
   }
   for (std::thread& t : threads) t.join();
 }
 
 bool RecoveryManager::WaitDone(absl::Duration timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+  ublk::MutexLock lock(&mu_);
+  cv_.WaitFor(lock, absl::ToChronoNanoseconds(timeout),
                [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
                  return progress_.finished || (stopping_ && running_ == 0);
                });
@@ -131,7 +132,7 @@ bool RecoveryManager::WaitDone(absl::Duration timeout) {
 }
 
 absl::Status RecoveryManager::CheckServing(const std::string& volume_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   auto it = states_.find(volume_id);
   if (it == states_.end() || it->second == VState::kDone) return absl::OkStatus();
   return absl::UnavailableError(absl::StrCat(
@@ -140,7 +141,7 @@ absl::Status RecoveryManager::CheckServing(const std::string& volume_id) {
 }
 
 RecoveryManager::Progress RecoveryManager::progress() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   Progress p = progress_;
   p.stopped = stopping_ && !progress_.finished;
   return p;
@@ -148,7 +149,7 @@ RecoveryManager::Progress RecoveryManager::progress() const {
 
 std::optional<RecoveryManager::Outcome> RecoveryManager::OutcomeOf(
     const std::string& volume_id) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   auto it = outcomes_.find(volume_id);
   if (it == outcomes_.end()) return std::nullopt;
   return it->second;
@@ -159,7 +160,7 @@ void RecoveryManager::RefreshExportGauge() {
   std::map<std::string, int> counts;
   for (const char* s : kGaugeStates) counts[s] = 0;
   std::vector<VolumeStatus> all = manager_->Status();
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   for (const VolumeStatus& v : all) {
     auto it = states_.find(v.volume_id);
     if (it != states_.end() && it->second != VState::kDone) {
@@ -175,7 +176,7 @@ absl::Status RecoveryManager::ServingStatus() const {
   const std::vector<VolumeStatus> all = manager_->Status();
   int should = 0, failed = 0, unrecovered = 0;
   std::string example;
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   for (const VolumeStatus& v : all) {
     auto it = states_.find(v.volume_id);
     const bool pending = it != states_.end() && it->second != VState::kDone;
@@ -208,7 +209,7 @@ absl::StatusOr<ExportInfo> RecoveryManager::RecoverOne(const std::string& volume
     // A call on this volume holds its lock (it cannot be a NodeStage: the
     // gate turns those away; e.g. a NodeUnpublish). Wait for it, briefly.
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      ublk::MutexLock lock(&mu_);
       if (stopping_ || clock_.Now() >= give_up) return info;
     }
     clock_.SleepFor(options_.busy_retry_interval);
@@ -219,7 +220,7 @@ void RecoveryManager::Run() {
   for (;;) {
     std::string id;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      ublk::MutexLock lock(&mu_);
       if (stopping_ || next_ >= order_.size()) break;
       id = order_[next_++];
       states_[id] = VState::kInProgress;
@@ -242,7 +243,7 @@ void RecoveryManager::Run() {
   Progress p;
   absl::Duration took;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     all_done = --running_ == 0 && progress_.done == progress_.total;
     p = progress_;
     took = clock_.Now() - started_at_;
@@ -254,10 +255,10 @@ void RecoveryManager::Run() {
     // Health and the gauge first: whoever WaitDone() wakes sees them final.
     health_->SetRecoveryDone();
     RefreshExportGauge();
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     progress_.finished = true;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
 }
 
 void RecoveryManager::Finish(const std::string& volume_id, Outcome outcome, absl::Duration took) {
@@ -265,7 +266,7 @@ void RecoveryManager::Finish(const std::string& volume_id, Outcome outcome, absl
   if (duration_ != nullptr) duration_->Observe(absl::ToDoubleSeconds(took));
   int done = 0, total = 0;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     states_[volume_id] = VState::kDone;
     outcomes_[volume_id] = outcome;
     ++progress_.done;

@@ -12,11 +12,9 @@
 // Stop(); every public method is thread-safe.
 #pragma once
 
-#include <condition_variable>
 #include <functional>
 #include <cstdint>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -28,6 +26,7 @@
 #include "csi/health.h"
 #include "csi/volume_manager.h"
 #include "ublk/clock.h"
+#include "ublk/mutex.h"
 
 namespace prometheus {
 class Registry;
@@ -125,9 +124,8 @@ class RecoveryManager final : public VolumeGate {
   prometheus::Histogram* duration_ = nullptr;
   prometheus::Family<prometheus::Gauge>* exports_ = nullptr;
 
-  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
+  mutable ublk::Mutex mu_;
+  ublk::CondVar cv_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);
@@ -138,7 +136,7 @@ class RecoveryManager final : public VolumeGate {
   Progress progress_ ABSL_GUARDED_BY(mu_);
   absl::Time started_at_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> threads_;  // touched only by Start() and Stop()
-  std::mutex threads_mu_;
+  ublk::Mutex threads_mu_;
 };
 
 }  // namespace ublk_csi

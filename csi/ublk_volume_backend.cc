@@ -16,6 +16,7 @@
 #include "prometheus/registry.h"
 #include "ublk/file_target.h"
 #include "ublk/kernel_real.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 namespace {
@@ -53,10 +54,10 @@ int ShiftOf(uint32_t block_size) {
 }  // namespace
 
 struct UblkVolumeBackend::Volume {
-  std::mutex op_mu;  // held for a whole operation on this volume
+  ublk::Mutex op_mu;  // held for a whole operation on this volume
 
   // Held only briefly, so GetExportStatus never waits for a kernel call.
-  std::mutex mu;
+  ublk::Mutex mu;
   std::shared_ptr<ublk::Export> exp ABSL_GUARDED_BY(mu);
   std::shared_ptr<ublk::FileTarget> target ABSL_GUARDED_BY(mu);
   std::vector<ublk::Worker*> workers ABSL_GUARDED_BY(mu);
@@ -142,7 +143,7 @@ int UblkVolumeBackend::MaxVolumes() {
 
 std::shared_ptr<UblkVolumeBackend::Volume> UblkVolumeBackend::GetVolume(
     const std::string& volume_id, bool create) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   auto it = volumes_.find(volume_id);
   if (it != volumes_.end()) return it->second;
   if (!create) return nullptr;
@@ -153,7 +154,7 @@ std::shared_ptr<UblkVolumeBackend::Volume> UblkVolumeBackend::GetVolume(
 
 void UblkVolumeBackend::DropVolume(const std::string& volume_id,
                                    const std::shared_ptr<Volume>& volume) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   auto it = volumes_.find(volume_id);
   if (it != volumes_.end() && it->second == volume) volumes_.erase(it);
 }
@@ -187,17 +188,17 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::EnsureExport(const ExportSpec& spe
                                                    " must be 512, 1024, 2048 or 4096"));
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (shut_down_) {
       return absl::UnavailableError(absl::StrCat(ctx, ": the plugin is shutting down"));
     }
   }
   std::shared_ptr<Volume> v = GetVolume(spec.volume_id, /*create=*/true);
-  std::lock_guard<std::mutex> op(v->op_mu);
+  ublk::MutexLock op(&v->op_mu);
   std::shared_ptr<ublk::Export> old;
   std::vector<ublk::Worker*> old_workers;
   {
-    std::lock_guard<std::mutex> lock(v->mu);
+    ublk::MutexLock lock(&v->mu);
     if (v->exp != nullptr && v->exp->state() == ublk::Export::State::kRunning) return InfoOf(*v);
     old = std::move(v->exp);
     old_workers = std::move(v->workers);
@@ -218,7 +219,7 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::EnsureExport(const ExportSpec& spe
     pool_->Release(old_workers);
   }
   absl::StatusOr<ExportInfo> info = CreateExport(spec, *v);
-  std::lock_guard<std::mutex> lock(v->mu);
+  ublk::MutexLock lock(&v->mu);
   v->creating = false;
   if (!info.ok()) {
     v->error = std::string(info.status().message());
@@ -268,7 +269,7 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
   if (dev->state != UBLK_S_DEV_QUIESCED) return false;
   std::shared_ptr<ublk::FileTarget> target;
   {
-    std::lock_guard<std::mutex> lock(v.mu);
+    ublk::MutexLock lock(&v.mu);
     target = v.target;
   }
   std::vector<ublk::Worker*> workers = pool_->Assign(dev->nr_hw_queues);
@@ -300,7 +301,7 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
                  << ublk::CopyModeName((*e)->copy_mode()) << " and is served in it, not in the "
                  << "configured " << ublk::CopyModeName(features_->copy_mode);
   }
-  std::lock_guard<std::mutex> lock(v.mu);
+  ublk::MutexLock lock(&v.mu);
   v.exp = std::move(*e);
   v.workers = std::move(workers);
   return true;
@@ -309,11 +310,11 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
 bool UblkVolumeBackend::Serves(uint32_t dev_id) {
   std::vector<std::shared_ptr<Volume>> all;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [id, v] : volumes_) all.push_back(v);
   }
   for (const auto& v : all) {
-    std::lock_guard<std::mutex> lock(v->mu);
+    ublk::MutexLock lock(&v->mu);
     if (v->exp != nullptr && v->exp->dev_id() == dev_id) return true;
   }
   return false;
@@ -328,7 +329,7 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spe
   if (!file.ok()) return WithContext(file.status(), ctx);
   std::shared_ptr<ublk::FileTarget> target = std::move(*file);
   {
-    std::lock_guard<std::mutex> lock(v.mu);
+    ublk::MutexLock lock(&v.mu);
     v.target = target;
   }
 
@@ -337,7 +338,7 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spe
         MaybeRecover(spec, static_cast<uint32_t>(spec.preferred_dev_id), v);
     if (!recovered.ok()) return recovered.status();
     if (*recovered) {
-      std::lock_guard<std::mutex> lock(v.mu);
+      ublk::MutexLock lock(&v.mu);
       ExportInfo info = InfoOf(v);
       info.recovered = true;
       return info;
@@ -388,7 +389,7 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spe
     pool_->Release(workers);
     return WithContext(s, ctx);
   }
-  std::lock_guard<std::mutex> lock(v.mu);
+  ublk::MutexLock lock(&v.mu);
   v.exp = std::move(exp);
   v.workers = std::move(workers);
   return InfoOf(v);
@@ -398,10 +399,10 @@ absl::Status UblkVolumeBackend::RemoveExport(const std::string& volume_id) {
   std::shared_ptr<Volume> v = GetVolume(volume_id, /*create=*/false);
   if (v == nullptr) return absl::OkStatus();
   const std::string ctx = absl::StrCat("volume ", volume_id);
-  std::lock_guard<std::mutex> op(v->op_mu);
+  ublk::MutexLock op(&v->op_mu);
   std::shared_ptr<ublk::Export> exp;
   {
-    std::lock_guard<std::mutex> lock(v->mu);
+    ublk::MutexLock lock(&v->mu);
     exp = v->exp;
   }
   if (exp != nullptr) {
@@ -418,7 +419,7 @@ absl::Status UblkVolumeBackend::RemoveExport(const std::string& volume_id) {
   }
   std::vector<ublk::Worker*> workers;
   {
-    std::lock_guard<std::mutex> lock(v->mu);
+    ublk::MutexLock lock(&v->mu);
     v->exp = nullptr;
     v->target = nullptr;
     workers = std::move(v->workers);
@@ -435,11 +436,11 @@ absl::Status UblkVolumeBackend::ResizeExport(const std::string& volume_id,
   const std::string ctx = absl::StrCat("volume ", volume_id);
   std::shared_ptr<Volume> v = GetVolume(volume_id, /*create=*/false);
   if (v == nullptr) return absl::NotFoundError(absl::StrCat(ctx, ": no export"));
-  std::lock_guard<std::mutex> op(v->op_mu);
+  ublk::MutexLock op(&v->op_mu);
   std::shared_ptr<ublk::Export> exp;
   std::shared_ptr<ublk::FileTarget> target;
   {
-    std::lock_guard<std::mutex> lock(v->mu);
+    ublk::MutexLock lock(&v->mu);
     exp = v->exp;
     target = v->target;
   }
@@ -473,7 +474,7 @@ ExportStatus UblkVolumeBackend::GetExportStatus(const std::string& volume_id) {
   std::shared_ptr<ublk::Export> exp;
   std::vector<ublk::Worker*> workers;
   {
-    std::lock_guard<std::mutex> lock(v->mu);
+    ublk::MutexLock lock(&v->mu);
     exp = v->exp;
     workers = v->workers;
     if (exp == nullptr) {
@@ -533,18 +534,18 @@ ExportStatus UblkVolumeBackend::GetExportStatus(const std::string& volume_id) {
 void UblkVolumeBackend::Shutdown() {
   std::vector<std::pair<std::string, std::shared_ptr<Volume>>> volumes;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (shut_down_) return;
     shut_down_ = true;
     volumes.assign(volumes_.begin(), volumes_.end());
   }
   int detached = 0;
   for (auto& [id, v] : volumes) {
-    std::lock_guard<std::mutex> op(v->op_mu);
+    ublk::MutexLock op(&v->op_mu);
     std::shared_ptr<ublk::Export> exp;
     std::vector<ublk::Worker*> workers;
     {
-      std::lock_guard<std::mutex> lock(v->mu);
+      ublk::MutexLock lock(&v->mu);
       exp = v->exp;
       workers = std::move(v->workers);
       v->workers.clear();

@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -29,6 +28,7 @@
 #include "ublk/features.h"
 #include "ublk/file_target.h"
 #include "ublk/kernel.h"
+#include "ublk/mutex.h"
 #include "ublk/worker_pool.h"
 
 namespace prometheus {
@@ -139,8 +139,7 @@ class UblkVolumeBackend final : public VolumeBackend {
   prometheus::Counter* resume_rearms_ = nullptr;
   prometheus::Counter* resume_gave_up_ = nullptr;
 
-  // std::mutex, not absl::Mutex: Debian's abseil is not built with TSan.
-  std::mutex mu_;
+  ublk::Mutex mu_;
   std::map<std::string, std::shared_ptr<Volume>> volumes_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -28,6 +28,8 @@
 #include "absl/strings/str_split.h"
 #include "csi/log_escape.h"
 #include "glog/logging.h"
+#include "ublk/mutex.h"
+#include "ublk/errno.h"
 #include "ublk/status_macros.h"
 #include "ublk/unique_fd.h"
 
@@ -54,7 +56,7 @@ constexpr char kParamFsType[] = "fsType";
 constexpr char kParamBlockSize[] = "blockSize";
 constexpr char kReservedParamPrefix[] = "csi.storage.k8s.io/";
 
-std::string Errno(int err) { return std::strerror(err); }
+using ublk::Errno;
 
 // v rounded up to a multiple of a (> 0); nullopt if that overflows int64.
 std::optional<int64_t> RoundUp(int64_t v, int64_t a) {
@@ -72,9 +74,9 @@ int64_t SaturatingAdd(int64_t a, int64_t b) {
 }
 
 std::string NewId(absl::string_view prefix) {
-  static std::mutex* mu = new std::mutex;
+  static ublk::Mutex* mu = new ublk::Mutex;
   static absl::BitGen* gen = new absl::BitGen;
-  std::lock_guard<std::mutex> lock(*mu);
+  ublk::MutexLock lock(&*mu);
   return absl::StrFormat("%s-%016x", prefix, absl::Uniform<uint64_t>(*gen));
 }
 
@@ -431,13 +433,13 @@ VolumeManager::VolumeManager(VolumeManagerOptions options, RecordStore* store,
 
 VolumeManager::KeyLock::~KeyLock() {
   if (m_ == nullptr) return;
-  std::lock_guard<std::mutex> lock(m_->mu_);
+  ublk::MutexLock lock(&m_->mu_);
   m_->busy_.erase(key_);
 }
 
 absl::StatusOr<VolumeManager::KeyLock> VolumeManager::TryLock(const std::string& key,
                                                               absl::string_view what) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (!busy_.insert(key).second) {
     return absl::AbortedError(
         absl::StrCat("an operation on ", what, " is already in progress; retry later"));
@@ -446,14 +448,14 @@ absl::StatusOr<VolumeManager::KeyLock> VolumeManager::TryLock(const std::string&
 }
 
 std::optional<VolumeRecord> VolumeManager::FindVolume(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   auto it = volumes_.find(id);
   if (it == volumes_.end()) return std::nullopt;
   return it->second;
 }
 
 std::optional<SnapshotRecord> VolumeManager::FindSnapshot(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   auto it = snapshots_.find(id);
   if (it == snapshots_.end()) return std::nullopt;
   return it->second;
@@ -467,28 +469,28 @@ absl::StatusOr<VolumeRecord> VolumeManager::GetRecord(const std::string& volume_
 
 absl::Status VolumeManager::SaveVolume(const VolumeRecord& rec) {
   RETURN_IF_ERROR(store_->PutVolume(rec));
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   volumes_[rec.volume_id()] = rec;
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::SaveSnapshot(const SnapshotRecord& rec) {
   RETURN_IF_ERROR(store_->PutSnapshot(rec));
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   snapshots_[rec.snapshot_id()] = rec;
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::ForgetVolume(const std::string& id) {
   RETURN_IF_ERROR(store_->DeleteVolume(id));
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   volumes_.erase(id);
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::ForgetSnapshot(const std::string& id) {
   RETURN_IF_ERROR(store_->DeleteSnapshot(id));
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   snapshots_.erase(id);
   return absl::OkStatus();
 }
@@ -506,7 +508,7 @@ int64_t VolumeManager::PoolUsage::capacity() const { return SaturatingAdd(free, 
 
 VolumeManager::Reservation::~Reservation() {
   if (m_ == nullptr) return;
-  std::lock_guard<std::mutex> lock(m_->mu_);
+  ublk::MutexLock lock(&m_->mu_);
   m_->reserved_bytes_ -= bytes_;
 }
 
@@ -522,7 +524,7 @@ absl::StatusOr<VolumeManager::PoolUsage> VolumeManager::MeasurePool() {
   std::vector<std::string> files;
   PoolUsage u;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, rec] : volumes_) {
       u.provisioned = SaturatingAdd(u.provisioned, rec.capacity_bytes());
       files.push_back(rec.backing_file());
@@ -564,7 +566,7 @@ absl::StatusOr<VolumeManager::Reservation> VolumeManager::Reserve(int64_t bytes,
   const int64_t limit = Scale(u.capacity(), ratio);
   std::string refused;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     int64_t provisioned = 0;
     for (const auto& [_, rec] : volumes_) provisioned = SaturatingAdd(provisioned, rec.capacity_bytes());
     provisioned = SaturatingAdd(provisioned, reserved_bytes_);
@@ -664,7 +666,7 @@ absl::Status VolumeManager::Load() {
       RETURN_IF_ERROR(store_->DeleteVolume(id));
       continue;
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     volumes_[id] = std::move(rec);
   }
   for (SnapshotRecord& rec : loaded.snapshots) {
@@ -674,10 +676,10 @@ absl::Status VolumeManager::Load() {
       RETURN_IF_ERROR(store_->DeleteSnapshot(rec.snapshot_id()));
       continue;
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     snapshots_[rec.snapshot_id()] = std::move(rec);
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   LOG(INFO) << "loaded " << volumes_.size() << " volume and " << snapshots_.size()
             << " snapshot records" << (loaded.set_aside.empty() ? "" : absl::StrCat(
             "; ", loaded.set_aside.size(), " corrupt records set aside"));
@@ -776,7 +778,7 @@ absl::StatusOr<std::optional<csi::v1::CreateVolumeResponse>> VolumeManager::Find
     const CreatePlan& plan, const csi::v1::CreateVolumeRequest& req) {
   std::optional<VolumeRecord> existing;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, rec] : volumes_) {
       if (rec.name() == plan.name) existing = rec;
     }
@@ -1042,7 +1044,7 @@ absl::StatusOr<csi::v1::ListVolumesResponse> VolumeManager::ListVolumes(
   if (req.max_entries() < 0) return absl::InvalidArgumentError("max_entries must not be negative");
   std::vector<VolumeRecord> all;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, rec] : volumes_) all.push_back(rec);  // sorted by id
   }
   ASSIGN_OR_RETURN(size_t start,
@@ -1105,7 +1107,7 @@ absl::StatusOr<csi::v1::GetCapacityResponse> VolumeManager::GetCapacity(
   ASSIGN_OR_RETURN(PoolUsage u, MeasurePool());
   int64_t provisioned = u.provisioned;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     provisioned = SaturatingAdd(provisioned, reserved_bytes_);
   }
   const int64_t limit = Scale(u.capacity(), ratio);
@@ -1244,7 +1246,7 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
                    TryLock("snapname:" + req.name(), "snapshot name '" + name + "'"));
   std::optional<SnapshotRecord> existing;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, s] : snapshots_) {
       if (s.name() == req.name()) existing = s;
     }
@@ -1332,7 +1334,7 @@ absl::StatusOr<csi::v1::ListSnapshotsResponse> VolumeManager::ListSnapshots(
   if (req.max_entries() < 0) return absl::InvalidArgumentError("max_entries must not be negative");
   std::vector<SnapshotRecord> all;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, s] : snapshots_) {
       if (!req.snapshot_id().empty() && s.snapshot_id() != req.snapshot_id()) continue;
       if (!req.source_volume_id().empty() && s.source_volume_id() != req.source_volume_id()) continue;

@@ -32,6 +32,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
 #include "records.pb.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 
@@ -230,8 +231,7 @@ class VolumeManager {
   VolumeBackend* const backend_;
   Mounter* const mounter_;
 
-  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
-  std::mutex mu_;
+  ublk::Mutex mu_;
   std::map<std::string, records::VolumeRecord> volumes_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, records::SnapshotRecord> snapshots_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> busy_ ABSL_GUARDED_BY(mu_);

@@ -11,6 +11,8 @@
 #include "absl/strings/str_join.h"
 #include "csi/volume_manager.h"
 #include "glog/logging.h"
+#include "ublk/errno.h"
+#include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 
 namespace ublk_csi {
@@ -20,7 +22,7 @@ using records::VolumeRecord;
 
 namespace {
 
-std::string Errno(int err) { return std::strerror(err); }
+using ublk::Errno;
 
 // Makes path and any missing parents (never through a symlink: callers ran
 // RefuseSymlinks, and mkdir does not follow a last component). Appends to
@@ -644,7 +646,7 @@ csi::v1::NodeGetInfoResponse VolumeManager::NodeGetInfo() {
 std::vector<VolumeStatus> VolumeManager::Status() {
   std::vector<VolumeRecord> all;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (const auto& [_, rec] : volumes_) all.push_back(rec);
   }
   std::vector<VolumeStatus> out;

@@ -1,12 +1,15 @@
 #!/bin/bash
-# Installs the Debian bookworm packages the build and the unit tests need,
-# only those missing (so a re-run is quick and offline). Needs root.
+# Installs the Debian bookworm packages the build, the unit tests and the
+# checks need (clang-14 for the thread-safety build and the fuzzers,
+# clang-format-14 and shellcheck for format-check), only those missing (so a
+# re-run is quick and offline). Needs root.
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
       liburing-dev libabsl-dev prometheus-cpp-dev libcivetweb-dev
       libgtest-dev libgmock-dev libbenchmark-dev libgoogle-glog-dev libgflags-dev
-      e2fsprogs xfsprogs util-linux)
+      e2fsprogs xfsprogs util-linux
+      clang-14 libclang-rt-14-dev clang-format-14 shellcheck)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

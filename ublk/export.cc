@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
+#include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 
 namespace ublk {
@@ -263,7 +264,7 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Recover(ControlDevice& control,
   o.copy_mode = CopyModeOfDevice(info.flags);
   std::unique_ptr<Export> e(new Export(control, std::move(workers), std::move(target), info,
                                        o.copy_mode, size, o));
-  std::lock_guard<std::mutex> lock(e->mu_);
+  ublk::MutexLock lock(&e->mu_);
   e->state_ = State::kRecovering;
   absl::Status s = e->ServeQueues();
   if (s.ok()) s = control.EndUserRecovery(dev_id, getpid());
@@ -278,7 +279,7 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Recover(ControlDevice& control,
 }
 
 Export::~Export() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (!queues_.empty()) {
     LOG(INFO) << "ublk device " << info_.dev_id << ": export destroyed while " << StateName(state_)
               << ", detaching its queues";
@@ -287,12 +288,12 @@ Export::~Export() {
 }
 
 Export::State Export::state() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return state_;
 }
 
 uint64_t Export::size_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return size_bytes_;
 }
 
@@ -328,7 +329,7 @@ bool Export::RemoveQueues(absl::Duration timeout) {
 }
 
 absl::Status Export::Start() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (state_ != State::kCreated) return WrongState("start");
   absl::Status s = ServeQueues();
   if (s.ok()) s = control_.StartDevice(info_.dev_id, getpid());
@@ -343,7 +344,7 @@ absl::Status Export::Start() {
 }
 
 absl::Status Export::Stop() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (state_ != State::kRunning) return WrongState("stop");
   absl::Status s = control_.StopDevice(info_.dev_id);
   const bool drained = RemoveQueues(s.ok() ? options_.stop_drain_timeout : absl::ZeroDuration());
@@ -360,7 +361,7 @@ absl::Status Export::Stop() {
 }
 
 absl::Status Export::Detach() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (state_ != State::kRunning) return WrongState("detach");
   RemoveQueues(absl::ZeroDuration());
   state_ = State::kDetached;
@@ -368,7 +369,7 @@ absl::Status Export::Detach() {
 }
 
 absl::Status Export::Delete() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (state_ == State::kRunning || state_ == State::kRecovering || state_ == State::kDeleted) {
     return WrongState("delete");
   }
@@ -380,7 +381,7 @@ absl::Status Export::Delete() {
 }
 
 absl::Status Export::Resize(uint64_t new_size) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   if (state_ != State::kRunning && state_ != State::kCreated) return WrongState("resize");
   ExportOptions o = options_;
   o.size_bytes = new_size;

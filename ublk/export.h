@@ -12,7 +12,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -21,6 +20,7 @@
 #include "absl/time/time.h"
 #include "ublk/clock.h"
 #include "ublk/kernel.h"
+#include "ublk/mutex.h"
 #include "ublk/target.h"
 #include "ublk/worker.h"
 
@@ -143,7 +143,7 @@ class Export {
   const CopyMode copy_mode_;
   const ExportOptions options_;
 
-  mutable std::mutex mu_;  // not absl::Mutex: see worker.h
+  mutable ublk::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kCreated;
   uint64_t size_bytes_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<Worker*, Worker::QueueId>> queues_ ABSL_GUARDED_BY(mu_);

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "glog/logging.h"
+#include "ublk/errno.h"
 #include "ublk/uapi.h"
 
 namespace ublk {
@@ -32,7 +33,7 @@ absl::StatusOr<std::unique_ptr<FileTarget>> FileTarget::Open(const FileTargetOpt
     }
     if (err == EACCES || err == EROFS || err == EPERM) {
       return absl::FailedPreconditionError(absl::StrCat("file target: backing file ", o.path,
-                                                        " is not writable: ", std::strerror(err)));
+                                                        " is not writable: ", ublk::Errno(err)));
     }
     return absl::ErrnoToStatus(err, absl::StrCat("file target: open ", o.path));
   }
@@ -72,7 +73,7 @@ absl::StatusOr<std::unique_ptr<FileTarget>> FileTarget::Open(const FileTargetOpt
     if (dfd >= 0) {
       direct.reset(dfd);
     } else {
-      LOG(INFO) << "file target " << o.path << ": O_DIRECT refused (" << std::strerror(errno)
+      LOG(INFO) << "file target " << o.path << ": O_DIRECT refused (" << ublk::Errno(errno)
                 << "), using buffered I/O";
     }
   }

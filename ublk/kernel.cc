@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "ublk/errno.h"
 
 namespace ublk {
 
@@ -44,7 +45,7 @@ std::string CharDevicePath(uint32_t dev_id) { return absl::StrCat("/dev/ublkc", 
 absl::Status UblkErrnoToStatus(int err, absl::string_view context) {
   constexpr int kKernelEnotsupp = 524;  // ENOTSUPP, kernel-internal, leaks to CQEs
   std::string msg = absl::StrCat(context, ": ", err == kKernelEnotsupp ? "operation not supported"
-                                                                      : std::strerror(err),
+                                                                      : ublk::Errno(err),
                                  " (errno ", err, ")");
   switch (err) {
     case ENOENT:

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "glog/logging.h"
+#include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 
 namespace ublk {
@@ -177,7 +178,7 @@ absl::StatusOr<std::unique_ptr<RealControlDevice>> RealControlDevice::Open(
   // Fail now, not at the first command, if this kernel's io_uring lacks SQE128.
   ASSIGN_OR_RETURN(auto ring, Ring::Create(kControlRingEntries, IORING_SETUP_SQE128));
   {
-    std::lock_guard<std::mutex> lock(dev->mu_);
+    ublk::MutexLock lock(&dev->mu_);
     dev->idle_rings_.push_back(std::move(ring));
   }
   return dev;
@@ -190,7 +191,7 @@ absl::StatusOr<int> RealControlDevice::Run(unsigned cmd_op, uint32_t dev_id, voi
                                            int* errno_out) {
   std::unique_ptr<Ring> ring;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (!idle_rings_.empty()) {
       ring = std::move(idle_rings_.back());
       idle_rings_.pop_back();
@@ -229,7 +230,7 @@ absl::StatusOr<int> RealControlDevice::Run(unsigned cmd_op, uint32_t dev_id, voi
   }
   if (!status.ok()) return status;  // the ring may hold a stale SQE: drop it
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     idle_rings_.push_back(std::move(ring));
   }
   if (res < 0) {
@@ -369,7 +370,7 @@ absl::StatusOr<int> RealControlDevice::OpenCharDev(uint32_t dev_id) {
 absl::StatusOr<std::shared_ptr<RealControlDevice::CharDev>> RealControlDevice::GetCharDev(
     uint32_t dev_id) {
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     for (;;) {
       auto it = char_devs_.find(dev_id);
       if (it != char_devs_.end()) {
@@ -377,7 +378,7 @@ absl::StatusOr<std::shared_ptr<RealControlDevice::CharDev>> RealControlDevice::G
       }
       if (!opening_.contains(dev_id)) break;
       // Another queue of this device is being opened: its fd is ours too.
-      opened_cv_.wait(lock);
+      opened_cv_.Wait(lock);
     }
     opening_.insert(dev_id);
   }
@@ -386,11 +387,11 @@ absl::StatusOr<std::shared_ptr<RealControlDevice::CharDev>> RealControlDevice::G
   std::shared_ptr<CharDev> dev;
   if (fd.ok()) dev = std::make_shared<CharDev>(CharDev{dev_id, UniqueFd(*fd)});
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     opening_.erase(dev_id);
     if (dev != nullptr) char_devs_[dev_id] = dev;
   }
-  opened_cv_.notify_all();
+  opened_cv_.NotifyAll();
   if (!fd.ok()) return fd.status();
   return dev;
 }

@@ -5,9 +5,7 @@
 // blocking START_DEV does not hold up other devices' commands.
 #pragma once
 
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -16,6 +14,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "ublk/clock.h"
 #include "ublk/kernel.h"
+#include "ublk/mutex.h"
 #include "ublk/ring.h"
 #include "ublk/unique_fd.h"
 
@@ -75,8 +74,8 @@ class RealControlDevice final : public ControlDevice {
   const UniqueFd fd_;
   const RealClock real_clock_;
   const Clock& clock_;
-  std::mutex mu_;
-  std::condition_variable opened_cv_;  // an open of opening_ finished
+  ublk::Mutex mu_;
+  ublk::CondVar opened_cv_;  // an open of opening_ finished
   // Devices whose char device a thread is opening right now (the kernel
   // lets it be opened once: a second thread waits for the first's result).
   absl::flat_hash_set<uint32_t> opening_ ABSL_GUARDED_BY(mu_);  // not absl::Mutex: see worker.h

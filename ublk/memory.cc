@@ -9,19 +9,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
+#include "ublk/errno.h"
 
 namespace ublk {
-namespace {
-
-// strerror() is not thread-safe; strerrordesc_np (glibc 2.32+) is, and
-// allocates nothing.
-const char* ErrnoText(int err) {
-  const char* text = strerrordesc_np(err);
-  return text != nullptr ? text : "unknown error";
-}
-
-}  // namespace
-
 const char* StatusCodeText(absl::StatusCode code) {
   switch (code) {
     case absl::StatusCode::kOk: return "OK";
@@ -61,7 +51,7 @@ void RealMemorySource::Unmap(void* addr, size_t len) {
     // Only a caller passing a wrong address/length gets here; leaking the
     // range is the safe answer.
     LOG(ERROR) << "munmap(" << addr << ", " << len
-               << ") failed: " << ErrnoText(errno);
+               << ") failed: " << Errno(errno);
   }
 }
 

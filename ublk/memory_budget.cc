@@ -18,6 +18,7 @@
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
+#include "ublk/mutex.h"
 
 namespace ublk {
 namespace {
@@ -240,7 +241,7 @@ MemoryBudget::Reading MemoryBudget::Read() const {
 }
 
 absl::Status MemoryBudget::Refresh() {
-  std::lock_guard<std::mutex> lock(refresh_mu_);
+  ublk::MutexLock lock(&refresh_mu_);
   const Reading r = Read();
   absl::Status status;
   const uint64_t old_limit = limit_.load(std::memory_order_relaxed);

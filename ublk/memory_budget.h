@@ -23,12 +23,12 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "ublk/mutex.h"
 
 namespace prometheus {
 class Registry;
@@ -128,7 +128,7 @@ class MemoryBudget {
   std::atomic<uint64_t> pressure_epoch_{0};
   std::atomic<bool> tight_{false};
 
-  std::mutex refresh_mu_;  // std::mutex: see worker.h
+  ublk::Mutex refresh_mu_;  // ublk::Mutex: see worker.h
   bool first_refresh_ ABSL_GUARDED_BY(refresh_mu_) = true;
   std::string limit_source_ ABSL_GUARDED_BY(refresh_mu_);
   std::optional<uint64_t> last_high_ ABSL_GUARDED_BY(refresh_mu_);

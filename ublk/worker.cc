@@ -3,11 +3,12 @@
 #include <sys/eventfd.h>
 
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
+#include "ublk/errno.h"
+#include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 
 namespace ublk {
@@ -20,19 +21,19 @@ class Latch {
  public:
   void Notify() {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      ublk::MutexLock lock(&mu_);
       done_ = true;
     }
-    cv_.notify_all();
+    cv_.NotifyAll();
   }
   void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return done_; });
+    ublk::MutexLock lock(&mu_);
+    cv_.Wait(lock, [this] { return done_; });
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
+  ublk::Mutex mu_;
+  ublk::CondVar cv_;
   bool done_ = false;
 };
 }  // namespace
@@ -121,7 +122,7 @@ Worker::~Worker() { Stop(); }
 
 void Worker::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (stopped_) {
       // Already stopping or stopped; just make sure the thread is gone.
     } else {
@@ -149,7 +150,7 @@ absl::Status Worker::RunOnWorker(std::function<void()> task) {
   }
   auto done = std::make_shared<Latch>();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (stopped_) {
       return absl::FailedPreconditionError(absl::StrCat("worker ", id(), " is stopped"));
     }
@@ -286,7 +287,7 @@ void Worker::ArmWakeup() {
 void Worker::RunTasks() {
   std::vector<std::function<void()>> tasks;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     tasks.swap(tasks_);
   }
   for (auto& task : tasks) task();
@@ -688,7 +689,7 @@ void Worker::ReleaseBufferRange(uint16_t base, uint16_t n) {
     // Keep the range out of use: a later request registered there would
     // find its slot taken and fail.
     LOG(ERROR) << "worker " << id() << ": clearing registered buffers " << base << ".."
-               << base + n - 1 << " failed (" << std::strerror(-ret)
+               << base + n - 1 << " failed (" << ublk::Errno(-ret)
                << "); those indices stay reserved";
     return;
   }

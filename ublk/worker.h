@@ -19,7 +19,6 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -31,6 +30,7 @@
 #include "ublk/kernel.h"
 #include "ublk/memory.h"
 #include "ublk/memory_budget.h"
+#include "ublk/mutex.h"
 #include "ublk/ring.h"
 #include "ublk/target.h"
 #include "ublk/unique_fd.h"
@@ -160,9 +160,7 @@ class Worker {
   std::thread thread_;
   std::thread::id thread_id_;
 
-  // std::mutex, not absl::Mutex: Debian's prebuilt abseil is not TSan-instrumented,
-  // so TSan cannot see absl::Mutex synchronization.
-  std::mutex mu_;
+  ublk::Mutex mu_;
   std::vector<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
 

@@ -9,6 +9,7 @@
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
+#include "ublk/mutex.h"
 
 namespace ublk {
 
@@ -89,7 +90,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
     pool->workers_.push_back(std::move(*w));
   }
   {
-    std::lock_guard<std::mutex> lock(pool->mu_);
+    ublk::MutexLock lock(&pool->mu_);
     pool->assigned_.assign(count, 0);
   }
   if (registry != nullptr) {
@@ -114,7 +115,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
                              .Name("ublk_csi_worker_parked_ios_total")
                              .Help("I/Os that had to wait for a buffer")
                              .Register(*registry);
-    std::lock_guard<std::mutex> lock(pool->metrics_mu_);
+    ublk::MutexLock lock(&pool->metrics_mu_);
     for (int i = 0; i < count; ++i) {
       const prometheus::Labels labels{{"worker", std::to_string(i)}};
       pool->series_.push_back(Series{&ios.Add(labels), &queues.Add(labels),
@@ -142,10 +143,10 @@ WorkerPool::~WorkerPool() { Stop(); }
 
 void WorkerPool::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     stopped_ = true;
   }
-  stop_cv_.notify_all();
+  stop_cv_.NotifyAll();
   if (refresher_.joinable()) refresher_.join();
   for (auto& w : workers_) w->Stop();
 }
@@ -153,7 +154,7 @@ void WorkerPool::Stop() {
 std::vector<Worker*> WorkerPool::Assign(size_t nr_queues) {
   std::vector<Worker*> result;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (stopped_ || workers_.empty()) return result;
     result.reserve(nr_queues);
     for (size_t q = 0; q < nr_queues; ++q) {
@@ -167,7 +168,7 @@ std::vector<Worker*> WorkerPool::Assign(size_t nr_queues) {
 }
 
 void WorkerPool::Release(const std::vector<Worker*>& workers) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   for (Worker* w : workers) {
     if (w == nullptr) continue;
     const int id = w->id();
@@ -184,17 +185,17 @@ void WorkerPool::Release(const std::vector<Worker*>& workers) {
 }
 
 size_t WorkerPool::assigned_queues(size_t i) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return i < assigned_.size() ? assigned_[i] : 0;
 }
 
 void WorkerPool::UpdateMetrics() {
   std::vector<size_t> assigned;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     assigned = assigned_;
   }
-  std::lock_guard<std::mutex> lock(metrics_mu_);
+  ublk::MutexLock lock(&metrics_mu_);
   for (size_t i = 0; i < series_.size() && i < workers_.size(); ++i) {
     Series& s = series_[i];
     const uint64_t done = workers_[i]->completed_ios();
@@ -217,7 +218,7 @@ void WorkerPool::RefreshBudget() {
   if (budget_ == nullptr) return;
   (void)budget_->Refresh();  // an unreadable usage is logged once by the budget
   const uint64_t epoch = budget_->pressure_epoch();
-  std::lock_guard<std::mutex> lock(metrics_mu_);
+  ublk::MutexLock lock(&metrics_mu_);
   if (epoch == budget_epoch_) return;
   budget_epoch_ = epoch;
   for (auto& w : workers_) w->Poke();
@@ -237,8 +238,8 @@ void WorkerPool::RefreshLoop(absl::Duration metrics_interval, absl::Duration bud
       UpdateMetrics();
       next_metrics = now + metrics_interval;
     }
-    std::unique_lock<std::mutex> lock(mu_);
-    if (stop_cv_.wait_for(lock, wait, [this] { return stopped_; })) break;
+    ublk::MutexLock lock(&mu_);
+    if (stop_cv_.WaitFor(lock, wait, [this] { return stopped_; })) break;
   }
   if (metrics_interval > absl::ZeroDuration()) UpdateMetrics();
 }

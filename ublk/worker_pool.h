@@ -15,11 +15,9 @@
 // exports that still hold queues on them).
 #pragma once
 
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -31,6 +29,7 @@
 #include "ublk/clock.h"
 #include "ublk/memory.h"
 #include "ublk/memory_budget.h"
+#include "ublk/mutex.h"
 #include "ublk/worker.h"
 
 namespace prometheus {
@@ -157,14 +156,12 @@ class WorkerPool {
   std::unique_ptr<BufferPoolMetrics> pool_metrics_;
   std::vector<std::unique_ptr<Worker>> workers_;
 
-  // std::mutex, not absl::Mutex: Debian's abseil is not built with TSan
-  // (see ublk/testing/fake_clock.h).
-  mutable std::mutex mu_;
+  mutable ublk::Mutex mu_;
   std::vector<size_t> assigned_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
-  std::condition_variable stop_cv_;
+  ublk::CondVar stop_cv_;
 
-  std::mutex metrics_mu_;  // serializes UpdateMetrics
+  ublk::Mutex metrics_mu_;  // serializes UpdateMetrics
   std::vector<Series> series_ ABSL_GUARDED_BY(metrics_mu_);
 
   std::thread refresher_;

@@ -9,7 +9,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <mutex>
 #include <thread>
 
 #include "csi/identity_service.h"
@@ -20,6 +19,7 @@
 #include "prometheus/text_serializer.h"
 #include "tests/testing/log_capture.h"
 #include "tests/testing/subprocess.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 namespace {
@@ -30,16 +30,16 @@ using SteadyClock = std::chrono::steady_clock;
 class FakeClock final : public ublk::Clock {
  public:
   absl::Time Now() const override {
-    std::lock_guard<std::mutex> l(mu_);
+    ublk::MutexLock l(&mu_);
     return now_;
   }
   void Advance(absl::Duration d) {
-    std::lock_guard<std::mutex> l(mu_);
+    ublk::MutexLock l(&mu_);
     now_ += d;
   }
 
  private:
-  mutable std::mutex mu_;
+  mutable ublk::Mutex mu_;
   absl::Time now_ = absl::FromUnixSeconds(1000);
 };
 

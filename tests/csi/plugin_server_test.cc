@@ -12,9 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstring>
-#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "csi.grpc.pb.h"
@@ -27,6 +25,7 @@
 #include "prometheus/text_serializer.h"
 #include "tests/testing/log_capture.h"
 #include "tests/testing/subprocess.h"
+#include "ublk/mutex.h"
 
 namespace ublk_csi {
 namespace {
@@ -49,33 +48,33 @@ class BlockingIdentity final : public csi::v1::Identity::Service {
  public:
   grpc::Status Probe(grpc::ServerContext*, const csi::v1::ProbeRequest*,
                      csi::v1::ProbeResponse*) override {
-    std::unique_lock<std::mutex> l(mu_);
+    ublk::MutexLock l(&mu_);
     ++running_;
     max_running_ = std::max(max_running_, running_);
-    cv_.notify_all();
-    cv_.wait(l, [this] { return released_; });
+    cv_.NotifyAll();
+    cv_.Wait(l, [this] { return released_; });
     --running_;
     return grpc::Status::OK;
   }
   void Release() {
-    std::lock_guard<std::mutex> l(mu_);
+    ublk::MutexLock l(&mu_);
     released_ = true;
-    cv_.notify_all();
+    cv_.NotifyAll();
   }
   // Waits until `n` handlers run at once or `ms` pass; returns how many ran.
   int WaitRunning(int n, int ms) {
-    std::unique_lock<std::mutex> l(mu_);
-    cv_.wait_for(l, std::chrono::milliseconds(ms), [&] { return running_ >= n; });
+    ublk::MutexLock l(&mu_);
+    cv_.WaitFor(l, std::chrono::milliseconds(ms), [&] { return running_ >= n; });
     return running_;
   }
   int max_running() {
-    std::lock_guard<std::mutex> l(mu_);
+    ublk::MutexLock l(&mu_);
     return max_running_;
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
+  ublk::Mutex mu_;
+  ublk::CondVar cv_;
   int running_ = 0;
   int max_running_ = 0;
   bool released_ = false;
@@ -96,19 +95,19 @@ class BigController final : public csi::v1::Controller::Service {
 };
 
 struct AsyncCalls {
-  std::mutex mu;
-  std::condition_variable cv;
+  ublk::Mutex mu;
+  ublk::CondVar cv;
   int done = 0;
   std::map<grpc::StatusCode, int> codes;
   void Finish(const grpc::Status& s) {
-    std::lock_guard<std::mutex> l(mu);
+    ublk::MutexLock l(&mu);
     ++done;
     ++codes[s.error_code()];
-    cv.notify_all();
+    cv.NotifyAll();
   }
   bool WaitDone(int n, int ms) {
-    std::unique_lock<std::mutex> l(mu);
-    return cv.wait_for(l, std::chrono::milliseconds(ms), [&] { return done >= n; });
+    ublk::MutexLock l(&mu);
+    return cv.WaitFor(l, std::chrono::milliseconds(ms), [&] { return done >= n; });
   }
 };
 

@@ -133,6 +133,37 @@ TEST_F(RecordStoreTest, CorruptRecordsAreSetAsideAndCounted) {
   EXPECT_THAT(metrics, ::testing::HasSubstr("ublk_csi_corrupt_records_total 3"));
 }
 
+// Found writing tests/fuzz/record_fuzz (its sentinel oracle): a record naming
+// "../x" as its backing file loaded, and rolling it back (CREATING) unlinked a
+// file outside the data dir.
+TEST_F(RecordStoreTest, RecordsNamingFilesOutsideTheDataDirAreSetAside) {
+  auto store = Open();
+  VolumeRecord vol = Vol("vol-1", 1);
+  vol.set_schema_version(1);
+  vol.set_state(VolumeRecord::CREATING);
+  vol.set_backing_file("volumes/../../victim");
+  WriteFile(Records() + "/vol-1.volume", vol.SerializeAsString());
+  VolumeRecord abs = Vol("vol-2", 1);
+  abs.set_schema_version(1);
+  abs.set_backing_file("/etc/passwd");
+  WriteFile(Records() + "/vol-2.volume", abs.SerializeAsString());
+  SnapshotRecord snap;
+  snap.set_schema_version(1);
+  snap.set_snapshot_id("snap-1");
+  snap.set_file("../victim");
+  WriteFile(Records() + "/snap-1.snapshot", snap.SerializeAsString());
+  VolumeRecord good = Vol("vol-3", 1);
+  good.set_backing_file(RecordStore::VolumeFileRel("vol-3"));
+  ASSERT_TRUE(store->PutVolume(good).ok());
+
+  auto loaded = store->LoadAll();
+  ASSERT_TRUE(loaded.ok());
+  ASSERT_EQ(loaded->volumes.size(), 1u);
+  EXPECT_EQ(loaded->volumes[0].volume_id(), "vol-3");
+  EXPECT_TRUE(loaded->snapshots.empty());
+  EXPECT_EQ(loaded->set_aside.size(), 3u);
+}
+
 TEST_F(RecordStoreTest, IdsCannotEscapeTheDataDir) {
   auto store = Open();
   for (const char* bad : {"../x", "a/b", ".", "..", ".x", "", "x\n"}) {

@@ -11,10 +11,8 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <fstream>
 #include <memory>
-#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -34,6 +32,7 @@
 #include "prometheus/registry.h"
 #include "tests/testing/subprocess.h"
 #include "ublk/memory.h"
+#include "ublk/mutex.h"
 #include "ublk/testing/fake_clock.h"
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
@@ -86,32 +85,33 @@ class HoldingBackend final : public VolumeBackend {
  public:
   explicit HoldingBackend(VolumeBackend* base) : base_(base) {}
   void HoldAfter(int pass) {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     pass_ = pass;
   }
   void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     pass_ = -1;
-    cv_.notify_all();
+    cv_.NotifyAll();
   }
   int held() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     return held_;
   }
   absl::StatusOr<ExportInfo> EnsureExport(const ExportSpec& spec) override {
     {
-      std::unique_lock<std::mutex> lock(mu_);
+      ublk::MutexLock lock(&mu_);
       if (pass_ >= 0 && calls_++ >= pass_) {
         ++held_;
-        cv_.notify_all();
-        cv_.wait(lock, [this] { return pass_ < 0; });
+        cv_.NotifyAll();
+        cv_.Wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pass_ < 0; });
       }
     }
     return base_->EnsureExport(spec);
   }
   bool WaitHeld(int n) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return held_ >= n; });
+    ublk::MutexLock lock(&mu_);
+    return cv_.WaitFor(lock, std::chrono::seconds(10),
+                      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return held_ >= n; });
   }
   absl::Status RemoveExport(const std::string& id) override { return base_->RemoveExport(id); }
   absl::Status ResizeExport(const std::string& id, int64_t n) override {
@@ -125,11 +125,11 @@ class HoldingBackend final : public VolumeBackend {
 
  private:
   VolumeBackend* const base_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  int pass_ = -1;
-  int calls_ = 0;
-  int held_ = 0;
+  mutable ublk::Mutex mu_;
+  ublk::CondVar cv_;
+  int pass_ ABSL_GUARDED_BY(mu_) = -1;
+  int calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int held_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 class RecoveryTest : public ::testing::Test {

@@ -3,6 +3,7 @@
 // and reloading records after a restart. No device, no real mount.
 #include "csi/volume_manager.h"
 
+#include <limits>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -215,6 +216,20 @@ TEST_F(VM, CreateVolumeCapacityRules) {
   auto big = manager_->CreateVolume(CreateReq("big", 8 * kMiB));
   EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(big.status().message()), HasSubstr("free"));
+}
+
+// Found writing tests/fuzz/request_fuzz (UBSan oracle): rounding a
+// required_bytes near INT64_MAX up to the 4 KiB alignment overflowed (UBSan: signed overflow; without it a
+// negative size reached ftruncate, and ControllerExpandVolume answered OK).
+TEST_F(VM, CapacityNearInt64MaxIsOutOfRange) {
+  const int64_t huge = std::numeric_limits<int64_t>::max() - 1;
+  EXPECT_EQ(manager_->CreateVolume(CreateReq("huge", huge)).status().code(),
+            absl::StatusCode::kOutOfRange);
+  const std::string id = Create("small", kMiB);
+  csi::v1::ControllerExpandVolumeRequest grow;
+  grow.set_volume_id(id);
+  grow.mutable_capacity_range()->set_required_bytes(huge);
+  EXPECT_EQ(manager_->ControllerExpandVolume(grow).status().code(), absl::StatusCode::kOutOfRange);
 }
 
 TEST_F(VM, CreateVolumeHonoursTopology) {

@@ -1,15 +1,15 @@
 // Test helper: captures every glog line while alive, so tests can count the
 // transition lines a degraded mode promises (one per change, never one per I/O).
-// Thread-safe; std::mutex (not absl::Mutex) so TSan sees it.
+// Thread-safe.
 #pragma once
 
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "glog/logging.h"
+#include "ublk/mutex.h"
 
 namespace ublk_test {
 
@@ -20,12 +20,12 @@ class LogCapture : public google::LogSink {
 
   void send(google::LogSeverity severity, const char*, const char*, int,
             const google::LogMessageTime&, const char* message, size_t message_len) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     lines_.emplace_back(severity, std::string(message, message_len));
   }
   // Lines of exactly `severity` containing every one of `parts`.
   int Count(google::LogSeverity severity, const std::vector<std::string>& parts) const {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     int n = 0;
     for (const auto& [sev, text] : lines_) {
       if (sev != severity) continue;
@@ -37,7 +37,7 @@ class LogCapture : public google::LogSink {
   }
   // The text of every line at `severity` or worse.
   std::vector<std::string> AtLeast(google::LogSeverity severity) const {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     std::vector<std::string> out;
     for (const auto& [sev, text] : lines_) {
       if (sev >= severity) out.push_back(text);
@@ -49,7 +49,7 @@ class LogCapture : public google::LogSink {
   }
 
  private:
-  mutable std::mutex mu_;
+  mutable ublk::Mutex mu_;
   std::vector<std::pair<google::LogSeverity, std::string>> lines_;
 };
 

@@ -17,6 +17,8 @@
 #include <sstream>
 #include <thread>
 
+#include "ublk/errno.h"
+
 namespace ublk_test {
 
 namespace {
@@ -142,7 +144,7 @@ std::string HttpGet(int port, const std::string& path) {
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     close(fd);
-    return std::string("error: connect: ") + strerror(errno);
+    return std::string("error: connect: ") + ublk::Errno(errno);
   }
   std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
   if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {

@@ -10,7 +10,6 @@
 #include <atomic>
 #include <filesystem>
 #include <map>
-#include <mutex>
 #include <random>
 #include <set>
 #include <string>
@@ -28,6 +27,7 @@
 #include "ublk/export.h"
 #include "ublk/file_target.h"
 #include "ublk/memory.h"
+#include "ublk/mutex.h"
 #include "ublk/testing/fake_clock.h"
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
@@ -226,13 +226,13 @@ TEST_F(WorkerPoolTest, ConcurrentAssignmentsStayBalanced) {
   auto pool = MakePool(Options(3));
   ASSERT_NE(pool, nullptr);
   std::vector<std::thread> threads;
-  std::mutex mu;
+  ublk::Mutex mu;
   std::vector<std::vector<Worker*>> all;
   for (int t = 0; t < 6; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < 50; ++i) {
         auto w = pool->Assign(1 + i % 2);
-        std::lock_guard<std::mutex> lock(mu);
+        ublk::MutexLock lock(&mu);
         all.push_back(std::move(w));
       }
     });

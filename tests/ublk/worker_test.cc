@@ -15,6 +15,7 @@
 #include "prometheus/registry.h"
 #include "ublk/export.h"
 #include "ublk/memory.h"
+#include "ublk/mutex.h"
 #include "ublk/null_target.h"
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
@@ -35,7 +36,7 @@ class RamTarget final : public Target {
   bool supports_discard() const override { return false; }
   const char* name() const override { return "ram"; }
   std::optional<int32_t> StartIo(Ring&, const TargetIo& io, uint64_t) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     if (io.op == UBLK_IO_OP_READ) std::memcpy(io.buf, data_.data() + io.offset, io.len);
     if (io.op == UBLK_IO_OP_WRITE) std::memcpy(data_.data() + io.offset, io.buf, io.len);
     return io.op == UBLK_IO_OP_READ || io.op == UBLK_IO_OP_WRITE ? static_cast<int32_t>(io.len)
@@ -44,7 +45,7 @@ class RamTarget final : public Target {
   std::optional<int32_t> FinishIo(const TargetIo&, int32_t res) override { return res; }
 
  private:
-  std::mutex mu_;
+  ublk::Mutex mu_;
   std::string data_;
 };
 

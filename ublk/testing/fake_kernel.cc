@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
-#include <mutex>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "ublk/mutex.h"
 #include "ublk/ring.h"
 #include "ublk/status_macros.h"
 #include "ublk/unique_fd.h"
@@ -109,9 +108,8 @@ struct FakeKernel::State {
   explicit State(FakeKernelOptions o) : options(o) {}
 
   const FakeKernelOptions options;
-  // std::mutex, not absl::Mutex: Debian's abseil is not TSan-instrumented.
-  mutable std::mutex mu;
-  std::condition_variable cv;
+  mutable ublk::Mutex mu;
+  ublk::CondVar cv;
   std::map<uint32_t, std::shared_ptr<FakeDevice>> devices ABSL_GUARDED_BY(mu);
   int fail_next_add ABSL_GUARDED_BY(mu) = 0;
   int get_features_calls ABSL_GUARDED_BY(mu) = 0;
@@ -154,7 +152,7 @@ struct FakeKernel::State {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     r->result = result;
     r->done = true;
-    cv.notify_all();
+    cv.NotifyAll();
   }
 
   // Like ublk_auto_buf_reg() without UBLK_AUTO_BUF_REG_FALLBACK: 0, or the
@@ -355,13 +353,13 @@ struct FakeKernel::State {
   }
 
   // Waits (mu held) until every tag of `d` is fetched.
-  absl::Status AwaitFetched(std::unique_lock<std::mutex>& lock,
+  absl::Status AwaitFetched(ublk::MutexLock& lock,
                             const std::shared_ptr<FakeDevice>& d, absl::string_view what)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     const auto deadline =
         std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(options.start_timeout);
     while (!d->removed && d->fetched < d->total_tags()) {
-      if (cv.wait_until(lock, deadline) == std::cv_status::timeout) {
+      if (cv.WaitUntil(lock, deadline) == std::cv_status::timeout) {
         if (d->fetched < d->total_tags()) {
           return absl::DeadlineExceededError(absl::StrCat(
               "ublk ", what, " device ", d->info.dev_id, ": only ", d->fetched, " of ",
@@ -392,7 +390,7 @@ class FakeQueueChannel final : public QueueChannel {
         read_bufs_(new uint64_t[depth_]()) {}
 
   ~FakeQueueChannel() override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     FakeQueue& q = dev_->queues[q_id_];
     for (auto& t : q.tags) t.efd = -1;
     q.channel_open = false;
@@ -409,7 +407,7 @@ class FakeQueueChannel final : public QueueChannel {
   }
 
   absl::Status PrepFetch(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     FakeDevice& d = *dev_;
     RETURN_IF_ERROR(Check(tag, "FETCH_REQ"));
     FakeTag& t = d.queues[q_id_].tags[tag];
@@ -434,14 +432,14 @@ class FakeQueueChannel final : public QueueChannel {
       fq.ready = true;
       ++d.nr_queues_ready;
     }
-    state_->cv.notify_all();
+    state_->cv.NotifyAll();
     AfterFetch(d, t);
     return absl::OkStatus();
   }
 
   absl::Status PrepCommitAndFetch(Ring& ring, uint16_t tag, int32_t result, void* buf,
                                   uint64_t user_data) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     FakeDevice& d = *dev_;
     RETURN_IF_ERROR(Check(tag, "COMMIT_AND_FETCH_REQ"));
     FakeTag& t = d.queues[q_id_].tags[tag];
@@ -474,7 +472,7 @@ class FakeQueueChannel final : public QueueChannel {
   }
 
   absl::Status PrepNeedGetData(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     FakeDevice& d = *dev_;
     RETURN_IF_ERROR(Check(tag, "NEED_GET_DATA"));
     FakeTag& t = d.queues[q_id_].tags[tag];
@@ -492,12 +490,12 @@ class FakeQueueChannel final : public QueueChannel {
   }
 
   void SetAutoBufRegBase(uint16_t index_base) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     auto_base_ = index_base;
   }
 
   uint64_t FixedBufferAddress(uint16_t tag) const override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     if (tag >= depth_) return 0;
     const FakeTag& t = dev_->queues[q_id_].tags[tag];
     // User memory is registered, so fixed-buffer I/O addresses it by its
@@ -506,7 +504,7 @@ class FakeQueueChannel final : public QueueChannel {
   }
 
   int32_t TranslateCompletion(uint16_t tag, int32_t raw) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     if (raw != sizeof(uint64_t)) return raw < 0 ? raw : -EIO;
     if (tag >= depth_) return -EINVAL;
     FakeTag& t = dev_->queues[q_id_].tags[tag];
@@ -516,7 +514,7 @@ class FakeQueueChannel final : public QueueChannel {
   }
 
   absl::Status ReadRequestData(uint16_t tag, void* buf, size_t len, uint64_t offset) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     ASSIGN_OR_RETURN(FakeTag * t, UserCopyTag(tag, UBLK_IO_OP_WRITE, len, offset, "pread"));
     std::memcpy(buf, t->req->data.data() + offset, len);
     return absl::OkStatus();
@@ -524,7 +522,7 @@ class FakeQueueChannel final : public QueueChannel {
 
   absl::Status WriteResponseData(uint16_t tag, const void* buf, size_t len,
                                  uint64_t offset) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     ASSIGN_OR_RETURN(FakeTag * t, UserCopyTag(tag, UBLK_IO_OP_READ, len, offset, "pwrite"));
     std::memcpy(t->req->data.data() + offset, buf, len);
     return absl::OkStatus();
@@ -615,7 +613,7 @@ class FakeControlDevice final : public ControlDevice {
 
   absl::StatusOr<uint64_t> GetFeatures() override {
     {
-      std::unique_lock<std::mutex> lock(state_->mu);
+      ublk::MutexLock lock(&state_->mu);
       ++state_->get_features_calls;
     }
     if (!state_->options.has_get_features || !state_->options.accept_ioctl) {
@@ -626,7 +624,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::StatusOr<DeviceInfo> AddDevice(const DeviceInfo& want) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     const std::string what = want.dev_id == kAnyDevId ? std::string("ADD_DEV (any id)")
                                                       : absl::StrCat("ADD_DEV id ", want.dev_id);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
@@ -671,7 +669,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status SetParams(uint32_t dev_id, const ublk_params& p) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     const std::string what = absl::StrCat("ublk SET_PARAMS device ", dev_id);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "SET_PARAMS"));
@@ -691,7 +689,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::StatusOr<ublk_params> GetParams(uint32_t dev_id) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "GET_PARAMS"));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "GET_PARAMS"));
     ublk_params p = d->params;
@@ -700,7 +698,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status StartDevice(uint32_t dev_id, pid_t pid) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     const std::string what = absl::StrCat("ublk START_DEV device ", dev_id);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "START_DEV"));
@@ -718,7 +716,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status StopDevice(uint32_t dev_id) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "STOP_DEV"));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "STOP_DEV"));
     state_->Kill(*d, -EIO);
@@ -726,7 +724,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status DeleteDevice(uint32_t dev_id) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "DEL_DEV"));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "DEL_DEV"));
     if (d->open_channels > 0) {
@@ -737,19 +735,19 @@ class FakeControlDevice final : public ControlDevice {
     state_->Kill(*d, -EIO);
     d->removed = true;
     state_->devices.erase(dev_id);
-    state_->cv.notify_all();
+    state_->cv.NotifyAll();
     return absl::OkStatus();
   }
 
   absl::StatusOr<DeviceInfo> GetDeviceInfo(uint32_t dev_id) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, "GET_DEV_INFO"));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "GET_DEV_INFO"));
     return d->info;
   }
 
   absl::Status StartUserRecovery(uint32_t dev_id) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     const std::string what = absl::StrCat("ublk START_USER_RECOVERY device ", dev_id);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "START_USER_RECOVERY"));
@@ -779,7 +777,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status EndUserRecovery(uint32_t dev_id, pid_t pid) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     const std::string what = absl::StrCat("ublk END_USER_RECOVERY device ", dev_id);
     RETURN_IF_ERROR(state_->CheckEncoding(encoding_, what));
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "END_USER_RECOVERY"));
@@ -803,7 +801,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status RearmRecovery(uint32_t dev_id, uint16_t nr_queues, uint16_t depth) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     const std::string what = absl::StrCat("ublk device ", dev_id, ": re-arming recovery");
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "re-arm"));
     if (nr_queues != d->info.nr_hw_queues || depth != d->info.queue_depth) {
@@ -829,7 +827,7 @@ class FakeControlDevice final : public ControlDevice {
   }
 
   absl::Status UpdateSize(uint32_t dev_id, uint64_t dev_sectors) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     if ((state_->options.features & UBLK_F_UPDATE_SIZE) == 0) {
       return absl::UnimplementedError(absl::StrCat("resizing ublk device ", dev_id,
                                                    " needs UBLK_U_CMD_UPDATE_SIZE (Linux 6.14+)"));
@@ -841,7 +839,7 @@ class FakeControlDevice final : public ControlDevice {
 
   absl::StatusOr<std::unique_ptr<QueueChannel>> OpenQueue(uint32_t dev_id, uint16_t q_id,
                                                           uint16_t depth) override {
-    std::unique_lock<std::mutex> lock(state_->mu);
+    ublk::MutexLock lock(&state_->mu);
     const std::string what = absl::StrCat("open ", CharDevicePath(dev_id), " queue ", q_id);
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "open queue of"));
     if (q_id >= d->info.nr_hw_queues || depth != d->info.queue_depth) {
@@ -914,7 +912,7 @@ std::shared_ptr<FakeKernel::Request> FakeKernel::SubmitIoAsync(uint32_t dev_id, 
   // A READ's buffer starts as poison, so a server that reports data it did
   // not provide is caught.
   if (op == UBLK_IO_OP_READ) std::fill(r->data.begin(), r->data.end(), '\xa5');
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   auto it = state_->devices.find(dev_id);
   if (it == state_->devices.end() || !it->second->started) {
     state_->Complete(r, -ENODEV);
@@ -940,10 +938,10 @@ std::shared_ptr<FakeKernel::Request> FakeKernel::SubmitIoAsync(uint32_t dev_id, 
 
 absl::StatusOr<FakeIoResult> FakeKernel::Wait(const std::shared_ptr<Request>& r,
                                               absl::Duration timeout) {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   const auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
   while (!r->done) {
-    if (state_->cv.wait_until(lock, deadline) == std::cv_status::timeout && !r->done) {
+    if (state_->cv.WaitUntil(lock, deadline) == std::cv_status::timeout && !r->done) {
       return absl::DeadlineExceededError(absl::StrCat("fake block I/O op ", r->op, " at ",
                                                       r->offset, " on ublk device ", r->dev_id,
                                                       " not done after ", absl::FormatDuration(timeout)));
@@ -969,36 +967,36 @@ absl::StatusOr<FakeIoResult> FakeKernel::Read(uint32_t dev_id, uint64_t offset, 
 }
 
 void FakeKernel::NewProcess() {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   ++state_->process;
   state_->process_dead = false;
 }
 
 void FakeKernel::CrashAt(CrashPoint point, int after_fetches) {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   state_->crash_point = point;
   state_->crash_after_fetches = after_fetches;
   state_->crash_fetches_seen = 0;
 }
 
 bool FakeKernel::HeldByDyingServer(uint32_t dev_id) const {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   auto it = state_->devices.find(dev_id);
   return it != state_->devices.end() && it->second->held_by_dying_server;
 }
 
 int FakeKernel::rearms() const {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   return state_->rearms;
 }
 
 void FakeKernel::FailNextAddDevice(int err) {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   state_->fail_next_add = err;
 }
 
 void FakeKernel::VanishDevice(uint32_t dev_id) {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   auto it = state_->devices.find(dev_id);
   if (it == state_->devices.end()) return;
   FakeDevice& d = *it->second;
@@ -1015,55 +1013,55 @@ void FakeKernel::VanishDevice(uint32_t dev_id) {
   }
   d.removed = true;
   state_->devices.erase(it);
-  state_->cv.notify_all();
+  state_->cv.NotifyAll();
 }
 
 void FakeKernel::SetUblksrvFlags(uint32_t dev_id, uint64_t value) {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   auto it = state_->devices.find(dev_id);
   if (it != state_->devices.end()) it->second->info.ublksrv_flags = value;
 }
 
 std::optional<uint16_t> FakeKernel::DeviceState(uint32_t dev_id) const {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   auto it = state_->devices.find(dev_id);
   if (it == state_->devices.end()) return std::nullopt;
   return it->second->info.state;
 }
 
 size_t FakeKernel::device_count() const {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   return state_->devices.size();
 }
 
 int FakeKernel::open_channels(uint32_t dev_id) const {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   auto it = state_->devices.find(dev_id);
   return it == state_->devices.end() ? 0 : it->second->open_channels;
 }
 
 void FakeKernel::FailNextAutoBufReg(int err) {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   state_->fail_next_auto_reg = err;
 }
 
 int FakeKernel::auto_buf_regs() const {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   return state_->auto_regs;
 }
 
 int FakeKernel::auto_buf_regs_at_close() const {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   return state_->auto_regs_at_close;
 }
 
 int FakeKernel::get_features_calls() const {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   return state_->get_features_calls;
 }
 
 int FakeKernel::inflight(uint32_t dev_id) const {
-  std::unique_lock<std::mutex> lock(state_->mu);
+  ublk::MutexLock lock(&state_->mu);
   auto it = state_->devices.find(dev_id);
   return it == state_->devices.end() ? 0 : it->second->inflight;
 }

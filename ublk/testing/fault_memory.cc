@@ -2,6 +2,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "ublk/mutex.h"
 
 namespace ublk {
 
@@ -14,7 +15,7 @@ bool FaultInjectingMemorySource::ShouldFail(int& plan) {
 
 absl::StatusOr<void*> FaultInjectingMemorySource::Map(size_t len) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     ++map_calls_;
     if (ShouldFail(map_plan_)) {
       ++failed_map_calls_;
@@ -24,7 +25,7 @@ absl::StatusOr<void*> FaultInjectingMemorySource::Map(size_t len) {
   }
   absl::StatusOr<void*> addr = base_.Map(len);
   if (addr.ok()) {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     ++live_maps_;
   }
   return addr;
@@ -32,7 +33,7 @@ absl::StatusOr<void*> FaultInjectingMemorySource::Map(size_t len) {
 
 void FaultInjectingMemorySource::Unmap(void* addr, size_t len) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     ++unmap_calls_;
     if (addr != nullptr) --live_maps_;
   }
@@ -42,7 +43,7 @@ void FaultInjectingMemorySource::Unmap(void* addr, size_t len) {
 absl::StatusOr<void*> FaultInjectingMemorySource::AllocateHeap(size_t len,
                                                                size_t align) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     ++heap_calls_;
     if (ShouldFail(heap_plan_)) {
       ++failed_heap_calls_;
@@ -51,7 +52,7 @@ absl::StatusOr<void*> FaultInjectingMemorySource::AllocateHeap(size_t len,
   }
   absl::StatusOr<void*> block = base_.AllocateHeap(len, align);
   if (block.ok()) {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     ++live_heap_blocks_;
   }
   return block;
@@ -59,7 +60,7 @@ absl::StatusOr<void*> FaultInjectingMemorySource::AllocateHeap(size_t len,
 
 void FaultInjectingMemorySource::FreeHeap(void* block) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    ublk::MutexLock lock(&mu_);
     ++free_heap_calls_;
     if (block != nullptr) --live_heap_blocks_;
   }
@@ -67,65 +68,65 @@ void FaultInjectingMemorySource::FreeHeap(void* block) {
 }
 
 void FaultInjectingMemorySource::FailMapAlways() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   map_plan_ = -1;
 }
 void FaultInjectingMemorySource::FailNextMaps(int n) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   map_plan_ = n > 0 ? n : 0;
 }
 void FaultInjectingMemorySource::HealMap() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   map_plan_ = 0;
 }
 void FaultInjectingMemorySource::FailHeapAlways() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   heap_plan_ = -1;
 }
 void FaultInjectingMemorySource::FailNextHeaps(int n) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   heap_plan_ = n > 0 ? n : 0;
 }
 void FaultInjectingMemorySource::HealHeap() {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   heap_plan_ = 0;
 }
 
 int64_t FaultInjectingMemorySource::map_calls() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return map_calls_;
 }
 int64_t FaultInjectingMemorySource::failed_map_calls() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return failed_map_calls_;
 }
 int64_t FaultInjectingMemorySource::unmap_calls() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return unmap_calls_;
 }
 int64_t FaultInjectingMemorySource::heap_calls() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return heap_calls_;
 }
 int64_t FaultInjectingMemorySource::failed_heap_calls() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return failed_heap_calls_;
 }
 int64_t FaultInjectingMemorySource::free_heap_calls() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return free_heap_calls_;
 }
 int64_t FaultInjectingMemorySource::live_maps() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return live_maps_;
 }
 int64_t FaultInjectingMemorySource::live_heap_blocks() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return live_heap_blocks_;
 }
 
 absl::StatusOr<std::string> FakeMemoryFiles::Read(const std::string& path) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   ++reads_;
   auto it = files_.find(path);
   if (it == files_.end()) return absl::NotFoundError(absl::StrCat("reading ", path));
@@ -133,17 +134,17 @@ absl::StatusOr<std::string> FakeMemoryFiles::Read(const std::string& path) const
 }
 
 void FakeMemoryFiles::Set(const std::string& path, const std::string& content) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   files_[path] = content;
 }
 
 void FakeMemoryFiles::Remove(const std::string& path) {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   files_.erase(path);
 }
 
 int64_t FakeMemoryFiles::reads() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  ublk::MutexLock lock(&mu_);
   return reads_;
 }
 

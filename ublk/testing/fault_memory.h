@@ -7,12 +7,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
-#include <mutex>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "ublk/memory.h"
 #include "ublk/memory_budget.h"
+#include "ublk/mutex.h"
 
 namespace ublk {
 
@@ -52,9 +52,7 @@ class FaultInjectingMemorySource final : public MemorySource {
   static bool ShouldFail(int& plan);
 
   MemorySource& base_;
-  // std::mutex, not absl::Mutex: Debian's abseil is not built with TSan, so
-  // TSan cannot see absl::Mutex's happens-before edges and reports false races.
-  mutable std::mutex mu_;
+  mutable ublk::Mutex mu_;
   int map_plan_ ABSL_GUARDED_BY(mu_) = 0;
   int heap_plan_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t map_calls_ ABSL_GUARDED_BY(mu_) = 0;
@@ -84,7 +82,7 @@ class FakeMemoryFiles final : public MemoryFiles {
                    uint64_t high_events = 0);
 
  private:
-  mutable std::mutex mu_;
+  mutable ublk::Mutex mu_;
   std::map<std::string, std::string> files_ ABSL_GUARDED_BY(mu_);
   mutable int64_t reads_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -341,6 +341,7 @@ e2e_boot() {
   # loop timed out once (AE_AML_LOOP_TIMEOUT) and the boot took 60 s; the MP
   # table routes the IRQs just as well and both vCPUs stay (acpi=off loses one).
   local append="console=ttyS0 quiet loglevel=4 panic=-1 acpi=noirq ${E2E_APPEND:-}"
+  # shellcheck disable=SC2054  # commas are qemu option syntax, not array separators
   local accel=(-accel tcg,thread=multi,tb-size=512 -cpu max)
   local extra=()
   if [ "${E2E_ACCEL:-tcg}" = kvm ] && [ -w /dev/kvm ]; then accel=(-enable-kvm -cpu host); fi

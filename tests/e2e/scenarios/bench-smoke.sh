@@ -25,7 +25,7 @@ fio_run null_blk /dev/nullb0 randread
 
 for target in null file; do
   e2e_step "$target target"
-  args=(--target=$target --size=$((256 * 1024 * 1024)))
+  args=(--target="$target" --size=$((256 * 1024 * 1024)))
   [ $target = file ] && args+=(--backing="$E2E_SCRATCH/bench.img" --create)
   if ublk_serve "bench-$target" "${args[@]}"; then
     fio_run "ublk-$target" "$SRV_DEV" randread
