@@ -20,6 +20,7 @@
 #include "tests/testing/log_capture.h"
 #include "tests/testing/subprocess.h"
 #include "ublk/mutex.h"
+#include "ublk/testing/fake_clock.h"
 
 namespace ublk_csi {
 namespace {
@@ -27,21 +28,7 @@ namespace {
 using ::testing::HasSubstr;
 using SteadyClock = std::chrono::steady_clock;
 
-class FakeClock final : public ublk::Clock {
- public:
-  absl::Time Now() const override {
-    ublk::MutexLock l(&mu_);
-    return now_;
-  }
-  void Advance(absl::Duration d) {
-    ublk::MutexLock l(&mu_);
-    now_ += d;
-  }
-
- private:
-  mutable ublk::Mutex mu_;
-  absl::Time now_ = absl::FromUnixSeconds(1000);
-};
+using ublk::FakeClock;
 
 TEST(LivenessCheckTest, ResultIsCachedForTheConfiguredTime) {
   FakeClock clock;
