@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "csi/log_escape.h"
 #include "csi/volume_manager.h"
 #include "glog/logging.h"
 #include "ublk/errno.h"
@@ -509,13 +510,15 @@ absl::StatusOr<csi::v1::NodeGetVolumeStatsResponse> VolumeManager::NodeGetVolume
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   if (req.volume_path().empty()) return absl::InvalidArgumentError("volume_path is required");
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
-  RETURN_IF_ERROR(ValidatePath(req.volume_path(), "volume_path"));
+  // Any path the record does not list (relative ones included: the record's
+  // are absolute) is "the volume does not exist on the specified path".
   const std::string& path = req.volume_path();
   const bool known = path == rec.staged_path() ||
                      std::find(rec.published_paths().begin(), rec.published_paths().end(), path) !=
                          rec.published_paths().end();
   if (!known || !Exists(path)) {
-    return absl::NotFoundError(absl::StrCat("volume ", rec.volume_id(), " is not staged or published at ", path));
+    return absl::NotFoundError(absl::StrCat("volume ", rec.volume_id(),
+                                            " is not staged or published at ", EscapeForLog(path)));
   }
   csi::v1::NodeGetVolumeStatsResponse resp;
   if (rec.access_type() == VolumeRecord::BLOCK) {

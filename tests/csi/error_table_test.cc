@@ -241,6 +241,10 @@ TEST_F(ErrorTable, EveryRpcAnswersTheSpecsCodeForEachListedCondition) {
        [&] { return m.NodeGetVolumeStats(Stats("vol-none", "relative/path")).status(); }},
       {"NodeGetVolumeStats", "volume does not exist on volume_path", Code::kNotFound,
        [&] { return m.NodeGetVolumeStats(Stats(staged_, Path("elsewhere"))).status(); }},
+      // csi-sanity's "should fail when volume does not exist on the specified
+      // path" asks with the relative path "some/path".
+      {"NodeGetVolumeStats", "volume does not exist on a relative volume_path", Code::kNotFound,
+       [&] { return m.NodeGetVolumeStats(Stats(staged_, "some/path")).status(); }},
       // NodeExpandVolume Errors
       {"NodeExpandVolume", "exceeds capabilities (block access, mount volume)",
        Code::kInvalidArgument,
@@ -273,9 +277,9 @@ TEST_F(ErrorTable, MissingFieldsAreInvalidArgumentFirst) {
   EXPECT_EQ(m.NodeGetVolumeStats(Stats("vol-none", "")).status().code(), Code::kInvalidArgument);
   EXPECT_EQ(m.NodeGetVolumeStats(Stats("", Path("pod"))).status().code(), Code::kInvalidArgument);
   EXPECT_EQ(m.NodeExpandVolume(NodeExpand("vol-none", "")).status().code(), Code::kInvalidArgument);
-  // A malformed path of a volume that exists stays INVALID_ARGUMENT.
-  EXPECT_EQ(m.NodeGetVolumeStats(Stats(staged_, "relative")).status().code(),
-            Code::kInvalidArgument);
+  // A malformed path of a volume that exists stays INVALID_ARGUMENT for
+  // NodeExpandVolume; NodeGetVolumeStats answers NOT_FOUND for any path the
+  // volume is not at (its table above; csi-sanity checks it).
   EXPECT_EQ(m.NodeExpandVolume(NodeExpand(staged_, "relative")).status().code(),
             Code::kInvalidArgument);
 }
