@@ -114,7 +114,7 @@ class MemoryBudget {
     std::optional<uint64_t> high_events;
   };
   Reading Read() const;
-  void UpdateMetrics();
+  void UpdateMetrics() ABSL_EXCLUSIVE_LOCKS_REQUIRED(refresh_mu_);
 
   const MemoryBudgetOptions options_;
   const MemoryFiles& files_;

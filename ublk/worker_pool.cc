@@ -239,7 +239,9 @@ void WorkerPool::RefreshLoop(absl::Duration metrics_interval, absl::Duration bud
       next_metrics = now + metrics_interval;
     }
     ublk::MutexLock lock(&mu_);
-    if (stop_cv_.WaitFor(lock, wait, [this] { return stopped_; })) break;
+    if (stop_cv_.WaitFor(lock, wait, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopped_; })) {
+      break;
+    }
   }
   if (metrics_interval > absl::ZeroDuration()) UpdateMetrics();
 }
