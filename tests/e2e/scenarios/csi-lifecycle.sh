@@ -4,7 +4,7 @@
 # snapshot, restore from it (checksum), unpublish, unstage, delete. Once with
 # ext4 and once with xfs. The demo script exits non-zero on any failed step or
 # checksum mismatch; this scenario also requires its closing "DEMO OK".
-# e2e-timeout: 420
+# e2e-timeout: 900
 # e2e-requires: csi/ublk-csi csi/ublk-csi-ctl
 . "$E2E_LIB"
 
