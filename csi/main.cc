@@ -433,6 +433,8 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store,
     RecoveryOptions ro;
     ro.concurrency = parts->conservative ? 1 : FLAGS_recovery_concurrency;
     ro.clock = &parts->clock;
+    // Fewer volumes at a time while the memory budget is tight.
+    if (parts->pool != nullptr) ro.budget = parts->pool->memory_budget();
     HeapOnlyMemorySource* ho = parts->heap_only.get();
     ro.on_done = [guard = parts->guard, ho](int, int) {
       if (guard != nullptr) {

@@ -1,6 +1,7 @@
 #include "csi/recovery_manager.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
@@ -58,6 +59,19 @@ RecoveryManager::RecoveryManager(VolumeManager* manager, Health* health,
                           "waiting for recovery after a plugin start)")
                     .Register(*registry);
     for (const char* s : kGaugeStates) exports_->Add({{"state", s}});
+    concurrency_gauge_ = &prometheus::BuildGauge()
+                              .Name("ublk_csi_recovery_concurrency")
+                              .Help("Volumes the recovery after a plugin start may bring back at "
+                                    "once: --recovery-concurrency, lower while memory is tight")
+                              .Register(*registry)
+                              .Add({});
+    concurrency_gauge_->Set(options_.concurrency);
+    throttles_ = &prometheus::BuildCounter()
+                      .Name("ublk_csi_recovery_memory_throttles_total")
+                      .Help("Times the recovery lowered its concurrency because memory was tight "
+                            "(headroom below the margin, or memory.high throttling)")
+                      .Register(*registry)
+                      .Add({});
   }
 }
 
@@ -80,6 +94,9 @@ void RecoveryManager::Start() {
     for (const std::string& id : order_) states_[id] = VState::kPending;
     progress_.total = static_cast<int>(order_.size());
     started_at_ = clock_.Now();
+    // Pressure from before this start is the budget's business (it released
+    // idle pools), not a reason to slow this recovery down.
+    if (options_.budget != nullptr) seen_epoch_ = options_.budget->pressure_epoch();
     if (order_.empty()) {
       progress_.finished = true;
     } else {
@@ -201,6 +218,38 @@ absl::Status RecoveryManager::ServingStatus() const {
       example.empty() ? "" : ")"));
 }
 
+int RecoveryManager::AllowedLocked() {
+  const int full = std::max(1, options_.concurrency);
+  if (options_.budget == nullptr) return full;
+  const int low = std::clamp(options_.tight_concurrency, 1, full);
+  const absl::Time now = clock_.Now();
+  const uint64_t epoch = options_.budget->pressure_epoch();
+  if (epoch != seen_epoch_) {  // memory.high throttled us, or headroom ran out
+    hold_until_ = now + options_.pressure_hold;
+    seen_epoch_ = epoch;
+  }
+  const bool tight = options_.budget->tight() || now < hold_until_;
+  if (tight != throttled_) {
+    throttled_ = tight;
+    if (tight) {
+      LOG(WARNING) << "recovery: memory is tight (headroom "
+                   << (options_.budget->limited() ? absl::StrCat(options_.budget->headroom(),
+                                                                 " bytes")
+                                                  : std::string("unlimited"))
+                   << ", " << options_.budget->high_events()
+                   << " memory.high event(s) seen); recovering at most " << low
+                   << " volume(s) at a time instead of " << full << " (" << progress_.done
+                   << " of " << progress_.total << " done)";
+      if (throttles_ != nullptr) throttles_->Increment();
+    } else {
+      LOG(INFO) << "recovery: memory headroom restored; recovering " << full << " volume(s) at a time again ("
+                << progress_.done << " of " << progress_.total << " done)";
+    }
+    if (concurrency_gauge_ != nullptr) concurrency_gauge_->Set(tight ? low : full);
+  }
+  return tight ? low : full;
+}
+
 absl::StatusOr<ExportInfo> RecoveryManager::RecoverOne(const std::string& volume_id) {
   const absl::Time give_up = clock_.Now() + options_.busy_retry_for;
   for (;;) {
@@ -221,9 +270,20 @@ void RecoveryManager::Run() {
     std::string id;
     {
       ublk::MutexLock lock(&mu_);
-      if (stopping_ || next_ >= order_.size()) break;
-      id = order_[next_++];
-      states_[id] = VState::kInProgress;
+      for (;;) {
+        if (stopping_ || next_ >= order_.size()) break;
+        if (in_progress_ < AllowedLocked()) {
+          id = order_[next_++];
+          states_[id] = VState::kInProgress;
+          ++in_progress_;
+          break;
+        }
+        // Held back by memory pressure: a volume finishing, Stop() or the
+        // next look at the budget ends the wait.
+        cv_.WaitUntil(lock, std::chrono::steady_clock::now() +
+                                absl::ToChronoNanoseconds(options_.throttle_poll));
+      }
+      if (id.empty()) break;
     }
     const absl::Time t0 = clock_.Now();
     absl::StatusOr<ExportInfo> info = RecoverOne(id);
@@ -283,7 +343,9 @@ void RecoveryManager::Finish(const std::string& volume_id, Outcome outcome, absl
     }
     done = progress_.done;
     total = progress_.total;
+    --in_progress_;
   }
+  cv_.NotifyAll();  // a thread held back by the memory limit may go on
   if (done < total) health_->SetRecoveryPending(absl::StrCat(done, " of ", total, " volumes"));
 }
 

@@ -26,6 +26,7 @@
 #include "csi/health.h"
 #include "csi/volume_manager.h"
 #include "ublk/clock.h"
+#include "ublk/memory_budget.h"
 #include "ublk/mutex.h"
 
 namespace prometheus {
@@ -53,6 +54,20 @@ struct RecoveryOptions {
   // Called once when every volume has an outcome (before Health turns
   // ready), e.g. to reset the crash-loop guard.
   std::function<void(int total, int failed)> on_done;
+  // Nullable (no budget: always `concurrency`); must outlive the manager.
+  // While memory is tight (budget->tight(): headroom below its margin) or
+  // for `pressure_hold` after its pressure epoch moved (memory.high
+  // throttled the process), at most `tight_concurrency` volumes are
+  // recovered at once: each one re-attaching costs kernel commands and
+  // buffer memory, and the recovery must not be what tips the process into
+  // its cgroup's OOM killer. One log line per transition;
+  // ublk_csi_recovery_concurrency shows the limit in force.
+  const ublk::MemoryBudget* budget = nullptr;
+  int tight_concurrency = 1;
+  absl::Duration pressure_hold = absl::Seconds(2);
+  // How often a recovery thread held back by the limit looks at the budget
+  // again (the budget does not signal; a volume finishing wakes it too).
+  absl::Duration throttle_poll = absl::Milliseconds(20);
 };
 
 class RecoveryManager final : public VolumeGate {
@@ -113,6 +128,9 @@ class RecoveryManager final : public VolumeGate {
   void Run();
   absl::StatusOr<ExportInfo> RecoverOne(const std::string& volume_id);
   void Finish(const std::string& volume_id, Outcome outcome, absl::Duration took);
+  // The volumes that may be in progress now: concurrency, or
+  // tight_concurrency under memory pressure. Logs and counts a transition.
+  int AllowedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   VolumeManager* const manager_;
   Health* const health_;
@@ -123,6 +141,8 @@ class RecoveryManager final : public VolumeGate {
   prometheus::Family<prometheus::Counter>* recoveries_ = nullptr;
   prometheus::Histogram* duration_ = nullptr;
   prometheus::Family<prometheus::Gauge>* exports_ = nullptr;
+  prometheus::Gauge* concurrency_gauge_ = nullptr;
+  prometheus::Counter* throttles_ = nullptr;
 
   mutable ublk::Mutex mu_;
   ublk::CondVar cv_;
@@ -131,6 +151,10 @@ class RecoveryManager final : public VolumeGate {
   std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);
   size_t next_ ABSL_GUARDED_BY(mu_) = 0;
   int running_ ABSL_GUARDED_BY(mu_) = 0;  // threads still in Run()
+  int in_progress_ ABSL_GUARDED_BY(mu_) = 0;  // volumes being recovered now
+  bool throttled_ ABSL_GUARDED_BY(mu_) = false;  // under memory pressure
+  uint64_t seen_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time hold_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::map<std::string, VState> states_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Outcome> outcomes_ ABSL_GUARDED_BY(mu_);
   Progress progress_ ABSL_GUARDED_BY(mu_);

@@ -163,6 +163,11 @@ class RecoveryTest : public ::testing::Test {
     po.clock = &clock_;
     po.ring_entries = 256;
     po.metrics_refresh_interval = absl::ZeroDuration();
+    if (with_budget_) {  // a cgroup limit read from files_, refreshed by the test
+      po.budget = ublk::MemoryBudgetOptions{};
+      po.memory_files = &files_;
+      po.budget_refresh_interval = absl::ZeroDuration();
+    }
     auto pool = ublk::WorkerPool::Create(po, p_->registry.get());
     ASSERT_TRUE(pool.ok()) << pool.status();
     p_->pool = std::move(*pool);
@@ -191,6 +196,10 @@ class RecoveryTest : public ::testing::Test {
     p_->health.SetBackend(absl::OkStatus());
     RecoveryOptions ro;
     ro.concurrency = concurrency;
+    if (with_budget_) {
+      ro.budget = p_->pool->memory_budget();
+      ro.clock = &clock_;  // the memory.high hold ends when the test says
+    }
     p_->recovery = std::make_unique<RecoveryManager>(p_->manager.get(), &p_->health,
                                                      p_->registry.get(), ro);
     RecoveryManager* rm = p_->recovery.get();
@@ -280,6 +289,10 @@ class RecoveryTest : public ::testing::Test {
   ublk::FaultInjectingMemorySource memory_{real_};
   ublk::FakeClock clock_;
   FakeMounter mounter_;  // the host's mount table: outlives processes
+  // Set before Start(): the process's pool has a MemoryBudget reading these
+  // (cgroup v2 files), and the recovery follows it.
+  bool with_budget_ = false;
+  ublk::FakeMemoryFiles files_;
   std::unique_ptr<Process> p_;
 };
 
@@ -371,6 +384,76 @@ TEST_F(RecoveryTest, SixtySixExportsRecoverWhileMmapFails) {
   for (const auto& id : ids) {
     EXPECT_EQ(p_->backend->GetExportStatus(id).state, ExportState::kLive) << id;
   }
+}
+
+// Memory tight while recovering (headroom below the budget's margin): the
+// recovery brings back one volume at a time instead of --recovery-concurrency,
+// one log line and a metric per transition; once the limit is raised it goes
+// back to full concurrency, and every volume recovers.
+TEST_F(RecoveryTest, TightMemoryBudgetLowersRecoveryConcurrencyUntilHeadroomReturns) {
+  Start();
+  ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(5)));
+  std::vector<std::string> ids = MakeVolumes(6);
+  WriteEach(ids, 300);
+  Kill();
+
+  LogCapture logs;
+  files_.SetCgroupV2("/plugin", 64 * kMiB, 60 * kMiB);  // 4 MiB left, margin 8 MiB
+  with_budget_ = true;
+  StartHeld(4);  // every recovery's EnsureExport waits for Release()
+  ASSERT_TRUE(p_->pool->memory_budget()->tight());
+  ASSERT_TRUE(p_->holding->WaitHeld(1));
+  absl::SleepFor(absl::Milliseconds(300));  // many throttle polls
+  EXPECT_EQ(p_->holding->held(), 1);
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recovery_concurrency"), 1);
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recovery_memory_throttles_total"), 1);
+  EXPECT_EQ(logs.Count(google::GLOG_WARNING,
+                       {"recovery: memory is tight", "at most 1 volume(s) at a time instead of 4",
+                        "0 of 6 done"}),
+            1);
+
+  files_.SetCgroupV2("/plugin", 256 * kMiB, 60 * kMiB);  // the limit is raised
+  p_->pool->RefreshBudget();
+  ASSERT_FALSE(p_->pool->memory_budget()->tight());
+  ASSERT_TRUE(p_->holding->WaitHeld(4));
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recovery_concurrency"), 4);
+  EXPECT_EQ(logs.Count(google::GLOG_INFO,
+                       {"recovery: memory headroom restored", "4 volume(s) at a time again"}),
+            1);
+  p_->holding->Release();
+  ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(10)));
+  EXPECT_EQ(p_->recovery->progress().recovered, 6);
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recovery_memory_throttles_total"), 1);
+  EXPECT_EQ(logs.Count(google::GLOG_WARNING, {"recovery: memory is tight"}), 1);
+  EXPECT_TRUE(p_->health.Ready().ok());
+  ExpectEach(ids, 300);
+}
+
+// memory.high throttled the plugin during its recovery (no headroom problem,
+// the budget's pressure epoch moved): the volumes not started yet are
+// recovered one at a time for pressure_hold, then at full concurrency.
+TEST_F(RecoveryTest, MemoryHighThrottlingHoldsRecoveryConcurrencyDownForAWhile) {
+  Start();
+  ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(5)));
+  std::vector<std::string> ids = MakeVolumes(6);
+  Kill();
+
+  LogCapture logs;
+  files_.SetCgroupV2("/plugin", 0, 20 * kMiB, /*high_events=*/3);  // no limit
+  with_budget_ = true;
+  StartHeld(4);
+  ASSERT_TRUE(p_->holding->WaitHeld(4));  // events from before the start: full speed
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recovery_memory_throttles_total"), 0);
+  files_.SetCgroupV2("/plugin", 0, 20 * kMiB, /*high_events=*/5);
+  p_->pool->RefreshBudget();
+  p_->holding->Release();
+  ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(10)));
+  EXPECT_EQ(p_->recovery->progress().recovered, 6);
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recovery_memory_throttles_total"), 1);
+  EXPECT_EQ(logs.Count(google::GLOG_WARNING,
+                       {"recovery: memory is tight", "2 memory.high event(s) seen"}),
+            1);
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recovery_concurrency"), 1);
 }
 
 // 200 exports after a node reboot: all re-created under their persisted ids
