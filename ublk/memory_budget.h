@@ -9,8 +9,8 @@
 // The limit is the lowest of memory.max and memory.high of the process's own
 // cgroup v2 and its ancestors (from /proc/self/cgroup), else the v1
 // memory.limit_in_bytes, else none; a configured override wins. Usage is
-// memory.current minus inactive_file of memory.stat (v2: the working set,
-// as the kubelet counts it), memory.usage_in_bytes (v1), else the RSS from
+// memory.current minus the page cache on the file LRU lists (active_file and
+// inactive_file of memory.stat: reclaimable before an OOM kill), memory.usage_in_bytes (v1), else the RSS from
 // /proc/self/statm. Refresh() re-reads them (a background thread calls it);
 // between refreshes the buffers charged here are counted exactly, so usage
 // that is not ours (`other`) is what the last refresh saw minus our charges.

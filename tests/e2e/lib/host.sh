@@ -300,6 +300,13 @@ e2e_write_job() {
     echo 'mkdir -p "$E2E_SCRATCH"'
     # Written by the scenario's host-side step (e2e_prepare), if it has one.
     echo '[ -f "$E2E_RESULT_DIR/env" ] && . "$E2E_RESULT_DIR/env"'
+    # On-demand settings a scenario reads, from the host's E2E_ENV
+    # (whitespace-separated NAME=VALUE, e.g. E2E_ENV="N=200 ROUNDS=30").
+    local kv
+    for kv in ${E2E_ENV:-}; do
+      [[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || { echo "E2E_ENV: '$kv' is not NAME=VALUE" >&2; continue; }
+      printf 'export %q\n' "$kv"
+    done
     # Every log starts with the guest kernel, its GET_FEATURES and the mode the
     # engine picks there (the host prints the first boot's copy per kernel).
     echo 'echo "e2e: guest kernel $(uname -r)"'

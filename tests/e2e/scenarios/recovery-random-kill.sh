@@ -16,7 +16,7 @@
 # with part of a queue fetched; see README "A device left unrecoverable") is
 # reported, not waited for.
 # e2e-timeout: 1500
-# e2e-ublks-max: 128
+# e2e-ublks-max: 300
 # e2e-requires: csi/ublk-csi csi/ublk-csi-ctl ublk/ublk-tool
 . "$E2E_LIB"
 
