@@ -64,17 +64,17 @@ WANT=$(e2e_sha "$WORK/pat")
   || { cat "$WORK/bench.out"; e2e_fail "ublk-csi-ctl bench (create/stage/publish $N) failed"; }
 "${CTL[@]}" status | sed -n 's/.*device=\([^ ]*\).*/\1/p' > "$WORK/devs"
 [ "$(wc -l < "$WORK/devs")" = "$N" ] || e2e_fail "$(wc -l < "$WORK/devs") devices, want $N"
-# The pattern goes at 15 MiB, away from fio's first 12 MiB.
-while read -r d; do
-  dd if="$WORK/pat" of="$d" bs=64K seek=240 oflag=direct status=none || e2e_fail "write $d"
-done < "$WORK/devs"
-e2e_ok "$N volumes, 64 KiB pattern written to each"
+e2e_ok "$N volumes created, staged, published at $(e2e_t) s: $(awk '$1 ~ /Volume$/ {printf "%s mean %s ms; ", $1, $6}' "$WORK/bench.out")"
+# The pattern goes at 15 MiB, away from fio's first 12 MiB; 8 devices at a time.
+xargs -P 8 -I{} timeout 60 dd if="$WORK/pat" of={} bs=64K seek=240 oflag=direct status=none \
+  < "$WORK/devs" || e2e_fail "writing the pattern failed"
+e2e_ok "$N volumes, 64 KiB pattern written to each at $(e2e_t) s"
 
 e2e_step "fio randwrite+verify on $FIO_VOLS volumes, then $ROUNDS starts each killed at random"
 FIOS=
 for d in $(head -"$FIO_VOLS" "$WORK/devs"); do
   n=${d#/dev/}
-  fio --name="$n" --filename="$d" --rw=randwrite --bs=4k --iodepth=8 --ioengine=io_uring \
+  timeout 900 fio --name="$n" --filename="$d" --rw=randwrite --bs=4k --iodepth=8 --ioengine=io_uring \
     --direct=1 --size=12M --verify=crc32c --verify_fatal=1 --do_verify=1 --rate=96k \
     >"$WORK/fio-$n.log" 2>&1 &
   FIOS="$FIOS $!"
@@ -138,7 +138,7 @@ echo "note: resume events: busy_retry $(metric ublk_csi_recovery_resume_total bu
 e2e_step "every volume serves its data; fio ends with 0 errors"
 bad=0
 while read -r d; do
-  got=$(dd if="$d" bs=64K skip=240 count=1 iflag=direct status=none | sha256sum | cut -d' ' -f1)
+  got=$(timeout 30 dd if="$d" bs=64K skip=240 count=1 iflag=direct status=none | sha256sum | cut -d' ' -f1)
   [ "$got" = "$WANT" ] || bad=$((bad + 1))
 done < "$WORK/devs"
 [ "$bad" = 0 ] && e2e_ok "$N volumes read back intact" || e2e_check_failed "$bad volumes differ"
