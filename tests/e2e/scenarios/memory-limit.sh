@@ -16,7 +16,7 @@
 # charged to its group and reclaimable. On the guest's tmpfs they were shmem,
 # which no reclaim frees: fio's writes alone filled the group to its limit.
 # Every wait is bounded: a hang fails the scenario with the plugin's state.
-# e2e-timeout: 900
+# e2e-timeout: 1200
 # e2e-disk: 2G
 # e2e-ublks-max: 300
 # e2e-requires: csi/ublk-csi csi/ublk-csi-ctl ublk/ublk-tool
