@@ -15,6 +15,8 @@
 # hostPath is: the plugin writes them through the page cache, which is
 # charged to its group and reclaimable. On the guest's tmpfs they were shmem,
 # which no reclaim frees: fio's writes alone filled the group to its limit.
+# The backing files are sparse: 256 x 16 MiB volumes fit the 2 GiB disk only
+# thin (--overcommit-ratio=8).
 # Every wait is bounded: a hang fails the scenario with the plugin's state.
 # e2e-timeout: 1200
 # e2e-disk: 2G
@@ -38,7 +40,7 @@ mkdir -p "$WORK" "$DATA"
 mount -o remount,barrier=0 "$E2E_DATA_DIR" 2>/dev/null || echo "note: $E2E_DATA_DIR keeps its cache flushes"
 FLAGS=(--node-id=e2e --endpoint="unix://$SOCK" --data-dir="$DATA"
        --metrics-address="$METRICS" --backend=ublk --mounter=real --workers=2
-       --recovery-concurrency=8 --copy_mode=user_copy)
+       --recovery-concurrency=8 --copy_mode=user_copy --overcommit-ratio=8)
 # Runs the plugin as a member of $CG from its first instruction on.
 in_cgroup() { sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" "$PLUGIN" "${FLAGS[@]}"; }
 plugin_pid() { head -1 "$CG/cgroup.procs" 2>/dev/null; }
