@@ -98,7 +98,6 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
         absl::StrCat("worker ", options.worker_id, ": WorkerOptions.memory is required"));
   }
   std::unique_ptr<Worker> w(new Worker(options));
-  ASSIGN_OR_RETURN(w->ring_, Ring::Create(options.ring_entries));
   int efd = eventfd(0, EFD_CLOEXEC);
   if (efd < 0) {
     return absl::ErrnoToStatus(errno, absl::StrCat("worker ", options.worker_id, ": eventfd"));
@@ -110,9 +109,37 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
   w->pool_->SetDemand(0);  // grows with the copy-mode queues attached
   Worker* self = w.get();
   w->pool_->SetSlotReleasedCallback([self] { self->slot_released_ = true; });
-  w->thread_ = std::thread([self] { self->Run(); });
+  std::promise<absl::Status> ready;
+  std::future<absl::Status> ring_made = ready.get_future();
+  w->thread_ = std::thread([self, &ready] { self->Main(&ready); });
   w->thread_id_ = w->thread_.get_id();
+  absl::Status status = ring_made.get();
+  if (!status.ok()) {
+    w->thread_.join();  // Main returned without serving
+    {
+      ublk::MutexLock lock(&w->mu_);
+      w->stopped_ = true;
+    }
+    return status;
+  }
+  VLOG(1) << "worker " << options.worker_id << ": io_uring setup flags "
+          << absl::StrCat("0x", absl::Hex(w->ring_flags_))
+          << (w->ring_->ring_fd_registered() ? ", ring fd registered" : "");
   return w;
+}
+
+void Worker::Main(std::promise<absl::Status>* ready) {
+  absl::StatusOr<std::unique_ptr<Ring>> ring = Ring::CreateSingleIssuer(
+      options_.ring_entries, options_.cq_entries, options_.ring_flags_allowed);
+  if (!ring.ok()) {
+    ready->set_value(absl::Status(ring.status().code(),
+                                  absl::StrCat("worker ", id(), ": ", ring.status().message())));
+    return;
+  }
+  ring_ = std::move(*ring);
+  ring_flags_ = ring_->flags();
+  ready->set_value(absl::OkStatus());  // `ready` is gone after this
+  Run();
 }
 
 Worker::Worker(const WorkerOptions& options)
