@@ -128,6 +128,8 @@ class Worker {
   enum class Kind : uint8_t { kWakeup = 1, kCmd = 2, kTarget = 3 };
 
   explicit Worker(const WorkerOptions& options);
+  // Bytes of zero_region_: a READ longer than this takes a buffer as usual.
+  static constexpr size_t kZeroRegionBytes = size_t{1} << 20;
   // The thread: makes the ring (a single-issuer ring belongs to the thread
   // that made it), reports through `ready`, then serves until stopped.
   void Main(std::promise<absl::Status>* ready);
@@ -194,6 +196,9 @@ class Worker {
   // Get-data READ buffers: the kernel copies them while the commit is
   // submitted, so they are released right after the next submit.
   std::vector<IoBuffer> release_after_submit_;
+  // Copy-mode READs of a target that reads_zeros() are answered from this
+  // read-only anonymous mapping (the kernel's zero page: no memory).
+  void* zero_region_ = nullptr;
   bool buffer_table_ = false;
   std::vector<std::pair<uint32_t, uint32_t>> buffer_ranges_;  // (base, n), sorted by base
 

@@ -256,6 +256,23 @@ TEST_P(WorkerTest, RingTakesTheBestTaskRunFlagsAndServesWithAnySubset) {
   }
 }
 
+// The null target's READs in the copy modes come from the worker's
+// read-only zero mapping: no bounce buffer (the pool is never mapped for
+// them), no memset, and zeros even after writes dirtied the pool's slots.
+TEST_P(WorkerTest, NullTargetReadsNeedNoBuffer) {
+  auto w = MakeWorker(real_memory_, 8);
+  auto e = Serve(*w, std::make_shared<NullTarget>(kSize), 4);
+  EXPECT_EQ(kernel_.Read(e->dev_id(), 0, 4096)->data, std::string(4096, '\0'));
+  EXPECT_EQ(kernel_.Read(e->dev_id(), 8192, 128 * 1024)->data, std::string(128 * 1024, '\0'));
+  EXPECT_FALSE(w->buffer_pool_touched());
+  ASSERT_EQ(kernel_.Write(e->dev_id(), 0, std::string(128 * 1024, 'w'))->result, 128 * 1024);
+  EXPECT_TRUE(w->buffer_pool_touched());
+  EXPECT_EQ(kernel_.Read(e->dev_id(), 0, 128 * 1024)->data, std::string(128 * 1024, '\0'));
+  EXPECT_EQ(w->completed_ios(), 4u);
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+}
+
 TEST_P(WorkerTest, ApiErrors) {
   auto w = MakeWorker(real_memory_, 2);
   EXPECT_EQ(w->AddQueue(QueueConfig{}).status().code(), absl::StatusCode::kInvalidArgument);
