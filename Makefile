@@ -93,3 +93,21 @@ bench: deps
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@ninja -C $(BUILD) ublk-tool ublk-csi ublk-csi-ctl
 	@bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
+
+# The data-path rows one change to the I/O loop should move, in one guest boot
+# (~6 min instead of ~18): null and file-on-tmpfs against null_blk and loop,
+# 4k randread/randwrite QD32, 4k randread QD1 and 128k seqread QD8, one copy
+# mode, 8 s per run, two interleaved repeats; server CPU and context switches
+# per I/O as in `make bench`. Results in $(BUILD)/bench-quick (not committed).
+# Override: QUICK_MODES="user_copy get_data", QUICK_PARTS="data profile"
+# (perf profiles of the same devices), BENCH_RUNTIME, BENCH_REPEATS.
+QUICK_MODES ?= user_copy
+QUICK_PARTS ?= data
+QUICK_WORKLOADS ?= randread-4k-qd32 randwrite-4k-qd32 randread-4k-qd1 seqread-128k-qd8
+.PHONY: bench-quick
+bench-quick: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@ninja -C $(BUILD) ublk-tool
+	@BENCH_GROUPS="tmpfs null" BENCH_PARTS="$(QUICK_PARTS)" BENCH_WORKLOADS="$(QUICK_WORKLOADS)" \
+	  BENCH_MODES="$(QUICK_MODES)" BENCH_RUNTIME=$${BENCH_RUNTIME:-8} BENCH_PF_SYSCALLS=0 \
+	  BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-quick} bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)

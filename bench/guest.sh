@@ -2,11 +2,14 @@
 # bench/guest.sh: the guest half of `make bench` (bench/run.sh boots the e2e
 # guest once with tests/e2e/run-in-guest.sh and runs this script in it).
 #
-# usage (in the guest): bench/guest.sh RUNTIME_S REPEATS SIZE_MIB [PARTS] [GROUPS]
+# usage (in the guest): bench/guest.sh RUNTIME_S REPEATS SIZE_MIB [PARTS] [GROUPS] [WORKLOADS] [MODES] [PF_SYSCALLS]
 # PARTS: words out of "data profile plugin" (default: all three); data = the
 # fio comparisons below, profile = perf profiles (bench/profile.sh), plugin =
 # the plugin's memory, recovery and control plane (bench/plugin.sh).
 # GROUPS: words out of "tmpfs ext4 null" (default: all three).
+# WORKLOADS: names out of WORKLOADS below ("all" or empty: every one).
+# MODES: copy modes to run ("all" or empty: every mode the kernel has).
+# PF_SYSCALLS: 0 skips the profile part's syscall counts (default 1).
 # Copy modes: user_copy and get_data, and zero_copy first where ublk-tool
 # knows it and the kernel offers it (`ublk-tool features --copy_mode=zero_copy`).
 #
@@ -43,6 +46,10 @@ REPEATS=${2:-2}
 SIZE_MIB=${3:-256}
 PARTS=${4:-data profile plugin}
 GROUPS_RUN=${5:-tmpfs ext4 null}
+WORKLOADS_RUN=${6:-all}
+MODES_RUN=${7:-all}
+# shellcheck disable=SC2034 # read by profile.sh
+PF_SYSCALLS=${8:-1}
 has_part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 has_group() { case " $GROUPS_RUN " in *" $1 "*) return 0 ;; esac; return 1; }
 [ "$RUNTIME" -ge 4 ] || e2e_fail "RUNTIME must be >= 4 s (the counter window leaves out 1.5 s of each job)"
@@ -58,6 +65,19 @@ COPY_MODES="user_copy get_data"
 if "$UBLK_TOOL" features --copy_mode=zero_copy 2>/dev/null | grep -q '^copy_mode=zero_copy$'; then
   COPY_MODES="zero_copy $COPY_MODES"
 fi
+# keep_words LIST WANTED: the words of LIST that are in WANTED ("all": LIST).
+keep_words() {
+  local w out=
+  [ "$2" = all ] && { echo "$1"; return; }
+  for w in $1; do
+    case " $2 " in *" ${w%%:*} "*) out="$out $w" ;; esac
+  done
+  echo "${out# }"
+}
+WORKLOADS=$(keep_words "$WORKLOADS" "$WORKLOADS_RUN")
+COPY_MODES=$(keep_words "$COPY_MODES" "$MODES_RUN")
+[ -n "$WORKLOADS" ] || e2e_fail "no workload left of '$WORKLOADS_RUN'"
+[ -n "$COPY_MODES" ] || e2e_fail "no copy mode left of '$MODES_RUN' on this kernel"
 
 e2e_step "guest facts"
 {
@@ -73,6 +93,7 @@ e2e_step "guest facts"
   echo "parts=$PARTS"
   echo "groups=$GROUPS_RUN"
   echo "copy_modes=$COPY_MODES"
+  echo "workloads=$WORKLOADS"
   "$UBLK_TOOL" features 2>&1 | sed 's/^/ublk_features./'
   for p in /sys/module/null_blk/parameters/*; do
     echo "null_blk.$(basename "$p")=$(cat "$p" 2>/dev/null)"
@@ -214,7 +235,7 @@ run_repeat() {
   cp "$job" "$OUT/logs/"
   sampler "$OUT/ts/$tag.samples" "$FIFO" "${SRV_PIDS[@]}" &
   spid=$!
-  ( cd "$E2E_SCRATCH/fio-cwd" && timeout $(( ${#DEVICES[@]} * 5 * (RUNTIME + 30) )) \
+  ( cd "$E2E_SCRATCH/fio-cwd" && timeout $(( ${#DEVICES[@]} * $(wc -w <<< "$WORKLOADS") * (RUNTIME + 30) )) \
       fio --output-format=json --output="$OUT/$json" "$job" ) > "$OUT/logs/fio-$tag.log" 2>&1
   rc=$?
   # The sampler's own CPU time (it shares the guest's CPUs with the device under test).
@@ -278,7 +299,7 @@ if has_part data || has_part profile; then
   t_start=$(now)
   has_part data || REPEATS=0
   for rep in $(seq "$REPEATS"); do
-    e2e_step "repeat $rep: ${#DEVICES[@]} devices x 5 workloads x $RUNTIME s"
+    e2e_step "repeat $rep: ${#DEVICES[@]} devices x $(wc -w <<< "$WORKLOADS") workloads x $RUNTIME s"
     run_repeat "$rep"
   done
   echo "bench_seconds=$(awk -v a="$t_start" -v b="$(now)" 'BEGIN {print b - a}')" >> "$OUT/guest.txt"

@@ -79,7 +79,7 @@ pf_profile() {
   echo "  [$(now)s] profile $name: $(grep -c . "$PF_OUT/$name.sym.txt") lines"
 }
 
-PF_SYSCALLS="io_uring_enter pread64 pwrite64 read write futex"
+PF_SYSCALL_NAMES="io_uring_enter pread64 pwrite64 read write futex"
 
 # pf_syscalls NAME DEV PID RW: fio 4k QD32 runs; perf stat counts the
 # server's syscalls while its workload snapshots the device's stat, sleeps
@@ -87,7 +87,7 @@ PF_SYSCALLS="io_uring_enter pread64 pwrite64 read write futex"
 pf_syscalls() {
   local name=$1 b ev=() c out=$E2E_SCRATCH/pf-stat.txt
   b=$(basename "$2")
-  for c in $PF_SYSCALLS; do ev+=(-e "syscalls:sys_enter_$c"); done
+  for c in $PF_SYSCALL_NAMES; do ev+=(-e "syscalls:sys_enter_$c"); done
   pf_bg_fio "$2" "$4" 4k 32
   perf stat -x, "${ev[@]}" -e raw_syscalls:sys_enter -e context-switches -p "$3" -o "$out" -- \
     sh -c "cat /sys/block/$b/stat > $E2E_SCRATCH/s0; sleep 5; cat /sys/block/$b/stat > $E2E_SCRATCH/s1" \

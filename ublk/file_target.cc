@@ -3,7 +3,10 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -77,16 +80,53 @@ absl::StatusOr<std::unique_ptr<FileTarget>> FileTarget::Open(const FileTargetOpt
                 << "), using buffered I/O";
     }
   }
-  return std::unique_ptr<FileTarget>(
-      new FileTarget(o.path, o.size_bytes, std::move(buffered), std::move(direct)));
+  bool inline_io = false;
+  struct statfs fs{};
+  if (o.inline_memory_files && fstatfs(buffered.get(), &fs) == 0 &&
+      (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)) {
+    inline_io = true;
+    LOG(INFO) << "file target " << o.path << ": file in memory (tmpfs/ramfs), reads and writes "
+              << "served inline";
+  }
+  return std::unique_ptr<FileTarget>(new FileTarget(o.path, o.size_bytes, std::move(buffered),
+                                                    std::move(direct), inline_io));
 }
 
-FileTarget::FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct)
+FileTarget::FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct,
+                       bool inline_io)
     : path_(std::move(path)),
       size_bytes_(size),
       buffered_fd_(std::move(buffered)),
       direct_fd_(std::move(direct)),
-      direct_(direct_fd_.valid()) {}
+      direct_(direct_fd_.valid()),
+      inline_io_(inline_io) {}
+
+std::optional<int32_t> FileTarget::InlineIo(const TargetIo& io) {
+  char* p = static_cast<char*>(io.buf);
+  uint64_t off = io.offset;
+  size_t left = io.len;
+  const int flags = io.op == UBLK_IO_OP_WRITE && (io.flags & UBLK_IO_F_FUA) ? RWF_DSYNC : 0;
+  while (left > 0) {
+    iovec iov{p, left};
+    ssize_t n = io.op == UBLK_IO_OP_READ
+                    ? preadv2(buffered_fd_.get(), &iov, 1, static_cast<off_t>(off), 0)
+                    : pwritev2(buffered_fd_.get(), &iov, 1, static_cast<off_t>(off), flags);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -errno;
+    if (n == 0) {
+      // READ past the end of a shorter file reads nothing: zeros, as a hole.
+      if (io.op == UBLK_IO_OP_READ) {
+        std::memset(p, 0, left);
+        break;
+      }
+      return -EIO;
+    }
+    p += n;
+    off += static_cast<uint64_t>(n);
+    left -= static_cast<size_t>(n);
+  }
+  return static_cast<int32_t>(io.len);
+}
 
 absl::Status FileTarget::Grow(uint64_t new_size) {
   struct stat st;
@@ -108,6 +148,9 @@ std::optional<int32_t> FileTarget::StartIo(Ring& ring, const TargetIo& io, uint6
   const uint64_t size = size_bytes();
   if (io.op != UBLK_IO_OP_FLUSH && (io.offset > size || io.len > size - io.offset)) {
     return -EIO;
+  }
+  if (inline_io_ && io.buf_index < 0 && (io.op == UBLK_IO_OP_READ || io.op == UBLK_IO_OP_WRITE)) {
+    return InlineIo(io);
   }
   io_uring_sqe* sqe = ring.GetSqe();
   if (sqe == nullptr) return -EAGAIN;

@@ -17,6 +17,7 @@ class NullTarget final : public Target {
   uint64_t size_bytes() const override { return size_bytes_; }
   bool supports_discard() const override { return true; }
   const char* name() const override { return "null"; }
+  bool reads_zeros() const override { return true; }
   std::optional<int32_t> StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) override;
   std::optional<int32_t> FinishIo(const TargetIo& io, int32_t cqe_res) override;
 

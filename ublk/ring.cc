@@ -15,10 +15,49 @@ absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries, unsigned fl
                                                   ", flags=0x", absl::Hex(flags), ")"));
   }
   ring->sqe128_ = (flags & IORING_SETUP_SQE128) != 0;
+  ring->flags_ = flags;
   return ring;
 }
 
-Ring::~Ring() { io_uring_queue_exit(&ring_); }
+absl::StatusOr<std::unique_ptr<Ring>> Ring::CreateSingleIssuer(unsigned entries,
+                                                               unsigned cq_entries,
+                                                               unsigned allowed) {
+  // Best first; each step drops the newest flag (EINVAL: the kernel lacks it).
+  static constexpr unsigned kTries[] = {
+      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER,
+      IORING_SETUP_COOP_TASKRUN,
+      0,
+  };
+  int ret = -EINVAL;
+  unsigned flags = 0;
+  std::unique_ptr<Ring> ring(new Ring());
+  for (unsigned want : kTries) {
+    if ((want & allowed) != want) continue;
+    flags = want | (cq_entries > 0 ? IORING_SETUP_CQSIZE : 0u);
+    io_uring_params p{};
+    p.flags = flags;
+    p.cq_entries = cq_entries;
+    ret = io_uring_queue_init_params(entries, &ring->ring_, &p);
+    if (ret != -EINVAL || want == 0) break;
+  }
+  if (ret < 0) {
+    return absl::ErrnoToStatus(-ret, absl::StrCat("io_uring_queue_init(entries=", entries,
+                                                  ", cq_entries=", cq_entries, ", flags=0x",
+                                                  absl::Hex(flags), ")"));
+  }
+  ring->flags_ = flags;
+  // One fdget less per io_uring_enter (5.18+); without it liburing uses the fd.
+  ring->ring_fd_registered_ = io_uring_register_ring_fd(&ring->ring_) == 1;
+  return ring;
+}
+
+Ring::~Ring() {
+  // liburing unregisters a registered ring fd itself; from another thread
+  // than the one that registered it that fails harmlessly and the entry goes
+  // with that thread.
+  io_uring_queue_exit(&ring_);
+}
 
 io_uring_sqe* Ring::GetSqe() {
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);

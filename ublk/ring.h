@@ -21,6 +21,18 @@ class Ring {
   // `entries` SQ entries (rounded up to a power of two by the kernel); `flags`
   // are IORING_SETUP_* flags, e.g. IORING_SETUP_SQE128 for the control ring.
   static absl::StatusOr<std::unique_ptr<Ring>> Create(unsigned entries, unsigned flags = 0);
+  // A ring that only the calling thread will ever submit to or register on
+  // (a worker's), with the cheapest task-run mode the kernel has: the first
+  // of COOP_TASKRUN|SINGLE_ISSUER|DEFER_TASKRUN (6.1+), COOP_TASKRUN|
+  // SINGLE_ISSUER (6.0), COOP_TASKRUN (5.19) and none that it accepts; a
+  // CQ of `cq_entries` (0: the kernel's default, twice the SQ); the ring fd
+  // registered for this thread where the kernel allows it. With DEFER_TASKRUN
+  // completions are only posted while the thread waits in SubmitAndWait.
+  // `allowed` masks the flags tried (tests and kernels that misbehave).
+  static constexpr unsigned kSingleIssuerFlags =
+      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+  static absl::StatusOr<std::unique_ptr<Ring>> CreateSingleIssuer(
+      unsigned entries, unsigned cq_entries = 0, unsigned allowed = kSingleIssuerFlags);
   ~Ring();
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
@@ -38,12 +50,17 @@ class Ring {
   int DrainCompletions(absl::FunctionRef<void(const io_uring_cqe&)> fn);
 
   bool sqe128() const { return sqe128_; }
+  // The IORING_SETUP_* flags the ring was made with.
+  unsigned flags() const { return flags_; }
+  bool ring_fd_registered() const { return ring_fd_registered_; }
   io_uring* raw() { return &ring_; }
 
  private:
   Ring() = default;
   io_uring ring_{};
   bool sqe128_ = false;
+  unsigned flags_ = 0;
+  bool ring_fd_registered_ = false;
 };
 
 }  // namespace ublk

@@ -35,6 +35,10 @@ class Target {
   // Whether the device should announce discard and write-zeroes.
   virtual bool supports_discard() const = 0;
   virtual const char* name() const = 0;
+  // Whether every READ returns zeros (the null target). The worker then
+  // answers a copy-mode READ from a read-only zero mapping of its own: no
+  // bounce buffer, no memset, and still no stale bytes handed to the reader.
+  virtual bool reads_zeros() const { return false; }
 
   // Starts `io`. Either puts exactly one SQE on `ring` with `user_data` and
   // returns nullopt (the CQE's res then goes to FinishIo), or completes at

@@ -1,9 +1,11 @@
 #include "ublk/worker.h"
 
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
@@ -50,6 +52,7 @@ struct Worker::TagState {
   enum class Next : uint8_t { kStart, kNeedGetData };
   Phase phase = Phase::kIdle;
   Next next = Next::kStart;
+  bool zero_read = false;  // a READ answered from zero_region_
   IoBuffer buffer;
   TargetIo io;
 };
@@ -98,27 +101,60 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
         absl::StrCat("worker ", options.worker_id, ": WorkerOptions.memory is required"));
   }
   std::unique_ptr<Worker> w(new Worker(options));
-  ASSIGN_OR_RETURN(w->ring_, Ring::Create(options.ring_entries));
   int efd = eventfd(0, EFD_CLOEXEC);
   if (efd < 0) {
     return absl::ErrnoToStatus(errno, absl::StrCat("worker ", options.worker_id, ": eventfd"));
   }
   w->wakeup_fd_.reset(efd);
+  void* zeros = mmap(nullptr, kZeroRegionBytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  // Without it READs of the null target take a buffer and a memset.
+  if (zeros != MAP_FAILED) w->zero_region_ = zeros;
   w->pool_ = std::make_unique<BufferPool>(options.buffer_pool, *options.memory, w->clock_,
                                           options.pool_metrics, options.worker_id,
                                           options.budget);
   w->pool_->SetDemand(0);  // grows with the copy-mode queues attached
   Worker* self = w.get();
   w->pool_->SetSlotReleasedCallback([self] { self->slot_released_ = true; });
-  w->thread_ = std::thread([self] { self->Run(); });
+  std::promise<absl::Status> ready;
+  std::future<absl::Status> ring_made = ready.get_future();
+  w->thread_ = std::thread([self, &ready] { self->Main(&ready); });
   w->thread_id_ = w->thread_.get_id();
+  absl::Status status = ring_made.get();
+  if (!status.ok()) {
+    w->thread_.join();  // Main returned without serving
+    {
+      ublk::MutexLock lock(&w->mu_);
+      w->stopped_ = true;
+    }
+    return status;
+  }
+  VLOG(1) << "worker " << options.worker_id << ": io_uring setup flags "
+          << absl::StrCat("0x", absl::Hex(w->ring_flags_))
+          << (w->ring_->ring_fd_registered() ? ", ring fd registered" : "");
   return w;
+}
+
+void Worker::Main(std::promise<absl::Status>* ready) {
+  absl::StatusOr<std::unique_ptr<Ring>> ring = Ring::CreateSingleIssuer(
+      options_.ring_entries, options_.cq_entries, options_.ring_flags_allowed);
+  if (!ring.ok()) {
+    ready->set_value(absl::Status(ring.status().code(),
+                                  absl::StrCat("worker ", id(), ": ", ring.status().message())));
+    return;
+  }
+  ring_ = std::move(*ring);
+  ring_flags_ = ring_->flags();
+  ready->set_value(absl::OkStatus());  // `ready` is gone after this
+  Run();
 }
 
 Worker::Worker(const WorkerOptions& options)
     : options_(options), clock_(options.clock != nullptr ? *options.clock : real_clock_) {}
 
-Worker::~Worker() { Stop(); }
+Worker::~Worker() {
+  Stop();
+  if (zero_region_ != nullptr) munmap(zero_region_, kZeroRegionBytes);
+}
 
 void Worker::Stop() {
   {
@@ -418,6 +454,12 @@ void Worker::BeginRequest(Queue& q, uint16_t tag) {
         StartTarget(q, tag);
         return;
       }
+      if (t.io.op == UBLK_IO_OP_READ && zero_region_ != nullptr && t.io.len <= kZeroRegionBytes &&
+          q.target->reads_zeros()) {
+        t.zero_read = true;
+        Commit(q, tag, static_cast<int32_t>(t.io.len));
+        return;
+      }
       if (q.mode == CopyMode::kGetData && t.io.op == UBLK_IO_OP_WRITE) {
         // Only reached if the device was made without UBLK_F_NEED_GET_DATA.
         LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": get-data WRITE without NEED_GET_DATA";
@@ -536,11 +578,13 @@ void Worker::OnTargetDone(Queue& q, uint16_t tag, int32_t raw) {
 void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
   TagState& t = q.tags[tag];
   void* buf = nullptr;
+  const bool zero_read = std::exchange(t.zero_read, false);
   if (t.io.op == UBLK_IO_OP_READ) {
+    void* data = zero_read ? zero_region_ : (t.buffer ? t.buffer.data() : nullptr);
     if (q.mode == CopyMode::kUserCopy) {
-      if (result > 0 && t.buffer) {
-        absl::Status s = q.channel->WriteResponseData(tag, t.buffer.data(),
-                                                      static_cast<size_t>(result), 0);
+      if (result > 0 && data != nullptr) {
+        absl::Status s =
+            q.channel->WriteResponseData(tag, data, static_cast<size_t>(result), 0);
         if (!s.ok()) {
           LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": " << s;
           result = -EIO;
@@ -550,7 +594,7 @@ void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
       // Get-data: the kernel refuses a READ commit without an address even
       // when it copies nothing (error or empty result).
       static uint64_t no_data;
-      buf = t.buffer ? t.buffer.data() : &no_data;
+      buf = data != nullptr ? data : &no_data;
     }
   }
   // Counted before the commit: the fake kernel completes the request inside

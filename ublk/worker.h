@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -40,6 +41,14 @@ namespace ublk {
 struct WorkerOptions {
   int worker_id = 0;
   unsigned ring_entries = 512;
+  // Completion queue: room for every tag's command and target I/O of many
+  // queues at once without the kernel's overflow list (0: twice the SQ).
+  unsigned cq_entries = 4096;
+  // IORING_SETUP_* task-run flags the worker's ring may use (it takes the
+  // best the kernel has, see Ring::CreateSingleIssuer). Tests whose fake
+  // kernel registers buffers on the ring from another thread pass 0:
+  // SINGLE_ISSUER refuses that.
+  unsigned ring_flags_allowed = Ring::kSingleIssuerFlags;
   BufferPoolOptions buffer_pool;
   // Required; must outlive the worker (main() passes a RealMemorySource).
   MemorySource* memory = nullptr;
@@ -88,6 +97,8 @@ class Worker {
   void Stop();
 
   int id() const { return options_.worker_id; }
+  // The IORING_SETUP_* flags of the worker's ring. Any thread.
+  unsigned ring_flags() const { return ring_flags_; }
   // Requests completed to the kernel (all queues, ever).
   uint64_t completed_ios() const { return completed_ios_.load(std::memory_order_relaxed); }
   size_t queue_count() const { return queue_count_.load(std::memory_order_relaxed); }
@@ -117,6 +128,11 @@ class Worker {
   enum class Kind : uint8_t { kWakeup = 1, kCmd = 2, kTarget = 3 };
 
   explicit Worker(const WorkerOptions& options);
+  // Bytes of zero_region_: a READ longer than this takes a buffer as usual.
+  static constexpr size_t kZeroRegionBytes = size_t{1} << 20;
+  // The thread: makes the ring (a single-issuer ring belongs to the thread
+  // that made it), reports through `ready`, then serves until stopped.
+  void Main(std::promise<absl::Status>* ready);
   void Run();
   // Runs `task` on the worker thread and waits for it.
   absl::Status RunOnWorker(std::function<void()> task);
@@ -154,6 +170,7 @@ class Worker {
   RealClock real_clock_;
   const Clock& clock_;
   std::unique_ptr<Ring> ring_;
+  unsigned ring_flags_ = 0;  // written before Create returns
   std::unique_ptr<BufferPool> pool_;
   UniqueFd wakeup_fd_;
   uint64_t wakeup_buf_ = 0;
@@ -179,6 +196,9 @@ class Worker {
   // Get-data READ buffers: the kernel copies them while the commit is
   // submitted, so they are released right after the next submit.
   std::vector<IoBuffer> release_after_submit_;
+  // Copy-mode READs of a target that reads_zeros() are answered from this
+  // read-only anonymous mapping (the kernel's zero page: no memory).
+  void* zero_region_ = nullptr;
   bool buffer_table_ = false;
   std::vector<std::pair<uint32_t, uint32_t>> buffer_ranges_;  // (base, n), sorted by base
 

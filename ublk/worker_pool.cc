@@ -74,6 +74,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
     WorkerOptions wo;
     wo.worker_id = i;
     wo.ring_entries = options.ring_entries;
+    wo.ring_flags_allowed = options.ring_flags_allowed;
     wo.buffer_pool = *bp;
     wo.memory = options.memory;
     wo.clock = options.clock;

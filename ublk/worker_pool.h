@@ -66,6 +66,8 @@ struct WorkerPoolOptions {
   absl::Duration buffer_retry_interval = absl::Seconds(1);
 
   unsigned ring_entries = 512;
+  // As WorkerOptions::ring_flags_allowed.
+  unsigned ring_flags_allowed = Ring::kSingleIssuerFlags;
   // How soon an I/O that found no memory at all (no pool, no heap) retries.
   absl::Duration no_memory_retry = absl::Milliseconds(5);
 

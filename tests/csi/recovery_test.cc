@@ -162,6 +162,7 @@ class RecoveryTest : public ::testing::Test {
     po.memory = &memory_;
     po.clock = &clock_;
     po.ring_entries = 256;
+    po.ring_flags_allowed = kernel_->worker_ring_flags();
     po.metrics_refresh_interval = absl::ZeroDuration();
     if (with_budget_) {  // a cgroup limit read from files_, refreshed by the test
       po.budget = ublk::MemoryBudgetOptions{};

@@ -61,6 +61,7 @@ class UblkVolumeBackendTest : public ::testing::Test {
     po.memory = &memory_;
     po.clock = &clock_;
     po.ring_entries = 256;
+    po.ring_flags_allowed = kernel_->worker_ring_flags();
     po.metrics_refresh_interval = absl::ZeroDuration();
     auto pool = ublk::WorkerPool::Create(po, nullptr);
     ASSERT_TRUE(pool.ok()) << pool.status();

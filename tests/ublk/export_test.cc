@@ -80,6 +80,7 @@ class ExportTest : public ::testing::TestWithParam<CopyMode> {
       WorkerOptions wo;
       wo.worker_id = i;
       wo.memory = &memory_;
+      wo.ring_flags_allowed = kernel_.worker_ring_flags();
       auto w = Worker::Create(wo);
       ASSERT_TRUE(w.ok()) << w.status();
       workers_.push_back(std::move(*w));
@@ -449,6 +450,7 @@ class ZeroCopyTest : public ::testing::Test {
       wo.worker_id = static_cast<int>(workers_.size());
       wo.memory = &memory_;
       wo.fixed_buffer_slots = slots;
+      wo.ring_flags_allowed = kernel_->worker_ring_flags();
       auto w = Worker::Create(wo);
       ASSERT_TRUE(w.ok()) << w.status();
       workers_.push_back(std::move(*w));

@@ -2,7 +2,9 @@
 #include "ublk/file_target.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -112,6 +114,57 @@ TEST_F(FileTargetTest, ReadWriteFlushDiscardWriteZeroes) {
   EXPECT_EQ(Run(t, {UBLK_IO_OP_READ, 0, (1 << 20) - 4096, 8192, buf}), -EIO);
   EXPECT_EQ(Run(t, {UBLK_IO_OP_WRITE_SAME, 0, 0, 4096, buf}), -EOPNOTSUPP);
   free(mem);
+}
+
+// A file on tmpfs is read and written with pread/pwrite on the caller's
+// thread (no SQE, no io-wq hop); turned off, or on another filesystem, the
+// same I/O goes on the ring.
+TEST_F(FileTargetTest, FileInMemoryIsServedInlineWithoutTheRing) {
+  struct statfs fs{};
+  if (statfs("/dev/shm", &fs) != 0 || fs.f_type != TMPFS_MAGIC) GTEST_SKIP() << "no tmpfs /dev/shm";
+  char tmpl[] = "/dev/shm/file_target_test.XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string shm = tmpl;
+  auto ring = std::move(Ring::Create(8)).value();
+  char buf[8192];
+  for (bool allow : {true, false}) {
+    SCOPED_TRACE(allow);
+    FileTargetOptions o{shm + "/vol", 1 << 20, true, true};
+    o.inline_memory_files = allow;
+    auto opened = FileTarget::Open(o);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    FileTarget& t = **opened;
+    EXPECT_EQ(t.inline_io(), allow);
+    std::memset(buf, allow ? 'i' : 'r', sizeof(buf));
+    auto w = t.StartIo(*ring, {UBLK_IO_OP_WRITE, UBLK_IO_F_FUA, 8192, sizeof(buf), buf}, 7);
+    if (allow) {
+      EXPECT_EQ(w, std::optional<int32_t>(8192));
+      EXPECT_EQ(io_uring_sq_ready(ring->raw()), 0u);  // nothing put on the ring
+      std::memset(buf, 0, sizeof(buf));
+      EXPECT_EQ(t.StartIo(*ring, {UBLK_IO_OP_READ, 0, 8192, sizeof(buf), buf}, 7),
+                std::optional<int32_t>(8192));
+      EXPECT_EQ(std::string(buf, sizeof(buf)), std::string(sizeof(buf), 'i'));
+      // Flush and discard still go on the ring.
+      EXPECT_EQ(Run(t, {UBLK_IO_OP_FLUSH, 0, 0, 0, nullptr}), 0);
+    } else {
+      EXPECT_FALSE(w.has_value());
+      EXPECT_EQ(io_uring_sq_ready(ring->raw()), 1u);
+      ASSERT_TRUE(ring->SubmitAndWait(absl::Seconds(5)).ok());
+      int32_t res = 0;
+      EXPECT_EQ(ring->DrainCompletions([&](const io_uring_cqe& c) { res = c.res; }), 1);
+      EXPECT_EQ(res, 8192);
+      std::memset(buf, 0, sizeof(buf));
+      EXPECT_EQ(Run(t, {UBLK_IO_OP_READ, 0, 8192, sizeof(buf), buf}), 8192);
+      EXPECT_EQ(std::string(buf, sizeof(buf)), std::string(sizeof(buf), 'r'));
+    }
+  }
+  std::filesystem::remove_all(shm);
+  // Not in memory: the ring (when the test's temp dir is not tmpfs itself).
+  if (statfs(dir_.c_str(), &fs) == 0 && fs.f_type != TMPFS_MAGIC && fs.f_type != RAMFS_MAGIC) {
+    auto opened = FileTarget::Open({dir_ + "/disk", 1 << 20, true, true});
+    ASSERT_TRUE(opened.ok());
+    EXPECT_FALSE((*opened)->inline_io());
+  }
 }
 
 TEST(NullTargetTest, ReadsZerosWritesDropped) {

@@ -223,6 +223,56 @@ TEST_P(WorkerTest, OneWorkerServesSeveralDevices) {
   EXPECT_EQ(w->queue_count(), 0u);
 }
 
+// The worker's ring takes the cheapest task-run mode the kernel offers
+// (COOP_TASKRUN|SINGLE_ISSUER|DEFER_TASKRUN on 6.1+), made on the worker's
+// own thread (a single-issuer ring refuses every other submitter), and
+// serves I/O the same with any subset of the flags (older kernels).
+TEST_P(WorkerTest, RingTakesTheBestTaskRunFlagsAndServesWithAnySubset) {
+  // What this kernel accepts, probed the same way on this thread.
+  auto probe = Ring::CreateSingleIssuer(8);
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  const unsigned best = (*probe)->flags();
+  probe->reset();
+  for (unsigned allowed : {Ring::kSingleIssuerFlags,
+                           unsigned{IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER},
+                           unsigned{IORING_SETUP_COOP_TASKRUN}, 0u}) {
+    SCOPED_TRACE(allowed);
+    WorkerOptions o;
+    o.memory = &real_memory_;
+    o.buffer_pool.slot_count = 8;
+    o.buffer_pool.slot_size = 128 * 1024;
+    o.ring_flags_allowed = allowed;
+    auto w = Worker::Create(o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    EXPECT_EQ((*w)->ring_flags() & ~unsigned{IORING_SETUP_CQSIZE}, best & allowed);
+    auto e = Serve(**w, std::make_shared<RamTarget>(), 4);
+    for (int i = 0; i < 8; ++i) {
+      const std::string data(4096, static_cast<char>('a' + i));
+      ASSERT_EQ(kernel_.Write(e->dev_id(), 4096 * i, data)->result, 4096);
+      EXPECT_EQ(kernel_.Read(e->dev_id(), 4096 * i, 4096)->data, data);
+    }
+    ASSERT_TRUE(e->Stop().ok());
+    ASSERT_TRUE(e->Delete().ok());
+  }
+}
+
+// The null target's READs in the copy modes come from the worker's
+// read-only zero mapping: no bounce buffer (the pool is never mapped for
+// them), no memset, and zeros even after writes dirtied the pool's slots.
+TEST_P(WorkerTest, NullTargetReadsNeedNoBuffer) {
+  auto w = MakeWorker(real_memory_, 8);
+  auto e = Serve(*w, std::make_shared<NullTarget>(kSize), 4);
+  EXPECT_EQ(kernel_.Read(e->dev_id(), 0, 4096)->data, std::string(4096, '\0'));
+  EXPECT_EQ(kernel_.Read(e->dev_id(), 8192, 128 * 1024)->data, std::string(128 * 1024, '\0'));
+  EXPECT_FALSE(w->buffer_pool_touched());
+  ASSERT_EQ(kernel_.Write(e->dev_id(), 0, std::string(128 * 1024, 'w'))->result, 128 * 1024);
+  EXPECT_TRUE(w->buffer_pool_touched());
+  EXPECT_EQ(kernel_.Read(e->dev_id(), 0, 128 * 1024)->data, std::string(128 * 1024, '\0'));
+  EXPECT_EQ(w->completed_ios(), 4u);
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+}
+
 TEST_P(WorkerTest, ApiErrors) {
   auto w = MakeWorker(real_memory_, 2);
   EXPECT_EQ(w->AddQueue(QueueConfig{}).status().code(), absl::StatusCode::kInvalidArgument);

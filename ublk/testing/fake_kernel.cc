@@ -1045,6 +1045,10 @@ void FakeKernel::FailNextAutoBufReg(int err) {
   state_->fail_next_auto_reg = err;
 }
 
+unsigned FakeKernel::worker_ring_flags() const {
+  return (state_->options.features & UBLK_F_AUTO_BUF_REG) != 0 ? 0u : Ring::kSingleIssuerFlags;
+}
+
 int FakeKernel::auto_buf_regs() const {
   ublk::MutexLock lock(&state_->mu);
   return state_->auto_regs;

@@ -191,6 +191,11 @@ class FakeKernel {
   // registered when their queue's channel closed (the real kernel waits for
   // the server's ring to drop those).
   int auto_buf_regs() const;
+  // What WorkerOptions/WorkerPoolOptions::ring_flags_allowed must be for a
+  // worker serving this fake: with zero copy the fake registers request
+  // buffers on the worker's ring from the thread that submits the I/O, which
+  // a SINGLE_ISSUER ring refuses (EEXIST), so 0 there; else every flag.
+  unsigned worker_ring_flags() const;
   int auto_buf_regs_at_close() const;
 
  private:
