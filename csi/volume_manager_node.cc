@@ -367,7 +367,12 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
 absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVolume(
     const csi::v1::NodePublishVolumeRequest& req) {
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
-  RETURN_IF_ERROR(ValidatePath(req.staging_target_path(), "staging_target_path"));
+  // An empty staging_target_path is checked after the lookup below: the spec
+  // lists it as FAILED_PRECONDITION ("Staging target path not set"), not as
+  // a malformed request.
+  if (!req.staging_target_path().empty()) {
+    RETURN_IF_ERROR(ValidatePath(req.staging_target_path(), "staging_target_path"));
+  }
   RETURN_IF_ERROR(ValidatePath(req.target_path(), "target_path"));
   if (!req.has_volume_capability()) return absl::InvalidArgumentError("volume_capability is required");
   RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
@@ -382,6 +387,12 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   RETURN_IF_ERROR(CheckMode(req.volume_capability(), rec, "volume_capability"));
+  if (req.staging_target_path().empty()) {
+    // Every volume of this plugin is staged first (STAGE_UNSTAGE_VOLUME).
+    return absl::FailedPreconditionError(absl::StrCat(
+        "staging_target_path is not set: volume ", rec.volume_id(),
+        " must be staged with NodeStageVolume and published from its staging path"));
+  }
   if (rec.staged_path() != req.staging_target_path()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "volume ", rec.volume_id(), " is not staged at ", req.staging_target_path(),

@@ -354,6 +354,39 @@ TEST_F(NodeSafetyTest, MountFlagsOutsideTheAllowListAreInvalidArgumentBeforeAnyE
   EXPECT_FALSE(Exists(Path("pod")));
 }
 
+// The allow-list applies where a capability first arrives, not only at
+// stage/publish: CreateVolume refuses (INVALID_ARGUMENT naming the flag) and
+// creates nothing; ValidateVolumeCapabilities leaves such a capability
+// unconfirmed with a message naming it.
+TEST_F(NodeSafetyTest, MountFlagsAreCheckedByCreateVolumeAndValidateVolumeCapabilities) {
+  csi::v1::CreateVolumeRequest r;
+  r.set_name("flags");
+  r.mutable_capacity_range()->set_required_bytes(16 * kMiB);
+  *r.add_volume_capabilities() = MountCap({"noatime", "remount"});
+  auto created = manager_->CreateVolume(r);
+  ASSERT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument) << created.status();
+  EXPECT_THAT(std::string(created.status().message()), HasSubstr("'remount'"));
+  EXPECT_THAT(std::string(created.status().message()),
+              HasSubstr("volume_capabilities[0].mount.mount_flags"));
+  csi::v1::ListVolumesRequest lr;
+  EXPECT_EQ(manager_->ListVolumes(lr)->entries_size(), 0) << "nothing was created";
+
+  std::string id = Create("fs", MountCap({"noatime"}));
+  csi::v1::ValidateVolumeCapabilitiesRequest vr;
+  vr.set_volume_id(id);
+  *vr.add_volume_capabilities() = MountCap({"noatime"});
+  *vr.add_volume_capabilities() = MountCap({"bind"});
+  auto v = manager_->ValidateVolumeCapabilities(vr);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_FALSE(v->has_confirmed());
+  EXPECT_THAT(v->message(), HasSubstr("'bind'"));
+  EXPECT_THAT(v->message(), HasSubstr("volume_capabilities[1].mount.mount_flags"));
+  vr.mutable_volume_capabilities()->RemoveLast();
+  v = manager_->ValidateVolumeCapabilities(vr);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->has_confirmed()) << v->message();
+}
+
 TEST(ValidateMountFlagsTest, AllowList) {
   EXPECT_TRUE(ValidateMountFlags({"ro", "nosuid", "nodev", "noexec", "relatime", "nouuid",
                                   "data=ordered", "logbsize=256k"},
