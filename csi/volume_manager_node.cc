@@ -113,17 +113,20 @@ absl::Status CheckMode(const VolumeCapability& cap, const VolumeRecord& rec,
   return absl::OkStatus();
 }
 
-// The identity (Mounter::DeviceNumber) of the volume's device now, or "" if
-// it has no export: then no mount anywhere can be this volume's. An export
-// whose device cannot be identified is an error, never "not ours".
+// The identity (Mounter::DeviceNumber) of the volume's device now. Without
+// an export (a recovery that failed, a device removed behind the plugin's
+// back) the one recorded when it was staged: a mount that still shows that
+// device at a path the record lists is this volume's own. "" if neither:
+// then no mount anywhere can be this volume's. An export whose device cannot
+// be identified is an error, never "not ours".
 absl::StatusOr<std::string> DeviceOf(VolumeBackend* backend, Mounter* mounter,
-                                     const std::string& volume_id) {
-  ExportStatus es = backend->GetExportStatus(volume_id);
-  if (es.state == ExportState::kAbsent || es.device_path.empty()) return std::string();
+                                     const VolumeRecord& rec) {
+  ExportStatus es = backend->GetExportStatus(rec.volume_id());
+  if (es.state == ExportState::kAbsent || es.device_path.empty()) return rec.staged_device();
   absl::StatusOr<std::string> dev = mounter->DeviceNumber(es.device_path);
   if (!dev.ok()) {
     return absl::Status(dev.status().code(),
-                        absl::StrCat("volume ", volume_id, ": ", dev.status().message()));
+                        absl::StrCat("volume ", rec.volume_id(), ": ", dev.status().message()));
   }
   return *dev;
 }
@@ -233,6 +236,11 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   }
   const ExportInfo dev = *exported;
   device_path = dev.device_path;
+  // Recorded with the staging: teardown's way to know this volume's mounts
+  // should the export go.
+  absl::StatusOr<std::string> number = mounter_->DeviceNumber(dev.device_path);
+  if (!number.ok()) return undo(number.status());
+  const std::string device_number = *number;
   absl::Status done = [&]() -> absl::Status {
     RETURN_IF_ERROR(MkdirAll(staging, &made_dirs));
     if (rec.access_type() != VolumeRecord::MOUNT) return absl::OkStatus();
@@ -241,8 +249,7 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     if (fs_type.empty()) fs_type = "ext4";
     ASSIGN_OR_RETURN(std::optional<MountInfo> mounted, mounter_->GetMountInfo(staging));
     if (mounted) {
-      ASSIGN_OR_RETURN(std::string ours, mounter_->DeviceNumber(dev.device_path));
-      if (mounted->device != ours) {
+      if (mounted->device != device_number) {
         return absl::AlreadyExistsError(absl::StrCat("staging_target_path ", staging,
                                                      " already has ", mounted->source,
                                                      " mounted, not volume ", rec.volume_id(),
@@ -289,6 +296,7 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   }();
   if (done.ok()) {
     rec.set_staged_path(staging);
+    rec.set_staged_device(device_number);
     if (!made_dirs.empty() && made_dirs.back() == staging && !Contains(rec.created_paths(), staging)) {
       rec.add_created_paths(staging);
     }
@@ -322,7 +330,7 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
   // Until recovery re-attached the device after a restart, its mounts
   // cannot be told from anyone else's: the CO retries.
   if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(rec.volume_id()));
-  ASSIGN_OR_RETURN(const std::string dev, DeviceOf(backend_, mounter_, rec.volume_id()));
+  ASSIGN_OR_RETURN(const std::string dev, DeviceOf(backend_, mounter_, rec));
   // Publications whose mount is gone (e.g. after a reboot) no longer count.
   std::vector<std::string> live;
   for (const std::string& p : rec.published_paths()) {
@@ -342,8 +350,7 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
     }
     // Removing the device under a mount would leave that mount reading
     // whichever volume gets the device number next.
-    ASSIGN_OR_RETURN(std::vector<MountInfo> left,
-                     MountsOfDevice(*mounter_, backend_->GetExportStatus(rec.volume_id()).device_path));
+    ASSIGN_OR_RETURN(std::vector<MountInfo> left, MountsWithDevice(*mounter_, dev));
     if (!left.empty()) {
       std::vector<std::string> where;
       for (const MountInfo& m : left) where.push_back(m.target);
@@ -357,6 +364,7 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
     if (p == staging) RemoveCreated(rec.volume_id(), p);
   }
   rec.clear_staged_path();
+  rec.clear_staged_device();
   rec.clear_published_paths();
   rec.clear_created_paths();
   RETURN_IF_ERROR(SaveVolume(rec));
@@ -482,7 +490,7 @@ absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> VolumeManager::NodeUnpublis
     return csi::v1::NodeUnpublishVolumeResponse();
   }
   if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(rec.volume_id()));
-  ASSIGN_OR_RETURN(const std::string dev, DeviceOf(backend_, mounter_, rec.volume_id()));
+  ASSIGN_OR_RETURN(const std::string dev, DeviceOf(backend_, mounter_, rec));
   bool foreign = false;
   for (;;) {  // only this volume's own mounts, top down
     ASSIGN_OR_RETURN(std::optional<MountInfo> m, mounter_->GetMountInfo(target));
@@ -496,8 +504,7 @@ absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> VolumeManager::NodeUnpublis
     RETURN_IF_ERROR(mounter_->Unmount(target));
   }
   if (foreign && !dev.empty()) {
-    ASSIGN_OR_RETURN(std::vector<MountInfo> mine,
-                     MountsOfDevice(*mounter_, backend_->GetExportStatus(rec.volume_id()).device_path));
+    ASSIGN_OR_RETURN(std::vector<MountInfo> mine, MountsWithDevice(*mounter_, dev));
     for (const MountInfo& m : mine) {
       if (m.target == target) {
         return absl::FailedPreconditionError(absl::StrCat(
