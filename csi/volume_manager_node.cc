@@ -237,10 +237,14 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   const ExportInfo dev = *exported;
   device_path = dev.device_path;
   // Recorded with the staging: teardown's way to know this volume's mounts
-  // should the export go.
-  absl::StatusOr<std::string> number = mounter_->DeviceNumber(dev.device_path);
-  if (!number.ok()) return undo(number.status());
-  const std::string device_number = *number;
+  // should the export go. Best effort: without it teardown treats mounts as
+  // it did before the number was recorded (foreign once the export is gone).
+  const absl::StatusOr<std::string> device_number = mounter_->DeviceNumber(dev.device_path);
+  if (!device_number.ok()) {
+    LOG(WARNING) << "volume " << rec.volume_id() << ": cannot identify " << dev.device_path
+                 << " (" << device_number.status()
+                 << "); teardown will not recognise its mounts if the export is lost";
+  }
   absl::Status done = [&]() -> absl::Status {
     RETURN_IF_ERROR(MkdirAll(staging, &made_dirs));
     if (rec.access_type() != VolumeRecord::MOUNT) return absl::OkStatus();
@@ -249,7 +253,8 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     if (fs_type.empty()) fs_type = "ext4";
     ASSIGN_OR_RETURN(std::optional<MountInfo> mounted, mounter_->GetMountInfo(staging));
     if (mounted) {
-      if (mounted->device != device_number) {
+      RETURN_IF_ERROR(device_number.status());
+      if (mounted->device != *device_number) {
         return absl::AlreadyExistsError(absl::StrCat("staging_target_path ", staging,
                                                      " already has ", mounted->source,
                                                      " mounted, not volume ", rec.volume_id(),
@@ -296,7 +301,11 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   }();
   if (done.ok()) {
     rec.set_staged_path(staging);
-    rec.set_staged_device(device_number);
+    if (device_number.ok()) {
+      rec.set_staged_device(*device_number);
+    } else {
+      rec.clear_staged_device();
+    }
     if (!made_dirs.empty() && made_dirs.back() == staging && !Contains(rec.created_paths(), staging)) {
       rec.add_created_paths(staging);
     }
