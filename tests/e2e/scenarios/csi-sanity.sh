@@ -113,6 +113,8 @@ for access in ${CSI_SANITY_ACCESS_TYPES:-mount block}; do
            "$(awk -v a="$t0" -v b="$(e2e_t)" 'BEGIN {printf "%.1f", b - a}') s: csi-test v5.4.0's" \
            "connect race (see client_connect_race); running $access once more"
       mv "$log" "${log%.log}.connect-race.log"
+      # csi-sanity refuses to start over dirs a failed spec left (mkdir).
+      rmdir "$WORK/$access/staging" "$WORK/$access/target" 2>/dev/null
       run_suite "$access" "$log"
     fi
   fi
