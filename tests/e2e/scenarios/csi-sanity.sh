@@ -107,7 +107,7 @@ for access in ${CSI_SANITY_ACCESS_TYPES:-mount block}; do
     # answers a new connection now, then one more pass that must be clean.
     failures "$log" | head -10 | sed 's/^/  | /'
     t0=$(e2e_t)
-    if timeout 20 "${CTL[@]}" identity probe >/dev/null 2>&1; then
+    if timeout 60 "${CTL[@]}" identity probe >/dev/null 2>&1; then
       echo "  | $access: csi-sanity's client gave up on its first connection while the other" \
            "$passed specs passed; a new connection to the plugin completes a call in" \
            "$(awk -v a="$t0" -v b="$(e2e_t)" 'BEGIN {printf "%.1f", b - a}') s: csi-test v5.4.0's" \
