@@ -201,10 +201,17 @@ absl::StatusOr<std::vector<MountInfo>> MountsOfDevice(Mounter& mounter,
   absl::StatusOr<std::string> dev = mounter.DeviceNumber(device_path);
   if (absl::IsNotFound(dev.status())) return out;
   if (!dev.ok()) return dev.status();
+  return MountsWithDevice(mounter, *dev);
+}
+
+absl::StatusOr<std::vector<MountInfo>> MountsWithDevice(Mounter& mounter,
+                                                        const std::string& device) {
+  std::vector<MountInfo> out;
+  if (device.empty()) return out;
   absl::StatusOr<std::vector<MountInfo>> all = mounter.ListMounts();
   if (!all.ok()) return all.status();
   for (MountInfo& m : *all) {
-    if (m.device == *dev) out.push_back(std::move(m));
+    if (m.device == device) out.push_back(std::move(m));
   }
   return out;
 }

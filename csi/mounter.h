@@ -117,6 +117,10 @@ absl::Status RefuseSymlinks(const std::string& path, absl::string_view field);
 // or a bind of the device node), wherever it is. Empty if the device is gone.
 absl::StatusOr<std::vector<MountInfo>> MountsOfDevice(Mounter& mounter,
                                                       const std::string& device_path);
+// Every mount whose MountInfo::device is `device` (a DeviceNumber() value);
+// works when the device node itself is gone. Empty for "".
+absl::StatusOr<std::vector<MountInfo>> MountsWithDevice(Mounter& mounter,
+                                                        const std::string& device);
 
 // Parses /proc/self/mountinfo text; exposed for tests.
 std::vector<MountInfo> ParseMountInfo(const std::string& text);

@@ -279,6 +279,12 @@ absl::Status ValidateCapability(const VolumeCapability& cap, absl::string_view f
         return absl::InvalidArgumentError(absl::StrCat(
             field, ".mount.fs_type '", EscapeForLog(fs), "' is not supported (ext4 or xfs)"));
       }
+      // The allow-list that stage and publish apply, already where a
+      // capability first arrives (CreateVolume, ValidateVolumeCapabilities):
+      // a volume is never created for flags no node could mount it with.
+      const auto& mf = cap.mount().mount_flags();
+      RETURN_IF_ERROR(ValidateMountFlags(std::vector<std::string>(mf.begin(), mf.end()),
+                                         absl::StrCat(field, ".mount.mount_flags")));
       break;
     }
     default:

@@ -113,17 +113,20 @@ absl::Status CheckMode(const VolumeCapability& cap, const VolumeRecord& rec,
   return absl::OkStatus();
 }
 
-// The identity (Mounter::DeviceNumber) of the volume's device now, or "" if
-// it has no export: then no mount anywhere can be this volume's. An export
-// whose device cannot be identified is an error, never "not ours".
+// The identity (Mounter::DeviceNumber) of the volume's device now. Without
+// an export (a recovery that failed, a device removed behind the plugin's
+// back) the one recorded when it was staged: a mount that still shows that
+// device at a path the record lists is this volume's own. "" if neither:
+// then no mount anywhere can be this volume's. An export whose device cannot
+// be identified is an error, never "not ours".
 absl::StatusOr<std::string> DeviceOf(VolumeBackend* backend, Mounter* mounter,
-                                     const std::string& volume_id) {
-  ExportStatus es = backend->GetExportStatus(volume_id);
-  if (es.state == ExportState::kAbsent || es.device_path.empty()) return std::string();
+                                     const VolumeRecord& rec) {
+  ExportStatus es = backend->GetExportStatus(rec.volume_id());
+  if (es.state == ExportState::kAbsent || es.device_path.empty()) return rec.staged_device();
   absl::StatusOr<std::string> dev = mounter->DeviceNumber(es.device_path);
   if (!dev.ok()) {
     return absl::Status(dev.status().code(),
-                        absl::StrCat("volume ", volume_id, ": ", dev.status().message()));
+                        absl::StrCat("volume ", rec.volume_id(), ": ", dev.status().message()));
   }
   return *dev;
 }
@@ -233,6 +236,15 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   }
   const ExportInfo dev = *exported;
   device_path = dev.device_path;
+  // Recorded with the staging: teardown's way to know this volume's mounts
+  // should the export go. Best effort: without it teardown treats mounts as
+  // it did before the number was recorded (foreign once the export is gone).
+  const absl::StatusOr<std::string> device_number = mounter_->DeviceNumber(dev.device_path);
+  if (!device_number.ok()) {
+    LOG(WARNING) << "volume " << rec.volume_id() << ": cannot identify " << dev.device_path
+                 << " (" << device_number.status()
+                 << "); teardown will not recognise its mounts if the export is lost";
+  }
   absl::Status done = [&]() -> absl::Status {
     RETURN_IF_ERROR(MkdirAll(staging, &made_dirs));
     if (rec.access_type() != VolumeRecord::MOUNT) return absl::OkStatus();
@@ -241,8 +253,8 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     if (fs_type.empty()) fs_type = "ext4";
     ASSIGN_OR_RETURN(std::optional<MountInfo> mounted, mounter_->GetMountInfo(staging));
     if (mounted) {
-      ASSIGN_OR_RETURN(std::string ours, mounter_->DeviceNumber(dev.device_path));
-      if (mounted->device != ours) {
+      RETURN_IF_ERROR(device_number.status());
+      if (mounted->device != *device_number) {
         return absl::AlreadyExistsError(absl::StrCat("staging_target_path ", staging,
                                                      " already has ", mounted->source,
                                                      " mounted, not volume ", rec.volume_id(),
@@ -289,6 +301,11 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   }();
   if (done.ok()) {
     rec.set_staged_path(staging);
+    if (device_number.ok()) {
+      rec.set_staged_device(*device_number);
+    } else {
+      rec.clear_staged_device();
+    }
     if (!made_dirs.empty() && made_dirs.back() == staging && !Contains(rec.created_paths(), staging)) {
       rec.add_created_paths(staging);
     }
@@ -322,7 +339,7 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
   // Until recovery re-attached the device after a restart, its mounts
   // cannot be told from anyone else's: the CO retries.
   if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(rec.volume_id()));
-  ASSIGN_OR_RETURN(const std::string dev, DeviceOf(backend_, mounter_, rec.volume_id()));
+  ASSIGN_OR_RETURN(const std::string dev, DeviceOf(backend_, mounter_, rec));
   // Publications whose mount is gone (e.g. after a reboot) no longer count.
   std::vector<std::string> live;
   for (const std::string& p : rec.published_paths()) {
@@ -342,8 +359,7 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
     }
     // Removing the device under a mount would leave that mount reading
     // whichever volume gets the device number next.
-    ASSIGN_OR_RETURN(std::vector<MountInfo> left,
-                     MountsOfDevice(*mounter_, backend_->GetExportStatus(rec.volume_id()).device_path));
+    ASSIGN_OR_RETURN(std::vector<MountInfo> left, MountsWithDevice(*mounter_, dev));
     if (!left.empty()) {
       std::vector<std::string> where;
       for (const MountInfo& m : left) where.push_back(m.target);
@@ -357,6 +373,7 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
     if (p == staging) RemoveCreated(rec.volume_id(), p);
   }
   rec.clear_staged_path();
+  rec.clear_staged_device();
   rec.clear_published_paths();
   rec.clear_created_paths();
   RETURN_IF_ERROR(SaveVolume(rec));
@@ -367,7 +384,12 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
 absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVolume(
     const csi::v1::NodePublishVolumeRequest& req) {
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
-  RETURN_IF_ERROR(ValidatePath(req.staging_target_path(), "staging_target_path"));
+  // An empty staging_target_path is checked after the lookup below: the spec
+  // lists it as FAILED_PRECONDITION ("Staging target path not set"), not as
+  // a malformed request.
+  if (!req.staging_target_path().empty()) {
+    RETURN_IF_ERROR(ValidatePath(req.staging_target_path(), "staging_target_path"));
+  }
   RETURN_IF_ERROR(ValidatePath(req.target_path(), "target_path"));
   if (!req.has_volume_capability()) return absl::InvalidArgumentError("volume_capability is required");
   RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
@@ -382,6 +404,12 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   RETURN_IF_ERROR(CheckMode(req.volume_capability(), rec, "volume_capability"));
+  if (req.staging_target_path().empty()) {
+    // Every volume of this plugin is staged first (STAGE_UNSTAGE_VOLUME).
+    return absl::FailedPreconditionError(absl::StrCat(
+        "staging_target_path is not set: volume ", rec.volume_id(),
+        " must be staged with NodeStageVolume and published from its staging path"));
+  }
   if (rec.staged_path() != req.staging_target_path()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "volume ", rec.volume_id(), " is not staged at ", req.staging_target_path(),
@@ -471,7 +499,7 @@ absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> VolumeManager::NodeUnpublis
     return csi::v1::NodeUnpublishVolumeResponse();
   }
   if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(rec.volume_id()));
-  ASSIGN_OR_RETURN(const std::string dev, DeviceOf(backend_, mounter_, rec.volume_id()));
+  ASSIGN_OR_RETURN(const std::string dev, DeviceOf(backend_, mounter_, rec));
   bool foreign = false;
   for (;;) {  // only this volume's own mounts, top down
     ASSIGN_OR_RETURN(std::optional<MountInfo> m, mounter_->GetMountInfo(target));
@@ -485,8 +513,7 @@ absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> VolumeManager::NodeUnpublis
     RETURN_IF_ERROR(mounter_->Unmount(target));
   }
   if (foreign && !dev.empty()) {
-    ASSIGN_OR_RETURN(std::vector<MountInfo> mine,
-                     MountsOfDevice(*mounter_, backend_->GetExportStatus(rec.volume_id()).device_path));
+    ASSIGN_OR_RETURN(std::vector<MountInfo> mine, MountsWithDevice(*mounter_, dev));
     for (const MountInfo& m : mine) {
       if (m.target == target) {
         return absl::FailedPreconditionError(absl::StrCat(

@@ -226,6 +226,10 @@ TEST_F(ErrorTable, EveryRpcAnswersTheSpecsCodeForEachListedCondition) {
       {"NodePublishVolume", "exceeds capabilities (block access, mount volume)",
        Code::kFailedPrecondition,
        [&] { return Publish(staged_, Path("stage"), Path("pod3"), false, BlockCap()); }},
+      {"NodePublishVolume", "staging target path not set (STAGE_UNSTAGE_VOLUME)",
+       Code::kFailedPrecondition, [&] { return Publish(staged_, "", Path("pod4")); }},
+      {"NodePublishVolume", "staging target path not set, volume not staged",
+       Code::kFailedPrecondition, [&] { return Publish(mount_, "", Path("pod5")); }},
       // NodeUnpublishVolume Errors
       {"NodeUnpublishVolume", "volume does not exist", Code::kNotFound,
        [&] {

@@ -71,6 +71,11 @@ class NodeSafetyTest : public ::testing::Test {
     auto store = RecordStore::Open(data_, nullptr);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
+    Restart();
+  }
+  // A new VolumeManager over the same records, backend and mount table (a
+  // plugin restart).
+  void Restart() {
     VolumeManagerOptions opts;
     opts.node_id = "node-a";
     opts.free_bytes = []() -> absl::StatusOr<int64_t> { return int64_t{1} << 40; };
@@ -306,6 +311,49 @@ TEST_F(NodeSafetyTest, TeardownWaitsForRecoveryInsteadOfGuessingOwnership) {
   EXPECT_THAT(Targets(), ::testing::IsEmpty());
 }
 
+// A volume whose recovery failed has no export: its device number was
+// "unknown", so teardown called the volume's own mounts foreign, left them
+// (reading a device that may be handed to the next volume) and forgot the
+// publication. The number recorded at staging identifies them, and a
+// restarted plugin still has it (it is in the record).
+TEST_F(NodeSafetyTest, TeardownKnowsItsOwnMountsByTheRecordedDeviceWhenTheExportIsGone) {
+  for (VolumeCapability cap : {MountCap(), BlockCap()}) {
+    const bool block = cap.has_block();
+    std::string id = Create(block ? "raw" : "fs", cap);
+    ASSERT_TRUE(Stage(id, Path("stage"), cap).ok());
+    ASSERT_TRUE(Publish(id, Path("stage"), Path("pod"), cap).ok());
+    ASSERT_FALSE(manager_->GetRecord(id)->staged_device().empty());
+    // The plugin restarts and the volume's recovery fails: no export.
+    ASSERT_TRUE(backend_->RemoveExport(id).ok());
+    Restart();
+    ASSERT_EQ(backend_->GetExportStatus(id).state, ExportState::kAbsent);
+    EXPECT_TRUE(Unpublish(id, Path("pod")).ok());
+    EXPECT_FALSE(Exists(Path("pod"))) << "the target the plugin made is removed";
+    EXPECT_TRUE(Unstage(id, Path("stage")).ok());
+    EXPECT_THAT(Targets(), ::testing::IsEmpty()) << (block ? "block" : "mount");
+    EXPECT_TRUE(manager_->GetRecord(id)->staged_device().empty());
+    EXPECT_TRUE(Delete(id).ok());
+  }
+}
+
+// A record written before staged_device existed loads; without the number
+// its mounts stay foreign when the export is gone (left alone, as before).
+TEST_F(NodeSafetyTest, RecordsWithoutAStagedDeviceStillLoadAndTouchNothingForeign) {
+  std::string id = Create("fs");
+  ASSERT_TRUE(Stage(id, Path("stage")).ok());
+  ASSERT_TRUE(Publish(id, Path("stage"), Path("pod")).ok());
+  records::VolumeRecord old = *manager_->GetRecord(id);
+  old.clear_staged_device();
+  ASSERT_TRUE(store_->PutVolume(old).ok());
+  ASSERT_TRUE(backend_->RemoveExport(id).ok());
+  Restart();
+  ASSERT_TRUE(manager_->GetRecord(id).ok());
+  EXPECT_EQ(manager_->GetRecord(id)->staged_path(), Path("stage"));
+  EXPECT_TRUE(Unpublish(id, Path("pod")).ok());
+  EXPECT_EQ(mounter_.CountCalls("unmount "), 0);
+  EXPECT_EQ(Targets().size(), 2u);
+}
+
 // Item 3: three failed stages left three devices (and the staging dir).
 TEST_F(NodeSafetyTest, AFailedStageUndoesItsExportAndDirAndSaysSo) {
   std::string id = Create("fs");
@@ -352,6 +400,39 @@ TEST_F(NodeSafetyTest, MountFlagsOutsideTheAllowListAreInvalidArgumentBeforeAnyE
   absl::Status s = Publish(id, Path("stage"), Path("pod"), MountCap({"remount"}));
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_FALSE(Exists(Path("pod")));
+}
+
+// The allow-list applies where a capability first arrives, not only at
+// stage/publish: CreateVolume refuses (INVALID_ARGUMENT naming the flag) and
+// creates nothing; ValidateVolumeCapabilities leaves such a capability
+// unconfirmed with a message naming it.
+TEST_F(NodeSafetyTest, MountFlagsAreCheckedByCreateVolumeAndValidateVolumeCapabilities) {
+  csi::v1::CreateVolumeRequest r;
+  r.set_name("flags");
+  r.mutable_capacity_range()->set_required_bytes(16 * kMiB);
+  *r.add_volume_capabilities() = MountCap({"noatime", "remount"});
+  auto created = manager_->CreateVolume(r);
+  ASSERT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument) << created.status();
+  EXPECT_THAT(std::string(created.status().message()), HasSubstr("'remount'"));
+  EXPECT_THAT(std::string(created.status().message()),
+              HasSubstr("volume_capabilities[0].mount.mount_flags"));
+  csi::v1::ListVolumesRequest lr;
+  EXPECT_EQ(manager_->ListVolumes(lr)->entries_size(), 0) << "nothing was created";
+
+  std::string id = Create("fs", MountCap({"noatime"}));
+  csi::v1::ValidateVolumeCapabilitiesRequest vr;
+  vr.set_volume_id(id);
+  *vr.add_volume_capabilities() = MountCap({"noatime"});
+  *vr.add_volume_capabilities() = MountCap({"bind"});
+  auto v = manager_->ValidateVolumeCapabilities(vr);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_FALSE(v->has_confirmed());
+  EXPECT_THAT(v->message(), HasSubstr("'bind'"));
+  EXPECT_THAT(v->message(), HasSubstr("volume_capabilities[1].mount.mount_flags"));
+  vr.mutable_volume_capabilities()->RemoveLast();
+  v = manager_->ValidateVolumeCapabilities(vr);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->has_confirmed()) << v->message();
 }
 
 TEST(ValidateMountFlagsTest, AllowList) {

@@ -13,10 +13,14 @@
 
 #include <atomic>
 #include <cstring>
+#include <iostream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "csi.grpc.pb.h"
 #include "csi/listener.h"
+#include "csi/liveness.h"
+#include "csi/mounter.h"
 #include "csi/rpc_logging.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -387,6 +391,92 @@ TEST(ListenerTest, AcceptFailuresStallAndRecoverWithOneLineEach) {
   std::string metrics = ser.Serialize(registry.Collect());
   EXPECT_THAT(metrics, HasSubstr("ublk_csi_grpc_accept_failures_total 5"));
   EXPECT_THAT(metrics, HasSubstr("ublk_csi_grpc_accept_stalled 0"));
+}
+
+// Identity as the plugin has it: Probe dials the plugin's own endpoint over
+// a new connection (the liveness self-dial) from a serving thread.
+class SelfDialingIdentity final : public csi::v1::Identity::Service {
+ public:
+  explicit SelfDialingIdentity(Endpoint ep) : ep_(std::move(ep)) {}
+  grpc::Status GetPluginInfo(grpc::ServerContext*, const csi::v1::GetPluginInfoRequest*,
+                             csi::v1::GetPluginInfoResponse* resp) override {
+    resp->set_name("test.csi");
+    resp->set_vendor_version("1");
+    return grpc::Status::OK;
+  }
+  grpc::Status Probe(grpc::ServerContext*, const csi::v1::ProbeRequest*,
+                     csi::v1::ProbeResponse*) override {
+    absl::Status s = DialGetPluginInfo(ep_, absl::Seconds(10));
+    return s.ok() ? grpc::Status::OK : grpc::Status(grpc::StatusCode::UNAVAILABLE, s.ToString());
+  }
+
+ private:
+  Endpoint ep_;
+};
+
+// The conditions of the one csi-sanity run whose new connection did not
+// become ready within 60 s, in process and sped up: many clients that each
+// open a fresh connection (own subchannel pool, as csi-sanity's new process
+// has), make one call and close it, so connections are accepted while
+// others are torn down; self-dialing Probes from serving threads; and fork
+// + exec of helper commands (mkfs, blkid) from another thread. Every call
+// must complete, each within a bound far below csi-sanity's 60 s.
+TEST_F(PluginServerTest, FreshConnectionsUnderChurnForkAndSelfDialAreServedPromptly) {
+  auto ep = ParseEndpoint("unix://" + Sock());
+  ASSERT_TRUE(ep.ok());
+  SelfDialingIdentity identity(*ep);
+  Start({&identity}, PluginServerOptions{});
+  std::atomic<bool> stop{false};
+  std::atomic<int> forks{0};
+  std::thread forker([&] {
+    while (!stop.load()) {
+      if (RunCommand({"true"}).ok()) forks.fetch_add(1);
+    }
+  });
+  const int kClients = 8;
+  const int kCallsEach = 25;
+  std::atomic<int> failed{0};
+  std::atomic<int64_t> worst_ms{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      for (int i = 0; i < kCallsEach; ++i) {
+        grpc::ChannelArguments args;
+        args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+        auto stub = csi::v1::Identity::NewStub(grpc::CreateCustomChannel(
+            "unix:" + Sock(), grpc::InsecureChannelCredentials(), args));
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+        const absl::Time t0 = absl::Now();
+        grpc::Status s;
+        if ((c + i) % 3 == 0) {
+          csi::v1::ProbeResponse r;
+          s = stub->Probe(&ctx, {}, &r);
+        } else {
+          csi::v1::GetPluginInfoResponse r;
+          s = stub->GetPluginInfo(&ctx, {}, &r);
+        }
+        const int64_t ms = absl::ToInt64Milliseconds(absl::Now() - t0);
+        int64_t prev = worst_ms.load();
+        while (ms > prev && !worst_ms.compare_exchange_weak(prev, ms)) {
+        }
+        if (!s.ok()) {
+          failed.fetch_add(1);
+          ADD_FAILURE() << "client " << c << " call " << i << ": " << s.error_message();
+        }
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  stop.store(true);
+  forker.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_LT(worst_ms.load(), 10000) << "a fresh connection waited for its first call";
+  EXPECT_GT(forks.load(), 0);
+  RecordProperty("worst_call_ms", static_cast<int>(worst_ms.load()));
+  RecordProperty("forks", forks.load());
+  std::cout << "worst call " << worst_ms.load() << " ms over " << kClients * kCallsEach
+            << " fresh connections, " << forks.load() << " forks\n";
 }
 
 }  // namespace

@@ -61,15 +61,16 @@ failures() {
        grab { gsub(/^ +/, ""); if (length(why) < 400) why = why " " $0 }' "$1"
 }
 
-for access in ${CSI_SANITY_ACCESS_TYPES:-mount block}; do
-  e2e_step "$CSI_SANITY_VERSION --csi.testvolumeaccesstype=$access"
-  log=$E2E_RESULT_DIR/csi-sanity-$access.log
+# run_suite ACCESS LOG: one csi-sanity pass; sets rc passed failed pending
+# skipped.
+run_suite() {
+  local access=$1 log=$2 t0 t1
   mkdir -p "$WORK/$access"   # csi-sanity makes (and removes) the two dirs in it
   args=(--csi.endpoint="unix://$SOCK"
         --csi.stagingdir="$WORK/$access/staging" --csi.mountdir="$WORK/$access/target"
         --csi.testvolumeaccesstype="$access" --csi.testnodevolumeattachlimit
         --ginkgo.no-color --ginkgo.timeout="${SUITE_TIMEOUT}s"
-        --ginkgo.junit-report="$E2E_RESULT_DIR/csi-sanity-$access.junit.xml")
+        --ginkgo.junit-report="${log%.log}.junit.xml")
   echo "  | $CSI_SANITY ${args[*]}"
   t0=$(e2e_t)
   timeout $((SUITE_TIMEOUT + 30)) "$CSI_SANITY" "${args[@]}" > "$log" 2>&1
@@ -80,6 +81,43 @@ for access in ${CSI_SANITY_ACCESS_TYPES:-mount block}; do
   grep -m1 '^Ran [0-9]* of [0-9]* Specs' "$log" | sed 's/^/  | /'
   echo "  | $access: Passed=${passed:-?} Failed=${failed:-?} Pending=${pending:-?} Skipped=${skipped:-?}," \
        "exit $rc, $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", b - a}') s"
+}
+
+# client_connect_race LOG: true when the one failed spec is csi-sanity's own
+# connect ("Connection timed out" after its 60 s) and every other spec
+# passed. csi-test v5.4.0's utils.Connect (grpc.Dial, then a loop
+# `WaitForStateChange(ctx, GetState())` after a separate `GetState() ==
+# Ready` check) waits on a channel that turned READY between those two reads
+# as if it were still connecting, until the 60 s deadline: the connection is
+# up and the plugin has nothing to answer or log (later csi-test versions
+# check READY before each wait). The next spec connects again and passes.
+# Seen once in six guest suite runs (issue 16); the plugin's side under the
+# same conditions is covered by plugin_server_test
+# (FreshConnectionsUnderChurnForkAndSelfDialAreServedPromptly).
+client_connect_race() {
+  [ "${failed:-x}" = 1 ] && [ "${passed:-0}" -gt 0 ] && grep -q 'Connection timed out' "$1"
+}
+
+for access in ${CSI_SANITY_ACCESS_TYPES:-mount block}; do
+  e2e_step "$CSI_SANITY_VERSION --csi.testvolumeaccesstype=$access"
+  log=$E2E_RESULT_DIR/csi-sanity-$access.log
+  run_suite "$access" "$log"
+  if [ "$rc" != 0 ] && client_connect_race "$log"; then
+    # Shown, never hidden: the failed spec, then proof that the plugin
+    # answers a new connection now, then one more pass that must be clean.
+    failures "$log" | head -10 | sed 's/^/  | /'
+    t0=$(e2e_t)
+    if timeout 60 "${CTL[@]}" identity probe >/dev/null 2>&1; then
+      echo "  | $access: csi-sanity's client gave up on its first connection while the other" \
+           "$passed specs passed; a new connection to the plugin completes a call in" \
+           "$(awk -v a="$t0" -v b="$(e2e_t)" 'BEGIN {printf "%.1f", b - a}') s: csi-test v5.4.0's" \
+           "connect race (see client_connect_race); running $access once more"
+      mv "$log" "${log%.log}.connect-race.log"
+      # csi-sanity refuses to start over dirs a failed spec left (mkdir).
+      rmdir "$WORK/$access/staging" "$WORK/$access/target" 2>/dev/null
+      run_suite "$access" "$log"
+    fi
+  fi
   if [ "$rc" = 0 ] && [ "${failed:-x}" = 0 ] && [ "${passed:-0}" -gt 0 ]; then
     e2e_ok "$access: 0 specs failed"
   else
