@@ -31,15 +31,17 @@ absl::Status LivenessCheck::Check() {
     ublk::MutexLock l(&mu_);
     if (have_result_ && asked - checked_at_ < cache_for_) return last_;
   }
-  std::unique_lock<std::timed_mutex> dial_lock(dial_mu_, std::defer_lock);
-  if (!dial_lock.try_lock_for(absl::ToChronoMilliseconds(timeout_))) {
-    return absl::UnavailableError(absl::StrCat(
-        "liveness: the previous self-check has not finished within ", absl::FormatDuration(timeout_)));
-  }
   {
-    // Another caller may have dialed while this one waited.
     ublk::MutexLock l(&mu_);
+    if (!dial_done_.WaitFor(l, absl::ToChronoMilliseconds(timeout_),
+                            [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !dialing_; })) {
+      return absl::UnavailableError(
+          absl::StrCat("liveness: the previous self-check has not finished within ",
+                       absl::FormatDuration(timeout_)));
+    }
+    // Another caller may have dialed while this one waited.
     if (have_result_ && checked_at_ >= asked) return last_;
+    dialing_ = true;
   }
   absl::Status dialed = dial_(timeout_);
   absl::Status result = dialed.ok()
@@ -59,6 +61,8 @@ absl::Status LivenessCheck::Check() {
   have_result_ = true;
   checked_at_ = clock_->Now();
   last_ = result;
+  dialing_ = false;
+  dial_done_.NotifyAll();
   return result;
 }
 

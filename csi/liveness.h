@@ -45,8 +45,13 @@ class LivenessCheck {
   const absl::Duration timeout_;
   const absl::Duration cache_for_;
   prometheus::Gauge* live_gauge_ = nullptr;
-  std::timed_mutex dial_mu_;  // one dial at a time
   ublk::Mutex mu_;
+  // One dial at a time: the others wait on dial_done_ (up to the timeout).
+  // Not a std::timed_mutex: libstdc++'s try_lock_for is
+  // pthread_mutex_clocklock, which clang-14's TSan does not intercept, so
+  // every unlock looked like an unlock of an unlocked mutex.
+  bool dialing_ ABSL_GUARDED_BY(mu_) = false;
+  ublk::CondVar dial_done_;
   bool have_result_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time checked_at_ ABSL_GUARDED_BY(mu_);
   absl::Status last_ ABSL_GUARDED_BY(mu_);

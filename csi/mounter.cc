@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -11,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -25,6 +28,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "glog/logging.h"
 #include "ublk/errno.h"
 
@@ -238,7 +242,8 @@ std::vector<MountInfo> ParseMountInfo(const std::string& text) {
   return out;
 }
 
-absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv) {
+absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
+                                         absl::Duration timeout) {
   if (argv.empty()) return absl::InvalidArgumentError("RunCommand: empty argv");
   std::vector<char*> cargv;
   for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
@@ -247,29 +252,46 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv) {
   if (::pipe2(fds, O_CLOEXEC) != 0) {
     return absl::InternalError(absl::StrCat("pipe for `", argv[0], "`: ", Errno(errno)));
   }
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    int err = errno;
-    ::close(fds[0]);
-    ::close(fds[1]);
-    return absl::InternalError(absl::StrCat("fork for `", argv[0], "`: ", Errno(err)));
-  }
-  if (pid == 0) {
-    // Child: only async-signal-safe calls until exec.
-    ::dup2(fds[1], 1);
-    ::dup2(fds[1], 2);
-    int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0) ::dup2(devnull, 0);
-    ::execvp(cargv[0], cargv.data());
-    static const char kMsg[] = "exec failed\n";
-    ssize_t ignored = ::write(2, kMsg, sizeof(kMsg) - 1);
-    (void)ignored;
-    ::_exit(127);
-  }
+  // posix_spawn, not fork: nothing of this (threaded) process runs in the
+  // child before exec, and glibc reports a failed exec as the return value.
+  // The child leads its own process group so a timeout kills what it started too.
+  posix_spawn_file_actions_t actions;
+  posix_spawnattr_t attr;
+  ::posix_spawn_file_actions_init(&actions);
+  ::posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+  ::posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
+  ::posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  ::posix_spawnattr_init(&attr);
+  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  ::posix_spawnattr_setpgroup(&attr, 0);
+  pid_t pid = -1;
+  const int err = ::posix_spawnp(&pid, cargv[0], &actions, &attr, cargv.data(), environ);
+  ::posix_spawn_file_actions_destroy(&actions);
+  ::posix_spawnattr_destroy(&attr);
   ::close(fds[1]);
+  if (err != 0) {
+    ::close(fds[0]);
+    if (err == ENOENT || err == EACCES) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot run `", argv[0], "`: not installed or not in PATH"));
+    }
+    return absl::InternalError(absl::StrCat("posix_spawn `", argv[0], "`: ", Errno(err)));
+  }
   CommandResult result;
+  bool timed_out = false;
+  const absl::Time deadline = absl::Now() + timeout;
   char buf[4096];
   for (;;) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      timed_out = true;
+      break;
+    }
+    pollfd p = {fds[0], POLLIN, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(
+                                        absl::ToInt64Milliseconds(left) + 1, 1000)));
+    if (ready < 0 && errno != EINTR) break;
+    if (ready <= 0) continue;
     ssize_t n = ::read(fds[0], buf, sizeof(buf));
     if (n > 0) {
       if (result.output.size() < (1 << 20)) result.output.append(buf, static_cast<size_t>(n));
@@ -278,14 +300,35 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv) {
     }
   }
   ::close(fds[0]);
+  if (timed_out) {
+    ::kill(-pid, SIGKILL);
+    ::kill(pid, SIGKILL);
+  }
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  // EOF on the pipe but the tool still running (it closed its output): the
+  // rest of the timeout still bounds the wait.
+  for (;;) {
+    const pid_t w = ::waitpid(pid, &status, timed_out ? 0 : WNOHANG);
+    if (w == pid) break;
+    if (w < 0 && errno != EINTR) {
+      return absl::InternalError(absl::StrCat("waitpid `", argv[0], "`: ", Errno(errno)));
+    }
+    if (w == 0) {
+      if (absl::Now() >= deadline) {
+        timed_out = true;
+        ::kill(-pid, SIGKILL);
+        ::kill(pid, SIGKILL);
+      } else {
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+  }
+  if (timed_out) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("`", absl::StrJoin(argv, " "), "` did not finish within ",
+                     absl::FormatDuration(timeout), "; killed"));
   }
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-  if (result.exit_code == 127 && result.output.find("exec failed") != std::string::npos) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot run `", argv[0], "`: not installed or not in PATH"));
-  }
   return result;
 }
 

@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace ublk_csi {
 
@@ -130,7 +131,12 @@ struct CommandResult {
   std::string output;  // stdout and stderr
 };
 // Runs argv (argv[0] looked up in PATH) to completion, capturing its output.
-// An error only when it could not be started at all.
-absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv);
+// An error when it could not be started at all (FAILED_PRECONDITION when it
+// is not installed), or DEADLINE_EXCEEDED when it ran longer than `timeout`:
+// then it and its process group are killed (a mkfs or fsck stuck on a dead
+// device must not hold a CSI call forever).
+inline constexpr absl::Duration kToolTimeout = absl::Minutes(10);
+absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
+                                         absl::Duration timeout = kToolTimeout);
 
 }  // namespace ublk_csi

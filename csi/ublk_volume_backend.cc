@@ -74,18 +74,6 @@ uint64_t UblkVolumeBackend::OwnerTag(absl::string_view volume_id) {
   return (uint64_t{0x7562} << 48) | (h & ((uint64_t{1} << 48) - 1));
 }
 
-const char* UblkVolumeBackend::CopyModeLabel(ublk::CopyMode mode) {
-  switch (mode) {
-    case ublk::CopyMode::kUserCopy:
-      return "user-copy";
-    case ublk::CopyMode::kGetData:
-      return "get-data";
-    case ublk::CopyMode::kZeroCopy:
-      return "zero-copy";
-  }
-  return "";
-}
-
 UblkVolumeBackend::UblkVolumeBackend(
     absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> control,
     absl::StatusOr<ublk::KernelFeatures> features, ublk::WorkerPool* pool,
@@ -490,7 +478,7 @@ ExportStatus UblkVolumeBackend::GetExportStatus(const std::string& volume_id) {
   }
   st.device_path = exp->block_device_path();
   st.dev_id = static_cast<int32_t>(exp->dev_id());
-  st.copy_mode = CopyModeLabel(exp->copy_mode());
+  st.copy_mode = std::string(ublk::CopyModeName(exp->copy_mode()));
   if (!workers.empty()) st.worker = workers[0]->id();
   const ublk::Export::State state = exp->state();
   switch (state) {

@@ -107,8 +107,6 @@ class UblkVolumeBackend final : public VolumeBackend {
 
   // Null when unusable.
   const ublk::KernelFeatures* features() const { return features_.ok() ? &*features_ : nullptr; }
-  // "user-copy" | "get-data" (the contract's spelling).
-  static const char* CopyModeLabel(ublk::CopyMode mode);
   // What the plugin stores in a volume's device (ublksrv_flags) and checks
   // before recovering one: "ub" in the top 16 bits, then 48 bits of FNV-1a
   // of the volume id. Never 0.

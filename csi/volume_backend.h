@@ -64,7 +64,7 @@ struct ExportStatus {
   std::string device_path;
   int32_t dev_id = -1;
   int worker = -1;        // worker thread serving queue 0, -1 if unknown
-  std::string copy_mode;  // "zero-copy" | "user-copy" | "get-data" | ""
+  std::string copy_mode;  // ublk::CopyModeName: "zero_copy" | "user_copy" | "get_data" | ""
 };
 
 class VolumeBackend {

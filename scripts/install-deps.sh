@@ -1,6 +1,7 @@
 #!/bin/bash
 # Installs the Debian bookworm packages the build, the unit tests and the
-# checks need (clang-14 for the thread-safety build and the fuzzers,
+# checks need (clang-14 for the TSan and thread-safety build and the fuzzers,
+# llvm-14 for llvm-symbolizer in TSan reports,
 # clang-format-14 and shellcheck for format-check), only those missing (so a
 # re-run is quick and offline). Needs root.
 set -euo pipefail
@@ -9,7 +10,7 @@ PKGS=(build-essential cmake ninja-build pkg-config
       liburing-dev libabsl-dev prometheus-cpp-dev libcivetweb-dev
       libgtest-dev libgmock-dev libbenchmark-dev libgoogle-glog-dev libgflags-dev
       e2fsprogs xfsprogs util-linux
-      clang-14 libclang-rt-14-dev clang-format-14 shellcheck)
+      clang-14 libclang-rt-14-dev llvm-14 clang-format-14 shellcheck)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -23,8 +23,9 @@ std::string FeaturesHex(uint64_t features) { return absl::StrCat("0x", absl::Hex
 
 absl::StatusOr<std::optional<CopyMode>> ParseCopyModeFlag(absl::string_view text) {
   if (text == "auto") return std::optional<CopyMode>();
-  // Also the dashed spelling (user-copy): the Helm chart's examples and the
-  // plugin's status output use it.
+  // Also the dashed spelling (user-copy): the Helm chart's examples use it.
+  // Everything the plugin prints (logs, metrics, volume stats) uses
+  // CopyModeName's.
   const std::string underscored = absl::StrReplaceAll(text, {{"-", "_"}});
   for (CopyMode m : {CopyMode::kZeroCopy, CopyMode::kUserCopy, CopyMode::kGetData}) {
     if (underscored == CopyModeName(m)) return std::optional<CopyMode>(m);

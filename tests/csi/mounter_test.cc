@@ -10,6 +10,7 @@
 #include <iterator>
 
 #include "csi/fake_mounter.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"
@@ -46,6 +47,24 @@ TEST(RunCommandTest, CapturesOutputAndExitCode) {
   auto missing = RunCommand({"no-such-program-ublk-csi"});
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(missing.status().message()), HasSubstr("no-such-program-ublk-csi"));
+}
+
+// A tool that hangs (mkfs on a device that stopped answering) is killed
+// at the timeout, with its process group, and the caller gets a clear
+// DEADLINE_EXCEEDED instead of a CSI call blocked forever.
+TEST(RunCommandTest, ToolRunningPastTheTimeoutIsKilledWithAClearError) {
+  const absl::Time t0 = absl::Now();
+  auto r = RunCommand({"sh", "-c", "sleep 30 & sleep 30"}, absl::Milliseconds(300));
+  const absl::Duration took = absl::Now() - t0;
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("`sh -c sleep 30 & sleep 30`"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("did not finish within 300ms; killed"));
+  EXPECT_LT(took, absl::Seconds(10));  // not the 30 s of the tool (nor of its child)
+  // Within the timeout nothing changes.
+  auto quick = RunCommand({"sh", "-c", "echo hi"}, absl::Seconds(30));
+  ASSERT_TRUE(quick.ok()) << quick.status();
+  EXPECT_EQ(quick->exit_code, 0);
+  EXPECT_THAT(quick->output, HasSubstr("hi"));
 }
 
 TEST(RealMounterTest, ProbeFindsNothingThenWhatMkfsMade) {

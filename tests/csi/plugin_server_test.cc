@@ -162,6 +162,7 @@ TEST_F(PluginServerTest, ServingThreadsAreBounded) {
   EXPECT_GT(calls.codes[grpc::StatusCode::RESOURCE_EXHAUSTED], 0)
       << "calls beyond the thread bound are refused, not queued on new threads";
   EXPECT_GT(calls.codes[grpc::StatusCode::OK], 0);
+  server_.reset();  // the server goes before the services it serves
 }
 
 TEST_F(PluginServerTest, CallsPerConnectionAreBounded) {
@@ -185,6 +186,7 @@ TEST_F(PluginServerTest, CallsPerConnectionAreBounded) {
   identity.Release();
   ASSERT_TRUE(calls.WaitDone(kCalls, 20000));
   EXPECT_EQ(calls.codes[grpc::StatusCode::OK], kCalls) << "the rest waited and then ran";
+  server_.reset();  // the server goes before the services it serves
 }
 
 TEST_F(PluginServerTest, MessageSizesAreBoundedBothWays) {
@@ -214,6 +216,7 @@ TEST_F(PluginServerTest, MessageSizesAreBoundedBothWays) {
     EXPECT_EQ(stub->ListVolumes(&ctx, {}, &resp).error_code(),
               grpc::StatusCode::RESOURCE_EXHAUSTED);
   }
+  server_.reset();  // the server goes before the services it serves
 }
 
 class UmaskZero {
@@ -234,6 +237,7 @@ TEST_F(PluginServerTest, SocketIsOwnerOnlyWhateverTheUmask) {
   ASSERT_EQ(stat(Sock().c_str(), &st), 0);
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
   EXPECT_EQ(st.st_mode & 07777, 0600u);
+  server_.reset();  // the server goes before the services it serves
 }
 
 TEST_F(PluginServerTest, SocketGroupMakesIt0660WithThatGroup) {
@@ -246,6 +250,7 @@ TEST_F(PluginServerTest, SocketGroupMakesIt0660WithThatGroup) {
   ASSERT_EQ(stat(Sock().c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0660u);
   EXPECT_EQ(st.st_gid, getgid());
+  server_.reset();  // the server goes before the services it serves
 }
 
 // Idle connections used to stay forever (400 of them exhausted the fds). A
@@ -284,6 +289,7 @@ TEST_F(PluginServerTest, ConnectionsThatDoNotAnswerKeepalivePingsAreClosed) {
   grpc::ClientContext ctx;
   csi::v1::ProbeResponse resp;
   EXPECT_TRUE(stub->Probe(&ctx, {}, &resp).ok());
+  server_.reset();  // the server goes before the services it serves
 }
 
 // Issue 16 item 11: failed calls were not logged at all.
@@ -306,6 +312,7 @@ TEST_F(PluginServerTest, EveryFailedCallIsOneWarningWithIdsAndNoSecrets) {
     EXPECT_THAT(line, Not(HasSubstr("hunter2")));
     EXPECT_THAT(line, Not(HasSubstr("\n")));
   }
+  server_.reset();  // the server goes before the services it serves
 }
 
 TEST_F(PluginServerTest, EveryCallIsLoggedAtDebugLevel) {
@@ -324,6 +331,7 @@ TEST_F(PluginServerTest, EveryCallIsLoggedAtDebugLevel) {
   EXPECT_EQ(logs.Count(google::GLOG_INFO, {"Controller/ListVolumes", "starting_token=\"t1\"", "started"}), 1);
   EXPECT_EQ(logs.Count(google::GLOG_INFO, {"Controller/ListVolumes", "starting_token=\"t1\"", "ok in"}), 1);
   EXPECT_EQ(logs.CountAtLeast(google::GLOG_WARNING), 0);
+  server_.reset();  // the server goes before the services it serves
 }
 
 TEST(RpcLoggingTest, DescribesIdsIncludingNestedOnesAndNothingElse) {

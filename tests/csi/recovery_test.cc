@@ -12,10 +12,12 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -643,6 +645,25 @@ TEST_F(RecoveryTest, SigtermMidRecoveryLeavesEveryDeviceRecoverable) {
   ExpectEach(ids, 500);
 }
 
+// A clock whose SleepFor advances fake time and, the first time it passes
+// `at`, runs `then` on the sleeping thread: the dead server's char device is
+// released at a known instant of fake time, with no wall-clock wait.
+class ClockThatActsAt final : public ublk::Clock {
+ public:
+  ClockThatActsAt(absl::Time at, std::function<void()> then) : at_(at), then_(std::move(then)) {}
+  absl::Time Now() const override { return fake_.Now(); }
+  void SleepFor(absl::Duration d) const override {
+    fake_.SleepFor(d);
+    if (then_ && fake_.Now() >= at_) std::exchange(then_, nullptr)();
+  }
+  int sleeps() const { return fake_.sleeps(); }
+
+ private:
+  ublk::FakeClock fake_;
+  const absl::Time at_;
+  mutable std::function<void()> then_;
+};
+
 // Right after a kill the kernel may still show the device LIVE (it quiesces
 // it when the dead server's char device is released). The backend waits for
 // QUIESCED instead of taking the id for another server's and making a new
@@ -677,26 +698,30 @@ TEST_F(RecoveryTest, DeviceStillLiveFromTheDeadServerIsWaitedForAndRecovered) {
 
   auto new_pool = ublk::WorkerPool::Create(po, nullptr);
   ASSERT_TRUE(new_pool.ok());
+  // The old server lets go of its char device 100 ms (fake) into the wait.
+  const absl::Time t0 = clock_.Now();
+  ClockThatActsAt clock(t0 + absl::Milliseconds(100), [&] { old_server->Shutdown(); });
+  ASSERT_EQ(clock.Now(), t0);
+  bo.clock = &clock;
   bo.quiesce_wait = absl::Seconds(10);
   bo.quiesce_poll = absl::Milliseconds(5);
   auto new_server = UblkVolumeBackend::Open(open, fo, new_pool->get(), bo);
-  std::thread dies([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    old_server->Shutdown();  // the char device is released only now
-  });
-  const absl::Time t0 = absl::Now();
   auto second = new_server->EnsureExport(spec);
-  dies.join();
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_TRUE(second->recovered);
   EXPECT_EQ(second->dev_id, 5);
-  EXPECT_GE(absl::Now() - t0, absl::Milliseconds(90));
+  // It waited (in fake time) until the release, and not to the end of quiesce_wait.
+  EXPECT_GE(clock.Now() - t0, absl::Milliseconds(100));
+  EXPECT_LT(clock.Now() - t0, absl::Milliseconds(200));
   EXPECT_EQ(kernel_->device_count(), 1u);
   new_server->Shutdown();
 
-  // A device another live server keeps serving is given up after the wait.
+  // A device made for another volume is not waited for: it gets a new one
+  // (the fake clock keeps any wait out of wall time).
   ExportSpec other = spec;
   other.volume_id = "w";
+  ublk::FakeClock give_up_clock;
+  bo.clock = &give_up_clock;
   bo.quiesce_wait = absl::Milliseconds(50);
   auto third_server = UblkVolumeBackend::Open(open, fo, old_pool->get(), bo);
   auto mine = third_server->EnsureExport(spec);  // recovers 5 and serves it

@@ -144,7 +144,7 @@ TEST_F(UblkVolumeBackendTest, EnsureServesTheBackingFileWithRecoverableDevice) {
   EXPECT_EQ(st.message, "");
   EXPECT_EQ(st.dev_id, info->dev_id);
   EXPECT_EQ(st.device_path, info->device_path);
-  EXPECT_EQ(st.copy_mode, "user-copy");
+  EXPECT_EQ(st.copy_mode, "user_copy");
   EXPECT_GE(st.worker, 0);
   EXPECT_LT(st.worker, 2);
   EXPECT_EQ(backend_->GetExportStatus("nope").state, ExportState::kAbsent);
@@ -383,7 +383,7 @@ TEST_F(UblkVolumeBackendTest, GetDataModeOnA61Kernel) {
   const std::string data = Pattern(32768, 5);
   EXPECT_EQ(kernel_->Write(a->dev_id, 4096, data)->result, 32768);
   EXPECT_TRUE(kernel_->Read(a->dev_id, 4096, 32768)->data == data);
-  EXPECT_EQ(backend_->GetExportStatus("a").copy_mode, "get-data");
+  EXPECT_EQ(backend_->GetExportStatus("a").copy_mode, "get_data");
 }
 
 // SIGTERM: every export is detached, never stopped, so the devices stay
@@ -480,7 +480,7 @@ TEST_F(UblkVolumeBackendTest, ZeroCopyDeviceRecoversInZeroCopyAfterTheKillSwitch
   EXPECT_EQ(backend_->features()->copy_mode, ublk::CopyMode::kZeroCopy);
   auto a = backend_->EnsureExport(Spec("a", 2));
   ASSERT_TRUE(a.ok()) << a.status();
-  EXPECT_EQ(backend_->GetExportStatus("a").copy_mode, "zero-copy");
+  EXPECT_EQ(backend_->GetExportStatus("a").copy_mode, "zero_copy");
   EXPECT_EQ(kernel_->Write(a->dev_id, 0, Pattern(16384, 30))->result, 16384);
   EXPECT_TRUE(kernel_->Read(a->dev_id, 0, 16384)->data == Pattern(16384, 30));
   EXPECT_EQ(memory_.map_calls(), 0);
@@ -497,7 +497,7 @@ TEST_F(UblkVolumeBackendTest, ZeroCopyDeviceRecoversInZeroCopyAfterTheKillSwitch
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_TRUE(again->recovered);
   EXPECT_EQ(again->dev_id, a->dev_id);
-  EXPECT_EQ(backend_->GetExportStatus("a").copy_mode, "zero-copy");
+  EXPECT_EQ(backend_->GetExportStatus("a").copy_mode, "zero_copy");
   auto done = kernel_->Wait(pending, absl::Seconds(5));
   ASSERT_TRUE(done.ok());
   EXPECT_EQ(done->result, 8192);
@@ -506,7 +506,7 @@ TEST_F(UblkVolumeBackendTest, ZeroCopyDeviceRecoversInZeroCopyAfterTheKillSwitch
 
   auto b = backend_->EnsureExport(Spec("b"));
   ASSERT_TRUE(b.ok()) << b.status();
-  EXPECT_EQ(backend_->GetExportStatus("b").copy_mode, "user-copy");
+  EXPECT_EQ(backend_->GetExportStatus("b").copy_mode, "user_copy");
   EXPECT_EQ(kernel_->Write(b->dev_id, 0, Pattern(4096, 32))->result, 4096);
   EXPECT_TRUE(kernel_->Read(b->dev_id, 0, 4096)->data == Pattern(4096, 32));
   ASSERT_TRUE(backend_->RemoveExport("a").ok());
