@@ -14,11 +14,18 @@ k8s_step "helm install $K8S_RELEASE (chart defaults)"
 t0=$(date +%s%N)
 "$HELM" install "$K8S_RELEASE" "$E2E_SRC_DIR/charts/ublk-csi" -n "$K8S_RELEASE_NS" --create-namespace \
   --wait --timeout 15m || { k8s_explain "$K8S_RELEASE_NS" "$(k8s_plugin_pod)"; k8s_fail "helm install"; }
-echo "measure: helm install to all Ready: $(e2e_secs "$t0")s"
-
-pod=$(k8s_plugin_pod)
+# helm --wait counts a DaemonSet ready once ready >= desired - maxUnavailable:
+# on one node it returns at once. Wait for every container of the pod.
+pod= ready=
+deadline=$(( $(date +%s) + 600 ))
+while [ "$(date +%s)" -lt $deadline ]; do
+  pod=$(k8s_plugin_pod)
+  [ -n "$pod" ] && ready=$(kc -n "$K8S_RELEASE_NS" get pod "$pod" -o jsonpath='{range .status.containerStatuses[*]}{.name}={.ready} {end}')
+  [ -n "$ready" ] && case " $ready " in *=false*) ;; *) break ;; esac
+  sleep 2
+done
 [ -n "$pod" ] || k8s_fail "no plugin pod"
-ready=$(kc -n "$K8S_RELEASE_NS" get pod "$pod" -o jsonpath='{range .status.containerStatuses[*]}{.name}={.ready} {end}')
+echo "measure: helm install to all Ready: $(e2e_secs "$t0")s"
 echo "containers: $ready"
 case " $ready " in *=false*) k8s_check_failed "a container of $pod is not Ready: $ready" ;; *) k8s_ok "every container of $pod is Ready" ;; esac
 n=$(wc -w <<< "$ready")
@@ -39,4 +46,12 @@ while [ "$(date +%s)" -lt $deadline ]; do
   sleep 2
 done
 [ -n "$cap" ] && k8s_ok "CSIStorageCapacity: $cap" || k8s_check_failed "no CSIStorageCapacity published within 120 s"
+restarts=$(kc -n "$K8S_RELEASE_NS" get pod "$pod" -o jsonpath='{range .status.containerStatuses[*]}{.name}={.restartCount} {end}')
+echo "restarts: $restarts"
+case " $restarts " in
+  *=[1-9]*) k8s_check_failed "a container restarted during install: $restarts"
+            kc -n "$K8S_RELEASE_NS" describe pod "$pod" | grep -A8 "Last State" | sed 's/^/  /'
+            kc -n "$K8S_RELEASE_NS" logs "$pod" -c ublk-csi --previous 2>&1 | tail -20 | sed 's/^/  previous: /' ;;
+  *) k8s_ok "no container restarted" ;;
+esac
 k8s_result
