@@ -67,3 +67,57 @@ k8s_explain() { # NS [POD]
 k8s_plugin_pod() {
   "$KUBECTL" -n "$K8S_RELEASE_NS" get pods -l app.kubernetes.io/name=ublk-csi -o jsonpath='{.items[0].metadata.name}' 2>/dev/null
 }
+
+# k8s_pvc NAME SIZE [Block|Filesystem]: a PVC of the chart's StorageClass.
+k8s_pvc() {
+  kc -n "$K8S_NS" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $1}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: ublk
+  volumeMode: ${3:-Filesystem}
+  resources: {requests: {storage: $2}}
+YAML
+}
+
+# k8s_pod NAME PVC MODE COMMAND: a pod of the test image with PVC at /data
+# (Filesystem) or as the raw device /dev/xvda (Block), never restarted.
+k8s_pod() {
+  local vol
+  if [ "$3" = Block ]; then vol="volumeDevices: [{name: v, devicePath: /dev/xvda}]"
+  else vol="volumeMounts: [{name: v, mountPath: /data}]"; fi
+  kc -n "$K8S_NS" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: ublk-e2e-fio:1
+    imagePullPolicy: Never
+    command: ["/bin/bash", "-c", $(printf '%s' "$4" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')]
+    $vol
+  volumes:
+  - name: v
+    persistentVolumeClaim: {claimName: $2}
+YAML
+}
+
+# k8s_wait_plugin_ready TIMEOUT_S: the plugin pod exists and every container
+# of it is Ready.
+k8s_wait_plugin_ready() {
+  local deadline=$(( $(date +%s) + $1 )) pod ready
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    pod=$(k8s_plugin_pod)
+    if [ -n "$pod" ]; then
+      ready=$("$KUBECTL" -n "$K8S_RELEASE_NS" get pod "$pod" -o jsonpath='{.metadata.deletionTimestamp}{range .status.containerStatuses[*]}{.ready} {end}' 2>/dev/null)
+      case "$ready" in true*) case " $ready" in *false*) ;; *) return 0 ;; esac ;; esac
+    fi
+    sleep 1
+  done
+  return 1
+}

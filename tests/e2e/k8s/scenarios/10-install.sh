@@ -34,7 +34,12 @@ want=$(kc -n "$K8S_RELEASE_NS" get pod "$pod" -o jsonpath='{.spec.containers[*].
 
 driver=$(kc get csidriver -o jsonpath='{.items[*].metadata.name}')
 [ -n "$driver" ] && k8s_ok "CSIDriver $driver" || k8s_check_failed "no CSIDriver object"
-csinode=$(kc get csinode "$K8S_NODE_NAME" -o jsonpath='{.spec.drivers[*].name}')
+csinode=
+for _ in $(seq 60); do
+  csinode=$(kc get csinode "$K8S_NODE_NAME" -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null)
+  [ -n "$csinode" ] && break
+  sleep 1
+done
 case " $csinode " in *" $driver "*) k8s_ok "CSINode $K8S_NODE_NAME lists $driver" ;; *) k8s_check_failed "CSINode lists '$csinode', not $driver" ;; esac
 
 # csi-provisioner (node deployment) publishes capacity for the StorageClass.
