@@ -3,7 +3,7 @@
 kc create namespace "$K8S_NS" >/dev/null 2>&1
 k8s_pvc blk-pvc 256Mi Block || k8s_fail "create block PVC"
 t0=$(date +%s%N)
-k8s_pod blk-fio blk-pvc Block 'set -o pipefail; fio --name=blk --filename=/dev/xvda --rw=randwrite --bs=4k --iodepth=16 --ioengine=libaio --direct=1 --size=64M --verify=crc32c --verify_fatal=1 --do_verify=1 2>&1 | tail -25 && echo FIO-OK' \
+k8s_pod blk-fio blk-pvc Block 'fio --name=blk --filename=/dev/xvda --rw=randwrite --bs=4k --iodepth=16 --ioengine=libaio --direct=1 --size=64M --verify=crc32c --verify_fatal=1 --do_verify=1 > /tmp/fio.log 2>&1; rc=$?; grep -E "err=|verify|WRITE:|READ:" /tmp/fio.log; [ $rc = 0 ] && echo FIO-OK' \
   || k8s_fail "create fio pod"
 k8s_wait_pod_phase "$K8S_NS" blk-fio Running 300 || k8s_wait_pod_phase "$K8S_NS" blk-fio Succeeded 5 \
   || { k8s_explain "$K8S_NS" blk-fio; k8s_fail "fio pod did not start"; }
