@@ -7,8 +7,11 @@ deletes=${K8S_POD_DELETES:-3}
 kills=${K8S_PLUGIN_KILLS:-3}
 kc create namespace "$K8S_NS" >/dev/null 2>&1
 k8s_pvc io-fs 512Mi Filesystem && k8s_pvc io-blk 512Mi Block || k8s_fail "create PVCs"
-# fio rounds (write 32 MiB, then verify it) until the host says stop.
-loop='n=0; while [ ! -f /tmp/stop ]; do fio --name=r --filename=TARGET --rw=randwrite --bs=4k --iodepth=8 --ioengine=libaio --direct=1 --size=32M --verify=crc32c --verify_fatal=1 --do_verify=1 --rate=2m > /tmp/fio.log 2>&1 || { cat /tmp/fio.log; echo FIO-FAILED; exit 1; }; n=$((n + 1)); echo "round $n: $(grep -o "err= *[0-9]*" /tmp/fio.log | head -1)"; done; echo "FIO-OK rounds=$n"'
+# fio rounds (write 32 MiB, then verify it) until END (epoch seconds): long
+# enough for every restart (K8S_IO_SECONDS, default 1200).
+end=$(( $(date +%s) + ${K8S_IO_SECONDS:-1200} ))
+loop='n=0; while [ "$(date +%s)" -lt END ]; do fio --name=r --filename=TARGET --rw=randwrite --bs=4k --iodepth=8 --ioengine=libaio --direct=1 --size=32M --verify=crc32c --verify_fatal=1 --do_verify=1 --rate=2m > /tmp/fio.log 2>&1 || { cat /tmp/fio.log; echo FIO-FAILED; exit 1; }; n=$((n + 1)); echo "round $n: $(grep -o "err= *[0-9]*" /tmp/fio.log | head -1)"; done; echo "FIO-OK rounds=$n"'
+loop=${loop//END/$end}
 k8s_pod io-fs io-fs Filesystem "${loop//TARGET//data/fio.dat}" && k8s_pod io-blk io-blk Block "${loop//TARGET//dev/xvda}" \
   || k8s_fail "create fio pods"
 for p in io-fs io-blk; do
@@ -31,9 +34,15 @@ for i in $(seq "$deletes"); do
 done
 for i in $(seq "$kills"); do
   k8s_step "kill -9 the plugin process ($i of $kills)"
+  # Wait until the kubelet has seen the kill (restart count up), then Ready:
+  # right after the kill the pod still reads Ready.
+  pod=$(k8s_plugin_pod)
+  before=$(kc -n "$K8S_RELEASE_NS" get pod "$pod" -o jsonpath='{.status.containerStatuses[?(@.name=="ublk-csi")].restartCount}')
   t0=$(date +%s%N)
   k8s_node "pkill -9 -x ublk-csi" >/dev/null || k8s_check_failed "no ublk-csi process to kill"
-  sleep 3
+  n=0
+  while [ "$(kc -n "$K8S_RELEASE_NS" get pod "$pod" -o jsonpath='{.status.containerStatuses[?(@.name=="ublk-csi")].restartCount}')" = "$before" ] \
+        && [ $n -lt 300 ]; do sleep 1; n=$((n + 1)); done
   if k8s_wait_plugin_ready 600; then
     echo "measure: plugin kill -9 to Ready again: $(e2e_secs "$t0")s"
   else
@@ -41,12 +50,10 @@ for i in $(seq "$kills"); do
   fi
   sleep 5
 done
-k8s_step "stop fio and check"
+[ "$(date +%s)" -lt "$end" ] || k8s_check_failed "the restarts outlasted fio's K8S_IO_SECONDS; raise it"
+k8s_step "wait for fio to end its rounds ($(( end - $(date +%s) )) s) and check"
 for p in io-fs io-blk; do
-  kc -n "$K8S_NS" exec $p -- touch /tmp/stop || k8s_check_failed "kubectl exec $p"
-done
-for p in io-fs io-blk; do
-  k8s_wait_pod_phase "$K8S_NS" $p Succeeded 600 || k8s_check_failed "$p did not succeed"
+  k8s_wait_pod_phase "$K8S_NS" $p Succeeded $(( end - $(date +%s) + 600 )) || k8s_check_failed "$p did not succeed"
   out=$(kc -n "$K8S_NS" logs $p 2>&1)
   echo "$out" | tail -4 | sed "s/^/  $p: /"
   grep -q FIO-OK <<< "$out" && ! grep -q FIO-FAILED <<< "$out" && k8s_ok "$p: fio verify passed through every restart" \
