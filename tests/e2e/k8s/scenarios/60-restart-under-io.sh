@@ -8,8 +8,8 @@ kills=${K8S_PLUGIN_KILLS:-3}
 kc create namespace "$K8S_NS" >/dev/null 2>&1
 k8s_pvc io-fs 512Mi Filesystem && k8s_pvc io-blk 512Mi Block || k8s_fail "create PVCs"
 # fio rounds (write 32 MiB, then verify it) until END (epoch seconds): long
-# enough for every restart (K8S_IO_SECONDS, default 1200).
-end=$(( $(date +%s) + ${K8S_IO_SECONDS:-1200} ))
+# enough for every restart (K8S_IO_SECONDS, default 900).
+end=$(( $(date +%s) + ${K8S_IO_SECONDS:-900} ))
 loop='n=0; while [ "$(date +%s)" -lt END ]; do fio --name=r --filename=TARGET --rw=randwrite --bs=4k --iodepth=8 --ioengine=libaio --direct=1 --size=32M --verify=crc32c --verify_fatal=1 --do_verify=1 --rate=2m > /tmp/fio.log 2>&1 || { cat /tmp/fio.log; echo FIO-FAILED; exit 1; }; n=$((n + 1)); echo "round $n: $(grep -o "err= *[0-9]*" /tmp/fio.log | head -1)"; done; echo "FIO-OK rounds=$n"'
 loop=${loop//END/$end}
 k8s_pod io-fs io-fs Filesystem "${loop//TARGET//data/fio.dat}" && k8s_pod io-blk io-blk Block "${loop//TARGET//dev/xvda}" \
