@@ -1,12 +1,26 @@
-# ublk-csi plugin image. Two stages on Debian bookworm: the build stage compiles
-# against the same Debian packages as a developer machine (scripts/install-deps.sh);
-# the final stage holds only the runtime libraries, the programs the plugin runs
-# (mkfs.ext4, mkfs.xfs, resize2fs, xfs_growfs, mount, umount, blkid, modprobe)
-# and the two binaries.
+# ublk-csi plugin image, on Debian bookworm: the runtime stage holds only the
+# runtime libraries and the programs the plugin runs (mkfs.ext4, mkfs.xfs,
+# resize2fs, xfs_growfs, mount, umount, blkid, modprobe); the build stage
+# compiles against the same Debian packages as a developer machine
+# (scripts/install-deps.sh); the final stage is the runtime plus the two
+# binaries.
 #
 # Built offline by scripts/build-image.sh (`make image`), which makes the base
 # image itself with debootstrap; any debian:bookworm-slim works as BASE.
 ARG BASE=debian:bookworm-slim
+
+# The runtime: the libraries and programs the plugin needs. Also the base of
+# `scripts/build-image.sh --binaries DIR` (an image of binaries built outside).
+FROM ${BASE} AS runtime
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends \
+      libgrpc++1.51 libprotobuf32 liburing2 libgoogle-glog0v6 libgflags2.2 \
+      libprometheus-cpp-core1.0 libcivetweb1 libabsl20220623 \
+      e2fsprogs xfsprogs util-linux mount kmod \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*
+COPY scripts/packaging/image-check.sh /usr/local/libexec/ublk-csi/image-check
 
 FROM ${BASE} AS build
 # Lets build-image.sh prune superseded build stages (see there).
@@ -27,21 +41,10 @@ RUN cmake -S /src -B /build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/nul
  && install -D -s -m 0755 /build/csi/ublk-csi /out/usr/local/bin/ublk-csi \
  && install -D -s -m 0755 /build/csi/ublk-csi-ctl /out/usr/local/bin/ublk-csi-ctl
 
-FROM ${BASE}
-ENV DEBIAN_FRONTEND=noninteractive
-RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends \
-      libgrpc++1.51 libprotobuf32 liburing2 libgoogle-glog0v6 libgflags2.2 \
-      libprometheus-cpp-core1.0 libcivetweb1 libabsl20220623 \
-      e2fsprogs xfsprogs util-linux mount kmod \
- && apt-get clean \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*
+FROM runtime
 COPY --from=build /out/ /
-# Fail the build here, not on a node, if a runtime library is missing.
-RUN if ldd /usr/local/bin/ublk-csi /usr/local/bin/ublk-csi-ctl | grep 'not found'; then \
-      echo "runtime library missing from the final stage (see above)" >&2; exit 1; fi \
- && for p in mkfs.ext4 mkfs.xfs resize2fs xfs_growfs mount umount blkid modprobe; do \
-      command -v "$p" >/dev/null || { echo "program $p missing from the final stage" >&2; exit 1; }; done
+# Fail the build here, not on a node, if a runtime library or program is missing.
+RUN /usr/local/libexec/ublk-csi/image-check
 LABEL org.opencontainers.image.title="ublk-csi" \
       org.opencontainers.image.description="Kubernetes CSI plugin serving node-local volumes as ublk block devices"
 ENTRYPOINT ["/usr/local/bin/ublk-csi"]

@@ -58,6 +58,13 @@ demo: build
 e2e: build
 	@tests/e2e/run.sh --build-dir $(BUILD) --kernel "$(KERNEL)" $(SCENARIO)
 
+# Kubernetes end to end (tests/e2e/k8s): a one-node cluster, the node in the
+# ublk guest, the chart installed with helm; needs the Kubernetes bundle
+# (../shared/k8s or K8S_BUNDLE_DIR). SCENARIO: some of tests/e2e/k8s/scenarios.
+.PHONY: e2e-k8s
+e2e-k8s: build
+	@tests/e2e/k8s/run.sh --build-dir $(BUILD) --kernel "$(KERNEL)" $(SCENARIO)
+
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(CLANG_BUILD) $(FUZZ_BUILD)
 

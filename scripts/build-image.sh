@@ -7,7 +7,12 @@
 # /readyz, /metrics, clean SIGTERM).
 #
 #   scripts/build-image.sh [--tag NAME:TAG] [--git-ref REF] [--rebuild-base] [--no-cache]
+#                          [--binaries DIR]
 #
+# --binaries DIR: no compile in the image: the Dockerfile's runtime stage plus
+# DIR/csi/ublk-csi and DIR/csi/ublk-csi-ctl of a build made on this (Debian
+# bookworm) machine, stripped; the same checks and smoke test. The e2e
+# Kubernetes harness uses it so that CI compiles the plugin once.
 # --no-cache rebuilds every layer (with --rebuild-base: a fully cold build).
 # The build context is the working tree (what you have, committed or not);
 # --git-ref REF builds the sources of a commit instead (git archive).
@@ -21,6 +26,7 @@ cd "$(dirname "$0")/.."
 TAG=ublk-csi:dev
 GIT_REF=
 REBUILD_BASE=0
+BINARIES=
 NO_CACHE=()
 BASE_IMAGE=${BASE_IMAGE:-debian:bookworm-slim}
 while [ $# -gt 0 ]; do
@@ -31,7 +37,9 @@ while [ $# -gt 0 ]; do
     --git-ref=*) GIT_REF=${1#--git-ref=}; shift ;;
     --rebuild-base) REBUILD_BASE=1; shift ;;
     --no-cache) NO_CACHE=(--no-cache); shift ;;
-    *) echo "build-image: unknown argument '$1' (expected --tag NAME:TAG, --git-ref REF, --rebuild-base, --no-cache)" >&2; exit 2 ;;
+    --binaries) BINARIES=$2; shift 2 ;;
+    --binaries=*) BINARIES=${1#--binaries=}; shift ;;
+    *) echo "build-image: unknown argument '$1' (expected --tag NAME:TAG, --git-ref REF, --rebuild-base, --no-cache, --binaries DIR)" >&2; exit 2 ;;
   esac
 done
 
@@ -105,25 +113,50 @@ VERSION=$(sed -n 's/^project(ublk_csi VERSION \([0-9.]*\).*/\1/p' "$CONTEXT/CMak
 # --isolation=chroot: RUN steps need no OCI runtime or cgroup setup, which this
 # machine's cgroup limits refuse.
 build_start=$SECONDS
-# Each output line is prefixed with the seconds since this script started, so
-# the log shows what each step costs.
-BUILD_LOG=$(mktemp /var/tmp/ublk-csi-build.XXXXXX.log)
-podman build --pull=never --isolation=chroot "${NO_CACHE[@]}" --build-arg "BASE=$BASE_IMAGE" \
-  -t "$TAG" -t "${TAG%:*}:$VERSION" -f "$CONTEXT/Dockerfile" "$CONTEXT" 2>&1 |
-  while IFS= read -r line; do printf '[%4ds] %s\n' "$SECONDS" "$line"; done | tee "$BUILD_LOG"
-log "image $TAG (${TAG%:*}:$VERSION) built in $((SECONDS - build_start))s"
+if [ -n "$BINARIES" ]; then
+  [ -z "$GIT_REF" ] || { log "--binaries and --git-ref exclude each other"; exit 2; }
+  for b in ublk-csi ublk-csi-ctl; do
+    [ -x "$BINARIES/csi/$b" ] || { log "--binaries $BINARIES: no executable $BINARIES/csi/$b"; exit 2; }
+  done
+  BIN_CONTEXT=$(mktemp -d /var/tmp/ublk-csi-bin.XXXXXX)
+  trap 'rm -rf "$BIN_CONTEXT"' EXIT
+  install -D -s -m 0755 "$BINARIES/csi/ublk-csi" "$BIN_CONTEXT/usr/local/bin/ublk-csi"
+  install -D -s -m 0755 "$BINARIES/csi/ublk-csi-ctl" "$BIN_CONTEXT/usr/local/bin/ublk-csi-ctl"
+  podman build --pull=never --isolation=chroot "${NO_CACHE[@]}" --build-arg "BASE=$BASE_IMAGE" \
+    --target runtime -t ublk-csi-runtime:latest -f "$CONTEXT/Dockerfile" "$CONTEXT" >/dev/null \
+    || { log "building the runtime stage failed"; exit 1; }
+  # The final stage of the Dockerfile, with the binaries from outside.
+  printf '%s\n' 'FROM localhost/ublk-csi-runtime:latest' 'COPY usr/ /usr/' \
+    'RUN /usr/local/libexec/ublk-csi/image-check' \
+    'LABEL org.opencontainers.image.title="ublk-csi" org.opencontainers.image.description="Kubernetes CSI plugin serving node-local volumes as ublk block devices"' \
+    'ENTRYPOINT ["/usr/local/bin/ublk-csi"]' > "$BIN_CONTEXT/Containerfile"
+  podman build --pull=never --isolation=chroot -t "$TAG" -t "${TAG%:*}:$VERSION" \
+    -f "$BIN_CONTEXT/Containerfile" "$BIN_CONTEXT" >/dev/null || { log "building the image of $BINARIES failed"; exit 1; }
+  log "image $TAG (${TAG%:*}:$VERSION) of the binaries in $BINARIES built in $((SECONDS - build_start))s"
+  podman image prune -f --filter label=org.opencontainers.image.title=ublk-csi >/dev/null
+else
+  # Each output line is prefixed with the seconds since this script started, so
+  # the log shows what each step costs.
+  BUILD_LOG=$(mktemp /var/tmp/ublk-csi-build.XXXXXX.log)
+  podman build --pull=never --isolation=chroot "${NO_CACHE[@]}" --build-arg "BASE=$BASE_IMAGE" \
+    -t "$TAG" -t "${TAG%:*}:$VERSION" -f "$CONTEXT/Dockerfile" "$CONTEXT" 2>&1 |
+    while IFS= read -r line; do printf '[%4ds] %s\n' "$SECONDS" "$line"; done | tee "$BUILD_LOG"
+  log "image $TAG (${TAG%:*}:$VERSION) built in $((SECONDS - build_start))s"
 
-# Disk hygiene: each build leaves the previous final image and its ~1 GB build
-# stage untagged. Tag this build's build stage (the last layer id podman
-# printed before the final stage) so it stays as the layer cache, then drop
-# untagged leftovers of both stages.
-build_stage=$(awk '/\] --> [0-9a-f]+$/ {id=$NF} /\] \[2\/2\] STEP 1\// {print id; exit}' "$BUILD_LOG")
-rm -f "$BUILD_LOG"
-if [ -n "$build_stage" ]; then
-  podman tag "$build_stage" "${TAG%:*}-build-cache:latest"
-  podman image prune -f --filter label=org.ublk-csi.stage=build >/dev/null
+  # Disk hygiene: each build leaves the previous final image and its ~1 GB build
+  # stage untagged. Tag this build's build stage (the last layer id podman
+  # printed before the final stage) so it stays as the layer cache, then drop
+  # untagged leftovers of both stages.
+  # The final stage is the last one: "[N/N] STEP 1/".
+  build_stage=$(awk '/\] --> [0-9a-f]+$/ {id=$NF}
+    match($0, /\] \[[0-9]+\/[0-9]+\] STEP 1\//) { split(substr($0, RSTART + 3), a, /[\/\]]/); if (a[1] == a[2]) {print id; exit} }' "$BUILD_LOG")
+  rm -f "$BUILD_LOG"
+  if [ -n "$build_stage" ]; then
+    podman tag "$build_stage" "${TAG%:*}-build-cache:latest"
+    podman image prune -f --filter label=org.ublk-csi.stage=build >/dev/null
+  fi
+  podman image prune -f --filter label=org.opencontainers.image.title=ublk-csi >/dev/null
 fi
-podman image prune -f --filter label=org.opencontainers.image.title=ublk-csi >/dev/null
 
 # Smoke test: the image's plugin answers --version, starts, serves its
 # health and metrics endpoints and shuts down cleanly.

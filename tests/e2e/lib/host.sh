@@ -10,6 +10,8 @@
 #   E2E_QEMU           the qemu binary (default qemu-system-x86_64)
 #   E2E_WORK_DIR       where e2e-cache/ and e2e-logs/ go (default: the build
 #                      dir), e.g. to test another build dir without writing to it
+#   E2E_NET_TAP        a host tap device: the guest gets a virtio NIC on it
+#                      (default: no NIC; tests/e2e/k8s uses one)
 
 E2E_DIR=$(dirname "$(realpath "${BASH_SOURCE[0]}")")/..
 E2E_DIR=$(realpath "$E2E_DIR")
@@ -350,7 +352,11 @@ e2e_boot() {
   local append="console=ttyS0 quiet loglevel=4 panic=-1 acpi=noirq ${E2E_APPEND:-}"
   # shellcheck disable=SC2054  # commas are qemu option syntax, not array separators
   local accel=(-accel tcg,thread=multi,tb-size=512 -cpu max)
-  local extra=()
+  local extra=(-nic none)
+  if [ -n "${E2E_NET_TAP:-}" ]; then
+    extra=(-netdev "tap,id=n0,ifname=$E2E_NET_TAP,script=no,downscript=no"
+           -device virtio-net-pci,netdev=n0,mac=52:54:00:e2:e2:02)
+  fi
   if [ "${E2E_ACCEL:-tcg}" = kvm ] && [ -w /dev/kvm ]; then accel=(-enable-kvm -cpu host); fi
   [ -n "$ublks_max" ] && append="$append e2e.ublks_max=$ublks_max"
   if [ "$disk" = 1 ]; then
@@ -366,7 +372,7 @@ e2e_boot() {
   local t0 tail_pid=
   t0=$(e2e_now)
   "${E2E_QEMU:-qemu-system-x86_64}" "${accel[@]}" -smp "${E2E_SMP:-2}" -m "${E2E_MEM:-2048}" \
-    -nodefaults -no-user-config -display none -monitor none -no-reboot -nic none \
+    -nodefaults -no-user-config -display none -monitor none -no-reboot \
     -serial "file:$boot_console" \
     -kernel "$E2E_VMLINUZ" -initrd "$E2E_INITRD" -append "$append" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \

@@ -1,0 +1,123 @@
+# Helpers of the host-side Kubernetes scenarios (tests/e2e/k8s/scenarios):
+# sourced by run.sh after the cluster is up. KUBECONFIG, KUBECTL, HELM,
+# K8S_RUN, E2E_SRC_DIR are set.
+
+K8S_NS=${K8S_NS:-ublk-e2e}
+K8S_RELEASE=ublk-csi
+K8S_RELEASE_NS=ublk-csi
+K8S_FAILED=0
+
+kc() { timeout 120 "$KUBECTL" "$@"; }
+k8s_step() { echo "== $(date -u +%T) $*"; }
+k8s_ok() { echo "ok: $*"; }
+# Records a failed check and goes on; the scenario ends with k8s_result.
+k8s_check_failed() { echo "FAILED: $*"; K8S_FAILED=$((K8S_FAILED + 1)); }
+k8s_fail() { echo "FAILED: $*"; exit 1; }
+k8s_result() { [ "$K8S_FAILED" = 0 ] || { echo "$K8S_FAILED check(s) failed"; exit 1; }; exit 0; }
+
+# k8s_node CMD...: runs a shell command on the node (in the guest, as root)
+# and prints its output; returns its exit code. Timeout K8S_NODE_TIMEOUT (60 s).
+K8S_NODE_SEQ=0
+k8s_node() {
+  local share=$K8S_RUN/share id f n=0 limit=$(( ${K8S_NODE_TIMEOUT:-60} * 10 ))
+  K8S_NODE_SEQ=$((K8S_NODE_SEQ + 1))
+  id=$$.$K8S_NODE_SEQ.$RANDOM
+  f=$share/cmd.$id.sh
+  printf '%s\n' "$*" > "$f.tmp" && mv "$f.tmp" "$f"
+  while [ ! -f "$f.rc" ]; do
+    [ $n -lt $limit ] || { echo "k8s_node: no answer from the node within $((limit / 10)) s: $*" >&2; return 124; }
+    sleep 0.1; n=$((n + 1))
+  done
+  cat "$f.out"
+  return "$(cat "$f.rc")"
+}
+
+k8s_wait_node_ready() { # TIMEOUT_S
+  local deadline=$(( $(date +%s) + $1 ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    [ -f "$K8S_RUN/share/node-failed" ] && { cat "$K8S_RUN/share/node-failed" >&2; return 1; }
+    [ "$("$KUBECTL" get node "$K8S_NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] \
+      && return 0
+    # The boot loop ended: the guest is gone.
+    kill -0 "$BOOT_PID" 2>/dev/null || return 1
+    sleep 1
+  done
+  return 1
+}
+
+# k8s_wait_pod_phase NS POD PHASE TIMEOUT_S
+k8s_wait_pod_phase() {
+  local deadline=$(( $(date +%s) + $4 )) phase
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    phase=$("$KUBECTL" -n "$1" get pod "$2" -o jsonpath='{.status.phase}' 2>/dev/null)
+    [ "$phase" = "$3" ] && return 0
+    case $phase in Failed|Succeeded) [ "$phase" != "$3" ] && return 1 ;; esac
+    sleep 1
+  done
+  return 1
+}
+
+# Why a pod is not where it should be: its events and the plugin's log tail.
+k8s_explain() { # NS [POD]
+  "$KUBECTL" -n "$1" get pods -o wide 2>&1 | sed 's/^/  /'
+  [ -n "${2:-}" ] && "$KUBECTL" -n "$1" describe pod "$2" 2>&1 | tail -20 | sed 's/^/  /'
+  "$KUBECTL" get events -A --sort-by=.lastTimestamp 2>&1 | tail -15 | sed 's/^/  /'
+}
+
+k8s_plugin_pod() {
+  "$KUBECTL" -n "$K8S_RELEASE_NS" get pods -l app.kubernetes.io/name=ublk-csi -o jsonpath='{.items[0].metadata.name}' 2>/dev/null
+}
+
+# k8s_pvc NAME SIZE [Block|Filesystem]: a PVC of the chart's StorageClass.
+k8s_pvc() {
+  kc -n "$K8S_NS" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $1}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: ublk
+  volumeMode: ${3:-Filesystem}
+  resources: {requests: {storage: $2}}
+YAML
+}
+
+# k8s_pod NAME PVC MODE COMMAND: a pod of the test image with PVC at /data
+# (Filesystem) or as the raw device /dev/xvda (Block), never restarted.
+k8s_pod() {
+  local vol
+  if [ "$3" = Block ]; then vol="volumeDevices: [{name: v, devicePath: /dev/xvda}]"
+  else vol="volumeMounts: [{name: v, mountPath: /data}]"; fi
+  kc -n "$K8S_NS" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: $1}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: ublk-e2e-fio:1
+    imagePullPolicy: Never
+    command: ["/bin/bash", "-c", $(printf '%s' "$4" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')]
+    $vol
+  volumes:
+  - name: v
+    persistentVolumeClaim: {claimName: $2}
+YAML
+}
+
+# k8s_wait_plugin_ready TIMEOUT_S: the plugin pod exists and every container
+# of it is Ready.
+k8s_wait_plugin_ready() {
+  local deadline=$(( $(date +%s) + $1 )) pod ready
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    pod=$(k8s_plugin_pod)
+    if [ -n "$pod" ]; then
+      ready=$("$KUBECTL" -n "$K8S_RELEASE_NS" get pod "$pod" -o jsonpath='{.metadata.deletionTimestamp}{range .status.containerStatuses[*]}{.ready} {end}' 2>/dev/null)
+      case "$ready" in true*) case " $ready" in *false*) ;; *) return 0 ;; esac ;; esac
+    fi
+    sleep 1
+  done
+  return 1
+}
