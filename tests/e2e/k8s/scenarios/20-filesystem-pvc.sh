@@ -1,38 +1,11 @@
 # Scenario 2 of #19: a filesystem PVC of the chart's StorageClass, a pod
 # writing to it; the pod is deleted and a new one reads the data back.
 kc create namespace "$K8S_NS" >/dev/null 2>&1
-kc -n "$K8S_NS" apply -f - >/dev/null <<YAML || k8s_fail "create PVC"
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: fs-pvc}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: ublk
-  resources: {requests: {storage: 256Mi}}
-YAML
-pod_yaml() { # NAME COMMAND
-  cat <<YAML
-apiVersion: v1
-kind: Pod
-metadata: {name: $1}
-spec:
-  restartPolicy: Never
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: c
-    image: ublk-e2e-fio:1
-    imagePullPolicy: Never
-    command: ["/bin/sh", "-c", "$2"]
-    volumeMounts: [{name: v, mountPath: /data}]
-  volumes:
-  - name: v
-    persistentVolumeClaim: {claimName: fs-pvc}
-YAML
-}
+k8s_pvc fs-pvc 256Mi Filesystem || k8s_fail "create PVC"
 k8s_step "writer pod"
 t0=$(date +%s%N)
-pod_yaml writer 'head -c 16M /dev/urandom > /data/blob && sync && sha256sum /data/blob > /data/blob.sum && cat /data/blob.sum && df -h /data && sleep 3600' \
-  | kc -n "$K8S_NS" apply -f - >/dev/null || k8s_fail "create writer pod"
+k8s_pod writer fs-pvc Filesystem 'head -c 16M /dev/urandom > /data/blob && sync && sha256sum /data/blob > /data/blob.sum && cat /data/blob.sum && df -h /data && sleep 3600' \
+  || k8s_fail "create writer pod"
 k8s_wait_pod_phase "$K8S_NS" writer Running 300 || { k8s_explain "$K8S_NS" writer; k8s_fail "writer pod not Running"; }
 echo "measure: PVC create to pod Running (bind, stage, publish): $(e2e_secs "$t0")s"
 pv=$(kc -n "$K8S_NS" get pvc fs-pvc -o jsonpath='{.spec.volumeName}')
@@ -51,7 +24,7 @@ k8s_node "grep -q 'ublkb.* .*kubernetes.io~csi.*/mount ' /proc/self/mountinfo ||
 
 k8s_step "delete the writer, read back in a new pod"
 kc -n "$K8S_NS" delete pod writer --wait=true >/dev/null || k8s_check_failed "delete writer"
-pod_yaml reader 'sha256sum -c /data/blob.sum && echo READ-OK' | kc -n "$K8S_NS" apply -f - >/dev/null || k8s_fail "create reader"
+k8s_pod reader fs-pvc Filesystem 'sha256sum -c /data/blob.sum && echo READ-OK' || k8s_fail "create reader"
 k8s_wait_pod_phase "$K8S_NS" reader Succeeded 300 || { k8s_explain "$K8S_NS" reader; k8s_check_failed "reader did not succeed"; }
 out=$(kc -n "$K8S_NS" logs reader 2>&1)
 echo "$out" | sed 's/^/  reader: /'
