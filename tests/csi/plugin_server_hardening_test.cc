@@ -156,6 +156,13 @@ class PluginHardeningTest : public ::testing::Test {
 // /healthz said 200. Now the plugin reports unhealthy while it cannot serve a
 // new connection, and serves new connections again once fds are free.
 TEST_F(PluginHardeningTest, FdExhaustionIsReportedAndTheListenerRecovers) {
+#if defined(__SANITIZE_THREAD__) || (defined(__has_feature) && __has_feature(thread_sanitizer))
+  // The plugin under test has no free fd when TSan reports, so TSan cannot
+  // start its symbolizer; tests/tsan.supp matches Debian's uninstrumented
+  // abseil (Status refcounts) by function name and so cannot apply, and the
+  // known false positive kills the plugin. The plain and ASan builds run it.
+  GTEST_SKIP() << "TSan cannot symbolize (and so suppress) reports in a process without fds";
+#endif
   const int kLimit = 96;
   int port = FreePort();
   std::vector<std::string> argv = {"/usr/bin/prlimit", absl::StrCat("--nofile=", kLimit, ":", kLimit)};

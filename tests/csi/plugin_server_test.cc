@@ -478,6 +478,7 @@ TEST_F(PluginServerTest, FreshConnectionsUnderChurnForkAndSelfDialAreServedPromp
   for (std::thread& t : clients) t.join();
   stop.store(true);
   forker.join();
+  server_.reset();  // the server goes before the services it serves
   EXPECT_EQ(failed.load(), 0);
   EXPECT_LT(worst_ms.load(), 10000) << "a fresh connection waited for its first call";
   EXPECT_GT(forks.load(), 0);
