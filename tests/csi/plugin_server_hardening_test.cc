@@ -155,8 +155,16 @@ class PluginHardeningTest : public ::testing::Test {
 // 1.51's own accept loop gave up for good: every later connection hung while
 // /healthz said 200. Now the plugin reports unhealthy while it cannot serve a
 // new connection, and serves new connections again once fds are free.
+#if defined(__SANITIZE_THREAD__)
+#define UBLK_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UBLK_TEST_TSAN 1
+#endif
+#endif
+
 TEST_F(PluginHardeningTest, FdExhaustionIsReportedAndTheListenerRecovers) {
-#if defined(__SANITIZE_THREAD__) || (defined(__has_feature) && __has_feature(thread_sanitizer))
+#ifdef UBLK_TEST_TSAN
   // The plugin under test has no free fd when TSan reports, so TSan cannot
   // start its symbolizer; tests/tsan.supp matches Debian's uninstrumented
   // abseil (Status refcounts) by function name and so cannot apply, and the
