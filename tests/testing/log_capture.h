@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "glog/logging.h"
 #include "ublk/mutex.h"
 
@@ -43,6 +45,18 @@ class LogCapture : public google::LogSink {
       if (sev >= severity) out.push_back(text);
     }
     return out;
+  }
+  // Count(), once it reaches `want` or `timeout` passes: for a line another
+  // thread writes after the effect the test waited for.
+  int CountWhenAtLeast(google::LogSeverity severity, const std::vector<std::string>& parts,
+                       int want, absl::Duration timeout = absl::Seconds(5)) const {
+    const absl::Time deadline = absl::Now() + timeout;
+    int n = Count(severity, parts);
+    while (n < want && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(2));
+      n = Count(severity, parts);
+    }
+    return n;
   }
   int CountAtLeast(google::LogSeverity severity) const {
     return static_cast<int>(AtLeast(severity).size());
