@@ -40,8 +40,7 @@ grpc::Status ControllerService::ControllerGetCapabilities(
   using Rpc = csi::v1::ControllerServiceCapability::RPC;
   for (Rpc::Type t : {Rpc::CREATE_DELETE_VOLUME, Rpc::LIST_VOLUMES, Rpc::GET_CAPACITY,
                       Rpc::CREATE_DELETE_SNAPSHOT, Rpc::LIST_SNAPSHOTS, Rpc::CLONE_VOLUME,
-                      Rpc::EXPAND_VOLUME, Rpc::VOLUME_CONDITION,
-                      Rpc::SINGLE_NODE_MULTI_WRITER}) {
+                      Rpc::EXPAND_VOLUME, Rpc::VOLUME_CONDITION, Rpc::SINGLE_NODE_MULTI_WRITER}) {
     resp->add_capabilities()->mutable_rpc()->set_type(t);
   }
   return grpc::Status::OK;

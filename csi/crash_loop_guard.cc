@@ -47,9 +47,11 @@ absl::Status WriteAtomically(const std::string& path, const std::string& text) {
     ::unlink(tmp.c_str());
     return ErrnoError(absl::StrCat("rename ", tmp, " -> ", path), err);
   }
-  const std::string dir = path.substr(0, path.rfind('/') == std::string::npos ? 0 : path.rfind('/'));
+  const std::string dir =
+      path.substr(0, path.rfind('/') == std::string::npos ? 0 : path.rfind('/'));
   ublk::UniqueFd dfd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd.get() < 0 || ::fsync(dfd.get()) != 0) return ErrnoError(absl::StrCat("fsync dir ", dir), errno);
+  if (dfd.get() < 0 || ::fsync(dfd.get()) != 0)
+    return ErrnoError(absl::StrCat("fsync dir ", dir), errno);
   return absl::OkStatus();
 }
 
@@ -90,16 +92,18 @@ absl::StatusOr<std::unique_ptr<CrashLoopGuard>> CrashLoopGuard::Begin(
   if (registry != nullptr) {
     g->gauges_->unfinished = &prometheus::BuildGauge()
                                   .Name("ublk_csi_unfinished_recoveries")
-                                  .Help("Recoveries cut short (the plugin died before every "
-                                        "volume had an outcome) before this start")
+                                  .Help(
+                                      "Recoveries cut short (the plugin died before every "
+                                      "volume had an outcome) before this start")
                                   .Register(*registry)
                                   .Add({});
     g->gauges_->conservative = &prometheus::BuildGauge()
                                     .Name("ublk_csi_conservative_recovery")
-                                    .Help("1 while this start recovers with the most "
-                                          "conservative settings (one volume at a time, no "
-                                          "buffer pools) because earlier recoveries were cut "
-                                          "short")
+                                    .Help(
+                                        "1 while this start recovers with the most "
+                                        "conservative settings (one volume at a time, no "
+                                        "buffer pools) because earlier recoveries were cut "
+                                        "short")
                                     .Register(*registry)
                                     .Add({});
     g->gauges_->unfinished->Set(previous);
@@ -127,9 +131,10 @@ absl::Status CrashLoopGuard::Complete() {
 
 absl::StatusOr<void*> HeapOnlyMemorySource::Map(size_t len) {
   if (heap_only_.load()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "buffer pool of ", len, " bytes refused: conservative recovery (crash-loop guard) "
-        "serves from heap buffers"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("buffer pool of ", len,
+                     " bytes refused: conservative recovery (crash-loop guard) "
+                     "serves from heap buffers"));
   }
   return base_.Map(len);
 }

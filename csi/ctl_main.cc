@@ -17,8 +17,8 @@
 #include "csi.grpc.pb.h"
 #include "csi/endpoint.h"
 #include "csi/grpc_status.h"
-#include "csi/volume_manager.h"
 #include "csi/version.h"
+#include "csi/volume_manager.h"
 #include "gflags/gflags.h"
 #include "google/protobuf/text_format.h"
 #include "grpcpp/grpcpp.h"
@@ -171,8 +171,9 @@ int Bench(const Ctx& ctx) {
   auto controller = csi::v1::Controller::NewStub(ctx.channel);
   auto node = csi::v1::Node::NewStub(ctx.channel);
   // Connect before the clock starts: the first call would otherwise pay it.
-  if (!ctx.channel->WaitForConnected(std::chrono::system_clock::now() +
-                                     std::chrono::milliseconds(static_cast<int64_t>(FLAGS_timeout * 1000)))) {
+  if (!ctx.channel->WaitForConnected(
+          std::chrono::system_clock::now() +
+          std::chrono::milliseconds(static_cast<int64_t>(FLAGS_timeout * 1000)))) {
     std::fprintf(stderr, "bench: cannot connect to %s\n", FLAGS_endpoint.c_str());
     return 1;
   }
@@ -255,14 +256,14 @@ std::map<std::string, Command> Commands() {
                 csi::v1::GetPluginCapabilitiesRequest());
   };
   c["identity probe"] = [](const Ctx& ctx) {
-    return Call(&Identity::Stub::Probe, Identity::NewStub(ctx.channel),
-                csi::v1::ProbeRequest());
+    return Call(&Identity::Stub::Probe, Identity::NewStub(ctx.channel), csi::v1::ProbeRequest());
   };
 
   // Controller.
   c["volume create"] = [](const Ctx& ctx) {
-    if (!Args(ctx, 1, "volume create NAME [--size=1Gi] [--fs-type=ext4|xfs] [--block] "
-                      "[--from-snapshot=ID|--from-volume=ID] [--params=k=v,...]")) {
+    if (!Args(ctx, 1,
+              "volume create NAME [--size=1Gi] [--fs-type=ext4|xfs] [--block] "
+              "[--from-snapshot=ID|--from-volume=ID] [--params=k=v,...]")) {
       return 2;
     }
     csi::v1::CreateVolumeRequest req;
@@ -385,7 +386,8 @@ std::map<std::string, Command> Commands() {
     return Call(&Node::Stub::NodeUnpublishVolume, Node::NewStub(ctx.channel), req);
   };
   c["node info"] = [](const Ctx& ctx) {
-    return Call(&Node::Stub::NodeGetInfo, Node::NewStub(ctx.channel), csi::v1::NodeGetInfoRequest());
+    return Call(&Node::Stub::NodeGetInfo, Node::NewStub(ctx.channel),
+                csi::v1::NodeGetInfoRequest());
   };
   c["node caps"] = [](const Ctx& ctx) {
     return Call(&Node::Stub::NodeGetCapabilities, Node::NewStub(ctx.channel),
@@ -440,7 +442,8 @@ std::map<std::string, Command> Commands() {
 int Usage(const std::map<std::string, Command>& cmds) {
   std::vector<std::string> names;
   for (const auto& [name, _] : cmds) names.push_back(name);
-  std::fprintf(stderr, "usage: ublk-csi-ctl [--endpoint=unix:///path] COMMAND [ARGS]\ncommands:\n  %s\n",
+  std::fprintf(stderr,
+               "usage: ublk-csi-ctl [--endpoint=unix:///path] COMMAND [ARGS]\ncommands:\n  %s\n",
                absl::StrJoin(names, "\n  ").c_str());
   return 2;
 }

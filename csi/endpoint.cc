@@ -26,13 +26,13 @@ namespace {
 absl::StatusOr<Endpoint> ParseUnix(const std::string& spec, std::string path) {
   // unix:///abs/path leaves "/abs/path" after stripping "unix://".
   if (path.empty() || path[0] != '/') {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "endpoint ", spec, ": unix socket path must be absolute (unix:///path)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("endpoint ", spec, ": unix socket path must be absolute (unix:///path)"));
   }
   if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "endpoint ", spec, ": unix socket path longer than ",
-        sizeof(sockaddr_un{}.sun_path) - 1, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat("endpoint ", spec,
+                                                   ": unix socket path longer than ",
+                                                   sizeof(sockaddr_un{}.sun_path) - 1, " bytes"));
   }
   Endpoint e;
   e.kind = Endpoint::Kind::kUnix;
@@ -45,8 +45,8 @@ absl::StatusOr<Endpoint> ParseTcp(const std::string& spec, const std::string& ad
   uint32_t port = 0;
   if (colon == std::string::npos || colon == 0 ||
       !absl::SimpleAtoi(addr.substr(colon + 1), &port) || port == 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "endpoint ", spec, ": expected unix:///path or tcp://host:port"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("endpoint ", spec, ": expected unix:///path or tcp://host:port"));
   }
   Endpoint e;
   e.kind = Endpoint::Kind::kTcp;
@@ -70,8 +70,8 @@ absl::Status PrepareEndpoint(const Endpoint& endpoint) {
   struct stat st;
   if (::lstat(endpoint.path.c_str(), &st) != 0) {
     if (errno == ENOENT) return absl::OkStatus();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "endpoint ", endpoint.path, ": stat: ", ublk::Errno(errno)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("endpoint ", endpoint.path, ": stat: ", ublk::Errno(errno)));
   }
   if (!S_ISSOCK(st.st_mode)) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -85,17 +85,17 @@ absl::Status PrepareEndpoint(const Endpoint& endpoint) {
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, endpoint.path.c_str(), endpoint.path.size() + 1);
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "endpoint ", endpoint.path,
-        " is held by a live process (another ublk-csi instance?); refusing to start"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("endpoint ", endpoint.path,
+                     " is held by a live process (another ublk-csi instance?); refusing to start"));
   }
   if (errno != ECONNREFUSED && errno != ENOENT) {
     return absl::FailedPreconditionError(absl::StrCat(
         "endpoint ", endpoint.path, ": probing existing socket: ", ublk::Errno(errno)));
   }
   if (::unlink(endpoint.path.c_str()) != 0 && errno != ENOENT) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "endpoint ", endpoint.path, ": removing stale socket: ", ublk::Errno(errno)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("endpoint ", endpoint.path, ": removing stale socket: ", ublk::Errno(errno)));
   }
   LOG(INFO) << "removed stale socket " << endpoint.path;
   return absl::OkStatus();

@@ -5,9 +5,9 @@
 #include <climits>
 #include <cstdlib>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/match.h"
 #include "ublk/mutex.h"
 
 namespace ublk_csi {
@@ -44,8 +44,8 @@ absl::Status FakeMounter::Mount(const std::string& source, const std::string& ta
   if (absl::Status s = ValidateMountFlags(options.flags, "mount"); !s.ok()) return s;
   struct stat st;
   if (::stat(target.c_str(), &st) != 0) {
-    return absl::NotFoundError(absl::StrCat("mount ", source, " on ", target,
-                                            ": target does not exist"));
+    return absl::NotFoundError(
+        absl::StrCat("mount ", source, " on ", target, ": target does not exist"));
   }
   Entry e;
   e.info.target = DeviceKey(target);  // the kernel follows symlinks in the target
@@ -149,8 +149,7 @@ absl::StatusOr<std::string> FakeMounter::ProbeFilesystem(const std::string& devi
   return it == filesystems_.end() ? std::string() : it->second;
 }
 
-absl::Status FakeMounter::ResizeFilesystem(const std::string& device,
-                                           const std::string& mount_path,
+absl::Status FakeMounter::ResizeFilesystem(const std::string& device, const std::string& mount_path,
                                            const std::string& fstype) {
   ublk::MutexLock lock(&mu_);
   calls_.push_back(absl::StrCat("resizefs ", device, " ", mount_path, " ", fstype));
@@ -184,7 +183,8 @@ absl::Status FakeMounter::Freeze(const std::string& mount_path) {
   calls_.push_back(absl::StrCat("freeze ", mount_path));
   if (absl::Status s = TakeFailure(Op::kFreeze); !s.ok()) return s;
   const Entry* top = TopAt(mount_path);
-  if (top == nullptr) return absl::NotFoundError(absl::StrCat("freeze ", mount_path, ": not mounted"));
+  if (top == nullptr)
+    return absl::NotFoundError(absl::StrCat("freeze ", mount_path, ": not mounted"));
   if (!frozen_.insert(top->device).second) {
     return absl::FailedPreconditionError(absl::StrCat("freeze ", mount_path, ": already frozen"));
   }

@@ -62,7 +62,7 @@ class FakeMounter final : public Mounter {
   std::string DeviceKey(const std::string& path) const;
 
   mutable ublk::Mutex mu_;
-  std::vector<Entry> table_ ABSL_GUARDED_BY(mu_);  // in mount order
+  std::vector<Entry> table_ ABSL_GUARDED_BY(mu_);                        // in mount order
   std::map<std::string, std::string> filesystems_ ABSL_GUARDED_BY(mu_);  // device -> type
   std::map<std::string, int64_t> fs_size_ ABSL_GUARDED_BY(mu_);          // device -> bytes
   std::map<Op, absl::Status> failures_ ABSL_GUARDED_BY(mu_);

@@ -74,8 +74,7 @@ absl::Status FakeVolumeBackend::RemoveExport(const std::string& volume_id) {
   return absl::OkStatus();
 }
 
-absl::Status FakeVolumeBackend::ResizeExport(const std::string& volume_id,
-                                             int64_t new_size_bytes) {
+absl::Status FakeVolumeBackend::ResizeExport(const std::string& volume_id, int64_t new_size_bytes) {
   ublk::MutexLock lock(&mu_);
   if (absl::Status s = TakeFailure(Op::kResize); !s.ok()) return s;
   auto it = exports_.find(volume_id);

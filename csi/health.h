@@ -35,8 +35,7 @@ class Health {
  private:
   // Recovery threads update this while gRPC threads read it.
   mutable ublk::Mutex mu_;
-  absl::Status backend_ ABSL_GUARDED_BY(mu_) =
-      absl::UnavailableError("backend not checked yet");
+  absl::Status backend_ ABSL_GUARDED_BY(mu_) = absl::UnavailableError("backend not checked yet");
   std::string recovery_pending_ ABSL_GUARDED_BY(mu_);
   std::function<absl::Status()> serving_check_ ABSL_GUARDED_BY(mu_);
 };

@@ -59,8 +59,8 @@ absl::StatusOr<std::string> NormalizeHttpAddress(const std::string& address) {
   }
   if (host.empty()) return absl::StrCat(port);
   if (host.front() == '[' && mg_check_feature(8) == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "metrics address ", address, ": this civetweb build has no IPv6 support"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address ", address, ": this civetweb build has no IPv6 support"));
   }
   return absl::StrCat(host, ":", port);
 }
@@ -78,8 +78,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   absl::StatusOr<std::string> listen = NormalizeHttpAddress(address);
   if (!listen.ok()) return listen.status();
   if (options.threads < 1 || options.request_timeout <= absl::ZeroDuration()) {
-    return absl::InvalidArgumentError(
-        "HTTP server: threads and request timeout must be positive");
+    return absl::InvalidArgumentError("HTTP server: threads and request timeout must be positive");
   }
   std::unique_ptr<HttpServer> s(new HttpServer());
   s->handlers_.reset(new Handlers{
@@ -92,10 +91,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
       FuncHandler([health](mg_connection* c) { ReplyStatus(c, health->Ready()); }),
   });
   std::vector<std::string> civet_options = {
-      "listening_ports", *listen,
-      "num_threads", absl::StrCat(options.threads),
+      "listening_ports",    *listen,
+      "num_threads",        absl::StrCat(options.threads),
       "request_timeout_ms", absl::StrCat(absl::ToInt64Milliseconds(options.request_timeout)),
-      "enable_keep_alive", "no",
+      "enable_keep_alive",  "no",
   };
   try {
     s->server_ = std::make_unique<CivetServer>(civet_options);

@@ -1,7 +1,7 @@
 #include "csi/identity_service.h"
 
-#include "csi/grpc_status.h"
 #include "absl/strings/str_cat.h"
+#include "csi/grpc_status.h"
 #include "csi/version.h"
 #include "glog/logging.h"
 
@@ -15,9 +15,9 @@ grpc::Status IdentityService::GetPluginInfo(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status IdentityService::GetPluginCapabilities(
-    grpc::ServerContext*, const csi::v1::GetPluginCapabilitiesRequest*,
-    csi::v1::GetPluginCapabilitiesResponse* resp) {
+grpc::Status IdentityService::GetPluginCapabilities(grpc::ServerContext*,
+                                                    const csi::v1::GetPluginCapabilitiesRequest*,
+                                                    csi::v1::GetPluginCapabilitiesResponse* resp) {
   using Svc = csi::v1::PluginCapability::Service;
   auto add_service = [resp](Svc::Type type) {
     resp->add_capabilities()->mutable_service()->set_type(type);
@@ -44,8 +44,8 @@ grpc::Status IdentityService::Probe(grpc::ServerContext*, const csi::v1::ProbeRe
   // the reason); recovery still running is a plain "not ready yet".
   absl::Status backend = health_->Backend();
   if (!backend.ok()) {
-    return ToGrpcStatus(absl::FailedPreconditionError(
-        absl::StrCat("backend unusable: ", backend.message())));
+    return ToGrpcStatus(
+        absl::FailedPreconditionError(absl::StrCat("backend unusable: ", backend.message())));
   }
   absl::Status ready = health_->Ready();
   resp->mutable_ready()->set_value(ready.ok());

@@ -43,15 +43,15 @@ absl::StatusOr<ublk::UniqueFd> BindUnix(const std::string& path, const ListenerO
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on unix:", path, ": bind: ",
-                                               ErrnoText(errno)));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on unix:", path, ": bind: ", ErrnoText(errno)));
   }
   // Exactly `mode`, whatever the umask took away.
   if (opts.socket_group.has_value() && ::chown(path.c_str(), -1, *opts.socket_group) != 0) {
     int err = errno;
     ::unlink(path.c_str());
-    return absl::FailedPreconditionError(absl::StrCat(
-        "socket ", path, ": chown to group ", *opts.socket_group, ": ", ErrnoText(err)));
+    return absl::FailedPreconditionError(absl::StrCat("socket ", path, ": chown to group ",
+                                                      *opts.socket_group, ": ", ErrnoText(err)));
   }
   if (::chmod(path.c_str(), mode) != 0) {
     int err = errno;
@@ -75,14 +75,13 @@ absl::StatusOr<ublk::UniqueFd> BindTcp(const std::string& address, int* port) {
   addrinfo* res = nullptr;
   int gai = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
   if (gai != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("endpoint ", address, ": ", gai_strerror(gai)));
+    return absl::InvalidArgumentError(absl::StrCat("endpoint ", address, ": ", gai_strerror(gai)));
   }
   std::string last_error = "no address";
   ublk::UniqueFd bound;
   for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    ublk::UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                               ai->ai_protocol));
+    ublk::UniqueFd fd(
+        ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
     if (!fd.valid()) {
       last_error = ErrnoText(errno);
       continue;
@@ -156,14 +155,16 @@ absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(const Endpoint& endpoin
   if (registry != nullptr) {
     l->failures_ = &prometheus::BuildCounter()
                         .Name("ublk_csi_grpc_accept_failures_total")
-                        .Help("accept() on the CSI endpoint failed for lack of a resource "
-                              "(EMFILE, ENFILE, ENOBUFS, ENOMEM); the connection waited")
+                        .Help(
+                            "accept() on the CSI endpoint failed for lack of a resource "
+                            "(EMFILE, ENFILE, ENOBUFS, ENOMEM); the connection waited")
                         .Register(*registry)
                         .Add({});
     l->stalled_gauge_ = &prometheus::BuildGauge()
                              .Name("ublk_csi_grpc_accept_stalled")
-                             .Help("1 while new connections to the CSI endpoint cannot be "
-                                   "accepted (accept keeps failing), else 0")
+                             .Help(
+                                 "1 while new connections to the CSI endpoint cannot be "
+                                 "accepted (accept keeps failing), else 0")
                              .Register(*registry)
                              .Add({});
   }
@@ -239,8 +240,7 @@ void Listener::Loop() {
       if (!stalled_.exchange(true)) {
         LOG(WARNING) << "CSI endpoint " << endpoint_.GrpcTarget()
                      << ": cannot accept connections: " << ErrnoText(err)
-                     << "; new connections wait, retrying every <= "
-                     << options_.max_backoff;
+                     << "; new connections wait, retrying every <= " << options_.max_backoff;
         if (stalled_gauge_ != nullptr) stalled_gauge_->Set(1);
       }
       if (!SleepUnlessStopped(backoff)) return;

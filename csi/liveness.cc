@@ -17,8 +17,9 @@ LivenessCheck::LivenessCheck(DialFn dial, const ublk::Clock* clock, absl::Durati
   if (registry != nullptr) {
     live_gauge_ = &prometheus::BuildGauge()
                        .Name("ublk_csi_live")
-                       .Help("1 when a new connection to the CSI endpoint completed a call "
-                             "within the liveness bound at the last check, else 0")
+                       .Help(
+                           "1 when a new connection to the CSI endpoint completed a call "
+                           "within the liveness bound at the last check, else 0")
                        .Register(*registry)
                        .Add({});
     live_gauge_->Set(1);
@@ -44,12 +45,11 @@ absl::Status LivenessCheck::Check() {
     dialing_ = true;
   }
   absl::Status dialed = dial_(timeout_);
-  absl::Status result = dialed.ok()
-                            ? absl::OkStatus()
-                            : absl::UnavailableError(absl::StrCat(
-                                  "liveness: a new connection to the CSI endpoint did not "
-                                  "complete a call within ",
-                                  absl::FormatDuration(timeout_), ": ", dialed.message()));
+  absl::Status result = dialed.ok() ? absl::OkStatus()
+                                    : absl::UnavailableError(absl::StrCat(
+                                          "liveness: a new connection to the CSI endpoint did not "
+                                          "complete a call within ",
+                                          absl::FormatDuration(timeout_), ": ", dialed.message()));
   ublk::MutexLock l(&mu_);
   const bool was_ok = !have_result_ || last_.ok();
   if (was_ok && !result.ok()) {

@@ -18,8 +18,7 @@ namespace ublk_csi {
 
 inline constexpr size_t kLogEscapeDefaultMaxBytes = 256;
 
-inline std::string EscapeForLog(absl::string_view s,
-                                size_t max_bytes = kLogEscapeDefaultMaxBytes) {
+inline std::string EscapeForLog(absl::string_view s, size_t max_bytes = kLogEscapeDefaultMaxBytes) {
   const size_t total = s.size();
   bool truncated = false;
   if (s.size() > max_bytes) {
@@ -41,8 +40,7 @@ inline std::string EscapeForLog(absl::string_view s,
       out += "\\t";
     } else if (c < 0x20 || c == 0x7F) {
       absl::StrAppendFormat(&out, "\\x%02x", c);
-    } else if (c == 0xC2 && i + 1 < s.size() &&
-               static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+    } else if (c == 0xC2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
                static_cast<unsigned char>(s[i + 1]) <= 0x9F) {
       // C1 control (U+0080..U+009F, e.g. NEL), which some viewers break on.
       absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(s[i + 1]));

@@ -21,36 +21,35 @@
 #include "csi/endpoint.h"
 #include "csi/fake_mounter.h"
 #include "csi/fake_volume_backend.h"
-#include "csi/node_service.h"
-#include "csi/record_store.h"
-#include "csi/ublk_volume_backend.h"
-#include "csi/volume_manager.h"
 #include "csi/health.h"
 #include "csi/http_server.h"
 #include "csi/identity_service.h"
 #include "csi/liveness.h"
 #include "csi/mmap_fault_memory.h"
+#include "csi/node_service.h"
 #include "csi/plugin_server.h"
+#include "csi/record_store.h"
 #include "csi/recovery_manager.h"
+#include "csi/ublk_volume_backend.h"
 #include "csi/version.h"
+#include "csi/volume_manager.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
+#include "ublk/clock.h"
 #include "ublk/errno.h"
 #include "ublk/features.h"
 #include "ublk/kernel_real.h"
-#include "ublk/uapi.h"
-#include "ublk/clock.h"
 #include "ublk/memory.h"
 #include "ublk/status_macros.h"
+#include "ublk/uapi.h"
 #include "ublk/worker_pool.h"
 
 DEFINE_string(endpoint, "unix:///csi/csi.sock",
               "CSI endpoint: unix:///absolute/path or tcp://host:port");
 DEFINE_string(node_id, "", "this node's name (Kubernetes node name); required");
-DEFINE_string(data_dir, "/var/lib/ublk-csi",
-              "directory holding volume backing files and records");
+DEFINE_string(data_dir, "/var/lib/ublk-csi", "directory holding volume backing files and records");
 DEFINE_string(metrics_address, "127.0.0.1:9810",
               "host:port for /metrics, /healthz and /readyz (an IPv6 host with or without "
               "brackets); empty disables. Loopback by default: in a pod, pass the pod IP "
@@ -163,9 +162,9 @@ absl::StatusOr<absl::Duration> ParseDurationFlag(const char* name, const std::st
   absl::Duration d;
   if (!absl::ParseDuration(value, &d) || d < absl::ZeroDuration() ||
       (!allow_zero && d == absl::ZeroDuration())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--", name, "=", value, ": expected a ", allow_zero ? "" : "positive ",
-        "duration such as 500ms, 3s, 5m"));
+    return absl::InvalidArgumentError(absl::StrCat("--", name, "=", value, ": expected a ",
+                                                   allow_zero ? "" : "positive ",
+                                                   "duration such as 500ms, 3s, 5m"));
   }
   return d;
 }
@@ -215,13 +214,12 @@ absl::StatusOr<PluginConfig> ParseFlags() {
         "--recovery-concurrency=", FLAGS_recovery_concurrency, ": must be at least 1"));
   }
   if (FLAGS_grpc_max_threads < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--grpc-max-threads=", FLAGS_grpc_max_threads, ": must be at least 2"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--grpc-max-threads=", FLAGS_grpc_max_threads, ": must be at least 2"));
   }
   if (FLAGS_grpc_max_concurrent_streams < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--grpc-max-concurrent-streams=",
-                                                   FLAGS_grpc_max_concurrent_streams,
-                                                   ": must be positive"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--grpc-max-concurrent-streams=", FLAGS_grpc_max_concurrent_streams, ": must be positive"));
   }
   if (FLAGS_grpc_max_message_bytes < 1024) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -237,11 +235,12 @@ absl::StatusOr<PluginConfig> ParseFlags() {
   c.http.threads = FLAGS_http_threads;
   ASSIGN_OR_RETURN(c.grpc.keepalive_time,
                    ParseDurationFlag("grpc-keepalive-time", FLAGS_grpc_keepalive_time, false));
-  ASSIGN_OR_RETURN(c.grpc.keepalive_timeout, ParseDurationFlag("grpc-keepalive-timeout",
-                                                               FLAGS_grpc_keepalive_timeout, false));
-  ASSIGN_OR_RETURN(c.grpc.max_connection_idle,
-                   ParseDurationFlag("grpc-max-connection-idle", FLAGS_grpc_max_connection_idle,
-                                     true));
+  ASSIGN_OR_RETURN(
+      c.grpc.keepalive_timeout,
+      ParseDurationFlag("grpc-keepalive-timeout", FLAGS_grpc_keepalive_timeout, false));
+  ASSIGN_OR_RETURN(
+      c.grpc.max_connection_idle,
+      ParseDurationFlag("grpc-max-connection-idle", FLAGS_grpc_max_connection_idle, true));
   ASSIGN_OR_RETURN(c.http.request_timeout,
                    ParseDurationFlag("http-request-timeout", FLAGS_http_request_timeout, false));
   ASSIGN_OR_RETURN(c.liveness_timeout,
@@ -302,8 +301,7 @@ struct BackendParts {
 absl::Status BuildFakeBackend(BackendParts* parts) {
   const std::string dev_dir = FLAGS_data_dir + "/fake-devices";
   if (::mkdir(dev_dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("mkdir ", dev_dir, ": ", ublk::Errno(errno)));
+    return absl::FailedPreconditionError(absl::StrCat("mkdir ", dev_dir, ": ", ublk::Errno(errno)));
   }
   LOG(WARNING) << "--backend=fake: no block devices are created; " << dev_dir
                << "/ublkbN are symlinks to the backing files";
@@ -407,9 +405,9 @@ struct Services {
   PluginCapabilities caps;
 };
 
-absl::Status BuildServices(const PluginConfig& config, RecordStore* store,
-                           BackendParts* parts, Mounter* mounter,
-                           prometheus::Registry* registry, Health* health, Services* out) {
+absl::Status BuildServices(const PluginConfig& config, RecordStore* store, BackendParts* parts,
+                           Mounter* mounter, prometheus::Registry* registry, Health* health,
+                           Services* out) {
   VolumeManagerOptions opts;
   opts.node_id = FLAGS_node_id;
   opts.max_volumes_override = FLAGS_max_volumes;
@@ -459,8 +457,8 @@ int Serve(const PluginConfig& config, const sigset_t& stop_signals,
   ublk::RealClock clock;
   const Endpoint endpoint = config.endpoint;
   LivenessCheck liveness(
-      [endpoint](absl::Duration timeout) { return DialGetPluginInfo(endpoint, timeout); },
-      &clock, config.liveness_timeout, config.liveness_cache, registry.get());
+      [endpoint](absl::Duration timeout) { return DialGetPluginInfo(endpoint, timeout); }, &clock,
+      config.liveness_timeout, config.liveness_cache, registry.get());
   auto live = [&liveness] { return liveness.Check(); };
   IdentityService identity(services->caps, health, live);
   std::vector<grpc::Service*> grpc_services = {&identity, services->controller.get(),
@@ -531,8 +529,8 @@ int Run() {
       RecordStore::Open(FLAGS_data_dir, registry.get());
   if (!store.ok()) return Fail(store.status());
   BackendParts backend;
-  if (auto g = CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold,
-                                     registry.get());
+  if (auto g =
+          CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold, registry.get());
       g.ok()) {
     backend.guard = std::move(*g);
     backend.conservative = backend.guard->conservative();

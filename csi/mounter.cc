@@ -41,8 +41,8 @@ std::string Unescape(absl::string_view in) {
   std::string out;
   for (size_t i = 0; i < in.size(); ++i) {
     if (in[i] == '\\' && i + 3 < in.size() && in[i + 1] >= '0' && in[i + 1] <= '3') {
-      out.push_back(static_cast<char>((in[i + 1] - '0') * 64 + (in[i + 2] - '0') * 8 +
-                                      (in[i + 3] - '0')));
+      out.push_back(
+          static_cast<char>((in[i + 1] - '0') * 64 + (in[i + 2] - '0') * 8 + (in[i + 3] - '0')));
       i += 3;
     } else {
       out.push_back(in[i]);
@@ -73,11 +73,34 @@ const std::map<std::string, std::pair<unsigned long, bool>>& FlagTable() {
 // optionally with a k/m/g suffix).
 const std::set<std::string>& FsDataWords() {
   static const auto* words = new std::set<std::string>{
-      "defaults", "discard",  "nodiscard", "nouuid",      "noquota",    "quota",
-      "usrquota", "grpquota", "prjquota",  "uquota",      "gquota",     "pquota",
-      "acl",      "noacl",    "user_xattr", "nouser_xattr", "barrier",  "nobarrier",
-      "inode64",  "inode32",  "largeio",   "nolargeio",   "nodelalloc", "delalloc",
-      "journal_checksum", "nojournal_checksum", "dioread_nolock", "dioread_lock",
+      "defaults",
+      "discard",
+      "nodiscard",
+      "nouuid",
+      "noquota",
+      "quota",
+      "usrquota",
+      "grpquota",
+      "prjquota",
+      "uquota",
+      "gquota",
+      "pquota",
+      "acl",
+      "noacl",
+      "user_xattr",
+      "nouser_xattr",
+      "barrier",
+      "nobarrier",
+      "inode64",
+      "inode32",
+      "largeio",
+      "nolargeio",
+      "nodelalloc",
+      "delalloc",
+      "journal_checksum",
+      "nojournal_checksum",
+      "dioread_nolock",
+      "dioread_lock",
   };
   return *words;
 }
@@ -137,7 +160,8 @@ absl::StatusOr<std::vector<MountInfo>> ReadMounts() {
     // such binds, never a network mount's target (it could hang).
     if (m.root == "/" || (m.fstype != "devtmpfs" && m.fstype != "tmpfs")) continue;
     struct stat st;
-    if (::lstat(m.target.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) m.device = DevString(st.st_rdev);
+    if (::lstat(m.target.c_str(), &st) == 0 && S_ISBLK(st.st_mode))
+      m.device = DevString(st.st_rdev);
   }
   return mounts;
 }
@@ -190,9 +214,9 @@ absl::Status RefuseSymlinks(const std::string& path, absl::string_view field) {
       return absl::OkStatus();
     }
     if (S_ISLNK(st.st_mode)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, " ", path, ": ", prefix,
-          " is a symbolic link; the plugin does not follow symlinks in node paths"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " ", path, ": ", prefix,
+                       " is a symbolic link; the plugin does not follow symlinks in node paths"));
     }
   }
   return absl::OkStatus();
@@ -288,8 +312,8 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
       break;
     }
     pollfd p = {fds[0], POLLIN, 0};
-    const int ready = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(
-                                        absl::ToInt64Milliseconds(left) + 1, 1000)));
+    const int ready = ::poll(
+        &p, 1, static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1000)));
     if (ready < 0 && errno != EINTR) break;
     if (ready <= 0) continue;
     ssize_t n = ::read(fds[0], buf, sizeof(buf));
@@ -324,9 +348,9 @@ absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
     }
   }
   if (timed_out) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("`", absl::StrJoin(argv, " "), "` did not finish within ",
-                     absl::FormatDuration(timeout), "; killed"));
+    return absl::DeadlineExceededError(absl::StrCat("`", absl::StrJoin(argv, " "),
+                                                    "` did not finish within ",
+                                                    absl::FormatDuration(timeout), "; killed"));
   }
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
   return result;
@@ -431,8 +455,7 @@ absl::StatusOr<std::string> RealMounter::ProbeFilesystem(const std::string& devi
   return type;
 }
 
-absl::Status RealMounter::ResizeFilesystem(const std::string& device,
-                                           const std::string& mount_path,
+absl::Status RealMounter::ResizeFilesystem(const std::string& device, const std::string& mount_path,
                                            const std::string& fstype) {
   if (fstype == "ext4" || fstype == "ext3" || fstype == "ext2") {
     return RunChecked({"resize2fs", device});

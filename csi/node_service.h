@@ -18,15 +18,13 @@ class NodeService final : public csi::v1::Node::Service {
                                  csi::v1::NodeUnstageVolumeResponse*) override;
   grpc::Status NodePublishVolume(grpc::ServerContext*, const csi::v1::NodePublishVolumeRequest*,
                                  csi::v1::NodePublishVolumeResponse*) override;
-  grpc::Status NodeUnpublishVolume(grpc::ServerContext*,
-                                   const csi::v1::NodeUnpublishVolumeRequest*,
+  grpc::Status NodeUnpublishVolume(grpc::ServerContext*, const csi::v1::NodeUnpublishVolumeRequest*,
                                    csi::v1::NodeUnpublishVolumeResponse*) override;
   grpc::Status NodeGetVolumeStats(grpc::ServerContext*, const csi::v1::NodeGetVolumeStatsRequest*,
                                   csi::v1::NodeGetVolumeStatsResponse*) override;
   grpc::Status NodeExpandVolume(grpc::ServerContext*, const csi::v1::NodeExpandVolumeRequest*,
                                 csi::v1::NodeExpandVolumeResponse*) override;
-  grpc::Status NodeGetCapabilities(grpc::ServerContext*,
-                                   const csi::v1::NodeGetCapabilitiesRequest*,
+  grpc::Status NodeGetCapabilities(grpc::ServerContext*, const csi::v1::NodeGetCapabilitiesRequest*,
                                    csi::v1::NodeGetCapabilitiesResponse*) override;
   grpc::Status NodeGetInfo(grpc::ServerContext*, const csi::v1::NodeGetInfoRequest*,
                            csi::v1::NodeGetInfoResponse*) override;

@@ -26,7 +26,8 @@ absl::Status PluginServer::Start() {
         absl::StrCat("gRPC max threads ", options_.max_threads, ": must be at least 2"));
   }
   if (options_.max_concurrent_streams < 1 || options_.max_message_bytes < 1) {
-    return absl::InvalidArgumentError("gRPC max concurrent streams and message size must be positive");
+    return absl::InvalidArgumentError(
+        "gRPC max concurrent streams and message size must be positive");
   }
   RETURN_IF_ERROR(PrepareEndpoint(endpoint_));
   ListenerOptions lopts;
@@ -62,11 +63,12 @@ absl::Status PluginServer::Start() {
   if (server_ == nullptr) {
     listener_.reset();
     if (endpoint_.kind == Endpoint::Kind::kUnix) ::unlink(endpoint_.path.c_str());
-    return absl::InternalError(absl::StrCat("cannot start the gRPC server for ",
-                                            endpoint_.GrpcTarget()));
+    return absl::InternalError(
+        absl::StrCat("cannot start the gRPC server for ", endpoint_.GrpcTarget()));
   }
   grpc::Server* server = server_.get();
-  RETURN_IF_ERROR(listener_->Start([server](int fd) { grpc::AddInsecureChannelFromFd(server, fd); }));
+  RETURN_IF_ERROR(
+      listener_->Start([server](int fd) { grpc::AddInsecureChannelFromFd(server, fd); }));
   bound_port_ = endpoint_.kind == Endpoint::Kind::kTcp ? listener_->port() : 0;
   LOG(INFO) << "CSI endpoint listening on " << endpoint_.GrpcTarget() << " (max "
             << options_.max_threads << " threads, " << options_.max_concurrent_streams

@@ -5,12 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <climits>
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <algorithm>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -125,8 +125,8 @@ absl::Status RecordStore::CheckVolumePaths(const records::VolumeRecord& rec) con
   auto inside = [this](absl::string_view field, const std::string& rel) -> absl::Status {
     if (rel.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
     if (rel[0] == '/' || !CleanAbsolute("/" + rel)) {
-      return absl::InvalidArgumentError(absl::StrCat(field, " '", Shown(rel),
-                                                     "' is not a clean path inside the data dir"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " '", Shown(rel), "' is not a clean path inside the data dir"));
     }
     // Walk it from the data dir without following anything.
     std::string at = data_dir_;
@@ -158,8 +158,8 @@ absl::Status RecordStore::CheckVolumePaths(const records::VolumeRecord& rec) con
   for (const std::string& p : rec.created_paths()) {
     if (absl::Status s = node("created_paths", p); !s.ok()) return s;
     const bool listed = p == rec.staged_path() ||
-                        std::find(rec.published_paths().begin(), rec.published_paths().end(),
-                                  p) != rec.published_paths().end();
+                        std::find(rec.published_paths().begin(), rec.published_paths().end(), p) !=
+                            rec.published_paths().end();
     if (!listed) {
       return absl::InvalidArgumentError(absl::StrCat(
           "created_paths '", Shown(p), "' is neither the staged path nor a published path"));
@@ -190,8 +190,8 @@ absl::Status ValidateId(absl::string_view id, absl::string_view field) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '-' || c == '_' || c == '.';
     if (!ok) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, " '", absl::CHexEscape(id), "' has a character outside [A-Za-z0-9_.-]"));
+      return absl::InvalidArgumentError(absl::StrCat(field, " '", absl::CHexEscape(id),
+                                                     "' has a character outside [A-Za-z0-9_.-]"));
     }
   }
   return absl::OkStatus();
@@ -351,8 +351,8 @@ absl::StatusOr<RecordStore::Loaded> RecordStore::LoadAll() {
         SetAside(name, "not a VolumeRecord", &loaded);
       } else if (rec.volume_id() != id || rec.schema_version() != kSchemaVersion) {
         SetAside(name,
-                 absl::StrCat("volume_id '", absl::CHexEscape(rec.volume_id()),
-                              "' / schema ", rec.schema_version(), " do not match the file"),
+                 absl::StrCat("volume_id '", absl::CHexEscape(rec.volume_id()), "' / schema ",
+                              rec.schema_version(), " do not match the file"),
                  &loaded);
       } else if (absl::Status s = CheckVolumePaths(rec); !s.ok()) {
         SetAside(name, s.message(), &loaded);
@@ -366,8 +366,8 @@ absl::StatusOr<RecordStore::Loaded> RecordStore::LoadAll() {
         SetAside(name, "not a SnapshotRecord", &loaded);
       } else if (rec.snapshot_id() != id || rec.schema_version() != kSchemaVersion) {
         SetAside(name,
-                 absl::StrCat("snapshot_id '", absl::CHexEscape(rec.snapshot_id()),
-                              "' / schema ", rec.schema_version(), " do not match the file"),
+                 absl::StrCat("snapshot_id '", absl::CHexEscape(rec.snapshot_id()), "' / schema ",
+                              rec.schema_version(), " do not match the file"),
                  &loaded);
       } else if (absl::Status s = CheckSnapshotPaths(rec); !s.ok()) {
         SetAside(name, s.message(), &loaded);

@@ -14,7 +14,7 @@
 namespace ublk_csi {
 namespace {
 
-constexpr const char* kGaugeStates[] = {"absent", "recovering", "live",
+constexpr const char* kGaugeStates[] = {"absent",   "recovering", "live",
                                         "degraded", "failed",     "pending"};
 
 }  // namespace
@@ -40,9 +40,10 @@ RecoveryManager::RecoveryManager(VolumeManager* manager, Health* health,
   if (registry != nullptr) {
     recoveries_ = &prometheus::BuildCounter()
                        .Name("ublk_csi_recoveries_total")
-                       .Help("Volumes brought back after a plugin start, by outcome: recovered "
-                             "(QUIESCED device re-attached), recreated (device re-created from "
-                             "the record), failed")
+                       .Help(
+                           "Volumes brought back after a plugin start, by outcome: recovered "
+                           "(QUIESCED device re-attached), recreated (device re-created from "
+                           "the record), failed")
                        .Register(*registry);
     for (Outcome o : {Outcome::kRecovered, Outcome::kRecreated, Outcome::kFailed}) {
       recoveries_->Add({{"outcome", OutcomeName(o)}});
@@ -51,25 +52,28 @@ RecoveryManager::RecoveryManager(VolumeManager* manager, Health* health,
                      .Name("ublk_csi_recovery_duration_seconds")
                      .Help("Time to bring one volume's export back after a plugin start")
                      .Register(*registry)
-                     .Add({}, prometheus::Histogram::BucketBoundaries{
-                                  0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60});
+                     .Add({}, prometheus::Histogram::BucketBoundaries{0.005, 0.01, 0.05, 0.1, 0.25,
+                                                                      0.5, 1, 2.5, 5, 10, 30, 60});
     exports_ = &prometheus::BuildGauge()
                     .Name("ublk_csi_exports")
-                    .Help("Volumes with a record on this node, by export state (pending: "
-                          "waiting for recovery after a plugin start)")
+                    .Help(
+                        "Volumes with a record on this node, by export state (pending: "
+                        "waiting for recovery after a plugin start)")
                     .Register(*registry);
     for (const char* s : kGaugeStates) exports_->Add({{"state", s}});
     concurrency_gauge_ = &prometheus::BuildGauge()
                               .Name("ublk_csi_recovery_concurrency")
-                              .Help("Volumes the recovery after a plugin start may bring back at "
-                                    "once: --recovery-concurrency, lower while memory is tight")
+                              .Help(
+                                  "Volumes the recovery after a plugin start may bring back at "
+                                  "once: --recovery-concurrency, lower while memory is tight")
                               .Register(*registry)
                               .Add({});
     concurrency_gauge_->Set(options_.concurrency);
     throttles_ = &prometheus::BuildCounter()
                       .Name("ublk_csi_recovery_memory_throttles_total")
-                      .Help("Times the recovery lowered its concurrency because memory was tight "
-                            "(headroom below the margin, or memory.high throttling)")
+                      .Help(
+                          "Times the recovery lowered its concurrency because memory was tight "
+                          "(headroom below the margin, or memory.high throttling)")
                       .Register(*registry)
                       .Add({});
   }
@@ -142,9 +146,9 @@ void RecoveryManager::Stop() {
 bool RecoveryManager::WaitDone(absl::Duration timeout) {
   ublk::MutexLock lock(&mu_);
   cv_.WaitFor(lock, absl::ToChronoNanoseconds(timeout),
-               [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                 return progress_.finished || (stopping_ && running_ == 0);
-               });
+              [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                return progress_.finished || (stopping_ && running_ == 0);
+              });
   return progress_.finished;
 }
 
@@ -152,9 +156,9 @@ absl::Status RecoveryManager::CheckServing(const std::string& volume_id) {
   ublk::MutexLock lock(&mu_);
   auto it = states_.find(volume_id);
   if (it == states_.end() || it->second == VState::kDone) return absl::OkStatus();
-  return absl::UnavailableError(absl::StrCat(
-      "volume ", volume_id, " is being recovered after a plugin restart (", progress_.done,
-      " of ", progress_.total, " volumes done); retry later"));
+  return absl::UnavailableError(
+      absl::StrCat("volume ", volume_id, " is being recovered after a plugin restart (",
+                   progress_.done, " of ", progress_.total, " volumes done); retry later"));
 }
 
 RecoveryManager::Progress RecoveryManager::progress() const {
@@ -205,9 +209,9 @@ absl::Status RecoveryManager::ServingStatus() const {
     } else if (st == ExportState::kFailed || st == ExportState::kAbsent) {
       ++failed;
       if (example.empty()) {
-        example = absl::StrCat(v.volume_id, ": ",
-                               v.export_status.message.empty() ? ExportStateName(st)
-                                                               : v.export_status.message);
+        example = absl::StrCat(
+            v.volume_id, ": ",
+            v.export_status.message.empty() ? ExportStateName(st) : v.export_status.message);
       }
     }
   }
@@ -233,17 +237,18 @@ int RecoveryManager::AllowedLocked() {
     throttled_ = tight;
     if (tight) {
       LOG(WARNING) << "recovery: memory is tight (headroom "
-                   << (options_.budget->limited() ? absl::StrCat(options_.budget->headroom(),
-                                                                 " bytes")
-                                                  : std::string("unlimited"))
+                   << (options_.budget->limited()
+                           ? absl::StrCat(options_.budget->headroom(), " bytes")
+                           : std::string("unlimited"))
                    << ", " << options_.budget->high_events()
                    << " memory.high event(s) seen); recovering at most " << low
-                   << " volume(s) at a time instead of " << full << " (" << progress_.done
-                   << " of " << progress_.total << " done)";
+                   << " volume(s) at a time instead of " << full << " (" << progress_.done << " of "
+                   << progress_.total << " done)";
       if (throttles_ != nullptr) throttles_->Increment();
     } else {
-      LOG(INFO) << "recovery: memory headroom restored; recovering " << full << " volume(s) at a time again ("
-                << progress_.done << " of " << progress_.total << " done)";
+      LOG(INFO) << "recovery: memory headroom restored; recovering " << full
+                << " volume(s) at a time again (" << progress_.done << " of " << progress_.total
+                << " done)";
     }
     if (concurrency_gauge_ != nullptr) concurrency_gauge_->Set(tight ? low : full);
   }
@@ -294,8 +299,7 @@ void RecoveryManager::Run() {
     } else {
       // The one line for this volume; its status (NodeGetVolumeStats) and
       // the failed counter carry it from here.
-      LOG(ERROR) << "volume " << id << ": recovery failed, volume marked failed: "
-                 << info.status();
+      LOG(ERROR) << "volume " << id << ": recovery failed, volume marked failed: " << info.status();
     }
     Finish(id, outcome, clock_.Now() - t0);
   }

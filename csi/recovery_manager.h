@@ -12,8 +12,8 @@
 // Stop(); every public method is thread-safe.
 #pragma once
 
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -150,8 +150,8 @@ class RecoveryManager final : public VolumeGate {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);
   size_t next_ ABSL_GUARDED_BY(mu_) = 0;
-  int running_ ABSL_GUARDED_BY(mu_) = 0;  // threads still in Run()
-  int in_progress_ ABSL_GUARDED_BY(mu_) = 0;  // volumes being recovered now
+  int running_ ABSL_GUARDED_BY(mu_) = 0;         // threads still in Run()
+  int in_progress_ ABSL_GUARDED_BY(mu_) = 0;     // volumes being recovered now
   bool throttled_ ABSL_GUARDED_BY(mu_) = false;  // under memory pressure
   uint64_t seen_epoch_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time hold_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -74,10 +74,9 @@ uint64_t UblkVolumeBackend::OwnerTag(absl::string_view volume_id) {
   return (uint64_t{0x7562} << 48) | (h & ((uint64_t{1} << 48) - 1));
 }
 
-UblkVolumeBackend::UblkVolumeBackend(
-    absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> control,
-    absl::StatusOr<ublk::KernelFeatures> features, ublk::WorkerPool* pool,
-    UblkVolumeBackendOptions options)
+UblkVolumeBackend::UblkVolumeBackend(absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> control,
+                                     absl::StatusOr<ublk::KernelFeatures> features,
+                                     ublk::WorkerPool* pool, UblkVolumeBackendOptions options)
     : usable_(UnusableStatus(control, features, pool)),
       control_(control.ok() ? std::move(*control) : nullptr),
       features_(std::move(features)),
@@ -88,11 +87,12 @@ UblkVolumeBackend::UblkVolumeBackend(
   if (options_.registry != nullptr) {
     auto& family = prometheus::BuildCounter()
                        .Name("ublk_csi_recovery_resume_total")
-                       .Help("Resuming devices whose previous recovery was cut short: "
-                             "busy_retry (START_USER_RECOVERY retried while the old server's "
-                             "char device was not released), rearm (a 6.1-6.15 device left "
-                             "with no queue ready, re-armed), gave_up (the char device stayed "
-                             "held: the volume is marked failed, see README)")
+                       .Help(
+                           "Resuming devices whose previous recovery was cut short: "
+                           "busy_retry (START_USER_RECOVERY retried while the old server's "
+                           "char device was not released), rearm (a 6.1-6.15 device left "
+                           "with no queue ready, re-armed), gave_up (the char device stayed "
+                           "held: the volume is marked failed, see README)")
                        .Register(*options_.registry);
     resume_busy_retries_ = &family.Add({{"event", "busy_retry"}});
     resume_rearms_ = &family.Add({{"event", "rearm"}});
@@ -171,9 +171,8 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::EnsureExport(const ExportSpec& spe
         absl::StrCat(ctx, ": size_bytes ", spec.size_bytes, " must be positive"));
   }
   if (ShiftOf(spec.logical_block_size) < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(ctx, ": logical_block_size ",
-                                                   spec.logical_block_size,
-                                                   " must be 512, 1024, 2048 or 4096"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        ctx, ": logical_block_size ", spec.logical_block_size, " must be 512, 1024, 2048 or 4096"));
   }
   {
     ublk::MutexLock lock(&mu_);
@@ -232,9 +231,9 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
   // device from a version that did not tag, adopted as before.
   const uint64_t want_tag = OwnerTag(spec.volume_id);
   if (dev->ublksrv_flags != 0 && dev->ublksrv_flags != want_tag) {
-    LOG(WARNING) << ctx << ": ublk device " << dev_id << " was not made for this volume (owner tag 0x"
-                 << std::hex << dev->ublksrv_flags << ", want 0x" << want_tag << std::dec
-                 << "); not recovering it";
+    LOG(WARNING) << ctx << ": ublk device " << dev_id
+                 << " was not made for this volume (owner tag 0x" << std::hex << dev->ublksrv_flags
+                 << ", want 0x" << want_tag << std::dec << "); not recovering it";
     return false;
   }
   // LIVE and not served by this process: perhaps our dead predecessor whose
@@ -335,8 +334,8 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spe
 
   const ublk::KernelFeatures& kf = *features_;
   ublk::ExportOptions eo;
-  eo.dev_id = spec.preferred_dev_id >= 0 ? static_cast<uint32_t>(spec.preferred_dev_id)
-                                         : ublk::kAnyDevId;
+  eo.dev_id =
+      spec.preferred_dev_id >= 0 ? static_cast<uint32_t>(spec.preferred_dev_id) : ublk::kAnyDevId;
   eo.size_bytes = static_cast<uint64_t>(spec.size_bytes);
   eo.logical_bs_shift = static_cast<uint8_t>(ShiftOf(spec.logical_block_size));
   eo.physical_bs_shift = std::max<uint8_t>(12, eo.logical_bs_shift);
@@ -359,8 +358,7 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spe
   if (!e.ok() && e.status().code() == absl::StatusCode::kAlreadyExists &&
       eo.dev_id != ublk::kAnyDevId) {
     LOG(WARNING) << ctx << ": its ublk device id " << eo.dev_id
-                 << " is taken by another device; the kernel picks a new id (" << e.status()
-                 << ")";
+                 << " is taken by another device; the kernel picks a new id (" << e.status() << ")";
     eo.dev_id = ublk::kAnyDevId;
     e = ublk::Export::Create(*control_, workers, target, eo);
   }
@@ -401,8 +399,7 @@ absl::Status UblkVolumeBackend::RemoveExport(const std::string& volume_id) {
     absl::Status s = exp->Delete();
     if (!s.ok()) {
       if (s.code() != absl::StatusCode::kNotFound) return WithContext(s, ctx);
-      LOG(WARNING) << ctx << ": ublk device " << exp->dev_id()
-                   << " was already gone: " << s;
+      LOG(WARNING) << ctx << ": ublk device " << exp->dev_id() << " was already gone: " << s;
     }
   }
   std::vector<ublk::Worker*> workers;
@@ -419,8 +416,7 @@ absl::Status UblkVolumeBackend::RemoveExport(const std::string& volume_id) {
   return absl::OkStatus();
 }
 
-absl::Status UblkVolumeBackend::ResizeExport(const std::string& volume_id,
-                                             int64_t new_size_bytes) {
+absl::Status UblkVolumeBackend::ResizeExport(const std::string& volume_id, int64_t new_size_bytes) {
   const std::string ctx = absl::StrCat("volume ", volume_id);
   std::shared_ptr<Volume> v = GetVolume(volume_id, /*create=*/false);
   if (v == nullptr) return absl::NotFoundError(absl::StrCat(ctx, ": no export"));
@@ -491,29 +487,27 @@ ExportStatus UblkVolumeBackend::GetExportStatus(const std::string& volume_id) {
         st.state = ExportState::kLive;
       } else {
         st.state = ExportState::kDegraded;
-        st.message = absl::StrCat(
-            "buffer pool of worker ", absl::StrJoin(degraded, ", "),
-            " cannot be allocated (memory pressure): I/O is served from heap buffers");
+        st.message =
+            absl::StrCat("buffer pool of worker ", absl::StrJoin(degraded, ", "),
+                         " cannot be allocated (memory pressure): I/O is served from heap buffers");
       }
       break;
     }
     case ublk::Export::State::kCreated:
     case ublk::Export::State::kRecovering:
       st.state = ExportState::kRecovering;
-      st.message = absl::StrCat("ublk device ", st.dev_id, " is ",
-                                ublk::Export::StateName(state));
+      st.message = absl::StrCat("ublk device ", st.dev_id, " is ", ublk::Export::StateName(state));
       break;
     case ublk::Export::State::kDetached:
       st.state = ExportState::kFailed;
-      st.message = absl::StrCat("ublk device ", st.dev_id,
-                                " detached: the plugin is shutting down");
+      st.message =
+          absl::StrCat("ublk device ", st.dev_id, " detached: the plugin is shutting down");
       break;
     case ublk::Export::State::kFailed:
     case ublk::Export::State::kStopped:
     case ublk::Export::State::kDeleted:
       st.state = ExportState::kFailed;
-      st.message = absl::StrCat("ublk device ", st.dev_id, " is ",
-                                ublk::Export::StateName(state));
+      st.message = absl::StrCat("ublk device ", st.dev_id, " is ", ublk::Export::StateName(state));
       break;
   }
   return st;

@@ -60,7 +60,7 @@ struct ExportInfo {
 
 struct ExportStatus {
   ExportState state = ExportState::kAbsent;
-  std::string message;    // why degraded/failed; empty otherwise
+  std::string message;  // why degraded/failed; empty otherwise
   std::string device_path;
   int32_t dev_id = -1;
   int worker = -1;        // worker thread serving queue 0, -1 if unknown

@@ -28,8 +28,8 @@
 #include "absl/strings/str_split.h"
 #include "csi/log_escape.h"
 #include "glog/logging.h"
-#include "ublk/mutex.h"
 #include "ublk/errno.h"
+#include "ublk/mutex.h"
 #include "ublk/status_macros.h"
 #include "ublk/unique_fd.h"
 
@@ -100,8 +100,8 @@ absl::StatusOr<int64_t> SizeFor(const csi::v1::CapacityRange& range, int64_t dfl
   if (req < 0) return absl::InvalidArgumentError(absl::StrCat(field, ".required_bytes < 0"));
   if (lim < 0) return absl::InvalidArgumentError(absl::StrCat(field, ".limit_bytes < 0"));
   if (lim != 0 && req > lim) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ".required_bytes (", req,
-                                                   ") > limit_bytes (", lim, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".required_bytes (", req, ") > limit_bytes (", lim, ")"));
   }
   if (req == 0) {
     std::optional<int64_t> d = RoundUp(std::max<int64_t>(dflt, kAlign), kAlign);
@@ -121,18 +121,19 @@ absl::StatusOr<int64_t> SizeFor(const csi::v1::CapacityRange& range, int64_t dfl
                                               INT64_MAX / kAlign * kAlign, " bytes)"));
   }
   if (lim != 0 && *s > lim) {
-    return absl::OutOfRangeError(absl::StrCat(field, ": no multiple of ", kAlign,
-                                              " bytes lies in [", req, ", ", lim, "]"));
+    return absl::OutOfRangeError(
+        absl::StrCat(field, ": no multiple of ", kAlign, " bytes lies in [", req, ", ", lim, "]"));
   }
   return *s;
 }
 
 bool FitsRange(int64_t size, const csi::v1::CapacityRange& range) {
-  return size >= range.required_bytes() && (range.limit_bytes() == 0 || size <= range.limit_bytes());
+  return size >= range.required_bytes() &&
+         (range.limit_bytes() == 0 || size <= range.limit_bytes());
 }
 
-absl::Status ValidateCapabilities(
-    const google::protobuf::RepeatedPtrField<VolumeCapability>& caps, absl::string_view field) {
+absl::Status ValidateCapabilities(const google::protobuf::RepeatedPtrField<VolumeCapability>& caps,
+                                  absl::string_view field) {
   if (caps.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
   for (int i = 0; i < caps.size(); ++i) {
     RETURN_IF_ERROR(ValidateCapability(caps[i], absl::StrCat(field, "[", i, "]")));
@@ -168,14 +169,17 @@ absl::Status CloneFile(const std::string& src, const std::string& dst, int64_t s
       off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
       if (hole < 0) hole = st.st_size;
       for (off_t off = data; off < hole;) {
-        size_t want = static_cast<size_t>(std::min<off_t>(hole - off, static_cast<off_t>(buf.size())));
+        size_t want =
+            static_cast<size_t>(std::min<off_t>(hole - off, static_cast<off_t>(buf.size())));
         ssize_t n = ::pread(in.get(), buf.data(), want, off);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-          return absl::InternalError(absl::StrCat("read ", src, ": ", n == 0 ? "short read" : Errno(errno)));
+          return absl::InternalError(
+              absl::StrCat("read ", src, ": ", n == 0 ? "short read" : Errno(errno)));
         }
         for (ssize_t done = 0; done < n;) {
-          ssize_t w = ::pwrite(out.get(), buf.data() + done, static_cast<size_t>(n - done), off + done);
+          ssize_t w =
+              ::pwrite(out.get(), buf.data() + done, static_cast<size_t>(n - done), off + done);
           if (w < 0 && errno == EINTR) continue;
           if (w < 0) {
             int err = errno;
@@ -193,7 +197,8 @@ absl::Status CloneFile(const std::string& src, const std::string& dst, int64_t s
   if (::ftruncate(out.get(), std::max<off_t>(size, st.st_size)) != 0) {
     return absl::InternalError(absl::StrCat("truncate ", dst, ": ", Errno(errno)));
   }
-  if (::fsync(out.get()) != 0) return absl::InternalError(absl::StrCat("fsync ", dst, ": ", Errno(errno)));
+  if (::fsync(out.get()) != 0)
+    return absl::InternalError(absl::StrCat("fsync ", dst, ": ", Errno(errno)));
   return absl::OkStatus();
 }
 
@@ -214,7 +219,8 @@ absl::Status CreateSparse(const std::string& path, int64_t size) {
   ublk::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!fd.valid()) return absl::InternalError(absl::StrCat("create ", path, ": ", Errno(errno)));
   if (::ftruncate(fd.get(), size) != 0) return TruncateError(errno, path, size);
-  if (::fsync(fd.get()) != 0) return absl::InternalError(absl::StrCat("fsync ", path, ": ", Errno(errno)));
+  if (::fsync(fd.get()) != 0)
+    return absl::InternalError(absl::StrCat("fsync ", path, ": ", Errno(errno)));
   return absl::OkStatus();
 }
 
@@ -261,9 +267,8 @@ absl::Status ValidatePath(absl::string_view path, absl::string_view field) {
   if (path == "/") return absl::InvalidArgumentError(absl::StrCat(field, " must not be /"));
   for (absl::string_view comp : absl::StrSplit(path.substr(1), '/')) {
     if (comp.empty() || comp == "." || comp == "..") {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, " '", EscapeForLog(path, 256),
-                       "' is not clean (empty, . or .. component)"));
+      return absl::InvalidArgumentError(absl::StrCat(field, " '", EscapeForLog(path, 256),
+                                                     "' is not clean (empty, . or .. component)"));
     }
   }
   return absl::OkStatus();
@@ -276,8 +281,8 @@ absl::Status ValidateCapability(const VolumeCapability& cap, absl::string_view f
     case VolumeCapability::kMount: {
       const std::string& fs = cap.mount().fs_type();
       if (!fs.empty() && fs != "ext4" && fs != "xfs") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            field, ".mount.fs_type '", EscapeForLog(fs), "' is not supported (ext4 or xfs)"));
+        return absl::InvalidArgumentError(absl::StrCat(field, ".mount.fs_type '", EscapeForLog(fs),
+                                                       "' is not supported (ext4 or xfs)"));
       }
       // The allow-list that stage and publish apply, already where a
       // capability first arrives (CreateVolume, ValidateVolumeCapabilities):
@@ -304,18 +309,23 @@ absl::Status ValidateCapability(const VolumeCapability& cap, absl::string_view f
     case Mode::UNKNOWN:
       return absl::InvalidArgumentError(absl::StrCat(field, ".access_mode.mode is required"));
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ".access_mode.mode ", Mode::Mode_Name(cap.access_mode().mode()),
-          " is not supported: ublk volumes are node-local (single-node modes only)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".access_mode.mode ", Mode::Mode_Name(cap.access_mode().mode()),
+                       " is not supported: ublk volumes are node-local (single-node modes only)"));
   }
 }
 
 absl::StatusOr<int64_t> ParseSize(absl::string_view text) {
   absl::string_view s = absl::StripAsciiWhitespace(text);
-  static const std::pair<const char*, int64_t> kSuffixes[] = {
-      {"Ki", int64_t{1} << 10}, {"Mi", int64_t{1} << 20}, {"Gi", int64_t{1} << 30},
-      {"Ti", int64_t{1} << 40}, {"K", 1000},              {"k", 1000},
-      {"M", 1000000},           {"G", 1000000000},        {"T", 1000000000000}};
+  static const std::pair<const char*, int64_t> kSuffixes[] = {{"Ki", int64_t{1} << 10},
+                                                              {"Mi", int64_t{1} << 20},
+                                                              {"Gi", int64_t{1} << 30},
+                                                              {"Ti", int64_t{1} << 40},
+                                                              {"K", 1000},
+                                                              {"k", 1000},
+                                                              {"M", 1000000},
+                                                              {"G", 1000000000},
+                                                              {"T", 1000000000000}};
   int64_t mult = 1;
   for (const auto& [suf, m] : kSuffixes) {
     if (absl::ConsumeSuffix(&s, suf)) {
@@ -369,15 +379,15 @@ bool BannedInName(uint32_t cp) {
 absl::Status ValidateName(absl::string_view name, absl::string_view field) {
   if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
   if (name.size() > kMaxStringBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, " '", EscapeForLog(name, 32), "' is ", name.size(), " bytes; CSI allows at most ",
-        kMaxStringBytes));
+    return absl::InvalidArgumentError(absl::StrCat(field, " '", EscapeForLog(name, 32), "' is ",
+                                                   name.size(), " bytes; CSI allows at most ",
+                                                   kMaxStringBytes));
   }
   for (size_t i = 0; i < name.size();) {
     std::optional<std::pair<uint32_t, size_t>> cp = DecodeUtf8(name, i);
     if (!cp) {
-      return absl::InvalidArgumentError(absl::StrCat(field, " '", EscapeForLog(name),
-                                                     "' is not UTF-8 (at byte ", i, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " '", EscapeForLog(name), "' is not UTF-8 (at byte ", i, ")"));
     }
     if (BannedInName(cp->first)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -394,9 +404,8 @@ absl::Status ValidateMapSize(const google::protobuf::Map<std::string, std::strin
   size_t total = 0;
   for (const auto& [k, v] : map) total += k.size() + v.size();
   if (total > kMaxMapBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " holds ", total,
-                                                   " bytes of keys and values; CSI allows at most ",
-                                                   kMaxMapBytes));
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " holds ", total, " bytes of keys and values; CSI allows at most ", kMaxMapBytes));
   }
   return absl::OkStatus();
 }
@@ -405,8 +414,8 @@ absl::StatusOr<double> ParseOvercommitRatio(absl::string_view text, absl::string
   double v = 0;
   if (!absl::SimpleAtod(text, &v) || !std::isfinite(v) || v <= 0 || v > kMaxOvercommitRatio) {
     return absl::InvalidArgumentError(absl::StrCat(field, " '", EscapeForLog(text),
-                                                   "' is not a ratio in (0, ",
-                                                   kMaxOvercommitRatio, "] (e.g. 1, 2.5)"));
+                                                   "' is not a ratio in (0, ", kMaxOvercommitRatio,
+                                                   "] (e.g. 1, 2.5)"));
   }
   return v;
 }
@@ -417,8 +426,9 @@ VolumeManager::VolumeManager(VolumeManagerOptions options, RecordStore* store,
   if (options_.registry == nullptr) return;
   auto& pool = prometheus::BuildGauge()
                    .Name("ublk_csi_pool_bytes")
-                   .Help("Thin pool of the data dir: provisioned = sum of volume sizes; used = "
-                         "bytes allocated by backing and snapshot files; capacity = free + used")
+                   .Help(
+                       "Thin pool of the data dir: provisioned = sum of volume sizes; used = "
+                       "bytes allocated by backing and snapshot files; capacity = free + used")
                    .Register(*options_.registry);
   provisioned_gauge_ = &pool.Add({{"kind", "provisioned"}});
   used_gauge_ = &pool.Add({{"kind", "used"}});
@@ -431,8 +441,9 @@ VolumeManager::VolumeManager(VolumeManagerOptions options, RecordStore* store,
       .Set(options_.overcommit_ratio);
   refused_counter_ = &prometheus::BuildCounter()
                           .Name("ublk_csi_pool_exhausted_total")
-                          .Help("CreateVolume/ControllerExpandVolume calls refused "
-                                "(RESOURCE_EXHAUSTED) because the thin pool would overflow")
+                          .Help(
+                              "CreateVolume/ControllerExpandVolume calls refused "
+                              "(RESOURCE_EXHAUSTED) because the thin pool would overflow")
                           .Register(*options_.registry)
                           .Add({});
 }
@@ -574,7 +585,8 @@ absl::StatusOr<VolumeManager::Reservation> VolumeManager::Reserve(int64_t bytes,
   {
     ublk::MutexLock lock(&mu_);
     int64_t provisioned = 0;
-    for (const auto& [_, rec] : volumes_) provisioned = SaturatingAdd(provisioned, rec.capacity_bytes());
+    for (const auto& [_, rec] : volumes_)
+      provisioned = SaturatingAdd(provisioned, rec.capacity_bytes());
     provisioned = SaturatingAdd(provisioned, reserved_bytes_);
     const int64_t after = SaturatingAdd(provisioned, bytes);
     if (after <= limit && after != INT64_MAX) {
@@ -586,13 +598,15 @@ absl::StatusOr<VolumeManager::Reservation> VolumeManager::Reserve(int64_t bytes,
       }
       return Reservation(this, bytes);
     }
-    refused = absl::StrCat(
-        what, ": thin pool exhausted: ", bytes, " bytes (", Human(bytes), ") requested, ",
-        provisioned, " bytes (", Human(provisioned), ") already provisioned; capacity ",
-        u.capacity(), " bytes (", Human(u.capacity()), ": ", Human(u.free), " free + ",
-        Human(u.used), " used by volumes and snapshots) x overcommit ratio ", ratio, " = ",
-        limit, " bytes (", Human(limit), "). Free space in the data dir, delete volumes, or "
-        "raise --overcommit-ratio (or the StorageClass parameter ", kParamOvercommitRatio, ")");
+    refused = absl::StrCat(what, ": thin pool exhausted: ", bytes, " bytes (", Human(bytes),
+                           ") requested, ", provisioned, " bytes (", Human(provisioned),
+                           ") already provisioned; capacity ", u.capacity(), " bytes (",
+                           Human(u.capacity()), ": ", Human(u.free), " free + ", Human(u.used),
+                           " used by volumes and snapshots) x overcommit ratio ", ratio, " = ",
+                           limit, " bytes (", Human(limit),
+                           "). Free space in the data dir, delete volumes, or "
+                           "raise --overcommit-ratio (or the StorageClass parameter ",
+                           kParamOvercommitRatio, ")");
   }
   if (refused_counter_ != nullptr) refused_counter_->Increment();
   if (!pool_full_.exchange(true)) LOG(WARNING) << refused;
@@ -629,10 +643,9 @@ absl::Status VolumeManager::CheckTopology(const csi::v1::TopologyRequirement& re
   for (const auto& t : list) {
     if (ours(t)) return absl::OkStatus();
   }
-  return absl::ResourceExhaustedError(
-      absl::StrCat("accessibility_requirements do not include this node (",
-                   kTopologyKey, "=", options_.node_id,
-                   "); ublk volumes can only be provisioned on the node they are served from"));
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "accessibility_requirements do not include this node (", kTopologyKey, "=", options_.node_id,
+      "); ublk volumes can only be provisioned on the node they are served from"));
 }
 
 void VolumeManager::FillVolume(const VolumeRecord& rec, csi::v1::Volume* out) const {
@@ -677,7 +690,8 @@ absl::Status VolumeManager::Load() {
   }
   for (SnapshotRecord& rec : loaded.snapshots) {
     if (!rec.ready_to_use()) {
-      LOG(WARNING) << "snapshot " << rec.snapshot_id() << ": creation was interrupted; rolling back";
+      LOG(WARNING) << "snapshot " << rec.snapshot_id()
+                   << ": creation was interrupted; rolling back";
       Unlink(store_->Abs(rec.file()));
       RETURN_IF_ERROR(store_->DeleteSnapshot(rec.snapshot_id()));
       continue;
@@ -687,15 +701,17 @@ absl::Status VolumeManager::Load() {
   }
   ublk::MutexLock lock(&mu_);
   LOG(INFO) << "loaded " << volumes_.size() << " volume and " << snapshots_.size()
-            << " snapshot records" << (loaded.set_aside.empty() ? "" : absl::StrCat(
-            "; ", loaded.set_aside.size(), " corrupt records set aside"));
+            << " snapshot records"
+            << (loaded.set_aside.empty()
+                    ? ""
+                    : absl::StrCat("; ", loaded.set_aside.size(), " corrupt records set aside"));
   return absl::OkStatus();
 }
 
 struct VolumeManager::CreatePlan {
   std::string name;
   VolumeRecord::AccessType access = VolumeRecord::MOUNT;
-  std::string fs_type;  // of a mount volume
+  std::string fs_type;       // of a mount volume
   bool fs_explicit = false;  // asked for by parameters or capability
   int64_t size = 0;
   std::map<std::string, std::string> params;  // user parameters, kept in the record
@@ -704,8 +720,8 @@ struct VolumeManager::CreatePlan {
 };
 
 struct VolumeManager::ContentSource {
-  std::string file;                   // data to start from; "" = an empty volume
-  std::optional<KeyLock> lock;        // a source volume, held while copied
+  std::string file;                    // data to start from; "" = an empty volume
+  std::optional<KeyLock> lock;         // a source volume, held while copied
   std::optional<VolumeRecord> volume;  // a clone's source, frozen while copied
 };
 
@@ -736,14 +752,14 @@ absl::StatusOr<VolumeManager::CreatePlan> VolumeManager::ParseCreateRequest(
     if (absl::StartsWith(k, kReservedParamPrefix)) continue;
     if (k == kParamFsType) {
       if (v != "ext4" && v != "xfs") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "parameters.fsType '", EscapeForLog(v), "' is not supported (ext4 or xfs)"));
+        return absl::InvalidArgumentError(absl::StrCat("parameters.fsType '", EscapeForLog(v),
+                                                       "' is not supported (ext4 or xfs)"));
       }
       fs_type = v;
     } else if (k == kParamBlockSize) {
       if (v != "512" && v != "4096") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "parameters.blockSize '", EscapeForLog(v), "' is not supported (512 or 4096)"));
+        return absl::InvalidArgumentError(absl::StrCat("parameters.blockSize '", EscapeForLog(v),
+                                                       "' is not supported (512 or 4096)"));
       }
     } else if (k == kParamOvercommitRatio) {
       ASSIGN_OR_RETURN(plan.ratio, ParseOvercommitRatio(v, "parameters.overcommitRatio"));
@@ -803,8 +819,8 @@ absl::StatusOr<std::optional<csi::v1::CreateVolumeResponse>> VolumeManager::Find
                     existing->source_snapshot_id() == plan.src_snapshot &&
                     existing->source_volume_id() == plan.src_volume &&
                     (plan.access == VolumeRecord::BLOCK || existing->fs_type() == plan.fs_type ||
-                     (!plan.fs_explicit && existing->content_source_case() !=
-                                               VolumeRecord::CONTENT_SOURCE_NOT_SET)) &&
+                     (!plan.fs_explicit &&
+                      existing->content_source_case() != VolumeRecord::CONTENT_SOURCE_NOT_SET)) &&
                     (!req.has_accessibility_requirements() ||
                      CheckTopology(req.accessibility_requirements()).ok());
   if (!same) {
@@ -817,8 +833,7 @@ absl::StatusOr<std::optional<csi::v1::CreateVolumeResponse>> VolumeManager::Find
   return resp;
 }
 
-absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource(
-    CreatePlan& plan) {
+absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource(CreatePlan& plan) {
   ContentSource out;
   // The source's data must be usable as what is asked for: a mount volume
   // from a raw block volume would be formatted over on its first stage, and
@@ -834,8 +849,8 @@ absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource
     }
     if (plan.access == VolumeRecord::MOUNT && src.filesystem_created() &&
         src.fs_type() != plan.fs_type) {
-      return absl::InvalidArgumentError(absl::StrCat(what, " holds a ", src.fs_type(),
-                                                     " filesystem, not ", plan.fs_type));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " holds a ", src.fs_type(), " filesystem, not ", plan.fs_type));
     }
     return absl::OkStatus();
   };
@@ -859,7 +874,8 @@ absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource
     out.lock.emplace(std::move(l));
     std::optional<VolumeRecord> vol = FindVolume(plan.src_volume);
     if (!vol) {
-      return absl::NotFoundError(absl::StrCat("source volume ", plan.src_volume, " does not exist"));
+      return absl::NotFoundError(
+          absl::StrCat("source volume ", plan.src_volume, " does not exist"));
     }
     if (plan.size < vol->capacity_bytes()) {
       return absl::OutOfRangeError(absl::StrCat("capacity ", plan.size, " is smaller than volume ",
@@ -881,10 +897,9 @@ absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource
     ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
     const int64_t need = static_cast<int64_t>(st.st_blocks) * 512;
     if (need > free_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat("volume '", EscapeForLog(plan.name),
-                                                       "': copying its content source needs ",
-                                                       need, " bytes, the data dir has ",
-                                                       free_bytes, " free"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("volume '", EscapeForLog(plan.name), "': copying its content source needs ",
+                       need, " bytes, the data dir has ", free_bytes, " free"));
     }
   }
   return out;
@@ -970,22 +985,23 @@ absl::StatusOr<csi::v1::DeleteVolumeResponse> VolumeManager::DeleteVolume(
   // A mount the records do not know of (made by hand, or leaked) still
   // reads the device: removing it would hand its number, and so that
   // mount, to the next volume.
-  ASSIGN_OR_RETURN(std::vector<MountInfo> mounted,
-                   MountsOfDevice(*mounter_, backend_->GetExportStatus(req.volume_id()).device_path));
+  ASSIGN_OR_RETURN(
+      std::vector<MountInfo> mounted,
+      MountsOfDevice(*mounter_, backend_->GetExportStatus(req.volume_id()).device_path));
   if (!mounted.empty()) {
     std::vector<std::string> where;
     for (const MountInfo& m : mounted) where.push_back(m.target);
-    return absl::FailedPreconditionError(absl::StrCat(
-        "volume ", req.volume_id(), ": its device is still mounted at ", absl::StrJoin(where, ", "),
-        "; unmount it before deleting the volume"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume ", req.volume_id(), ": its device is still mounted at ",
+                     absl::StrJoin(where, ", "), "; unmount it before deleting the volume"));
   }
   rec->set_state(VolumeRecord::DELETING);
   RETURN_IF_ERROR(SaveVolume(*rec));
   RETURN_IF_ERROR(backend_->RemoveExport(rec->volume_id()));
   const std::string path = store_->Abs(rec->backing_file());
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return absl::InternalError(absl::StrCat("volume ", rec->volume_id(), ": unlink ", path, ": ",
-                                            Errno(errno)));
+    return absl::InternalError(
+        absl::StrCat("volume ", rec->volume_id(), ": unlink ", path, ": ", Errno(errno)));
   }
   RETURN_IF_ERROR(ForgetVolume(rec->volume_id()));
   LOG(INFO) << "deleted volume " << rec->volume_id() << " (" << rec->name() << ")";
@@ -1015,9 +1031,9 @@ VolumeManager::ValidateVolumeCapabilities(const csi::v1::ValidateVolumeCapabilit
     const VolumeCapability& cap = req.volume_capabilities(i);
     absl::Status s = ValidateCapability(cap, absl::StrCat("volume_capabilities[", i, "]"));
     if (s.ok() && cap.has_block() != (rec.access_type() == VolumeRecord::BLOCK)) {
-      s = absl::InvalidArgumentError(absl::StrCat(
-          "volume_capabilities[", i, "]: volume is a ",
-          rec.access_type() == VolumeRecord::BLOCK ? "block" : "mount", " volume"));
+      s = absl::InvalidArgumentError(
+          absl::StrCat("volume_capabilities[", i, "]: volume is a ",
+                       rec.access_type() == VolumeRecord::BLOCK ? "block" : "mount", " volume"));
     }
     if (s.ok() && cap.has_mount() && !cap.mount().fs_type().empty() &&
         cap.mount().fs_type() != rec.fs_type()) {
@@ -1053,11 +1069,13 @@ absl::StatusOr<csi::v1::ListVolumesResponse> VolumeManager::ListVolumes(
     ublk::MutexLock lock(&mu_);
     for (const auto& [_, rec] : volumes_) all.push_back(rec);  // sorted by id
   }
-  ASSIGN_OR_RETURN(size_t start,
-                   ParseToken(req.starting_token(), all,
-                              [](const VolumeRecord& r) -> const std::string& { return r.volume_id(); }));
-  size_t end = req.max_entries() == 0 ? all.size()
-                                      : std::min(all.size(), start + static_cast<size_t>(req.max_entries()));
+  ASSIGN_OR_RETURN(size_t start, ParseToken(req.starting_token(), all,
+                                            [](const VolumeRecord& r) -> const std::string& {
+                                              return r.volume_id();
+                                            }));
+  size_t end = req.max_entries() == 0
+                   ? all.size()
+                   : std::min(all.size(), start + static_cast<size_t>(req.max_entries()));
   csi::v1::ListVolumesResponse resp;
   size_t bytes = 0;
   for (size_t i = start; i < end; ++i) {
@@ -1074,12 +1092,11 @@ absl::StatusOr<csi::v1::ListVolumesResponse> VolumeManager::ListVolumes(
     const bool staged = !all[i].staged_path().empty();
     cond->set_abnormal(es.state == ExportState::kFailed || es.state == ExportState::kDegraded ||
                        (staged && es.state != ExportState::kLive));
-    cond->set_message(absl::StrCat("state=", ExportStateName(es.state),
-                                   " device=", es.device_path.empty() ? "-" : es.device_path,
-                                   " worker=", es.worker, " copy_mode=",
-                                   es.copy_mode.empty() ? "-" : es.copy_mode,
-                                   " staged=", staged ? "yes" : "no",
-                                   es.message.empty() ? "" : " message=", es.message));
+    cond->set_message(absl::StrCat(
+        "state=", ExportStateName(es.state),
+        " device=", es.device_path.empty() ? "-" : es.device_path, " worker=", es.worker,
+        " copy_mode=", es.copy_mode.empty() ? "-" : es.copy_mode, " staged=", staged ? "yes" : "no",
+        es.message.empty() ? "" : " message=", es.message));
     bytes += entry->ByteSizeLong();
   }
   if (end < all.size()) resp.set_next_token(absl::StrCat(kTokenPrefix, all[end - 1].volume_id()));
@@ -1159,18 +1176,20 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
   if (!options_.online_expansion &&
       (!rec.staged_path().empty() || rec.published_paths_size() > 0)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "volume ", rec.volume_id(), " is in use (staged or published) and this node's ublk "
+        "volume ", rec.volume_id(),
+        " is in use (staged or published) and this node's ublk "
         "driver cannot grow a live device (OFFLINE expansion only); unpublish and unstage it "
         "first"));
   }
-  ASSIGN_OR_RETURN(Reservation room, Reserve(size - rec.capacity_bytes(), RatioFor(rec.parameters()),
-                                             absl::StrCat("volume ", rec.volume_id())));
+  ASSIGN_OR_RETURN(Reservation room,
+                   Reserve(size - rec.capacity_bytes(), RatioFor(rec.parameters()),
+                           absl::StrCat("volume ", rec.volume_id())));
   const std::string path = store_->Abs(rec.backing_file());
   {
     ublk::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
     if (!fd.valid()) {
-      return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(),
-                                                        ": backing file ", path, ": ", Errno(errno)));
+      return absl::FailedPreconditionError(
+          absl::StrCat("volume ", rec.volume_id(), ": backing file ", path, ": ", Errno(errno)));
     }
     if (::ftruncate(fd.get(), size) != 0) return TruncateError(errno, path, size);
     // Report only a size the file has reached.
@@ -1193,7 +1212,7 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
 }
 
 absl::StatusOr<std::string> VolumeManager::FreezeForCopy(const VolumeRecord& vol,
-                                                        absl::string_view why) {
+                                                         absl::string_view why) {
   if (vol.staged_path().empty()) return std::string();
   const std::string ctx = absl::StrCat("volume ", vol.volume_id(), " (", why, ")");
   if (vol.access_type() == VolumeRecord::BLOCK) {
@@ -1234,7 +1253,8 @@ void VolumeManager::ThawAfterCopy(const std::string& volume_id, const std::strin
     if (rec.ok()) {
       rec->set_frozen_for_copy(false);
       absl::Status saved = SaveVolume(*rec);
-      if (!saved.ok()) LOG(WARNING) << "volume " << volume_id << ": clearing frozen_for_copy: " << saved;
+      if (!saved.ok())
+        LOG(WARNING) << "volume " << volume_id << ": clearing frozen_for_copy: " << saved;
     }
   } else {
     LOG(ERROR) << "volume " << volume_id << ": thawing its filesystem at " << mount_path
@@ -1274,14 +1294,15 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
     fill(*existing, resp.mutable_snapshot());
     return resp;
   }
-  ASSIGN_OR_RETURN(KeyLock vol_lock, TryLock(req.source_volume_id(), "volume " + req.source_volume_id()));
+  ASSIGN_OR_RETURN(KeyLock vol_lock,
+                   TryLock(req.source_volume_id(), "volume " + req.source_volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord vol, GetRecord(req.source_volume_id()));
   ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
   struct stat st;
   const std::string src = store_->Abs(vol.backing_file());
   if (::stat(src.c_str(), &st) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("volume ", vol.volume_id(), ": backing file ",
-                                                      src, ": ", Errno(errno)));
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume ", vol.volume_id(), ": backing file ", src, ": ", Errno(errno)));
   }
   if (static_cast<int64_t>(st.st_blocks) * 512 > free_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("snapshot of ", vol.volume_id(), " needs ",
@@ -1327,8 +1348,8 @@ absl::StatusOr<csi::v1::DeleteSnapshotResponse> VolumeManager::DeleteSnapshot(
   if (!snap) return csi::v1::DeleteSnapshotResponse();
   const std::string path = store_->Abs(snap->file());
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return absl::InternalError(absl::StrCat("snapshot ", snap->snapshot_id(), ": unlink ", path,
-                                            ": ", Errno(errno)));
+    return absl::InternalError(
+        absl::StrCat("snapshot ", snap->snapshot_id(), ": unlink ", path, ": ", Errno(errno)));
   }
   RETURN_IF_ERROR(ForgetSnapshot(snap->snapshot_id()));
   LOG(INFO) << "deleted snapshot " << snap->snapshot_id();
@@ -1343,15 +1364,18 @@ absl::StatusOr<csi::v1::ListSnapshotsResponse> VolumeManager::ListSnapshots(
     ublk::MutexLock lock(&mu_);
     for (const auto& [_, s] : snapshots_) {
       if (!req.snapshot_id().empty() && s.snapshot_id() != req.snapshot_id()) continue;
-      if (!req.source_volume_id().empty() && s.source_volume_id() != req.source_volume_id()) continue;
+      if (!req.source_volume_id().empty() && s.source_volume_id() != req.source_volume_id())
+        continue;
       all.push_back(s);
     }
   }
-  ASSIGN_OR_RETURN(size_t start,
-                   ParseToken(req.starting_token(), all,
-                              [](const SnapshotRecord& r) -> const std::string& { return r.snapshot_id(); }));
-  size_t end = req.max_entries() == 0 ? all.size()
-                                      : std::min(all.size(), start + static_cast<size_t>(req.max_entries()));
+  ASSIGN_OR_RETURN(size_t start, ParseToken(req.starting_token(), all,
+                                            [](const SnapshotRecord& r) -> const std::string& {
+                                              return r.snapshot_id();
+                                            }));
+  size_t end = req.max_entries() == 0
+                   ? all.size()
+                   : std::min(all.size(), start + static_cast<size_t>(req.max_entries()));
   csi::v1::ListSnapshotsResponse resp;
   size_t bytes = 0;
   for (size_t i = start; i < end; ++i) {

@@ -99,10 +99,8 @@ class VolumeManager {
       const csi::v1::DeleteVolumeRequest& req);
   absl::StatusOr<csi::v1::ValidateVolumeCapabilitiesResponse> ValidateVolumeCapabilities(
       const csi::v1::ValidateVolumeCapabilitiesRequest& req);
-  absl::StatusOr<csi::v1::ListVolumesResponse> ListVolumes(
-      const csi::v1::ListVolumesRequest& req);
-  absl::StatusOr<csi::v1::GetCapacityResponse> GetCapacity(
-      const csi::v1::GetCapacityRequest& req);
+  absl::StatusOr<csi::v1::ListVolumesResponse> ListVolumes(const csi::v1::ListVolumesRequest& req);
+  absl::StatusOr<csi::v1::GetCapacityResponse> GetCapacity(const csi::v1::GetCapacityRequest& req);
   absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> ControllerExpandVolume(
       const csi::v1::ControllerExpandVolumeRequest& req);
   absl::StatusOr<csi::v1::CreateSnapshotResponse> CreateSnapshot(
@@ -189,16 +187,15 @@ class VolumeManager {
   // creates cannot both take the last room. The reservation is released
   // when the caller has saved the grown record (or failed).
   struct PoolUsage {
-    int64_t provisioned = 0;  // sum of volume sizes, incl. reservations
-    int64_t used = 0;         // bytes allocated by backing + snapshot files
-    int64_t free = 0;         // free bytes in the data dir
+    int64_t provisioned = 0;   // sum of volume sizes, incl. reservations
+    int64_t used = 0;          // bytes allocated by backing + snapshot files
+    int64_t free = 0;          // free bytes in the data dir
     int64_t capacity() const;  // free + used, saturating
   };
   class Reservation {
    public:
     Reservation(VolumeManager* m, int64_t bytes) : m_(m), bytes_(bytes) {}
-    Reservation(Reservation&& o) noexcept
-        : m_(std::exchange(o.m_, nullptr)), bytes_(o.bytes_) {}
+    Reservation(Reservation&& o) noexcept : m_(std::exchange(o.m_, nullptr)), bytes_(o.bytes_) {}
     Reservation(const Reservation&) = delete;
     Reservation& operator=(const Reservation&) = delete;
     Reservation& operator=(Reservation&&) = delete;
@@ -222,7 +219,8 @@ class VolumeManager {
   // filesystem is mounted at its staging path on this node, freezes it so the
   // copy is one point in time, and returns that path; "" when nothing was
   // frozen (not staged, or a block volume: copied live, with a warning).
-  absl::StatusOr<std::string> FreezeForCopy(const records::VolumeRecord& vol, absl::string_view why);
+  absl::StatusOr<std::string> FreezeForCopy(const records::VolumeRecord& vol,
+                                            absl::string_view why);
   // Thaws what FreezeForCopy froze (a failure is logged: nothing else to do).
   void ThawAfterCopy(const std::string& volume_id, const std::string& mount_path);
 

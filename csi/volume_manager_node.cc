@@ -58,7 +58,8 @@ absl::Status EnsureTargetFile(const std::string& path, bool* created) {
     *created = true;
     return absl::OkStatus();
   }
-  if (errno != EEXIST) return absl::InternalError(absl::StrCat("create ", path, ": ", Errno(errno)));
+  if (errno != EEXIST)
+    return absl::InternalError(absl::StrCat("create ", path, ": ", Errno(errno)));
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
     return absl::FailedPreconditionError(
@@ -105,10 +106,9 @@ absl::Status CheckMode(const VolumeCapability& cap, const VolumeRecord& rec,
   RETURN_IF_ERROR(ValidateCapability(cap, field));
   const bool block = rec.access_type() == VolumeRecord::BLOCK;
   if (cap.has_block() != block) {  // CSI: "exceeds capabilities" of the volume
-    return absl::FailedPreconditionError(absl::StrCat(field, " asks for ",
-                                                   cap.has_block() ? "block" : "mount",
-                                                   " access; volume ", rec.volume_id(), " is a ",
-                                                   block ? "block" : "mount", " volume"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(field, " asks for ", cap.has_block() ? "block" : "mount", " access; volume ",
+                     rec.volume_id(), " is a ", block ? "block" : "mount", " volume"));
   }
   return absl::OkStatus();
 }
@@ -185,7 +185,8 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     const csi::v1::NodeStageVolumeRequest& req) {
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   RETURN_IF_ERROR(ValidatePath(req.staging_target_path(), "staging_target_path"));
-  if (!req.has_volume_capability()) return absl::InvalidArgumentError("volume_capability is required");
+  if (!req.has_volume_capability())
+    return absl::InvalidArgumentError("volume_capability is required");
   RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
   std::vector<std::string> flags;
   if (req.volume_capability().has_mount()) {
@@ -202,12 +203,11 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   if (!rec.staged_path().empty() && rec.staged_path() != staging) {
     ASSIGN_OR_RETURN(bool still, mounter_->IsMountPoint(rec.staged_path()));
     if (still || rec.access_type() == VolumeRecord::BLOCK) {
-      return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(),
-                                                        " is already staged at ", rec.staged_path()));
+      return absl::FailedPreconditionError(
+          absl::StrCat("volume ", rec.volume_id(), " is already staged at ", rec.staged_path()));
     }
   }
-  const bool had_export =
-      backend_->GetExportStatus(rec.volume_id()).state != ExportState::kAbsent;
+  const bool had_export = backend_->GetExportStatus(rec.volume_id()).state != ExportState::kAbsent;
   std::vector<std::string> made_dirs;
   std::string device_path;
   // What a failed stage did is undone, so a retry (or a give-up) leaves no
@@ -241,8 +241,8 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   // it did before the number was recorded (foreign once the export is gone).
   const absl::StatusOr<std::string> device_number = mounter_->DeviceNumber(dev.device_path);
   if (!device_number.ok()) {
-    LOG(WARNING) << "volume " << rec.volume_id() << ": cannot identify " << dev.device_path
-                 << " (" << device_number.status()
+    LOG(WARNING) << "volume " << rec.volume_id() << ": cannot identify " << dev.device_path << " ("
+                 << device_number.status()
                  << "); teardown will not recognise its mounts if the export is lost";
   }
   absl::Status done = [&]() -> absl::Status {
@@ -255,10 +255,9 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     if (mounted) {
       RETURN_IF_ERROR(device_number.status());
       if (mounted->device != *device_number) {
-        return absl::AlreadyExistsError(absl::StrCat("staging_target_path ", staging,
-                                                     " already has ", mounted->source,
-                                                     " mounted, not volume ", rec.volume_id(),
-                                                     " (", dev.device_path, ")"));
+        return absl::AlreadyExistsError(
+            absl::StrCat("staging_target_path ", staging, " already has ", mounted->source,
+                         " mounted, not volume ", rec.volume_id(), " (", dev.device_path, ")"));
       }
       if (mounted->fstype != fs_type) {
         return absl::AlreadyExistsError(absl::StrCat("volume ", rec.volume_id(), " is staged with ",
@@ -269,10 +268,10 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
       if (found.empty()) {
         if (rec.filesystem_created()) {
           // Never mkfs over a volume we formatted before: that would be data loss.
-          return absl::DataLossError(absl::StrCat(
-              "volume ", rec.volume_id(), ": its record says a ", rec.fs_type(),
-              " filesystem was created, but none is found on ", dev.device_path,
-              "; refusing to format it again"));
+          return absl::DataLossError(
+              absl::StrCat("volume ", rec.volume_id(), ": its record says a ", rec.fs_type(),
+                           " filesystem was created, but none is found on ", dev.device_path,
+                           "; refusing to format it again"));
         }
         LOG(INFO) << "volume " << rec.volume_id() << ": mkfs." << fs_type << " " << dev.device_path;
         RETURN_IF_ERROR(mounter_->MakeFilesystem(dev.device_path, fs_type));
@@ -306,7 +305,8 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     } else {
       rec.clear_staged_device();
     }
-    if (!made_dirs.empty() && made_dirs.back() == staging && !Contains(rec.created_paths(), staging)) {
+    if (!made_dirs.empty() && made_dirs.back() == staging &&
+        !Contains(rec.created_paths(), staging)) {
       rec.add_created_paths(staging);
     }
     done = SaveVolume(rec);
@@ -347,9 +347,8 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
     if (m && !dev.empty() && m->device == dev) live.push_back(p);
   }
   if (!live.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(),
-                                                      " is still published at ",
-                                                      absl::StrJoin(live, ", ")));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "volume ", rec.volume_id(), " is still published at ", absl::StrJoin(live, ", ")));
   }
   if (!dev.empty()) {
     for (;;) {  // only this volume's own mounts, top down
@@ -391,7 +390,8 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
     RETURN_IF_ERROR(ValidatePath(req.staging_target_path(), "staging_target_path"));
   }
   RETURN_IF_ERROR(ValidatePath(req.target_path(), "target_path"));
-  if (!req.has_volume_capability()) return absl::InvalidArgumentError("volume_capability is required");
+  if (!req.has_volume_capability())
+    return absl::InvalidArgumentError("volume_capability is required");
   RETURN_IF_ERROR(ValidateCapability(req.volume_capability(), "volume_capability"));
   MountOptions opts;
   if (req.volume_capability().has_mount()) {
@@ -406,9 +406,9 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
   RETURN_IF_ERROR(CheckMode(req.volume_capability(), rec, "volume_capability"));
   if (req.staging_target_path().empty()) {
     // Every volume of this plugin is staged first (STAGE_UNSTAGE_VOLUME).
-    return absl::FailedPreconditionError(absl::StrCat(
-        "staging_target_path is not set: volume ", rec.volume_id(),
-        " must be staged with NodeStageVolume and published from its staging path"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("staging_target_path is not set: volume ", rec.volume_id(),
+                     " must be staged with NodeStageVolume and published from its staging path"));
   }
   if (rec.staged_path() != req.staging_target_path()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -426,37 +426,37 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
   if (block) {
     ExportStatus st = backend_->GetExportStatus(rec.volume_id());
     if (st.state == ExportState::kAbsent || st.device_path.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(),
-                                                        " has no device; stage it again"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("volume ", rec.volume_id(), " has no device; stage it again"));
     }
     source = st.device_path;
     device_path = st.device_path;
   } else {
     ASSIGN_OR_RETURN(bool staged, mounter_->IsMountPoint(req.staging_target_path()));
     if (!staged) {
-      return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(), ": staging path ",
-                                                        req.staging_target_path(),
-                                                        " is not mounted; stage it again"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("volume ", rec.volume_id(), ": staging path ", req.staging_target_path(),
+                       " is not mounted; stage it again"));
     }
     source = req.staging_target_path();
     device_path = backend_->GetExportStatus(rec.volume_id()).device_path;
   }
   if (device_path.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(),
-                                                      " has no device; stage it again"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume ", rec.volume_id(), " has no device; stage it again"));
   }
   ASSIGN_OR_RETURN(std::string ours, mounter_->DeviceNumber(device_path));
   const bool recorded = Contains(rec.published_paths(), target);
   ASSIGN_OR_RETURN(std::optional<MountInfo> mounted, mounter_->GetMountInfo(target));
   if (mounted) {
     if (!recorded || mounted->device != ours) {
-      return absl::AlreadyExistsError(absl::StrCat("target_path ", target,
-                                                   " is already a mount point of something else"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("target_path ", target, " is already a mount point of something else"));
     }
     if (mounted->readonly != readonly) {
-      return absl::AlreadyExistsError(absl::StrCat("volume ", rec.volume_id(), " is published at ",
-                                                   target, mounted->readonly ? " read-only" : " read-write",
-                                                   "; asked for the other"));
+      return absl::AlreadyExistsError(
+          absl::StrCat("volume ", rec.volume_id(), " is published at ", target,
+                       mounted->readonly ? " read-only" : " read-write", "; asked for the other"));
     }
     return csi::v1::NodePublishVolumeResponse();
   }
@@ -516,9 +516,9 @@ absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> VolumeManager::NodeUnpublis
     ASSIGN_OR_RETURN(std::vector<MountInfo> mine, MountsWithDevice(*mounter_, dev));
     for (const MountInfo& m : mine) {
       if (m.target == target) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "volume ", rec.volume_id(), ": its mount at ", target,
-            " is covered by another mount; unmount that first"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("volume ", rec.volume_id(), ": its mount at ", target,
+                         " is covered by another mount; unmount that first"));
       }
     }
   }
@@ -558,7 +558,8 @@ absl::StatusOr<csi::v1::NodeGetVolumeStatsResponse> VolumeManager::NodeGetVolume
       // statfs would describe whatever filesystem holds the empty directory.
       auto* cond = resp.mutable_volume_condition();
       cond->set_abnormal(true);
-      cond->set_message(absl::StrCat(path, " is not mounted (node rebooted or mount lost); "
+      cond->set_message(absl::StrCat(path,
+                                     " is not mounted (node rebooted or mount lost); "
                                      "the volume must be staged and published again"));
       return resp;
     }
@@ -620,8 +621,8 @@ absl::StatusOr<csi::v1::NodeExpandVolumeResponse> VolumeManager::NodeExpandVolum
     return absl::InvalidArgumentError("capacity_range must not be negative");
   }
   if (limit != 0 && required > limit) {
-    return absl::InvalidArgumentError(absl::StrCat("capacity_range.required_bytes (", required,
-                                                   ") > limit_bytes (", limit, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("capacity_range.required_bytes (", required, ") > limit_bytes (", limit, ")"));
   }
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
@@ -636,14 +637,17 @@ absl::StatusOr<csi::v1::NodeExpandVolumeResponse> VolumeManager::NodeExpandVolum
     }
   }
   const std::string& path = req.volume_path();
-  if (!Exists(path)) return absl::NotFoundError(absl::StrCat("volume_path ", path, " does not exist"));
+  if (!Exists(path))
+    return absl::NotFoundError(absl::StrCat("volume_path ", path, " does not exist"));
   if (rec.staged_path().empty()) {
-    return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(), " is not staged"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume ", rec.volume_id(), " is not staged"));
   }
   const int64_t size = rec.capacity_bytes();
   if (required > size) {
-    return absl::OutOfRangeError(absl::StrCat("volume ", rec.volume_id(), " is ", size,
-                                              " bytes; expand it with ControllerExpandVolume first"));
+    return absl::OutOfRangeError(
+        absl::StrCat("volume ", rec.volume_id(), " is ", size,
+                     " bytes; expand it with ControllerExpandVolume first"));
   }
   if (limit != 0 && size > limit) {
     return absl::OutOfRangeError(absl::StrCat("volume ", rec.volume_id(), " is ", size,
@@ -651,8 +655,8 @@ absl::StatusOr<csi::v1::NodeExpandVolumeResponse> VolumeManager::NodeExpandVolum
   }
   ExportStatus es = backend_->GetExportStatus(rec.volume_id());
   if (es.state == ExportState::kAbsent) {
-    return absl::FailedPreconditionError(absl::StrCat("volume ", rec.volume_id(),
-                                                      " has no export; stage it again"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume ", rec.volume_id(), " has no export; stage it again"));
   }
   RETURN_IF_ERROR(backend_->ResizeExport(rec.volume_id(), size));
   if (rec.access_type() == VolumeRecord::MOUNT) {

@@ -24,9 +24,7 @@ size_t RoundUpToPage(size_t len) {
   return (len + page - 1) / page * page;
 }
 
-prometheus::Labels WorkerLabels(int worker) {
-  return {{"worker", std::to_string(worker)}};
-}
+prometheus::Labels WorkerLabels(int worker) { return {{"worker", std::to_string(worker)}}; }
 
 template <typename T>
 double ValueOf(prometheus::Family<T>& family, int worker) {
@@ -45,39 +43,33 @@ absl::Status BufferPoolOptions::Validate() const {
     return absl::InvalidArgumentError("buffer pool slot_count must be > 0");
   }
   if (slot_size == 0 || slot_size % kPageSize != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("buffer pool slot_size ", slot_size,
-                     " must be a positive multiple of ", kPageSize));
+    return absl::InvalidArgumentError(absl::StrCat("buffer pool slot_size ", slot_size,
+                                                   " must be a positive multiple of ", kPageSize));
   }
   if (slot_count > kMaxPoolBytes / slot_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "buffer pool of slot_count ", slot_count, " x slot_size ", slot_size,
-        " exceeds the per-worker cap of ", kMaxPoolBytes, " bytes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("buffer pool of slot_count ", slot_count, " x slot_size ", slot_size,
+                     " exceeds the per-worker cap of ", kMaxPoolBytes, " bytes"));
   }
   if (chunk_slots > slot_count) {
     return absl::InvalidArgumentError(
-        absl::StrCat("buffer pool chunk_slots ", chunk_slots,
-                     " exceeds slot_count ", slot_count));
+        absl::StrCat("buffer pool chunk_slots ", chunk_slots, " exceeds slot_count ", slot_count));
   }
-  if (retry_interval <= absl::ZeroDuration() ||
-      retry_interval == absl::InfiniteDuration()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "buffer pool retry_interval ", absl::FormatDuration(retry_interval),
-        " must be positive and finite"));
+  if (retry_interval <= absl::ZeroDuration() || retry_interval == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("buffer pool retry_interval ",
+                                                   absl::FormatDuration(retry_interval),
+                                                   " must be positive and finite"));
   }
   return absl::OkStatus();
 }
 
-BufferPoolOptions BufferPoolOptions::ForBudget(size_t total_bytes,
-                                               int worker_count,
+BufferPoolOptions BufferPoolOptions::ForBudget(size_t total_bytes, int worker_count,
                                                size_t slot_size) {
   BufferPoolOptions options;
   options.slot_size = slot_size;
-  const size_t workers =
-      worker_count > 0 ? static_cast<size_t>(worker_count) : size_t{1};
+  const size_t workers = worker_count > 0 ? static_cast<size_t>(worker_count) : size_t{1};
   const size_t per_worker = total_bytes / workers;
-  options.slot_count =
-      slot_size == 0 ? 0 : std::max<size_t>(1, per_worker / slot_size);
+  options.slot_count = slot_size == 0 ? 0 : std::max<size_t>(1, per_worker / slot_size);
   return options;
 }
 
@@ -136,9 +128,8 @@ struct BufferPool::Series {
   prometheus::Gauge& degraded_workers;
 };
 
-BufferPool::BufferPool(const BufferPoolOptions& options, MemorySource& memory,
-                       const Clock& clock, BufferPoolMetrics* metrics,
-                       int worker_id, MemoryBudget* budget)
+BufferPool::BufferPool(const BufferPoolOptions& options, MemorySource& memory, const Clock& clock,
+                       BufferPoolMetrics* metrics, int worker_id, MemoryBudget* budget)
     : options_(options),
       options_status_(options.Validate()),
       memory_(memory),
@@ -158,17 +149,15 @@ BufferPool::BufferPool(const BufferPoolOptions& options, MemorySource& memory,
     });
   }
   if (options_status_.ok()) {
-    const size_t chunks =
-        (options_.slot_count + ChunkSlots() - 1) / ChunkSlots();
+    const size_t chunks = (options_.slot_count + ChunkSlots() - 1) / ChunkSlots();
     chunks_.reset(new (std::nothrow) std::byte*[chunks]);
     free_slots_.reset(new (std::nothrow) uint32_t[options_.slot_count]);
   }
 }
 
 BufferPool::~BufferPool() {
-  DCHECK_EQ(slots_in_use_, 0u)
-      << "worker " << worker_id_
-      << ": buffer pool destroyed with pooled IoBuffers still alive";
+  DCHECK_EQ(slots_in_use_, 0u) << "worker " << worker_id_
+                               << ": buffer pool destroyed with pooled IoBuffers still alive";
   ReleaseIfIdle();
   if (series_ != nullptr) {
     series_->slots_in_use.Set(0);
@@ -181,9 +170,7 @@ size_t BufferPool::ChunkSlots() const {
   return options_.chunk_slots == 0 ? options_.slot_count : options_.chunk_slots;
 }
 
-size_t BufferPool::Target() const {
-  return std::min(options_.slot_count, demand_);
-}
+size_t BufferPool::Target() const { return std::min(options_.slot_count, demand_); }
 
 std::byte* BufferPool::SlotAddress(uint32_t slot) const {
   const size_t per = ChunkSlots();
@@ -229,8 +216,7 @@ AcquireResult BufferPool::AcquireIoBuffer(size_t len) {
     if (!oversize_logged_) {
       oversize_logged_ = true;
       LOG(WARNING) << "worker " << worker_id_ << ": I/O of " << len
-                   << " bytes exceeds the buffer pool slot size of "
-                   << options_.slot_size
+                   << " bytes exceeds the buffer pool slot size of " << options_.slot_size
                    << " bytes; serving such I/O from the heap";
     }
     return AcquireHeap(len);
@@ -242,8 +228,7 @@ AcquireResult BufferPool::AcquireIoBuffer(size_t len) {
   const uint32_t slot = free_slots_[--free_count_];
   ++slots_in_use_;
   if (series_ != nullptr) series_->slots_in_use.Increment();
-  return AcquireResult{AcquireOutcome::kPooled,
-                       IoBuffer(this, slot, SlotAddress(slot), len)};
+  return AcquireResult{AcquireOutcome::kPooled, IoBuffer(this, slot, SlotAddress(slot), len)};
 }
 
 AcquireResult BufferPool::AcquireHeap(size_t len) {
@@ -252,8 +237,7 @@ AcquireResult BufferPool::AcquireHeap(size_t len) {
     if (!heap_failing_) {
       heap_failing_ = true;
       LOG(WARNING) << "worker " << worker_id_ << ": heap buffer of " << len
-                   << " bytes refused by the memory budget (headroom "
-                   << budget_->headroom()
+                   << " bytes refused by the memory budget (headroom " << budget_->headroom()
                    << " bytes); I/O waits and is retried until memory returns";
     }
     return AcquireResult{AcquireOutcome::kNoMemory, IoBuffer()};
@@ -267,21 +251,18 @@ AcquireResult BufferPool::AcquireHeap(size_t len) {
       // fails, so it must not allocate.
       LOG(WARNING) << "worker " << worker_id_ << ": no buffer pool and heap "
                    << "allocation of " << len << " bytes failed ("
-                   << (block.ok() ? "null block"
-                                  : StatusCodeText(block.status().code()))
+                   << (block.ok() ? "null block" : StatusCodeText(block.status().code()))
                    << "); I/O waits and is retried until memory returns";
     }
     return AcquireResult{AcquireOutcome::kNoMemory, IoBuffer()};
   }
   if (heap_failing_) {
     heap_failing_ = false;
-    LOG(INFO) << "worker " << worker_id_
-              << ": heap allocation works again; resuming waiting I/O";
+    LOG(INFO) << "worker " << worker_id_ << ": heap allocation works again; resuming waiting I/O";
   }
   if (series_ != nullptr) series_->heap_fallbacks.Increment();
-  return AcquireResult{
-      AcquireOutcome::kHeap,
-      IoBuffer(&memory_, budget_, budget_ != nullptr ? bytes : 0, *block, len)};
+  return AcquireResult{AcquireOutcome::kHeap,
+                       IoBuffer(&memory_, budget_, budget_ != nullptr ? bytes : 0, *block, len)};
 }
 
 void BufferPool::MaybeGrow() {
@@ -303,9 +284,8 @@ void BufferPool::MaybeGrow() {
     if (first && degraded_) {
       degraded_ = false;
       if (series_ != nullptr) series_->degraded_workers.Decrement();
-      LOG(INFO) << "worker " << worker_id_ << ": buffer pool of "
-                << pool_bytes() << " bytes created after "
-                << absl::FormatDuration(now - degraded_since_)
+      LOG(INFO) << "worker " << worker_id_ << ": buffer pool of " << pool_bytes()
+                << " bytes created after " << absl::FormatDuration(now - degraded_since_)
                 << " degraded; I/O uses the pool again";
     }
     return;
@@ -318,8 +298,7 @@ void BufferPool::MaybeGrow() {
     // status.message() and StatusCodeText(): no allocation (see AcquireHeap).
     LOG(WARNING) << "worker " << worker_id_ << ": cannot create buffer pool ("
                  << std::min(ChunkSlots(), Target()) << " x " << options_.slot_size
-                 << " bytes): " << StatusCodeText(status.code()) << " "
-                 << status.message()
+                 << " bytes): " << StatusCodeText(status.code()) << " " << status.message()
                  << "; serving I/O from heap buffers, retrying every "
                  << absl::FormatDuration(options_.retry_interval);
   }
@@ -335,8 +314,7 @@ absl::Status BufferPool::AddChunk() {
   const size_t slots = std::min(per, options_.slot_count - first_slot);
   const size_t bytes = slots * options_.slot_size;
   if (budget_ != nullptr && !budget_->TryCharge(bytes)) {
-    return absl::Status(absl::StatusCode::kResourceExhausted,
-                        "(memory budget: no headroom)");
+    return absl::Status(absl::StatusCode::kResourceExhausted, "(memory budget: no headroom)");
   }
   absl::StatusOr<void*> addr = memory_.Map(bytes);
   if (!addr.ok() || *addr == nullptr) {
@@ -348,8 +326,7 @@ absl::Status BufferPool::AddChunk() {
   // Lowest slot on top, so a lightly loaded worker keeps touching the same
   // few (warm) slots.
   for (size_t i = 0; i < slots; ++i) {
-    free_slots_[free_count_++] =
-        static_cast<uint32_t>(first_slot + slots - 1 - i);
+    free_slots_[free_count_++] = static_cast<uint32_t>(first_slot + slots - 1 - i);
   }
   capacity_ += slots;
   if (series_ != nullptr) {
@@ -370,18 +347,16 @@ void BufferPool::ReleaseSlot(uint32_t slot) {
 // BufferPoolMetrics
 
 BufferPoolMetrics::BufferPoolMetrics(prometheus::Registry& registry)
-    : heap_fallbacks_(
-          prometheus::BuildCounter()
-              .Name("ublk_csi_buffer_pool_heap_fallbacks_total")
-              .Help("I/O buffers served from the heap instead of the "
-                    "worker's buffer pool (pool unavailable, or I/O larger "
-                    "than a slot)")
-              .Register(registry)),
-      creation_failures_(
-          prometheus::BuildCounter()
-              .Name("ublk_csi_buffer_pool_creation_failures_total")
-              .Help("Failed attempts to map a worker's buffer pool")
-              .Register(registry)),
+    : heap_fallbacks_(prometheus::BuildCounter()
+                          .Name("ublk_csi_buffer_pool_heap_fallbacks_total")
+                          .Help("I/O buffers served from the heap instead of the "
+                                "worker's buffer pool (pool unavailable, or I/O larger "
+                                "than a slot)")
+                          .Register(registry)),
+      creation_failures_(prometheus::BuildCounter()
+                             .Name("ublk_csi_buffer_pool_creation_failures_total")
+                             .Help("Failed attempts to map a worker's buffer pool")
+                             .Register(registry)),
       slot_waits_(prometheus::BuildCounter()
                       .Name("ublk_csi_buffer_pool_slot_waits_total")
                       .Help("I/Os that found every buffer pool slot busy and "
@@ -395,13 +370,12 @@ BufferPoolMetrics::BufferPoolMetrics(prometheus::Registry& registry)
                       .Name("ublk_csi_buffer_pool_bytes")
                       .Help("Bytes mapped for the worker's buffer pool")
                       .Register(registry)),
-      degraded_workers_(
-          prometheus::BuildGauge()
-              .Name("ublk_csi_buffer_pool_degraded_workers")
-              .Help("Workers whose buffer pool could not be created and "
-                    "that serve I/O from the heap")
-              .Register(registry)
-              .Add({})) {}
+      degraded_workers_(prometheus::BuildGauge()
+                            .Name("ublk_csi_buffer_pool_degraded_workers")
+                            .Help("Workers whose buffer pool could not be created and "
+                                  "that serve I/O from the heap")
+                            .Register(registry)
+                            .Add({})) {}
 
 double BufferPoolMetrics::heap_fallbacks(int worker) const {
   return ValueOf(heap_fallbacks_, worker);
@@ -409,17 +383,9 @@ double BufferPoolMetrics::heap_fallbacks(int worker) const {
 double BufferPoolMetrics::creation_failures(int worker) const {
   return ValueOf(creation_failures_, worker);
 }
-double BufferPoolMetrics::slot_waits(int worker) const {
-  return ValueOf(slot_waits_, worker);
-}
-double BufferPoolMetrics::slots_in_use(int worker) const {
-  return ValueOf(slots_in_use_, worker);
-}
-double BufferPoolMetrics::pool_bytes(int worker) const {
-  return ValueOf(pool_bytes_, worker);
-}
-double BufferPoolMetrics::degraded_workers() const {
-  return degraded_workers_.Value();
-}
+double BufferPoolMetrics::slot_waits(int worker) const { return ValueOf(slot_waits_, worker); }
+double BufferPoolMetrics::slots_in_use(int worker) const { return ValueOf(slots_in_use_, worker); }
+double BufferPoolMetrics::pool_bytes(int worker) const { return ValueOf(pool_bytes_, worker); }
+double BufferPoolMetrics::degraded_workers() const { return degraded_workers_.Value(); }
 
 }  // namespace ublk

@@ -109,8 +109,8 @@ class IoBuffer {
 
   void* data_ = nullptr;
   size_t size_ = 0;
-  BufferPool* pool_ = nullptr;    // set for a pooled slot
-  MemorySource* heap_ = nullptr;  // set for a heap block
+  BufferPool* pool_ = nullptr;      // set for a pooled slot
+  MemorySource* heap_ = nullptr;    // set for a heap block
   MemoryBudget* budget_ = nullptr;  // a heap block's charge goes back here
   size_t charged_ = 0;
   uint32_t slot_ = 0;
@@ -138,9 +138,8 @@ class BufferPool {
   // must outlive the pool. `worker_id` labels the metrics and log lines and
   // must be unique among pools sharing `metrics`. `budget` (nullable, must
   // outlive the pool) admits every chunk and heap block first.
-  BufferPool(const BufferPoolOptions& options, MemorySource& memory,
-             const Clock& clock, BufferPoolMetrics* metrics, int worker_id,
-             MemoryBudget* budget = nullptr);
+  BufferPool(const BufferPoolOptions& options, MemorySource& memory, const Clock& clock,
+             BufferPoolMetrics* metrics, int worker_id, MemoryBudget* budget = nullptr);
   // Every pooled IoBuffer must have been destroyed.
   ~BufferPool();
   BufferPool(const BufferPool&) = delete;

@@ -42,8 +42,8 @@ absl::Status ValidateExportOptions(const ExportOptions& o) {
   }
   const uint64_t lbs = uint64_t{1} << o.logical_bs_shift;
   if (o.size_bytes == 0 || o.size_bytes % lbs != 0) {
-    return bad("size_bytes ", o.size_bytes, " must be a positive multiple of the logical block size ",
-               lbs);
+    return bad("size_bytes ", o.size_bytes,
+               " must be a positive multiple of the logical block size ", lbs);
   }
   if (o.max_io_bytes < 4096 || o.max_io_bytes % 4096 != 0 || o.max_io_bytes > (32u << 20)) {
     return bad("max_io_bytes ", o.max_io_bytes, " must be a multiple of 4096 in 4096..32 MiB");
@@ -99,9 +99,8 @@ ublk_params ParamsFor(const ExportOptions& o, bool target_discard) {
   return p;
 }
 
-Export::Export(ControlDevice& control, std::vector<Worker*> workers,
-               std::shared_ptr<Target> target, const DeviceInfo& info, CopyMode mode,
-               uint64_t size, ExportOptions options)
+Export::Export(ControlDevice& control, std::vector<Worker*> workers, std::shared_ptr<Target> target,
+               const DeviceInfo& info, CopyMode mode, uint64_t size, ExportOptions options)
     : control_(control),
       workers_(std::move(workers)),
       target_(std::move(target)),
@@ -121,9 +120,9 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Create(ControlDevice& control,
   if (o.size_bytes == 0) o.size_bytes = target->size_bytes();
   RETURN_IF_ERROR(ValidateExportOptions(o));
   if (o.size_bytes > target->size_bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat("export size ", o.size_bytes,
-                                                   " exceeds the ", target->name(),
-                                                   " target's size ", target->size_bytes()));
+    return absl::InvalidArgumentError(absl::StrCat("export size ", o.size_bytes, " exceeds the ",
+                                                   target->name(), " target's size ",
+                                                   target->size_bytes()));
   }
   DeviceInfo want;
   want.dev_id = o.dev_id;
@@ -132,8 +131,7 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Create(ControlDevice& control,
   want.max_io_buf_bytes = o.max_io_bytes;
   want.ublksrv_pid = getpid();
   want.ublksrv_flags = o.owner_tag;
-  want.flags = CopyModeFlags(o.copy_mode) |
-               (o.user_recovery ? UBLK_F_USER_RECOVERY : 0) |
+  want.flags = CopyModeFlags(o.copy_mode) | (o.user_recovery ? UBLK_F_USER_RECOVERY : 0) |
                (o.user_recovery_reissue ? UBLK_F_USER_RECOVERY_REISSUE : 0);
   ASSIGN_OR_RETURN(DeviceInfo info, control.AddDevice(want));
   // Kernels drop flags they do not know (6.1 has no USER_COPY) instead of
@@ -168,8 +166,8 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Create(ControlDevice& control,
 namespace {
 
 // START_USER_RECOVERY, resuming whatever a killed predecessor left.
-absl::Status StartRecovery(ControlDevice& control, const DeviceInfo& info,
-                           const RecoverOptions& ro, RecoverStats& stats) {
+absl::Status StartRecovery(ControlDevice& control, const DeviceInfo& info, const RecoverOptions& ro,
+                           RecoverStats& stats) {
   RealClock real_clock;
   const Clock& clock = ro.clock != nullptr ? *ro.clock : real_clock;
   const uint32_t dev_id = info.dev_id;
@@ -195,8 +193,8 @@ absl::Status StartRecovery(ControlDevice& control, const DeviceInfo& info,
     if (absl::IsInvalidArgument(s) && !rearmed) {
       if (!logged_einval) {
         logged_einval = true;
-        LOG(WARNING) << "ublk device " << dev_id << ": START_USER_RECOVERY refused ("
-                     << s.message() << "): a previous recovery was cut short after its START; "
+        LOG(WARNING) << "ublk device " << dev_id << ": START_USER_RECOVERY refused (" << s.message()
+                     << "): a previous recovery was cut short after its START; "
                      << "re-arming";
       }
       absl::Status r = rearm();
@@ -223,12 +221,9 @@ absl::Status StartRecovery(ControlDevice& control, const DeviceInfo& info,
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Export>> Export::Recover(ControlDevice& control,
-                                                        std::vector<Worker*> workers,
-                                                        std::shared_ptr<Target> target,
-                                                        uint32_t dev_id,
-                                                        const RecoverOptions& recover,
-                                                        RecoverStats* stats_out) {
+absl::StatusOr<std::unique_ptr<Export>> Export::Recover(
+    ControlDevice& control, std::vector<Worker*> workers, std::shared_ptr<Target> target,
+    uint32_t dev_id, const RecoverOptions& recover, RecoverStats* stats_out) {
   RecoverStats ignored;
   RecoverStats& stats = stats_out != nullptr ? *stats_out : ignored;
   if (workers.empty() || target == nullptr) {
@@ -262,8 +257,8 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Recover(ControlDevice& control,
   // The device's flags were fixed at ADD_DEV: serve it in the mode it was
   // made for, whatever this process would pick for a new device.
   o.copy_mode = CopyModeOfDevice(info.flags);
-  std::unique_ptr<Export> e(new Export(control, std::move(workers), std::move(target), info,
-                                       o.copy_mode, size, o));
+  std::unique_ptr<Export> e(
+      new Export(control, std::move(workers), std::move(target), info, o.copy_mode, size, o));
   ublk::MutexLock lock(&e->mu_);
   e->state_ = State::kRecovering;
   absl::Status s = e->ServeQueues();

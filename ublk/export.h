@@ -27,12 +27,12 @@
 namespace ublk {
 
 struct ExportOptions {
-  uint32_t dev_id = kAnyDevId;  // ask for this id (persisted ids stay stable)
-  uint64_t size_bytes = 0;      // 0: the target's size
-  uint8_t logical_bs_shift = 9;   // 9..12
-  uint8_t physical_bs_shift = 12; // logical..16
-  bool discard = true;            // discard + write-zeroes, if the target can
-  bool write_cache = true;        // volatile cache: the kernel sends FLUSH
+  uint32_t dev_id = kAnyDevId;     // ask for this id (persisted ids stay stable)
+  uint64_t size_bytes = 0;         // 0: the target's size
+  uint8_t logical_bs_shift = 9;    // 9..12
+  uint8_t physical_bs_shift = 12;  // logical..16
+  bool discard = true;             // discard + write-zeroes, if the target can
+  bool write_cache = true;         // volatile cache: the kernel sends FLUSH
   bool fua = true;
   uint32_t max_io_bytes = 512 * 1024;  // multiple of 4096
   uint16_t nr_queues = 1;
@@ -98,12 +98,9 @@ class Export {
   // A device whose char device stays held past `recover.release_wait`
   // is FailedPrecondition naming the way out (README "A device left
   // unrecoverable"); it is left as it is, never deleted.
-  static absl::StatusOr<std::unique_ptr<Export>> Recover(ControlDevice& control,
-                                                         std::vector<Worker*> workers,
-                                                         std::shared_ptr<Target> target,
-                                                         uint32_t dev_id,
-                                                         const RecoverOptions& recover = {},
-                                                         RecoverStats* stats = nullptr);
+  static absl::StatusOr<std::unique_ptr<Export>> Recover(
+      ControlDevice& control, std::vector<Worker*> workers, std::shared_ptr<Target> target,
+      uint32_t dev_id, const RecoverOptions& recover = {}, RecoverStats* stats = nullptr);
   // Drops the queues without stopping the device (see Detach()).
   ~Export();
 

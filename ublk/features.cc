@@ -30,8 +30,8 @@ absl::StatusOr<std::optional<CopyMode>> ParseCopyModeFlag(absl::string_view text
   for (CopyMode m : {CopyMode::kZeroCopy, CopyMode::kUserCopy, CopyMode::kGetData}) {
     if (underscored == CopyModeName(m)) return std::optional<CopyMode>(m);
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "--copy_mode=", text, ": expected auto, zero_copy, user_copy or get_data"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--copy_mode=", text, ": expected auto, zero_copy, user_copy or get_data"));
 }
 
 absl::StatusOr<KernelEmulation> ParseKernelEmulation(absl::string_view text) {
@@ -86,23 +86,23 @@ absl::StatusOr<KernelFeatures> DetectFeatures(const ControlDeviceFactory& open_c
   kf.user_recovery_reissue = (kf.features & UBLK_F_USER_RECOVERY_REISSUE) != 0;
   kf.update_size = (kf.features & UBLK_F_UPDATE_SIZE) != 0;
   kf.auto_buf_reg = (kf.features & UBLK_F_AUTO_BUF_REG) != 0;
-  kf.copy_mode = kf.auto_buf_reg                          ? CopyMode::kZeroCopy
+  kf.copy_mode = kf.auto_buf_reg                         ? CopyMode::kZeroCopy
                  : (kf.features & UBLK_F_USER_COPY) != 0 ? CopyMode::kUserCopy
                                                          : CopyMode::kGetData;
 
   if (options.force_encoding.has_value()) kf.encoding = *options.force_encoding;
   if (options.force_copy_mode.has_value()) {
     if (*options.force_copy_mode == CopyMode::kUserCopy && (kf.features & UBLK_F_USER_COPY) == 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "copy mode user_copy forced, but ublk_drv on kernel ", kf.kernel_release,
-          " does not offer UBLK_F_USER_COPY (features ", FeaturesHex(kf.features),
-          "; user copy needs Linux 6.5+)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("copy mode user_copy forced, but ublk_drv on kernel ", kf.kernel_release,
+                       " does not offer UBLK_F_USER_COPY (features ", FeaturesHex(kf.features),
+                       "; user copy needs Linux 6.5+)"));
     }
     if (*options.force_copy_mode == CopyMode::kZeroCopy && !kf.auto_buf_reg) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "copy mode zero_copy forced, but ublk_drv on kernel ", kf.kernel_release,
-          " does not offer UBLK_F_AUTO_BUF_REG (features ", FeaturesHex(kf.features),
-          "; zero copy needs Linux 6.16+)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("copy mode zero_copy forced, but ublk_drv on kernel ", kf.kernel_release,
+                       " does not offer UBLK_F_AUTO_BUF_REG (features ", FeaturesHex(kf.features),
+                       "; zero copy needs Linux 6.16+)"));
     }
     if (*options.force_copy_mode == CopyMode::kGetData &&
         (kf.features & UBLK_F_NEED_GET_DATA) == 0) {
@@ -123,8 +123,7 @@ void LogKernelFeatures(const KernelFeatures& kf) {
                 : kf.has_get_features ? " (GET_FEATURES)"
                                       : " (no GET_FEATURES: 6.1 baseline)")
             << ", using copy_mode=" << CopyModeName(kf.copy_mode)
-            << " encoding=" << CmdEncodingName(kf.encoding)
-            << " user_recovery=" << kf.user_recovery
+            << " encoding=" << CmdEncodingName(kf.encoding) << " user_recovery=" << kf.user_recovery
             << " reissue=" << kf.user_recovery_reissue << " auto_buf_reg=" << kf.auto_buf_reg;
 }
 

@@ -53,9 +53,8 @@ struct KernelFeatures {
 };
 
 // What 6.1 offers (it has no GET_FEATURES to say so).
-inline constexpr uint64_t kBaselineFeatures =
-    UBLK_F_URING_CMD_COMP_IN_TASK | UBLK_F_NEED_GET_DATA | UBLK_F_USER_RECOVERY |
-    UBLK_F_USER_RECOVERY_REISSUE;
+inline constexpr uint64_t kBaselineFeatures = UBLK_F_URING_CMD_COMP_IN_TASK | UBLK_F_NEED_GET_DATA |
+                                              UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
 
 struct FeatureOptions {
   // Unset: detect. Set: use it (the real-kernel test forces the

@@ -41,7 +41,7 @@ absl::StatusOr<std::unique_ptr<FileTarget>> FileTarget::Open(const FileTargetOpt
     return absl::ErrnoToStatus(err, absl::StrCat("file target: open ", o.path));
   }
   UniqueFd buffered(fd);
-  struct stat st{};
+  struct stat st {};
   if (fstat(buffered.get(), &st) != 0) {
     return absl::ErrnoToStatus(errno, absl::StrCat("file target: fstat ", o.path));
   }
@@ -52,22 +52,20 @@ absl::StatusOr<std::unique_ptr<FileTarget>> FileTarget::Open(const FileTargetOpt
   if ((st.st_mode & (S_IWUSR | S_IWGRP | S_IWOTH)) == 0) {
     // Root could still open it for writing; the mode says the operator
     // meant it read-only.
-    return absl::FailedPreconditionError(absl::StrCat("file target: backing file ", o.path,
-                                                      " is read-only (mode ",
-                                                      absl::StrFormat("%04o", st.st_mode & 07777),
-                                                      ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("file target: backing file ", o.path, " is read-only (mode ",
+                     absl::StrFormat("%04o", st.st_mode & 07777), ")"));
   }
   uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < o.size_bytes) {
     if (!o.create) {
-      return absl::FailedPreconditionError(absl::StrCat("file target: backing file ", o.path,
-                                                        " has ", file_size,
-                                                        " bytes, smaller than the volume (",
-                                                        o.size_bytes, ")"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("file target: backing file ", o.path, " has ", file_size,
+                       " bytes, smaller than the volume (", o.size_bytes, ")"));
     }
     if (ftruncate(buffered.get(), static_cast<off_t>(o.size_bytes)) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat("file target: grow ", o.path, " to ",
-                                                     o.size_bytes, " bytes"));
+      return absl::ErrnoToStatus(
+          errno, absl::StrCat("file target: grow ", o.path, " to ", o.size_bytes, " bytes"));
     }
   }
   UniqueFd direct;
@@ -81,15 +79,15 @@ absl::StatusOr<std::unique_ptr<FileTarget>> FileTarget::Open(const FileTargetOpt
     }
   }
   bool inline_io = false;
-  struct statfs fs{};
+  struct statfs fs {};
   if (o.inline_memory_files && fstatfs(buffered.get(), &fs) == 0 &&
       (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)) {
     inline_io = true;
     LOG(INFO) << "file target " << o.path << ": file in memory (tmpfs/ramfs), reads and writes "
               << "served inline";
   }
-  return std::unique_ptr<FileTarget>(new FileTarget(o.path, o.size_bytes, std::move(buffered),
-                                                    std::move(direct), inline_io));
+  return std::unique_ptr<FileTarget>(
+      new FileTarget(o.path, o.size_bytes, std::move(buffered), std::move(direct), inline_io));
 }
 
 FileTarget::FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct,
@@ -181,9 +179,8 @@ std::optional<int32_t> FileTarget::StartIo(Ring& ring, const TargetIo& io, uint6
       break;
     case UBLK_IO_OP_WRITE_ZEROES:
       io_uring_prep_fallocate(sqe, buffered_fd_.get(),
-                              (zero_range_.load(std::memory_order_relaxed)
-                                   ? FALLOC_FL_ZERO_RANGE
-                                   : FALLOC_FL_PUNCH_HOLE) |
+                              (zero_range_.load(std::memory_order_relaxed) ? FALLOC_FL_ZERO_RANGE
+                                                                           : FALLOC_FL_PUNCH_HOLE) |
                                   FALLOC_FL_KEEP_SIZE,
                               io.offset, io.len);
       break;

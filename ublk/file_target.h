@@ -53,8 +53,7 @@ class FileTarget final : public Target {
   std::optional<int32_t> FinishIo(const TargetIo& io, int32_t cqe_res) override;
 
  private:
-  FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct,
-             bool inline_io);
+  FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct, bool inline_io);
   std::optional<int32_t> InlineIo(const TargetIo& io);
 
   const std::string path_;

@@ -44,9 +44,9 @@ std::string CharDevicePath(uint32_t dev_id) { return absl::StrCat("/dev/ublkc", 
 
 absl::Status UblkErrnoToStatus(int err, absl::string_view context) {
   constexpr int kKernelEnotsupp = 524;  // ENOTSUPP, kernel-internal, leaks to CQEs
-  std::string msg = absl::StrCat(context, ": ", err == kKernelEnotsupp ? "operation not supported"
-                                                                      : ublk::Errno(err),
-                                 " (errno ", err, ")");
+  std::string msg = absl::StrCat(
+      context, ": ", err == kKernelEnotsupp ? "operation not supported" : ublk::Errno(err),
+      " (errno ", err, ")");
   switch (err) {
     case ENOENT:
     case ENODEV:

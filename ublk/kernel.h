@@ -14,10 +14,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "ublk/uapi.h"
 
 namespace ublk {
@@ -36,7 +36,7 @@ enum class CopyMode { kUserCopy, kGetData, kZeroCopy };
 absl::string_view CmdEncodingName(CmdEncoding encoding);  // "ioctl" | "legacy"
 // "user_copy" | "get_data" | "zero_copy"
 absl::string_view CopyModeName(CopyMode mode);
-absl::string_view DeviceStateName(uint16_t state);        // "DEAD" | "LIVE" | ...
+absl::string_view DeviceStateName(uint16_t state);  // "DEAD" | "LIVE" | ...
 
 inline constexpr uint32_t kAnyDevId = UINT32_MAX;
 
@@ -105,8 +105,7 @@ class QueueChannel {
   virtual uint64_t FixedBufferAddress(uint16_t tag) const = 0;
   // Get-data mode: answers UBLK_IO_RES_NEED_GET_DATA with the buffer the
   // WRITE's data is copied into; completes with UBLK_IO_RES_OK once it is.
-  virtual absl::Status PrepNeedGetData(Ring& ring, uint16_t tag, void* buf,
-                                       uint64_t user_data) = 0;
+  virtual absl::Status PrepNeedGetData(Ring& ring, uint16_t tag, void* buf, uint64_t user_data) = 0;
   // Raw CQE res -> UBLK_IO_RES_OK / UBLK_IO_RES_NEED_GET_DATA /
   // UBLK_IO_RES_ABORT / -errno. Identity for the real kernel.
   virtual int32_t TranslateCompletion(uint16_t tag, int32_t raw_cqe_res) = 0;
@@ -161,8 +160,7 @@ class ControlDevice {
   // mmap owner. Unavailable if the char device is still held (a server that
   // died with only part of a queue fetched never finishes exiting on 6.12:
   // only STOP_DEV releases it; see README "A device left unrecoverable").
-  virtual absl::Status RearmRecovery(uint32_t dev_id, uint16_t nr_queues,
-                                     uint16_t queue_depth) = 0;
+  virtual absl::Status RearmRecovery(uint32_t dev_id, uint16_t nr_queues, uint16_t queue_depth) = 0;
   // Like StartDevice: blocks until all tags are re-fetched.
   virtual absl::Status EndUserRecovery(uint32_t dev_id, pid_t pid) = 0;
   // UBLK_U_CMD_UPDATE_SIZE (6.14+, UBLK_F_UPDATE_SIZE); Unimplemented where

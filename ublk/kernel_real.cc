@@ -75,9 +75,7 @@ class RealQueueChannel final : public QueueChannel {
         depth_(depth),
         descs_(descs),
         map_len_(map_len) {}
-  ~RealQueueChannel() override {
-    munmap(const_cast<ublksrv_io_desc*>(descs_), map_len_);
-  }
+  ~RealQueueChannel() override { munmap(const_cast<ublksrv_io_desc*>(descs_), map_len_); }
 
   uint32_t dev_id() const override { return dev_->dev_id; }
   uint16_t q_id() const override { return q_id_; }
@@ -132,8 +130,8 @@ class RealQueueChannel final : public QueueChannel {
   }
 
  private:
-  absl::Status Prep(Ring& ring, unsigned legacy_op, unsigned ioctl_op, uint16_t tag,
-                    int32_t result, void* buf, uint64_t user_data, bool auto_reg) {
+  absl::Status Prep(Ring& ring, unsigned legacy_op, unsigned ioctl_op, uint16_t tag, int32_t result,
+                    void* buf, uint64_t user_data, bool auto_reg) {
     io_uring_sqe* sqe = ring.GetSqe();
     if (sqe == nullptr) {
       return absl::UnavailableError(absl::StrCat("ublk device ", dev_->dev_id, " queue ", q_id_,
@@ -147,8 +145,8 @@ class RealQueueChannel final : public QueueChannel {
     return absl::OkStatus();
   }
   absl::Status Error(absl::string_view what, uint16_t tag, int err) const {
-    return UblkErrnoToStatus(err, absl::StrCat(what, " ", CharDevicePath(dev_->dev_id), " queue ",
-                                               q_id_, " tag ", tag));
+    return UblkErrnoToStatus(
+        err, absl::StrCat(what, " ", CharDevicePath(dev_->dev_id), " queue ", q_id_, " tag ", tag));
   }
 
   const std::shared_ptr<RealControlDevice::CharDev> dev_;
@@ -168,11 +166,13 @@ absl::StatusOr<std::unique_ptr<RealControlDevice>> RealControlDevice::Open(
   if (fd < 0) {
     int err = errno;
     if (err == ENOENT || err == ENODEV || err == ENXIO) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          control_path, " does not exist: the kernel module ublk_drv is not loaded (load it with "
-                        "modprobe ublk_drv; the kernel needs CONFIG_BLK_DEV_UBLK)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(control_path,
+                       " does not exist: the kernel module ublk_drv is not loaded (load it with "
+                       "modprobe ublk_drv; the kernel needs CONFIG_BLK_DEV_UBLK)"));
     }
-    return UblkErrnoToStatus(err, absl::StrCat("open ", control_path, " (ublk_drv control device)"));
+    return UblkErrnoToStatus(err,
+                             absl::StrCat("open ", control_path, " (ublk_drv control device)"));
   }
   std::unique_ptr<RealControlDevice> dev(new RealControlDevice(encoding, UniqueFd(fd), clock));
   // Fail now, not at the first command, if this kernel's io_uring lacks SQE128.
@@ -243,14 +243,12 @@ absl::StatusOr<int> RealControlDevice::Run(unsigned cmd_op, uint32_t dev_id, voi
 absl::StatusOr<uint64_t> RealControlDevice::GetFeatures() {
   uint64_t features = 0;
   // There is no legacy number for GET_FEATURES: always ioctl-encoded.
-  auto res = Run(UBLK_U_CMD_GET_FEATURES, 0, &features, UBLK_FEATURES_LEN, 0,
-                 "ublk GET_FEATURES");
+  auto res = Run(UBLK_U_CMD_GET_FEATURES, 0, &features, UBLK_FEATURES_LEN, 0, "ublk GET_FEATURES");
   if (!res.ok()) {
     // 6.1 answers an unknown command with ENODEV (it looks the device up first)
     // or EOPNOTSUPP: either way the command does not exist there.
-    return absl::UnimplementedError(
-        absl::StrCat("ublk GET_FEATURES not supported by this kernel (", res.status().message(),
-                     ")"));
+    return absl::UnimplementedError(absl::StrCat("ublk GET_FEATURES not supported by this kernel (",
+                                                 res.status().message(), ")"));
   }
   return features;
 }
@@ -326,8 +324,8 @@ absl::StatusOr<DeviceInfo> RealControlDevice::GetDeviceInfo(uint32_t dev_id) {
 }
 
 absl::Status RealControlDevice::StartUserRecovery(uint32_t dev_id) {
-  return Run(Op(UBLK_CMD_START_USER_RECOVERY, UBLK_U_CMD_START_USER_RECOVERY), dev_id, nullptr,
-             0, 0, absl::StrCat("ublk START_USER_RECOVERY device ", dev_id))
+  return Run(Op(UBLK_CMD_START_USER_RECOVERY, UBLK_U_CMD_START_USER_RECOVERY), dev_id, nullptr, 0,
+             0, absl::StrCat("ublk START_USER_RECOVERY device ", dev_id))
       .status();
 }
 
@@ -341,9 +339,9 @@ absl::Status RealControlDevice::UpdateSize(uint32_t dev_id, uint64_t dev_sectors
   auto res = Run(UBLK_U_CMD_UPDATE_SIZE, dev_id, nullptr, 0, dev_sectors,
                  absl::StrCat("ublk UPDATE_SIZE device ", dev_id));
   if (!res.ok() && absl::IsUnimplemented(res.status())) {
-    return absl::UnimplementedError(absl::StrCat(
-        "resizing ublk device ", dev_id, " needs UBLK_U_CMD_UPDATE_SIZE (Linux 6.14+): ",
-        res.status().message()));
+    return absl::UnimplementedError(
+        absl::StrCat("resizing ublk device ", dev_id,
+                     " needs UBLK_U_CMD_UPDATE_SIZE (Linux 6.14+): ", res.status().message()));
   }
   return res.status();
 }
@@ -423,8 +421,7 @@ absl::Status RealControlDevice::RearmRecovery(uint32_t dev_id, uint16_t nr_queue
       result = ring.status();
       return;
     }
-    const unsigned op =
-        encoding_ == CmdEncoding::kIoctl ? UBLK_U_IO_FETCH_REQ : UBLK_IO_FETCH_REQ;
+    const unsigned op = encoding_ == CmdEncoding::kIoctl ? UBLK_U_IO_FETCH_REQ : UBLK_IO_FETCH_REQ;
     for (uint16_t q = 0; q < nr_queues; ++q) {
       for (uint16_t tag = 0; tag < queue_depth; ++tag) {
         io_uring_sqe* sqe = (*ring)->GetSqe();
@@ -462,8 +459,8 @@ absl::Status RealControlDevice::RearmRecovery(uint32_t dev_id, uint16_t nr_queue
 }
 
 absl::StatusOr<std::unique_ptr<QueueChannel>> RealControlDevice::OpenQueue(uint32_t dev_id,
-                                                                         uint16_t q_id,
-                                                                         uint16_t queue_depth) {
+                                                                           uint16_t q_id,
+                                                                           uint16_t queue_depth) {
   if (queue_depth == 0 || queue_depth > kMaxQueueDepth) {
     return absl::InvalidArgumentError(
         absl::StrCat("ublk device ", dev_id, " queue ", q_id, ": bad queue depth ", queue_depth));
@@ -471,16 +468,16 @@ absl::StatusOr<std::unique_ptr<QueueChannel>> RealControlDevice::OpenQueue(uint3
   ASSIGN_OR_RETURN(auto dev, GetCharDev(dev_id));
   const size_t page = PageSize();
   const size_t map_len = RoundUp(queue_depth * sizeof(ublksrv_io_desc), page);
-  const off_t off = static_cast<off_t>(UBLKSRV_CMD_BUF_OFFSET +
-                                       q_id * RoundUp(kMaxDescBytesPerQueue, page));
+  const off_t off =
+      static_cast<off_t>(UBLKSRV_CMD_BUF_OFFSET + q_id * RoundUp(kMaxDescBytesPerQueue, page));
   void* p = mmap(nullptr, map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, dev->fd.get(), off);
   if (p == MAP_FAILED) {
-    return UblkErrnoToStatus(errno, absl::StrCat("mmap descriptors of ", CharDevicePath(dev_id),
-                                                 " queue ", q_id));
+    return UblkErrnoToStatus(
+        errno, absl::StrCat("mmap descriptors of ", CharDevicePath(dev_id), " queue ", q_id));
   }
-  return std::unique_ptr<QueueChannel>(new RealQueueChannel(
-      std::move(dev), encoding_, q_id, queue_depth, static_cast<const ublksrv_io_desc*>(p),
-      map_len));
+  return std::unique_ptr<QueueChannel>(
+      new RealQueueChannel(std::move(dev), encoding_, q_id, queue_depth,
+                           static_cast<const ublksrv_io_desc*>(p), map_len));
 }
 
 absl::StatusOr<int> ReadUblksMax(const std::string& path) {

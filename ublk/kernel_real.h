@@ -59,8 +59,8 @@ class RealControlDevice final : public ControlDevice {
 
   // Runs one control command; returns the CQE result (>= 0) or the error
   // mapped with `what` as context.
-  absl::StatusOr<int> Run(unsigned cmd_op, uint32_t dev_id, void* buf, uint16_t len,
-                          uint64_t data0, absl::string_view what, int* errno_out = nullptr);
+  absl::StatusOr<int> Run(unsigned cmd_op, uint32_t dev_id, void* buf, uint16_t len, uint64_t data0,
+                          absl::string_view what, int* errno_out = nullptr);
   unsigned Op(unsigned legacy_op, unsigned ioctl_op) const {
     return encoding_ == CmdEncoding::kIoctl ? ioctl_op : legacy_op;
   }

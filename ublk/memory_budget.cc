@@ -59,9 +59,7 @@ std::vector<std::string> SelfAndAncestors(std::string path) {
   return out;
 }
 
-std::string Bytes(uint64_t b) {
-  return absl::StrCat(b, " bytes (", b >> 20, " MiB)");
-}
+std::string Bytes(uint64_t b) { return absl::StrCat(b, " bytes (", b >> 20, " MiB)"); }
 
 }  // namespace
 
@@ -122,7 +120,8 @@ MemoryBudget::~MemoryBudget() = default;
 int64_t MemoryBudget::headroom() const {
   const uint64_t limit = limit_.load(std::memory_order_relaxed);
   if (limit == 0) return INT64_MAX;
-  const uint64_t used = other_.load(std::memory_order_relaxed) + charged_.load(std::memory_order_relaxed);
+  const uint64_t used =
+      other_.load(std::memory_order_relaxed) + charged_.load(std::memory_order_relaxed);
   return static_cast<int64_t>(limit) - static_cast<int64_t>(used);
 }
 
@@ -259,8 +258,7 @@ absl::Status MemoryBudget::Refresh() {
     } else {
       LOG(INFO) << "memory budget: limit " << Bytes(r.limit) << " from " << r.limit_source
                 << ", usage from " << (r.usage_source.empty() ? "nowhere" : r.usage_source)
-                << "; buffers are admitted while " << Bytes(options_.headroom)
-                << " stay free";
+                << "; buffers are admitted while " << Bytes(options_.headroom) << " stay free";
     }
   }
   first_refresh_ = false;
@@ -271,8 +269,9 @@ absl::Status MemoryBudget::Refresh() {
     const uint64_t charged = charged_.load(std::memory_order_relaxed);
     other_.store(*r.usage > charged ? *r.usage - charged : 0, std::memory_order_relaxed);
   } else {
-    status = absl::UnavailableError("memory budget: cannot read the memory usage (cgroup "
-                                    "memory.current / memory.usage_in_bytes, /proc/self/statm)");
+    status = absl::UnavailableError(
+        "memory budget: cannot read the memory usage (cgroup "
+        "memory.current / memory.usage_in_bytes, /proc/self/statm)");
     if (!usage_error_logged_) {
       usage_error_logged_ = true;
       LOG(WARNING) << status.message() << "; keeping the last reading";

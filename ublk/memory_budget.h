@@ -10,10 +10,10 @@
 // cgroup v2 and its ancestors (from /proc/self/cgroup), else the v1
 // memory.limit_in_bytes, else none; a configured override wins. Usage is
 // memory.current minus the page cache on the file LRU lists (active_file and
-// inactive_file of memory.stat: reclaimable before an OOM kill), memory.usage_in_bytes (v1), else the RSS from
-// /proc/self/statm. Refresh() re-reads them (a background thread calls it);
-// between refreshes the buffers charged here are counted exactly, so usage
-// that is not ours (`other`) is what the last refresh saw minus our charges.
+// inactive_file of memory.stat: reclaimable before an OOM kill), memory.usage_in_bytes (v1), else
+// the RSS from /proc/self/statm. Refresh() re-reads them (a background thread calls it); between
+// refreshes the buffers charged here are counted exactly, so usage that is not ours (`other`) is
+// what the last refresh saw minus our charges.
 //
 // Threads: TryCharge/Uncharge and the accessors are lock-free and never
 // allocate (they run on the workers' no-memory path). Refresh() runs on one

@@ -42,9 +42,9 @@ absl::StatusOr<std::unique_ptr<Ring>> Ring::CreateSingleIssuer(unsigned entries,
     if (ret != -EINVAL || want == 0) break;
   }
   if (ret < 0) {
-    return absl::ErrnoToStatus(-ret, absl::StrCat("io_uring_queue_init(entries=", entries,
-                                                  ", cq_entries=", cq_entries, ", flags=0x",
-                                                  absl::Hex(flags), ")"));
+    return absl::ErrnoToStatus(
+        -ret, absl::StrCat("io_uring_queue_init(entries=", entries, ", cq_entries=", cq_entries,
+                           ", flags=0x", absl::Hex(flags), ")"));
   }
   ring->flags_ = flags;
   // One fdget less per io_uring_enter (5.18+); without it liburing uses the fd.
@@ -87,10 +87,10 @@ absl::Status Ring::SubmitAndWait(absl::Duration timeout) {
   if (timeout == absl::InfiniteDuration()) {
     ret = io_uring_submit_and_wait(&ring_, 1);
   } else {
-    __kernel_timespec ts = absl::ToTimespec(timeout).tv_sec >= 0
-                               ? __kernel_timespec{absl::ToTimespec(timeout).tv_sec,
-                                                   absl::ToTimespec(timeout).tv_nsec}
-                               : __kernel_timespec{0, 0};
+    __kernel_timespec ts =
+        absl::ToTimespec(timeout).tv_sec >= 0
+            ? __kernel_timespec{absl::ToTimespec(timeout).tv_sec, absl::ToTimespec(timeout).tv_nsec}
+            : __kernel_timespec{0, 0};
     io_uring_cqe* cqe = nullptr;
     ret = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
   }

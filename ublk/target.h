@@ -15,10 +15,10 @@
 namespace ublk {
 
 struct TargetIo {
-  uint8_t op = 0;        // UBLK_IO_OP_*
-  uint32_t flags = 0;    // UBLK_IO_F_* (op_flags >> 8 << 8)
-  uint64_t offset = 0;   // bytes
-  uint32_t len = 0;      // bytes
+  uint8_t op = 0;       // UBLK_IO_OP_*
+  uint32_t flags = 0;   // UBLK_IO_F_* (op_flags >> 8 << 8)
+  uint64_t offset = 0;  // bytes
+  uint32_t len = 0;     // bytes
   // READ: filled by the target; WRITE: the data. With buf_index >= 0 (zero
   // copy) it is not a user pointer but the address of the request's bytes in
   // the fixed buffer `buf_index` of the worker's ring (0 for the kernel's

@@ -44,8 +44,7 @@
   _IOWR('u', UBLK_CMD_START_USER_RECOVERY, struct ublksrv_ctrl_cmd)
 #endif
 #ifndef UBLK_U_CMD_END_USER_RECOVERY
-#define UBLK_U_CMD_END_USER_RECOVERY \
-  _IOWR('u', UBLK_CMD_END_USER_RECOVERY, struct ublksrv_ctrl_cmd)
+#define UBLK_U_CMD_END_USER_RECOVERY _IOWR('u', UBLK_CMD_END_USER_RECOVERY, struct ublksrv_ctrl_cmd)
 #endif
 #ifndef UBLK_U_CMD_GET_DEV_INFO2
 #define UBLK_U_CMD_GET_DEV_INFO2 _IOR('u', UBLK_CMD_GET_DEV_INFO2, struct ublksrv_ctrl_cmd)
@@ -160,7 +159,8 @@ inline constexpr unsigned long long kMaxDescBytesPerQueue =
     UBLK_MAX_QUEUE_DEPTH * sizeof(struct ublksrv_io_desc);
 // The SQE addr of a FETCH/COMMIT_AND_FETCH asking for automatic
 // registration at `index` (no flags: no fallback).
-inline constexpr unsigned long long AutoBufRegSqeAddr(unsigned short index, unsigned char flags = 0) {
+inline constexpr unsigned long long AutoBufRegSqeAddr(unsigned short index,
+                                                      unsigned char flags = 0) {
   return static_cast<unsigned long long>(index) | (static_cast<unsigned long long>(flags) << 16);
 }
 // Byte offset of (q_id, tag) in the user-copy address space of /dev/ublkcN.

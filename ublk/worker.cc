@@ -110,8 +110,7 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
   // Without it READs of the null target take a buffer and a memset.
   if (zeros != MAP_FAILED) w->zero_region_ = zeros;
   w->pool_ = std::make_unique<BufferPool>(options.buffer_pool, *options.memory, w->clock_,
-                                          options.pool_metrics, options.worker_id,
-                                          options.budget);
+                                          options.pool_metrics, options.worker_id, options.budget);
   w->pool_->SetDemand(0);  // grows with the copy-mode queues attached
   Worker* self = w.get();
   w->pool_->SetSlotReleasedCallback([self] { self->slot_released_ = true; });
@@ -205,7 +204,8 @@ absl::Status Worker::RunOnWorker(std::function<void()> task) {
 
 absl::StatusOr<Worker::QueueId> Worker::AddQueue(QueueConfig config) {
   if (config.channel == nullptr || config.target == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("worker ", id(), ": queue without channel or target"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker ", id(), ": queue without channel or target"));
   }
   absl::StatusOr<QueueId> result = absl::InternalError("not run");
   auto shared = std::make_shared<QueueConfig>(std::move(config));
@@ -247,11 +247,11 @@ absl::StatusOr<Worker::QueueId> Worker::AddQueue(QueueConfig config) {
       absl::StatusOr<uint16_t> base =
           table.ok() ? AllocBufferRange(q->channel->queue_depth()) : table;
       if (!base.ok()) {
-        result = absl::Status(
-            base.status().code(),
-            absl::StrCat(base.status().message(), ": cannot attach zero-copy queue ",
-                         q->channel->q_id(), " of ublk device ", q->channel->dev_id(),
-                         " (depth ", q->channel->queue_depth(), ")"));
+        result =
+            absl::Status(base.status().code(),
+                         absl::StrCat(base.status().message(), ": cannot attach zero-copy queue ",
+                                      q->channel->q_id(), " of ublk device ", q->channel->dev_id(),
+                                      " (depth ", q->channel->queue_depth(), ")"));
         return;  // the channel closes with q (zero copy: no demand was added)
       }
       q->buf_base = *base;
@@ -420,8 +420,8 @@ void Worker::OnCommand(Queue& q, uint16_t tag, int32_t raw) {
     BeginRequest(q, tag);
   } else if (res == UBLK_IO_RES_NEED_GET_DATA) {
     const ublksrv_io_desc& d = q.channel->Desc(tag);
-    t.io = TargetIo{ublksrv_get_op(&d), d.op_flags & ~0xffu, d.start_sector << 9,
-                    d.nr_sectors << 9, nullptr};
+    t.io = TargetIo{ublksrv_get_op(&d), d.op_flags & ~0xffu, d.start_sector << 9, d.nr_sectors << 9,
+                    nullptr};
     t.next = TagState::Next::kNeedGetData;
     if (AcquireBuffer(q, tag, t.io.len)) Continue(q, tag);
   } else {
@@ -449,8 +449,8 @@ void Worker::BeginRequest(Queue& q, uint16_t tag) {
         // Zero copy: the kernel registered the request's pages at this
         // tag's index; the target reads/writes them there.
         t.io.buf_index = q.buf_base + tag;
-        t.io.buf = reinterpret_cast<void*>(
-            static_cast<uintptr_t>(q.channel->FixedBufferAddress(tag)));
+        t.io.buf =
+            reinterpret_cast<void*>(static_cast<uintptr_t>(q.channel->FixedBufferAddress(tag)));
         StartTarget(q, tag);
         return;
       }
@@ -530,8 +530,8 @@ void Worker::Continue(Queue& q, uint16_t tag) {
   TagState& t = q.tags[tag];
   q.SetPhase(tag, TagState::Phase::kIdle);
   if (t.next == TagState::Next::kNeedGetData) {
-    absl::Status s = q.channel->PrepNeedGetData(*ring_, tag, t.buffer.data(),
-                                                UserData(Kind::kCmd, q, tag));
+    absl::Status s =
+        q.channel->PrepNeedGetData(*ring_, tag, t.buffer.data(), UserData(Kind::kCmd, q, tag));
     if (!s.ok()) {
       LOG(ERROR) << "worker " << id() << ": " << s;
       t.buffer.Reset();
@@ -583,8 +583,7 @@ void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
     void* data = zero_read ? zero_region_ : (t.buffer ? t.buffer.data() : nullptr);
     if (q.mode == CopyMode::kUserCopy) {
       if (result > 0 && data != nullptr) {
-        absl::Status s =
-            q.channel->WriteResponseData(tag, data, static_cast<size_t>(result), 0);
+        absl::Status s = q.channel->WriteResponseData(tag, data, static_cast<size_t>(result), 0);
         if (!s.ok()) {
           LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": " << s;
           result = -EIO;
@@ -703,8 +702,8 @@ absl::Status Worker::EnsureBufferTable() {
                            options_.fixed_buffer_slots, " slots on its io_uring (zero copy)"));
   }
   buffer_table_ = true;
-  LOG(INFO) << "worker " << id() << ": registered-buffer table of "
-            << options_.fixed_buffer_slots << " slots for zero copy";
+  LOG(INFO) << "worker " << id() << ": registered-buffer table of " << options_.fixed_buffer_slots
+            << " slots for zero copy";
   return absl::OkStatus();
 }
 

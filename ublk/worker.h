@@ -189,8 +189,8 @@ class Worker {
   size_t parked_count_ = 0;  // tags parked over all queues
   size_t retry_cursor_ = 0;  // slot whose parked tags are retried first
   bool slot_released_ = false;
-  size_t copy_demand_ = 0;       // summed depth of the copy-mode queues
-  size_t get_data_depth_ = 0;    // summed depth of the get-data queues
+  size_t copy_demand_ = 0;     // summed depth of the copy-mode queues
+  size_t get_data_depth_ = 0;  // summed depth of the get-data queues
   uint64_t pressure_seen_ = 0;
   absl::Time next_memory_retry_ = absl::InfinitePast();
   // Get-data READ buffers: the kernel copies them while the commit is

@@ -29,9 +29,9 @@ absl::StatusOr<BufferPoolOptions> WorkerPoolOptions::BufferPoolFor(int workers) 
   o.retry_interval = buffer_retry_interval;
   o.chunk_slots = std::min(buffer_chunk_slots, o.slot_count);
   if (!buffer_slots_per_worker.has_value() && buffer_pool_bytes < buffer_slot_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("buffer_pool_bytes ", buffer_pool_bytes, " is less than one slot of ",
-                     buffer_slot_size, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat("buffer_pool_bytes ", buffer_pool_bytes,
+                                                   " is less than one slot of ", buffer_slot_size,
+                                                   " bytes"));
   }
   absl::Status s = o.Validate();
   if (!s.ok()) {
@@ -84,9 +84,9 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
     absl::StatusOr<std::unique_ptr<Worker>> w = Worker::Create(wo);
     if (!w.ok()) {
       pool->Stop();
-      return absl::Status(w.status().code(), absl::StrCat("worker pool: starting worker ", i,
-                                                          " of ", count, ": ",
-                                                          w.status().message()));
+      return absl::Status(w.status().code(),
+                          absl::StrCat("worker pool: starting worker ", i, " of ", count, ": ",
+                                       w.status().message()));
     }
     pool->workers_.push_back(std::move(*w));
   }
@@ -109,8 +109,9 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
                          .Register(*registry);
     auto& parked = prometheus::BuildGauge()
                        .Name("ublk_csi_worker_parked_ios")
-                       .Help("I/Os waiting for a buffer (pool full, or no memory within the "
-                             "budget)")
+                       .Help(
+                           "I/Os waiting for a buffer (pool full, or no memory within the "
+                           "budget)")
                        .Register(*registry);
     auto& parked_total = prometheus::BuildCounter()
                              .Name("ublk_csi_worker_parked_ios_total")
@@ -119,13 +120,12 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
     ublk::MutexLock lock(&pool->metrics_mu_);
     for (int i = 0; i < count; ++i) {
       const prometheus::Labels labels{{"worker", std::to_string(i)}};
-      pool->series_.push_back(Series{&ios.Add(labels), &queues.Add(labels),
-                                     &assigned.Add(labels), &parked.Add(labels),
-                                     &parked_total.Add(labels), 0, 0});
+      pool->series_.push_back(Series{&ios.Add(labels), &queues.Add(labels), &assigned.Add(labels),
+                                     &parked.Add(labels), &parked_total.Add(labels), 0, 0});
     }
   }
-  LOG(INFO) << "worker pool: " << count << " worker(s), buffer pool of up to "
-            << bp->slot_count << " x " << bp->slot_size << " bytes each (created on first I/O; "
+  LOG(INFO) << "worker pool: " << count << " worker(s), buffer pool of up to " << bp->slot_count
+            << " x " << bp->slot_size << " bytes each (created on first I/O; "
             << count * bp->slot_count * bp->slot_size << " bytes at most in total)";
   const absl::Duration metrics_interval =
       registry != nullptr ? options.metrics_refresh_interval : absl::ZeroDuration();
@@ -159,8 +159,8 @@ std::vector<Worker*> WorkerPool::Assign(size_t nr_queues) {
     if (stopped_ || workers_.empty()) return result;
     result.reserve(nr_queues);
     for (size_t q = 0; q < nr_queues; ++q) {
-      const size_t best = static_cast<size_t>(
-          std::min_element(assigned_.begin(), assigned_.end()) - assigned_.begin());
+      const size_t best = static_cast<size_t>(std::min_element(assigned_.begin(), assigned_.end()) -
+                                              assigned_.begin());
       ++assigned_[best];
       result.push_back(workers_[best].get());
     }
@@ -240,7 +240,8 @@ void WorkerPool::RefreshLoop(absl::Duration metrics_interval, absl::Duration bud
       next_metrics = now + metrics_interval;
     }
     ublk::MutexLock lock(&mu_);
-    if (stop_cv_.WaitFor(lock, wait, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopped_; })) {
+    if (stop_cv_.WaitFor(lock, wait,
+                         [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopped_; })) {
       break;
     }
   }

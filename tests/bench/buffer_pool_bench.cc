@@ -35,8 +35,7 @@ class NoMapMemorySource final : public MemorySource {
   RealMemorySource real_;
 };
 
-void Run(benchmark::State& state, MemorySource& memory, bool touch,
-         AcquireOutcome expected) {
+void Run(benchmark::State& state, MemorySource& memory, bool touch, AcquireOutcome expected) {
   const size_t len = static_cast<size_t>(state.range(0));
   FakeClock clock;
   prometheus::Registry registry;
@@ -89,11 +88,9 @@ class RatioReporter : public benchmark::ConsoleReporter {
     // One number per benchmark: the single run, or the median of repetitions.
     for (const Run& run : runs) {
       if (run.error_occurred) continue;
-      const bool median =
-          run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
+      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
       if (run.run_type == Run::RT_Iteration || median) {
-        ns_[run.run_name.str()] = {run.GetAdjustedRealTime(),
-                                   run.GetAdjustedCPUTime()};
+        ns_[run.run_name.str()] = {run.GetAdjustedRealTime(), run.GetAdjustedCPUTime()};
       }
     }
     ConsoleReporter::ReportRuns(runs);
@@ -102,8 +99,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
   void PrintRatios() const {
     // CPU time is the ratio's basis: on a shared machine wall time also
     // counts other processes' turns on the CPU.
-    std::printf(
-        "\nns (CPU) per AcquireIoBuffer+release, heap path / pool path:\n");
+    std::printf("\nns (CPU) per AcquireIoBuffer+release, heap path / pool path:\n");
     for (const char* kind : {"", "Touch"}) {
       for (const char* arg : {"4096", "131072"}) {
         const std::string pool = std::string("BM_Pool") + kind + "/" + arg;
@@ -114,9 +110,8 @@ class RatioReporter : public benchmark::ConsoleReporter {
         std::printf(
             "  %-16s pool %8.1f ns  heap %9.1f ns  ratio %7.2fx"
             "  (wall: %.1f / %.1f ns)\n",
-            (std::string(kind[0] ? "touch " : "") + arg + " B").c_str(),
-            p->second.cpu, h->second.cpu, h->second.cpu / p->second.cpu,
-            p->second.real, h->second.real);
+            (std::string(kind[0] ? "touch " : "") + arg + " B").c_str(), p->second.cpu,
+            h->second.cpu, h->second.cpu / p->second.cpu, p->second.real, h->second.real);
       }
     }
   }

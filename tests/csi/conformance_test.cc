@@ -51,7 +51,8 @@ class ConformanceTest : public ::testing::Test {
     health_.SetBackend(absl::OkStatus());
     health_.SetRecoveryDone();
     identity_ = std::make_unique<IdentityService>(
-        PluginCapabilities{.controller_service = true, .volume_accessibility_constraints = true,
+        PluginCapabilities{.controller_service = true,
+                           .volume_accessibility_constraints = true,
                            .online_expansion = true},
         &health_);
     controller_ = std::make_unique<ControllerService>(manager_.get());
@@ -77,7 +78,8 @@ class ConformanceTest : public ::testing::Test {
     return (stub->*m)(&ctx, req, resp != nullptr ? resp : &local);
   }
 #define CTL(method, req, ...) Do(ctl_.get(), &csi::v1::Controller::Stub::method, req, ##__VA_ARGS__)
-#define NODE(method, req, ...) Do(node_stub_.get(), &csi::v1::Node::Stub::method, req, ##__VA_ARGS__)
+#define NODE(method, req, ...) \
+  Do(node_stub_.get(), &csi::v1::Node::Stub::method, req, ##__VA_ARGS__)
 
   std::string CreateVolume(const std::string& name) {
     csi::v1::CreateVolumeRequest req;
@@ -107,31 +109,49 @@ class ConformanceTest : public ::testing::Test {
 TEST_F(ConformanceTest, IdentityAdvertisesWhatIsServed) {
   csi::v1::GetPluginCapabilitiesResponse caps;
   ASSERT_TRUE(Do(ids_.get(), &csi::v1::Identity::Stub::GetPluginCapabilities,
-                 csi::v1::GetPluginCapabilitiesRequest(), &caps).ok());
+                 csi::v1::GetPluginCapabilitiesRequest(), &caps)
+                  .ok());
   bool controller = false;
   for (const auto& c : caps.capabilities()) {
     controller |= c.service().type() == csi::v1::PluginCapability::Service::CONTROLLER_SERVICE;
   }
   EXPECT_TRUE(controller);
   csi::v1::ControllerGetCapabilitiesResponse cc;
-  ASSERT_TRUE(CTL(ControllerGetCapabilities, csi::v1::ControllerGetCapabilitiesRequest(), &cc).ok());
+  ASSERT_TRUE(
+      CTL(ControllerGetCapabilities, csi::v1::ControllerGetCapabilitiesRequest(), &cc).ok());
   EXPECT_TRUE(Do(ids_.get(), &csi::v1::Identity::Stub::Probe, csi::v1::ProbeRequest()).ok());
 }
 
 TEST_F(ConformanceTest, ControllerCapabilitiesMatchImplementedCalls) {
   using Rpc = csi::v1::ControllerServiceCapability::RPC;
   csi::v1::ControllerGetCapabilitiesResponse cc;
-  ASSERT_TRUE(CTL(ControllerGetCapabilities, csi::v1::ControllerGetCapabilitiesRequest(), &cc).ok());
+  ASSERT_TRUE(
+      CTL(ControllerGetCapabilities, csi::v1::ControllerGetCapabilitiesRequest(), &cc).ok());
   std::set<int> caps;
   for (const auto& c : cc.capabilities()) caps.insert(c.rpc().type());
   // Each advertised call answers something other than UNIMPLEMENTED.
   std::map<int, std::function<grpc::Status()>> probes = {
-      {Rpc::CREATE_DELETE_VOLUME, [&] { return CTL(DeleteVolume, [] { csi::v1::DeleteVolumeRequest r; r.set_volume_id("x"); return r; }()); }},
+      {Rpc::CREATE_DELETE_VOLUME,
+       [&] {
+         return CTL(DeleteVolume, [] {
+           csi::v1::DeleteVolumeRequest r;
+           r.set_volume_id("x");
+           return r;
+         }());
+       }},
       {Rpc::LIST_VOLUMES, [&] { return CTL(ListVolumes, csi::v1::ListVolumesRequest()); }},
       {Rpc::GET_CAPACITY, [&] { return CTL(GetCapacity, csi::v1::GetCapacityRequest()); }},
       {Rpc::LIST_SNAPSHOTS, [&] { return CTL(ListSnapshots, csi::v1::ListSnapshotsRequest()); }},
-      {Rpc::CREATE_DELETE_SNAPSHOT, [&] { return CTL(DeleteSnapshot, [] { csi::v1::DeleteSnapshotRequest r; r.set_snapshot_id("x"); return r; }()); }},
-      {Rpc::EXPAND_VOLUME, [&] { return CTL(ControllerExpandVolume, csi::v1::ControllerExpandVolumeRequest()); }},
+      {Rpc::CREATE_DELETE_SNAPSHOT,
+       [&] {
+         return CTL(DeleteSnapshot, [] {
+           csi::v1::DeleteSnapshotRequest r;
+           r.set_snapshot_id("x");
+           return r;
+         }());
+       }},
+      {Rpc::EXPAND_VOLUME,
+       [&] { return CTL(ControllerExpandVolume, csi::v1::ControllerExpandVolumeRequest()); }},
   };
   for (const auto& [cap, probe] : probes) {
     EXPECT_TRUE(caps.count(cap)) << Rpc::Type_Name(static_cast<Rpc::Type>(cap));
@@ -153,9 +173,9 @@ TEST_F(ConformanceTest, NodeCapabilitiesAndInfo) {
   ASSERT_TRUE(NODE(NodeGetCapabilities, csi::v1::NodeGetCapabilitiesRequest(), &nc).ok());
   std::set<int> caps;
   for (const auto& c : nc.capabilities()) caps.insert(c.rpc().type());
-  EXPECT_EQ(caps, (std::set<int>{Rpc::STAGE_UNSTAGE_VOLUME, Rpc::GET_VOLUME_STATS,
-                                 Rpc::EXPAND_VOLUME, Rpc::VOLUME_CONDITION,
-                                 Rpc::SINGLE_NODE_MULTI_WRITER}));
+  EXPECT_EQ(caps,
+            (std::set<int>{Rpc::STAGE_UNSTAGE_VOLUME, Rpc::GET_VOLUME_STATS, Rpc::EXPAND_VOLUME,
+                           Rpc::VOLUME_CONDITION, Rpc::SINGLE_NODE_MULTI_WRITER}));
   csi::v1::NodeGetInfoResponse info;
   ASSERT_TRUE(NODE(NodeGetInfo, csi::v1::NodeGetInfoRequest(), &info).ok());
   EXPECT_EQ(info.node_id(), "conformance-node");
@@ -172,34 +192,156 @@ TEST_F(ConformanceTest, MissingRequiredFieldsAreInvalidArgument) {
     std::function<grpc::Status()> call;
   };
   std::vector<Case> cases = {
-      {"CreateVolume without name", [&] { csi::v1::CreateVolumeRequest r; *r.add_volume_capabilities() = cap; return CTL(CreateVolume, r); }},
-      {"CreateVolume without capabilities", [&] { csi::v1::CreateVolumeRequest r; r.set_name("n"); return CTL(CreateVolume, r); }},
-      {"DeleteVolume without id", [&] { return CTL(DeleteVolume, csi::v1::DeleteVolumeRequest()); }},
-      {"ValidateVolumeCapabilities without id", [&] { csi::v1::ValidateVolumeCapabilitiesRequest r; *r.add_volume_capabilities() = cap; return CTL(ValidateVolumeCapabilities, r); }},
-      {"ValidateVolumeCapabilities without capabilities", [&] { csi::v1::ValidateVolumeCapabilitiesRequest r; r.set_volume_id(vol); return CTL(ValidateVolumeCapabilities, r); }},
-      {"CreateSnapshot without name", [&] { csi::v1::CreateSnapshotRequest r; r.set_source_volume_id(vol); return CTL(CreateSnapshot, r); }},
-      {"CreateSnapshot without source", [&] { csi::v1::CreateSnapshotRequest r; r.set_name("s"); return CTL(CreateSnapshot, r); }},
-      {"DeleteSnapshot without id", [&] { return CTL(DeleteSnapshot, csi::v1::DeleteSnapshotRequest()); }},
-      {"ControllerExpandVolume without id", [&] { csi::v1::ControllerExpandVolumeRequest r; r.mutable_capacity_range()->set_required_bytes(kMiB); return CTL(ControllerExpandVolume, r); }},
-      {"ControllerExpandVolume without capacity", [&] { csi::v1::ControllerExpandVolumeRequest r; r.set_volume_id(vol); return CTL(ControllerExpandVolume, r); }},
-      {"NodeStageVolume without id", [&] { csi::v1::NodeStageVolumeRequest r; r.set_staging_target_path(P("s")); *r.mutable_volume_capability() = cap; return NODE(NodeStageVolume, r); }},
-      {"NodeStageVolume without staging path", [&] { csi::v1::NodeStageVolumeRequest r; r.set_volume_id(vol); *r.mutable_volume_capability() = cap; return NODE(NodeStageVolume, r); }},
-      {"NodeStageVolume without capability", [&] { csi::v1::NodeStageVolumeRequest r; r.set_volume_id(vol); r.set_staging_target_path(P("s")); return NODE(NodeStageVolume, r); }},
-      {"NodeUnstageVolume without id", [&] { csi::v1::NodeUnstageVolumeRequest r; r.set_staging_target_path(P("s")); return NODE(NodeUnstageVolume, r); }},
-      {"NodeUnstageVolume without staging path", [&] { csi::v1::NodeUnstageVolumeRequest r; r.set_volume_id(vol); return NODE(NodeUnstageVolume, r); }},
-      {"NodePublishVolume without id", [&] { csi::v1::NodePublishVolumeRequest r; r.set_staging_target_path(P("s")); r.set_target_path(P("t")); *r.mutable_volume_capability() = cap; return NODE(NodePublishVolume, r); }},
-      {"NodePublishVolume without target", [&] { csi::v1::NodePublishVolumeRequest r; r.set_volume_id(vol); r.set_staging_target_path(P("s")); *r.mutable_volume_capability() = cap; return NODE(NodePublishVolume, r); }},
-      {"NodePublishVolume without capability", [&] { csi::v1::NodePublishVolumeRequest r; r.set_volume_id(vol); r.set_staging_target_path(P("s")); r.set_target_path(P("t")); return NODE(NodePublishVolume, r); }},
-      {"NodeUnpublishVolume without id", [&] { csi::v1::NodeUnpublishVolumeRequest r; r.set_target_path(P("t")); return NODE(NodeUnpublishVolume, r); }},
-      {"NodeUnpublishVolume without target", [&] { csi::v1::NodeUnpublishVolumeRequest r; r.set_volume_id(vol); return NODE(NodeUnpublishVolume, r); }},
-      {"NodeGetVolumeStats without id", [&] { csi::v1::NodeGetVolumeStatsRequest r; r.set_volume_path(P("t")); return NODE(NodeGetVolumeStats, r); }},
-      {"NodeGetVolumeStats without path", [&] { csi::v1::NodeGetVolumeStatsRequest r; r.set_volume_id(vol); return NODE(NodeGetVolumeStats, r); }},
-      {"NodeExpandVolume without id", [&] { csi::v1::NodeExpandVolumeRequest r; r.set_volume_path(P("t")); return NODE(NodeExpandVolume, r); }},
-      {"NodeExpandVolume without path", [&] { csi::v1::NodeExpandVolumeRequest r; r.set_volume_id(vol); return NODE(NodeExpandVolume, r); }},
+      {"CreateVolume without name",
+       [&] {
+         csi::v1::CreateVolumeRequest r;
+         *r.add_volume_capabilities() = cap;
+         return CTL(CreateVolume, r);
+       }},
+      {"CreateVolume without capabilities",
+       [&] {
+         csi::v1::CreateVolumeRequest r;
+         r.set_name("n");
+         return CTL(CreateVolume, r);
+       }},
+      {"DeleteVolume without id",
+       [&] { return CTL(DeleteVolume, csi::v1::DeleteVolumeRequest()); }},
+      {"ValidateVolumeCapabilities without id",
+       [&] {
+         csi::v1::ValidateVolumeCapabilitiesRequest r;
+         *r.add_volume_capabilities() = cap;
+         return CTL(ValidateVolumeCapabilities, r);
+       }},
+      {"ValidateVolumeCapabilities without capabilities",
+       [&] {
+         csi::v1::ValidateVolumeCapabilitiesRequest r;
+         r.set_volume_id(vol);
+         return CTL(ValidateVolumeCapabilities, r);
+       }},
+      {"CreateSnapshot without name",
+       [&] {
+         csi::v1::CreateSnapshotRequest r;
+         r.set_source_volume_id(vol);
+         return CTL(CreateSnapshot, r);
+       }},
+      {"CreateSnapshot without source",
+       [&] {
+         csi::v1::CreateSnapshotRequest r;
+         r.set_name("s");
+         return CTL(CreateSnapshot, r);
+       }},
+      {"DeleteSnapshot without id",
+       [&] { return CTL(DeleteSnapshot, csi::v1::DeleteSnapshotRequest()); }},
+      {"ControllerExpandVolume without id",
+       [&] {
+         csi::v1::ControllerExpandVolumeRequest r;
+         r.mutable_capacity_range()->set_required_bytes(kMiB);
+         return CTL(ControllerExpandVolume, r);
+       }},
+      {"ControllerExpandVolume without capacity",
+       [&] {
+         csi::v1::ControllerExpandVolumeRequest r;
+         r.set_volume_id(vol);
+         return CTL(ControllerExpandVolume, r);
+       }},
+      {"NodeStageVolume without id",
+       [&] {
+         csi::v1::NodeStageVolumeRequest r;
+         r.set_staging_target_path(P("s"));
+         *r.mutable_volume_capability() = cap;
+         return NODE(NodeStageVolume, r);
+       }},
+      {"NodeStageVolume without staging path",
+       [&] {
+         csi::v1::NodeStageVolumeRequest r;
+         r.set_volume_id(vol);
+         *r.mutable_volume_capability() = cap;
+         return NODE(NodeStageVolume, r);
+       }},
+      {"NodeStageVolume without capability",
+       [&] {
+         csi::v1::NodeStageVolumeRequest r;
+         r.set_volume_id(vol);
+         r.set_staging_target_path(P("s"));
+         return NODE(NodeStageVolume, r);
+       }},
+      {"NodeUnstageVolume without id",
+       [&] {
+         csi::v1::NodeUnstageVolumeRequest r;
+         r.set_staging_target_path(P("s"));
+         return NODE(NodeUnstageVolume, r);
+       }},
+      {"NodeUnstageVolume without staging path",
+       [&] {
+         csi::v1::NodeUnstageVolumeRequest r;
+         r.set_volume_id(vol);
+         return NODE(NodeUnstageVolume, r);
+       }},
+      {"NodePublishVolume without id",
+       [&] {
+         csi::v1::NodePublishVolumeRequest r;
+         r.set_staging_target_path(P("s"));
+         r.set_target_path(P("t"));
+         *r.mutable_volume_capability() = cap;
+         return NODE(NodePublishVolume, r);
+       }},
+      {"NodePublishVolume without target",
+       [&] {
+         csi::v1::NodePublishVolumeRequest r;
+         r.set_volume_id(vol);
+         r.set_staging_target_path(P("s"));
+         *r.mutable_volume_capability() = cap;
+         return NODE(NodePublishVolume, r);
+       }},
+      {"NodePublishVolume without capability",
+       [&] {
+         csi::v1::NodePublishVolumeRequest r;
+         r.set_volume_id(vol);
+         r.set_staging_target_path(P("s"));
+         r.set_target_path(P("t"));
+         return NODE(NodePublishVolume, r);
+       }},
+      {"NodeUnpublishVolume without id",
+       [&] {
+         csi::v1::NodeUnpublishVolumeRequest r;
+         r.set_target_path(P("t"));
+         return NODE(NodeUnpublishVolume, r);
+       }},
+      {"NodeUnpublishVolume without target",
+       [&] {
+         csi::v1::NodeUnpublishVolumeRequest r;
+         r.set_volume_id(vol);
+         return NODE(NodeUnpublishVolume, r);
+       }},
+      {"NodeGetVolumeStats without id",
+       [&] {
+         csi::v1::NodeGetVolumeStatsRequest r;
+         r.set_volume_path(P("t"));
+         return NODE(NodeGetVolumeStats, r);
+       }},
+      {"NodeGetVolumeStats without path",
+       [&] {
+         csi::v1::NodeGetVolumeStatsRequest r;
+         r.set_volume_id(vol);
+         return NODE(NodeGetVolumeStats, r);
+       }},
+      {"NodeExpandVolume without id",
+       [&] {
+         csi::v1::NodeExpandVolumeRequest r;
+         r.set_volume_path(P("t"));
+         return NODE(NodeExpandVolume, r);
+       }},
+      {"NodeExpandVolume without path",
+       [&] {
+         csi::v1::NodeExpandVolumeRequest r;
+         r.set_volume_id(vol);
+         return NODE(NodeExpandVolume, r);
+       }},
   };
   for (const Case& c : cases) {
     grpc::Status st = c.call();
-    EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT) << c.what << ": " << st.error_message();
+    EXPECT_EQ(st.error_code(), StatusCode::INVALID_ARGUMENT)
+        << c.what << ": " << st.error_message();
     EXPECT_FALSE(st.error_message().empty()) << c.what;
     EXPECT_TRUE(st.error_details().empty()) << c.what;
   }
@@ -378,8 +520,7 @@ TEST_F(ConformanceTest, FullNodeLifeCycleIsIdempotentAtEveryStep) {
 
   csi::v1::DeleteVolumeRequest del;
   del.set_volume_id(vol);
-  EXPECT_EQ(CTL(DeleteVolume, del).error_code(), StatusCode::FAILED_PRECONDITION)
-      << "in use";
+  EXPECT_EQ(CTL(DeleteVolume, del).error_code(), StatusCode::FAILED_PRECONDITION) << "in use";
 
   csi::v1::NodeUnpublishVolumeRequest unpub;
   unpub.set_volume_id(vol);

@@ -8,9 +8,9 @@
 
 #include "csi.grpc.pb.h"
 #include "csi.pb.h"
-#include "records.pb.h"
 #include "google/protobuf/descriptor.h"
 #include "gtest/gtest.h"
+#include "records.pb.h"
 
 namespace ublk_csi {
 namespace {
@@ -51,11 +51,15 @@ const std::vector<FieldFact>& Facts() {
       {"GetPluginInfoResponse", "name", 1, kString, kOne, "", ""},
       {"GetPluginInfoResponse", "vendor_version", 2, kString, kOne, "", ""},
       {"GetPluginInfoResponse", "manifest", 3, kMsg, kMap, "", ""},
-      {"GetPluginCapabilitiesResponse", "capabilities", 1, kMsg, kRep, "csi.v1.PluginCapability", ""},
+      {"GetPluginCapabilitiesResponse", "capabilities", 1, kMsg, kRep, "csi.v1.PluginCapability",
+       ""},
       {"PluginCapability", "service", 1, kMsg, kOne, "csi.v1.PluginCapability.Service", "type"},
-      {"PluginCapability", "volume_expansion", 2, kMsg, kOne, "csi.v1.PluginCapability.VolumeExpansion", "type"},
-      {"PluginCapability.Service", "type", 1, kEnum, kOne, "csi.v1.PluginCapability.Service.Type", ""},
-      {"PluginCapability.VolumeExpansion", "type", 1, kEnum, kOne, "csi.v1.PluginCapability.VolumeExpansion.Type", ""},
+      {"PluginCapability", "volume_expansion", 2, kMsg, kOne,
+       "csi.v1.PluginCapability.VolumeExpansion", "type"},
+      {"PluginCapability.Service", "type", 1, kEnum, kOne, "csi.v1.PluginCapability.Service.Type",
+       ""},
+      {"PluginCapability.VolumeExpansion", "type", 1, kEnum, kOne,
+       "csi.v1.PluginCapability.VolumeExpansion.Type", ""},
       {"ProbeResponse", "ready", 1, kMsg, kOne, "google.protobuf.BoolValue", ""},
       // CreateVolume.
       {"CreateVolumeRequest", "name", 1, kString, kOne, "", ""},
@@ -63,12 +67,16 @@ const std::vector<FieldFact>& Facts() {
       {"CreateVolumeRequest", "volume_capabilities", 3, kMsg, kRep, "csi.v1.VolumeCapability", ""},
       {"CreateVolumeRequest", "parameters", 4, kMsg, kMap, "", ""},
       {"CreateVolumeRequest", "secrets", 5, kMsg, kMap, "", ""},
-      {"CreateVolumeRequest", "volume_content_source", 6, kMsg, kOne, "csi.v1.VolumeContentSource", ""},
-      {"CreateVolumeRequest", "accessibility_requirements", 7, kMsg, kOne, "csi.v1.TopologyRequirement", ""},
+      {"CreateVolumeRequest", "volume_content_source", 6, kMsg, kOne, "csi.v1.VolumeContentSource",
+       ""},
+      {"CreateVolumeRequest", "accessibility_requirements", 7, kMsg, kOne,
+       "csi.v1.TopologyRequirement", ""},
       {"CreateVolumeRequest", "mutable_parameters", 8, kMsg, kMap, "", ""},  // new in v1.9
       {"CreateVolumeResponse", "volume", 1, kMsg, kOne, "csi.v1.Volume", ""},
-      {"VolumeContentSource", "snapshot", 1, kMsg, kOne, "csi.v1.VolumeContentSource.SnapshotSource", "type"},
-      {"VolumeContentSource", "volume", 2, kMsg, kOne, "csi.v1.VolumeContentSource.VolumeSource", "type"},
+      {"VolumeContentSource", "snapshot", 1, kMsg, kOne,
+       "csi.v1.VolumeContentSource.SnapshotSource", "type"},
+      {"VolumeContentSource", "volume", 2, kMsg, kOne, "csi.v1.VolumeContentSource.VolumeSource",
+       "type"},
       {"VolumeContentSource.SnapshotSource", "snapshot_id", 1, kString, kOne, "", ""},
       {"VolumeContentSource.VolumeSource", "volume_id", 1, kString, kOne, "", ""},
       {"CapacityRange", "required_bytes", 1, kInt64, kOne, "", ""},
@@ -82,45 +90,59 @@ const std::vector<FieldFact>& Facts() {
       {"TopologyRequirement", "preferred", 2, kMsg, kRep, "csi.v1.Topology", ""},
       {"Topology", "segments", 1, kMsg, kMap, "", ""},
       // VolumeCapability and its oneof.
-      {"VolumeCapability", "block", 1, kMsg, kOne, "csi.v1.VolumeCapability.BlockVolume", "access_type"},
-      {"VolumeCapability", "mount", 2, kMsg, kOne, "csi.v1.VolumeCapability.MountVolume", "access_type"},
+      {"VolumeCapability", "block", 1, kMsg, kOne, "csi.v1.VolumeCapability.BlockVolume",
+       "access_type"},
+      {"VolumeCapability", "mount", 2, kMsg, kOne, "csi.v1.VolumeCapability.MountVolume",
+       "access_type"},
       {"VolumeCapability", "access_mode", 3, kMsg, kOne, "csi.v1.VolumeCapability.AccessMode", ""},
       {"VolumeCapability.MountVolume", "fs_type", 1, kString, kOne, "", ""},
       {"VolumeCapability.MountVolume", "mount_flags", 2, kString, kRep, "", ""},
       {"VolumeCapability.MountVolume", "volume_mount_group", 3, kString, kOne, "", ""},
-      {"VolumeCapability.AccessMode", "mode", 1, kEnum, kOne, "csi.v1.VolumeCapability.AccessMode.Mode", ""},
+      {"VolumeCapability.AccessMode", "mode", 1, kEnum, kOne,
+       "csi.v1.VolumeCapability.AccessMode.Mode", ""},
       // Other controller calls.
       {"DeleteVolumeRequest", "volume_id", 1, kString, kOne, "", ""},
       {"DeleteVolumeRequest", "secrets", 2, kMsg, kMap, "", ""},
       {"ControllerPublishVolumeRequest", "volume_id", 1, kString, kOne, "", ""},
       {"ControllerPublishVolumeRequest", "node_id", 2, kString, kOne, "", ""},
-      {"ControllerPublishVolumeRequest", "volume_capability", 3, kMsg, kOne, "csi.v1.VolumeCapability", ""},
+      {"ControllerPublishVolumeRequest", "volume_capability", 3, kMsg, kOne,
+       "csi.v1.VolumeCapability", ""},
       {"ControllerPublishVolumeRequest", "readonly", 4, kBool, kOne, "", ""},
       {"ControllerPublishVolumeRequest", "volume_context", 6, kMsg, kMap, "", ""},
       {"ControllerPublishVolumeResponse", "publish_context", 1, kMsg, kMap, "", ""},
-      {"ValidateVolumeCapabilitiesResponse", "confirmed", 1, kMsg, kOne, "csi.v1.ValidateVolumeCapabilitiesResponse.Confirmed", ""},
+      {"ValidateVolumeCapabilitiesResponse", "confirmed", 1, kMsg, kOne,
+       "csi.v1.ValidateVolumeCapabilitiesResponse.Confirmed", ""},
       {"ValidateVolumeCapabilitiesResponse", "message", 2, kString, kOne, "", ""},
       {"ListVolumesRequest", "max_entries", 1, kInt32, kOne, "", ""},
       {"ListVolumesRequest", "starting_token", 2, kString, kOne, "", ""},
       {"ListVolumesResponse", "entries", 1, kMsg, kRep, "csi.v1.ListVolumesResponse.Entry", ""},
       {"ListVolumesResponse", "next_token", 2, kString, kOne, "", ""},
       {"ListVolumesResponse.Entry", "volume", 1, kMsg, kOne, "csi.v1.Volume", ""},
-      {"ListVolumesResponse.Entry", "status", 2, kMsg, kOne, "csi.v1.ListVolumesResponse.VolumeStatus", ""},
+      {"ListVolumesResponse.Entry", "status", 2, kMsg, kOne,
+       "csi.v1.ListVolumesResponse.VolumeStatus", ""},
       {"ListVolumesResponse.VolumeStatus", "published_node_ids", 1, kString, kRep, "", ""},
-      {"ListVolumesResponse.VolumeStatus", "volume_condition", 2, kMsg, kOne, "csi.v1.VolumeCondition", ""},
+      {"ListVolumesResponse.VolumeStatus", "volume_condition", 2, kMsg, kOne,
+       "csi.v1.VolumeCondition", ""},
       {"GetCapacityRequest", "volume_capabilities", 1, kMsg, kRep, "csi.v1.VolumeCapability", ""},
       {"GetCapacityRequest", "parameters", 2, kMsg, kMap, "", ""},
       {"GetCapacityRequest", "accessible_topology", 3, kMsg, kOne, "csi.v1.Topology", ""},
       {"GetCapacityResponse", "available_capacity", 1, kInt64, kOne, "", ""},
-      {"GetCapacityResponse", "maximum_volume_size", 2, kMsg, kOne, "google.protobuf.Int64Value", ""},
-      {"GetCapacityResponse", "minimum_volume_size", 3, kMsg, kOne, "google.protobuf.Int64Value", ""},
-      {"ControllerGetCapabilitiesResponse", "capabilities", 1, kMsg, kRep, "csi.v1.ControllerServiceCapability", ""},
-      {"ControllerServiceCapability", "rpc", 1, kMsg, kOne, "csi.v1.ControllerServiceCapability.RPC", "type"},
-      {"ControllerServiceCapability.RPC", "type", 1, kEnum, kOne, "csi.v1.ControllerServiceCapability.RPC.Type", ""},
+      {"GetCapacityResponse", "maximum_volume_size", 2, kMsg, kOne, "google.protobuf.Int64Value",
+       ""},
+      {"GetCapacityResponse", "minimum_volume_size", 3, kMsg, kOne, "google.protobuf.Int64Value",
+       ""},
+      {"ControllerGetCapabilitiesResponse", "capabilities", 1, kMsg, kRep,
+       "csi.v1.ControllerServiceCapability", ""},
+      {"ControllerServiceCapability", "rpc", 1, kMsg, kOne,
+       "csi.v1.ControllerServiceCapability.RPC", "type"},
+      {"ControllerServiceCapability.RPC", "type", 1, kEnum, kOne,
+       "csi.v1.ControllerServiceCapability.RPC.Type", ""},
       {"ControllerExpandVolumeRequest", "volume_id", 1, kString, kOne, "", ""},
-      {"ControllerExpandVolumeRequest", "capacity_range", 2, kMsg, kOne, "csi.v1.CapacityRange", ""},
+      {"ControllerExpandVolumeRequest", "capacity_range", 2, kMsg, kOne, "csi.v1.CapacityRange",
+       ""},
       {"ControllerExpandVolumeRequest", "secrets", 3, kMsg, kMap, "", ""},
-      {"ControllerExpandVolumeRequest", "volume_capability", 4, kMsg, kOne, "csi.v1.VolumeCapability", ""},
+      {"ControllerExpandVolumeRequest", "volume_capability", 4, kMsg, kOne,
+       "csi.v1.VolumeCapability", ""},
       {"ControllerExpandVolumeResponse", "capacity_bytes", 1, kInt64, kOne, "", ""},
       {"ControllerExpandVolumeResponse", "node_expansion_required", 2, kBool, kOne, "", ""},
       {"ControllerModifyVolumeRequest", "volume_id", 1, kString, kOne, "", ""},
@@ -155,7 +177,8 @@ const std::vector<FieldFact>& Facts() {
       {"NodePublishVolumeRequest", "publish_context", 2, kMsg, kMap, "", ""},
       {"NodePublishVolumeRequest", "staging_target_path", 3, kString, kOne, "", ""},
       {"NodePublishVolumeRequest", "target_path", 4, kString, kOne, "", ""},
-      {"NodePublishVolumeRequest", "volume_capability", 5, kMsg, kOne, "csi.v1.VolumeCapability", ""},
+      {"NodePublishVolumeRequest", "volume_capability", 5, kMsg, kOne, "csi.v1.VolumeCapability",
+       ""},
       {"NodePublishVolumeRequest", "readonly", 6, kBool, kOne, "", ""},
       {"NodePublishVolumeRequest", "secrets", 7, kMsg, kMap, "", ""},
       {"NodePublishVolumeRequest", "volume_context", 8, kMsg, kMap, "", ""},
@@ -165,16 +188,19 @@ const std::vector<FieldFact>& Facts() {
       {"NodeGetVolumeStatsRequest", "volume_path", 2, kString, kOne, "", ""},
       {"NodeGetVolumeStatsRequest", "staging_target_path", 3, kString, kOne, "", ""},
       {"NodeGetVolumeStatsResponse", "usage", 1, kMsg, kRep, "csi.v1.VolumeUsage", ""},
-      {"NodeGetVolumeStatsResponse", "volume_condition", 2, kMsg, kOne, "csi.v1.VolumeCondition", ""},
+      {"NodeGetVolumeStatsResponse", "volume_condition", 2, kMsg, kOne, "csi.v1.VolumeCondition",
+       ""},
       {"VolumeUsage", "available", 1, kInt64, kOne, "", ""},
       {"VolumeUsage", "total", 2, kInt64, kOne, "", ""},
       {"VolumeUsage", "used", 3, kInt64, kOne, "", ""},
       {"VolumeUsage", "unit", 4, kEnum, kOne, "csi.v1.VolumeUsage.Unit", ""},
       {"VolumeCondition", "abnormal", 1, kBool, kOne, "", ""},
       {"VolumeCondition", "message", 2, kString, kOne, "", ""},
-      {"NodeGetCapabilitiesResponse", "capabilities", 1, kMsg, kRep, "csi.v1.NodeServiceCapability", ""},
+      {"NodeGetCapabilitiesResponse", "capabilities", 1, kMsg, kRep, "csi.v1.NodeServiceCapability",
+       ""},
       {"NodeServiceCapability", "rpc", 1, kMsg, kOne, "csi.v1.NodeServiceCapability.RPC", "type"},
-      {"NodeServiceCapability.RPC", "type", 1, kEnum, kOne, "csi.v1.NodeServiceCapability.RPC.Type", ""},
+      {"NodeServiceCapability.RPC", "type", 1, kEnum, kOne, "csi.v1.NodeServiceCapability.RPC.Type",
+       ""},
       {"NodeGetInfoResponse", "node_id", 1, kString, kOne, "", ""},
       {"NodeGetInfoResponse", "max_volumes_per_node", 2, kInt64, kOne, "", ""},
       {"NodeGetInfoResponse", "accessible_topology", 3, kMsg, kOne, "csi.v1.Topology", ""},
@@ -182,7 +208,8 @@ const std::vector<FieldFact>& Facts() {
       {"NodeExpandVolumeRequest", "volume_path", 2, kString, kOne, "", ""},
       {"NodeExpandVolumeRequest", "capacity_range", 3, kMsg, kOne, "csi.v1.CapacityRange", ""},
       {"NodeExpandVolumeRequest", "staging_target_path", 4, kString, kOne, "", ""},
-      {"NodeExpandVolumeRequest", "volume_capability", 5, kMsg, kOne, "csi.v1.VolumeCapability", ""},
+      {"NodeExpandVolumeRequest", "volume_capability", 5, kMsg, kOne, "csi.v1.VolumeCapability",
+       ""},
       {"NodeExpandVolumeRequest", "secrets", 6, kMsg, kMap, "", ""},
       {"NodeExpandVolumeResponse", "capacity_bytes", 1, kInt64, kOne, "", ""},
   };
@@ -227,27 +254,42 @@ void ExpectEnum(const char* name, const std::vector<std::pair<const char*, int>>
 }
 
 TEST(CsiProtoTest, EnumValuesMatchUpstreamSpec) {
-  ExpectEnum("PluginCapability.Service.Type",
-             {{"UNKNOWN", 0}, {"CONTROLLER_SERVICE", 1},
-              {"VOLUME_ACCESSIBILITY_CONSTRAINTS", 2}, {"GROUP_CONTROLLER_SERVICE", 3}});
+  ExpectEnum("PluginCapability.Service.Type", {{"UNKNOWN", 0},
+                                               {"CONTROLLER_SERVICE", 1},
+                                               {"VOLUME_ACCESSIBILITY_CONSTRAINTS", 2},
+                                               {"GROUP_CONTROLLER_SERVICE", 3}});
   ExpectEnum("PluginCapability.VolumeExpansion.Type",
              {{"UNKNOWN", 0}, {"ONLINE", 1}, {"OFFLINE", 2}});
-  ExpectEnum("VolumeCapability.AccessMode.Mode",
-             {{"UNKNOWN", 0}, {"SINGLE_NODE_WRITER", 1}, {"SINGLE_NODE_READER_ONLY", 2},
-              {"MULTI_NODE_READER_ONLY", 3}, {"MULTI_NODE_SINGLE_WRITER", 4},
-              {"MULTI_NODE_MULTI_WRITER", 5}, {"SINGLE_NODE_SINGLE_WRITER", 6},
-              {"SINGLE_NODE_MULTI_WRITER", 7}});
-  ExpectEnum("ControllerServiceCapability.RPC.Type",
-             {{"UNKNOWN", 0}, {"CREATE_DELETE_VOLUME", 1}, {"PUBLISH_UNPUBLISH_VOLUME", 2},
-              {"LIST_VOLUMES", 3}, {"GET_CAPACITY", 4}, {"CREATE_DELETE_SNAPSHOT", 5},
-              {"LIST_SNAPSHOTS", 6}, {"CLONE_VOLUME", 7}, {"PUBLISH_READONLY", 8},
-              {"EXPAND_VOLUME", 9}, {"LIST_VOLUMES_PUBLISHED_NODES", 10},
-              {"VOLUME_CONDITION", 11}, {"GET_VOLUME", 12}, {"SINGLE_NODE_MULTI_WRITER", 13},
-              {"MODIFY_VOLUME", 14}});
-  ExpectEnum("NodeServiceCapability.RPC.Type",
-             {{"UNKNOWN", 0}, {"STAGE_UNSTAGE_VOLUME", 1}, {"GET_VOLUME_STATS", 2},
-              {"EXPAND_VOLUME", 3}, {"VOLUME_CONDITION", 4}, {"SINGLE_NODE_MULTI_WRITER", 5},
-              {"VOLUME_MOUNT_GROUP", 6}});
+  ExpectEnum("VolumeCapability.AccessMode.Mode", {{"UNKNOWN", 0},
+                                                  {"SINGLE_NODE_WRITER", 1},
+                                                  {"SINGLE_NODE_READER_ONLY", 2},
+                                                  {"MULTI_NODE_READER_ONLY", 3},
+                                                  {"MULTI_NODE_SINGLE_WRITER", 4},
+                                                  {"MULTI_NODE_MULTI_WRITER", 5},
+                                                  {"SINGLE_NODE_SINGLE_WRITER", 6},
+                                                  {"SINGLE_NODE_MULTI_WRITER", 7}});
+  ExpectEnum("ControllerServiceCapability.RPC.Type", {{"UNKNOWN", 0},
+                                                      {"CREATE_DELETE_VOLUME", 1},
+                                                      {"PUBLISH_UNPUBLISH_VOLUME", 2},
+                                                      {"LIST_VOLUMES", 3},
+                                                      {"GET_CAPACITY", 4},
+                                                      {"CREATE_DELETE_SNAPSHOT", 5},
+                                                      {"LIST_SNAPSHOTS", 6},
+                                                      {"CLONE_VOLUME", 7},
+                                                      {"PUBLISH_READONLY", 8},
+                                                      {"EXPAND_VOLUME", 9},
+                                                      {"LIST_VOLUMES_PUBLISHED_NODES", 10},
+                                                      {"VOLUME_CONDITION", 11},
+                                                      {"GET_VOLUME", 12},
+                                                      {"SINGLE_NODE_MULTI_WRITER", 13},
+                                                      {"MODIFY_VOLUME", 14}});
+  ExpectEnum("NodeServiceCapability.RPC.Type", {{"UNKNOWN", 0},
+                                                {"STAGE_UNSTAGE_VOLUME", 1},
+                                                {"GET_VOLUME_STATS", 2},
+                                                {"EXPAND_VOLUME", 3},
+                                                {"VOLUME_CONDITION", 4},
+                                                {"SINGLE_NODE_MULTI_WRITER", 5},
+                                                {"VOLUME_MOUNT_GROUP", 6}});
   ExpectEnum("VolumeUsage.Unit", {{"UNKNOWN", 0}, {"BYTES", 1}, {"INODES", 2}});
   ExpectEnum("GroupControllerServiceCapability.RPC.Type",
              {{"UNKNOWN", 0}, {"CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT", 1}});
@@ -269,18 +311,17 @@ void ExpectMethods(const char* service, const std::vector<const char*>& methods)
 
 TEST(CsiProtoTest, ServicesAndMethodsMatchUpstreamSpec) {
   ExpectMethods("Identity", {"GetPluginInfo", "GetPluginCapabilities", "Probe"});
-  ExpectMethods("Controller",
-                {"CreateVolume", "DeleteVolume", "ControllerPublishVolume",
-                 "ControllerUnpublishVolume", "ValidateVolumeCapabilities", "ListVolumes",
-                 "GetCapacity", "ControllerGetCapabilities", "CreateSnapshot", "DeleteSnapshot",
-                 "ListSnapshots", "ControllerExpandVolume", "ControllerGetVolume",
-                 "ControllerModifyVolume"});
-  ExpectMethods("Node", {"NodeStageVolume", "NodeUnstageVolume", "NodePublishVolume",
-                         "NodeUnpublishVolume", "NodeGetVolumeStats", "NodeExpandVolume",
-                         "NodeGetCapabilities", "NodeGetInfo"});
-  ExpectMethods("GroupController",
-                {"GroupControllerGetCapabilities", "CreateVolumeGroupSnapshot",
-                 "DeleteVolumeGroupSnapshot", "GetVolumeGroupSnapshot"});
+  ExpectMethods(
+      "Controller",
+      {"CreateVolume", "DeleteVolume", "ControllerPublishVolume", "ControllerUnpublishVolume",
+       "ValidateVolumeCapabilities", "ListVolumes", "GetCapacity", "ControllerGetCapabilities",
+       "CreateSnapshot", "DeleteSnapshot", "ListSnapshots", "ControllerExpandVolume",
+       "ControllerGetVolume", "ControllerModifyVolume"});
+  ExpectMethods("Node",
+                {"NodeStageVolume", "NodeUnstageVolume", "NodePublishVolume", "NodeUnpublishVolume",
+                 "NodeGetVolumeStats", "NodeExpandVolume", "NodeGetCapabilities", "NodeGetInfo"});
+  ExpectMethods("GroupController", {"GroupControllerGetCapabilities", "CreateVolumeGroupSnapshot",
+                                    "DeleteVolumeGroupSnapshot", "GetVolumeGroupSnapshot"});
   // The HTTP/2 path a sidecar dials is derived from these names.
   EXPECT_STREQ(csi::v1::Identity::service_full_name(), "csi.v1.Identity");
   EXPECT_STREQ(csi::v1::Node::service_full_name(), "csi.v1.Node");
@@ -288,7 +329,7 @@ TEST(CsiProtoTest, ServicesAndMethodsMatchUpstreamSpec) {
 
 TEST(CsiProtoTest, OptionExtensionNumbersMatchUpstreamSpec) {
   const std::vector<std::pair<const char*, int>> kExtensions = {
-      {"csi_secret", 1059},     {"alpha_field", 1060},  {"alpha_enum", 1060},
+      {"csi_secret", 1059},       {"alpha_field", 1060},   {"alpha_enum", 1060},
       {"alpha_enum_value", 1060}, {"alpha_message", 1060}, {"alpha_method", 1060},
       {"alpha_service", 1060}};
   for (const auto& [name, number] : kExtensions) {
@@ -302,8 +343,7 @@ TEST(CsiProtoTest, OptionExtensionNumbersMatchUpstreamSpec) {
 TEST(CsiProtoTest, ExactlyTheSecretsFieldsCarryCsiSecret) {
   // Walk every message: a field is marked csi_secret iff it is named "secrets".
   // This catches both a missing mark and a stray one.
-  const google::protobuf::FileDescriptor* file =
-      csi::v1::CreateVolumeRequest::descriptor()->file();
+  const google::protobuf::FileDescriptor* file = csi::v1::CreateVolumeRequest::descriptor()->file();
   int secrets_seen = 0;
   std::vector<const Descriptor*> todo;
   for (int i = 0; i < file->message_type_count(); ++i) todo.push_back(file->message_type(i));
@@ -329,23 +369,25 @@ TEST(CsiProtoTest, AlphaMarkersArePresentWhereUpstreamHasThem) {
   EXPECT_TRUE(svc->FindMethodByName("ControllerModifyVolume")
                   ->options()
                   .GetExtension(csi::v1::alpha_method));
-  EXPECT_FALSE(svc->FindMethodByName("CreateVolume")->options().GetExtension(csi::v1::alpha_method));
+  EXPECT_FALSE(
+      svc->FindMethodByName("CreateVolume")->options().GetExtension(csi::v1::alpha_method));
   EXPECT_TRUE(csi::v1::CreateVolumeRequest::descriptor()
                   ->FindFieldByName("mutable_parameters")
                   ->options()
                   .GetExtension(csi::v1::alpha_field));
-  EXPECT_TRUE(csi::v1::VolumeCondition::descriptor()->options().GetExtension(
-      csi::v1::alpha_message));
+  EXPECT_TRUE(
+      csi::v1::VolumeCondition::descriptor()->options().GetExtension(csi::v1::alpha_message));
 }
 
 // CreateVolumeRequest{name:"pv", capacity_range{required_bytes:1024},
 // volume_capabilities[{mount{fs_type:"ext4"}, access_mode{mode:SINGLE_NODE_WRITER}}],
 // secrets{"k":"v"}}, encoded by hand from the field numbers above.
 constexpr char kCreateVolumeWire[] =
-    "\x0a\x02pv"                   // 1: name
-    "\x12\x03\x08\x80\x08"         // 2: capacity_range{1: 1024}
-    "\x1a\x0c"                     // 3: volume_capabilities, 12 bytes
-    "\x12\x06\x0a\x04" "ext4"      //    2: mount{1: fs_type}
+    "\x0a\x02pv"            // 1: name
+    "\x12\x03\x08\x80\x08"  // 2: capacity_range{1: 1024}
+    "\x1a\x0c"              // 3: volume_capabilities, 12 bytes
+    "\x12\x06\x0a\x04"
+    "ext4"                         //    2: mount{1: fs_type}
     "\x1a\x02\x08\x01"             //    3: access_mode{1: mode=1}
     "\x2a\x06\x0a\x01k\x12\x01v";  // 5: secrets entry{1: key, 2: value}
 
@@ -372,8 +414,7 @@ TEST(CsiProtoTest, CreateVolumeRequestWireBytes) {
   EXPECT_EQ(parsed.name(), "pv");
   EXPECT_EQ(parsed.capacity_range().required_bytes(), 1024);
   ASSERT_EQ(parsed.volume_capabilities_size(), 1);
-  EXPECT_EQ(parsed.volume_capabilities(0).access_type_case(),
-            csi::v1::VolumeCapability::kMount);
+  EXPECT_EQ(parsed.volume_capabilities(0).access_type_case(), csi::v1::VolumeCapability::kMount);
   EXPECT_EQ(parsed.volume_capabilities(0).mount().fs_type(), "ext4");
   EXPECT_EQ(parsed.volume_capabilities(0).access_mode().mode(),
             csi::v1::VolumeCapability::AccessMode::SINGLE_NODE_WRITER);
@@ -417,8 +458,7 @@ TEST(RecordsProtoTest, VolumeRecordRoundTrip) {
   ublk_csi::records::VolumeRecord parsed;
   ASSERT_TRUE(parsed.ParseFromString(rec.SerializeAsString()));
   EXPECT_EQ(parsed.SerializeAsString(), rec.SerializeAsString());
-  EXPECT_EQ(parsed.content_source_case(),
-            ublk_csi::records::VolumeRecord::kSourceSnapshotId);
+  EXPECT_EQ(parsed.content_source_case(), ublk_csi::records::VolumeRecord::kSourceSnapshotId);
   EXPECT_EQ(parsed.capacity_bytes(), int64_t{1} << 40);
   EXPECT_EQ(parsed.dev_id(), -1);
   EXPECT_EQ(parsed.parameters().at("tier"), "fast");

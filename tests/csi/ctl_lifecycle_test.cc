@@ -17,17 +17,16 @@ namespace {
 using ::testing::HasSubstr;
 using ublk_test::BuildDir;
 
-
 class CtlLifecycleTest : public ::testing::Test {
  protected:
   void SetUp() override {
     sock_ = dir_.path() + "/csi.sock";
     ASSERT_EQ(::mkdir((dir_.path() + "/data").c_str(), 0700), 0);
     plugin_ = std::make_unique<ublk_test::Child>(
-        std::vector<std::string>{BuildDir() + "/csi/ublk-csi", "--node-id=n1",
-                                 "--endpoint=unix://" + sock_, "--data-dir=" + dir_.path() + "/data",
-                                 "--metrics-address=", "--backend=fake", "--mounter=fake",
-                                 "--max-volumes=7"},
+        std::vector<std::string>{
+            BuildDir() + "/csi/ublk-csi", "--node-id=n1", "--endpoint=unix://" + sock_,
+            "--data-dir=" + dir_.path() + "/data", "--metrics-address=", "--backend=fake",
+            "--mounter=fake", "--max-volumes=7"},
         dir_.path() + "/plugin.log");
     ASSERT_TRUE(ublk_test::WaitForPath(sock_)) << plugin_->Log();
   }
@@ -60,7 +59,8 @@ TEST_F(CtlLifecycleTest, CreateStagePublishStatusExpandSnapshotTearDown) {
   ASSERT_FALSE(vol.empty());
 
   const std::string staging = dir_.path() + "/staging", target = dir_.path() + "/pod/vol";
-  ASSERT_EQ(Ctl({"node", "stage", vol, staging, "--fs-type=xfs", "--mount-flags=noatime"}).exit_code, 0);
+  ASSERT_EQ(
+      Ctl({"node", "stage", vol, staging, "--fs-type=xfs", "--mount-flags=noatime"}).exit_code, 0);
   ASSERT_EQ(Ctl({"node", "publish", vol, staging, target, "--readonly"}).exit_code, 0);
   auto status = Ctl({"status"});
   ASSERT_EQ(status.exit_code, 0) << status.output;
@@ -112,16 +112,19 @@ TEST_F(CtlLifecycleTest, UsageAndErrorsAreClear) {
 TEST(CtlBackendFlagTest, DefaultUblkBackendSaysWhyItIsNotReady) {
   ublk_test::TempDir dir;
   const std::string sock = dir.path() + "/csi.sock";
-  ublk_test::Child plugin({BuildDir() + "/csi/ublk-csi", "--node-id=n1", "--endpoint=unix://" + sock,
-                           "--data-dir=" + dir.path(), "--metrics-address="},
-                          dir.path() + "/plugin.log");
+  ublk_test::Child plugin(
+      {BuildDir() + "/csi/ublk-csi", "--node-id=n1", "--endpoint=unix://" + sock,
+       "--data-dir=" + dir.path(), "--metrics-address="},
+      dir.path() + "/plugin.log");
   ASSERT_TRUE(ublk_test::WaitForPath(sock)) << plugin.Log();
-  auto probe = ublk_test::Run({BuildDir() + "/csi/ublk-csi-ctl", "--endpoint=unix://" + sock, "identity", "probe"});
+  auto probe = ublk_test::Run(
+      {BuildDir() + "/csi/ublk-csi-ctl", "--endpoint=unix://" + sock, "identity", "probe"});
   EXPECT_NE(probe.exit_code, 0);
   EXPECT_THAT(probe.output, ::testing::AnyOf(HasSubstr("ublk_drv"), HasSubstr("--backend=fake")));
   EXPECT_EQ(plugin.Stop(SIGTERM), 0);
-  auto bad = ublk_test::Run({BuildDir() + "/csi/ublk-csi", "--node-id=n1", "--endpoint=unix://" + sock,
-                  "--data-dir=" + dir.path(), "--metrics-address=", "--backend=nbd"});
+  auto bad =
+      ublk_test::Run({BuildDir() + "/csi/ublk-csi", "--node-id=n1", "--endpoint=unix://" + sock,
+                      "--data-dir=" + dir.path(), "--metrics-address=", "--backend=nbd"});
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_THAT(bad.output, HasSubstr("--backend=nbd"));
 }

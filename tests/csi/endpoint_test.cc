@@ -31,8 +31,8 @@ TEST(ParseEndpointTest, AcceptsUnixAndTcpForms) {
 }
 
 TEST(ParseEndpointTest, RejectsMalformedWithMessage) {
-  for (const char* bad : {"", "unix://relative/path", "tcp://host", "tcp://host:0",
-                          "tcp://host:99999", "nonsense"}) {
+  for (const char* bad :
+       {"", "unix://relative/path", "tcp://host", "tcp://host:0", "tcp://host:99999", "nonsense"}) {
     auto r = ParseEndpoint(bad);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
   }

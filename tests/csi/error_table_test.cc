@@ -99,19 +99,23 @@ TEST_F(ErrorTable, EveryRpcAnswersTheSpecsCodeForEachListedCondition) {
       {"CreateVolume", "source volume does not exist", Code::kNotFound,
        [&] { return m.CreateVolume(FromVolume("c4", "vol-none", MountCap())).status(); }},
       {"CreateVolume", "name exists with another size", Code::kAlreadyExists,
-       [&] { return m.CreateVolume(CreateReq("mount-vol", 64 * kMiB, MountCap("ext4"))).status(); }},
+       [&] {
+         return m.CreateVolume(CreateReq("mount-vol", 64 * kMiB, MountCap("ext4"))).status();
+       }},
       {"CreateVolume", "name exists, requisite topology without its node", Code::kAlreadyExists,
        [&] {
          auto r = CreateReq("mount-vol", 8 * kMiB, MountCap("ext4"));
-         (*r.mutable_accessibility_requirements()->add_requisite()->mutable_segments())
-             [kTopologyKey] = "node-b";
+         (*r.mutable_accessibility_requirements()
+               ->add_requisite()
+               ->mutable_segments())[kTopologyKey] = "node-b";
          return m.CreateVolume(r).status();
        }},
       {"CreateVolume", "unable to provision in accessible_topology", Code::kResourceExhausted,
        [&] {
          auto r = CreateReq("c5", 8 * kMiB);
-         (*r.mutable_accessibility_requirements()->add_requisite()->mutable_segments())
-             [kTopologyKey] = "node-b";
+         (*r.mutable_accessibility_requirements()
+               ->add_requisite()
+               ->mutable_segments())[kTopologyKey] = "node-b";
          return m.CreateVolume(r).status();
        }},
       {"CreateVolume", "capacity below the source snapshot", Code::kOutOfRange,
@@ -195,8 +199,7 @@ TEST_F(ErrorTable, EveryRpcAnswersTheSpecsCodeForEachListedCondition) {
        }},
       {"ControllerExpandVolume", "volume does not exist", Code::kNotFound,
        [&] { return m.ControllerExpandVolume(Expand("vol-none", 16 * kMiB)).status(); }},
-      {"ControllerExpandVolume", "volume in use, OFFLINE expansion only",
-       Code::kFailedPrecondition,
+      {"ControllerExpandVolume", "volume in use, OFFLINE expansion only", Code::kFailedPrecondition,
        [&] { return m.ControllerExpandVolume(Expand(staged_, 16 * kMiB)).status(); }},
       {"ControllerExpandVolume", "unsupported capacity_range (already above limit)",
        Code::kOutOfRange,

@@ -85,8 +85,7 @@ TEST(GrpcStatusTest, NonCanonicalCodesBecomeUnknownKeepingMessage) {
 
   // grpc::StatusCode has no fixed underlying type, so only values up to 31
   // are representable; 20 is one that no canonical code uses.
-  absl::Status s =
-      FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(20), "odd grpc code"));
+  absl::Status s = FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(20), "odd grpc code"));
   EXPECT_EQ(s.code(), absl::StatusCode::kUnknown);
   EXPECT_EQ(s.message(), "odd grpc code");
 }

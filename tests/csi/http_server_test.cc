@@ -44,8 +44,9 @@ class HttpServerTest : public ::testing::Test {
  protected:
   void Start(HttpServerOptions opts) {
     health_.SetBackend(absl::OkStatus());
-    auto s = HttpServer::Start("127.0.0.1:0", std::make_shared<prometheus::Registry>(), &health_,
-                               [] { return absl::OkStatus(); }, nullptr, opts);
+    auto s = HttpServer::Start(
+        "127.0.0.1:0", std::make_shared<prometheus::Registry>(), &health_,
+        [] { return absl::OkStatus(); }, nullptr, opts);
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(*s);
   }

@@ -42,7 +42,8 @@ TEST_F(IdentityTest, PluginInfoNamesDriverAndVersion) {
 }
 
 TEST_F(IdentityTest, CapabilitiesFollowConfiguration) {
-  Start({.controller_service = true, .volume_accessibility_constraints = true,
+  Start({.controller_service = true,
+         .volume_accessibility_constraints = true,
          .online_expansion = true});
   grpc::ClientContext ctx;
   csi::v1::GetPluginCapabilitiesResponse resp;

@@ -33,8 +33,12 @@ using ublk::FakeClock;
 TEST(LivenessCheckTest, ResultIsCachedForTheConfiguredTime) {
   FakeClock clock;
   int dials = 0;
-  LivenessCheck check([&](absl::Duration) { ++dials; return absl::OkStatus(); }, &clock,
-                      absl::Seconds(2), absl::Seconds(3), nullptr);
+  LivenessCheck check(
+      [&](absl::Duration) {
+        ++dials;
+        return absl::OkStatus();
+      },
+      &clock, absl::Seconds(2), absl::Seconds(3), nullptr);
   EXPECT_TRUE(check.Check().ok());
   EXPECT_TRUE(check.Check().ok());
   clock.Advance(absl::Seconds(2));

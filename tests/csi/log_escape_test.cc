@@ -9,7 +9,9 @@ TEST(EscapeForLogTest, ControlCharactersCannotSplitOrForgeLines) {
   EXPECT_EQ(EscapeForLog("a\nE0101 forged"), "a\\nE0101 forged");
   EXPECT_EQ(EscapeForLog(std::string("x\0y", 3)), "x\\x00y");
   EXPECT_EQ(EscapeForLog("\r\t\x1b[31m\x7f"), "\\r\\t\\x1b[31m\\x7f");
-  EXPECT_EQ(EscapeForLog("nel\xc2\x85" "end"), "nel\\u0085end");
+  EXPECT_EQ(EscapeForLog("nel\xc2\x85"
+                         "end"),
+            "nel\\u0085end");
   EXPECT_EQ(EscapeForLog("ls\xe2\x80\xa8ps\xe2\x80\xa9"), "ls\\u2028ps\\u2029");
 }
 

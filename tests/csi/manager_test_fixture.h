@@ -89,9 +89,8 @@ class ManagerTest : public ::testing::Test {
     return manager_->NodeStageVolume(r).status();
   }
 
-  absl::Status Publish(const std::string& id, const std::string& staging,
-                       const std::string& target, bool readonly = false,
-                       csi::v1::VolumeCapability cap = MountCap()) {
+  absl::Status Publish(const std::string& id, const std::string& staging, const std::string& target,
+                       bool readonly = false, csi::v1::VolumeCapability cap = MountCap()) {
     csi::v1::NodePublishVolumeRequest r;
     r.set_volume_id(id);
     r.set_staging_target_path(staging);

@@ -9,8 +9,8 @@
 #include <algorithm>
 #include <iterator>
 
-#include "csi/fake_mounter.h"
 #include "absl/time/clock.h"
+#include "csi/fake_mounter.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/subprocess.h"

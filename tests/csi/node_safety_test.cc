@@ -24,8 +24,8 @@
 namespace ublk_csi {
 namespace {
 
-using ::testing::HasSubstr;
 using csi::v1::VolumeCapability;
+using ::testing::HasSubstr;
 using Mode = csi::v1::VolumeCapability::AccessMode;
 
 constexpr int64_t kMiB = int64_t{1} << 20;
@@ -45,9 +45,7 @@ VolumeCapability BlockCap() {
   return cap;
 }
 
-void WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream(path) << text;
-}
+void WriteFile(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);

@@ -19,7 +19,6 @@ namespace {
 using ::testing::HasSubstr;
 using ublk_test::BuildDir;
 
-
 std::string Plugin() { return BuildDir() + "/csi/ublk-csi"; }
 std::string Ctl() { return BuildDir() + "/csi/ublk-csi-ctl"; }
 
@@ -57,7 +56,8 @@ TEST_F(PluginBinaryTest, BadFlagsFailWithClearMessages) {
     std::string want;
   };
   std::vector<Case> cases = {
-      {{Plugin(), "--endpoint=unix://" + sock, "--data-dir=" + dir_.path()}, "--node-id is required"},
+      {{Plugin(), "--endpoint=unix://" + sock, "--data-dir=" + dir_.path()},
+       "--node-id is required"},
       {{Plugin(), "--node-id=n1", "--endpoint=unix://relative", "--data-dir=" + dir_.path()},
        "must be absolute"},
       {{Plugin(), "--node-id=n1", "--endpoint=tcp://nohost", "--data-dir=" + dir_.path()},
@@ -145,7 +145,8 @@ TEST_F(PluginBinaryTest, RemovesStaleSocketLeftByKilledInstance) {
   ASSERT_EQ(access(sock.c_str(), F_OK), 0) << "kill -9 leaves the socket behind";
   ublk_test::Child second(Args(sock, FreePort()), dir_.path() + "/second.log");
   for (int i = 0; i < 500; ++i) {
-    if (ublk_test::Run({Ctl(), "--endpoint=unix://" + sock, "identity", "info"}).exit_code == 0) break;
+    if (ublk_test::Run({Ctl(), "--endpoint=unix://" + sock, "identity", "info"}).exit_code == 0)
+      break;
     usleep(10000);
   }
   auto info = ublk_test::Run({Ctl(), "--endpoint=unix://" + sock, "identity", "info"});
@@ -173,7 +174,7 @@ TEST_F(PluginBinaryTest, MetricsAddressInUseIsAClearError) {
 TEST(CtlBinaryTest, UnreachableEndpointIsUnavailable) {
   ublk_test::TempDir dir;
   auto r = ublk_test::Run({Ctl(), "--endpoint=unix://" + dir.path() + "/nobody.sock", "--timeout=2",
-                "identity", "probe"});
+                           "identity", "probe"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.output, HasSubstr("UNAVAILABLE"));
 }

@@ -128,8 +128,8 @@ std::string ProcLimitsLine(int pid, const std::string& what) {
 grpc::Status CallGetPluginInfo(const std::string& sock, int deadline_ms) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a new connection, not a shared one
-  auto stub = csi::v1::Identity::NewStub(grpc::CreateCustomChannel(
-      "unix:" + sock, grpc::InsecureChannelCredentials(), args));
+  auto stub = csi::v1::Identity::NewStub(
+      grpc::CreateCustomChannel("unix:" + sock, grpc::InsecureChannelCredentials(), args));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
   ctx.set_wait_for_ready(true);
@@ -140,10 +140,13 @@ grpc::Status CallGetPluginInfo(const std::string& sock, int deadline_ms) {
 class PluginHardeningTest : public ::testing::Test {
  protected:
   std::vector<std::string> Args(int port, std::vector<std::string> extra = {}) {
-    std::vector<std::string> a = {Plugin(), "--node-id=n1", "--endpoint=unix://" + Sock(),
+    std::vector<std::string> a = {Plugin(),
+                                  "--node-id=n1",
+                                  "--endpoint=unix://" + Sock(),
                                   "--data-dir=" + dir_.path(),
                                   absl::StrCat("--metrics-address=127.0.0.1:", port),
-                                  "--backend=fake", "--mounter=fake"};
+                                  "--backend=fake",
+                                  "--mounter=fake"};
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   }
@@ -173,7 +176,8 @@ TEST_F(PluginHardeningTest, FdExhaustionIsReportedAndTheListenerRecovers) {
 #endif
   const int kLimit = 96;
   int port = FreePort();
-  std::vector<std::string> argv = {"/usr/bin/prlimit", absl::StrCat("--nofile=", kLimit, ":", kLimit)};
+  std::vector<std::string> argv = {"/usr/bin/prlimit",
+                                   absl::StrCat("--nofile=", kLimit, ":", kLimit)};
   for (const std::string& a : Args(port, {"--liveness-cache=200ms"})) argv.push_back(a);
   ublk_test::Child plugin(argv, dir_.path() + "/plugin.log");
   ASSERT_TRUE(ublk_test::WaitForPath(Sock())) << plugin.Log();
@@ -219,7 +223,8 @@ TEST_F(PluginHardeningTest, FdExhaustionIsReportedAndTheListenerRecovers) {
   auto start = Clock::now();
   grpc::Status s = CallGetPluginInfo(Sock(), 15000);
   EXPECT_TRUE(s.ok()) << "after the idle connections closed, a new connection still hangs: "
-                      << s.error_message() << "\n" << plugin.Log();
+                      << s.error_message() << "\n"
+                      << plugin.Log();
   EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
   std::string health;
   for (int i = 0; i < 50; ++i) {
@@ -282,7 +287,8 @@ TEST_F(PluginHardeningTest, SocketIs0600UnderUmask000AndSocketGroupMakesIt0660) 
 // Issue 16 item 7: the HTTP server bound 0.0.0.0 unless told otherwise.
 TEST_F(PluginHardeningTest, MetricsAddressDefaultsToLoopback) {
   auto r = ublk_test::Run({Plugin(), "--helpfull"});
-  EXPECT_THAT(r.output, ::testing::ContainsRegex("-metrics_address .*\n? *default: \"127\\.0\\.0\\.1:9810\""));
+  EXPECT_THAT(r.output, ::testing::ContainsRegex(
+                            "-metrics_address .*\n? *default: \"127\\.0\\.0\\.1:9810\""));
 }
 
 // Half-open HTTP clients against the real binary's defaults.
@@ -331,7 +337,8 @@ TEST_F(PluginHardeningTest, FailedCallsAreLoggedWithMethodIdsAndCode) {
   EXPECT_FALSE(stub->NodeStageVolume(&ctx, req, &resp).ok());
   EXPECT_EQ(plugin.Stop(SIGTERM), 0);
   std::string log = plugin.Log();
-  EXPECT_THAT(log, ::testing::ContainsRegex("W.*rpc Node/NodeStageVolume volume_id=\"no-such-vol\" failed: [A-Z_]+: "))
+  EXPECT_THAT(log, ::testing::ContainsRegex(
+                       "W.*rpc Node/NodeStageVolume volume_id=\"no-such-vol\" failed: [A-Z_]+: "))
       << log;
   EXPECT_THAT(log, ::testing::Not(HasSubstr("topsecret")));
 }

@@ -305,8 +305,8 @@ TEST_F(PluginServerTest, EveryFailedCallIsOneWarningWithIdsAndNoSecrets) {
   csi::v1::DeleteVolumeResponse resp;
   EXPECT_EQ(stub->DeleteVolume(&ctx, req, &resp).error_code(), grpc::StatusCode::UNIMPLEMENTED);
   EXPECT_EQ(logs.Count(google::GLOG_WARNING,
-                       {"Controller/DeleteVolume", "volume_id=\"vol-1\\nE0101 00:00:00 forged line\"",
-                        "UNIMPLEMENTED"}),
+                       {"Controller/DeleteVolume",
+                        "volume_id=\"vol-1\\nE0101 00:00:00 forged line\"", "UNIMPLEMENTED"}),
             1);
   for (const std::string& line : logs.AtLeast(google::GLOG_INFO)) {
     EXPECT_THAT(line, Not(HasSubstr("hunter2")));
@@ -328,8 +328,12 @@ TEST_F(PluginServerTest, EveryCallIsLoggedAtDebugLevel) {
   csi::v1::ListVolumesResponse resp;
   EXPECT_TRUE(stub->ListVolumes(&ctx, req, &resp).ok());
   FLAGS_v = old_v;
-  EXPECT_EQ(logs.Count(google::GLOG_INFO, {"Controller/ListVolumes", "starting_token=\"t1\"", "started"}), 1);
-  EXPECT_EQ(logs.Count(google::GLOG_INFO, {"Controller/ListVolumes", "starting_token=\"t1\"", "ok in"}), 1);
+  EXPECT_EQ(
+      logs.Count(google::GLOG_INFO, {"Controller/ListVolumes", "starting_token=\"t1\"", "started"}),
+      1);
+  EXPECT_EQ(
+      logs.Count(google::GLOG_INFO, {"Controller/ListVolumes", "starting_token=\"t1\"", "ok in"}),
+      1);
   EXPECT_EQ(logs.CountAtLeast(google::GLOG_WARNING), 0);
   server_.reset();  // the server goes before the services it serves
 }
@@ -393,7 +397,8 @@ TEST(ListenerTest, AcceptFailuresStallAndRecoverWithOneLineEach) {
   EXPECT_EQ(read(c, buf, 2), 2);
   close(c);
   (*listener)->Stop();
-  EXPECT_EQ(logs.Count(google::GLOG_WARNING, {"cannot accept connections", "Too many open files"}), 1);
+  EXPECT_EQ(logs.Count(google::GLOG_WARNING, {"cannot accept connections", "Too many open files"}),
+            1);
   EXPECT_EQ(logs.Count(google::GLOG_INFO, {"accepting connections again", "after 5 failed"}), 1);
   prometheus::TextSerializer ser;
   std::string metrics = ser.Serialize(registry.Collect());
@@ -451,8 +456,8 @@ TEST_F(PluginServerTest, FreshConnectionsUnderChurnForkAndSelfDialAreServedPromp
       for (int i = 0; i < kCallsEach; ++i) {
         grpc::ChannelArguments args;
         args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-        auto stub = csi::v1::Identity::NewStub(grpc::CreateCustomChannel(
-            "unix:" + Sock(), grpc::InsecureChannelCredentials(), args));
+        auto stub = csi::v1::Identity::NewStub(
+            grpc::CreateCustomChannel("unix:" + Sock(), grpc::InsecureChannelCredentials(), args));
         grpc::ClientContext ctx;
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
         const absl::Time t0 = absl::Now();

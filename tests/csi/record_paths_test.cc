@@ -24,9 +24,9 @@
 namespace ublk_csi {
 namespace {
 
-using ::testing::HasSubstr;
 using records::SnapshotRecord;
 using records::VolumeRecord;
+using ::testing::HasSubstr;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);

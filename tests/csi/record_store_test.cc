@@ -78,7 +78,8 @@ TEST_F(RecordStoreTest, PutReplacesAtomicallyAndLeavesNoTempFiles) {
   snap.set_ready_to_use(true);
   snap.set_file(RecordStore::SnapshotFileRel("snap-a"));
   ASSERT_TRUE(store->PutSnapshot(snap).ok());
-  EXPECT_EQ(Ls(Records()), (std::vector<std::string>{"corrupt", "snap-a.snapshot", "vol-a.volume"}));
+  EXPECT_EQ(Ls(Records()),
+            (std::vector<std::string>{"corrupt", "snap-a.snapshot", "vol-a.volume"}));
   auto loaded = store->LoadAll();
   ASSERT_TRUE(loaded.ok());
   ASSERT_EQ(loaded->volumes.size(), 1u);
@@ -97,7 +98,8 @@ TEST_F(RecordStoreTest, CrashBeforeRenameKeepsTheOldRecord) {
   store->SetBeforeRenameHookForTest([] { return absl::InternalError("simulated crash"); });
   EXPECT_FALSE(store->PutVolume(Vol("vol-a", 2)).ok());
   // The "crash" left the temp file behind; the record is the old one.
-  EXPECT_EQ(Ls(Records()), (std::vector<std::string>{".vol-a.volume.tmp", "corrupt", "vol-a.volume"}));
+  EXPECT_EQ(Ls(Records()),
+            (std::vector<std::string>{".vol-a.volume.tmp", "corrupt", "vol-a.volume"}));
   store.reset();
   auto reopened = Open();  // restart: the temp file is cleaned up
   EXPECT_EQ(Ls(Records()), (std::vector<std::string>{"corrupt", "vol-a.volume"}));

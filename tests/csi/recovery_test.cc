@@ -4,8 +4,6 @@
 // closes every queue channel (what the kernel sees of kill -9), and a new
 // process on the same FakeKernel finds the devices QUIESCED. A new FakeKernel
 // is a node reboot: the devices are gone, the data dir is not.
-#include "csi/recovery_manager.h"
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -25,13 +23,15 @@
 #include "csi/fake_mounter.h"
 #include "csi/fake_volume_backend.h"
 #include "csi/record_store.h"
+#include "csi/recovery_manager.h"
 #include "csi/ublk_volume_backend.h"
 #include "csi/volume_manager.h"
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/testing/log_capture.h"
 #include "prometheus/registry.h"
+#include "tests/testing/data.h"
+#include "tests/testing/log_capture.h"
 #include "tests/testing/subprocess.h"
 #include "ublk/memory.h"
 #include "ublk/mutex.h"
@@ -39,7 +39,6 @@
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
 #include "ublk/worker_pool.h"
-#include "tests/testing/data.h"
 
 // glog + tzset under TSan: see tests/ublk/buffer_pool_test.cc.
 extern "C" const char* __tsan_default_suppressions() { return "race:tzset_internal\n"; }
@@ -49,8 +48,8 @@ namespace {
 
 using ublk_test::Pattern;
 
-using ::testing::HasSubstr;
 using csi::v1::VolumeCapability;
+using ::testing::HasSubstr;
 using Mode = csi::v1::VolumeCapability::AccessMode;
 using Outcome = RecoveryManager::Outcome;
 
@@ -113,7 +112,7 @@ class HoldingBackend final : public VolumeBackend {
   bool WaitHeld(int n) {
     ublk::MutexLock lock(&mu_);
     return cv_.WaitFor(lock, std::chrono::seconds(10),
-                      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return held_ >= n; });
+                       [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return held_ >= n; });
   }
   absl::Status RemoveExport(const std::string& id) override { return base_->RemoveExport(id); }
   absl::Status ResizeExport(const std::string& id, int64_t n) override {
@@ -193,8 +192,8 @@ class RecoveryTest : public ::testing::Test {
     VolumeManagerOptions vo;
     vo.node_id = "node-a";
     vo.free_bytes = []() -> absl::StatusOr<int64_t> { return int64_t{1} << 40; };
-    p_->manager = std::make_unique<VolumeManager>(vo, p_->store.get(), p_->holding.get(),
-                                                  &mounter_);
+    p_->manager =
+        std::make_unique<VolumeManager>(vo, p_->store.get(), p_->holding.get(), &mounter_);
     ASSERT_TRUE(p_->manager->Load().ok());
     p_->health.SetBackend(absl::OkStatus());
     RecoveryOptions ro;
@@ -203,8 +202,8 @@ class RecoveryTest : public ::testing::Test {
       ro.budget = p_->pool->memory_budget();
       ro.clock = &clock_;  // the memory.high hold ends when the test says
     }
-    p_->recovery = std::make_unique<RecoveryManager>(p_->manager.get(), &p_->health,
-                                                     p_->registry.get(), ro);
+    p_->recovery =
+        std::make_unique<RecoveryManager>(p_->manager.get(), &p_->health, p_->registry.get(), ro);
     RecoveryManager* rm = p_->recovery.get();
     p_->health.SetServingCheck([rm] { return rm->ServingStatus(); });
     p_->recovery->Start();

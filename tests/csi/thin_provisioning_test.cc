@@ -67,10 +67,10 @@ TEST_F(Thin, RatioOneNeverPromisesMoreThanTheDiskHolds) {
   auto b = Create("b", 60 * kMiB);
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(b.status().code(), absl::StatusCode::kResourceExhausted);
-  for (const char* part : {"'b'", "62914560 bytes (60.0 MiB) requested",
-                           "62914560 bytes (60.0 MiB) already provisioned",
-                           "capacity 104857600 bytes", "overcommit ratio 1 ",
-                           "--overcommit-ratio", "overcommitRatio"}) {
+  for (const char* part :
+       {"'b'", "62914560 bytes (60.0 MiB) requested",
+        "62914560 bytes (60.0 MiB) already provisioned", "capacity 104857600 bytes",
+        "overcommit ratio 1 ", "--overcommit-ratio", "overcommitRatio"}) {
     EXPECT_THAT(b.status().message(), HasSubstr(part));
   }
   EXPECT_TRUE(Create("c", 40 * kMiB).ok());  // exactly full

@@ -16,12 +16,12 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
+#include "tests/testing/data.h"
 #include "ublk/memory.h"
 #include "ublk/testing/fake_clock.h"
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
 #include "ublk/worker_pool.h"
-#include "tests/testing/data.h"
 
 // glog + tzset under TSan: see tests/ublk/buffer_pool_test.cc.
 extern "C" const char* __tsan_default_suppressions() { return "race:tzset_internal\n"; }
@@ -213,8 +213,7 @@ TEST_F(UblkVolumeBackendTest, BadSpecIsInvalidArgumentNamingTheField) {
   EXPECT_EQ(backend_->EnsureExport(s).status().code(), absl::StatusCode::kInvalidArgument);
   s = Spec("x");
   s.backing_file.clear();
-  EXPECT_THAT(std::string(backend_->EnsureExport(s).status().message()),
-              HasSubstr("backing_file"));
+  EXPECT_THAT(std::string(backend_->EnsureExport(s).status().message()), HasSubstr("backing_file"));
   s = Spec("x");
   s.logical_block_size = 4096;
   auto info = backend_->EnsureExport(s);
@@ -280,7 +279,8 @@ TEST_F(UblkVolumeBackendTest, ResizeGrowsALiveDeviceWhereTheKernelCan) {
   BackingFile("a", kSize * 2);
   ASSERT_TRUE(backend_->ResizeExport("a", kSize * 2).ok());
   auto control = kernel_->OpenControl(CmdEncoding::kIoctl);
-  EXPECT_EQ(control->GetParams(a->dev_id)->basic.dev_sectors, static_cast<uint64_t>(kSize * 2) >> 9);
+  EXPECT_EQ(control->GetParams(a->dev_id)->basic.dev_sectors,
+            static_cast<uint64_t>(kSize * 2) >> 9);
   const std::string data = Pattern(8192, 3);
   EXPECT_EQ(kernel_->Write(a->dev_id, kSize + 4096, data)->result, 8192);
   EXPECT_TRUE(kernel_->Read(a->dev_id, kSize + 4096, 8192)->data == data);
@@ -487,7 +487,8 @@ TEST_F(UblkVolumeBackendTest, ZeroCopyDeviceRecoversInZeroCopyAfterTheKillSwitch
   EXPECT_GT(kernel_->auto_buf_regs(), 0);
   backend_->Shutdown();
   EXPECT_EQ(kernel_->DeviceState(a->dev_id), UBLK_S_DEV_QUIESCED);
-  auto pending = kernel_->SubmitIoAsync(a->dev_id, UBLK_IO_OP_WRITE, 65536, 8192, Pattern(8192, 31));
+  auto pending =
+      kernel_->SubmitIoAsync(a->dev_id, UBLK_IO_OP_WRITE, 65536, 8192, Pattern(8192, 31));
 
   ublk::FeatureOptions kill_switch;
   kill_switch.force_copy_mode = ublk::CopyMode::kUserCopy;

@@ -132,8 +132,8 @@ TEST_F(Validation, DefaultSizeIsAlignedAndNeverZero) {
 TEST(ParseSizeTest, OverflowIsAnErrorNotAWrap) {
   EXPECT_EQ(*ParseSize("9223372036854775807"), INT64_MAX);
   EXPECT_EQ(*ParseSize("8Ti"), int64_t{8} << 40);
-  for (const char* bad : {"9223372036854775808", "8589934592Gi", "9223372036854776Ki",
-                          "-1", "", "Gi", "1.5Gi", "99999999999999999999999"}) {
+  for (const char* bad : {"9223372036854775808", "8589934592Gi", "9223372036854776Ki", "-1", "",
+                          "Gi", "1.5Gi", "99999999999999999999999"}) {
     auto r = ParseSize(bad);
     EXPECT_FALSE(r.ok()) << bad << " -> " << *r;
   }
@@ -169,7 +169,8 @@ TEST_F(Validation, NamesFollowTheCsiLimits) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(r.status().message(), HasSubstr(b.says));
     EXPECT_LT(r.status().message().size(), 400u);
-    for (char c : r.status().message()) ASSERT_GE(static_cast<unsigned char>(c), 0x20) << r.status();
+    for (char c : r.status().message())
+      ASSERT_GE(static_cast<unsigned char>(c), 0x20) << r.status();
     csi::v1::CreateSnapshotRequest sr;
     sr.set_name(b.name);
     sr.set_source_volume_id("vol-x");
@@ -224,8 +225,8 @@ TEST_F(Validation, BadPageTokenIsEchoedTruncated) {
 }
 
 TEST_F(Validation, MalformedIdsAreEchoedOnOneLine) {
-  for (const std::string& id : {std::string(".\nE1202 forged"), std::string("vol\nforged"),
-                               std::string(1 << 20, 'v')}) {
+  for (const std::string& id :
+       {std::string(".\nE1202 forged"), std::string("vol\nforged"), std::string(1 << 20, 'v')}) {
     csi::v1::ControllerExpandVolumeRequest r;
     r.set_volume_id(id);
     r.mutable_capacity_range()->set_required_bytes(kMiB);

@@ -3,13 +3,13 @@
 // and reloading records after a restart. No device, no real mount.
 #include "csi/volume_manager.h"
 
-#include <limits>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <thread>
 
@@ -23,8 +23,8 @@
 namespace ublk_csi {
 namespace {
 
-using ::testing::HasSubstr;
 using csi::v1::VolumeCapability;
+using ::testing::HasSubstr;
 using Mode = csi::v1::VolumeCapability::AccessMode;
 
 constexpr int64_t kMiB = int64_t{1} << 20;
@@ -219,8 +219,8 @@ TEST_F(VM, CreateVolumeCapacityRules) {
 }
 
 // Found writing tests/fuzz/request_fuzz (UBSan oracle): rounding a
-// required_bytes near INT64_MAX up to the 4 KiB alignment overflowed (UBSan: signed overflow; without it a
-// negative size reached ftruncate, and ControllerExpandVolume answered OK).
+// required_bytes near INT64_MAX up to the 4 KiB alignment overflowed (UBSan: signed overflow;
+// without it a negative size reached ftruncate, and ControllerExpandVolume answered OK).
 TEST_F(VM, CapacityNearInt64MaxIsOutOfRange) {
   const int64_t huge = std::numeric_limits<int64_t>::max() - 1;
   EXPECT_EQ(manager_->CreateVolume(CreateReq("huge", huge)).status().code(),
@@ -469,7 +469,8 @@ TEST_F(VM, DeleteVolumeIsIdempotentAndRefusesStagedVolumes) {
   EXPECT_TRUE(manager_->DeleteVolume(dr).ok());
   for (const char* bad : {"", "../etc", "a/b", ".hidden"}) {
     dr.set_volume_id(bad);
-    EXPECT_EQ(manager_->DeleteVolume(dr).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(manager_->DeleteVolume(dr).status().code(), absl::StatusCode::kInvalidArgument)
+        << bad;
   }
 }
 
@@ -657,7 +658,7 @@ TEST_F(VM, StageErrors) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()), HasSubstr("volume_capability"));
   backend_->FailNext(FakeVolumeBackend::Op::kEnsure,
-                    absl::ResourceExhaustedError("ublks_max (64) reached"));
+                     absl::ResourceExhaustedError("ublks_max (64) reached"));
   s = Stage(id, Path("s"));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(s.message()), HasSubstr("ublks_max"));
@@ -678,7 +679,8 @@ TEST_F(VM, StagingPathHoldingAnotherVolumeIsAlreadyExists) {
 TEST_F(VM, PublishBindMountsAndHonoursReadonly) {
   std::string id = Create("pvc");
   EXPECT_EQ(Publish(id, Path("stage"), Path("pod/vol")).code(),
-            absl::StatusCode::kFailedPrecondition) << "not staged yet";
+            absl::StatusCode::kFailedPrecondition)
+      << "not staged yet";
   ASSERT_TRUE(Stage(id, Path("stage")).ok());
   ASSERT_TRUE(Publish(id, Path("stage"), Path("pod/vol"), /*readonly=*/true).ok());
   auto m = mounter_->GetMountInfo(Path("pod/vol"));

@@ -112,9 +112,7 @@ void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, size_t, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept {
-  std::free(p);
-}
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
 #endif  // UBLK_TEST_NEW_HOOK
 
 #if !UBLK_TEST_SANITIZED
@@ -312,7 +310,7 @@ TEST_P(AllocFailureTest, SixtySixExportsRecoverWhileEveryAllocationFails) {
   g_fail.store(true);
   if (!UBLK_TEST_SANITIZED) memory_.HealHeap();
   absl::SleepFor(absl::Milliseconds(300));  // ~150 retry rounds per worker
-  memory_.FailHeapAlways();  // still no buffer until the checks below are done
+  memory_.FailHeapAlways();                 // still no buffer until the checks below are done
   g_fail.store(false);
 
   const int64_t map_attempts = memory_.failed_map_calls() - maps_before;

@@ -15,9 +15,9 @@
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/testing/log_capture.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
+#include "tests/testing/log_capture.h"
 #include "ublk/memory.h"
 #include "ublk/testing/fake_clock.h"
 #include "ublk/testing/fault_memory.h"
@@ -26,9 +26,7 @@
 // re-strdup()s its TZ copy under a libc-internal lock that TSan cannot see, so
 // two threads logging at once are reported as a race inside libc. Only that
 // frame is suppressed; this symbol is ignored by non-TSan builds.
-extern "C" const char* __tsan_default_suppressions() {
-  return "race:tzset_internal\n";
-}
+extern "C" const char* __tsan_default_suppressions() { return "race:tzset_internal\n"; }
 
 namespace ublk {
 namespace {
@@ -52,10 +50,8 @@ class BufferPoolTest : public ::testing::Test {
     return options;
   }
 
-  std::unique_ptr<BufferPool> MakePool(
-      int worker, BufferPoolOptions options = SmallOptions()) {
-    return std::make_unique<BufferPool>(options, memory_, clock_, &metrics_,
-                                        worker);
+  std::unique_ptr<BufferPool> MakePool(int worker, BufferPoolOptions options = SmallOptions()) {
+    return std::make_unique<BufferPool>(options, memory_, clock_, &metrics_, worker);
   }
 
   // Writes a pattern over the whole buffer and reads it back.
@@ -127,8 +123,7 @@ TEST_F(BufferPoolTest, CreationFailureServesEveryIoFromHeap) {
   std::set<void*> addresses;
   for (const IoBuffer& b : held) addresses.insert(b.data());
   EXPECT_EQ(addresses.size(), held.size());
-  EXPECT_EQ(static_cast<uint8_t*>(held[2].data())[100],
-            static_cast<uint8_t>(2 + 100 * 7));
+  EXPECT_EQ(static_cast<uint8_t*>(held[2].data())[100], static_cast<uint8_t>(2 + 100 * 7));
 
   EXPECT_TRUE(pool->degraded());
   EXPECT_FALSE(pool->has_pool());
@@ -256,10 +251,8 @@ TEST_F(BufferPoolTest, ExhaustionAppliesBackpressureWithoutHeap) {
 TEST_F(BufferPoolTest, SlotReleasedCallbackMayAcquireTheFreedSlot) {
   auto pool = MakePool(2);
   std::vector<IoBuffer> held;
-  for (int i = 0; i < 4; ++i)
-    held.push_back(pool->AcquireIoBuffer(4096).buffer);
-  ASSERT_EQ(pool->AcquireIoBuffer(4096).outcome,
-            AcquireOutcome::kPoolExhausted);
+  for (int i = 0; i < 4; ++i) held.push_back(pool->AcquireIoBuffer(4096).buffer);
+  ASSERT_EQ(pool->AcquireIoBuffer(4096).outcome, AcquireOutcome::kPoolExhausted);
 
   IoBuffer parked;  // the I/O that waited
   pool->SetSlotReleasedCallback([&] {
@@ -280,8 +273,7 @@ TEST_F(BufferPoolTest, SlotReleasedCallbackMayAcquireTheFreedSlot) {
 TEST_F(BufferPoolTest, CallbackMayRefillTheBufferBeingReleased) {
   auto pool = MakePool(2);
   std::vector<IoBuffer> held;
-  for (int i = 0; i < 3; ++i)
-    held.push_back(pool->AcquireIoBuffer(4096).buffer);
+  for (int i = 0; i < 3; ++i) held.push_back(pool->AcquireIoBuffer(4096).buffer);
   IoBuffer b = pool->AcquireIoBuffer(4096).buffer;
   bool refilled = false;
   pool->SetSlotReleasedCallback([&] {
@@ -303,8 +295,7 @@ TEST_F(BufferPoolTest, CallbackMayRefillTheBufferBeingReleased) {
     slots.insert(held.back().data());
   }
   EXPECT_EQ(slots.size(), 4u);
-  EXPECT_EQ(pool->AcquireIoBuffer(4096).outcome,
-            AcquireOutcome::kPoolExhausted);
+  EXPECT_EQ(pool->AcquireIoBuffer(4096).outcome, AcquireOutcome::kPoolExhausted);
 }
 
 // (d)
@@ -330,8 +321,7 @@ TEST_F(BufferPoolTest, HeapFailingTooAsksForRequeueUntilMemoryReturns) {
   ASSERT_EQ(r.outcome, AcquireOutcome::kHeap);
   ExpectUsable(r.buffer, 4);
   EXPECT_EQ(metrics_.heap_fallbacks(4), 1);
-  EXPECT_EQ(
-      logs_.Count(google::GLOG_INFO, {Worker(4), "heap allocation works"}), 1);
+  EXPECT_EQ(logs_.Count(google::GLOG_INFO, {Worker(4), "heap allocation works"}), 1);
 
   // A second failure episode logs once more, not per I/O.
   memory_.FailNextHeaps(3);
@@ -362,8 +352,7 @@ TEST_F(BufferPoolTest, EachWorkerLogsItsOwnTransitionsOnce) {
   }
   EXPECT_EQ(metrics_.degraded_workers(), 3);
   for (int w = 0; w < 3; ++w) {
-    EXPECT_EQ(logs_.Count(google::GLOG_WARNING, {Worker(w), kDegradeText}), 1)
-        << w;
+    EXPECT_EQ(logs_.Count(google::GLOG_WARNING, {Worker(w), kDegradeText}), 1) << w;
     EXPECT_EQ(metrics_.heap_fallbacks(w), 4) << w;
     EXPECT_EQ(metrics_.creation_failures(w), 4) << w;
   }
@@ -377,8 +366,7 @@ TEST_F(BufferPoolTest, EachWorkerLogsItsOwnTransitionsOnce) {
   pools[2].reset();
   EXPECT_EQ(metrics_.degraded_workers(), 0);
   for (int w = 0; w < 2; ++w) {
-    EXPECT_EQ(logs_.Count(google::GLOG_INFO, {Worker(w), kRecoverText}), 1)
-        << w;
+    EXPECT_EQ(logs_.Count(google::GLOG_INFO, {Worker(w), kRecoverText}), 1) << w;
   }
   EXPECT_EQ(logs_.Count(google::GLOG_INFO, {Worker(2), kRecoverText}), 0);
 }
@@ -496,8 +484,7 @@ TEST_F(BufferPoolTest, ExportsTheDocumentedMetricNames) {
 TEST(BufferPoolOptionsTest, ValidateRejectsNonsense) {
   EXPECT_TRUE(BufferPoolOptions().Validate().ok());
   const BufferPoolOptions defaults;
-  EXPECT_LE(defaults.slot_count * defaults.slot_size * 16,
-            BufferPoolOptions::kDefaultTotalBudget);
+  EXPECT_LE(defaults.slot_count * defaults.slot_size * 16, BufferPoolOptions::kDefaultTotalBudget);
 
   auto expect_invalid = [](BufferPoolOptions o, const std::string& field) {
     absl::Status s = o.Validate();
@@ -532,8 +519,7 @@ TEST(BufferPoolOptionsTest, ValidateRejectsNonsense) {
 }
 
 TEST(BufferPoolOptionsTest, ForBudgetSplitsTheBudget) {
-  BufferPoolOptions o =
-      BufferPoolOptions::ForBudget(BufferPoolOptions::kDefaultTotalBudget, 16);
+  BufferPoolOptions o = BufferPoolOptions::ForBudget(BufferPoolOptions::kDefaultTotalBudget, 16);
   EXPECT_EQ(o.slot_size, 128u * 1024);
   EXPECT_EQ(o.slot_count, 32u);
   EXPECT_TRUE(o.Validate().ok());
@@ -597,8 +583,7 @@ TEST(RealMemorySourceTest, MapsWritableMemoryAndReportsEnomem) {
   // Far beyond any machine's address space: refused, reported, no crash.
   absl::StatusOr<void*> huge = memory.Map(size_t{1} << 62);
   ASSERT_FALSE(huge.ok());
-  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted)
-      << huge.status();
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted) << huge.status();
   // No message: the failure path must not allocate (see MemorySource).
   EXPECT_EQ(huge.status().message(), "");
 
@@ -613,8 +598,7 @@ TEST(RealMemorySourceTest, HeapBlocksAreAligned) {
   std::memset(*block, 1, 12345);
   memory.FreeHeap(*block);
   memory.FreeHeap(nullptr);
-  EXPECT_EQ(memory.AllocateHeap(4096, 3000).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(memory.AllocateHeap(4096, 3000).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/data.h"
 #include "ublk/file_target.h"
 #include "ublk/memory.h"
 #include "ublk/null_target.h"
@@ -23,7 +24,6 @@
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
 #include "ublk/worker.h"
-#include "tests/testing/data.h"
 
 namespace ublk {
 namespace {
@@ -528,8 +528,8 @@ TEST_F(ZeroCopyTest, ManyExportsPerWorkerMoveDataWithoutTheBufferPool) {
       }
       reqs.clear();
       for (int i = 0; i < kPerExport; ++i) {
-        reqs.push_back(kernel_->SubmitIoAsync(id, UBLK_IO_OP_READ, uint64_t{65536} * i,
-                                              4096u * (1 + i % 8)));
+        reqs.push_back(
+            kernel_->SubmitIoAsync(id, UBLK_IO_OP_READ, uint64_t{65536} * i, 4096u * (1 + i % 8)));
       }
       for (int i = 0; i < kPerExport; ++i) {
         auto res = kernel_->Wait(reqs[i], absl::Seconds(10));
@@ -612,8 +612,8 @@ TEST_F(ZeroCopyTest, FailedRegistrationFailsOnlyThatRequest) {
   // The tag was never handed over and stays fetched: all four serve again.
   std::vector<std::shared_ptr<FakeKernel::Request>> reqs;
   for (int i = 0; i < 4; ++i) {
-    reqs.push_back(kernel_->SubmitIoAsync(id, UBLK_IO_OP_WRITE, 4096u * i, 4096,
-                                          RandomData(4096, 10 + i)));
+    reqs.push_back(
+        kernel_->SubmitIoAsync(id, UBLK_IO_OP_WRITE, 4096u * i, 4096, RandomData(4096, 10 + i)));
   }
   for (auto& r : reqs) EXPECT_EQ(kernel_->Wait(r, absl::Seconds(5))->result, 4096);
   for (int i = 0; i < 4; ++i) {
@@ -684,8 +684,8 @@ TEST_F(ZeroCopyTest, RecoveryUnderIoComesBackInZeroCopy) {
   constexpr int kWrites = 96;
   std::vector<std::shared_ptr<FakeKernel::Request>> reqs;
   for (int i = 0; i < kWrites; ++i) {
-    reqs.push_back(kernel_->SubmitIoAsync(id, UBLK_IO_OP_WRITE, 8192u * i, 8192,
-                                          RandomData(8192, 500 + i)));
+    reqs.push_back(
+        kernel_->SubmitIoAsync(id, UBLK_IO_OP_WRITE, 8192u * i, 8192, RandomData(8192, 500 + i)));
     if (i == kWrites / 2) {
       ASSERT_TRUE(e->Detach().ok());  // the old server is gone mid-stream
     }

@@ -168,11 +168,11 @@ TEST_F(FakeKernelTest, ControlCommands) {
   ASSERT_TRUE(control_->DeleteDevice(0).ok());
   ASSERT_TRUE(control_->DeleteDevice(5).ok());
   EXPECT_EQ(kernel_.device_count(), 0u);
-  for (auto st : {control_->GetDeviceInfo(0).status(), control_->DeleteDevice(0),
-                  control_->StopDevice(0), control_->SetParams(0, GoodParams()),
-                  control_->GetParams(0).status(), control_->StartDevice(0, 1),
-                  control_->StartUserRecovery(0), control_->EndUserRecovery(0, 1),
-                  control_->OpenQueue(0, 0, kDepth).status()}) {
+  for (auto st :
+       {control_->GetDeviceInfo(0).status(), control_->DeleteDevice(0), control_->StopDevice(0),
+        control_->SetParams(0, GoodParams()), control_->GetParams(0).status(),
+        control_->StartDevice(0, 1), control_->StartUserRecovery(0),
+        control_->EndUserRecovery(0, 1), control_->OpenQueue(0, 0, kDepth).status()}) {
     EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
     EXPECT_THAT(std::string(st.message()), HasSubstr("device 0"));
   }
@@ -227,8 +227,7 @@ TEST_F(FakeKernelTest, UserCopyProtocolAndMisuse) {
   EXPECT_EQ(srv.ch().PrepCommitAndFetch(srv.ring(), 2, 0, nullptr, 2).code(),
             absl::StatusCode::kInvalidArgument);  // not owned
   EXPECT_EQ(control_->OpenQueue(id, 0, kDepth).status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(control_->OpenQueue(id, 1, kDepth).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(control_->OpenQueue(id, 1, kDepth).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(control_->DeleteDevice(id).code(), absl::StatusCode::kFailedPrecondition);
   Start(id);
   EXPECT_EQ(kernel_.DeviceState(id), UBLK_S_DEV_LIVE);
@@ -468,7 +467,7 @@ TEST(FakeKernelZeroCopyTest, AutoBufRegRegistersAtTheNamedIndexAndUnregistersAtC
   char buf[512];
   EXPECT_EQ(srv.ch().PrepFetch(srv.ring(), 0, buf, 0).code(),
             absl::StatusCode::kInvalidArgument);  // no buffer in zero-copy mode
-  srv.ch().SetAutoBufRegBase(10);  // tags use indices 10..13
+  srv.ch().SetAutoBufRegBase(10);                 // tags use indices 10..13
   srv.FetchAll();
   std::thread starter([&] { EXPECT_TRUE(control->StartDevice(id, getpid()).ok()); });
   starter.join();

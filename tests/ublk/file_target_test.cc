@@ -85,7 +85,7 @@ TEST_F(FileTargetTest, BadInputsAreClearErrors) {
 TEST_F(FileTargetTest, CreateMakesASparseFileOfTheVolumeSize) {
   auto t = FileTarget::Open({dir_ + "/new", 8 << 20, true, true});
   ASSERT_TRUE(t.ok()) << t.status();
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(stat((dir_ + "/new").c_str(), &st), 0);
   EXPECT_EQ(st.st_size, 8 << 20);
   EXPECT_LT(st.st_blocks * 512, 8 << 20);  // sparse
@@ -120,7 +120,7 @@ TEST_F(FileTargetTest, ReadWriteFlushDiscardWriteZeroes) {
 // thread (no SQE, no io-wq hop); turned off, or on another filesystem, the
 // same I/O goes on the ring.
 TEST_F(FileTargetTest, FileInMemoryIsServedInlineWithoutTheRing) {
-  struct statfs fs{};
+  struct statfs fs {};
   if (statfs("/dev/shm", &fs) != 0 || fs.f_type != TMPFS_MAGIC) GTEST_SKIP() << "no tmpfs /dev/shm";
   char tmpl[] = "/dev/shm/file_target_test.XXXXXX";
   ASSERT_NE(mkdtemp(tmpl), nullptr);

@@ -111,7 +111,8 @@ class RecoveryResumeTest : public ::testing::TestWithParam<Case> {
     EXPECT_THAT(std::string(r.status().message()), HasSubstr("fault point"));
     // The dead server's channels close on its worker threads: wait for
     // that (a liveness bound, not a timing check).
-    for (int i = 0; i < 5000 && kernel_.open_channels(id) > 0; ++i) absl::SleepFor(absl::Milliseconds(1));
+    for (int i = 0; i < 5000 && kernel_.open_channels(id) > 0; ++i)
+      absl::SleepFor(absl::Milliseconds(1));
     ASSERT_EQ(kernel_.open_channels(id), 0);
     kernel_.NewProcess();  // the next server
   }
@@ -148,11 +149,9 @@ struct Point {
 
 TEST_P(RecoveryResumeTest, KilledAtEachStepTheNextProcessRecovers) {
   const Point points[] = {
-      {CrashPoint::kAfterStartRecovery, 0, true},
-      {CrashPoint::kAfterMmap, 0, true},
+      {CrashPoint::kAfterStartRecovery, 0, true}, {CrashPoint::kAfterMmap, 0, true},
       {CrashPoint::kDuringFetch, 0, true},  // killed before its first FETCH
-      {CrashPoint::kBeforeEndRecovery, 0, false},
-      {CrashPoint::kAfterEndRecovery, 0, false},
+      {CrashPoint::kBeforeEndRecovery, 0, false}, {CrashPoint::kAfterEndRecovery, 0, false},
   };
   for (const Point& p : points) {
     SCOPED_TRACE(static_cast<int>(p.point));

@@ -21,9 +21,10 @@
 #include "glog/logging.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/testing/log_capture.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
+#include "tests/testing/data.h"
+#include "tests/testing/log_capture.h"
 #include "ublk/export.h"
 #include "ublk/file_target.h"
 #include "ublk/memory.h"
@@ -31,7 +32,6 @@
 #include "ublk/testing/fake_clock.h"
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
-#include "tests/testing/data.h"
 
 // glog 0.6 calls mktime() for every line; glibc's tzset then frees and
 // re-strdup()s its TZ copy under a libc-internal lock that TSan cannot see, so
@@ -367,8 +367,8 @@ TEST_F(WorkerPoolTest, PoolFollowsTheQueuesItServes) {
   std::vector<std::shared_ptr<FakeKernel::Request>> reqs;
   for (int round = 0; round < 4; ++round) {
     for (int i = 0; i < 32; ++i) {
-      reqs.push_back(kernel.SubmitIoAsync((*deep)->dev_id(), UBLK_IO_OP_WRITE,
-                                          uint64_t(i) * 131072, 131072, Pattern(131072, i)));
+      reqs.push_back(kernel.SubmitIoAsync((*deep)->dev_id(), UBLK_IO_OP_WRITE, uint64_t(i) * 131072,
+                                          131072, Pattern(131072, i)));
     }
     for (auto& r : reqs) ASSERT_EQ(kernel.Wait(r, absl::Seconds(10))->result, 131072);
     reqs.clear();
@@ -424,8 +424,8 @@ TEST_F(WorkerPoolTest, NoHeadroomParksIoUntilTheLimitIsRaised) {
   EXPECT_EQ(kernel.Wait(write, absl::Milliseconds(100)).status().code(),
             absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(pool->worker(0)->parked_ios(), 1u);
-  EXPECT_EQ(memory_.map_calls(), 0);   // refused before mapping anything
-  EXPECT_EQ(memory_.heap_calls(), 0);  // ... or allocating anything
+  EXPECT_EQ(memory_.map_calls(), 0);                // refused before mapping anything
+  EXPECT_EQ(memory_.heap_calls(), 0);               // ... or allocating anything
   EXPECT_GT(pool->memory_budget()->denials(), 1u);  // and retried
   pool->UpdateMetrics();
   pool->RefreshBudget();
@@ -522,7 +522,8 @@ TEST_F(WorkerPoolTest, MetricsThreadRefreshesWithoutBeingAsked) {
   auto e = Export::Create(*control, workers, MakeFileTarget("m", 1 << 20), eo);
   ASSERT_TRUE(e.ok()) << e.status();
   ASSERT_TRUE((*e)->Start().ok());
-  for (int i = 0; i < 3; ++i) ASSERT_EQ(kernel.Write((*e)->dev_id(), 0, Pattern(512, i))->result, 512);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(kernel.Write((*e)->dev_id(), 0, Pattern(512, i))->result, 512);
   double v = -1;
   for (int i = 0; i < 400 && v < 3; ++i) {
     absl::SleepFor(absl::Milliseconds(5));
@@ -535,8 +536,7 @@ TEST_F(WorkerPoolTest, MetricsThreadRefreshesWithoutBeingAsked) {
   pool->Release(workers);
 }
 
-class WorkerPoolModeTest : public WorkerPoolTest,
-                           public ::testing::WithParamInterface<CopyMode> {};
+class WorkerPoolModeTest : public WorkerPoolTest, public ::testing::WithParamInterface<CopyMode> {};
 
 // Issue 6 (d) at the worker level: no pool and no heap either. The I/O is
 // parked, not failed to the kernel; it completes, with its data, once the
@@ -654,8 +654,8 @@ TEST_P(WorkerPoolModeTest, SixtySixExportsRecoverAtOnceWhileEveryMmapFails) {
   // I/O issued by the filesystems while no server runs.
   std::vector<std::shared_ptr<FakeKernel::Request>> pending;
   for (int i = 0; i < kExports; ++i) {
-    pending.push_back(kernel.SubmitIoAsync(ids[i], UBLK_IO_OP_WRITE, 8192, 8192,
-                                           Pattern(8192, 1000 + i)));
+    pending.push_back(
+        kernel.SubmitIoAsync(ids[i], UBLK_IO_OP_WRITE, 8192, 8192, Pattern(8192, 1000 + i)));
   }
 
   // The new process, on a host without memory for any pool.

@@ -13,13 +13,13 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
+#include "tests/testing/data.h"
 #include "ublk/export.h"
 #include "ublk/memory.h"
 #include "ublk/mutex.h"
 #include "ublk/null_target.h"
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
-#include "tests/testing/data.h"
 
 namespace ublk {
 namespace {
@@ -39,8 +39,7 @@ class RamTarget final : public Target {
     ublk::MutexLock lock(&mu_);
     if (io.op == UBLK_IO_OP_READ) std::memcpy(io.buf, data_.data() + io.offset, io.len);
     if (io.op == UBLK_IO_OP_WRITE) std::memcpy(data_.data() + io.offset, io.buf, io.len);
-    return io.op == UBLK_IO_OP_READ || io.op == UBLK_IO_OP_WRITE ? static_cast<int32_t>(io.len)
-                                                                 : 0;
+    return io.op == UBLK_IO_OP_READ || io.op == UBLK_IO_OP_WRITE ? static_cast<int32_t>(io.len) : 0;
   }
   std::optional<int32_t> FinishIo(const TargetIo&, int32_t res) override { return res; }
 
@@ -233,9 +232,9 @@ TEST_P(WorkerTest, RingTakesTheBestTaskRunFlagsAndServesWithAnySubset) {
   ASSERT_TRUE(probe.ok()) << probe.status();
   const unsigned best = (*probe)->flags();
   probe->reset();
-  for (unsigned allowed : {Ring::kSingleIssuerFlags,
-                           unsigned{IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER},
-                           unsigned{IORING_SETUP_COOP_TASKRUN}, 0u}) {
+  for (unsigned allowed :
+       {Ring::kSingleIssuerFlags, unsigned{IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER},
+        unsigned{IORING_SETUP_COOP_TASKRUN}, 0u}) {
     SCOPED_TRACE(allowed);
     WorkerOptions o;
     o.memory = &real_memory_;
@@ -284,11 +283,11 @@ TEST_P(WorkerTest, ApiErrors) {
   ASSERT_TRUE(info.ok());
   auto ch = control_->OpenQueue(info->dev_id, 0, info->queue_depth);
   ASSERT_TRUE(ch.ok());
-  EXPECT_EQ(w->AddQueue(QueueConfig{std::move(*ch), std::make_shared<NullTarget>(kSize),
-                                    GetParam()})
-                .status()
-                .code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(
+      w->AddQueue(QueueConfig{std::move(*ch), std::make_shared<NullTarget>(kSize), GetParam()})
+          .status()
+          .code(),
+      absl::StatusCode::kFailedPrecondition);
   WorkerOptions no_memory;
   EXPECT_EQ(Worker::Create(no_memory).status().code(), absl::StatusCode::kInvalidArgument);
 }

@@ -2,7 +2,6 @@
 // test thread may Advance() while workers read Now().
 #pragma once
 
-
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
 #include "ublk/clock.h"

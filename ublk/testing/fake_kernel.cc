@@ -1,17 +1,17 @@
 #include "ublk/testing/fake_kernel.h"
 
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <set>
-#include <sys/uio.h>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -169,8 +169,8 @@ struct FakeKernel::State {
     char* data = buf.get() + skew;
     if (r.op == UBLK_IO_OP_WRITE) std::memcpy(data, r.data.data(), r.len);
     iovec iov{data, r.len};
-    int ret = io_uring_register_buffers_update_tag(t.cmd_ring->raw(), t.next_index, &iov,
-                                                   nullptr, 1);
+    int ret =
+        io_uring_register_buffers_update_tag(t.cmd_ring->raw(), t.next_index, &iov, nullptr, 1);
     if (ret < 0) return -ret;
     used.insert(t.next_index);
     t.reg_buf = std::move(buf);
@@ -187,8 +187,8 @@ struct FakeKernel::State {
     if (!t.registered) return;
     if (touch_ring) {
       iovec empty{nullptr, 0};
-      (void)io_uring_register_buffers_update_tag(t.reg_ring->raw(), t.reg_index, &empty,
-                                                 nullptr, 1);
+      (void)io_uring_register_buffers_update_tag(t.reg_ring->raw(), t.reg_index, &empty, nullptr,
+                                                 1);
     } else {
       orphaned_bufs.push_back(t.reg_buf);
     }
@@ -346,24 +346,23 @@ struct FakeKernel::State {
   absl::Status CheckEncoding(CmdEncoding e, absl::string_view what) const {
     if ((e == CmdEncoding::kIoctl && !options.accept_ioctl) ||
         (e == CmdEncoding::kLegacy && !options.accept_legacy)) {
-      return UblkErrnoToStatus(EOPNOTSUPP, absl::StrCat("ublk ", what, " (",
-                                                        CmdEncodingName(e), " encoding)"));
+      return UblkErrnoToStatus(EOPNOTSUPP,
+                               absl::StrCat("ublk ", what, " (", CmdEncodingName(e), " encoding)"));
     }
     return absl::OkStatus();
   }
 
   // Waits (mu held) until every tag of `d` is fetched.
-  absl::Status AwaitFetched(ublk::MutexLock& lock,
-                            const std::shared_ptr<FakeDevice>& d, absl::string_view what)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  absl::Status AwaitFetched(ublk::MutexLock& lock, const std::shared_ptr<FakeDevice>& d,
+                            absl::string_view what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     const auto deadline =
         std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(options.start_timeout);
     while (!d->removed && d->fetched < d->total_tags()) {
       if (cv.WaitUntil(lock, deadline) == std::cv_status::timeout) {
         if (d->fetched < d->total_tags()) {
-          return absl::DeadlineExceededError(absl::StrCat(
-              "ublk ", what, " device ", d->info.dev_id, ": only ", d->fetched, " of ",
-              d->total_tags(), " tags fetched (the real kernel would wait forever)"));
+          return absl::DeadlineExceededError(
+              absl::StrCat("ublk ", what, " device ", d->info.dev_id, ": only ", d->fetched, " of ",
+                           d->total_tags(), " tags fetched (the real kernel would wait forever)"));
         }
       }
     }
@@ -543,9 +542,11 @@ class FakeQueueChannel final : public QueueChannel {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
     const uint64_t flags = dev_->info.flags;
     if ((flags & UBLK_F_AUTO_BUF_REG) != 0) {
-      if (buf != nullptr) return Err(EINVAL, tag, absl::StrCat(what, ": buffer given in zero-copy mode"));
+      if (buf != nullptr)
+        return Err(EINVAL, tag, absl::StrCat(what, ": buffer given in zero-copy mode"));
     } else if ((flags & UBLK_F_USER_COPY) != 0) {
-      if (buf != nullptr) return Err(EINVAL, tag, absl::StrCat(what, ": buffer given in user-copy mode"));
+      if (buf != nullptr)
+        return Err(EINVAL, tag, absl::StrCat(what, ": buffer given in user-copy mode"));
     } else if ((flags & UBLK_F_NEED_GET_DATA) == 0 || read_commit) {
       if (buf == nullptr) return Err(EINVAL, tag, absl::StrCat(what, ": no buffer"));
     }
@@ -756,16 +757,15 @@ class FakeControlDevice final : public ControlDevice {
     if (state_->options.legacy_recovery && d->nr_queues_ready == 0) {
       return UblkErrnoToStatus(EINVAL, what);
     }
-    if (d->open_channels > 0 || d->held_by_dying_server ||
-        d->info.state != UBLK_S_DEV_QUIESCED) {
+    if (d->open_channels > 0 || d->held_by_dying_server || d->info.state != UBLK_S_DEV_QUIESCED) {
       return UblkErrnoToStatus(EBUSY, what);
     }
     if (state_->options.legacy_recovery && d->nr_queues_ready < d->info.nr_hw_queues) {
       // ublk_queue_reinit does put_task_struct(ubq_daemon) on a queue that
       // never became ready: NULL. The real kernel oopses here.
-      return absl::InternalError(absl::StrCat(
-          what, ": kernel oops: ", d->nr_queues_ready, " of ", d->info.nr_hw_queues,
-          " queues ready (put_task_struct(NULL) in ublk_queue_reinit)"));
+      return absl::InternalError(
+          absl::StrCat(what, ": kernel oops: ", d->nr_queues_ready, " of ", d->info.nr_hw_queues,
+                       " queues ready (put_task_struct(NULL) in ublk_queue_reinit)"));
     }
     if (state_->options.legacy_recovery) state_->ResetRound(*d);
     d->recovering = true;
@@ -808,9 +808,9 @@ class FakeControlDevice final : public ControlDevice {
       return UblkErrnoToStatus(EINVAL, what);
     }
     if (d->open_channels > 0 || d->held_by_dying_server) {
-      return absl::UnavailableError(absl::StrCat(
-          what, ": open ", CharDevicePath(dev_id),
-          ": busy: another ublk server still holds ublk device ", dev_id));
+      return absl::UnavailableError(
+          absl::StrCat(what, ": open ", CharDevicePath(dev_id),
+                       ": busy: another ublk server still holds ublk device ", dev_id));
     }
     ++state_->rearms;
     // The helper task FETCHes every tag of each queue that is not ready
@@ -878,8 +878,7 @@ class FakeControlDevice final : public ControlDevice {
     }
     q.channel_open = true;
     ++d->open_channels;
-    return std::unique_ptr<QueueChannel>(
-        new FakeQueueChannel(state_, d, q_id, std::move(efds)));
+    return std::unique_ptr<QueueChannel>(new FakeQueueChannel(state_, d, q_id, std::move(efds)));
   }
 
  private:
@@ -889,8 +888,7 @@ class FakeControlDevice final : public ControlDevice {
 
 }  // namespace
 
-FakeKernel::FakeKernel(FakeKernelOptions options)
-    : state_(std::make_shared<State>(options)) {}
+FakeKernel::FakeKernel(FakeKernelOptions options) : state_(std::make_shared<State>(options)) {}
 
 FakeKernel::~FakeKernel() = default;
 
@@ -942,9 +940,9 @@ absl::StatusOr<FakeIoResult> FakeKernel::Wait(const std::shared_ptr<Request>& r,
   const auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
   while (!r->done) {
     if (state_->cv.WaitUntil(lock, deadline) == std::cv_status::timeout && !r->done) {
-      return absl::DeadlineExceededError(absl::StrCat("fake block I/O op ", r->op, " at ",
-                                                      r->offset, " on ublk device ", r->dev_id,
-                                                      " not done after ", absl::FormatDuration(timeout)));
+      return absl::DeadlineExceededError(
+          absl::StrCat("fake block I/O op ", r->op, " at ", r->offset, " on ublk device ",
+                       r->dev_id, " not done after ", absl::FormatDuration(timeout)));
     }
   }
   return FakeIoResult{r->result, r->data};
@@ -956,8 +954,7 @@ absl::StatusOr<FakeIoResult> FakeKernel::SubmitIo(uint32_t dev_id, uint8_t op, u
   return Wait(SubmitIoAsync(dev_id, op, offset, len, std::move(data)), timeout);
 }
 
-absl::StatusOr<FakeIoResult> FakeKernel::Write(uint32_t dev_id, uint64_t offset,
-                                               std::string data) {
+absl::StatusOr<FakeIoResult> FakeKernel::Write(uint32_t dev_id, uint64_t offset, std::string data) {
   const uint32_t len = static_cast<uint32_t>(data.size());
   return SubmitIo(dev_id, UBLK_IO_OP_WRITE, offset, len, std::move(data));
 }

@@ -34,8 +34,8 @@
 //   (QueueChannel::FixedBufferAddress); the kernel registers bio pages
 //   addressed from 0. The fake registers a page-aligned stand-in and
 //   copies a WRITE's payload into it before the fetch completes and a
-//   READ's data out of it at commit (invisible to the server). EBUSY for a taken slot is only detected against the
-//   fake's own registrations, not against buffers the server registered
+//   READ's data out of it at commit (invisible to the server). EBUSY for a taken slot is only
+//   detected against the fake's own registrations, not against buffers the server registered
 //   itself; UBLK_AUTO_BUF_REG_FALLBACK is not emulated. When a channel
 //   closes with buffers still registered the fake forgets them at once (the
 //   kernel waits until the server's ring drops them): see
@@ -73,9 +73,8 @@
 namespace ublk {
 
 // Feature masks of real kernels, for FakeKernelOptions.
-inline constexpr uint64_t kFake61Features = UBLK_F_URING_CMD_COMP_IN_TASK |
-                                            UBLK_F_NEED_GET_DATA | UBLK_F_USER_RECOVERY |
-                                            UBLK_F_USER_RECOVERY_REISSUE;
+inline constexpr uint64_t kFake61Features = UBLK_F_URING_CMD_COMP_IN_TASK | UBLK_F_NEED_GET_DATA |
+                                            UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
 inline constexpr uint64_t kFake65Features =
     kFake61Features | UBLK_F_UNPRIVILEGED_DEV | UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_COPY;
 inline constexpr uint64_t kFake612Features = 0x1fe;  // what 6.12's GET_FEATURES returns
@@ -135,15 +134,15 @@ class FakeKernel {
   std::unique_ptr<ControlDevice> OpenControl(CmdEncoding encoding);
 
   // Block I/O on /dev/ublkbN. `data` is the WRITE payload (len bytes).
-  std::shared_ptr<Request> SubmitIoAsync(uint32_t dev_id, uint8_t op, uint64_t offset,
-                                         uint32_t len, std::string data = {}, uint32_t flags = 0);
+  std::shared_ptr<Request> SubmitIoAsync(uint32_t dev_id, uint8_t op, uint64_t offset, uint32_t len,
+                                         std::string data = {}, uint32_t flags = 0);
   // DeadlineExceeded if the request is not done in `timeout`. SubmitIo's
   // default is a liveness bound, not a speed check: generous, so an ASan
   // build on a loaded machine does not read as a hang.
   absl::StatusOr<FakeIoResult> Wait(const std::shared_ptr<Request>& request,
                                     absl::Duration timeout);
-  absl::StatusOr<FakeIoResult> SubmitIo(uint32_t dev_id, uint8_t op, uint64_t offset,
-                                        uint32_t len, std::string data = {},
+  absl::StatusOr<FakeIoResult> SubmitIo(uint32_t dev_id, uint8_t op, uint64_t offset, uint32_t len,
+                                        std::string data = {},
                                         absl::Duration timeout = absl::Seconds(30));
   absl::StatusOr<FakeIoResult> Write(uint32_t dev_id, uint64_t offset, std::string data);
   absl::StatusOr<FakeIoResult> Read(uint32_t dev_id, uint64_t offset, uint32_t len);
@@ -166,8 +165,8 @@ class FakeKernel {
   // A new server process: what the previous one mapped is not its own
   // (ublk_ch_mmap compares mm).
   void NewProcess();
-  void FailNextAddDevice(int err);          // e.g. ENOSPC, ENOMEM
-  void VanishDevice(uint32_t dev_id);       // gone as if another process deleted it
+  void FailNextAddDevice(int err);     // e.g. ENOSPC, ENOMEM
+  void VanishDevice(uint32_t dev_id);  // gone as if another process deleted it
   // Overwrites a device's ublksrv_flags, as if another server (or an older
   // version) had made it with that word.
   void SetUblksrvFlags(uint32_t dev_id, uint64_t value);

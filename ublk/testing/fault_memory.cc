@@ -40,8 +40,7 @@ void FaultInjectingMemorySource::Unmap(void* addr, size_t len) {
   base_.Unmap(addr, len);
 }
 
-absl::StatusOr<void*> FaultInjectingMemorySource::AllocateHeap(size_t len,
-                                                               size_t align) {
+absl::StatusOr<void*> FaultInjectingMemorySource::AllocateHeap(size_t len, size_t align) {
   {
     ublk::MutexLock lock(&mu_);
     ++heap_calls_;

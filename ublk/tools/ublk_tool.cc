@@ -182,10 +182,10 @@ absl::StatusOr<std::shared_ptr<Target>> MakeTarget(uint64_t size, bool create) {
   }
   if (FLAGS_backing.empty()) return absl::InvalidArgumentError("--backing=PATH is required");
   if (size == 0) {
-    struct stat st{};
+    struct stat st {};
     if (stat(FLAGS_backing.c_str(), &st) != 0) {
-      return absl::NotFoundError(absl::StrCat("backing file ", FLAGS_backing,
-                                              " missing and no --size given"));
+      return absl::NotFoundError(
+          absl::StrCat("backing file ", FLAGS_backing, " missing and no --size given"));
     }
     size = static_cast<uint64_t>(st.st_size);
   }
@@ -196,7 +196,7 @@ absl::StatusOr<std::shared_ptr<Target>> MakeTarget(uint64_t size, bool create) {
 
 absl::Status WaitForBlockDevice(const std::string& path) {
   for (int i = 0; i < 1000; ++i) {
-    struct stat st{};
+    struct stat st {};
     if (stat(path.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) return absl::OkStatus();
     usleep(10000);
   }
@@ -267,7 +267,8 @@ absl::Status Serve(bool recover) {
   RealMemorySource memory;
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<Worker*> worker_ptrs;
-  const int nworkers = std::max(1, std::min<int>(FLAGS_queues, std::thread::hardware_concurrency()));
+  const int nworkers =
+      std::max(1, std::min<int>(FLAGS_queues, std::thread::hardware_concurrency()));
   for (int i = 0; i < nworkers; ++i) {
     WorkerOptions wo;
     wo.worker_id = i;
@@ -320,8 +321,7 @@ absl::Status Serve(bool recover) {
 }
 
 int Main(int argc, char** argv) {
-  gflags::SetUsageMessage(
-      "ublk-tool features | serve | recover | del | info  (see --helpshort)");
+  gflags::SetUsageMessage("ublk-tool features | serve | recover | del | info  (see --helpshort)");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);

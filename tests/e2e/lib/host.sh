@@ -354,6 +354,7 @@ e2e_boot() {
   local accel=(-accel tcg,thread=multi,tb-size=512 -cpu max)
   local extra=(-nic none)
   if [ -n "${E2E_NET_TAP:-}" ]; then
+    # shellcheck disable=SC2054  # qemu option syntax again
     extra=(-netdev "tap,id=n0,ifname=$E2E_NET_TAP,script=no,downscript=no"
            -device virtio-net-pci,netdev=n0,mac=52:54:00:e2:e2:02)
   fi

@@ -16,7 +16,7 @@ t0=$(date +%s%N)
   --wait --timeout 15m || { k8s_explain "$K8S_RELEASE_NS" "$(k8s_plugin_pod)"; k8s_fail "helm install"; }
 # helm --wait counts a DaemonSet ready once ready >= desired - maxUnavailable:
 # on one node it returns at once. Wait for every container of the pod.
-pod= ready=
+pod="" ready=""
 deadline=$(( $(date +%s) + 600 ))
 while [ "$(date +%s)" -lt $deadline ]; do
   pod=$(k8s_plugin_pod)
