@@ -25,7 +25,6 @@
 #include "csi/http_server.h"
 #include "csi/identity_service.h"
 #include "csi/liveness.h"
-#include "csi/mmap_fault_memory.h"
 #include "csi/node_service.h"
 #include "csi/plugin_server.h"
 #include "csi/record_store.h"
@@ -39,6 +38,7 @@
 #include "prometheus/registry.h"
 #include "ublk/clock.h"
 #include "ublk/errno.h"
+#include "ublk/fault_memory.h"
 #include "ublk/features.h"
 #include "ublk/kernel_real.h"
 #include "ublk/memory.h"
@@ -292,7 +292,7 @@ struct BackendParts {
   std::unique_ptr<ublk::RealMemorySource> memory;
   std::unique_ptr<HeapOnlyMemorySource> heap_only;
   ublk::RealClock clock;
-  std::unique_ptr<MmapFaultMemorySource> fault_memory;
+  std::unique_ptr<ublk::FaultInjectingMemorySource> fault_memory;
   std::unique_ptr<ublk::WorkerPool> pool;
   std::unique_ptr<VolumeBackend> backend;
   bool online_resize = true;  // the fake backend resizes anything
@@ -330,9 +330,10 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
   }
   if (*limit > 0) wopts.budget->limit_override = static_cast<uint64_t>(*limit);
   if (FLAGS_fault_injection_fail_buffer_pool_mmap_seconds > 0) {
-    parts->fault_memory = std::make_unique<MmapFaultMemorySource>(
-        *parts->heap_only, parts->clock,
-        absl::Now() + absl::Seconds(FLAGS_fault_injection_fail_buffer_pool_mmap_seconds));
+    parts->fault_memory = std::make_unique<ublk::FaultInjectingMemorySource>(*parts->heap_only);
+    parts->fault_memory->FailMapUntil(
+        parts->clock,
+        parts->clock.Now() + absl::Seconds(FLAGS_fault_injection_fail_buffer_pool_mmap_seconds));
     LOG(WARNING) << "FAULT INJECTION: every buffer-pool mmap fails for "
                  << FLAGS_fault_injection_fail_buffer_pool_mmap_seconds << " s";
     wopts.memory = parts->fault_memory.get();

@@ -139,6 +139,29 @@ TEST_F(BufferPoolTest, CreationFailureServesEveryIoFromHeap) {
   EXPECT_EQ(metrics_.slots_in_use(3), 0);
 }
 
+// The plugin's --fault_injection_fail_buffer_pool_mmap_seconds: every mmap
+// fails until the deadline on the clock, heap allocations are untouched, and
+// the pool is created by the first retry after the deadline, by itself.
+TEST_F(BufferPoolTest, MmapFailingUntilADeadlineDegradesThenRecoversByItself) {
+  memory_.FailMapUntil(clock_, clock_.Now() + absl::Seconds(5));
+  auto pool = MakePool(2);
+  for (int i = 0; i < 5; ++i) {  // seconds 0..4: one retry each, all failed
+    AcquireResult r = pool->AcquireIoBuffer(4096);
+    ASSERT_EQ(r.outcome, AcquireOutcome::kHeap) << "second " << i;
+    ExpectUsable(r.buffer, static_cast<uint8_t>(i));
+    clock_.Advance(absl::Seconds(1));
+  }
+  EXPECT_FALSE(pool->has_pool());
+  EXPECT_EQ(memory_.map_calls(), 5);
+  EXPECT_EQ(memory_.failed_map_calls(), 5);
+  AcquireResult r = pool->AcquireIoBuffer(4096);
+  EXPECT_EQ(r.outcome, AcquireOutcome::kPooled);
+  EXPECT_TRUE(pool->has_pool());
+  EXPECT_EQ(memory_.failed_map_calls(), memory_.map_calls() - 1);
+  EXPECT_EQ(memory_.live_maps(), 1);
+  EXPECT_EQ(memory_.failed_heap_calls(), 0);
+}
+
 // (b)
 TEST_F(BufferPoolTest, RetriesNoMoreOftenThanIntervalAndRecovers) {
   memory_.FailMapAlways();
