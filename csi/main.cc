@@ -298,6 +298,20 @@ struct BackendParts {
   bool online_resize = true;  // the fake backend resizes anything
 };
 
+// Why the worker pool did not start, with what to look at when io_uring
+// itself was refused (ENOSYS: a seccomp profile, such as a container
+// runtime's default; EPERM: kernel.io_uring_disabled or a seccomp profile).
+absl::Status WorkerPoolUnavailable(const absl::Status& s) {
+  std::string hint;
+  if (s.code() == absl::StatusCode::kUnimplemented ||
+      s.code() == absl::StatusCode::kPermissionDenied) {
+    hint =
+        " (io_uring refused: check the container's seccomp profile, which must allow "
+        "io_uring_setup/io_uring_enter/io_uring_register, and sysctl kernel.io_uring_disabled)";
+  }
+  return absl::FailedPreconditionError(absl::StrCat("cannot serve volumes: ", s.message(), hint));
+}
+
 absl::Status BuildFakeBackend(BackendParts* parts) {
   const std::string dev_dir = FLAGS_data_dir + "/fake-devices";
   if (::mkdir(dev_dir.c_str(), 0700) != 0 && errno != EEXIST) {
@@ -348,10 +362,21 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
   if (FLAGS_buffer_pool_slots > 0) {
     wopts.buffer_slots_per_worker = static_cast<size_t>(FLAGS_buffer_pool_slots);
   }
-  ASSIGN_OR_RETURN(parts->pool, ublk::WorkerPool::Create(wopts, registry));
-  // No driver (or an unusable one) does not stop the plugin: Usable(),
-  // Probe and /readyz say why, and every export call fails with it.
+  // No driver (or an unusable one), and no worker pool (io_uring refused by
+  // a seccomp profile or the io_uring_disabled sysctl), do not stop the
+  // plugin: an exit would only be restarted into the same refusal, a crash
+  // loop. It stays up, not ready: Usable(), Probe and /readyz say why, and
+  // every export call fails with it. Only a bad option is fatal.
   UblkVolumeBackendOptions bopts;
+  RETURN_IF_ERROR(ublk::WorkerPool::ValidateOptions(wopts));
+  absl::StatusOr<std::unique_ptr<ublk::WorkerPool>> pool =
+      ublk::WorkerPool::Create(wopts, registry);
+  if (pool.ok()) {
+    parts->pool = std::move(*pool);
+  } else {
+    bopts.worker_pool_status = WorkerPoolUnavailable(pool.status());
+    LOG(ERROR) << bopts.worker_pool_status << "; staying up, not ready";
+  }
   bopts.clock = &parts->clock;
   bopts.registry = registry;
   ublk::RealClock* clock = &parts->clock;
@@ -426,6 +451,17 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store, Backe
                .offline_expansion = !parts->online_resize};
   health->SetBackend(parts->backend->Usable());
   if (!health->Backend().ok()) LOG(WARNING) << "backend unusable: " << health->Backend();
+  if (registry != nullptr) {
+    prometheus::BuildGauge()
+        .Name("ublk_csi_backend_usable")
+        .Help(
+            "1 when the volume backend can serve exports; 0 when it cannot (no ublk_drv, "
+            "io_uring refused, ...): the plugin stays up and not ready, /readyz and Probe "
+            "say why")
+        .Register(*registry)
+        .Add({})
+        .Set(health->Backend().ok() ? 1 : 0);
+  }
   if (health->Backend().ok()) {
     // In the background: the servers start now, answer Probe/readyz "not
     // ready" and NodeStage of a volume not yet recovered UNAVAILABLE.

@@ -28,7 +28,10 @@ absl::Status WithContext(const absl::Status& s, absl::string_view context) {
 
 absl::Status UnusableStatus(const absl::StatusOr<std::unique_ptr<ublk::ControlDevice>>& control,
                             const absl::StatusOr<ublk::KernelFeatures>& features,
-                            const ublk::WorkerPool* pool) {
+                            const ublk::WorkerPool* pool, const absl::Status& pool_status) {
+  // No pool is the first thing to say: nothing can be served without one,
+  // whatever the driver's state.
+  if (pool == nullptr && !pool_status.ok()) return pool_status;
   absl::Status s;
   if (!features.ok()) {
     s = features.status();
@@ -77,7 +80,7 @@ uint64_t UblkVolumeBackend::OwnerTag(absl::string_view volume_id) {
 UblkVolumeBackend::UblkVolumeBackend(absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> control,
                                      absl::StatusOr<ublk::KernelFeatures> features,
                                      ublk::WorkerPool* pool, UblkVolumeBackendOptions options)
-    : usable_(UnusableStatus(control, features, pool)),
+    : usable_(UnusableStatus(control, features, pool, options.worker_pool_status)),
       control_(control.ok() ? std::move(*control) : nullptr),
       features_(std::move(features)),
       pool_(pool),

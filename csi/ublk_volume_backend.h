@@ -41,6 +41,9 @@ class Family;
 namespace ublk_csi {
 
 struct UblkVolumeBackendOptions {
+  // Why main() has no worker pool to give (e.g. io_uring blocked by a seccomp
+  // profile): with a null pool, Usable() and every export call say this.
+  absl::Status worker_pool_status = absl::OkStatus();
   uint16_t nr_queues = 1;
   uint16_t queue_depth = 64;
   // Largest request the kernel sends. 0: the worker pool's buffer slot size,

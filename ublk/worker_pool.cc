@@ -10,6 +10,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
 #include "ublk/mutex.h"
+#include "ublk/status_macros.h"
 
 namespace ublk {
 
@@ -42,8 +43,15 @@ absl::StatusOr<BufferPoolOptions> WorkerPoolOptions::BufferPoolFor(int workers) 
 
 WorkerPool::WorkerPool() = default;
 
-absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolOptions& options,
-                                                               prometheus::Registry* registry) {
+namespace {
+// worker_count, or one per CPU for 0.
+int WorkerCount(const WorkerPoolOptions& options) {
+  if (options.worker_count > 0) return options.worker_count;
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+}  // namespace
+
+absl::Status WorkerPool::ValidateOptions(const WorkerPoolOptions& options) {
   if (options.memory == nullptr) {
     return absl::InvalidArgumentError("worker pool: WorkerPoolOptions.memory is required");
   }
@@ -54,8 +62,13 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
   if (options.metrics_refresh_interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("worker pool: metrics_refresh_interval must be >= 0");
   }
-  int count = options.worker_count;
-  if (count == 0) count = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return options.BufferPoolFor(WorkerCount(options)).status();
+}
+
+absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolOptions& options,
+                                                               prometheus::Registry* registry) {
+  RETURN_IF_ERROR(ValidateOptions(options));
+  const int count = WorkerCount(options);
   absl::StatusOr<BufferPoolOptions> bp = options.BufferPoolFor(count);
   if (!bp.ok()) return bp.status();
 

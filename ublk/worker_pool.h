@@ -112,6 +112,9 @@ class WorkerPool {
   // creation error (io_uring, eventfd) with context.
   static absl::StatusOr<std::unique_ptr<WorkerPool>> Create(const WorkerPoolOptions& options,
                                                             prometheus::Registry* registry);
+  // Create()'s option checks alone (InvalidArgument naming the field), so a
+  // caller can tell a bad option from a host that cannot run workers.
+  static absl::Status ValidateOptions(const WorkerPoolOptions& options);
   ~WorkerPool();  // Stop()
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;

@@ -112,6 +112,42 @@ TEST_F(PluginBinaryTest, ServesIdentityRefusesSecondInstanceAndCleansUpOnSigterm
   EXPECT_THAT(plugin.Log(), HasSubstr("shutdown complete"));
 }
 
+// A container runtime's default seccomp profile refuses io_uring (ENOSYS).
+// The plugin must not exit, which the kubelet would answer by restarting it
+// into the same refusal, a crash loop: it stays up, live and not ready, and
+// says why where an operator looks (readiness, Probe, a metric, one log line).
+TEST_F(PluginBinaryTest, IoUringRefusedKeepsThePluginUpNotReadyAndSayingWhy) {
+  std::string sock = dir_.path() + "/csi.sock";
+  int port = FreePort();
+  std::vector<std::string> argv = {BuildDir() + "/tests/no-io-uring"};
+  for (const std::string& a : Args(sock, port)) argv.push_back(a);
+  argv.push_back("--backend=ublk");
+  ublk_test::Child plugin(argv, dir_.path() + "/plugin.log");
+  ASSERT_TRUE(ublk_test::WaitForPath(sock)) << plugin.Log();
+  // The HTTP server starts just after the CSI socket.
+  for (int i = 0; i < 100 && ublk_test::HttpGet(port, "/healthz") != "200 ok\n"; ++i) {
+    usleep(50000);
+  }
+  EXPECT_EQ(ublk_test::HttpGet(port, "/healthz"), "200 ok\n");
+  std::string ready = ublk_test::HttpGet(port, "/readyz");
+  EXPECT_THAT(ready, HasSubstr("503"));
+  EXPECT_THAT(ready, HasSubstr("io_uring"));
+  EXPECT_THAT(ready, HasSubstr("seccomp"));
+  auto probe = ublk_test::Run({Ctl(), "--endpoint=unix://" + sock, "identity", "probe"});
+  EXPECT_THAT(probe.output, HasSubstr("io_uring")) << probe.output;
+  EXPECT_THAT(ublk_test::HttpGet(port, "/metrics"), HasSubstr("ublk_csi_backend_usable 0"));
+  usleep(500 * 1000);
+  EXPECT_TRUE(plugin.Alive()) << plugin.Log();
+  EXPECT_EQ(plugin.Stop(SIGTERM), 0) << plugin.Log();
+  const std::string log = plugin.Log();
+  size_t n = 0;
+  for (size_t at = log.find("cannot serve volumes"); at != std::string::npos;
+       at = log.find("cannot serve volumes", at + 1)) {
+    n += log.compare(at > 0 ? log.rfind('\n', at) + 1 : 0, 1, "E") == 0 ? 1 : 0;
+  }
+  EXPECT_EQ(n, 1u) << "one ERROR line naming the cause:\n" << log;
+}
+
 // ublk_csi_exports counts volumes staged after start-up too: it is taken
 // from the volumes' state at each scrape (it used to be set only when
 // recovery ran, so it said 0 on a node serving hundreds of volumes).
