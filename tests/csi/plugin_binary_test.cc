@@ -18,21 +18,10 @@ namespace {
 
 using ::testing::HasSubstr;
 using ublk_test::BuildDir;
+using ublk_test::FreePort;
 
 std::string Plugin() { return BuildDir() + "/csi/ublk-csi"; }
 std::string Ctl() { return BuildDir() + "/csi/ublk-csi-ctl"; }
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
 
 class PluginBinaryTest : public ::testing::Test {
  protected:

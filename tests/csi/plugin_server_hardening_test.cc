@@ -28,35 +28,11 @@ namespace {
 
 using ::testing::HasSubstr;
 using ublk_test::BuildDir;
+using ublk_test::ConnectTcp;
+using ublk_test::FreePort;
 using Clock = std::chrono::steady_clock;
 
 std::string Plugin() { return BuildDir() + "/csi/ublk-csi"; }
-
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
-// A connected socket to 127.0.0.1:port, or -1.
-int ConnectTcp(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 // A unix-socket connection that sends nothing (non-blocking connect: a full
 // backlog gives -1 instead of blocking the test).

@@ -45,6 +45,12 @@ class TempDir {
 
 bool WaitForPath(const std::string& path, int timeout_ms = 10000);
 
+// A TCP port on 127.0.0.1 that was free a moment ago (bound, then closed).
+int FreePort();
+
+// A connected socket to 127.0.0.1:port, or -1 (errno set).
+int ConnectTcp(int port);
+
 // Returns "<status code> <body>" or "error: ..." for GET http://127.0.0.1:port/path.
 std::string HttpGet(int port, const std::string& path);
 
