@@ -7,8 +7,15 @@ k8s_step "snapshot CRDs and snapshot-controller (external-snapshotter v8.1.0)"
 kc apply -f "$K8S_CRDS/snapshot.storage.k8s.io_volumesnapshotclasses.yaml" \
   -f "$K8S_CRDS/snapshot.storage.k8s.io_volumesnapshotcontents.yaml" \
   -f "$K8S_CRDS/snapshot.storage.k8s.io_volumesnapshots.yaml" >/dev/null || k8s_fail "kubectl apply snapshot CRDs"
-kc apply -f "$K8S_SNAPSHOT_DEPLOY/rbac-snapshot-controller.yaml" \
-  -f "$K8S_SNAPSHOT_DEPLOY/setup-snapshot-controller.yaml" >/dev/null || k8s_fail "kubectl apply snapshot-controller"
+# The chart's csi-snapshotter runs in node-deployment mode, which needs the
+# controller's distributed snapshotting: its flag, and the nodes rule its
+# RBAC file carries commented out for that case.
+sed -E 's/^  # (- apiGroups: \[""\])$/  \1/; s/^  #(   (resources: \["nodes"\]|verbs: \["get", "list", "watch"\]))$/ \1/' \
+  "$K8S_SNAPSHOT_DEPLOY/rbac-snapshot-controller.yaml" | kc apply -f - >/dev/null \
+  || k8s_fail "kubectl apply snapshot-controller RBAC"
+sed 's/^\( *\)- "--leader-election=true"$/&\n\1- "--enable-distributed-snapshotting=true"/' \
+  "$K8S_SNAPSHOT_DEPLOY/setup-snapshot-controller.yaml" | kc apply -f - >/dev/null \
+  || k8s_fail "kubectl apply snapshot-controller"
 
 k8s_step "helm install $K8S_RELEASE (chart defaults)"
 t0=$(date +%s%N)
@@ -51,6 +58,21 @@ while [ "$(date +%s)" -lt $deadline ]; do
   sleep 2
 done
 [ -n "$cap" ] && k8s_ok "CSIStorageCapacity: $cap" || k8s_check_failed "no CSIStorageCapacity published within 120 s"
+# ... and it says what the plugin's GetCapacity says (asked on the node,
+# through the plugin's socket; no volume exists yet, so it holds still).
+sock=/var/lib/kubelet/plugins/$driver/csi.sock
+got=$(k8s_node "$E2E_BUILD_DIR/csi/ublk-csi-ctl --endpoint=unix://$sock capacity" | sed -n 's/.*available_capacity: *\([0-9]*\).*/\1/p')
+published=$(kc get csistoragecapacities -A -o jsonpath='{.items[0].capacity}')
+if python3 - "$got" "$published" <<'PY'
+import re, sys
+units = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+m = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", sys.argv[2])
+want, pub = int(sys.argv[1]), float(m.group(1)) * units[m.group(2)]
+print(f"GetCapacity {want} bytes, CSIStorageCapacity {sys.argv[2]} = {pub:.0f} bytes")
+sys.exit(0 if want > 0 and abs(pub - want) <= want / 100 else 1)
+PY
+then k8s_ok "CSIStorageCapacity matches GetCapacity (within 1%)"
+else k8s_check_failed "CSIStorageCapacity '$published' does not match GetCapacity '$got'"; fi
 restarts=$(kc -n "$K8S_RELEASE_NS" get pod "$pod" -o jsonpath='{range .status.containerStatuses[*]}{.name}={.restartCount} {end}')
 echo "restarts: $restarts"
 case " $restarts " in
