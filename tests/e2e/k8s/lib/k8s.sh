@@ -84,10 +84,18 @@ YAML
 
 # k8s_pod NAME PVC MODE COMMAND: a pod of the test image with PVC at /data
 # (Filesystem) or as the raw device /dev/xvda (Block), never restarted.
+# With K8S_POD_CTL_DIR set, that node directory is mounted at /ctl too: the
+# host drives a long-running pod through files it writes there (k8s_node).
 k8s_pod() {
-  local vol
-  if [ "$3" = Block ]; then vol="volumeDevices: [{name: v, devicePath: /dev/xvda}]"
-  else vol="volumeMounts: [{name: v, mountPath: /data}]"; fi
+  local vol mounts=""
+  [ -n "${K8S_POD_CTL_DIR:-}" ] && mounts="{name: ctl, mountPath: /ctl}"
+  if [ "$3" = Block ]; then
+    vol="volumeDevices: [{name: v, devicePath: /dev/xvda}]"
+    [ -n "$mounts" ] && vol="$vol
+    volumeMounts: [$mounts]"
+  else
+    vol="volumeMounts: [{name: v, mountPath: /data}${mounts:+, $mounts}]"
+  fi
   kc -n "$K8S_NS" apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Pod
@@ -104,6 +112,7 @@ spec:
   volumes:
   - name: v
     persistentVolumeClaim: {claimName: $2}
+$([ -n "${K8S_POD_CTL_DIR:-}" ] && echo "  - {name: ctl, hostPath: {path: $K8S_POD_CTL_DIR, type: DirectoryOrCreate}}")
 YAML
 }
 
