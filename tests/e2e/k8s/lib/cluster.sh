@@ -176,6 +176,16 @@ k8s_control_plane_up() {
   local p=$K8S_RUN/pki t0
   t0=$(e2e_now)
   command -v etcd >/dev/null || k8s_die "etcd not found (apt-get install etcd-server)"
+  # A run that just ended may still be releasing its ports: wait a little,
+  # then name whoever holds them.
+  local port n holder
+  for port in 2379 2380 6443; do
+    n=0
+    while holder=$(ss -Htlnp "sport = :$port" 2>/dev/null) && [ -n "$holder" ] && [ $n -lt 60 ]; do
+      sleep 0.5; n=$((n + 1))
+    done
+    [ -z "$holder" ] || k8s_die "port $port is held (another cluster running?): $holder"
+  done
   k8s_start etcd etcd --name e2e --data-dir "$K8S_RUN/etcd" \
     --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
