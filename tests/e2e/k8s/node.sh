@@ -133,7 +133,8 @@ while [ ! -f "$E2E_RESULT_DIR/stop" ] && [ ! -f "$E2E_RESULT_DIR/reboot" ]; do
   # Run host-requested commands (node-side checks, kill -9 of a process).
   for c in "$E2E_RESULT_DIR"/cmd.*.sh; do
     [ -f "$c" ] || continue
-    bash "$c" > "$c.out" 2>&1; echo $? > "$c.rc"; mv "$c" "$c.done"
+    # .rc appears whole (written aside, then renamed): the host reads it as soon as it exists.
+    bash "$c" > "$c.out" 2>&1; echo $? > "$c.rc.tmp"; mv "$c.rc.tmp" "$c.rc"; mv "$c" "$c.done"
   done
   sleep 0.2
 done
