@@ -444,15 +444,34 @@ absl::StatusOr<VolumeRecord> VolumeManager::GetRecord(const std::string& volume_
   return *rec;
 }
 
+// A failed record write may have renamed the new record into place (only
+// the dir fsync failed): the record in memory, which the caller keeps, is
+// then written back, so that a restart finds what this process serves.
 absl::Status VolumeManager::SaveVolume(const VolumeRecord& rec) {
-  RETURN_IF_ERROR(store_->PutVolume(rec));
+  absl::Status s = store_->PutVolume(rec);
+  if (!s.ok()) {
+    if (std::optional<VolumeRecord> old = FindVolume(rec.volume_id())) {
+      if (absl::Status back = store_->PutVolume(*old); !back.ok()) {
+        LOG(WARNING) << "volume " << rec.volume_id() << ": writing back its record: " << back;
+      }
+    }
+    return s;
+  }
   ublk::MutexLock lock(&mu_);
   volumes_[rec.volume_id()] = rec;
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::SaveSnapshot(const SnapshotRecord& rec) {
-  RETURN_IF_ERROR(store_->PutSnapshot(rec));
+  absl::Status s = store_->PutSnapshot(rec);
+  if (!s.ok()) {
+    if (std::optional<SnapshotRecord> old = FindSnapshot(rec.snapshot_id())) {
+      if (absl::Status back = store_->PutSnapshot(*old); !back.ok()) {
+        LOG(WARNING) << "snapshot " << rec.snapshot_id() << ": writing back its record: " << back;
+      }
+    }
+    return s;
+  }
   ublk::MutexLock lock(&mu_);
   snapshots_[rec.snapshot_id()] = rec;
   return absl::OkStatus();
@@ -1149,10 +1168,11 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
   {
     absl::StatusOr<std::unique_ptr<File>> f =
         store_->fs().Open(path, FileSystem::OpenMode::kWrite);
-    if (!f.ok()) {
+    if (absl::IsNotFound(f.status())) {
       return absl::FailedPreconditionError(
           absl::StrCat("volume ", rec.volume_id(), ": backing file: ", f.status().message()));
     }
+    if (!f.ok()) return WriteFailure(f.status());
     RETURN_IF_ERROR(WriteFailure((*f)->Truncate(size)));
     // Report only a size the file has reached.
     absl::StatusOr<struct stat> st = (*f)->Stat();
