@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <ostream>
 #include <set>
 #include <string>
 #include <vector>
@@ -74,6 +75,11 @@ struct Case {
   int err;
   bool once;
 };
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << RpcName(c.step.rpc) << " " << c.step.name << " " << (c.err == ENOSPC ? "ENOSPC" : "EIO")
+      << (c.once ? " once" : " until cleared");
+}
 
 std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
   std::string n = absl::StrCat(RpcName(info.param.step.rpc), "_", info.param.step.name, "_",
@@ -459,6 +465,134 @@ TEST(FileFaultsCrashLoopGuard, FailedCounterWriteKeepsTheOldCount) {
   auto again = CrashLoopGuard::Begin(dir.path(), 2, nullptr, &fs);
   EXPECT_TRUE(absl::IsResourceExhausted(again.status())) << again.status();
   EXPECT_EQ(CrashLoopGuard::ReadCount(dir.path(), 2), 1);
+}
+
+// The way the world runs out of space: a 2 MiB tmpfs, filled. Runs in a
+// child (a private mount namespace keeps the mount from the host) that
+// reports each broken property on stderr and exits non-zero.
+int RunOnFullTmpfs(const std::string& base) {
+  int fails = 0;
+  auto expect = [&](bool ok, const std::string& what) {
+    if (!ok) {
+      std::fprintf(stderr, "FAILED: %s\n", what.c_str());
+      ++fails;
+    }
+  };
+  const std::string mnt = base + "/tmpfs";
+  const std::string dev = base + "/dev";
+  if (::unshare(CLONE_NEWNS) != 0 ||
+      ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+      ::mkdir(mnt.c_str(), 0700) != 0 || ::mkdir(dev.c_str(), 0700) != 0 ||
+      ::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=2m,mode=0700") != 0) {
+    std::fprintf(stderr, "FAILED: setting up the tmpfs: %s\n", std::strerror(errno));
+    return 1;
+  }
+  const std::string data = mnt + "/data";
+  RealFileSystem fs;
+  FakeVolumeBackend backend(dev, 64);
+  FakeMounter mounter;
+  VolumeManagerOptions opts;
+  opts.node_id = "node-a";
+  // Admit by the pool so that the disk, not the admission check, says no.
+  opts.overcommit_ratio = 1000;
+  auto open = [&](std::unique_ptr<RecordStore>* store, std::unique_ptr<VolumeManager>* m) {
+    m->reset();
+    auto s = RecordStore::Open(data, nullptr, &fs);
+    if (!s.ok()) return s.status();
+    *store = std::move(*s);
+    *m = std::make_unique<VolumeManager>(opts, store->get(), &backend, &mounter);
+    return (*m)->Load();
+  };
+  std::unique_ptr<RecordStore> store;
+  std::unique_ptr<VolumeManager> m;
+  if (absl::Status s = open(&store, &m); !s.ok()) {
+    std::fprintf(stderr, "FAILED: open: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  auto keep = m->CreateVolume(CreateReq("keep", kMiB, BlockCap()));
+  if (!keep.ok()) {
+    std::fprintf(stderr, "FAILED: create keep: %s\n", keep.status().ToString().c_str());
+    return 1;
+  }
+  const std::string keep_id = keep->volume().volume_id();
+  const std::string keep_file = store->Abs(RecordStore::VolumeFileRel(keep_id));
+  const std::string keep_data(64 * 1024, 'k');
+  {
+    int fd = ::open(keep_file.c_str(), O_WRONLY | O_CLOEXEC);
+    expect(fd >= 0 && ::pwrite(fd, keep_data.data(), keep_data.size(), 0) ==
+                          static_cast<ssize_t>(keep_data.size()),
+           "writing keep's data");
+    ::close(fd);
+  }
+  const std::map<std::string, std::string> before = DirContents(data);
+
+  // Fill the filesystem.
+  const std::string filler = mnt + "/filler";
+  {
+    int fd = ::open(filler.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    std::string chunk(4096, 'f');
+    while (::write(fd, chunk.data(), chunk.size()) > 0) {
+    }
+    expect(errno == ENOSPC, absl::StrCat("filling the tmpfs ended with ", std::strerror(errno)));
+    ::close(fd);
+  }
+
+  auto full = [&](const absl::Status& s, const char* what) {
+    expect(absl::IsResourceExhausted(s),
+           absl::StrCat(what, " on a full disk: want RESOURCE_EXHAUSTED, got ", s.ToString()));
+    expect(absl::StrContains(s.message(), "No space left on device") &&
+               absl::StrContains(s.message(), data),
+           absl::StrCat(what, ": the error names neither the cause nor the path: ", s.ToString()));
+  };
+  full(m->CreateVolume(CreateReq("new", kMiB, BlockCap())).status(), "CreateVolume");
+  csi::v1::NodeStageVolumeRequest stage;
+  stage.set_volume_id(keep_id);
+  stage.set_staging_target_path(base + "/stage");
+  *stage.mutable_volume_capability() = BlockCap();
+  full(m->NodeStageVolume(stage).status(), "NodeStageVolume (its record write)");
+
+  // Nothing lost, nothing left behind, before and after a restart.
+  expect(DirContents(data) == before, "the data dir changed");
+  auto listed = m->ListVolumes({});
+  expect(listed.ok() && listed->entries_size() == 1, "ListVolumes does not list just keep");
+  if (absl::Status s = open(&store, &m); !s.ok()) {
+    expect(false, absl::StrCat("restart on the full disk: ", s.ToString()));
+  } else {
+    auto rec = m->GetRecord(keep_id);
+    expect(rec.ok() && rec->staged_path().empty() && rec->capacity_bytes() == kMiB,
+           "keep's record did not load unchanged");
+    expect(ReadAll(keep_file).compare(0, keep_data.size(), keep_data) == 0, "keep's data changed");
+  }
+
+  // Room again: the same requests succeed.
+  ::unlink(filler.c_str());
+  auto made = m->CreateVolume(CreateReq("new", kMiB, BlockCap()));
+  expect(made.ok(), absl::StrCat("CreateVolume with room again: ", made.status().ToString()));
+  absl::Status staged = m->NodeStageVolume(stage).status();
+  expect(staged.ok(), absl::StrCat("NodeStageVolume with room again: ", staged.ToString()));
+  m.reset();
+  store.reset();
+  ::umount2(mnt.c_str(), MNT_DETACH);
+  return fails;
+}
+
+TEST(FullTmpfs, CreateVolumeAndRecordWriteFailResourceExhaustedAndLoseNothing) {
+  if (::geteuid() != 0) {
+    GTEST_SKIP() << "needs root: mounts a 2 MiB tmpfs in a private mount namespace";
+  }
+  // Can this process make a mount namespace at all (a container may forbid it)?
+  pid_t probe = ::fork();
+  ASSERT_GE(probe, 0);
+  if (probe == 0) _exit(::unshare(CLONE_NEWNS) == 0 ? 0 : errno);
+  int status = 0;
+  ASSERT_EQ(::waitpid(probe, &status, 0), probe);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    GTEST_SKIP() << "cannot unshare a mount namespace here: "
+                 << std::strerror(WIFEXITED(status) ? WEXITSTATUS(status) : EINVAL);
+  }
+  ublk_test::TempDir dir;
+  EXPECT_EXIT(std::exit(RunOnFullTmpfs(dir.path()) == 0 ? 0 : 1), ::testing::ExitedWithCode(0),
+              "");
 }
 
 }  // namespace
