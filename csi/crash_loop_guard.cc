@@ -41,8 +41,8 @@ int CrashLoopGuard::ReadCount(const std::string& data_dir, int threshold) {
 absl::StatusOr<std::unique_ptr<CrashLoopGuard>> CrashLoopGuard::Begin(
     const std::string& data_dir, int threshold, prometheus::Registry* registry, FileSystem* fs) {
   const int previous = ReadCount(data_dir, threshold);
-  std::unique_ptr<CrashLoopGuard> g(new CrashLoopGuard(
-      PathIn(data_dir), previous, threshold, fs != nullptr ? *fs : DefaultFileSystem()));
+  std::unique_ptr<CrashLoopGuard> g(new CrashLoopGuard(PathIn(data_dir), previous, threshold,
+                                                       fs != nullptr ? *fs : DefaultFileSystem()));
   if (absl::Status s = g->Write(absl::StrCat(previous + 1, "\n")); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("crash-loop guard: ", s.message()));
   }

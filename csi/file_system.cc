@@ -95,8 +95,8 @@ class RealFile final : public File {
     const int err = errno;
     const std::string what = absl::StrCat("size ", path_, " to ", size, " bytes");
     if (err == EFBIG || err == EINVAL) {
-      return absl::OutOfRangeError(absl::StrCat(
-          what, ": ", ublk::Errno(err), " (beyond the largest file the filesystem holds)"));
+      return absl::OutOfRangeError(absl::StrCat(what, ": ", ublk::Errno(err),
+                                                " (beyond the largest file the filesystem holds)"));
     }
     return FsError("size", absl::StrCat(path_, " to ", size, " bytes"), err);
   }

@@ -19,9 +19,9 @@
 #include "csi/controller_service.h"
 #include "csi/crash_loop_guard.h"
 #include "csi/endpoint.h"
-#include "csi/file_system.h"
 #include "csi/fake_mounter.h"
 #include "csi/fake_volume_backend.h"
+#include "csi/file_system.h"
 #include "csi/health.h"
 #include "csi/http_server.h"
 #include "csi/identity_service.h"
@@ -532,9 +532,8 @@ int Run() {
       RecordStore::Open(FLAGS_data_dir, registry.get(), &file_system);
   if (!store.ok()) return Fail(store.status());
   BackendParts backend;
-  if (auto g =
-          CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold, registry.get(),
-                                &file_system);
+  if (auto g = CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold,
+                                     registry.get(), &file_system);
       g.ok()) {
     backend.guard = std::move(*g);
     backend.conservative = backend.guard->conservative();

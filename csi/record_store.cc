@@ -255,8 +255,8 @@ void RecordStore::SetAside(const std::string& name, absl::string_view why, Loade
     to = absl::StrCat(records_dir(), "/corrupt/", name, ".", ::time(nullptr), ".", i);
   }
   if (absl::Status s = fs_.Rename(from, to); !s.ok()) {
-    LOG(ERROR) << "corrupt record " << from << " (" << why << "); could not move it: "
-               << s.message() << "; ignoring it";
+    LOG(ERROR) << "corrupt record " << from << " (" << why
+               << "); could not move it: " << s.message() << "; ignoring it";
   } else {
     LOG(ERROR) << "corrupt record " << from << " (" << why << "): moved to " << to
                << "; its volume is not served until an operator restores it";

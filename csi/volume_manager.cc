@@ -1166,8 +1166,7 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
                            absl::StrCat("volume ", rec.volume_id())));
   const std::string path = store_->Abs(rec.backing_file());
   {
-    absl::StatusOr<std::unique_ptr<File>> f =
-        store_->fs().Open(path, FileSystem::OpenMode::kWrite);
+    absl::StatusOr<std::unique_ptr<File>> f = store_->fs().Open(path, FileSystem::OpenMode::kWrite);
     if (absl::IsNotFound(f.status())) {
       return absl::FailedPreconditionError(
           absl::StrCat("volume ", rec.volume_id(), ": backing file: ", f.status().message()));

@@ -344,8 +344,8 @@ class FileFaults : public ManagerTest, public ::testing::WithParamInterface<Case
 TEST_P(FileFaults, FailsCleanlyLosesNothingAndRetrySucceeds) {
   const Case& c = GetParam();
   const Step& step = c.step;
-  const bool copies = step.rpc == Rpc::kSnapshot || step.rpc == Rpc::kClone ||
-                      step.rpc == Rpc::kRestore;
+  const bool copies =
+      step.rpc == Rpc::kSnapshot || step.rpc == Rpc::kClone || step.rpc == Rpc::kRestore;
   faults_.Inject({step.op, step.path, c.err, step.after, c.once});
   // Where a reflink works the data path below it is never taken: refuse it,
   // so the copy steps run on any filesystem.
@@ -355,8 +355,8 @@ TEST_P(FileFaults, FailsCleanlyLosesNothingAndRetrySucceeds) {
   absl::Status s = Call(step.rpc, &made);
   ASSERT_GE(faults_.injected(), 1) << "the step never ran: " << step.name;
   ASSERT_FALSE(s.ok()) << "the call succeeded through a failed " << step.name;
-  EXPECT_EQ(s.code(), c.err == ENOSPC ? absl::StatusCode::kResourceExhausted
-                                      : absl::StatusCode::kInternal)
+  EXPECT_EQ(s.code(),
+            c.err == ENOSPC ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kInternal)
       << s;
   EXPECT_THAT(s.message(), HasSubstr(step.said));
   EXPECT_THAT(s.message(), HasSubstr(data_));
@@ -384,8 +384,7 @@ TEST_P(FileFaults, FailsCleanlyLosesNothingAndRetrySucceeds) {
     ASSERT_TRUE(rec.ok()) << id << ": " << rec.status();
     EXPECT_EQ(rec->state(), records::VolumeRecord::READY);
     const std::string path = store_->Abs(rec->backing_file());
-    EXPECT_TRUE(SameData(before_.at(rec->backing_file()), ReadAll(path)))
-        << id << ": data changed";
+    EXPECT_TRUE(SameData(before_.at(rec->backing_file()), ReadAll(path))) << id << ": data changed";
   }
   EXPECT_TRUE(SameData(before_.at(RecordStore::SnapshotFileRel(snap_)),
                        ReadAll(store_->Abs(RecordStore::SnapshotFileRel(snap_)))));
@@ -591,8 +590,7 @@ TEST(FullTmpfs, CreateVolumeAndRecordWriteFailResourceExhaustedAndLoseNothing) {
                  << std::strerror(WIFEXITED(status) ? WEXITSTATUS(status) : EINVAL);
   }
   ublk_test::TempDir dir;
-  EXPECT_EXIT(std::exit(RunOnFullTmpfs(dir.path()) == 0 ? 0 : 1), ::testing::ExitedWithCode(0),
-              "");
+  EXPECT_EXIT(std::exit(RunOnFullTmpfs(dir.path()) == 0 ? 0 : 1), ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace
