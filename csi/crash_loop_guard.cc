@@ -1,10 +1,5 @@
 #include "csi/crash_loop_guard.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <fstream>
 
 #include "absl/strings/numbers.h"
@@ -13,47 +8,9 @@
 #include "glog/logging.h"
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
-#include "ublk/unique_fd.h"
 
 namespace ublk_csi {
 namespace {
-
-absl::Status ErrnoError(absl::string_view what, int err) {
-  char buf[128];
-  // The GNU strerror_r: thread-safe, returns a pointer to the message.
-  const char* msg = strerror_r(err, buf, sizeof(buf));
-  return absl::InternalError(absl::StrCat(what, ": ", msg, " (errno ", err, ")"));
-}
-
-// temp file, fsync, rename, fsync dir: the file holds the old or the new
-// text after a crash at any instant.
-absl::Status WriteAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  ublk::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (fd.get() < 0) return ErrnoError(absl::StrCat("create ", tmp), errno);
-  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return ErrnoError(absl::StrCat("write ", tmp), err);
-  }
-  if (::fsync(fd.get()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return ErrnoError(absl::StrCat("fsync ", tmp), err);
-  }
-  fd = ublk::UniqueFd();
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return ErrnoError(absl::StrCat("rename ", tmp, " -> ", path), err);
-  }
-  const std::string dir =
-      path.substr(0, path.rfind('/') == std::string::npos ? 0 : path.rfind('/'));
-  ublk::UniqueFd dfd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dfd.get() < 0 || ::fsync(dfd.get()) != 0)
-    return ErrnoError(absl::StrCat("fsync dir ", dir), errno);
-  return absl::OkStatus();
-}
 
 std::string PathIn(const std::string& data_dir) {
   return absl::StrCat(data_dir, "/", CrashLoopGuard::kFileName);
@@ -82,10 +39,11 @@ int CrashLoopGuard::ReadCount(const std::string& data_dir, int threshold) {
 }
 
 absl::StatusOr<std::unique_ptr<CrashLoopGuard>> CrashLoopGuard::Begin(
-    const std::string& data_dir, int threshold, prometheus::Registry* registry) {
+    const std::string& data_dir, int threshold, prometheus::Registry* registry, FileSystem* fs) {
   const int previous = ReadCount(data_dir, threshold);
-  std::unique_ptr<CrashLoopGuard> g(new CrashLoopGuard(PathIn(data_dir), previous, threshold));
-  if (absl::Status s = WriteAtomically(g->path_, absl::StrCat(previous + 1, "\n")); !s.ok()) {
+  std::unique_ptr<CrashLoopGuard> g(new CrashLoopGuard(PathIn(data_dir), previous, threshold,
+                                                       fs != nullptr ? *fs : DefaultFileSystem()));
+  if (absl::Status s = g->Write(absl::StrCat(previous + 1, "\n")); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("crash-loop guard: ", s.message()));
   }
   g->gauges_ = std::make_shared<Gauges>();
@@ -126,7 +84,13 @@ absl::Status CrashLoopGuard::Complete() {
   if (conservative()) {
     LOG(INFO) << "crash-loop guard: recovery completed; back to the configured settings";
   }
-  return WriteAtomically(path_, "0\n");
+  return Write("0\n");
+}
+
+absl::Status CrashLoopGuard::Write(const std::string& text) {
+  // temp file, fsync, rename, fsync dir: the file holds the old or the new
+  // text after a crash at any instant.
+  return WriteFailure(fs_.WriteFileAtomically(path_, path_ + ".tmp", text));
 }
 
 absl::StatusOr<void*> HeapOnlyMemorySource::Map(size_t len) {

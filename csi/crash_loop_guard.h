@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "csi/file_system.h"
 #include "ublk/memory.h"
 
 namespace prometheus {
@@ -35,13 +36,16 @@ class CrashLoopGuard {
   // Reads `data_dir`/recovery-attempts (missing: 0; unreadable or not a
   // number: treated as `threshold`, logged), writes it back incremented.
   // An error only if the counter cannot be written (the data dir is
-  // checked writable before). `registry` (nullable) gets
+  // checked writable before; no space is RESOURCE_EXHAUSTED). The counter
+  // is written through `fs` (null: the real one; it must outlive the
+  // guard). `registry` (nullable) gets
   //   ublk_csi_unfinished_recoveries  recoveries cut short before this start
   //   ublk_csi_conservative_recovery  1 while this start recovers
   //                                   conservatively
   static absl::StatusOr<std::unique_ptr<CrashLoopGuard>> Begin(const std::string& data_dir,
                                                                int threshold,
-                                                               prometheus::Registry* registry);
+                                                               prometheus::Registry* registry,
+                                                               FileSystem* fs = nullptr);
 
   // Unfinished recoveries before this start.
   int previous() const { return previous_; }
@@ -54,12 +58,14 @@ class CrashLoopGuard {
   static int ReadCount(const std::string& data_dir, int threshold);
 
  private:
-  CrashLoopGuard(std::string path, int previous, int threshold)
-      : path_(std::move(path)), previous_(previous), threshold_(threshold) {}
+  CrashLoopGuard(std::string path, int previous, int threshold, FileSystem& fs)
+      : path_(std::move(path)), previous_(previous), threshold_(threshold), fs_(fs) {}
+  absl::Status Write(const std::string& text);
 
   const std::string path_;
   const int previous_;
   const int threshold_;
+  FileSystem& fs_;
   std::atomic<bool> completed_{false};
   struct Gauges;
   std::shared_ptr<Gauges> gauges_;

@@ -21,6 +21,7 @@
 #include "csi/endpoint.h"
 #include "csi/fake_mounter.h"
 #include "csi/fake_volume_backend.h"
+#include "csi/file_system.h"
 #include "csi/health.h"
 #include "csi/http_server.h"
 #include "csi/identity_service.h"
@@ -562,12 +563,14 @@ int Run() {
   Health health;
   health.SetRecoveryPending("loading volume records");
 
+  // Every file in the data dir is written through this one.
+  RealFileSystem file_system;
   absl::StatusOr<std::unique_ptr<RecordStore>> store =
-      RecordStore::Open(FLAGS_data_dir, registry.get());
+      RecordStore::Open(FLAGS_data_dir, registry.get(), &file_system);
   if (!store.ok()) return Fail(store.status());
   BackendParts backend;
-  if (auto g =
-          CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold, registry.get());
+  if (auto g = CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold,
+                                     registry.get(), &file_system);
       g.ok()) {
     backend.guard = std::move(*g);
     backend.conservative = backend.guard->conservative();

@@ -1,6 +1,5 @@
 #include "csi/record_store.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -22,7 +21,6 @@
 #include "prometheus/counter.h"
 #include "prometheus/registry.h"
 #include "ublk/errno.h"
-#include "ublk/unique_fd.h"
 
 namespace ublk_csi {
 namespace {
@@ -33,56 +31,6 @@ constexpr char kTempSuffix[] = ".tmp";
 constexpr uint32_t kSchemaVersion = 1;
 
 using ublk::Errno;
-
-absl::Status MakeDir(const std::string& path) {
-  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
-    return absl::FailedPreconditionError(absl::StrCat("mkdir ", path, ": ", Errno(errno)));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status SyncDir(const std::string& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return absl::InternalError(absl::StrCat("open dir ", dir, ": ", Errno(errno)));
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) return absl::InternalError(absl::StrCat("fsync dir ", dir, ": ", Errno(err)));
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) {
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return absl::InternalError(absl::StrCat("opendir ", dir, ": ", Errno(errno)));
-  std::vector<std::string> names;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name != "." && name != "..") names.push_back(std::move(name));
-  }
-  ::closedir(d);
-  return names;
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::InternalError(absl::StrCat("open ", path, ": ", Errno(errno)));
-  std::string out;
-  char buf[8192];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof(buf));
-    if (n > 0) {
-      out.append(buf, static_cast<size_t>(n));
-    } else if (n == 0) {
-      break;
-    } else if (errno != EINTR) {
-      int err = errno;
-      ::close(fd);
-      return absl::InternalError(absl::StrCat("read ", path, ": ", Errno(err)));
-    }
-  }
-  ::close(fd);
-  return out;
-}
 
 // A node path as a record may hold it: absolute, no empty/"."/".." parts.
 bool CleanAbsolute(absl::string_view p) {
@@ -206,9 +154,13 @@ std::string RecordStore::SnapshotFileRel(const std::string& snapshot_id) {
 }
 
 absl::StatusOr<std::unique_ptr<RecordStore>> RecordStore::Open(const std::string& data_dir,
-                                                               prometheus::Registry* registry) {
+                                                               prometheus::Registry* registry,
+                                                               FileSystem* fs_or_null) {
+  FileSystem& fs = fs_or_null != nullptr ? *fs_or_null : DefaultFileSystem();
   for (const char* sub : {"", "/records", "/records/corrupt", "/volumes", "/snapshots"}) {
-    if (absl::Status s = MakeDir(data_dir + sub); !s.ok()) return s;
+    if (absl::Status s = fs.MakeDir(data_dir + sub, 0700); !s.ok() && !absl::IsAlreadyExists(s)) {
+      return absl::FailedPreconditionError(s.message());
+    }
     // The data dir itself may be given through a symlink; nothing below it.
     std::string dir = data_dir + sub;
     if (*sub == '\0') {
@@ -225,16 +177,16 @@ absl::StatusOr<std::unique_ptr<RecordStore>> RecordStore::Open(const std::string
                    .Register(*registry)
                    .Add({});
   }
-  std::unique_ptr<RecordStore> store(new RecordStore(data_dir, counter));
+  std::unique_ptr<RecordStore> store(new RecordStore(data_dir, counter, fs));
   // A crash between writing a temp file and renaming it leaves the temp file;
   // the record it was replacing is intact, so the temp file is just dropped.
-  absl::StatusOr<std::vector<std::string>> names = ListDir(store->records_dir());
-  if (!names.ok()) return names.status();
+  absl::StatusOr<std::vector<std::string>> names = fs.ListDir(store->records_dir());
+  if (!names.ok()) return absl::InternalError(names.status().message());
   for (const std::string& name : *names) {
     if (absl::EndsWith(name, kTempSuffix)) {
       std::string path = store->records_dir() + "/" + name;
       LOG(INFO) << "removing leftover temp record " << path;
-      ::unlink(path.c_str());
+      fs.Unlink(path).IgnoreError();
     }
   }
   return store;
@@ -244,46 +196,32 @@ absl::Status RecordStore::WriteAtomically(const std::string& name, const std::st
   const std::string dir = records_dir();
   const std::string final_path = dir + "/" + name;
   const std::string tmp_path = absl::StrCat(dir, "/.", name, kTempSuffix);
-  ublk::UniqueFd fd(::open(tmp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!fd.valid()) {
-    return absl::InternalError(absl::StrCat("create ", tmp_path, ": ", Errno(errno)));
+  absl::Status s;
+  {
+    absl::StatusOr<std::unique_ptr<File>> f =
+        fs_.Open(tmp_path, FileSystem::OpenMode::kCreateTruncate, 0600);
+    if (!f.ok()) return WriteFailure(f.status());
+    s = (*f)->Append(bytes);
+    if (s.ok()) s = (*f)->Sync();
   }
-  size_t off = 0;
-  while (off < bytes.size()) {
-    ssize_t n = ::write(fd.get(), bytes.data() + off, bytes.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      ::unlink(tmp_path.c_str());
-      return absl::InternalError(absl::StrCat("write ", tmp_path, ": ", Errno(err)));
-    }
-    off += static_cast<size_t>(n);
+  if (s.ok() && before_rename_) {
+    if (absl::Status hook = before_rename_(); !hook.ok()) return hook;
   }
-  if (::fsync(fd.get()) != 0) {
-    int err = errno;
-    ::unlink(tmp_path.c_str());
-    return absl::InternalError(absl::StrCat("fsync ", tmp_path, ": ", Errno(err)));
+  if (s.ok()) s = fs_.Rename(tmp_path, final_path);
+  if (!s.ok()) {
+    fs_.Unlink(tmp_path).IgnoreError();  // the record it replaces is intact
+    return WriteFailure(s);
   }
-  fd.reset();
-  if (before_rename_) {
-    if (absl::Status s = before_rename_(); !s.ok()) return s;
-  }
-  if (::rename(tmp_path.c_str(), final_path.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp_path.c_str());
-    return absl::InternalError(
-        absl::StrCat("rename ", tmp_path, " -> ", final_path, ": ", Errno(err)));
-  }
-  return SyncDir(dir);
+  return WriteFailure(fs_.SyncDir(dir));
 }
 
 absl::Status RecordStore::Remove(const std::string& name) {
   const std::string path = records_dir() + "/" + name;
-  if (::unlink(path.c_str()) != 0) {
-    if (errno == ENOENT) return absl::OkStatus();
-    return absl::InternalError(absl::StrCat("unlink ", path, ": ", Errno(errno)));
+  if (absl::Status s = fs_.Unlink(path); !s.ok()) {
+    if (absl::IsNotFound(s)) return absl::OkStatus();
+    return WriteFailure(s);
   }
-  return SyncDir(records_dir());
+  return WriteFailure(fs_.SyncDir(records_dir()));
 }
 
 absl::Status RecordStore::PutVolume(const records::VolumeRecord& record) {
@@ -316,13 +254,13 @@ void RecordStore::SetAside(const std::string& name, absl::string_view why, Loade
   for (int i = 1; ::access(to.c_str(), F_OK) == 0; ++i) {
     to = absl::StrCat(records_dir(), "/corrupt/", name, ".", ::time(nullptr), ".", i);
   }
-  if (::rename(from.c_str(), to.c_str()) != 0) {
-    LOG(ERROR) << "corrupt record " << from << " (" << why << "); could not move it to " << to
-               << ": " << Errno(errno) << "; ignoring it";
+  if (absl::Status s = fs_.Rename(from, to); !s.ok()) {
+    LOG(ERROR) << "corrupt record " << from << " (" << why
+               << "); could not move it: " << s.message() << "; ignoring it";
   } else {
     LOG(ERROR) << "corrupt record " << from << " (" << why << "): moved to " << to
                << "; its volume is not served until an operator restores it";
-    SyncDir(records_dir()).IgnoreError();
+    fs_.SyncDir(records_dir()).IgnoreError();
   }
   loaded->set_aside.push_back(to);
   corrupt_count_.fetch_add(1);
@@ -331,14 +269,14 @@ void RecordStore::SetAside(const std::string& name, absl::string_view why, Loade
 
 absl::StatusOr<RecordStore::Loaded> RecordStore::LoadAll() {
   Loaded loaded;
-  absl::StatusOr<std::vector<std::string>> names = ListDir(records_dir());
-  if (!names.ok()) return names.status();
+  absl::StatusOr<std::vector<std::string>> names = fs_.ListDir(records_dir());
+  if (!names.ok()) return absl::InternalError(names.status().message());
   std::sort(names->begin(), names->end());
   for (const std::string& name : *names) {
     const bool is_volume = absl::EndsWith(name, kVolumeSuffix);
     const bool is_snapshot = absl::EndsWith(name, kSnapshotSuffix);
     if (!is_volume && !is_snapshot) continue;  // corrupt/, temp files, strangers
-    absl::StatusOr<std::string> bytes = ReadFile(records_dir() + "/" + name);
+    absl::StatusOr<std::string> bytes = fs_.ReadFile(records_dir() + "/" + name);
     if (!bytes.ok()) {
       SetAside(name, bytes.status().message(), &loaded);
       continue;

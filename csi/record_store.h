@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "csi/file_system.h"
 #include "records.pb.h"
 
 namespace prometheus {
@@ -48,9 +49,12 @@ class RecordStore {
   // crash left behind. `registry` (may be null) gets
   // ublk_csi_corrupt_records_total. FAILED_PRECONDITION if the data dir or
   // one of its subdirs is world-writable or a symlink: anyone could then
-  // plant records or backing files the plugin acts on as root.
+  // plant records or backing files the plugin acts on as root. Every file
+  // in the data dir is written through `fs` (null: the real one), which
+  // must outlive the store; the VolumeManager uses it too (fs()).
   static absl::StatusOr<std::unique_ptr<RecordStore>> Open(const std::string& data_dir,
-                                                           prometheus::Registry* registry);
+                                                           prometheus::Registry* registry,
+                                                           FileSystem* fs = nullptr);
 
   // Reads every record. A file that cannot be read or parsed, whose ID
   // does not match its name, or whose paths fail CheckVolumePaths /
@@ -63,6 +67,12 @@ class RecordStore {
   absl::Status PutSnapshot(const records::SnapshotRecord& record);
   absl::Status DeleteSnapshot(const std::string& snapshot_id);  // OK if absent
 
+  // A failed write leaves the record as it was (old bytes, or absent) and
+  // no temp file, except after a failed fsync of the records dir: the rename
+  // is then done but may not survive a crash. No space is
+  // RESOURCE_EXHAUSTED, any other failure INTERNAL; the error names the
+  // step and the path.
+  //
   // Records are untrusted input. A record's data-dir paths (backing_file,
   // snapshot file) must be clean relative paths that resolve inside the data
   // dir through no symlink; its node paths (staged, published, created) must
@@ -78,6 +88,7 @@ class RecordStore {
   static std::string SnapshotFileRel(const std::string& snapshot_id);
   std::string Abs(const std::string& rel) const { return data_dir_ + "/" + rel; }
   int64_t corrupt_count() const { return corrupt_count_.load(); }
+  FileSystem& fs() const { return fs_; }
 
   // Test seam: runs after a record's temp file is written and synced, just
   // before the rename; an error aborts the write there (as a crash would).
@@ -86,14 +97,15 @@ class RecordStore {
   }
 
  private:
-  RecordStore(std::string data_dir, prometheus::Counter* corrupt_counter)
-      : data_dir_(std::move(data_dir)), corrupt_counter_(corrupt_counter) {}
+  RecordStore(std::string data_dir, prometheus::Counter* corrupt_counter, FileSystem& fs)
+      : data_dir_(std::move(data_dir)), corrupt_counter_(corrupt_counter), fs_(fs) {}
   absl::Status WriteAtomically(const std::string& name, const std::string& bytes);
   absl::Status Remove(const std::string& name);
   void SetAside(const std::string& name, absl::string_view why, Loaded* loaded);
 
   const std::string data_dir_;
   prometheus::Counter* corrupt_counter_;
+  FileSystem& fs_;
   std::atomic<int64_t> corrupt_count_{0};
   std::function<absl::Status()> before_rename_;
 };

@@ -3,10 +3,7 @@
 #include "csi/volume_manager.h"
 
 #include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,10 +25,8 @@
 #include "absl/strings/str_split.h"
 #include "csi/log_escape.h"
 #include "glog/logging.h"
-#include "ublk/errno.h"
 #include "ublk/mutex.h"
 #include "ublk/status_macros.h"
-#include "ublk/unique_fd.h"
 
 namespace ublk_csi {
 
@@ -55,8 +50,6 @@ constexpr size_t kMaxListResponseBytes = size_t{1} << 20;
 constexpr char kParamFsType[] = "fsType";
 constexpr char kParamBlockSize[] = "blockSize";
 constexpr char kReservedParamPrefix[] = "csi.storage.k8s.io/";
-
-using ublk::Errno;
 
 // v rounded up to a multiple of a (> 0); nullopt if that overflows int64.
 std::optional<int64_t> RoundUp(int64_t v, int64_t a) {
@@ -143,91 +136,58 @@ absl::Status ValidateCapabilities(const google::protobuf::RepeatedPtrField<Volum
 
 // Copies src to dst (created, must not exist): a reflink where the
 // filesystem shares extents, else a copy of only the data extents so holes
-// stay holes. Then sets dst's size to `size` (>= src size).
-absl::Status CloneFile(const std::string& src, const std::string& dst, int64_t size) {
-  ublk::UniqueFd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!in.valid()) return absl::NotFoundError(absl::StrCat("open ", src, ": ", Errno(errno)));
-  ublk::UniqueFd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!out.valid()) return absl::InternalError(absl::StrCat("create ", dst, ": ", Errno(errno)));
-  struct stat st;
-  if (::fstat(in.get(), &st) != 0) {
-    return absl::InternalError(absl::StrCat("stat ", src, ": ", Errno(errno)));
+// stay holes. Then sets dst's size to `size` (>= src size) and syncs it.
+// The caller removes dst on failure.
+absl::Status CloneFile(FileSystem& fs, const std::string& src, const std::string& dst,
+                       int64_t size) {
+  absl::StatusOr<std::unique_ptr<File>> in = fs.Open(src, FileSystem::OpenMode::kRead);
+  if (!in.ok()) {
+    return absl::IsNotFound(in.status()) ? in.status() : WriteFailure(in.status());
   }
-  if (::ioctl(out.get(), FICLONE, in.get()) != 0) {
-    if (errno != EOPNOTSUPP && errno != EXDEV && errno != EINVAL && errno != ENOTTY) {
-      return absl::InternalError(absl::StrCat("reflink ", src, " -> ", dst, ": ", Errno(errno)));
-    }
-    VLOG(1) << "no reflink for " << src << " (" << Errno(errno) << "); sparse copy";
+  ASSIGN_OR_RETURN(struct stat st, (*in)->Stat());
+  absl::StatusOr<std::unique_ptr<File>> out_or =
+      fs.Open(dst, FileSystem::OpenMode::kCreateExclusive, 0600);
+  if (!out_or.ok()) return WriteFailure(out_or.status());
+  File& out = **out_or;
+  if (absl::Status cloned = out.CloneFrom(**in); !cloned.ok()) {
+    if (!absl::IsUnimplemented(cloned)) return WriteFailure(cloned);
+    VLOG(1) << cloned.message() << "; sparse copy";
     std::vector<char> buf(1 << 20);
-    off_t data = 0;
+    int64_t data = 0;
     for (;;) {
-      data = ::lseek(in.get(), data, SEEK_DATA);
-      if (data < 0) {
-        if (errno == ENXIO) break;  // no more data
-        return absl::InternalError(absl::StrCat("seek data in ", src, ": ", Errno(errno)));
+      absl::StatusOr<int64_t> next = (*in)->NextData(data);
+      if (!next.ok()) return WriteFailure(next.status());
+      if (*next < 0) break;  // no more data
+      data = *next;
+      absl::StatusOr<int64_t> hole = (*in)->NextHole(data);
+      const int64_t end = hole.ok() ? *hole : st.st_size;
+      for (int64_t off = data; off < end;) {
+        const size_t want =
+            static_cast<size_t>(std::min<int64_t>(end - off, static_cast<int64_t>(buf.size())));
+        absl::StatusOr<size_t> n = (*in)->ReadAt(buf.data(), want, off);
+        if (!n.ok()) return WriteFailure(n.status());
+        if (*n == 0) return absl::InternalError(absl::StrCat("read ", src, ": short read"));
+        RETURN_IF_ERROR(WriteFailure(out.WriteAt(buf.data(), *n, off)));
+        off += static_cast<int64_t>(*n);
       }
-      off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
-      if (hole < 0) hole = st.st_size;
-      for (off_t off = data; off < hole;) {
-        size_t want =
-            static_cast<size_t>(std::min<off_t>(hole - off, static_cast<off_t>(buf.size())));
-        ssize_t n = ::pread(in.get(), buf.data(), want, off);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-          return absl::InternalError(
-              absl::StrCat("read ", src, ": ", n == 0 ? "short read" : Errno(errno)));
-        }
-        for (ssize_t done = 0; done < n;) {
-          ssize_t w =
-              ::pwrite(out.get(), buf.data() + done, static_cast<size_t>(n - done), off + done);
-          if (w < 0 && errno == EINTR) continue;
-          if (w < 0) {
-            int err = errno;
-            return err == ENOSPC || err == EDQUOT
-                       ? absl::ResourceExhaustedError(absl::StrCat("write ", dst, ": ", Errno(err)))
-                       : absl::InternalError(absl::StrCat("write ", dst, ": ", Errno(err)));
-          }
-          done += w;
-        }
-        off += n;
-      }
-      data = hole;
+      data = end;
     }
   }
-  if (::ftruncate(out.get(), std::max<off_t>(size, st.st_size)) != 0) {
-    return absl::InternalError(absl::StrCat("truncate ", dst, ": ", Errno(errno)));
-  }
-  if (::fsync(out.get()) != 0)
-    return absl::InternalError(absl::StrCat("fsync ", dst, ": ", Errno(errno)));
-  return absl::OkStatus();
+  RETURN_IF_ERROR(WriteFailure(out.Truncate(std::max<int64_t>(size, st.st_size))));
+  return WriteFailure(out.Sync());
 }
 
-// Why a backing file could not be given `size` bytes: a size beyond the
-// largest file the data dir's filesystem holds is the request's capacity
-// range (OUT_OF_RANGE); no space is RESOURCE_EXHAUSTED.
-absl::Status TruncateError(int err, const std::string& path, int64_t size) {
-  const std::string what = absl::StrCat("size ", path, " to ", size, " bytes: ", Errno(err));
-  if (err == EFBIG || err == EINVAL) {
-    return absl::OutOfRangeError(
-        absl::StrCat(what, " (beyond the largest file the data dir's filesystem holds)"));
-  }
-  if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(what);
-  return absl::InternalError(what);
+absl::Status CreateSparse(FileSystem& fs, const std::string& path, int64_t size) {
+  absl::StatusOr<std::unique_ptr<File>> f =
+      fs.Open(path, FileSystem::OpenMode::kCreateExclusive, 0600);
+  if (!f.ok()) return WriteFailure(f.status());
+  RETURN_IF_ERROR(WriteFailure((*f)->Truncate(size)));
+  return WriteFailure((*f)->Sync());
 }
 
-absl::Status CreateSparse(const std::string& path, int64_t size) {
-  ublk::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!fd.valid()) return absl::InternalError(absl::StrCat("create ", path, ": ", Errno(errno)));
-  if (::ftruncate(fd.get(), size) != 0) return TruncateError(errno, path, size);
-  if (::fsync(fd.get()) != 0)
-    return absl::InternalError(absl::StrCat("fsync ", path, ": ", Errno(errno)));
-  return absl::OkStatus();
-}
-
-void Unlink(const std::string& path) {
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    LOG(WARNING) << "unlink " << path << ": " << Errno(errno);
-  }
+void Unlink(FileSystem& fs, const std::string& path) {
+  absl::Status s = fs.Unlink(path);
+  if (!s.ok() && !absl::IsNotFound(s)) LOG(WARNING) << s.message();
 }
 
 // Page tokens name the last ID of the previous page ("after:<id>"), so a
@@ -484,15 +444,34 @@ absl::StatusOr<VolumeRecord> VolumeManager::GetRecord(const std::string& volume_
   return *rec;
 }
 
+// A failed record write may have renamed the new record into place (only
+// the dir fsync failed): the record in memory, which the caller keeps, is
+// then written back, so that a restart finds what this process serves.
 absl::Status VolumeManager::SaveVolume(const VolumeRecord& rec) {
-  RETURN_IF_ERROR(store_->PutVolume(rec));
+  absl::Status s = store_->PutVolume(rec);
+  if (!s.ok()) {
+    if (std::optional<VolumeRecord> old = FindVolume(rec.volume_id())) {
+      if (absl::Status back = store_->PutVolume(*old); !back.ok()) {
+        LOG(WARNING) << "volume " << rec.volume_id() << ": writing back its record: " << back;
+      }
+    }
+    return s;
+  }
   ublk::MutexLock lock(&mu_);
   volumes_[rec.volume_id()] = rec;
   return absl::OkStatus();
 }
 
 absl::Status VolumeManager::SaveSnapshot(const SnapshotRecord& rec) {
-  RETURN_IF_ERROR(store_->PutSnapshot(rec));
+  absl::Status s = store_->PutSnapshot(rec);
+  if (!s.ok()) {
+    if (std::optional<SnapshotRecord> old = FindSnapshot(rec.snapshot_id())) {
+      if (absl::Status back = store_->PutSnapshot(*old); !back.ok()) {
+        LOG(WARNING) << "snapshot " << rec.snapshot_id() << ": writing back its record: " << back;
+      }
+    }
+    return s;
+  }
   ublk::MutexLock lock(&mu_);
   snapshots_[rec.snapshot_id()] = rec;
   return absl::OkStatus();
@@ -514,11 +493,9 @@ absl::Status VolumeManager::ForgetSnapshot(const std::string& id) {
 
 absl::StatusOr<int64_t> VolumeManager::FreeBytes() {
   if (options_.free_bytes) return options_.free_bytes();
-  struct statvfs s;
-  if (::statvfs(store_->data_dir().c_str(), &s) != 0) {
-    return absl::InternalError(absl::StrCat("statvfs ", store_->data_dir(), ": ", Errno(errno)));
-  }
-  return static_cast<int64_t>(s.f_bavail) * static_cast<int64_t>(s.f_frsize);
+  absl::StatusOr<int64_t> free = store_->fs().FreeBytes(store_->data_dir());
+  if (!free.ok()) return absl::InternalError(free.status().message());
+  return *free;
 }
 
 int64_t VolumeManager::PoolUsage::capacity() const { return SaturatingAdd(free, used); }
@@ -549,9 +526,8 @@ absl::StatusOr<VolumeManager::PoolUsage> VolumeManager::MeasurePool() {
     for (const auto& [_, snap] : snapshots_) files.push_back(snap.file());
   }
   for (const std::string& rel : files) {
-    struct stat st;
-    if (::stat(store_->Abs(rel).c_str(), &st) == 0) {
-      u.used = SaturatingAdd(u.used, static_cast<int64_t>(st.st_blocks) * 512);
+    if (absl::StatusOr<struct stat> st = store_->fs().Stat(store_->Abs(rel)); st.ok()) {
+      u.used = SaturatingAdd(u.used, static_cast<int64_t>(st->st_blocks) * 512);
     }
   }
   ASSIGN_OR_RETURN(u.free, FreeBytes());
@@ -675,13 +651,13 @@ absl::Status VolumeManager::Load() {
     if (rec.state() == VolumeRecord::CREATING) {
       // The create never answered; the CO retries it. Roll back.
       LOG(WARNING) << "volume " << id << ": create was interrupted; rolling back";
-      Unlink(store_->Abs(rec.backing_file()));
+      Unlink(store_->fs(), store_->Abs(rec.backing_file()));
       RETURN_IF_ERROR(store_->DeleteVolume(id));
       continue;
     }
     if (rec.state() == VolumeRecord::DELETING) {
       LOG(WARNING) << "volume " << id << ": delete was interrupted; finishing it";
-      Unlink(store_->Abs(rec.backing_file()));
+      Unlink(store_->fs(), store_->Abs(rec.backing_file()));
       RETURN_IF_ERROR(store_->DeleteVolume(id));
       continue;
     }
@@ -692,7 +668,7 @@ absl::Status VolumeManager::Load() {
     if (!rec.ready_to_use()) {
       LOG(WARNING) << "snapshot " << rec.snapshot_id()
                    << ": creation was interrupted; rolling back";
-      Unlink(store_->Abs(rec.file()));
+      Unlink(store_->fs(), store_->Abs(rec.file()));
       RETURN_IF_ERROR(store_->DeleteSnapshot(rec.snapshot_id()));
       continue;
     }
@@ -889,13 +865,13 @@ absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource
   if (!out.file.empty()) {
     // A copy takes real space (the source's allocated extents), whatever
     // the overcommit ratio.
-    struct stat st;
-    if (::stat(out.file.c_str(), &st) != 0) {
+    absl::StatusOr<struct stat> st = store_->fs().Stat(out.file);
+    if (!st.ok()) {
       return absl::FailedPreconditionError(
-          absl::StrCat("content source file ", out.file, ": ", Errno(errno)));
+          absl::StrCat("content source file: ", st.status().message()));
     }
     ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
-    const int64_t need = static_cast<int64_t>(st.st_blocks) * 512;
+    const int64_t need = static_cast<int64_t>(st->st_blocks) * 512;
     if (need > free_bytes) {
       return absl::ResourceExhaustedError(
           absl::StrCat("volume '", EscapeForLog(plan.name), "': copying its content source needs ",
@@ -924,17 +900,16 @@ absl::StatusOr<VolumeRecord> VolumeManager::MaterializeVolume(const CreatePlan& 
   rec.set_filesystem_created(false);
   ASSIGN_OR_RETURN(KeyLock vol_lock, TryLock(rec.volume_id(), "volume " + rec.volume_id()));
   // The record goes first: after a crash it says which file to roll back.
-  RETURN_IF_ERROR(store_->PutVolume(rec));
   const std::string path = store_->Abs(rec.backing_file());
-  absl::Status made;
-  if (source.file.empty()) {
-    made = CreateSparse(path, plan.size);
-  } else {
+  absl::Status made = store_->PutVolume(rec);
+  if (made.ok() && source.file.empty()) {
+    made = CreateSparse(store_->fs(), path, plan.size);
+  } else if (made.ok()) {
     absl::StatusOr<std::string> frozen =
         source.volume ? FreezeForCopy(*source.volume, "clone " + rec.volume_id()) : std::string();
     made = frozen.status();
     if (made.ok()) {
-      made = CloneFile(source.file, path, plan.size);
+      made = CloneFile(store_->fs(), source.file, path, plan.size);
       if (source.volume) ThawAfterCopy(source.volume->volume_id(), *frozen);
     }
   }
@@ -943,8 +918,14 @@ absl::StatusOr<VolumeRecord> VolumeManager::MaterializeVolume(const CreatePlan& 
     made = SaveVolume(rec);
   }
   if (!made.ok()) {
-    Unlink(path);
-    store_->DeleteVolume(rec.volume_id()).IgnoreError();
+    // Record first: a crash in between leaves an unlisted file, never a
+    // record whose file is gone. (A failed write may still have renamed
+    // its record into place: only its dir fsync failed.)
+    if (absl::Status s = store_->DeleteVolume(rec.volume_id()); !s.ok()) {
+      LOG(WARNING) << "volume " << rec.volume_id() << ": rolling back its record: " << s
+                   << " (the next start rolls it back)";
+    }
+    Unlink(store_->fs(), path);
     return made;
   }
   return rec;
@@ -999,9 +980,8 @@ absl::StatusOr<csi::v1::DeleteVolumeResponse> VolumeManager::DeleteVolume(
   RETURN_IF_ERROR(SaveVolume(*rec));
   RETURN_IF_ERROR(backend_->RemoveExport(rec->volume_id()));
   const std::string path = store_->Abs(rec->backing_file());
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return absl::InternalError(
-        absl::StrCat("volume ", rec->volume_id(), ": unlink ", path, ": ", Errno(errno)));
+  if (absl::Status s = store_->fs().Unlink(path); !s.ok() && !absl::IsNotFound(s)) {
+    return absl::InternalError(absl::StrCat("volume ", rec->volume_id(), ": ", s.message()));
   }
   RETURN_IF_ERROR(ForgetVolume(rec->volume_id()));
   LOG(INFO) << "deleted volume " << rec->volume_id() << " (" << rec->name() << ")";
@@ -1186,21 +1166,20 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
                            absl::StrCat("volume ", rec.volume_id())));
   const std::string path = store_->Abs(rec.backing_file());
   {
-    ublk::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-    if (!fd.valid()) {
+    absl::StatusOr<std::unique_ptr<File>> f = store_->fs().Open(path, FileSystem::OpenMode::kWrite);
+    if (absl::IsNotFound(f.status())) {
       return absl::FailedPreconditionError(
-          absl::StrCat("volume ", rec.volume_id(), ": backing file ", path, ": ", Errno(errno)));
+          absl::StrCat("volume ", rec.volume_id(), ": backing file: ", f.status().message()));
     }
-    if (::ftruncate(fd.get(), size) != 0) return TruncateError(errno, path, size);
+    if (!f.ok()) return WriteFailure(f.status());
+    RETURN_IF_ERROR(WriteFailure((*f)->Truncate(size)));
     // Report only a size the file has reached.
-    struct stat st;
-    if (::fstat(fd.get(), &st) != 0 || st.st_size < size) {
+    absl::StatusOr<struct stat> st = (*f)->Stat();
+    if (!st.ok() || st->st_size < size) {
       return absl::InternalError(absl::StrCat("volume ", rec.volume_id(), ": ", path,
                                               " did not grow to ", size, " bytes"));
     }
-    if (::fsync(fd.get()) != 0) {
-      return absl::InternalError(absl::StrCat("fsync ", path, ": ", Errno(errno)));
-    }
+    RETURN_IF_ERROR(WriteFailure((*f)->Sync()));
   }
   rec.set_capacity_bytes(size);
   RETURN_IF_ERROR(SaveVolume(rec));
@@ -1298,15 +1277,15 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
                    TryLock(req.source_volume_id(), "volume " + req.source_volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord vol, GetRecord(req.source_volume_id()));
   ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
-  struct stat st;
   const std::string src = store_->Abs(vol.backing_file());
-  if (::stat(src.c_str(), &st) != 0) {
+  absl::StatusOr<struct stat> st = store_->fs().Stat(src);
+  if (!st.ok()) {
     return absl::FailedPreconditionError(
-        absl::StrCat("volume ", vol.volume_id(), ": backing file ", src, ": ", Errno(errno)));
+        absl::StrCat("volume ", vol.volume_id(), ": backing file: ", st.status().message()));
   }
-  if (static_cast<int64_t>(st.st_blocks) * 512 > free_bytes) {
+  if (static_cast<int64_t>(st->st_blocks) * 512 > free_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("snapshot of ", vol.volume_id(), " needs ",
-                                                     st.st_blocks * 512, " bytes, ", free_bytes,
+                                                     st->st_blocks * 512, " bytes, ", free_bytes,
                                                      " free"));
   }
   SnapshotRecord snap;
@@ -1317,21 +1296,26 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
   snap.set_created_at(::time(nullptr));
   snap.set_ready_to_use(false);
   snap.set_file(RecordStore::SnapshotFileRel(snap.snapshot_id()));
-  RETURN_IF_ERROR(store_->PutSnapshot(snap));
   const std::string dst = store_->Abs(snap.file());
-  absl::StatusOr<std::string> frozen = FreezeForCopy(vol, "snapshot " + snap.snapshot_id());
-  absl::Status made = frozen.status();
+  absl::Status made = store_->PutSnapshot(snap);
   if (made.ok()) {
-    made = CloneFile(src, dst, vol.capacity_bytes());
-    ThawAfterCopy(vol.volume_id(), *frozen);
+    absl::StatusOr<std::string> frozen = FreezeForCopy(vol, "snapshot " + snap.snapshot_id());
+    made = frozen.status();
+    if (made.ok()) {
+      made = CloneFile(store_->fs(), src, dst, vol.capacity_bytes());
+      ThawAfterCopy(vol.volume_id(), *frozen);
+    }
   }
   if (made.ok()) {
     snap.set_ready_to_use(true);
     made = SaveSnapshot(snap);
   }
   if (!made.ok()) {
-    Unlink(dst);
-    store_->DeleteSnapshot(snap.snapshot_id()).IgnoreError();
+    if (absl::Status s = store_->DeleteSnapshot(snap.snapshot_id()); !s.ok()) {
+      LOG(WARNING) << "snapshot " << snap.snapshot_id() << ": rolling back its record: " << s
+                   << " (the next start rolls it back)";
+    }
+    Unlink(store_->fs(), dst);
     return made;
   }
   LOG(INFO) << "snapshot " << snap.snapshot_id() << " ('" << name << "') of volume "
@@ -1347,9 +1331,8 @@ absl::StatusOr<csi::v1::DeleteSnapshotResponse> VolumeManager::DeleteSnapshot(
   std::optional<SnapshotRecord> snap = FindSnapshot(req.snapshot_id());
   if (!snap) return csi::v1::DeleteSnapshotResponse();
   const std::string path = store_->Abs(snap->file());
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return absl::InternalError(
-        absl::StrCat("snapshot ", snap->snapshot_id(), ": unlink ", path, ": ", Errno(errno)));
+  if (absl::Status s = store_->fs().Unlink(path); !s.ok() && !absl::IsNotFound(s)) {
+    return absl::InternalError(absl::StrCat("snapshot ", snap->snapshot_id(), ": ", s.message()));
   }
   RETURN_IF_ERROR(ForgetSnapshot(snap->snapshot_id()));
   LOG(INFO) << "deleted snapshot " << snap->snapshot_id();

@@ -59,7 +59,7 @@ class ManagerTest : public ::testing::Test {
   // A new manager over the same data dir, as after a plugin restart.
   void Restart() {
     manager_.reset();
-    auto store = RecordStore::Open(data_, nullptr);
+    auto store = RecordStore::Open(data_, nullptr, fs_);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
     VolumeManagerOptions opts = options_;
@@ -111,6 +111,7 @@ class ManagerTest : public ::testing::Test {
   ublk_test::TempDir dir_;
   std::string data_, dev_;
   VolumeManagerOptions options_;  // set before Restart() to change them
+  FileSystem* fs_ = nullptr;      // the data dir's file system (null: the real one)
   std::atomic<int64_t> free_bytes_{int64_t{1} << 40};
   std::shared_ptr<prometheus::Registry> registry_ = std::make_shared<prometheus::Registry>();
   std::unique_ptr<FakeVolumeBackend> backend_;
