@@ -6,7 +6,8 @@
 # PARTS: words out of "data profile plugin" (default: all three); data = the
 # fio comparisons below, profile = perf profiles (bench/profile.sh), plugin =
 # the plugin's memory, recovery and control plane (bench/plugin.sh),
-# recovery = only the plugin part's two kill -9 recoveries (66, 256 exports).
+# recovery = only the plugin part's two kill -9 recoveries (66, 256 exports);
+# recprofile with recovery: perf and thread-wait samples across each kill.
 # GROUPS: words out of "tmpfs ext4 null" (default: all three).
 # WORKLOADS: names out of WORKLOADS below ("all" or empty: every one).
 # MODES: copy modes to run ("all" or empty: every mode the kernel has).
@@ -327,6 +328,6 @@ fi
 if has_part plugin; then
   plugin_bench "$OUT"
 elif has_part recovery; then
-  plugin_bench "$OUT" recovery
+  plugin_bench "$OUT" recovery "$(has_part recprofile && echo profile)"
 fi
 e2e_finish

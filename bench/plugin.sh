@@ -17,9 +17,11 @@
 #     way (main reached, records loaded, recovery done); the new process's
 #     peak RSS and pool bytes meanwhile (bench/recovery_watch.py).
 #
-# usage (sourced by guest.sh): plugin_bench OUT_DIR [recovery]
+# usage (sourced by guest.sh): plugin_bench OUT_DIR [recovery|full [profile]]
 #   recovery: only the two recovery phases (66 exports in one batch, then
 #   256), no memory or I/O rows (`make bench-recovery`).
+#   profile: perf record -a -g across each kill (perf-N.*.txt) and 50 Hz
+#   samples of where each plugin thread waits (wchan-N.tsv).
 # Writes OUT_DIR/plugin/: memory.tsv, cp-samples.tsv, cp-*.txt,
 # recovery-{66,256}.json, fio-*.json, plugin.log, floor.tsv. Records failures
 # with e2e_check_failed.
@@ -35,10 +37,6 @@ pb_metric() {
 
 # pb_status KEY: a /proc/PB_PID/status field in kB.
 pb_status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$PB_PID/status" 2>/dev/null; }
-
-# shellcheck disable=SC2206 # PLUGIN_EXTRA_ARGS (guest.sh): flags, split on spaces
-PB_ARGS=(--node-id=bench --backend=ublk --mounter=real --workers=2
-  --recovery-concurrency=8 --overcommit-ratio=8 ${PLUGIN_EXTRA_ARGS:-})
 
 # pb_start: the plugin in the background; PB_PID is its pid, and
 # PB_WORK/exec-epoch the time its subshell took right before exec.
@@ -165,9 +163,11 @@ pb_recovery() {
   # The watcher opens every device and starts its reader threads first (tens
   # of seconds under TCG on a loaded host), then waits for the go file; fio
   # starts meanwhile.
+  local prof=()
+  [ "${PB_PROFILE:-0}" = 1 ] && prof=(--wchan "$PB_OUT/wchan-$name.tsv")
   python3 "$BENCH_DIR/recovery_watch.py" --devs "$PB_WORK/devs" --dir "$wdir" \
     --metrics "$PB_METRICS" --log "$PB_OUT/plugin.log" --out "$PB_OUT/recovery-$name.json" \
-    --timeout 180 > "$PB_OUT/recovery-watch-$name.log" 2>&1 &
+    --timeout 180 "${prof[@]}" > "$PB_OUT/recovery-watch-$name.log" 2>&1 &
   local wpid=$! t_fio
   fio --output-format=json --output="$PB_OUT/fio-recovery-$name.json" "$job" > "$PB_OUT/fio-recovery-$name.log" 2>&1 &
   fpid=$!
@@ -177,6 +177,15 @@ pb_recovery() {
   # fio's I/O phase has begun (its start-up takes seconds under TCG).
   while awk -v a="$t_fio" -v b="$(now)" 'BEGIN {exit !(b - a < 6)}'; do sleep 0.5; done
   pb_mem "before-kill-$name" "$PB_EXPORTS" "8 dev x randrw 4k QD16" - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
+  local ppid=
+  if [ "${PB_PROFILE:-0}" = 1 ]; then
+    # The whole guest from the kill on (cpu-clock: TCG has no PMU), for
+    # about as long as the recovery took unprofiled.
+    perf record -a -g -e cpu-clock -F 999 -o "$PB_WORK/perf-$name.data" -- \
+      sleep $(( PB_EXPORTS > 100 ? 12 : 3 )) > "$PB_OUT/perf-$name.record.log" 2>&1 &
+    ppid=$!
+    sleep 1  # perf's own start-up
+  fi
   local t_kill=$EPOCHREALTIME
   kill -KILL "$PB_PID"
   echo "$t_kill" > "$wdir/go.tmp" && mv "$wdir/go.tmp" "$wdir/go"
@@ -189,6 +198,15 @@ pb_recovery() {
   echo "  [$(now)s] killed -9 and restarted (pid $PB_PID)"
   wait "$wpid" || e2e_check_failed "recovery watcher ($name exports): $(tail -3 "$PB_OUT/recovery-watch-$name.log")"
   cat "$PB_OUT/recovery-watch-$name.log"
+  if [ -n "$ppid" ]; then
+    wait "$ppid"
+    perf report -i "$PB_WORK/perf-$name.data" --stdio --no-children --sort comm,dso -g none \
+      --percent-limit 0.5 > "$PB_OUT/perf-$name.comm.txt" 2>&1
+    perf report -i "$PB_WORK/perf-$name.data" --stdio --no-children --comm ublk-csi --sort sym \
+      -g caller,0.5,callee --percent-limit 1 > "$PB_OUT/perf-$name.sym.txt" 2>&1
+    perf report -i "$PB_WORK/perf-$name.data" --stdio --no-children --sort comm,sym -g none \
+      --percent-limit 0.3 > "$PB_OUT/perf-$name.commsym.txt" 2>&1
+  fi
   pb_mem "after-recovery-$name" "$PB_EXPORTS" "8 dev x randrw 4k QD16" - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
   # fio ran across the kill; SIGINT ends it with its report written.
   kill -INT "$fpid"
@@ -241,6 +259,9 @@ plugin_bench() {
   PB_CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$PB_SOCK" --timeout=60)
   PB_IO_S=${PB_IO_S:-5}
   PB_EXPORTS=0
+  # shellcheck disable=SC2206 # PLUGIN_EXTRA_ARGS (guest.sh): flags, split on spaces
+  PB_ARGS=(--node-id=bench --backend=ublk --mounter=real --workers=2
+    --recovery-concurrency=8 --overcommit-ratio=8 ${PLUGIN_EXTRA_ARGS:-})
   mkdir -p "$PB_OUT" "$PB_WORK/data" "$PB_WORK/paths"
   mkfifo "$PB_FIFO"
   if [ ! -x "$PB_PLUGIN" ] || [ ! -x "${PB_CTL[0]}" ]; then
@@ -259,6 +280,8 @@ plugin_bench() {
   pb_start
   pb_ready 60 || { e2e_check_failed "plugin not ready: $(tail -5 "$PB_OUT/plugin.log")"; return 1; }
   pb_mem idle 0 - - -
+  # shellcheck disable=SC2034 # read by pb_recovery
+  [ "${3:-}" = profile ] && PB_PROFILE=1
   if [ "${2:-}" = recovery ]; then pb_recovery_only; else pb_full; fi
   e2e_step "plugin: stop"
   kill -TERM "$PB_PID"; wait "$PB_PID" 2>/dev/null

@@ -106,6 +106,8 @@ def main():
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--log", help="the plugin's log (glog lines)")
+    ap.add_argument("--wchan", help="write where the new process's threads wait (50 Hz samples "
+                    "of each thread's state and wchan until all served) to this file")
     ap.add_argument("--timeout", type=float, default=180)
     a = ap.parse_args()
     devs = [d.strip() for d in open(a.devs) if d.strip()]
@@ -140,12 +142,41 @@ def main():
     hwm = rss_max = 0
     pool_max = 0.0
     deadline = t_kill + a.timeout
+    wchan_counts = {}
+    wchan_stop = threading.Event()
+    wchan_thread = None
+
+    def wchan_sampler():
+        while not wchan_stop.is_set():
+            p = pid
+            if p is not None:
+                try:
+                    tids = os.listdir(f"/proc/{p}/task")
+                except OSError:
+                    tids = []
+                for tid in tids:
+                    try:
+                        with open(f"/proc/{p}/task/{tid}/stat") as f:
+                            st = f.read()
+                        with open(f"/proc/{p}/task/{tid}/wchan") as f:
+                            wc = f.read().strip() or "-"
+                    except OSError:
+                        continue
+                    comm = st[st.index("(") + 1:st.rindex(")")]
+                    state = st[st.rindex(")") + 2]
+                    k = (int(tid), comm, state, wc if state != "R" else "-")
+                    wchan_counts[k] = wchan_counts.get(k, 0) + 1
+            wchan_stop.wait(0.02)
+
     while time.time() < deadline:
         if pid is None and os.path.exists(os.path.join(a.dir, "pid")):
             txt = open(os.path.join(a.dir, "pid")).read().strip()
             pid = int(txt) if txt else None
             if pid is not None:
                 t_fork = fork_epoch(pid)
+                if a.wchan:
+                    wchan_thread = threading.Thread(target=wchan_sampler, daemon=True)
+                    wchan_thread.start()
         if pid is not None:
             h, r = status_kb(pid, "VmHWM"), status_kb(pid, "VmRSS")
             hwm = max(hwm, h or 0)
@@ -181,6 +212,13 @@ def main():
 
     marks = log_marks(a.log, pid, t_exec if t_exec else t_kill) if a.log and pid else {}
     start_served = sorted(d - t_exec for d in done if d is not None) if t_exec else []
+    if wchan_thread is not None:
+        wchan_stop.set()
+        wchan_thread.join()
+        with open(a.wchan, "w") as f:
+            f.write("samples\ttid\tcomm\tstate\twchan\n")
+            for (tid, comm, st, wc), n in sorted(wchan_counts.items(), key=lambda x: -x[1]):
+                f.write(f"{n}\t{tid}\t{comm}\t{st}\t{wc}\n")
     res = {
         "devices": len(devs),
         "served": len(served),

@@ -114,6 +114,8 @@ if [ ! -f "$share/guest.txt" ]; then
   exit 1
 fi
 /usr/bin/python3 "$here/report.py" --raw "$share" --host "$host_info" --out "$out" || exit 1
+# The recovery summaries (every device's time, the log marks) beside RESULTS.md.
+for f in "$share"/plugin/recovery-*.json; do [ -f "$f" ] && cp "$f" "$out/"; done
 if [ -f "$out/iops-ratios.dat" ] && [ "$out/iops-ratios.dat" -nt "$host_info" ] && command -v gnuplot >/dev/null; then
   modes=$(sed -n '1s/^# label//; 1s/ (.*//p' "$out/iops-ratios.dat" | tr ' ' '\n' | sed -n 's/_ratio$//p' | tr '\n' ' ')
   gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'; repeats=$repeats; modes='${modes% }'" "$here/iops-ratios.gp" \
