@@ -43,7 +43,7 @@ pb_status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$PB_PID/status" 2>/dev/
 pb_start() {
   (
     echo "$EPOCHREALTIME" > "$PB_WORK/exec-epoch"
-    exec "$PB_PLUGIN" "${PB_ARGS[@]}" --endpoint="unix://$PB_SOCK" --data-dir="$PB_WORK/data" \
+    exec "$PB_PLUGIN" "${PB_ARGS[@]}" ${PB_RUN_ARGS:-} --endpoint="unix://$PB_SOCK" --data-dir="$PB_WORK/data" \
       --metrics-address="$PB_METRICS" 2>>"$PB_OUT/plugin.log"
   ) &
   PB_PID=$!
@@ -149,7 +149,9 @@ pb_io_set() {
   [ "$PB_EXPORTS" -ge 8 ] && pb_io 8x-qd32-128k 8 randread 128k 32
 }
 
-# pb_recovery NAME: kill -9 under fio on 8 exports, restart at once. Writes
+# pb_recovery NAME [ARGS]: kill -9 under fio on 8 exports, restart at once
+# (with ARGS: ublk-csi flags added for this restart and the ones after it,
+# until the next pb_recovery). Writes
 # recovery-NAME.json, fio-recovery-NAME.json, recovery-watch-NAME.log.
 pb_recovery() {
   local name=$1 job=$PB_WORK/recovery-$1.fio fpid wdir=$PB_WORK/watch-$1 d
@@ -186,6 +188,7 @@ pb_recovery() {
     ppid=$!
     sleep 1  # perf's own start-up
   fi
+  PB_RUN_ARGS=${2:-}
   local t_kill=$EPOCHREALTIME
   kill -KILL "$PB_PID"
   echo "$t_kill" > "$wdir/go.tmp" && mv "$wdir/go.tmp" "$wdir/go"
@@ -239,15 +242,25 @@ pb_full() {
 }
 
 # pb_recovery_only: the two recoveries alone (66 exports made in one batch).
+# With PLUGIN_ALT_ARGS (guest.sh): an A/B in the same boot, A B A B per size
+# (A: the plugin's flags, B: with PLUGIN_ALT_ARGS added), so that the host's
+# load drifts across both.
 pb_recovery_only() {
-  e2e_step "plugin: 66 exports"
-  pb_batch 66 b66; pb_idle
-  e2e_step "plugin: kill -9 and restart with 66 exports under fio"
-  pb_recovery 66
-  e2e_step "plugin: 256 exports"
-  pb_batch 190 b256; pb_idle
-  e2e_step "plugin: kill -9 and restart with 256 exports under fio"
-  pb_recovery 256
+  local n r
+  for n in 66 256; do
+    e2e_step "plugin: $n exports"
+    pb_batch $(( n - PB_EXPORTS )) "b$n"; pb_idle
+    e2e_step "plugin: kill -9 and restart with $n exports under fio"
+    if [ -z "${PLUGIN_ALT_ARGS:-}" ]; then
+      pb_recovery "$n"
+      continue
+    fi
+    for r in 1 2; do
+      pb_recovery "$n-A$r"
+      pb_recovery "$n-B$r" "$PLUGIN_ALT_ARGS"
+    done
+    PB_RUN_ARGS=
+  done
 }
 
 plugin_bench() {
@@ -274,6 +287,7 @@ plugin_bench() {
   local t0
   t0=$(now)
   echo "plugin_args=${PB_ARGS[*]}" >> "$1/guest.txt"
+  echo "plugin_alt_args=${PLUGIN_ALT_ARGS:-}" >> "$1/guest.txt"
   e2e_step "plugin: the floor (exec of ublk-csi --version, of /bin/true)"
   pb_floor
   e2e_step "plugin: start ublk-csi (2 workers, default pool budget)"

@@ -199,9 +199,12 @@ def fio_summary(path):
             "error": j.get("error", 0)}
 
 
-def recovery_section(d, w, mib):
+def recovery_section(d, w, mib, guest):
     recs = []
-    for n in ("66", "256"):
+    names = sorted((f[len("recovery-"):-len(".json")] for f in os.listdir(d)
+                    if f.startswith("recovery-") and f.endswith(".json")),
+                   key=lambda n: (int(n.split("-")[0]) if n.split("-")[0].isdigit() else 0, n))
+    for n in names:
         try:
             with open(os.path.join(d, f"recovery-{n}.json")) as f:
                 recs.append((n, json.load(f), fio_summary(os.path.join(d, f"fio-recovery-{n}.json"))))
@@ -220,6 +223,10 @@ def recovery_section(d, w, mib):
     w("subshell takes right before `exec ublk-csi`, right after `wait` saw the old one")
     w("die); **kill** = the `kill -9`. Log marks are the new process's own glog lines.")
     w("Targets (issue 20): 66 volumes serving < 1 s after the start, 256 < 2 s.")
+    if any("-" in n for n, _, _ in recs):
+        w("")
+        w(f"A/B in this boot (`BENCH_RECOVERY_AB`): N-A1, N-B1, N-A2, N-B2 in that order; "
+          f"B adds `{guest.get('plugin_alt_args', '?')}`.")
     w("")
 
     def t(rec, key):
@@ -314,7 +321,7 @@ def plugin_section(raw, w, guest):
           f"{mib(m['vmhwm_kb'])} | {mib(m['peak_rss_kb'])} | "
           f"{'-' if pool in ('', '-') else f'{float(pool) / 1048576:.0f}'} | {m['slots_in_use']} |")
     w("")
-    recovery_section(d, w, mib)
+    recovery_section(d, w, mib, guest)
     cp = tsv(os.path.join(d, "cp-samples.tsv"))
     if cp:
         w("### Control plane: latency through the gRPC unix socket")

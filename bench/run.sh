@@ -22,6 +22,8 @@
 #   BENCH_PF_SYSCALLS 0: the profile part skips its syscall counts (default 1)
 #   BENCH_PLUGIN_ARGS more ublk-csi flags for the plugin part, e.g.
 #                  "--recovery-concurrency=16" (they override its own)
+#   BENCH_RECOVERY_AB with BENCH_PARTS=recovery: ublk-csi flags for an A/B in
+#                  one boot (A B A B per size; B adds these flags)
 #   BENCH_OUT      results dir (default bench/results, bench/results/kernel-7 for 7)
 #   E2E_WORK_DIR   as for tests/e2e (kernel cache and guest logs; default DIR)
 set -uo pipefail
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
     --build-dir=*) build_dir=${1#*=}; shift ;;
     --kernel) kernel=${2:?}; shift 2 ;;
     --kernel=*) kernel=${1#*=}; shift ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -97,7 +99,7 @@ trap 'kill $sampler 2>/dev/null' EXIT
 E2E_WORK_DIR=$work "$root/tests/e2e/run-in-guest.sh" --build-dir "$build_dir" \
   --kernel "$kernel" --timeout "$budget" --ublks-max 300 --data-disk 2G \
   "$here/guest.sh" "$runtime" "$repeats" "$size_mib" "$parts" "$groups" \
-  "${BENCH_WORKLOADS:-all}" "${BENCH_MODES:-all}" "${BENCH_PF_SYSCALLS:-1}" "${BENCH_PLUGIN_ARGS:-}"
+  "${BENCH_WORKLOADS:-all}" "${BENCH_MODES:-all}" "${BENCH_PF_SYSCALLS:-1}" "${BENCH_PLUGIN_ARGS:-}" "${BENCH_RECOVERY_AB:-}"
 rc=$?
 kill $sampler 2>/dev/null
 {
