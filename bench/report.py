@@ -255,7 +255,7 @@ def recovery_section(d, w, mib, guest):
     row("/readyz ready", lambda r, fr: both(r, "ready_s", True))
     row("new process VmHWM at the end (peak RSS)",
         lambda r, fr: f"{mib(r['new_pid_vmhwm_kb'])} MiB (VmRSS {mib(r['new_pid_vmrss_kb'])})")
-    row("largest pool bytes sampled (10 Hz)",
+    row("largest pool bytes sampled (2 Hz)",
         lambda r, fr: f"{r['max_pool_bytes_sampled'] / 1048576:.0f} MiB")
     row("fio across the kill: I/Os, errors",
         lambda r, fr: f"{fr['ios']}, error {fr['error']}" if fr else "?")
