@@ -110,6 +110,17 @@ bench: deps
 	@ninja -C $(BUILD) ublk-tool ublk-csi ublk-csi-ctl
 	@bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
 
+# The plugin part's two kill -9 recoveries alone (66 then 256 exports, fio on
+# 8 of them across the kill), one 6.12 guest boot, ~5 min. Results in
+# $(BUILD)/bench-recovery/RESULTS.md (not committed). BENCH_PLUGIN_ARGS adds
+# ublk-csi flags, e.g. BENCH_PLUGIN_ARGS=--recovery-concurrency=16.
+.PHONY: bench-recovery
+bench-recovery: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@ninja -C $(BUILD) ublk-tool ublk-csi ublk-csi-ctl
+	@BENCH_PARTS=recovery BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-recovery} \
+	  bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
+
 # The data-path rows one change to the I/O loop should move, in one guest boot
 # (~6 min instead of ~18): null and file-on-tmpfs against null_blk and loop,
 # 4k randread/randwrite QD32, 4k randread QD1 and 128k seqread QD8, one copy

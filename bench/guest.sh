@@ -2,14 +2,18 @@
 # bench/guest.sh: the guest half of `make bench` (bench/run.sh boots the e2e
 # guest once with tests/e2e/run-in-guest.sh and runs this script in it).
 #
-# usage (in the guest): bench/guest.sh RUNTIME_S REPEATS SIZE_MIB [PARTS] [GROUPS] [WORKLOADS] [MODES] [PF_SYSCALLS]
+# usage (in the guest): bench/guest.sh RUNTIME_S REPEATS SIZE_MIB [PARTS] [GROUPS] [WORKLOADS] [MODES] [PF_SYSCALLS] [PLUGIN_ARGS] [ALT_ARGS]
 # PARTS: words out of "data profile plugin" (default: all three); data = the
 # fio comparisons below, profile = perf profiles (bench/profile.sh), plugin =
-# the plugin's memory, recovery and control plane (bench/plugin.sh).
+# the plugin's memory, recovery and control plane (bench/plugin.sh),
+# recovery = only the plugin part's two kill -9 recoveries (66, 256 exports);
+# recprofile with recovery: perf and thread-wait samples across each kill.
 # GROUPS: words out of "tmpfs ext4 null" (default: all three).
 # WORKLOADS: names out of WORKLOADS below ("all" or empty: every one).
 # MODES: copy modes to run ("all" or empty: every mode the kernel has).
 # PF_SYSCALLS: 0 skips the profile part's syscall counts (default 1).
+# PLUGIN_ARGS: more ublk-csi flags for the plugin part (they override its own).
+# ALT_ARGS: with PARTS recovery, an A/B of each recovery: A B A B, B with these flags.
 # Copy modes: user_copy and get_data, and zero_copy first where ublk-tool
 # knows it and the kernel offers it (`ublk-tool features --copy_mode=zero_copy`).
 #
@@ -50,6 +54,10 @@ WORKLOADS_RUN=${6:-all}
 MODES_RUN=${7:-all}
 # shellcheck disable=SC2034 # read by profile.sh
 PF_SYSCALLS=${8:-1}
+# shellcheck disable=SC2034 # read by plugin.sh
+PLUGIN_EXTRA_ARGS=${9:-}
+# shellcheck disable=SC2034 # read by plugin.sh
+PLUGIN_ALT_ARGS=${10:-}
 has_part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 has_group() { case " $GROUPS_RUN " in *" $1 "*) return 0 ;; esac; return 1; }
 [ "$RUNTIME" -ge 4 ] || e2e_fail "RUNTIME must be >= 4 s (the counter window leaves out 1.5 s of each job)"
@@ -320,5 +328,9 @@ if has_part data || has_part profile; then
   for l in "${LOOPS[@]}"; do losetup -d "$l" || e2e_check_failed "losetup -d $l"; done
 fi
 
-has_part plugin && plugin_bench "$OUT"
+if has_part plugin; then
+  plugin_bench "$OUT"
+elif has_part recovery; then
+  plugin_bench "$OUT" recovery "$(has_part recprofile && echo profile)"
+fi
 e2e_finish

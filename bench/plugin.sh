@@ -9,14 +9,22 @@
 #   - control-plane latency: every export is made by `ublk-csi-ctl bench`
 #     (CreateVolume, NodeStageVolume in block mode, NodePublishVolume over one
 #     gRPC channel, each call timed in the client);
-#   - recovery at 66 exports under fio load: kill -9, restart at once; time
-#     until every device answered a 4 KiB O_DIRECT read issued right after
-#     the kill, and until /readyz says ready; the new process's peak RSS
-#     and pool bytes meanwhile (bench/recovery_watch.py).
+#   - recovery at 66 and at 256 exports under fio load (8 exports): kill -9,
+#     restart at once; time until every device answered a 4 KiB O_DIRECT
+#     read issued right after the kill, and until /readyz says ready, both
+#     from the kill and from the new process's exec (the timestamp its
+#     subshell takes right before exec); the plugin's own log lines on the
+#     way (main reached, records loaded, recovery done); the new process's
+#     peak RSS and pool bytes meanwhile (bench/recovery_watch.py).
 #
-# usage (sourced by guest.sh): plugin_bench OUT_DIR
-# Writes OUT_DIR/plugin/: memory.tsv, cp-samples.tsv, cp-*.txt, recovery.json,
-# fio-*.json, plugin.log. Records failures with e2e_check_failed.
+# usage (sourced by guest.sh): plugin_bench OUT_DIR [recovery|full [profile]]
+#   recovery: only the two recovery phases (66 exports in one batch, then
+#   256), no memory or I/O rows (`make bench-recovery`).
+#   profile: perf record -a -g across each kill (perf-N.*.txt) and 50 Hz
+#   samples of where each plugin thread waits (wchan-N.tsv).
+# Writes OUT_DIR/plugin/: memory.tsv, cp-samples.tsv, cp-*.txt,
+# recovery-{66,256}.json, fio-*.json, plugin.log, floor.tsv. Records failures
+# with e2e_check_failed.
 
 PB_METRICS=127.0.0.1:9815
 
@@ -30,11 +38,30 @@ pb_metric() {
 # pb_status KEY: a /proc/PB_PID/status field in kB.
 pb_status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$PB_PID/status" 2>/dev/null; }
 
+# pb_start: the plugin in the background; PB_PID is its pid, and
+# PB_WORK/exec-epoch the time its subshell took right before exec.
 pb_start() {
-  "$PB_PLUGIN" --node-id=bench --endpoint="unix://$PB_SOCK" --data-dir="$PB_WORK/data" \
-    --metrics-address="$PB_METRICS" --backend=ublk --mounter=real --workers=2 \
-    --recovery-concurrency=8 --overcommit-ratio=8 2>>"$PB_OUT/plugin.log" &
+  (
+    echo "$EPOCHREALTIME" > "$PB_WORK/exec-epoch"
+    exec "$PB_PLUGIN" "${PB_ARGS[@]}" ${PB_RUN_ARGS:-} --endpoint="unix://$PB_SOCK" --data-dir="$PB_WORK/data" \
+      --metrics-address="$PB_METRICS" 2>>"$PB_OUT/plugin.log"
+  ) &
   PB_PID=$!
+}
+
+# pb_floor: what exec + dynamic loading + static init of the plugin binary
+# cost in this guest before any of its own work (`ublk-csi --version`, 5
+# runs), and the same for /bin/true: the floor under the recovery times.
+pb_floor() {
+  local i t0 what
+  for what in ublk-csi--version true; do
+    for i in 1 2 3 4 5; do
+      t0=$EPOCHREALTIME
+      if [ "$what" = true ]; then /bin/true; else "$PB_PLUGIN" --version; fi > /dev/null 2>&1
+      printf '%s\t%s\t%s\n' "$what" "$i" \
+        "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", (b - a) * 1000}')"
+    done
+  done > "$PB_OUT/floor.tsv"
 }
 
 pb_ready() { # SECONDS
@@ -122,45 +149,118 @@ pb_io_set() {
   [ "$PB_EXPORTS" -ge 8 ] && pb_io 8x-qd32-128k 8 randread 128k 32
 }
 
-# pb_recovery: kill -9 under fio on 8 exports, restart at once.
+# pb_recovery NAME [ARGS]: kill -9 under fio on 8 exports, restart at once
+# (with ARGS: ublk-csi flags added for this restart and the ones after it,
+# until the next pb_recovery). Writes
+# recovery-NAME.json, fio-recovery-NAME.json, recovery-watch-NAME.log.
 pb_recovery() {
-  local job=$PB_WORK/recovery.fio fpid wdir=$PB_WORK/watch d
+  local name=$1 job=$PB_WORK/recovery-$1.fio fpid wdir=$PB_WORK/watch-$1 d
   {
     echo "[global]"; echo "ioengine=libaio"; echo "direct=1"; echo "time_based"
     echo "runtime=300"; echo "rw=randrw"; echo "bs=4k"; echo "iodepth=16"
     echo "norandommap"; echo "randrepeat=0"; echo "group_reporting"
     head -n 8 "$PB_WORK/devs" | while read -r d; do echo "[$(basename "$d")]"; echo "filename=$d"; done
   } > "$job"
-  mkdir -p "$wdir"
+  rm -rf "$wdir"; mkdir -p "$wdir"
   # The watcher opens every device and starts its reader threads first (tens
   # of seconds under TCG on a loaded host), then waits for the go file; fio
   # starts meanwhile.
+  local prof=()
+  [ "${PB_PROFILE:-0}" = 1 ] && prof=(--wchan "$PB_OUT/wchan-$name.tsv")
   python3 "$BENCH_DIR/recovery_watch.py" --devs "$PB_WORK/devs" --dir "$wdir" \
-    --metrics "$PB_METRICS" --out "$PB_OUT/recovery.json" --timeout 180 > "$PB_OUT/recovery-watch.log" 2>&1 &
+    --metrics "$PB_METRICS" --log "$PB_OUT/plugin.log" --out "$PB_OUT/recovery-$name.json" \
+    --timeout 180 "${prof[@]}" > "$PB_OUT/recovery-watch-$name.log" 2>&1 &
   local wpid=$! t_fio
-  fio --output-format=json --output="$PB_OUT/fio-recovery.json" "$job" > "$PB_OUT/fio-recovery.log" 2>&1 &
+  fio --output-format=json --output="$PB_OUT/fio-recovery-$name.json" "$job" > "$PB_OUT/fio-recovery-$name.log" 2>&1 &
   fpid=$!
   t_fio=$(now)
   for _ in $(seq 1200); do [ -e "$wdir/armed" ] && break; sleep 0.1; done
-  [ -e "$wdir/armed" ] || e2e_check_failed "recovery watcher did not arm: $(tail -3 "$PB_OUT/recovery-watch.log")"
+  [ -e "$wdir/armed" ] || e2e_check_failed "recovery watcher did not arm: $(tail -3 "$PB_OUT/recovery-watch-$name.log")"
   # fio's I/O phase has begun (its start-up takes seconds under TCG).
   while awk -v a="$t_fio" -v b="$(now)" 'BEGIN {exit !(b - a < 6)}'; do sleep 0.5; done
-  pb_mem before-kill "$PB_EXPORTS" "8 dev x randrw 4k QD16" - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
+  pb_mem "before-kill-$name" "$PB_EXPORTS" "8 dev x randrw 4k QD16" - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
+  local ppid=
+  if [ "${PB_PROFILE:-0}" = 1 ]; then
+    # The whole guest from the kill on (cpu-clock: TCG has no PMU), for
+    # about as long as the recovery took unprofiled.
+    perf record -a -g -e cpu-clock -F 999 -o "$PB_WORK/perf-$name.data" -- \
+      sleep $(( PB_EXPORTS > 100 ? 12 : 3 )) > "$PB_OUT/perf-$name.record.log" 2>&1 &
+    ppid=$!
+    sleep 1  # perf's own start-up
+  fi
+  PB_RUN_ARGS=${2:-}
   local t_kill=$EPOCHREALTIME
   kill -KILL "$PB_PID"
   echo "$t_kill" > "$wdir/go.tmp" && mv "$wdir/go.tmp" "$wdir/go"
   wait "$PB_PID" 2>/dev/null
   pb_start
   echo "$PB_PID" > "$wdir/pid"
+  # pb_start's subshell writes exec-epoch before it execs; wait for it.
+  for _ in $(seq 100); do [ -s "$PB_WORK/exec-epoch" ] && break; sleep 0.01; done
+  cp "$PB_WORK/exec-epoch" "$wdir/exec.tmp" && mv "$wdir/exec.tmp" "$wdir/exec"
   echo "  [$(now)s] killed -9 and restarted (pid $PB_PID)"
-  wait "$wpid" || e2e_check_failed "recovery watcher: $(tail -3 "$PB_OUT/recovery-watch.log")"
-  cat "$PB_OUT/recovery-watch.log"
-  pb_mem after-recovery "$PB_EXPORTS" "8 dev x randrw 4k QD16" - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
+  wait "$wpid" || e2e_check_failed "recovery watcher ($name exports): $(tail -3 "$PB_OUT/recovery-watch-$name.log")"
+  cat "$PB_OUT/recovery-watch-$name.log"
+  if [ -n "$ppid" ]; then
+    wait "$ppid"
+    perf report -i "$PB_WORK/perf-$name.data" --stdio --no-children --sort comm,dso -g none \
+      --percent-limit 0.5 > "$PB_OUT/perf-$name.comm.txt" 2>&1
+    perf report -i "$PB_WORK/perf-$name.data" --stdio --no-children --comm ublk-csi --sort sym \
+      -g caller,0.5,callee --percent-limit 1 > "$PB_OUT/perf-$name.sym.txt" 2>&1
+    perf report -i "$PB_WORK/perf-$name.data" --stdio --no-children --sort comm,sym -g none \
+      --percent-limit 0.3 > "$PB_OUT/perf-$name.commsym.txt" 2>&1
+  fi
+  pb_mem "after-recovery-$name" "$PB_EXPORTS" "8 dev x randrw 4k QD16" - "$(pb_metric ublk_csi_buffer_pool_slots_in_use)"
   # fio ran across the kill; SIGINT ends it with its report written.
   kill -INT "$fpid"
   wait "$fpid"
-  echo "fio across the kill: exit $? (after SIGINT), $(grep -o '"error" : [0-9]*' "$PB_OUT/fio-recovery.json" | sort | uniq -c | tr -s ' ')"
+  local rc=$?
+  echo "fio across the kill: exit $rc (after SIGINT), $(grep -o '"error" : [0-9]*' "$PB_OUT/fio-recovery-$name.json" | sort | uniq -c | tr -s ' ')"
+  grep -q '"error" : [1-9]' "$PB_OUT/fio-recovery-$name.json" \
+    && e2e_check_failed "fio saw I/O errors across the kill with $name exports"
   grep -o "recovery done: .*" "$PB_OUT/plugin.log" | tail -1
+}
+
+# pb_full: every memory and I/O row, and both recoveries.
+pb_full() {
+  e2e_step "plugin: 1 export; idle, then fio"
+  pb_batch 1 b1
+  pb_idle
+  pb_io_set
+  e2e_step "plugin: 16, 64, 66 idle exports"
+  pb_batch 15 b16; pb_idle
+  pb_batch 48 b64; pb_idle
+  pb_batch 2 b66; pb_idle
+  e2e_step "plugin: kill -9 and restart with 66 exports under fio"
+  pb_recovery 66
+  e2e_step "plugin: 256 exports; idle, then fio"
+  pb_batch 190 b256
+  pb_idle
+  pb_io_set
+  e2e_step "plugin: kill -9 and restart with 256 exports under fio"
+  pb_recovery 256
+}
+
+# pb_recovery_only: the two recoveries alone (66 exports made in one batch).
+# With PLUGIN_ALT_ARGS (guest.sh): an A/B in the same boot, A B A B per size
+# (A: the plugin's flags, B: with PLUGIN_ALT_ARGS added), so that the host's
+# load drifts across both.
+pb_recovery_only() {
+  local n r
+  for n in 66 256; do
+    e2e_step "plugin: $n exports"
+    pb_batch $(( n - PB_EXPORTS )) "b$n"; pb_idle
+    e2e_step "plugin: kill -9 and restart with $n exports under fio"
+    if [ -z "${PLUGIN_ALT_ARGS:-}" ]; then
+      pb_recovery "$n"
+      continue
+    fi
+    for r in 1 2; do
+      pb_recovery "$n-A$r"
+      pb_recovery "$n-B$r" "$PLUGIN_ALT_ARGS"
+    done
+    PB_RUN_ARGS=
+  done
 }
 
 plugin_bench() {
@@ -172,6 +272,9 @@ plugin_bench() {
   PB_CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$PB_SOCK" --timeout=60)
   PB_IO_S=${PB_IO_S:-5}
   PB_EXPORTS=0
+  # shellcheck disable=SC2206 # PLUGIN_EXTRA_ARGS (guest.sh): flags, split on spaces
+  PB_ARGS=(--node-id=bench --backend=ublk --mounter=real --workers=2
+    --recovery-concurrency=8 --overcommit-ratio=8 ${PLUGIN_EXTRA_ARGS:-})
   mkdir -p "$PB_OUT" "$PB_WORK/data" "$PB_WORK/paths"
   mkfifo "$PB_FIFO"
   if [ ! -x "$PB_PLUGIN" ] || [ ! -x "${PB_CTL[0]}" ]; then
@@ -183,24 +286,17 @@ plugin_bench() {
   ip link set lo up 2>/dev/null || busybox ifconfig lo up
   local t0
   t0=$(now)
+  echo "plugin_args=${PB_ARGS[*]}" >> "$1/guest.txt"
+  echo "plugin_alt_args=${PLUGIN_ALT_ARGS:-}" >> "$1/guest.txt"
+  e2e_step "plugin: the floor (exec of ublk-csi --version, of /bin/true)"
+  pb_floor
   e2e_step "plugin: start ublk-csi (2 workers, default pool budget)"
   pb_start
   pb_ready 60 || { e2e_check_failed "plugin not ready: $(tail -5 "$PB_OUT/plugin.log")"; return 1; }
   pb_mem idle 0 - - -
-  e2e_step "plugin: 1 export; idle, then fio"
-  pb_batch 1 b1
-  pb_idle
-  pb_io_set
-  e2e_step "plugin: 16, 64, 66 idle exports"
-  pb_batch 15 b16; pb_idle
-  pb_batch 48 b64; pb_idle
-  pb_batch 2 b66; pb_idle
-  e2e_step "plugin: kill -9 and restart with 66 exports under fio"
-  pb_recovery
-  e2e_step "plugin: 256 exports; idle, then fio"
-  pb_batch 190 b256
-  pb_idle
-  pb_io_set
+  # shellcheck disable=SC2034 # read by pb_recovery
+  [ "${3:-}" = profile ] && PB_PROFILE=1
+  if [ "${2:-}" = recovery ]; then pb_recovery_only; else pb_full; fi
   e2e_step "plugin: stop"
   kill -TERM "$PB_PID"; wait "$PB_PID" 2>/dev/null
   echo "plugin_seconds=$(awk -v a="$t0" -v b="$(now)" 'BEGIN {print b - a}')" >> "$1/guest.txt"

@@ -199,6 +199,83 @@ def fio_summary(path):
             "error": j.get("error", 0)}
 
 
+def recovery_section(d, w, mib, guest):
+    recs = []
+    names = sorted((f[len("recovery-"):-len(".json")] for f in os.listdir(d)
+                    if f.startswith("recovery-") and f.endswith(".json")),
+                   key=lambda n: (int(n.split("-")[0]) if n.split("-")[0].isdigit() else 0, n))
+    for n in names:
+        try:
+            with open(os.path.join(d, f"recovery-{n}.json")) as f:
+                recs.append((n, json.load(f), fio_summary(os.path.join(d, f"fio-recovery-{n}.json"))))
+        except (OSError, ValueError):
+            pass
+    w("### Recovery: kill -9 with 66 and 256 exports under fio, restart at once")
+    w("")
+    if not recs:
+        w("No recovery result (see the guest log).")
+        w("")
+        return
+    w("fio randrw 4k QD16 on 8 of the exports runs across the kill. Right after the kill one")
+    w("4 KiB O_DIRECT read per device is issued (threads armed beforehand); a read of a")
+    w("quiesced device blocks until the new process serves it, so its completion is the")
+    w("moment that device serves again. **start** = the new process's exec (the epoch its")
+    w("subshell takes right before `exec ublk-csi`, right after `wait` saw the old one")
+    w("die); **kill** = the `kill -9`. Log marks are the new process's own glog lines.")
+    w("Targets (issue 20): 66 volumes serving < 1 s after the start, 256 < 2 s.")
+    if any("-" in n for n, _, _ in recs):
+        w("")
+        w(f"A/B in this boot (`BENCH_RECOVERY_AB`): N-A1, N-B1, N-A2, N-B2 in that order; "
+          f"B adds `{guest.get('plugin_alt_args', '?')}`.")
+    w("")
+
+    def t(rec, key):
+        v = rec.get(key)
+        return "-" if v is None else f"{v:.3f}"
+
+    def both(rec, key, bold=False):
+        a, b = t(rec, "start_to_" + key), t(rec, "kill_to_" + key)
+        return f"**{a}** / {b}" if bold else f"{a} / {b}"
+
+    w("| seconds (from start / from kill) | " + " | ".join(f"{n} exports" for n, _, _ in recs) + " |")
+    w("|---|" + "---|" * len(recs))
+    row = lambda label, f: w(f"| {label} | " + " | ".join(f(r, fr) for _, r, fr in recs) + " |")
+    row("exports served again / read errors",
+        lambda r, fr: f"{r['served']} of {r['devices']} / {len(r['read_errors'])}")
+    row("exec of the new process after the kill (stat starttime)",
+        lambda r, fr: f"{t(r, 'kill_to_exec_s')} ({t(r, 'kill_to_fork_stat_s')})")
+    row("first log line of the new process (main reached)",
+        lambda r, fr: t(r, "start_to_first_log_s"))
+    row("records loaded, backend built (`recovery: N volume(s)`)",
+        lambda r, fr: t(r, "start_to_recovery_begin_s"))
+    row("first device serving", lambda r, fr: both(r, "first_served_s"))
+    row("median device serving", lambda r, fr: both(r, "median_served_s"))
+    row("**last device serving**", lambda r, fr: both(r, "all_served_s", True))
+    row("`recovery done` logged", lambda r, fr: t(r, "start_to_recovery_done_s"))
+    row("/readyz ready", lambda r, fr: both(r, "ready_s", True))
+    row("new process VmHWM at the end (peak RSS)",
+        lambda r, fr: f"{mib(r['new_pid_vmhwm_kb'])} MiB (VmRSS {mib(r['new_pid_vmrss_kb'])})")
+    row("largest pool bytes sampled (2 Hz)",
+        lambda r, fr: f"{r['max_pool_bytes_sampled'] / 1048576:.0f} MiB")
+    row("fio across the kill: I/Os, errors",
+        lambda r, fr: f"{fr['ios']}, error {fr['error']}" if fr else "?")
+    row("plugin log", lambda r, fr: f"`{r.get('log_recovery_done', '')}`")
+    w("")
+    floor = []
+    if os.path.exists(os.path.join(d, "floor.tsv")):
+        with open(os.path.join(d, "floor.tsv")) as f:
+            floor = [l.rstrip("\n").split("\t") for l in f if l.count("\t") == 2]
+    if floor:
+        per = {}
+        for r in floor:
+            per.setdefault(r[0], []).append(float(r[2]))
+        w("The floor in this guest (TCG), wall ms of a whole fork+exec+exit from bash, 5 runs "
+          "(median, min-max): " + "; ".join(
+              f"`{k.replace('--', ' --')}` {statistics.median(v):.0f} ({min(v):.0f}-{max(v):.0f})"
+              for k, v in per.items()) + ".")
+        w("")
+
+
 def plugin_section(raw, w, guest):
     d = os.path.join(raw, "plugin")
     mem = tsv(os.path.join(d, "memory.tsv"))
@@ -207,7 +284,7 @@ def plugin_section(raw, w, guest):
     mib = lambda kb: "-" if kb in (None, "", "-") else f"{float(kb) / 1024:.1f}"
     w("## The plugin: memory, recovery, control plane")
     w("")
-    w("One `ublk-csi` process (`--backend=ublk --workers=2 --recovery-concurrency=8`, the")
+    w(f"One `ublk-csi` process (`{guest.get('plugin_args', '--backend=ublk --workers=2 --recovery-concurrency=8')}`, the")
     w("default node-wide buffer-pool budget of 64 MiB, i.e. 32 MiB = 256 slots x 128 KiB per")
     w("worker, mapped lazily on a worker's first copy-mode I/O) serves every volume: 16 MiB")
     w("block volumes on the guest's tmpfs, made by `ublk-csi-ctl bench` (CreateVolume,")
@@ -244,47 +321,7 @@ def plugin_section(raw, w, guest):
           f"{mib(m['vmhwm_kb'])} | {mib(m['peak_rss_kb'])} | "
           f"{'-' if pool in ('', '-') else f'{float(pool) / 1048576:.0f}'} | {m['slots_in_use']} |")
     w("")
-    rec = None
-    try:
-        with open(os.path.join(d, "recovery.json")) as f:
-            rec = json.load(f)
-    except (OSError, ValueError):
-        pass
-    w("### Recovery: kill -9 with 66 exports under fio, restart at once")
-    w("")
-    if rec:
-        fr = fio_summary(os.path.join(d, "fio-recovery.json"))
-        done = ""
-        try:
-            with open(os.path.join(d, "plugin.log")) as f:
-                lines = [l.strip() for l in f if "recovery done:" in l]
-            done = lines[-1][lines[-1].index("recovery done:"):] if lines else ""
-        except OSError:
-            pass
-        w("fio randrw 4k QD16 on 8 of the 66 exports runs across the kill. Right after the")
-        w("kill one 4 KiB O_DIRECT read per device is issued (threads armed beforehand); a")
-        w("read of a quiesced device blocks until the new process serves it, so its")
-        w("completion is the moment that device serves again. Times from the kill -9:")
-        w("")
-        w("| | |")
-        w("|---|---|")
-        w(f"| exports | {rec['devices']} (served again: {rec['served']}, read errors: "
-          f"{len(rec['read_errors'])}) |")
-        w(f"| reads issued | {rec['reads_issued_s']} s |")
-        w(f"| first / median / last device serving | {rec['kill_to_first_served_s']} / "
-          f"{rec['kill_to_median_served_s']} / **{rec['kill_to_all_served_s']}** s |")
-        w(f"| /readyz ready | **{rec['kill_to_ready_s']}** s |")
-        w(f"| new process VmHWM at the end (peak RSS of the recovery) | "
-          f"{mib(rec['new_pid_vmhwm_kb'])} MiB (VmRSS {mib(rec['new_pid_vmrss_kb'])} MiB) |")
-        w(f"| largest pool bytes sampled (10 Hz) | {rec['max_pool_bytes_sampled'] / 1048576:.0f} MiB |")
-        if fr:
-            w(f"| fio across the kill | {fr['ios']} I/Os, error {fr['error']} |")
-        if done:
-            w(f"| plugin log | `{done}` |")
-        w("")
-    else:
-        w("No recovery result (see the guest log).")
-        w("")
+    recovery_section(d, w, mib, guest)
     cp = tsv(os.path.join(d, "cp-samples.tsv"))
     if cp:
         w("### Control plane: latency through the gRPC unix socket")
@@ -311,6 +348,36 @@ def plugin_section(raw, w, guest):
               f"{statistics.mean(v):.1f} | {max(v):.1f} | " +
               " | ".join(fmt(x, 1) for x in per) + " |")
         w("")
+    return True
+
+
+def plugin_only(raw, out, host, guest):
+    """RESULTS.md of a run without the data part (BENCH_PARTS=plugin or
+    recovery, e.g. `make bench-recovery`): the plugin section alone."""
+    L = []
+    w = L.append
+    w("# ublk-csi plugin benchmark (plugin part only)")
+    w("")
+    w(f"Generated by bench/run.sh with BENCH_PARTS=\"{guest.get('parts', '?')}\"; do not edit by hand.")
+    w("Guest under qemu **TCG**: times are those of an emulated machine on a shared host.")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    w(f"| date | {host.get('date', '?')} |")
+    w(f"| machine | {host.get('host_nproc', '?')} CPUs, {host.get('host_cpu', '?')} |")
+    w(f"| load average (1/5/15 min) | before {host.get('load_before', '?')}; after "
+      f"{host.get('load_after', '?')}; 1-min samples every 15 s: {host.get('load_samples', '?')} |")
+    w(f"| guest | {guest.get('guest_kernel', '?')}, {guest.get('guest_nproc', '?')} vCPUs "
+      f"({guest.get('guest_cpu', '?')}), {int(guest.get('guest_mem_kb', '0')) // 1024} MiB, "
+      "qemu TCG |")
+    w(f"| code | git {host.get('git', '?')} |")
+    w(f"| wall time | {host.get('wall_seconds', '?')} s |")
+    w("")
+    if not plugin_section(raw, w, guest):
+        return False
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "RESULTS.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
     return True
 
 
@@ -448,6 +515,8 @@ def main():
     runs = load_runs(a.raw)
     profiled = write_profile(a.raw, a.out, host, guest)
     if not runs:
+        if plugin_only(a.raw, a.out, host, guest):
+            return 0
         if profiled:
             return 0
         print("report: no usable runs", file=sys.stderr)
@@ -669,7 +738,7 @@ def main():
     if not plugin_section(a.raw, w, guest):
         w("## The plugin")
         w("")
-        w("The plugin part (memory with 1-256 exports, recovery of 66 exports, control-plane")
+        w("The plugin part (memory with 1-256 exports, recovery of 66 and 256 exports, control-plane")
         w("latency) did not run in this invocation (BENCH_PARTS); see the 6.12 results.")
         w("")
     if os.path.exists(os.path.join(a.out, "PROFILE.md")):

@@ -12,7 +12,7 @@
 #   BENCH_RUNTIME  seconds per fio run (default 10; shorter runs mislead)
 #   BENCH_REPEATS  repeats of every comparison (default 2)
 #   BENCH_SIZE_MIB backing file / fio region size (default 256)
-#   BENCH_PARTS    words of "data plugin profile"; default "data plugin" (6.12),
+#   BENCH_PARTS    words of "data plugin profile recovery"; default "data plugin" (6.12),
 #                  "data" (7). profile (perf profiles, I/O shapes; ~4 min) runs
 #                  on demand: BENCH_PARTS=profile writes PROFILE.md only.
 #   BENCH_GROUPS   "tmpfs ext4 null" (6.12 default) | "tmpfs null" (7 default)
@@ -20,6 +20,10 @@
 #                  randwrite-4k-qd32 randread-4k-qd1 seqread-128k-qd8 seqwrite-128k-qd8)
 #   BENCH_MODES    copy modes (default every one the kernel has: zero_copy user_copy get_data)
 #   BENCH_PF_SYSCALLS 0: the profile part skips its syscall counts (default 1)
+#   BENCH_PLUGIN_ARGS more ublk-csi flags for the plugin part, e.g.
+#                  "--recovery-concurrency=16" (they override its own)
+#   BENCH_RECOVERY_AB with BENCH_PARTS=recovery: ublk-csi flags for an A/B in
+#                  one boot (A B A B per size; B adds these flags)
 #   BENCH_OUT      results dir (default bench/results, bench/results/kernel-7 for 7)
 #   E2E_WORK_DIR   as for tests/e2e (kernel cache and guest logs; default DIR)
 set -uo pipefail
@@ -34,7 +38,7 @@ while [ $# -gt 0 ]; do
     --build-dir=*) build_dir=${1#*=}; shift ;;
     --kernel) kernel=${2:?}; shift 2 ;;
     --kernel=*) kernel=${1#*=}; shift ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -95,7 +99,7 @@ trap 'kill $sampler 2>/dev/null' EXIT
 E2E_WORK_DIR=$work "$root/tests/e2e/run-in-guest.sh" --build-dir "$build_dir" \
   --kernel "$kernel" --timeout "$budget" --ublks-max 300 --data-disk 2G \
   "$here/guest.sh" "$runtime" "$repeats" "$size_mib" "$parts" "$groups" \
-  "${BENCH_WORKLOADS:-all}" "${BENCH_MODES:-all}" "${BENCH_PF_SYSCALLS:-1}"
+  "${BENCH_WORKLOADS:-all}" "${BENCH_MODES:-all}" "${BENCH_PF_SYSCALLS:-1}" "${BENCH_PLUGIN_ARGS:-}" "${BENCH_RECOVERY_AB:-}"
 rc=$?
 kill $sampler 2>/dev/null
 {
@@ -112,6 +116,8 @@ if [ ! -f "$share/guest.txt" ]; then
   exit 1
 fi
 /usr/bin/python3 "$here/report.py" --raw "$share" --host "$host_info" --out "$out" || exit 1
+# The recovery summaries (every device's time, the log marks) beside RESULTS.md.
+for f in "$share"/plugin/recovery-*.json; do [ -f "$f" ] && cp "$f" "$out/"; done
 if [ -f "$out/iops-ratios.dat" ] && [ "$out/iops-ratios.dat" -nt "$host_info" ] && command -v gnuplot >/dev/null; then
   modes=$(sed -n '1s/^# label//; 1s/ (.*//p' "$out/iops-ratios.dat" | tr ' ' '\n' | sed -n 's/_ratio$//p' | tr '\n' ' ')
   gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'; repeats=$repeats; modes='${modes% }'" "$here/iops-ratios.gp" \
