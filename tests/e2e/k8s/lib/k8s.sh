@@ -68,6 +68,16 @@ k8s_plugin_pod() {
   "$KUBECTL" -n "$K8S_RELEASE_NS" get pods -l app.kubernetes.io/name=ublk-csi -o jsonpath='{.items[0].metadata.name}' 2>/dev/null
 }
 
+# k8s_liveness_failures: how many liveness probe failures kubelet has reported for
+# the plugin pod so far (events are aggregated: the sum of their counts).
+# Earlier scenarios may have left some on the same pod: compare with a figure
+# taken before the step.
+k8s_liveness_failures() {
+  "$KUBECTL" -n "$K8S_RELEASE_NS" get events --field-selector "involvedObject.name=$(k8s_plugin_pod),reason=Unhealthy" \
+    -o jsonpath='{range .items[*]}{.count} {.message}{"\n"}{end}' 2>/dev/null |
+    awk 'tolower($0) ~ /liveness/ { n += $1 } END { print n + 0 }'
+}
+
 # k8s_pvc NAME SIZE [Block|Filesystem]: a PVC of the chart's StorageClass.
 k8s_pvc() {
   kc -n "$K8S_NS" apply -f - >/dev/null <<YAML
