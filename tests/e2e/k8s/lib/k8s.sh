@@ -68,14 +68,22 @@ k8s_plugin_pod() {
   "$KUBECTL" -n "$K8S_RELEASE_NS" get pods -l app.kubernetes.io/name=ublk-csi -o jsonpath='{.items[0].metadata.name}' 2>/dev/null
 }
 
-# k8s_liveness_failures: how many liveness probe failures kubelet has reported for
-# the plugin pod so far (events are aggregated: the sum of their counts).
-# Earlier scenarios may have left some on the same pod: compare with a figure
-# taken before the step.
+# k8s_liveness_failures SINCE: liveness probe failures of the plugin container
+# that kubelet logged at or after SINCE (seconds since the epoch). kubelet's
+# own log, not the Unhealthy events: the event recorder drops a pod's events
+# past a burst of 25, which a pod restarted a few times reaches.
 k8s_liveness_failures() {
-  "$KUBECTL" -n "$K8S_RELEASE_NS" get events --field-selector "involvedObject.name=$(k8s_plugin_pod),reason=Unhealthy" \
-    -o jsonpath='{range .items[*]}{.count} {.message}{"\n"}{end}' 2>/dev/null |
-    awk 'tolower($0) ~ /liveness/ { n += $1 } END { print n + 0 }'
+  local since
+  since=$(date -u -d "@$1" +%m%d\ %H:%M:%S)
+  grep -h 'probeType="Liveness"' "$K8S_RUN/share/kubelet.log" 2>/dev/null |
+    grep -F 'containerName="ublk-csi"' | grep -F 'Probe failed' |
+    awk -v since="$since" '{ t = substr($1, 2) " " substr($2, 1, 8) } t >= since { n++ } END { print n + 0 }'
+}
+
+# k8s_plugin_started: when the running plugin container started (epoch s).
+k8s_plugin_started() {
+  date -d "$("$KUBECTL" -n "$K8S_RELEASE_NS" get pod "$(k8s_plugin_pod)" \
+    -o jsonpath='{.status.containerStatuses[?(@.name=="ublk-csi")].state.running.startedAt}')" +%s
 }
 
 # k8s_pvc NAME SIZE [Block|Filesystem]: a PVC of the chart's StorageClass.

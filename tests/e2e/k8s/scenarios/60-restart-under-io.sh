@@ -35,7 +35,7 @@ for i in $(seq "$deletes"); do
   fi
   sleep 5
 done
-lf0=$(k8s_liveness_failures)
+kills_from=$(date +%s)
 for i in $(seq "$kills"); do
   k8s_step "kill -9 the plugin process ($i of $kills)"
   # Wait until the kubelet has seen the kill (restart count up), then Ready:
@@ -56,7 +56,7 @@ for i in $(seq "$kills"); do
 done
 # Reported, not failed: under fio a probe may miss its timeout now and then;
 # what must not happen is a liveness restart (the restart counts above).
-echo "measure: liveness probe failures during the kills: $(($(k8s_liveness_failures) - lf0))"
+echo "measure: liveness probe failures during the kills: $(k8s_liveness_failures "$kills_from")"
 # fio must still be running: the restarts happened under I/O.
 for p in io-fs io-blk; do
   phase=$(kc -n "$K8S_NS" get pod $p -o jsonpath='{.status.phase}')
