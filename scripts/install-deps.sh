@@ -10,6 +10,7 @@ PKGS=(build-essential cmake ninja-build pkg-config
       liburing-dev libabsl-dev prometheus-cpp-dev libcivetweb-dev
       libgtest-dev libgmock-dev libbenchmark-dev libgoogle-glog-dev libgflags-dev
       e2fsprogs xfsprogs util-linux
+      librbd-dev librados-dev
       clang-14 libclang-rt-14-dev llvm-14 clang-format-14 shellcheck)
 missing=()
 for p in "${PKGS[@]}"; do
