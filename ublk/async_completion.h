@@ -49,8 +49,9 @@ class AsyncCompletionQueue {
     c.user_data_ = user_data;
     c.next_ = nullptr;
   }
-  // The eventfd: readable (counter > 0) once something was posted to an
-  // empty queue. The owner keeps a READ on it and calls Drain.
+  // The eventfd (blocking: io_uring would complete a READ on a non-blocking
+  // one with EAGAIN instead of waiting): readable once something was posted
+  // to an empty queue. The owner keeps a READ on it and calls Drain.
   int fd() const { return fd_.get(); }
   // Owner thread: calls fn(user_data, result) for every posted completion,
   // oldest first. Returns how many. A completion may be re-Prepared and

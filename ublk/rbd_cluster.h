@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "ublk/async_completion.h"
 #include "ublk/mutex.h"
 
 namespace prometheus {
@@ -67,27 +68,23 @@ struct RbdConnectOptions {
   bool rbd_cache = false;
 };
 
-// Called exactly once per started aio op: bytes for a read or write, 0 for
-// the others, or -errno. Runs on a librbd thread; must not block.
-using RbdAioCallback = void (*)(void* arg, int64_t result);
-
 // One open image. Destroying it closes the image, which waits for the ops in
-// flight (their callbacks have all run when the destructor returns).
+// flight (all of them have posted their completion when it returns).
 class RbdImage {
  public:
   virtual ~RbdImage() = default;
 
   // The image size now (librbd refreshes it when another client resizes).
   virtual absl::StatusOr<uint64_t> Size() = 0;
-  // Each returns 0 when the op was started (`cb` will be called once), or
-  // -errno when it was not (`cb` is never called). `buf` must stay valid
-  // until `cb` runs.
-  virtual int AioRead(uint64_t offset, size_t len, char* buf, RbdAioCallback cb, void* arg) = 0;
-  virtual int AioWrite(uint64_t offset, size_t len, const char* buf, RbdAioCallback cb,
-                       void* arg) = 0;
-  virtual int AioFlush(RbdAioCallback cb, void* arg) = 0;
-  virtual int AioDiscard(uint64_t offset, uint64_t len, RbdAioCallback cb, void* arg) = 0;
-  virtual int AioWriteZeroes(uint64_t offset, uint64_t len, RbdAioCallback cb, void* arg) = 0;
+  // Each returns 0 when the op was started: `done` is then posted exactly
+  // once, from a librbd thread, with librbd's result (bytes for a read or
+  // write, 0 for the others, or -errno); or -errno when it was not started
+  // (`done` is not posted). `buf` must stay valid until `done` is posted.
+  virtual int AioRead(uint64_t offset, size_t len, char* buf, AsyncCompletion* done) = 0;
+  virtual int AioWrite(uint64_t offset, size_t len, const char* buf, AsyncCompletion* done) = 0;
+  virtual int AioFlush(AsyncCompletion* done) = 0;
+  virtual int AioDiscard(uint64_t offset, uint64_t len, AsyncCompletion* done) = 0;
+  virtual int AioWriteZeroes(uint64_t offset, uint64_t len, AsyncCompletion* done) = 0;
 };
 
 // One rados client (rados_t) on one cluster, with an io context per pool
