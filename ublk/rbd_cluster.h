@@ -77,8 +77,9 @@ class RbdImage {
   // The image size now (librbd refreshes it when another client resizes).
   virtual absl::StatusOr<uint64_t> Size() = 0;
   // Each returns 0 when the op was started: `done` is then posted exactly
-  // once, from a librbd thread, with librbd's result (bytes for a read or
-  // write, 0 for the others, or -errno); or -errno when it was not started
+  // once, from a librbd thread, with librbd's result (bytes for a read; 0
+  // for a write and the others, as librbd gives; or -errno); or -errno when
+  // it was not started
   // (`done` is not posted). `buf` must stay valid until `done` is posted.
   virtual int AioRead(uint64_t offset, size_t len, char* buf, AsyncCompletion* done) = 0;
   virtual int AioWrite(uint64_t offset, size_t len, const char* buf, AsyncCompletion* done) = 0;
