@@ -30,8 +30,8 @@ void AsyncCompletionQueue::Push(AsyncCompletion* c) {
   AsyncCompletion* old = head_.load(std::memory_order_relaxed);
   do {
     c->next_ = old;
-  } while (!head_.compare_exchange_weak(old, c, std::memory_order_release,
-                                        std::memory_order_relaxed));
+  } while (
+      !head_.compare_exchange_weak(old, c, std::memory_order_release, std::memory_order_relaxed));
   if (old == nullptr) {
     // The first of a batch wakes the owner; later ones find it awake (it
     // takes the whole list at once).
@@ -42,8 +42,7 @@ void AsyncCompletionQueue::Push(AsyncCompletion* c) {
   posting_.fetch_sub(1, std::memory_order_acq_rel);
 }
 
-size_t AsyncCompletionQueue::Drain(
-    absl::FunctionRef<void(uint64_t user_data, int32_t result)> fn) {
+size_t AsyncCompletionQueue::Drain(absl::FunctionRef<void(uint64_t user_data, int32_t result)> fn) {
   AsyncCompletion* list = head_.exchange(nullptr, std::memory_order_acquire);
   if (list == nullptr) return 0;
   // The list is newest first: reverse it so completions run in post order.

@@ -130,9 +130,10 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Create(ControlDevice& control,
                                                    target->size_bytes()));
   }
   if (o.copy_mode == CopyMode::kZeroCopy && target->needs_user_buffer()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the ", target->name(), " target needs its data in user memory and cannot serve zero copy "
-        "(use CopyModeFor to pick user copy or get-data)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the ", target->name(),
+                     " target needs its data in user memory and cannot serve zero copy "
+                     "(use CopyModeFor to pick user copy or get-data)"));
   }
   DeviceInfo want;
   want.dev_id = o.dev_id;

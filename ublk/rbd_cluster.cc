@@ -28,7 +28,8 @@ std::string ClientName(const std::string& user) {
 // for a zero duration, which librados reads as "no timeout").
 std::string Seconds(absl::Duration d) {
   if (d <= absl::ZeroDuration()) return "0";
-  return std::to_string(std::max<int64_t>(1, absl::ToInt64Seconds(absl::Ceil(d, absl::Seconds(1)))));
+  return std::to_string(
+      std::max<int64_t>(1, absl::ToInt64Seconds(absl::Ceil(d, absl::Seconds(1)))));
 }
 
 // A librados/librbd -errno as a Status with context. EBLOCKLISTED is
@@ -67,7 +68,7 @@ void PostRbdCompletion(rbd_completion_t c, void* arg) {
   // Reads and writes are at most a ublk request (< 2 GiB): the result fits.
   const int32_t res = r > std::numeric_limits<int32_t>::max() ? std::numeric_limits<int32_t>::max()
                       : r < std::numeric_limits<int32_t>::min() ? -EIO
-                                                                 : static_cast<int32_t>(r);
+                                                                : static_cast<int32_t>(r);
   static_cast<AsyncCompletion*>(arg)->Post(res);
 }
 
@@ -93,7 +94,8 @@ class LibrbdImage final : public RbdImage {
   }
 
   int AioRead(uint64_t offset, size_t len, char* buf, AsyncCompletion* done) override {
-    return Start(done, [&](rbd_completion_t c) { return rbd_aio_read(image_, offset, len, buf, c); });
+    return Start(done,
+                 [&](rbd_completion_t c) { return rbd_aio_read(image_, offset, len, buf, c); });
   }
   int AioWrite(uint64_t offset, size_t len, const char* buf, AsyncCompletion* done) override {
     return Start(done,
@@ -214,8 +216,8 @@ class LibradosClient final : public RbdClient {
     r = rados_connect(cluster);
     if (r < 0) {
       rados_shutdown(cluster);
-      absl::Status s = RadosError(
-          r, absl::StrCat("rbd cluster ", id, ": connect (timeout ", connect_s, " s)"));
+      absl::Status s =
+          RadosError(r, absl::StrCat("rbd cluster ", id, ": connect (timeout ", connect_s, " s)"));
       if (r == -EINVAL || r == -ENOENT) {
         // librados says EINVAL/ENOENT for unusable monitor addresses.
         s = absl::UnavailableError(s.message());

@@ -16,8 +16,9 @@ RbdMetrics::RbdMetrics(prometheus::Registry* registry) {
   if (registry == nullptr) return;
   timeouts_counter_ = &prometheus::BuildCounter()
                            .Name("ublk_csi_rbd_op_timeouts_total")
-                           .Help("RBD I/Os failed with EIO because librbd did not complete them "
-                                 "within the op timeout")
+                           .Help(
+                               "RBD I/Os failed with EIO because librbd did not complete them "
+                               "within the op timeout")
                            .Register(*registry)
                            .Add({});
   errors_counter_ = &prometheus::BuildCounter()
@@ -72,13 +73,12 @@ absl::StatusOr<std::unique_ptr<RbdTarget>> RbdTarget::Open(
                                                    " is not a positive multiple of 512"));
   }
   if (size > *image_size) {
-    return absl::FailedPreconditionError(absl::StrCat("rbd target ", spec, ": image has ",
-                                                      *image_size,
-                                                      " bytes, smaller than the volume (", size,
-                                                      ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("rbd target ", spec, ": image has ", *image_size,
+                     " bytes, smaller than the volume (", size, ")"));
   }
-  LOG(INFO) << "rbd target " << spec << " on " << connection->cluster_id() << ": opened, "
-            << size << " bytes";
+  LOG(INFO) << "rbd target " << spec << " on " << connection->cluster_id() << ": opened, " << size
+            << " bytes";
   return std::unique_ptr<RbdTarget>(
       new RbdTarget(std::move(connection), std::move(*image), std::move(spec), size, o.metrics));
 }

@@ -18,8 +18,8 @@
 #include "prometheus/registry.h"
 #include "ublk/async_completion.h"
 #include "ublk/mutex.h"
-#include "ublk/ring.h"
 #include "ublk/rbd_target.h"
+#include "ublk/ring.h"
 #include "ublk/testing/fake_rbd.h"
 
 namespace ublk {
@@ -268,8 +268,7 @@ TEST(LibradosClientTest, UnreachableMonitorsAreUnavailableWithinTheTimeout) {
   LogCapture logs;
   const absl::Time start = absl::Now();
   // A cephx key must be valid base64 for librados to take it.
-  auto c = client->Connect({"127.0.0.1:1", "admin", "AQDx3lxlAAAAABAAuJ+bS6n0v6D3RMYeN6vZ1w=="},
-                           o);
+  auto c = client->Connect({"127.0.0.1:1", "admin", "AQDx3lxlAAAAABAAuJ+bS6n0v6D3RMYeN6vZ1w=="}, o);
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << c.status();
   EXPECT_THAT(c.status().message(), HasSubstr("client.admin@127.0.0.1:1"));

@@ -91,9 +91,8 @@ absl::StatusOr<std::unique_ptr<RbdImage>> FakeRadosConnection::OpenImage(
     if (cluster_->Blocklisted(serial_)) {
       lock.Unlock();
       MarkBad("rbd_open: client blocklisted");
-      return absl::UnavailableError(
-          absl::StrCat("rbd cluster ", cluster_id(), ": open image ", pool, "/", image,
-                       ": client blocklisted"));
+      return absl::UnavailableError(absl::StrCat("rbd cluster ", cluster_id(), ": open image ",
+                                                 pool, "/", image, ": client blocklisted"));
     }
     absl::StatusOr<std::shared_ptr<FakeRbdCluster::Image>> found =
         cluster_->Find(pool_namespace.empty() ? pool : pool + "/" + pool_namespace, image);
@@ -245,11 +244,11 @@ size_t FakeRbdCluster::ops_pending() const {
 absl::StatusOr<uint64_t> FakeRbdCluster::Authenticate(const RbdClusterConfig& config) {
   ublk::MutexLock lock(&mu_);
   if (!monitors_up_) {
-    return absl::UnavailableError(absl::StrCat("rbd cluster ", RbdClusterId(config),
-                                               ": connect: Connection timed out"));
+    return absl::UnavailableError(
+        absl::StrCat("rbd cluster ", RbdClusterId(config), ": connect: Connection timed out"));
   }
-  auto k = keys_.find(absl::StartsWith(config.user, "client.") ? config.user
-                                                                : "client." + config.user);
+  auto k =
+      keys_.find(absl::StartsWith(config.user, "client.") ? config.user : "client." + config.user);
   if (k == keys_.end() || k->second != config.key) {
     return absl::PermissionDeniedError(
         absl::StrCat("rbd cluster ", RbdClusterId(config), ": connect: Permission denied"));
@@ -372,8 +371,8 @@ absl::StatusOr<std::shared_ptr<RadosConnection>> FakeRbdClient::Connect(
     if (it != clusters_.end()) cluster = it->second;
   }
   if (cluster == nullptr) {
-    return absl::UnavailableError(absl::StrCat("rbd cluster ", RbdClusterId(config),
-                                               ": connect: no monitor answers"));
+    return absl::UnavailableError(
+        absl::StrCat("rbd cluster ", RbdClusterId(config), ": connect: no monitor answers"));
   }
   absl::StatusOr<uint64_t> serial = cluster->Authenticate(config);
   if (!serial.ok()) return serial.status();

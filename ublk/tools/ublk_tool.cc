@@ -31,11 +31,11 @@
 #include "ublk/export.h"
 #include "ublk/features.h"
 #include "ublk/file_target.h"
-#include "ublk/rbd_cluster.h"
-#include "ublk/rbd_target.h"
 #include "ublk/kernel_real.h"
 #include "ublk/memory.h"
 #include "ublk/null_target.h"
+#include "ublk/rbd_cluster.h"
+#include "ublk/rbd_target.h"
 #include "ublk/status_macros.h"
 #include "ublk/worker.h"
 
@@ -304,8 +304,7 @@ absl::Status Serve(bool recover) {
     return absl::InvalidArgumentError("--queues must be 1..64 and --depth 1..4096");
   }
   RbdState rbd;
-  ASSIGN_OR_RETURN(std::shared_ptr<Target> inner,
-                   MakeTarget(size, FLAGS_create && !recover, rbd));
+  ASSIGN_OR_RETURN(std::shared_ptr<Target> inner, MakeTarget(size, FLAGS_create && !recover, rbd));
   auto corrupting = FLAGS_inject_corruption ? std::make_shared<CorruptingTarget>(inner) : nullptr;
   std::shared_ptr<Target> target = corrupting ? std::shared_ptr<Target>(corrupting) : inner;
 
