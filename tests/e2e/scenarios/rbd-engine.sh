@@ -5,7 +5,8 @@
 # (new rados connection) must recover the same device, and fio must finish
 # with every block verified. The cephx key must not appear in the servers'
 # logs. Then a short fio comparison with the kernel's rbd driver (krbd) on
-# another image of the same cluster (numbers under TCG are indicative only).
+# another image of the same cluster (numbers under TCG are indicative only),
+# and the op timeout: a write to a frozen OSD fails with EIO after it.
 # e2e-timeout: 1500
 # e2e-disk: 8G
 # e2e-requires: ublk/ublk-tool
@@ -101,6 +102,35 @@ done
 
 e2e_step "SIGTERM the server"
 if ublk_stop TERM; then e2e_ok "stopped, $DEV gone"; else e2e_check_failed "stop"; fi
+
+# The bounded op timeout: with the OSD frozen (SIGSTOP) a write must fail
+# with EIO after the op timeout (rados_osd_op_timeout), not hang; once the
+# OSD runs again I/O works.
+e2e_step "op timeout: serve with --rbd_op_timeout_ms=5000, freeze the OSD, write"
+if ublk_serve rbd-timeout "${RBD_ARGS[@]}" --rbd_op_timeout_ms=5000; then
+  kill -STOP "$CEPH_OSD_PID"
+  t0=$(date +%s)
+  if timeout 120 dd if=/dev/urandom of="$SRV_DEV" bs=4k count=1 oflag=direct 2>"$E2E_SCRATCH/dd.err"; then
+    e2e_check_failed "a write with the OSD frozen succeeded"
+  else
+    t=$(($(date +%s) - t0))
+    if grep -q 'Input/output error' "$E2E_SCRATCH/dd.err" && [ $t -ge 4 ] && [ $t -lt 60 ]; then
+      e2e_ok "write with the OSD frozen failed with EIO after ${t} s (op timeout 5 s)"
+    else
+      e2e_check_failed "write with the OSD frozen: after ${t} s: $(cat "$E2E_SCRATCH/dd.err")"
+    fi
+  fi
+  kill -CONT "$CEPH_OSD_PID"
+  if timeout 120 dd if=/dev/urandom of="$SRV_DEV" bs=4k count=1 oflag=direct 2>/dev/null; then
+    e2e_ok "writes work again once the OSD runs"
+  else
+    e2e_check_failed "write after the OSD came back failed"
+  fi
+  grep -h 'failed: -110' "$SRV_LOG" | head -2 | sed 's/^/  | /'
+  if ublk_stop TERM; then e2e_ok "stopped"; else e2e_check_failed "stop (op timeout export)"; fi
+else
+  e2e_check_failed "op-timeout export did not come up"
+fi
 ceph_stop
 trap - EXIT
 e2e_finish
