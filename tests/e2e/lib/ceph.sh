@@ -31,11 +31,13 @@
 #                    until it answers.
 #   ceph_wait_osd_up [S]   waits until osd.0 is up (default 60 s).
 #   ceph_rbd_map_krbd IMAGE  `rbd map` (kernel driver, no udev): prints /dev/rbdN.
+#   ceph_rbd_unmap_krbd DEV  its unmap (without noudev both wait for udev
+#                    events forever: the guest has no udev).
 #   ceph_load_modules rbd|nbd  modprobe (the e2e initramfs carries both).
 #
 # Knobs (environment, before ceph_start): CEPH_MON_PORT (v2, default 3300),
 # CEPH_MON_PORT_V1 (default 6789) to run next to another cluster on a host;
-# CEPH_OSD_SIZE (sparse block file, default 10G); CEPH_OSD_MEMORY (osd
+# CEPH_OSD_SIZE (sparse block file, default 4G); CEPH_OSD_MEMORY (osd
 # memory target, default 512M: the guest has 2 GiB).
 
 CEPH_DIR=
@@ -194,12 +196,16 @@ paxos_propose_interval = 0.05
 mon_data = $CEPH_DIR/mon/ceph-\$id
 mon_initial_members = a
 
+[mon.a]
+# ceph-mon --mkfs names the mon of mon_host with this address "a".
+public_addrv = $CEPH_MON_HOST
+
 [osd]
 osd_data = $CEPH_DIR/osd/ceph-\$id
 keyring = $CEPH_DIR/osd/ceph-\$id/keyring
 osd_objectstore = bluestore
 bluestore_block_create = true
-bluestore_block_size = $(numfmt --from=iec "${CEPH_OSD_SIZE:-10G}")
+bluestore_block_size = $(numfmt --from=iec "${CEPH_OSD_SIZE:-4G}")
 bluestore_fsck_on_mkfs = false
 bluestore_fsck_on_mount = false
 bluestore_cache_autotune = false
@@ -226,10 +232,9 @@ EOF
   cat "$CEPH_KEYRING" "$CEPH_DIR/osd/ceph-0/keyring" >> "$CEPH_DIR/mon.keyring"
   ( ceph-osd --conf "$CEPH_CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" >"$CEPH_DIR/log/osd.0.out" 2>&1 ) &
   local mkfs_pid=$! rc
-  monmaptool --create --fsid "$fsid" --addv a "$CEPH_MON_HOST" "$CEPH_DIR/monmap" >/dev/null \
-    || { ceph_log "monmaptool failed"; wait $mkfs_pid; return 1; }
-  ceph-mon --conf "$CEPH_CONF" --mkfs -i a --monmap "$CEPH_DIR/monmap" \
-      --keyring "$CEPH_DIR/mon.keyring" >"$CEPH_DIR/log/mon.a.out" 2>&1 \
+  # No monmaptool: --mkfs builds the map from mon_host, fsid and
+  # mon_initial_members in the config (one process start less).
+  ceph-mon --conf "$CEPH_CONF" --mkfs -i a --keyring "$CEPH_DIR/mon.keyring" >"$CEPH_DIR/log/mon.a.out" 2>&1 \
     || { ceph_log "ceph-mon --mkfs failed"; ceph_log_tail mon.a; wait $mkfs_pid; return 1; }
   ceph_mon_start 60 || { wait $mkfs_pid; return 1; }
   ceph_log "mon.a started after $(ceph_secs "$t0") s"
@@ -291,6 +296,11 @@ io.write_full("ceph_start_probe", b"x")
 io.remove_object("ceph_start_probe")
 print("pool rbd takes writes", flush=True)
 '
+
+# ceph_rbd_unmap_krbd DEV: unmaps a krbd device (noudev, as mapped).
+ceph_rbd_unmap_krbd() {
+  timeout 120 rbd --conf "$CEPH_CONF" device unmap -t krbd -o noudev "$1"
+}
 
 # ceph_rbd_map_krbd IMAGE [rbd map options]: maps POOL/IMAGE with the kernel
 # driver and prints the device. noudev: the guest has no udev (devtmpfs makes
