@@ -30,6 +30,8 @@
 #   ceph_mon_start   start the monitor again on its existing store and wait
 #                    until it answers.
 #   ceph_wait_osd_up [S]   waits until osd.0 is up (default 60 s).
+#   ceph_pick_dir    prints a DIR for ceph_start: tmpfs if it takes O_DIRECT,
+#                    else the data disk.
 #   ceph_rbd_map_krbd IMAGE  `rbd map` (kernel driver, no udev): prints /dev/rbdN.
 #   ceph_rbd_unmap_krbd DEV  its unmap (without noudev both wait for udev
 #                    events forever: the guest has no udev).
@@ -296,6 +298,19 @@ io.write_full("ceph_start_probe", b"x")
 io.remove_object("ceph_start_probe")
 print("pool rbd takes writes", flush=True)
 '
+
+# ceph_pick_dir: where a scenario's cluster should live: on the guest's tmpfs
+# if it takes O_DIRECT (bluestore opens its block file with it; no disk
+# flushes, a faster start; written data costs RAM), else on the data disk
+# (E2E_DATA_DIR, "# e2e-disk: SIZE"), else the scratch dir anyway.
+ceph_pick_dir() {
+  local probe=${E2E_SCRATCH:-/tmp}/.ceph-odirect.$$
+  if dd if=/dev/zero of="$probe" bs=4k count=1 oflag=direct status=none 2>/dev/null; then
+    rm -f "$probe"; echo "${E2E_SCRATCH:-/tmp}/ceph"; return
+  fi
+  rm -f "$probe"
+  if [ -n "${E2E_DATA_DIR:-}" ]; then echo "$E2E_DATA_DIR/ceph"; else echo "${E2E_SCRATCH:-/tmp}/ceph"; fi
+}
 
 # ceph_rbd_unmap_krbd DEV: unmaps a krbd device (noudev, as mapped).
 ceph_rbd_unmap_krbd() {
