@@ -19,7 +19,9 @@
 #                      CEPH_USER      admin (the cephx id, without "client.")
 #                      CEPH_KEY       its cephx key (base64)
 #                      CEPH_POOL      rbd
-#                      CEPH_KEYRING   DIR/keyring (client.admin only)
+#                      CEPH_ADMIN_KEYRING DIR/keyring (client.admin only; not
+#                                     CEPH_KEYRING: Ceph reads that variable
+#                                     and it would override the daemons' own)
 #                    and prints how long it took. Returns non-zero (with the
 #                    daemon's log tail) if a step fails.
 #   ceph_stop        SIGTERM both daemons, SIGKILL after 20 s; keeps DIR.
@@ -62,6 +64,11 @@ ceph_log_tail() { # NAME (mon.a | osd.0)
   return 0
 }
 
+# The daemons run under "env -u CEPH_KEYRING -u CEPH_ARGS" (env execs them:
+# $! is the daemon's pid): Ceph takes those from the environment over the
+# config file, and a scenario's CEPH_KEYRING made a restarted OSD
+# authenticate with the admin keyring and fail.
+
 ceph_load_modules() {
   local m
   for m in "$@"; do
@@ -93,7 +100,7 @@ ceph_mon_leader_count() { grep -c 'mon.a is new leader' "$CEPH_DIR/log/mon.a.log
 ceph_mon_start() { # [TIMEOUT_S]
   local before t=${1:-60} i=0
   before=$(ceph_mon_leader_count)
-  ceph-mon --conf "$CEPH_CONF" -i a -f >"$CEPH_DIR/log/mon.a.out" 2>&1 &
+  env -u CEPH_KEYRING -u CEPH_ARGS ceph-mon --conf "$CEPH_CONF" -i a -f >"$CEPH_DIR/log/mon.a.out" 2>&1 &
   CEPH_MON_PID=$!
   while [ "$(ceph_mon_leader_count)" -le "${before:-0}" ]; do
     if ! kill -0 "$CEPH_MON_PID" 2>/dev/null; then
@@ -113,7 +120,7 @@ ceph_osd_active_count() { grep -c 'state: booting -> active' "$CEPH_DIR/log/osd.
 ceph_osd_start() { # [TIMEOUT_S]
   local before t=${1:-90} i=0
   before=$(ceph_osd_active_count)
-  ceph-osd --conf "$CEPH_CONF" -i 0 -f >"$CEPH_DIR/log/osd.0.out" 2>&1 &
+  env -u CEPH_KEYRING -u CEPH_ARGS ceph-osd --conf "$CEPH_CONF" -i 0 -f >"$CEPH_DIR/log/osd.0.out" 2>&1 &
   CEPH_OSD_PID=$!
   while [ "$(ceph_osd_active_count)" -le "${before:-0}" ]; do
     if ! kill -0 "$CEPH_OSD_PID" 2>/dev/null; then
@@ -165,7 +172,7 @@ ceph_start() { # DIR
   osd_uuid=$(cat /proc/sys/kernel/random/uuid)
   CEPH_MON_HOST="[v2:127.0.0.1:$mon_v2,v1:127.0.0.1:$mon_v1]"
   CEPH_CONF=$CEPH_DIR/ceph.conf
-  CEPH_KEYRING=$CEPH_DIR/keyring
+  CEPH_ADMIN_KEYRING=$CEPH_DIR/keyring
   cat > "$CEPH_CONF" <<EOF
 [global]
 fsid = $fsid
@@ -174,7 +181,7 @@ public_network = 127.0.0.0/8
 auth_cluster_required = cephx
 auth_service_required = cephx
 auth_client_required = cephx
-keyring = $CEPH_KEYRING
+keyring = $CEPH_ADMIN_KEYRING
 run_dir = $CEPH_DIR/run
 admin_socket = $CEPH_DIR/run/\$name.asok
 log_file = $CEPH_DIR/log/\$name.log
@@ -228,15 +235,15 @@ EOF
   CEPH_KEY=$(ceph_gen_key)
   printf '[mon.]\n\tkey = %s\n\tcaps mon = "allow *"\n' "$(ceph_gen_key)" > "$CEPH_DIR/mon.keyring"
   printf '[client.admin]\n\tkey = %s\n\tcaps mon = "allow *"\n\tcaps osd = "allow *"\n\tcaps mgr = "allow *"\n' \
-    "$CEPH_KEY" > "$CEPH_KEYRING"
+    "$CEPH_KEY" > "$CEPH_ADMIN_KEYRING"
   printf '[osd.0]\n\tkey = %s\n\tcaps mon = "allow profile osd"\n\tcaps osd = "allow *"\n\tcaps mgr = "allow profile osd"\n' \
     "$(ceph_gen_key)" > "$CEPH_DIR/osd/ceph-0/keyring"
-  cat "$CEPH_KEYRING" "$CEPH_DIR/osd/ceph-0/keyring" >> "$CEPH_DIR/mon.keyring"
-  ( ceph-osd --conf "$CEPH_CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" >"$CEPH_DIR/log/osd.0.out" 2>&1 ) &
+  cat "$CEPH_ADMIN_KEYRING" "$CEPH_DIR/osd/ceph-0/keyring" >> "$CEPH_DIR/mon.keyring"
+  ( env -u CEPH_KEYRING -u CEPH_ARGS ceph-osd --conf "$CEPH_CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" >"$CEPH_DIR/log/osd.0.out" 2>&1 ) &
   local mkfs_pid=$! rc
   # No monmaptool: --mkfs builds the map from mon_host, fsid and
   # mon_initial_members in the config (one process start less).
-  ceph-mon --conf "$CEPH_CONF" --mkfs -i a --keyring "$CEPH_DIR/mon.keyring" >"$CEPH_DIR/log/mon.a.out" 2>&1 \
+  env -u CEPH_KEYRING -u CEPH_ARGS ceph-mon --conf "$CEPH_CONF" --mkfs -i a --keyring "$CEPH_DIR/mon.keyring" >"$CEPH_DIR/log/mon.a.out" 2>&1 \
     || { ceph_log "ceph-mon --mkfs failed"; ceph_log_tail mon.a; wait $mkfs_pid; return 1; }
   ceph_mon_start 60 || { wait $mkfs_pid; return 1; }
   ceph_log "mon.a started after $(ceph_secs "$t0") s"
@@ -261,7 +268,7 @@ EOF
   [ $rc = 0 ] || { ceph_log "cluster setup failed ($rc):"; sed 's/^/  | /' "$setup_log"; ceph_log_tail osd.0; return 1; }
   CEPH_USER="admin"
   CEPH_POOL=rbd
-  export CEPH_CONF CEPH_MON_HOST CEPH_USER CEPH_KEY CEPH_POOL CEPH_KEYRING
+  export CEPH_CONF CEPH_MON_HOST CEPH_USER CEPH_KEY CEPH_POOL CEPH_ADMIN_KEYRING
   ceph_log "cluster ready in $(ceph_secs "$t0") s (mon_host $CEPH_MON_HOST, pool $CEPH_POOL, conf $CEPH_CONF)"
 }
 

@@ -27,17 +27,7 @@ IMG=smoke
 PAT=$E2E_SCRATCH/pattern
 e2e_make_pattern "$PAT" 8
 
-# The cluster's state on tmpfs where it takes O_DIRECT (bluestore opens its
-# block file with it): no disk flushes, a faster start; else the data disk.
-CDIR=${CEPH_SMOKE_DIR:-}
-if [ -z "$CDIR" ]; then
-  if dd if=/dev/zero of="$E2E_SCRATCH/odirect" bs=4k count=1 oflag=direct status=none 2>/dev/null; then
-    CDIR=$E2E_SCRATCH/ceph
-  else
-    CDIR=$E2E_DATA_DIR/ceph
-  fi
-  rm -f "$E2E_SCRATCH/odirect"
-fi
+CDIR=${CEPH_SMOKE_DIR:-$(ceph_pick_dir)}
 e2e_step "ceph_start in $CDIR ($(findmnt -n -o FSTYPE -T "$(dirname "$CDIR")"))"
 t0=$(ceph_now)
 ceph_start "$CDIR" || e2e_fail "ceph_start failed"
@@ -103,12 +93,13 @@ if KDEV=$(ceph_rbd_map_krbd "$IMG"); then
   fio --name=osdkill --filename="$KDEV" --rw=randwrite --bs=16k --iodepth=8 --ioengine=libaio \
     --direct=1 --size=48M --verify=crc32c --verify_fatal=1 --do_verify=1 >"$fio_log" 2>&1 &
   fio_pid=$!
-  sleep 3
+  # fio takes seconds to start under TCG: kill once it has done real work.
+  e2e_wait_for 60 test "$(stat_ios)" -ge 200
   before=$(stat_ios)
-  if kill -0 "$fio_pid" 2>/dev/null && [ "$before" -gt 0 ]; then
+  if kill -0 "$fio_pid" 2>/dev/null && [ "$before" -ge 200 ]; then
     e2e_ok "fio running ($before I/Os done)"
   else
-    e2e_check_failed "fio is not running or did no I/O before the OSD kill"
+    e2e_check_failed "fio is not running or did under 200 I/Os in 60 s before the OSD kill ($before)"
   fi
   ceph_osd_kill9 || e2e_check_failed "ceph_osd_kill9"
   sleep 1
