@@ -37,6 +37,18 @@ e2e_step "create image $CEPH_POOL/$IMG (256 MiB)"
 rbd create --size 256M "$CEPH_POOL/$IMG" || e2e_fail "rbd create failed"
 rbd info "$CEPH_POOL/$IMG" | sed 's/^/  | /'
 
+# wait_until S CMD...: polls CMD every 0.5 s until it succeeds or S seconds
+# of wall time passed (e2e_wait_for counts iterations, which a loaded TCG
+# guest stretches several times over).
+wait_until() {
+  local end=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ $SECONDS -lt $end ] || return 1
+    sleep 0.5
+  done
+}
+
 # fio_verify NAME DEV [fio args]: write+verify, 0 errors wanted.
 fio_verify() {
   local name=$1 dev=$2 out rc
@@ -76,7 +88,7 @@ elif NDEV=$(timeout 120 rbd device map -t nbd "$CEPH_POOL/$IMG"); then
   e2e_ok "rbd-nbd: mapped at $NDEV"
   if e2e_verify_dev "$NDEV" "$PAT" 100; then e2e_ok "rbd-nbd: reads what krbd wrote at 100 MiB"
   else e2e_check_failed "rbd-nbd: data written through krbd reads back different"; fi
-  fio_verify rbd-nbd "$NDEV"
+  fio_verify rbd-nbd "$NDEV" --size=16M
   e2e_step "rbd-nbd: unmap"
   if timeout 60 rbd device unmap -t nbd "$NDEV"; then e2e_ok "rbd-nbd: unmapped"
   else e2e_check_failed "rbd-nbd: unmap $NDEV"; fi
@@ -90,16 +102,17 @@ if KDEV=$(ceph_rbd_map_krbd "$IMG"); then
   fio_log=$E2E_SCRATCH/fio-osdkill.log
   # Completions are counted from /sys/block/rbdN/stat (reads + writes done).
   stat_ios() { awk '{print $1 + $5}' "/sys/block/${KDEV#/dev/}/stat"; }
+  ios_above() { [ "$(stat_ios)" -gt "$1" ]; }
   fio --name=osdkill --filename="$KDEV" --rw=randwrite --bs=16k --iodepth=8 --ioengine=libaio \
-    --direct=1 --size=48M --verify=crc32c --verify_fatal=1 --do_verify=1 >"$fio_log" 2>&1 &
+    --direct=1 --size=24M --verify=crc32c --verify_fatal=1 --do_verify=1 >"$fio_log" 2>&1 &
   fio_pid=$!
   # fio takes seconds to start under TCG: kill once it has done real work.
-  e2e_wait_for 60 test "$(stat_ios)" -ge 200
+  wait_until 90 ios_above 199
   before=$(stat_ios)
   if kill -0 "$fio_pid" 2>/dev/null && [ "$before" -ge 200 ]; then
     e2e_ok "fio running ($before I/Os done)"
   else
-    e2e_check_failed "fio is not running or did under 200 I/Os in 60 s before the OSD kill ($before)"
+    e2e_check_failed "fio is not running or did under 200 I/Os in 90 s before the OSD kill ($before)"
   fi
   ceph_osd_kill9 || e2e_check_failed "ceph_osd_kill9"
   sleep 1
@@ -109,12 +122,13 @@ if KDEV=$(ceph_rbd_map_krbd "$IMG"); then
   t2=$(ceph_now)
   if ceph_osd_start 120; then e2e_ok "OSD restarted, up in $(ceph_secs "$t2") s"
   else e2e_check_failed "OSD restart"; fi
-  if e2e_wait_for 120 test "$(stat_ios)" -gt "$b"; then
+  if wait_until 120 ios_above "$b"; then
     e2e_ok "I/O resumed $(ceph_secs "$t2") s after the restart began"
   else
     e2e_check_failed "no I/O completed 120 s after the OSD restart"
   fi
-  for _ in $(seq 3000); do kill -0 "$fio_pid" 2>/dev/null || break; sleep 0.1; done
+  fio_done() { ! kill -0 "$fio_pid" 2>/dev/null; }
+  wait_until 300 fio_done
   if kill -0 "$fio_pid" 2>/dev/null; then
     e2e_check_failed "fio still running 300 s after the OSD restart"
     kill -KILL "$fio_pid" 2>/dev/null
