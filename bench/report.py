@@ -675,7 +675,8 @@ def main():
     w("| backing | device | p50 r1 (µs) | p50 r2 | p99 r1 | p99 r2 | mean r1 | mean r2 |")
     w("|---|---|--:|--:|--:|--:|--:|--:|")
     for group, base, gname, _ in GROUPS:
-        for dev in [base] + UBLK:
+        others = sorted({r["device"] for r in runs if r["group"] == group} - {base} - set(UBLK))
+        for dev in [base] + UBLK + (others if group == "rbd" else []):
             u = pick(runs, group, dev, "randread-4k-qd1")
             if not u:
                 continue

@@ -121,8 +121,11 @@ fi
 for f in "$share"/plugin/recovery-*.json; do [ -f "$f" ] && cp "$f" "$out/"; done
 if [ -f "$out/iops-ratios.dat" ] && [ "$out/iops-ratios.dat" -nt "$host_info" ] && command -v gnuplot >/dev/null; then
   modes=$(sed -n '1s/^# label//; 1s/ (.*//p' "$out/iops-ratios.dat" | tr ' ' '\n' | sed -n 's/_ratio$//p' | tr '\n' ' ')
-  gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'; repeats=$repeats; modes='${modes% }'" "$here/iops-ratios.gp" \
-    || log "gnuplot failed"
+  # No ublk rows (e.g. BENCH_GROUPS=rbd before the RBD target exists): no chart.
+  if [ -n "${modes// /}" ]; then
+    gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'; repeats=$repeats; modes='${modes% }'" "$here/iops-ratios.gp" \
+      || log "gnuplot failed"
+  fi
 fi
 rm -f "$host_info"
 log "results: $out/RESULTS.md (guest exit $rc, $(( $(date +%s) - t0 )) s)"
