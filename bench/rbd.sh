@@ -41,9 +41,14 @@ rbd_bench_add_device() {
 }
 
 # rbd_bench_ublk_hook POOL IMAGE: adds the ublk-csi RBD target's rows. Empty
-# until the engine has an RBD target; then, per copy mode, e.g.
-#   start_ublk rbd "ublk-$m" "$m" --target=rbd <the target's pool/image/
-#       mon_host/user/key flags> ; finish_ublks
+# here (this branch predates the target); with the engine's flags as
+# tests/e2e/scenarios/rbd-engine.sh uses them, per copy mode:
+#   (umask 077; printf '%s\n' "$CEPH_KEY" > "$E2E_SCRATCH/rbd.key")
+#   for m in $COPY_MODES; do
+#     start_ublk rbd "ublk-$m" "$m" --target=rbd --rbd_mon_host="$CEPH_MON_HOST" \
+#       --rbd_user="$CEPH_USER" --rbd_key_file="$E2E_SCRATCH/rbd.key" \
+#       --rbd_pool="$1" --rbd_image="$2"
+#   done; finish_ublks
 # (start_ublk/finish_ublks of guest.sh put the export in group rbd with its
 # server sampled), or rbd_bench_add_device "ublk-rbd" DEV PID for a device
 # served some other way. Defined here only if no one defined it before.
