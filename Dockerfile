@@ -16,7 +16,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends \
       libgrpc++1.51 libprotobuf32 liburing2 libgoogle-glog0v6 libgflags2.2 \
-      libprometheus-cpp-core1.0 libcivetweb1 libabsl20220623 \
+      libprometheus-cpp-core1.0 libcivetweb1 libabsl20220623 librbd1 librados2 \
       e2fsprogs xfsprogs util-linux mount kmod \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*
@@ -27,7 +27,7 @@ FROM ${BASE} AS build
 LABEL org.ublk-csi.stage=build
 ENV DEBIAN_FRONTEND=noninteractive
 COPY scripts/install-deps.sh /src/scripts/install-deps.sh
-RUN /src/scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*
+RUN /src/scripts/install-deps.sh --build-only && rm -rf /var/lib/apt/lists/*
 COPY CMakeLists.txt /src/
 COPY proto /src/proto
 COPY ublk /src/ublk

@@ -121,6 +121,18 @@ bench-recovery: deps
 	@BENCH_PARTS=recovery BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-recovery} \
 	  bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
 
+# RBD rows (issue 21), on demand: one image on a single-node Ceph in the guest
+# (tests/e2e/lib/ceph.sh) through krbd (baseline), rbd-nbd and the project's
+# RBD target (bench/rbd.sh), the same five fio jobs as `make bench`. One 6.12
+# boot. Results in $(BUILD)/bench-rbd/RESULTS.md (section "RBD"); set
+# BENCH_OUT=bench/results/rbd to commit them.
+.PHONY: bench-rbd
+bench-rbd: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@ninja -C $(BUILD) ublk-tool
+	@BENCH_PARTS=data BENCH_GROUPS=rbd BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-rbd} \
+	  bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
+
 # The data-path rows one change to the I/O loop should move, in one guest boot
 # (~6 min instead of ~18): null and file-on-tmpfs against null_blk and loop,
 # 4k randread/randwrite QD32, 4k randread QD1 and 128k seqread QD8, one copy

@@ -8,7 +8,9 @@
 # the plugin's memory, recovery and control plane (bench/plugin.sh),
 # recovery = only the plugin part's two kill -9 recoveries (66, 256 exports);
 # recprofile with recovery: perf and thread-wait samples across each kill.
-# GROUPS: words out of "tmpfs ext4 null" (default: all three).
+# GROUPS: words out of "tmpfs ext4 null rbd" (default: the first three); rbd
+# = one RBD image on a single-node Ceph in the guest (bench/rbd.sh): krbd
+# (the baseline), rbd-nbd and, once the engine has it, ublk-tool's RBD target.
 # WORKLOADS: names out of WORKLOADS below ("all" or empty: every one).
 # MODES: copy modes to run ("all" or empty: every mode the kernel has).
 # PF_SYSCALLS: 0 skips the profile part's syscall counts (default 1).
@@ -270,8 +272,10 @@ run_repeat() {
 if has_part data || has_part profile; then
   # Backing files, written in full so that no run reads holes or allocates.
   TMPFS_FILE=$E2E_SCRATCH/bench-backing.img
-  e2e_step "backing file on tmpfs ($SIZE_MIB MiB)"
-  dd if=/dev/zero of="$TMPFS_FILE" bs=1M count="$SIZE_MIB" status=none || e2e_fail "write $TMPFS_FILE"
+  if has_group tmpfs || has_part profile; then
+    e2e_step "backing file on tmpfs ($SIZE_MIB MiB)"
+    dd if=/dev/zero of="$TMPFS_FILE" bs=1M count="$SIZE_MIB" status=none || e2e_fail "write $TMPFS_FILE"
+  fi
   EXT4_FILE=
   if [ -n "${E2E_DATA_DIR:-}" ] && has_group ext4; then
     EXT4_FILE=$E2E_DATA_DIR/bench-backing.img
@@ -296,6 +300,11 @@ if has_part data || has_part profile; then
     add_loop ext4 "$EXT4_FILE"
     for m in $COPY_MODES; do start_ublk ext4 "ublk-$m" "$m" --target=file --backing="$EXT4_FILE"; done
     finish_ublks
+  fi
+  if has_group rbd; then
+    # shellcheck source=SCRIPTDIR/rbd.sh
+    . "$BENCH_DIR/rbd.sh"
+    rbd_bench_setup
   fi
   if has_group null; then
     prepare_dev /dev/nullb0 null null_blk "null_blk module defaults"
@@ -326,6 +335,7 @@ if has_part data || has_part profile; then
     ublk_stop TERM || e2e_check_failed "$SRV_DEV: clean stop"
   done
   for l in "${LOOPS[@]}"; do losetup -d "$l" || e2e_check_failed "losetup -d $l"; done
+  has_group rbd && rbd_bench_teardown
 fi
 
 if has_part plugin; then

@@ -18,7 +18,8 @@ WORKLOADS = ["randread-4k-qd32", "randwrite-4k-qd32", "randread-4k-qd1",
              "seqread-128k-qd8", "seqwrite-128k-qd8"]
 GROUPS = [("tmpfs", "loop", "file on tmpfs", 1.0),
           ("ext4", "loop", "file on ext4 (virtio disk, cache=none)", 1.0),
-          ("null", "null_blk", "null", 0.9)]
+          ("null", "null_blk", "null", 0.9),
+          ("rbd", "krbd", "RBD image (single-node Ceph in the guest)", 1.0)]
 MODE_ORDER = ["zero_copy", "user_copy", "get_data"]
 UBLK = ["ublk-" + m for m in MODE_ORDER]  # narrowed in main() to the modes that ran
 
@@ -504,6 +505,57 @@ def write_profile(raw, out, host, guest):
     return True
 
 
+def rbd_section(runs, guest, w):
+    """The rbd group (BENCH_GROUPS=rbd, bench/rbd.sh): every device that served
+    the one RBD image (rbd-nbd, the ublk RBD target) against krbd."""
+    devs = sorted({r["device"] for r in runs if r["group"] == "rbd"} - {"krbd"})
+    if not devs or not any(r["group"] == "rbd" and r["device"] == "krbd" for r in runs):
+        return
+    w("## RBD: one image through krbd, rbd-nbd and the ublk RBD target")
+    w("")
+    w(f"Single-node Ceph in the guest (tests/e2e/lib/ceph.sh: one mon, one bluestore OSD on a "
+      f"sparse file in {guest.get('rbd_ceph_dir', '?')}), {guest.get('rbd_ceph_version', '?')}; "
+      f"cluster start {guest.get('rbd_ceph_start_s', '?')} s. Image features: "
+      f"{guest.get('rbd_image_features', '?')}; librbd cache (rbd-nbd, ublk): "
+      f"{guest.get('rbd_cache', '?')}. The image is written in full through krbd before the "
+      "runs; the devices are mapped side by side, fio runs on one at a time. The OSD, the "
+      "monitor and the clients share the guest's 2 vCPUs: these ratios compare client data "
+      "paths under one emulated CPU budget, not a networked cluster.")
+    w("")
+    w("| workload | device | metric | r1 | r2 | krbd r1 | krbd r2 | ratio to krbd | r1 / r2 "
+      "| client CPU µs/I/O | guest CPU µs/I/O (device / krbd) |")
+    w("|---|---|---|--:|--:|--:|--:|--:|---|--:|---|")
+    for wl in WORKLOADS:
+        metric = "mibs" if "128k" in wl else "iops"
+        b = pick(runs, "rbd", "krbd", wl)
+        if not b:
+            continue
+        bmean = statistics.mean(r[metric] for r in b)
+        d = 1 if metric == "mibs" else 0
+        for dev in devs:
+            u = pick(runs, "rbd", dev, wl)
+            if not u:
+                continue
+            umean = statistics.mean(r[metric] for r in u)
+            ratio = umean / bmean if bmean else 0
+            per = [ur[metric] / br[metric] if br[metric] else 0
+                   for ur, br in zip(u, b) if ur["repeat"] == br["repeat"]]
+            srv = [r["srv_cpu_us_per_io"] for r in u if r.get("srv_cpu_us_per_io") is not None]
+            gu = [r["guest_cpu_us_per_io"] for r in u if r.get("guest_cpu_us_per_io") is not None]
+            gb = [r["guest_cpu_us_per_io"] for r in b if r.get("guest_cpu_us_per_io") is not None]
+            w(f"| {wl} | {dev} | {'MiB/s' if metric == 'mibs' else 'IOPS'} | "
+              + " | ".join(fmt(r[metric], d) for r in u[:2]) + " |" * (2 - len(u[:2]))
+              + " | " + " | ".join(fmt(r[metric], d) for r in b[:2]) + " |" * (2 - len(b[:2]))
+              + f" | {ratio:.2f}x | " + " / ".join(f"{p:.2f}" for p in per)
+              + f" | {fmt(statistics.mean(srv), 0) if srv else '-'}"
+              + f" | {fmt(statistics.mean(gu), 0) if gu else '-'} / {fmt(statistics.mean(gb), 0) if gb else '-'} |")
+    w("")
+    w("client CPU = the serving process (rbd-nbd, ublk-tool): utime+stime per I/O; krbd "
+      "works in the kernel (only the guest CPU column covers it). The OSD's CPU is in the "
+      "guest CPU column of every row.")
+    w("")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--raw", required=True)
@@ -616,12 +668,15 @@ def main():
     w("**<**: below 1.0x of loop or 0.9x of null_blk.")
     w("")
 
+    rbd_section(runs, guest, w)
+
     w("## Latency at QD1 (4k randread, completion latency)")
     w("")
     w("| backing | device | p50 r1 (µs) | p50 r2 | p99 r1 | p99 r2 | mean r1 | mean r2 |")
     w("|---|---|--:|--:|--:|--:|--:|--:|")
     for group, base, gname, _ in GROUPS:
-        for dev in [base] + UBLK:
+        others = sorted({r["device"] for r in runs if r["group"] == group} - {base} - set(UBLK))
+        for dev in [base] + UBLK + (others if group == "rbd" else []):
             u = pick(runs, group, dev, "randread-4k-qd1")
             if not u:
                 continue

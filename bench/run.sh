@@ -15,7 +15,8 @@
 #   BENCH_PARTS    words of "data plugin profile recovery"; default "data plugin" (6.12),
 #                  "data" (7). profile (perf profiles, I/O shapes; ~4 min) runs
 #                  on demand: BENCH_PARTS=profile writes PROFILE.md only.
-#   BENCH_GROUPS   "tmpfs ext4 null" (6.12 default) | "tmpfs null" (7 default)
+#   BENCH_GROUPS   "tmpfs ext4 null" (6.12 default) | "tmpfs null" (7 default);
+#                  "rbd": one RBD image via krbd, rbd-nbd, ublk (bench/rbd.sh; `make bench-rbd`)
 #   BENCH_WORKLOADS workload names (default all five: randread-4k-qd32
 #                  randwrite-4k-qd32 randread-4k-qd1 seqread-128k-qd8 seqwrite-128k-qd8)
 #   BENCH_MODES    copy modes (default every one the kernel has: zero_copy user_copy get_data)
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
     --build-dir=*) build_dir=${1#*=}; shift ;;
     --kernel) kernel=${2:?}; shift 2 ;;
     --kernel=*) kernel=${1#*=}; shift ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -120,8 +121,11 @@ fi
 for f in "$share"/plugin/recovery-*.json; do [ -f "$f" ] && cp "$f" "$out/"; done
 if [ -f "$out/iops-ratios.dat" ] && [ "$out/iops-ratios.dat" -nt "$host_info" ] && command -v gnuplot >/dev/null; then
   modes=$(sed -n '1s/^# label//; 1s/ (.*//p' "$out/iops-ratios.dat" | tr ' ' '\n' | sed -n 's/_ratio$//p' | tr '\n' ' ')
-  gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'; repeats=$repeats; modes='${modes% }'" "$here/iops-ratios.gp" \
-    || log "gnuplot failed"
+  # No ublk rows (e.g. BENCH_GROUPS=rbd before the RBD target exists): no chart.
+  if [ -n "${modes// /}" ]; then
+    gnuplot -e "datafile='$out/iops-ratios.dat'; outfile='$out/iops-ratios.png'; repeats=$repeats; modes='${modes% }'" "$here/iops-ratios.gp" \
+      || log "gnuplot failed"
+  fi
 fi
 rm -f "$host_info"
 log "results: $out/RESULTS.md (guest exit $rc, $(( $(date +%s) - t0 )) s)"

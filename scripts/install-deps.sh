@@ -6,6 +6,7 @@
 # the RBD target, ceph-mon/ceph-osd/ceph-common/rbd-nbd for the single-node
 # test cluster of tests/e2e/lib/ceph.sh), only those missing (so a
 # re-run is quick and offline). Needs root.
+# usage: install-deps.sh [--build-only]
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
@@ -13,7 +14,11 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libgtest-dev libgmock-dev libbenchmark-dev libgoogle-glog-dev libgflags-dev
       e2fsprogs xfsprogs util-linux
       clang-14 libclang-rt-14-dev llvm-14 clang-format-14 shellcheck
-      librbd-dev librados-dev ceph-mon ceph-osd ceph-common rbd-nbd)
+      librbd-dev librados-dev)
+# Test-only: the single-node Ceph cluster of the e2e tests and the bench
+# baselines (krbd via `rbd`, rbd-nbd). --build-only (the image's build stage)
+# leaves them out.
+[ "${1:-}" = --build-only ] || PKGS+=(ceph-mon ceph-osd ceph-common rbd-nbd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,7 +19,9 @@
 #                      CEPH_USER      admin (the cephx id, without "client.")
 #                      CEPH_KEY       its cephx key (base64)
 #                      CEPH_POOL      rbd
-#                      CEPH_KEYRING   DIR/keyring (client.admin only)
+#                      CEPH_ADMIN_KEYRING DIR/keyring (client.admin only; not
+#                                     CEPH_KEYRING: Ceph reads that variable
+#                                     and it would override the daemons' own)
 #                    and prints how long it took. Returns non-zero (with the
 #                    daemon's log tail) if a step fails.
 #   ceph_stop        SIGTERM both daemons, SIGKILL after 20 s; keeps DIR.
@@ -30,12 +32,16 @@
 #   ceph_mon_start   start the monitor again on its existing store and wait
 #                    until it answers.
 #   ceph_wait_osd_up [S]   waits until osd.0 is up (default 60 s).
+#   ceph_pick_dir    prints a DIR for ceph_start: tmpfs if it takes O_DIRECT,
+#                    else the data disk.
 #   ceph_rbd_map_krbd IMAGE  `rbd map` (kernel driver, no udev): prints /dev/rbdN.
+#   ceph_rbd_unmap_krbd DEV  its unmap (without noudev both wait for udev
+#                    events forever: the guest has no udev).
 #   ceph_load_modules rbd|nbd  modprobe (the e2e initramfs carries both).
 #
 # Knobs (environment, before ceph_start): CEPH_MON_PORT (v2, default 3300),
 # CEPH_MON_PORT_V1 (default 6789) to run next to another cluster on a host;
-# CEPH_OSD_SIZE (sparse block file, default 10G); CEPH_OSD_MEMORY (osd
+# CEPH_OSD_SIZE (sparse block file, default 4G); CEPH_OSD_MEMORY (osd
 # memory target, default 512M: the guest has 2 GiB).
 
 CEPH_DIR=
@@ -57,6 +63,11 @@ ceph_log_tail() { # NAME (mon.a | osd.0)
   [ -s "$CEPH_DIR/log/$1.out" ] && { echo "ceph: $1 stdout/stderr:"; tail -n 10 "$CEPH_DIR/log/$1.out" | sed 's/^/  | /'; }
   return 0
 }
+
+# The daemons run under "env -u CEPH_KEYRING -u CEPH_ARGS" (env execs them:
+# $! is the daemon's pid): Ceph takes those from the environment over the
+# config file, and a scenario's CEPH_KEYRING made a restarted OSD
+# authenticate with the admin keyring and fail.
 
 ceph_load_modules() {
   local m
@@ -89,7 +100,7 @@ ceph_mon_leader_count() { grep -c 'mon.a is new leader' "$CEPH_DIR/log/mon.a.log
 ceph_mon_start() { # [TIMEOUT_S]
   local before t=${1:-60} i=0
   before=$(ceph_mon_leader_count)
-  ceph-mon --conf "$CEPH_CONF" -i a -f >"$CEPH_DIR/log/mon.a.out" 2>&1 &
+  env -u CEPH_KEYRING -u CEPH_ARGS ceph-mon --conf "$CEPH_CONF" -i a -f >"$CEPH_DIR/log/mon.a.out" 2>&1 &
   CEPH_MON_PID=$!
   while [ "$(ceph_mon_leader_count)" -le "${before:-0}" ]; do
     if ! kill -0 "$CEPH_MON_PID" 2>/dev/null; then
@@ -109,7 +120,7 @@ ceph_osd_active_count() { grep -c 'state: booting -> active' "$CEPH_DIR/log/osd.
 ceph_osd_start() { # [TIMEOUT_S]
   local before t=${1:-90} i=0
   before=$(ceph_osd_active_count)
-  ceph-osd --conf "$CEPH_CONF" -i 0 -f >"$CEPH_DIR/log/osd.0.out" 2>&1 &
+  env -u CEPH_KEYRING -u CEPH_ARGS ceph-osd --conf "$CEPH_CONF" -i 0 -f >"$CEPH_DIR/log/osd.0.out" 2>&1 &
   CEPH_OSD_PID=$!
   while [ "$(ceph_osd_active_count)" -le "${before:-0}" ]; do
     if ! kill -0 "$CEPH_OSD_PID" 2>/dev/null; then
@@ -161,7 +172,7 @@ ceph_start() { # DIR
   osd_uuid=$(cat /proc/sys/kernel/random/uuid)
   CEPH_MON_HOST="[v2:127.0.0.1:$mon_v2,v1:127.0.0.1:$mon_v1]"
   CEPH_CONF=$CEPH_DIR/ceph.conf
-  CEPH_KEYRING=$CEPH_DIR/keyring
+  CEPH_ADMIN_KEYRING=$CEPH_DIR/keyring
   cat > "$CEPH_CONF" <<EOF
 [global]
 fsid = $fsid
@@ -170,7 +181,7 @@ public_network = 127.0.0.0/8
 auth_cluster_required = cephx
 auth_service_required = cephx
 auth_client_required = cephx
-keyring = $CEPH_KEYRING
+keyring = $CEPH_ADMIN_KEYRING
 run_dir = $CEPH_DIR/run
 admin_socket = $CEPH_DIR/run/\$name.asok
 log_file = $CEPH_DIR/log/\$name.log
@@ -194,12 +205,16 @@ paxos_propose_interval = 0.05
 mon_data = $CEPH_DIR/mon/ceph-\$id
 mon_initial_members = a
 
+[mon.a]
+# ceph-mon --mkfs names the mon of mon_host with this address "a".
+public_addrv = $CEPH_MON_HOST
+
 [osd]
 osd_data = $CEPH_DIR/osd/ceph-\$id
 keyring = $CEPH_DIR/osd/ceph-\$id/keyring
 osd_objectstore = bluestore
 bluestore_block_create = true
-bluestore_block_size = $(numfmt --from=iec "${CEPH_OSD_SIZE:-10G}")
+bluestore_block_size = $(numfmt --from=iec "${CEPH_OSD_SIZE:-4G}")
 bluestore_fsck_on_mkfs = false
 bluestore_fsck_on_mount = false
 bluestore_cache_autotune = false
@@ -220,16 +235,15 @@ EOF
   CEPH_KEY=$(ceph_gen_key)
   printf '[mon.]\n\tkey = %s\n\tcaps mon = "allow *"\n' "$(ceph_gen_key)" > "$CEPH_DIR/mon.keyring"
   printf '[client.admin]\n\tkey = %s\n\tcaps mon = "allow *"\n\tcaps osd = "allow *"\n\tcaps mgr = "allow *"\n' \
-    "$CEPH_KEY" > "$CEPH_KEYRING"
+    "$CEPH_KEY" > "$CEPH_ADMIN_KEYRING"
   printf '[osd.0]\n\tkey = %s\n\tcaps mon = "allow profile osd"\n\tcaps osd = "allow *"\n\tcaps mgr = "allow profile osd"\n' \
     "$(ceph_gen_key)" > "$CEPH_DIR/osd/ceph-0/keyring"
-  cat "$CEPH_KEYRING" "$CEPH_DIR/osd/ceph-0/keyring" >> "$CEPH_DIR/mon.keyring"
-  ( ceph-osd --conf "$CEPH_CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" >"$CEPH_DIR/log/osd.0.out" 2>&1 ) &
+  cat "$CEPH_ADMIN_KEYRING" "$CEPH_DIR/osd/ceph-0/keyring" >> "$CEPH_DIR/mon.keyring"
+  ( env -u CEPH_KEYRING -u CEPH_ARGS ceph-osd --conf "$CEPH_CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" >"$CEPH_DIR/log/osd.0.out" 2>&1 ) &
   local mkfs_pid=$! rc
-  monmaptool --create --fsid "$fsid" --addv a "$CEPH_MON_HOST" "$CEPH_DIR/monmap" >/dev/null \
-    || { ceph_log "monmaptool failed"; wait $mkfs_pid; return 1; }
-  ceph-mon --conf "$CEPH_CONF" --mkfs -i a --monmap "$CEPH_DIR/monmap" \
-      --keyring "$CEPH_DIR/mon.keyring" >"$CEPH_DIR/log/mon.a.out" 2>&1 \
+  # No monmaptool: --mkfs builds the map from mon_host, fsid and
+  # mon_initial_members in the config (one process start less).
+  env -u CEPH_KEYRING -u CEPH_ARGS ceph-mon --conf "$CEPH_CONF" --mkfs -i a --keyring "$CEPH_DIR/mon.keyring" >"$CEPH_DIR/log/mon.a.out" 2>&1 \
     || { ceph_log "ceph-mon --mkfs failed"; ceph_log_tail mon.a; wait $mkfs_pid; return 1; }
   ceph_mon_start 60 || { wait $mkfs_pid; return 1; }
   ceph_log "mon.a started after $(ceph_secs "$t0") s"
@@ -254,7 +268,7 @@ EOF
   [ $rc = 0 ] || { ceph_log "cluster setup failed ($rc):"; sed 's/^/  | /' "$setup_log"; ceph_log_tail osd.0; return 1; }
   CEPH_USER="admin"
   CEPH_POOL=rbd
-  export CEPH_CONF CEPH_MON_HOST CEPH_USER CEPH_KEY CEPH_POOL CEPH_KEYRING
+  export CEPH_CONF CEPH_MON_HOST CEPH_USER CEPH_KEY CEPH_POOL CEPH_ADMIN_KEYRING
   ceph_log "cluster ready in $(ceph_secs "$t0") s (mon_host $CEPH_MON_HOST, pool $CEPH_POOL, conf $CEPH_CONF)"
 }
 
@@ -291,6 +305,24 @@ io.write_full("ceph_start_probe", b"x")
 io.remove_object("ceph_start_probe")
 print("pool rbd takes writes", flush=True)
 '
+
+# ceph_pick_dir: where a scenario's cluster should live: on the guest's tmpfs
+# if it takes O_DIRECT (bluestore opens its block file with it; no disk
+# flushes, a faster start; written data costs RAM), else on the data disk
+# (E2E_DATA_DIR, "# e2e-disk: SIZE"), else the scratch dir anyway.
+ceph_pick_dir() {
+  local probe=${E2E_SCRATCH:-/tmp}/.ceph-odirect.$$
+  if dd if=/dev/zero of="$probe" bs=4k count=1 oflag=direct status=none 2>/dev/null; then
+    rm -f "$probe"; echo "${E2E_SCRATCH:-/tmp}/ceph"; return
+  fi
+  rm -f "$probe"
+  if [ -n "${E2E_DATA_DIR:-}" ]; then echo "$E2E_DATA_DIR/ceph"; else echo "${E2E_SCRATCH:-/tmp}/ceph"; fi
+}
+
+# ceph_rbd_unmap_krbd DEV: unmaps a krbd device (noudev, as mapped).
+ceph_rbd_unmap_krbd() {
+  timeout 120 rbd --conf "$CEPH_CONF" device unmap -t krbd -o noudev "$1"
+}
 
 # ceph_rbd_map_krbd IMAGE [rbd map options]: maps POOL/IMAGE with the kernel
 # driver and prints the device. noudev: the guest has no udev (devtmpfs makes
