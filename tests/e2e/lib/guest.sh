@@ -42,13 +42,15 @@ e2e_finish() {
   exit 0
 }
 
-# e2e_wait_for TIMEOUT_S CMD...: polls CMD every 0.1 s until it succeeds.
+# e2e_wait_for TIMEOUT_S CMD...: runs CMD every 0.1 s until it succeeds or
+# TIMEOUT_S seconds of wall time have passed (a loaded host makes each round
+# slower, so rounds are not counted). CMD is run anew each time: pass a
+# command, never a "$(...)" that the shell would expand once before the wait.
 e2e_wait_for() {
-  local t=$1 i=0
+  local deadline=$((SECONDS + $1))
   shift
   while ! "$@" 2>/dev/null; do
-    i=$((i + 1))
-    [ $i -ge $((t * 10)) ] && return 1
+    [ "$SECONDS" -ge "$deadline" ] && return 1
     sleep 0.1
   done
   return 0
@@ -131,6 +133,13 @@ ublk_state_of() {
   local id=$1
   shift
   "$UBLK_TOOL" info --dev_id="$id" "$@" 2>/dev/null | sed -n 's/^state=//p'
+}
+
+# ublk_state_is ID STATE [INFO_ARGS...]: for e2e_wait_for.
+ublk_state_is() {
+  local id=$1 state=$2
+  shift 2
+  [ "$(ublk_state_of "$id" "$@")" = "$state" ]
 }
 
 # ublk_serve NAME SERVE_ARGS...: starts `ublk-tool serve SERVE_ARGS` in the

@@ -37,18 +37,6 @@ e2e_step "create image $CEPH_POOL/$IMG (256 MiB)"
 rbd create --size 256M "$CEPH_POOL/$IMG" || e2e_fail "rbd create failed"
 rbd info "$CEPH_POOL/$IMG" | sed 's/^/  | /'
 
-# wait_until S CMD...: polls CMD every 0.5 s until it succeeds or S seconds
-# of wall time passed (e2e_wait_for counts iterations, which a loaded TCG
-# guest stretches several times over).
-wait_until() {
-  local end=$((SECONDS + $1))
-  shift
-  until "$@"; do
-    [ $SECONDS -lt $end ] || return 1
-    sleep 0.5
-  done
-}
-
 # fio_verify NAME DEV [fio args]: write+verify, 0 errors wanted.
 fio_verify() {
   local name=$1 dev=$2 out rc
@@ -107,7 +95,7 @@ if KDEV=$(ceph_rbd_map_krbd "$IMG"); then
     --direct=1 --size=24M --verify=crc32c --verify_fatal=1 --do_verify=1 >"$fio_log" 2>&1 &
   fio_pid=$!
   # fio takes seconds to start under TCG: kill once it has done real work.
-  wait_until 90 ios_above 199
+  e2e_wait_for 90 ios_above 199
   before=$(stat_ios)
   if kill -0 "$fio_pid" 2>/dev/null && [ "$before" -ge 200 ]; then
     e2e_ok "fio running ($before I/Os done)"
@@ -122,13 +110,13 @@ if KDEV=$(ceph_rbd_map_krbd "$IMG"); then
   t2=$(ceph_now)
   if ceph_osd_start 120; then e2e_ok "OSD restarted, up in $(ceph_secs "$t2") s"
   else e2e_check_failed "OSD restart"; fi
-  if wait_until 120 ios_above "$b"; then
+  if e2e_wait_for 120 ios_above "$b"; then
     e2e_ok "I/O resumed $(ceph_secs "$t2") s after the restart began"
   else
     e2e_check_failed "no I/O completed 120 s after the OSD restart"
   fi
   fio_done() { ! kill -0 "$fio_pid" 2>/dev/null; }
-  wait_until 300 fio_done
+  e2e_wait_for 300 fio_done
   if kill -0 "$fio_pid" 2>/dev/null; then
     e2e_check_failed "fio still running 300 s after the OSD restart"
     kill -KILL "$fio_pid" 2>/dev/null

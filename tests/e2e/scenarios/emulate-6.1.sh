@@ -65,7 +65,7 @@ if ublk_serve emu-rec --target=file --backing="$back" --size=$SIZE --create --re
   sleep 2
   if kill -0 "$fio_pid" 2>/dev/null; then
     kill -KILL "$SRV_PID"; wait "$SRV_PID" 2>/dev/null; SRV_PID=
-    if e2e_wait_for 10 test "$(ublk_state_of "$id" "$EMU")" = QUIESCED; then e2e_ok "device $id QUIESCED"
+    if e2e_wait_for 10 ublk_state_is "$id" QUIESCED "$EMU"; then e2e_ok "device $id QUIESCED"
     else e2e_check_failed "device $id is '$(ublk_state_of "$id" "$EMU")' after SIGKILL, want QUIESCED"; fi
     if ublk_recover emu-rec --dev_id="$id" --target=file --backing="$back" "$EMU"; then
       if [ "$SRV_DEV" = "$dev" ]; then e2e_ok "recovered $dev ($(grep -m1 '^READY' "$SRV_LOG"))"

@@ -32,7 +32,7 @@ check() {
   id=$SRV_ID
   e2e_write_dev "$SRV_DEV" "$PAT" || { ublk_stop KILL; return 2; }
   kill -KILL "$SRV_PID"; wait "$SRV_PID" 2>/dev/null; SRV_PID=
-  e2e_wait_for 10 test "$(ublk_state_of "$id")" = QUIESCED \
+  e2e_wait_for 10 ublk_state_is "$id" QUIESCED \
     || { echo "$name: device $id is '$(ublk_state_of "$id")' after kill -9"; return 2; }
   ublk_recover "$name" --dev_id="$id" --target=file --backing="$back" "$MODE" "$@" \
     || { echo "$name: recover failed"; "$UBLK_TOOL" del --dev_id="$id" >/dev/null 2>&1; return 2; }

@@ -41,7 +41,7 @@ FIO_PID=$!
 sleep 5
 if kill -0 "$FIO_PID" 2>/dev/null; then
   kill -KILL "$SRV_PID"; wait "$SRV_PID" 2>/dev/null; SRV_PID=
-  if e2e_wait_for 20 test "$(ublk_state_of "$ID")" = QUIESCED; then e2e_ok "device $ID QUIESCED"
+  if e2e_wait_for 20 ublk_state_is "$ID" QUIESCED; then e2e_ok "device $ID QUIESCED"
   else e2e_check_failed "device $ID is '$(ublk_state_of "$ID")' after SIGKILL, want QUIESCED"; fi
   if ublk_recover rbd-rec --dev_id="$ID" "${RBD_ARGS[@]}"; then
     LOGS+=("$SRV_LOG")

@@ -36,7 +36,7 @@ run_case() { # COPY_MODE KILLS
     e2e_step "$copy: SIGKILL the server (kill $cycle of $kills) while fio runs"
     kill -KILL "$SRV_PID"; wait "$SRV_PID" 2>/dev/null; SRV_PID=
     killed=$((killed + 1))
-    if e2e_wait_for 10 test "$(ublk_state_of "$id")" = QUIESCED; then e2e_ok "$copy: device $id QUIESCED"
+    if e2e_wait_for 10 ublk_state_is "$id" QUIESCED; then e2e_ok "$copy: device $id QUIESCED"
     else e2e_check_failed "$copy: device $id state is '$(ublk_state_of "$id")' after SIGKILL, want QUIESCED"; fi
     if ! ublk_recover "rec-$copy-$cycle" --dev_id="$id" --target=file --backing="$back" \
         --copy_mode="$copy"; then
