@@ -166,6 +166,12 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::EnsureExport(const ExportSpec& spe
   if (!usable_.ok()) return usable_;
   if (spec.volume_id.empty()) return absl::InvalidArgumentError("export: volume_id is empty");
   const std::string ctx = absl::StrCat("volume ", spec.volume_id);
+  if (spec.rbd) {
+    // The RBD target is the engine's (ublk/rbd_*, branch rbdengine); until
+    // it is wired in here, say so instead of serving nothing.
+    return absl::UnimplementedError(
+        absl::StrCat(ctx, ": this build has no RBD target in its ublk engine"));
+  }
   if (spec.backing_file.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(ctx, ": backing_file is empty"));
   }
