@@ -2,7 +2,9 @@
 # Installs the Debian bookworm packages the build, the unit tests and the
 # checks need (clang-14 for the TSan and thread-safety build and the fuzzers,
 # llvm-14 for llvm-symbolizer in TSan reports,
-# clang-format-14 and shellcheck for format-check), only those missing (so a
+# clang-format-14 and shellcheck for format-check; librbd-dev/librados-dev for
+# the RBD target, ceph-mon/ceph-osd/ceph-common/rbd-nbd for the single-node
+# test cluster of tests/e2e/lib/ceph.sh), only those missing (so a
 # re-run is quick and offline). Needs root.
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config
@@ -10,7 +12,8 @@ PKGS=(build-essential cmake ninja-build pkg-config
       liburing-dev libabsl-dev prometheus-cpp-dev libcivetweb-dev
       libgtest-dev libgmock-dev libbenchmark-dev libgoogle-glog-dev libgflags-dev
       e2fsprogs xfsprogs util-linux
-      clang-14 libclang-rt-14-dev llvm-14 clang-format-14 shellcheck)
+      clang-14 libclang-rt-14-dev llvm-14 clang-format-14 shellcheck
+      librbd-dev librados-dev ceph-mon ceph-osd ceph-common rbd-nbd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

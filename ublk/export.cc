@@ -72,6 +72,11 @@ uint64_t CopyModeFlags(CopyMode mode) {
   return 0;
 }
 
+CopyMode CopyModeFor(CopyMode kernel_choice, uint64_t kernel_features, const Target& target) {
+  if (kernel_choice != CopyMode::kZeroCopy || !target.needs_user_buffer()) return kernel_choice;
+  return (kernel_features & UBLK_F_USER_COPY) != 0 ? CopyMode::kUserCopy : CopyMode::kGetData;
+}
+
 CopyMode CopyModeOfDevice(uint64_t device_flags) {
   if ((device_flags & UBLK_F_AUTO_BUF_REG) != 0) return CopyMode::kZeroCopy;
   if ((device_flags & UBLK_F_USER_COPY) != 0) return CopyMode::kUserCopy;
@@ -123,6 +128,12 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Create(ControlDevice& control,
     return absl::InvalidArgumentError(absl::StrCat("export size ", o.size_bytes, " exceeds the ",
                                                    target->name(), " target's size ",
                                                    target->size_bytes()));
+  }
+  if (o.copy_mode == CopyMode::kZeroCopy && target->needs_user_buffer()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the ", target->name(),
+                     " target needs its data in user memory and cannot serve zero copy "
+                     "(use CopyModeFor to pick user copy or get-data)"));
   }
   DeviceInfo want;
   want.dev_id = o.dev_id;
@@ -238,6 +249,11 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Recover(
     return absl::FailedPreconditionError(absl::StrCat("ublk device ", dev_id, " is ",
                                                       DeviceStateName(info.state),
                                                       ", not QUIESCED: nothing to recover"));
+  }
+  if (CopyModeOfDevice(info.flags) == CopyMode::kZeroCopy && target->needs_user_buffer()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ublk device ", dev_id, " was created for zero copy, which the ",
+                     target->name(), " target cannot serve (it needs its data in user memory)"));
   }
   ASSIGN_OR_RETURN(ublk_params params, control.GetParams(dev_id));
   const uint64_t size = params.basic.dev_sectors << 9;

@@ -78,6 +78,11 @@ absl::Status ValidateExportOptions(const ExportOptions& options);
 uint64_t CopyModeFlags(CopyMode mode);
 // The copy mode a device was created for, from its flags.
 CopyMode CopyModeOfDevice(uint64_t device_flags);
+// The copy mode to serve `target` in, given the kernel's choice (features'
+// copy_mode) and its feature mask: the kernel's choice, except that a target
+// that needs_user_buffer() gets user copy (UBLK_F_USER_COPY) or get-data
+// instead of zero copy.
+CopyMode CopyModeFor(CopyMode kernel_choice, uint64_t kernel_features, const Target& target);
 // The ublk_params an export sets for `options` (size already resolved).
 ublk_params ParamsFor(const ExportOptions& options, bool target_discard);
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "ublk/async_completion.h"
 #include "ublk/ring.h"
 #include "ublk/uapi.h"
 
@@ -25,6 +26,12 @@ struct TargetIo {
   // registered request pages): only fixed-buffer I/O may use it.
   void* buf = nullptr;
   int32_t buf_index = -1;
+  // Set by the worker for every StartIo: a target that completes the I/O
+  // off the ring (on a library's thread) posts the result here exactly once
+  // instead of putting an SQE on the ring; FinishIo then gets it on the
+  // worker's thread like a CQE's res. Null outside a worker (tests calling
+  // StartIo directly with a ring-only target).
+  AsyncCompletion* async = nullptr;
 };
 
 class Target {
@@ -39,10 +46,17 @@ class Target {
   // answers a copy-mode READ from a read-only zero mapping of its own: no
   // bounce buffer, no memset, and still no stale bytes handed to the reader.
   virtual bool reads_zeros() const { return false; }
+  // Whether READ/WRITE need the data in user memory (a library such as
+  // librbd takes a plain pointer): such a target cannot serve a zero-copy
+  // queue, whose requests live in the ring's registered buffer table, and
+  // Export refuses that mode for it (CopyModeFor picks a copy mode instead).
+  virtual bool needs_user_buffer() const { return false; }
 
   // Starts `io`. Either puts exactly one SQE on `ring` with `user_data` and
-  // returns nullopt (the CQE's res then goes to FinishIo), or completes at
-  // once and returns the ublk result (bytes for READ/WRITE, 0, or -errno).
+  // returns nullopt (the CQE's res then goes to FinishIo), or hands the I/O
+  // to something that will call io.async->Post(res) exactly once and returns
+  // nullopt (res then goes to FinishIo the same way), or completes at once
+  // and returns the ublk result (bytes for READ/WRITE, 0, or -errno).
   virtual std::optional<int32_t> StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) = 0;
   // The ublk result for the CQE of an op started by StartIo, or nullopt: the
   // target changed how it does I/O (e.g. O_DIRECT refused) and the caller

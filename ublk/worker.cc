@@ -55,6 +55,7 @@ struct Worker::TagState {
   bool zero_read = false;  // a READ answered from zero_region_
   IoBuffer buffer;
   TargetIo io;
+  AsyncCompletion async;  // posted by a target that completes off the ring
 };
 
 struct Worker::Removal {
@@ -106,6 +107,12 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
     return absl::ErrnoToStatus(errno, absl::StrCat("worker ", options.worker_id, ": eventfd"));
   }
   w->wakeup_fd_.reset(efd);
+  absl::StatusOr<std::unique_ptr<AsyncCompletionQueue>> async = AsyncCompletionQueue::Create();
+  if (!async.ok()) {
+    return absl::Status(async.status().code(),
+                        absl::StrCat("worker ", options.worker_id, ": ", async.status().message()));
+  }
+  w->async_ = std::move(*async);
   void* zeros = mmap(nullptr, kZeroRegionBytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   // Without it READs of the null target take a buffer and a memset.
   if (zeros != MAP_FAILED) w->zero_region_ = zeros;
@@ -320,6 +327,25 @@ void Worker::ArmWakeup() {
   sqe->user_data = static_cast<uint64_t>(Kind::kWakeup) << 56;
 }
 
+void Worker::ArmAsync() {
+  io_uring_sqe* sqe = ring_->GetSqe();
+  if (sqe == nullptr) {
+    LOG(ERROR) << "worker " << id() << ": cannot arm the async completion read";
+    return;
+  }
+  io_uring_prep_read(sqe, async_->fd(), &async_buf_, sizeof(async_buf_), 0);
+  sqe->user_data = static_cast<uint64_t>(Kind::kAsync) << 56;
+}
+
+void Worker::DrainAsync() {
+  async_->Drain([this](uint64_t user_data, int32_t result) {
+    io_uring_cqe cqe{};
+    cqe.user_data = user_data;
+    cqe.res = result;
+    HandleCqe(cqe);
+  });
+}
+
 void Worker::RunTasks() {
   std::vector<std::function<void()>> tasks;
   {
@@ -341,6 +367,7 @@ Worker::Queue* Worker::FindQueue(uint16_t slot, uint16_t gen) {
 
 void Worker::Run() {
   ArmWakeup();
+  ArmAsync();
   for (;;) {
     bool any_queue = false;
     bool any_removing = false;
@@ -379,6 +406,11 @@ void Worker::HandleCqe(const io_uring_cqe& cqe) {
   if (kind == Kind::kWakeup) {
     RunTasks();
     ArmWakeup();
+    return;
+  }
+  if (kind == Kind::kAsync) {
+    DrainAsync();
+    ArmAsync();
     return;
   }
   const uint16_t gen = static_cast<uint16_t>(cqe.user_data >> 32);
@@ -556,7 +588,10 @@ void Worker::StartTarget(Queue& q, uint16_t tag) {
   TagState& t = q.tags[tag];
   if (t.io.buf_index < 0) t.io.buf = t.buffer ? t.buffer.data() : nullptr;
   q.SetPhase(tag, TagState::Phase::kTargetIo);
-  std::optional<int32_t> r = q.target->StartIo(*ring_, t.io, UserData(Kind::kTarget, q, tag));
+  const uint64_t user_data = UserData(Kind::kTarget, q, tag);
+  async_->Prepare(t.async, user_data);
+  t.io.async = &t.async;
+  std::optional<int32_t> r = q.target->StartIo(*ring_, t.io, user_data);
   if (r.has_value()) {
     q.SetPhase(tag, TagState::Phase::kIdle);
     Commit(q, tag, *r);

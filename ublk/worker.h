@@ -13,6 +13,9 @@
 // table when the first zero-copy queue attaches, each such queue gets a range
 // of queue_depth indices in it (given back, and cleared, when the queue is
 // dropped), and the kernel registers each request's pages at its tag's index.
+// Targets that complete on a library's own threads (RBD) post their results
+// to the worker's AsyncCompletionQueue; an eventfd READ on the ring wakes the
+// worker, which finishes them like ring completions.
 #pragma once
 
 #include <atomic>
@@ -26,6 +29,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "ublk/async_completion.h"
 #include "ublk/buffer_pool.h"
 #include "ublk/clock.h"
 #include "ublk/kernel.h"
@@ -125,7 +129,7 @@ class Worker {
   struct Queue;
   struct TagState;
   struct Removal;
-  enum class Kind : uint8_t { kWakeup = 1, kCmd = 2, kTarget = 3 };
+  enum class Kind : uint8_t { kWakeup = 1, kCmd = 2, kTarget = 3, kAsync = 4 };
 
   explicit Worker(const WorkerOptions& options);
   // Bytes of zero_region_: a READ longer than this takes a buffer as usual.
@@ -137,6 +141,10 @@ class Worker {
   // Runs `task` on the worker thread and waits for it.
   absl::Status RunOnWorker(std::function<void()> task);
   void ArmWakeup();
+  // Keeps a READ on the async completion queue's eventfd.
+  void ArmAsync();
+  // Hands every posted async target completion to OnTargetDone.
+  void DrainAsync();
   void RunTasks();
   void HandleCqe(const io_uring_cqe& cqe);
   void OnCommand(Queue& q, uint16_t tag, int32_t raw);
@@ -174,6 +182,10 @@ class Worker {
   std::unique_ptr<BufferPool> pool_;
   UniqueFd wakeup_fd_;
   uint64_t wakeup_buf_ = 0;
+  // Completions of targets that finish off the ring (RbdTarget): see
+  // async_completion.h. Destroyed after the thread has ended.
+  std::unique_ptr<AsyncCompletionQueue> async_;
+  uint64_t async_buf_ = 0;
   std::thread thread_;
   std::thread::id thread_id_;
 

@@ -5,7 +5,10 @@
 //       [--dev_id=N] [--copy_mode=auto|zero_copy|user_copy|get_data]
 //       [--encoding=auto|ioctl|legacy] [--queues=1] [--depth=64] [--recovery]
 //       [--ready_file=PATH] [--inject_corruption]
-//   ublk-tool recover --dev_id=N --target=file|null --backing=PATH [...]
+//   ublk-tool serve --target=rbd --rbd_mon_host=H --rbd_user=admin
+//       --rbd_key_file=PATH --rbd_pool=rbd --rbd_image=NAME [--rbd_op_timeout_ms=N]
+//       (the cephx key is read from a file, never taken on the command line)
+//   ublk-tool recover --dev_id=N --target=file|null|rbd --backing=PATH [...]
 //   ublk-tool del --dev_id=N
 //   ublk-tool info --dev_id=N
 // Output is key=value lines (features, info) and one READY line (serve,
@@ -31,10 +34,18 @@
 #include "ublk/kernel_real.h"
 #include "ublk/memory.h"
 #include "ublk/null_target.h"
+#include "ublk/rbd_cluster.h"
+#include "ublk/rbd_target.h"
 #include "ublk/status_macros.h"
 #include "ublk/worker.h"
 
-DEFINE_string(target, "file", "file | null");
+DEFINE_string(target, "file", "file | null | rbd");
+DEFINE_string(rbd_mon_host, "", "rbd target: the cluster's monitors (ceph.conf mon_host)");
+DEFINE_string(rbd_user, "admin", "rbd target: cephx user");
+DEFINE_string(rbd_key_file, "", "rbd target: file holding the cephx key (base64)");
+DEFINE_string(rbd_pool, "rbd", "rbd target: pool");
+DEFINE_string(rbd_image, "", "rbd target: image");
+DEFINE_int64(rbd_op_timeout_ms, 30000, "rbd target: op timeout (rados_osd_op_timeout); 0: none");
 DEFINE_string(backing, "", "backing file of the file target");
 DEFINE_uint64(size, 0, "volume size in bytes (0: the backing file's size)");
 DEFINE_bool(create, false, "create (or grow) the backing file, sparse");
@@ -171,14 +182,46 @@ absl::Status Del() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<Target>> MakeTarget(uint64_t size, bool create) {
+// The RBD target's connection; lives as long as Serve().
+struct RbdState {
+  std::unique_ptr<RbdClient> client;
+  std::unique_ptr<RadosConnections> connections;
+  std::unique_ptr<RbdMetrics> metrics;
+};
+
+absl::StatusOr<std::shared_ptr<Target>> MakeRbdTarget(uint64_t size, RbdState& rbd) {
+  if (FLAGS_rbd_key_file.empty()) return absl::InvalidArgumentError("--rbd_key_file is required");
+  std::ifstream in(FLAGS_rbd_key_file);
+  std::string key;
+  if (!(in >> key)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rbd_key_file=", FLAGS_rbd_key_file, ": cannot read a key from it"));
+  }
+  RbdConnectOptions co;
+  co.op_timeout = absl::Milliseconds(FLAGS_rbd_op_timeout_ms);
+  rbd.client = NewLibradosClient();
+  rbd.connections = std::make_unique<RadosConnections>(*rbd.client, co);
+  rbd.metrics = std::make_unique<RbdMetrics>(nullptr);
+  ASSIGN_OR_RETURN(auto connection,
+                   rbd.connections->Get({FLAGS_rbd_mon_host, FLAGS_rbd_user, key}));
+  RbdTargetOptions o;
+  o.pool = FLAGS_rbd_pool;
+  o.image = FLAGS_rbd_image;
+  o.size_bytes = size;
+  o.metrics = rbd.metrics.get();
+  ASSIGN_OR_RETURN(auto t, RbdTarget::Open(std::move(connection), o));
+  return std::shared_ptr<Target>(std::move(t));
+}
+
+absl::StatusOr<std::shared_ptr<Target>> MakeTarget(uint64_t size, bool create, RbdState& rbd) {
+  if (FLAGS_target == "rbd") return MakeRbdTarget(size, rbd);
   if (FLAGS_target == "null") {
     if (size == 0) return absl::InvalidArgumentError("--size is required for the null target");
     return std::shared_ptr<Target>(std::make_shared<NullTarget>(size));
   }
   if (FLAGS_target != "file") {
     return absl::InvalidArgumentError(
-        absl::StrCat("--target=", FLAGS_target, ": expected file or null"));
+        absl::StrCat("--target=", FLAGS_target, ": expected file, null or rbd"));
   }
   if (FLAGS_backing.empty()) return absl::InvalidArgumentError("--backing=PATH is required");
   if (size == 0) {
@@ -260,7 +303,8 @@ absl::Status Serve(bool recover) {
   if (FLAGS_queues < 1 || FLAGS_queues > 64 || FLAGS_depth < 1 || FLAGS_depth > 4096) {
     return absl::InvalidArgumentError("--queues must be 1..64 and --depth 1..4096");
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<Target> inner, MakeTarget(size, FLAGS_create && !recover));
+  RbdState rbd;
+  ASSIGN_OR_RETURN(std::shared_ptr<Target> inner, MakeTarget(size, FLAGS_create && !recover, rbd));
   auto corrupting = FLAGS_inject_corruption ? std::make_shared<CorruptingTarget>(inner) : nullptr;
   std::shared_ptr<Target> target = corrupting ? std::shared_ptr<Target>(corrupting) : inner;
 
@@ -287,7 +331,8 @@ absl::Status Serve(bool recover) {
     o.size_bytes = target->size_bytes();
     o.nr_queues = static_cast<uint16_t>(FLAGS_queues);
     o.queue_depth = static_cast<uint16_t>(FLAGS_depth);
-    o.copy_mode = kf.copy_mode;
+    // A target that needs user memory (rbd) gets a copy mode instead of zero copy.
+    o.copy_mode = CopyModeFor(kf.copy_mode, kf.features, *target);
     o.user_recovery = FLAGS_recovery;
     o.user_recovery_reissue = FLAGS_recovery && kf.user_recovery_reissue;
     o.max_io_bytes = static_cast<uint32_t>(BufferPoolOptions::kDefaultSlotSize);

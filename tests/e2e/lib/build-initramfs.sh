@@ -20,6 +20,10 @@ MODDIR=$KDIR/lib/modules/$KVER
 # and xfs link by symbol: no crc32c-intel, crc32c_generic, libcrc32c).
 MODS="configfs netfs 9pnet 9pnet_virtio 9p virtio_blk crc32c-intel? crc32c_generic?
       crc16 mbcache jbd2 ext4 libcrc32c? xfs loop null_blk ublk_drv"
+# Modules put in the initramfs (with their dependencies) but not loaded at
+# boot: scenarios that need them load them with modprobe in the chroot
+# (tests/e2e/lib/ceph.sh: rbd for krbd, nbd for rbd-nbd).
+MODS_ON_DEMAND="rbd nbd"
 
 [ -f "$MODDIR/modules.dep" ] || depmod -b "$KDIR" "$KVER"
 BUSYBOX=$(command -v busybox) || { echo "build-initramfs: busybox not found" >&2; exit 1; }
@@ -36,18 +40,19 @@ done
 for a in modprobe insmod rmmod poweroff reboot; do ln -sf ../bin/busybox "$ST/sbin/$a"; done
 
 : > "$ST/etc/modorder"
-add_mod() { # $1 = path relative to MODDIR as in modules.dep
-  local rel=$1 deps d
+add_mod() { # $1 = path relative to MODDIR as in modules.dep; $2 = 0: copy only
+  local rel=$1 load=${2:-1} deps d
   grep -qxF "${rel%.xz}" "$ST/etc/modorder" && return 0
+  [ -e "$ST/lib/modules/$KVER/${rel%.xz}" ] && return 0
   deps=$(grep -E "^${rel}:" "$MODDIR/modules.dep" | cut -d: -f2)
-  for d in $deps; do add_mod "$d"; done
+  for d in $deps; do add_mod "$d" "$load"; done
   mkdir -p "$ST/lib/modules/$KVER/$(dirname "$rel")"
   case $rel in
     *.xz)  xz -dc "$MODDIR/$rel" > "$ST/lib/modules/$KVER/${rel%.xz}" ;;
     *.zst) zstd -qdc "$MODDIR/$rel" > "$ST/lib/modules/$KVER/${rel%.zst}" ;;
     *)     cp "$MODDIR/$rel" "$ST/lib/modules/$KVER/$rel" ;;
   esac
-  echo "${rel%.xz}" >> "$ST/etc/modorder"
+  [ "$load" = 0 ] || echo "${rel%.xz}" >> "$ST/etc/modorder"
 }
 set -f  # the "?" in MODS is not a glob
 for m in $MODS; do
@@ -61,6 +66,11 @@ for m in $MODS; do
     continue
   fi
   add_mod "$rel"
+done
+for m in $MODS_ON_DEMAND; do
+  rel=$(grep -E "/${m}\.ko(\.xz|\.zst)?:" "$MODDIR/modules.dep" | cut -d: -f1 | head -1 || true)
+  if [ -n "$rel" ]; then add_mod "$rel" 0
+  else echo "build-initramfs: on-demand module $m not found in $KVER (modprobe $m will fail)" >&2; fi
 done
 set +f
 sed -i 's/\.zst$//' "$ST/etc/modorder"
