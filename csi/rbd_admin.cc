@@ -1,11 +1,9 @@
-// LibRbdAdmin: RbdAdmin over librados/librbd (Debian's 16.2.x).
-//
-// Connections: one rados client per (monitors, user), kept for the admin's
-// lifetime and re-made after an error that may mean it is broken. This is
-// the controller's (and the node's lock calls') own client: the engine's
-// I/O connections live in ublk/ (rbdengine's registry); sharing one client
-// between the two would let a lock break that fences a stale admin client
-// also fence the data path, which we do not want.
+// LibRbdAdmin: RbdAdmin over librados/librbd (Debian's 16.2.x), on the
+// node's shared rados connections (ublk::RadosConnections: one client per
+// cluster for the engine's I/O and these admin calls alike). The advisory
+// lock is therefore held by the same client that serves the image; a lock
+// break (only ever of this node's own stale cookie, i.e. a dead earlier
+// process) blocklists that dead client, never a live one.
 #include "csi/rbd_admin.h"
 
 #include <rados/librados.h>
@@ -21,6 +19,7 @@
 #include "glog/logging.h"
 #include "ublk/errno.h"
 #include "ublk/mutex.h"
+#include "ublk/rbd_cluster.h"
 #include "ublk/status_macros.h"
 
 namespace ublk_csi {
@@ -60,49 +59,6 @@ absl::Status FromRc(int rc, absl::string_view what) {
   }
 }
 
-class Client {
- public:
-  ~Client() {
-    for (auto& [_, io] : ioctx_) rados_ioctx_destroy(io);
-    if (cluster_ != nullptr) rados_shutdown(cluster_);
-  }
-
-  absl::Status Connect(const RbdAccess& a, int timeout_s) {
-    const std::string who = absl::StrCat("rados client.", a.creds.user, " to ", a.monitors);
-    RETURN_IF_ERROR(FromRc(rados_create2(&cluster_, "ceph",
-                                         absl::StrCat("client.", a.creds.user).c_str(), 0),
-                           who));
-    // No ceph.conf: everything comes from the StorageClass and the secret.
-    const std::string t = std::to_string(timeout_s);
-    const std::pair<const char*, std::string> conf[] = {
-        {"mon_host", a.monitors},      {"key", a.creds.key},
-        {"rados_mon_op_timeout", t},   {"rados_osd_op_timeout", t},
-        {"client_mount_timeout", t},   {"log_to_stderr", "false"},
-        {"err_to_stderr", "false"},    {"log_file", ""},
-    };
-    for (const auto& [k, v] : conf) {
-      // The key's value never reaches the message.
-      RETURN_IF_ERROR(FromRc(rados_conf_set(cluster_, k, v.c_str()), absl::StrCat(who, ": ", k)));
-    }
-    RETURN_IF_ERROR(FromRc(rados_connect(cluster_), absl::StrCat(who, ": connect")));
-    return absl::OkStatus();
-  }
-
-  absl::StatusOr<rados_ioctx_t> Pool(const std::string& pool) {
-    ublk::MutexLock l(&mu_);
-    if (auto it = ioctx_.find(pool); it != ioctx_.end()) return it->second;
-    rados_ioctx_t io = nullptr;
-    RETURN_IF_ERROR(FromRc(rados_ioctx_create(cluster_, pool.c_str(), &io), "pool " + pool));
-    ioctx_[pool] = io;
-    return io;
-  }
-
- private:
-  rados_t cluster_ = nullptr;
-  ublk::Mutex mu_;
-  std::map<std::string, rados_ioctx_t> ioctx_ ABSL_GUARDED_BY(mu_);
-};
-
 // An open image, closed on scope exit.
 class Image {
  public:
@@ -125,7 +81,7 @@ class Image {
 
 class LibRbdAdmin final : public RbdAdmin {
  public:
-  explicit LibRbdAdmin(int timeout_s) : timeout_s_(timeout_s) {}
+  explicit LibRbdAdmin(ublk::RadosConnections* connections) : connections_(connections) {}
 
   absl::StatusOr<RbdImageInfo> Stat(const RbdAccess& a, const std::string& pool,
                                     const std::string& image) override {
@@ -373,51 +329,27 @@ class LibRbdAdmin final : public RbdAdmin {
     return absl::InternalError("list lockers: buffers keep growing");
   }
 
-  // The ioctx with the client that owns it: a call keeps the client alive
-  // even if another call drops it from the cache meanwhile.
+  // The pool's io context on the node's shared connection to the cluster,
+  // with the connection that owns it (kept alive for the call).
   struct Io {
-    std::shared_ptr<Client> client;
+    std::shared_ptr<ublk::RadosConnection> connection;
     rados_ioctx_t io = nullptr;
   };
 
   absl::StatusOr<Io> IoCtx(const RbdAccess& a, const std::string& pool) {
-    std::shared_ptr<Client> c;
-    const std::string key = absl::StrCat(a.monitors, "|", a.creds.user);
-    {
-      ublk::MutexLock l(&mu_);
-      auto it = clients_.find(key);
-      // A changed key (rotated secret) gets a new client.
-      if (it != clients_.end() && it->second.first == a.creds.key) c = it->second.second;
-    }
-    if (c == nullptr) {
-      auto fresh = std::make_shared<Client>();
-      RETURN_IF_ERROR(fresh->Connect(a, timeout_s_));
-      ublk::MutexLock l(&mu_);
-      clients_[key] = {a.creds.key, fresh};
-      c = fresh;
-    }
-    absl::StatusOr<rados_ioctx_t> io = c->Pool(pool);
-    if (!io.ok()) {
-      if (absl::IsUnavailable(io.status())) {
-        ublk::MutexLock l(&mu_);
-        clients_.erase(key);  // reconnect next time
-      }
-      return io.status();
-    }
-    return Io{std::move(c), *io};
+    ASSIGN_OR_RETURN(std::shared_ptr<ublk::RadosConnection> c,
+                     connections_->Get(ublk::RbdClusterConfig{a.monitors, a.creds.user, a.creds.key}));
+    ASSIGN_OR_RETURN(rados_ioctx_t io, c->IoCtx(pool, ""));
+    return Io{std::move(c), io};
   }
 
-  const int timeout_s_;
-  ublk::Mutex mu_;
-  // (monitors|user) -> (key it connected with, client).
-  std::map<std::string, std::pair<std::string, std::shared_ptr<Client>>> clients_
-      ABSL_GUARDED_BY(mu_);
+  ublk::RadosConnections* const connections_;
 };
 
 }  // namespace
 
-std::unique_ptr<RbdAdmin> NewLibRbdAdmin(int op_timeout_seconds) {
-  return std::make_unique<LibRbdAdmin>(op_timeout_seconds);
+std::unique_ptr<RbdAdmin> NewLibRbdAdmin(ublk::RadosConnections* connections) {
+  return std::make_unique<LibRbdAdmin>(connections);
 }
 
 }  // namespace ublk_csi

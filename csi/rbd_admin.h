@@ -49,6 +49,10 @@
 #include "absl/status/statusor.h"
 #include "csi/rbd_params.h"
 
+namespace ublk {
+class RadosConnections;
+}  // namespace ublk
+
 namespace ublk_csi {
 
 // One cluster as a client reaches it.
@@ -118,9 +122,8 @@ class RbdAdmin {
                               const std::string& image, const std::string& cookie) = 0;
 };
 
-// The librbd implementation. Keeps one rados connection per (monitors,
-// user) for as long as it lives. `op_timeout_seconds` bounds every monitor
-// and OSD operation (rados_mon_op_timeout / rados_osd_op_timeout).
-std::unique_ptr<RbdAdmin> NewLibRbdAdmin(int op_timeout_seconds = 30);
+// The librbd implementation, on the node's shared connections (the engine's
+// registry, whose timeouts bound every call); must outlive the admin.
+std::unique_ptr<RbdAdmin> NewLibRbdAdmin(ublk::RadosConnections* connections);
 
 }  // namespace ublk_csi
