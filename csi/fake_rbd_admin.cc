@@ -60,7 +60,8 @@ absl::Status FakeRbdCluster::Check(const RbdAccess& a, const std::string& pool, 
     return absl::PermissionDeniedError(
         absl::StrCat("rados connect as client.", a.creds.user, ": cephx authentication failed"));
   }
-  if (pools_.count(pool) == 0) return absl::NotFoundError(absl::StrCat("pool ", pool, " not found"));
+  if (pools_.count(pool) == 0)
+    return absl::NotFoundError(absl::StrCat("pool ", pool, " not found"));
   return absl::OkStatus();
 }
 
@@ -208,9 +209,9 @@ absl::Status FakeRbdAdmin::Lock(const RbdAccess& access, const std::string& pool
   auto& lockers = it->second.lockers;
   if (!lockers.empty()) {
     if (lockers[0].client == client_ && lockers[0].cookie == cookie) return absl::OkStatus();
-    return absl::FailedPreconditionError(
-        absl::StrCat("image ", pool, "/", image, " is locked by ", lockers[0].client, " (",
-                     lockers[0].cookie, ")"));
+    return absl::FailedPreconditionError(absl::StrCat("image ", pool, "/", image, " is locked by ",
+                                                      lockers[0].client, " (", lockers[0].cookie,
+                                                      ")"));
   }
   lockers.push_back({client_, cookie, absl::StrCat("10.0.0.1:0/", client_)});
   return absl::OkStatus();
@@ -247,9 +248,8 @@ absl::Status FakeRbdAdmin::Unlock(const RbdAccess& access, const std::string& po
   if (absl::Status s = cluster_->Check(access, pool, "unlock"); !s.ok()) return s;
   auto it = cluster_->images_.find(Key(pool, image));
   if (it == cluster_->images_.end()) return absl::OkStatus();
-  std::erase_if(it->second.lockers, [&](const RbdLockHolder& h) {
-    return h.client == client_ && h.cookie == cookie;
-  });
+  std::erase_if(it->second.lockers,
+                [&](const RbdLockHolder& h) { return h.client == client_ && h.cookie == cookie; });
   return absl::OkStatus();
 }
 

@@ -7,8 +7,8 @@
 // Thread-safe.
 #pragma once
 
-#include <map>
 #include <atomic>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -27,7 +27,7 @@ class FakeRbdCluster {
     int64_t size = 0;
     uint64_t features = 0;
     std::string data_pool;
-    std::string parent;  // "pool/image@snap" while a clone is not flattened
+    std::string parent;                 // "pool/image@snap" while a clone is not flattened
     std::map<std::string, bool> snaps;  // name -> protected
     std::vector<RbdLockHolder> lockers;
   };
@@ -90,8 +90,8 @@ class FakeRbdAdmin final : public RbdAdmin {
   absl::StatusOr<std::vector<RbdLockHolder>> Lockers(const RbdAccess& access,
                                                      const std::string& pool,
                                                      const std::string& image) override;
-  absl::Status BreakLock(const RbdAccess& access, const std::string& pool,
-                         const std::string& image, const RbdLockHolder& holder) override;
+  absl::Status BreakLock(const RbdAccess& access, const std::string& pool, const std::string& image,
+                         const RbdLockHolder& holder) override;
   absl::Status Unlock(const RbdAccess& access, const std::string& pool, const std::string& image,
                       const std::string& cookie) override;
 

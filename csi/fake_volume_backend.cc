@@ -46,8 +46,8 @@ absl::StatusOr<ExportInfo> FakeVolumeBackend::EnsureExport(const ExportSpec& spe
     if (fd < 0 || ::ftruncate(fd, spec.size_bytes) != 0) {
       const int e = errno;
       if (fd >= 0) ::close(fd);
-      return absl::InternalError(absl::StrCat("volume ", spec.volume_id, ": ", source, ": ",
-                                              ublk::Errno(e)));
+      return absl::InternalError(
+          absl::StrCat("volume ", spec.volume_id, ": ", source, ": ", ublk::Errno(e)));
     }
     ::close(fd);
   }

@@ -169,8 +169,8 @@ class LibRbdAdmin final : public RbdAdmin {
                   absl::StrCat("resize ", pool, "/", image));
   }
 
-  absl::Status CreateSnapshot(const RbdAccess& a, const std::string& pool,
-                              const std::string& image, const std::string& snap) override {
+  absl::Status CreateSnapshot(const RbdAccess& a, const std::string& pool, const std::string& image,
+                              const std::string& snap) override {
     ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
     rados_ioctx_t io = io_h.io;
     Image img;
@@ -188,8 +188,8 @@ class LibRbdAdmin final : public RbdAdmin {
     return absl::OkStatus();
   }
 
-  absl::Status RemoveSnapshot(const RbdAccess& a, const std::string& pool,
-                              const std::string& image, const std::string& snap) override {
+  absl::Status RemoveSnapshot(const RbdAccess& a, const std::string& pool, const std::string& image,
+                              const std::string& snap) override {
     ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
     rados_ioctx_t io = io_h.io;
     Image img;
@@ -259,8 +259,9 @@ class LibRbdAdmin final : public RbdAdmin {
                           h.address, ")");
         }
       }
-      return absl::FailedPreconditionError(absl::StrCat(
-          "image ", pool, "/", image, " is locked by ", holders.empty() ? "another client" : holders));
+      return absl::FailedPreconditionError(
+          absl::StrCat("image ", pool, "/", image, " is locked by ",
+                       holders.empty() ? "another client" : holders));
     }
     return FromRc(rc, absl::StrCat("lock ", pool, "/", image));
   }
@@ -337,8 +338,9 @@ class LibRbdAdmin final : public RbdAdmin {
   };
 
   absl::StatusOr<Io> IoCtx(const RbdAccess& a, const std::string& pool) {
-    ASSIGN_OR_RETURN(std::shared_ptr<ublk::RadosConnection> c,
-                     connections_->Get(ublk::RbdClusterConfig{a.monitors, a.creds.user, a.creds.key}));
+    ASSIGN_OR_RETURN(
+        std::shared_ptr<ublk::RadosConnection> c,
+        connections_->Get(ublk::RbdClusterConfig{a.monitors, a.creds.user, a.creds.key}));
     ASSIGN_OR_RETURN(rados_ioctx_t io, c->IoCtx(pool, ""));
     return Io{std::move(c), io};
   }

@@ -45,8 +45,7 @@ uint64_t Fnv1a64(absl::string_view s) {
 // (and so file names), hence the record-ID alphabet.
 absl::Status ValidatePoolName(absl::string_view v, absl::string_view field) {
   if (v.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
-  if (v.size() > 63 || v[0] == '.' ||
-      !std::all_of(v.begin(), v.end(), [](char c) {
+  if (v.size() > 63 || v[0] == '.' || !std::all_of(v.begin(), v.end(), [](char c) {
         return absl::ascii_isalnum(c) || c == '_' || c == '-' || c == '.';
       })) {
     return absl::InvalidArgumentError(
@@ -62,8 +61,8 @@ absl::Status ValidateClusterId(absl::string_view v, absl::string_view field) {
   if (v.size() > 36 || !std::all_of(v.begin(), v.end(), [](char c) {
         return absl::ascii_isalnum(c) || c == '-' || c == '_';
       })) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " '", EscapeForLog(v, 40),
-                                                   "' is not a cluster ID (1-36 of [A-Za-z0-9_-])"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " '", EscapeForLog(v, 40), "' is not a cluster ID (1-36 of [A-Za-z0-9_-])"));
   }
   return absl::OkStatus();
 }
@@ -74,8 +73,8 @@ absl::Status ValidateClusterId(absl::string_view v, absl::string_view field) {
 absl::Status ValidateMonitors(absl::string_view v, absl::string_view field) {
   if (v.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
   const bool ok = v.size() <= 1024 && std::all_of(v.begin(), v.end(), [](char c) {
-                    return absl::ascii_isalnum(c) || c == '.' || c == ':' || c == ',' ||
-                           c == '[' || c == ']' || c == '/' || c == '-' || c == '_' || c == ' ';
+                    return absl::ascii_isalnum(c) || c == '.' || c == ':' || c == ',' || c == '[' ||
+                           c == ']' || c == '/' || c == '-' || c == '_' || c == ' ';
                   });
   if (!ok || absl::StripAsciiWhitespace(v).empty()) {
     return absl::InvalidArgumentError(
@@ -196,7 +195,8 @@ absl::StatusOr<RbdCredentials> ParseRbdSecrets(const ParamMap& secrets, absl::st
   c.user = user->second;
   if (absl::StartsWith(c.user, "client.")) c.user.erase(0, 7);
   // The user name is not a secret, but it becomes librados' "name".
-  if (c.user.empty() || c.user.size() > 64 || !std::all_of(c.user.begin(), c.user.end(), [](char ch) {
+  if (c.user.empty() || c.user.size() > 64 ||
+      !std::all_of(c.user.begin(), c.user.end(), [](char ch) {
         return absl::ascii_isalnum(ch) || ch == '-' || ch == '_' || ch == '.';
       })) {
     return absl::InvalidArgumentError(absl::StrCat(field, ".", kSecretUserID, " '",
@@ -226,8 +226,8 @@ std::string SnapNameFor(absl::string_view snapshot_name) {
 absl::StatusOr<std::string> RbdVolumeId(const RbdLocation& loc, absl::string_view image) {
   std::string id = absl::StrCat("rbd.", loc.cluster_id, ".", loc.pool, ".", image);
   if (id.size() > kMaxIdBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("volume ID for pool '", loc.pool,
-                                                   "' would be ", id.size(),
+    return absl::InvalidArgumentError(absl::StrCat("volume ID for pool '", loc.pool, "' would be ",
+                                                   id.size(),
                                                    " bytes (at most 128): use a shorter pool or "
                                                    "clusterID"));
   }

@@ -291,7 +291,8 @@ absl::StatusOr<records::ClusterCredentials> RecordStore::GetCredentials(
   }
   records::ClusterCredentials creds;
   if (!creds.ParseFromString(*bytes) || creds.cluster_id() != cluster_id) {
-    return absl::DataLossError(absl::StrCat(path, " is not the credentials of cluster ", cluster_id));
+    return absl::DataLossError(
+        absl::StrCat(path, " is not the credentials of cluster ", cluster_id));
   }
   return creds;
 }

@@ -16,9 +16,9 @@
 #include "prometheus/counter.h"
 #include "prometheus/registry.h"
 #include "ublk/file_target.h"
-#include "ublk/rbd_target.h"
 #include "ublk/kernel_real.h"
 #include "ublk/mutex.h"
+#include "ublk/rbd_target.h"
 
 namespace ublk_csi {
 namespace {

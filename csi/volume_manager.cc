@@ -752,8 +752,8 @@ absl::StatusOr<VolumeManager::CreatePlan> VolumeManager::ParseCreateRequest(
   plan.ratio = options_.overcommit_ratio;
   ASSIGN_OR_RETURN(const bool rbd, SelectsRbd(req.parameters(), "parameters"));
   if (rbd) {
-    ASSIGN_OR_RETURN(plan.rbd,
-                     ParseRbdParams(req.parameters(), "parameters", {kParamFsType, kParamBlockSize}));
+    ASSIGN_OR_RETURN(
+        plan.rbd, ParseRbdParams(req.parameters(), "parameters", {kParamFsType, kParamBlockSize}));
   }
   for (const auto& [k, v] : req.parameters()) {
     if (absl::StartsWith(k, kReservedParamPrefix)) continue;
@@ -772,10 +772,9 @@ absl::StatusOr<VolumeManager::CreatePlan> VolumeManager::ParseCreateRequest(
     } else if (k == kParamOvercommitRatio) {
       ASSIGN_OR_RETURN(plan.ratio, ParseOvercommitRatio(v, "parameters.overcommitRatio"));
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("parameters: unknown key '", EscapeForLog(k),
-                                                     "' (known: fsType, blockSize, ",
-                                                     kParamOvercommitRatio, ", ", kParamBackend,
-                                                     ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameters: unknown key '", EscapeForLog(k), "' (known: fsType, blockSize, ",
+          kParamOvercommitRatio, ", ", kParamBackend, ")"));
     }
   }
   if (!cap_fs.empty()) {
@@ -869,9 +868,9 @@ absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource
       return absl::NotFoundError(absl::StrCat("snapshot ", plan.src_snapshot, " does not exist"));
     }
     if (snap->has_rbd()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "snapshot ", plan.src_snapshot,
-          " is of an RBD volume; restore it with a StorageClass of backend rbd"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("snapshot ", plan.src_snapshot,
+                       " is of an RBD volume; restore it with a StorageClass of backend rbd"));
     }
     if (plan.size < snap->size_bytes()) {
       return absl::OutOfRangeError(absl::StrCat("capacity ", plan.size,
@@ -892,9 +891,9 @@ absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource
           absl::StrCat("source volume ", plan.src_volume, " does not exist"));
     }
     if (vol->has_rbd()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "source volume ", plan.src_volume,
-          " is an RBD volume; clone it with a StorageClass of backend rbd"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("source volume ", plan.src_volume,
+                       " is an RBD volume; clone it with a StorageClass of backend rbd"));
     }
     if (plan.size < vol->capacity_bytes()) {
       return absl::OutOfRangeError(absl::StrCat("capacity ", plan.size, " is smaller than volume ",
@@ -1410,8 +1409,8 @@ absl::StatusOr<csi::v1::DeleteSnapshotResponse> VolumeManager::DeleteSnapshot(
   if (snap->has_rbd()) {
     RETURN_IF_ERROR(DeleteRbdSnapshot(*snap, req));
     RETURN_IF_ERROR(ForgetSnapshot(snap->snapshot_id()));
-    LOG(INFO) << "deleted snapshot " << snap->snapshot_id() << " (RBD " << snap->rbd().pool()
-              << "/" << snap->rbd().image() << "@" << snap->rbd_snap() << ")";
+    LOG(INFO) << "deleted snapshot " << snap->snapshot_id() << " (RBD " << snap->rbd().pool() << "/"
+              << snap->rbd().image() << "@" << snap->rbd_snap() << ")";
     return csi::v1::DeleteSnapshotResponse();
   }
   const std::string path = store_->Abs(snap->file());

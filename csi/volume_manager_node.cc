@@ -223,7 +223,8 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     ASSIGN_OR_RETURN(VolumeRecord made, AttachOnlyRecord(req, *rbd_creds));
     found = std::move(made);
   }
-  if (!found) return absl::NotFoundError(absl::StrCat("volume ", req.volume_id(), " does not exist"));
+  if (!found)
+    return absl::NotFoundError(absl::StrCat("volume ", req.volume_id(), " does not exist"));
   VolumeRecord rec = *std::move(found);
   RETURN_IF_ERROR(CheckMode(req.volume_capability(), rec, "volume_capability"));
   const std::string& staging = req.staging_target_path();
@@ -251,9 +252,9 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     kept.set_key(rbd_creds->key);
     if (absl::Status s = store_->PutCredentials(kept); !s.ok()) {
       if (locked_now) ReleaseRbdLockWith(rec, *rbd_creds);
-      return absl::Status(s.code(), absl::StrCat("volume ", rec.volume_id(),
-                                                 ": keeping the cluster's credentials: ",
-                                                 s.message()));
+      return absl::Status(s.code(),
+                          absl::StrCat("volume ", rec.volume_id(),
+                                       ": keeping the cluster's credentials: ", s.message()));
     }
     if (rec.attach_only() && !FindVolume(rec.volume_id())) {
       if (absl::Status s = SaveVolume(rec); !s.ok()) {
@@ -717,8 +718,9 @@ absl::StatusOr<csi::v1::NodeExpandVolumeResponse> VolumeManager::NodeExpandVolum
     absl::StatusOr<RbdImageInfo> info =
         admin->Stat(AccessOf(rec.rbd(), creds), rec.rbd().pool(), rec.rbd().image());
     if (!info.ok()) {
-      return absl::Status(info.status().code(), absl::StrCat("volume ", rec.volume_id(),
-                                                             ": RBD image: ", info.status().message()));
+      return absl::Status(
+          info.status().code(),
+          absl::StrCat("volume ", rec.volume_id(), ": RBD image: ", info.status().message()));
     }
     if (info->size_bytes > rec.capacity_bytes()) {
       rec.set_capacity_bytes(info->size_bytes);

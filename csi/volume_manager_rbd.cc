@@ -99,8 +99,8 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
       plan.fs_type = src.fs_type();
     }
     if (plan.access == VolumeRecord::MOUNT && src.access_type() == VolumeRecord::BLOCK) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          w, " holds a raw block volume; it can only be restored as a block volume"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(w, " holds a raw block volume; it can only be restored as a block volume"));
     }
     if (plan.access == VolumeRecord::MOUNT && src.filesystem_created() &&
         src.fs_type() != plan.fs_type) {
@@ -111,9 +111,9 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
   };
   auto same_cluster = [&](const records::RbdImage& src, absl::string_view w) -> absl::Status {
     if (src.monitors() != loc.monitors || src.cluster_id() != loc.cluster_id) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          w, " is in cluster ", src.cluster_id(), ", not ", loc.cluster_id,
-          " (RBD clones stay within one cluster)"));
+      return absl::InvalidArgumentError(absl::StrCat(w, " is in cluster ", src.cluster_id(),
+                                                     ", not ", loc.cluster_id,
+                                                     " (RBD clones stay within one cluster)"));
     }
     return absl::OkStatus();
   };
@@ -162,9 +162,8 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
   int64_t size = plan.size;
   absl::StatusOr<RbdImageInfo> found = admin->Stat(access, loc.pool, image);
   if (found.ok()) {
-    if (found->size_bytes < plan.size ||
-        (req.capacity_range().limit_bytes() != 0 &&
-         found->size_bytes > req.capacity_range().limit_bytes())) {
+    if (found->size_bytes < plan.size || (req.capacity_range().limit_bytes() != 0 &&
+                                          found->size_bytes > req.capacity_range().limit_bytes())) {
       return absl::AlreadyExistsError(absl::StrCat(what, " exists with ", found->size_bytes,
                                                    " bytes, which does not fit capacity_range"));
     }
@@ -185,8 +184,7 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
     // clone is flattened (nothing depends on it then).
     const std::string tmp = absl::StrCat("csi-clone-", image);
     const records::RbdImage& src = src_vol->rbd();
-    RETURN_IF_ERROR(
-        Context(admin->CreateSnapshot(access, src.pool(), src.image(), tmp), what));
+    RETURN_IF_ERROR(Context(admin->CreateSnapshot(access, src.pool(), src.image(), tmp), what));
     absl::Status cloned =
         admin->CloneFlattened(access, src.pool(), src.image(), tmp, loc, image, plan.size);
     absl::Status removed = admin->RemoveSnapshot(access, src.pool(), src.image(), tmp);
@@ -295,9 +293,9 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::ExpandRbd
         "volume ", rec.volume_id(),
         " is in use on this node, whose ublk driver cannot grow a live device; unstage it first"));
   }
-  RETURN_IF_ERROR(Context(
-      admin->Resize(AccessOf(rec.rbd(), creds), rec.rbd().pool(), rec.rbd().image(), size),
-      absl::StrCat("volume ", rec.volume_id(), ": resize RBD image")));
+  RETURN_IF_ERROR(
+      Context(admin->Resize(AccessOf(rec.rbd(), creds), rec.rbd().pool(), rec.rbd().image(), size),
+              absl::StrCat("volume ", rec.volume_id(), ": resize RBD image")));
   rec.set_capacity_bytes(size);
   RETURN_IF_ERROR(SaveVolume(rec));
   LOG(INFO) << "volume " << rec.volume_id() << ": RBD image " << rec.rbd().pool() << "/"
@@ -336,8 +334,8 @@ absl::StatusOr<VolumeRecord> VolumeManager::AttachOnlyRecord(
     return absl::InvalidArgumentError(absl::StrCat(
         "volume_context (clusterID, pool, imageName) does not match volume_id ", req.volume_id()));
   }
-  absl::StatusOr<RbdImageInfo> info = admin->Stat(RbdAccess{loc.monitors, creds}, loc.pool,
-                                                  id->image);
+  absl::StatusOr<RbdImageInfo> info =
+      admin->Stat(RbdAccess{loc.monitors, creds}, loc.pool, id->image);
   if (!info.ok()) {
     return Context(info.status(), absl::StrCat("volume ", req.volume_id(), ": RBD image"));
   }
@@ -402,9 +400,10 @@ absl::Status VolumeManager::TakeRbdLock(const VolumeRecord& rec, const RbdAccess
 void VolumeManager::ReleaseRbdLock(const VolumeRecord& rec) {
   absl::StatusOr<RbdCredentials> creds = KeptCredentials(rec);
   if (!creds.ok()) {
-    LOG(WARNING) << "volume " << rec.volume_id() << ": cannot release this node's lock on "
-                 << rec.rbd().pool() << "/" << rec.rbd().image() << " (" << creds.status()
-                 << "); the next stage on this node takes it over, another node needs `rbd lock rm`";
+    LOG(WARNING)
+        << "volume " << rec.volume_id() << ": cannot release this node's lock on "
+        << rec.rbd().pool() << "/" << rec.rbd().image() << " (" << creds.status()
+        << "); the next stage on this node takes it over, another node needs `rbd lock rm`";
     return;
   }
   ReleaseRbdLockWith(rec, *creds);
@@ -440,12 +439,11 @@ void VolumeManager::ReleaseRbdLockWith(const VolumeRecord& rec, const RbdCredent
 }
 
 absl::StatusOr<RbdCredentials> VolumeManager::KeptCredentials(const VolumeRecord& rec) {
-  absl::StatusOr<records::ClusterCredentials> kept =
-      store_->GetCredentials(rec.rbd().cluster_id());
+  absl::StatusOr<records::ClusterCredentials> kept = store_->GetCredentials(rec.rbd().cluster_id());
   if (!kept.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "volume ", rec.volume_id(), ": ", kept.status().message(),
-        " (the credentials come with NodeStageVolume: stage the volume again)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume ", rec.volume_id(), ": ", kept.status().message(),
+                     " (the credentials come with NodeStageVolume: stage the volume again)"));
   }
   return RbdCredentials{kept->user(), kept->key()};
 }

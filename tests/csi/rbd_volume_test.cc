@@ -406,8 +406,7 @@ TEST_F(RbdVolumeTest, RestartRecoversWithoutNodeStageAndUnstageReleasesTheOldLoc
   EXPECT_EQ(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->lockers[0].client, old_client);
   // A repeated NodeStage after the restart takes over this node's lock.
   ASSERT_TRUE(StageRbd(manager_.get(), *v, Path("stage/pvc-1")).ok());
-  EXPECT_EQ(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->lockers[0].client,
-            admin_->client());
+  EXPECT_EQ(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->lockers[0].client, admin_->client());
   RestartPlugin();
   ASSERT_TRUE(manager_->RecoverExport(v->volume_id()).ok());
   ASSERT_TRUE(Unstage(manager_.get(), v->volume_id(), Path("stage/pvc-1")).ok());
