@@ -1,5 +1,6 @@
 #include "csi/fake_volume_backend.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,8 +33,26 @@ absl::StatusOr<ExportInfo> FakeVolumeBackend::EnsureExport(const ExportSpec& spe
   ++ensure_calls_;
   if (absl::Status s = TakeFailure(Op::kEnsure); !s.ok()) return s;
   if (auto it = exports_.find(spec.volume_id); it != exports_.end()) return it->second.info;
+  // An RBD image's "device" is a sparse file standing in for the image
+  // (one per pool/image, kept across exports, as the image outlives them).
+  std::string source = spec.backing_file;
+  if (spec.rbd) {
+    if (spec.rbd->user.empty() || spec.rbd->key.empty()) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("volume ", spec.volume_id, ": no cephx credentials for the RBD target"));
+    }
+    source = absl::StrCat(device_dir_, "/rbd-", spec.rbd->pool, "-", spec.rbd->image, ".img");
+    const int fd = ::open(source.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || ::ftruncate(fd, spec.size_bytes) != 0) {
+      const int e = errno;
+      if (fd >= 0) ::close(fd);
+      return absl::InternalError(
+          absl::StrCat("volume ", spec.volume_id, ": ", source, ": ", ublk::Errno(e)));
+    }
+    ::close(fd);
+  }
   struct stat st;
-  if (::stat(spec.backing_file.c_str(), &st) != 0) {
+  if (::stat(source.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat("volume ", spec.volume_id, ": backing file ",
                                             spec.backing_file, ": ", ublk::Errno(errno)));
   }
@@ -55,7 +74,7 @@ absl::StatusOr<ExportInfo> FakeVolumeBackend::EnsureExport(const ExportSpec& spe
   e.info.size_bytes = spec.size_bytes;
   e.info.state = ExportState::kLive;
   ::unlink(e.info.device_path.c_str());
-  if (::symlink(spec.backing_file.c_str(), e.info.device_path.c_str()) != 0) {
+  if (::symlink(source.c_str(), e.info.device_path.c_str()) != 0) {
     return absl::InternalError(absl::StrCat("volume ", spec.volume_id, ": symlink ",
                                             e.info.device_path, ": ", ublk::Errno(errno)));
   }

@@ -28,6 +28,7 @@
 #include "csi/liveness.h"
 #include "csi/node_service.h"
 #include "csi/plugin_server.h"
+#include "csi/rbd_admin.h"
 #include "csi/record_store.h"
 #include "csi/recovery_manager.h"
 #include "csi/ublk_volume_backend.h"
@@ -43,6 +44,8 @@
 #include "ublk/features.h"
 #include "ublk/kernel_real.h"
 #include "ublk/memory.h"
+#include "ublk/rbd_cluster.h"
+#include "ublk/rbd_target.h"
 #include "ublk/status_macros.h"
 #include "ublk/uapi.h"
 #include "ublk/worker_pool.h"
@@ -79,6 +82,14 @@ DEFINE_string(liveness_timeout, "2s",
               "complete a call within this bound (keep it below the probes' timeouts)");
 DEFINE_string(liveness_cache, "3s", "a liveness result is reused for this long");
 DEFINE_string(log_level, "info", "error | warning | info | debug | trace");
+DEFINE_bool(rbd, false,
+            "serve Ceph RBD volumes (StorageClass parameter backend: rbd) besides node-local "
+            "file volumes: one rados connection per cluster, shared by I/O and admin calls");
+DEFINE_string(rbd_connect_timeout, "10s",
+              "how long connecting to a Ceph cluster may take before UNAVAILABLE");
+DEFINE_string(rbd_op_timeout, "30s",
+              "an RBD I/O or admin call still unanswered after this long fails (EIO for I/O; "
+              "counted in ublk_csi_rbd_op_timeouts_total); 0 = wait forever");
 DEFINE_string(backend, "ublk",
               "volume backend: ublk (real devices) | fake (no devices: a symlink stands in "
               "for /dev/ublkbN; control-plane demos and tests only)");
@@ -294,6 +305,11 @@ struct BackendParts {
   std::unique_ptr<HeapOnlyMemorySource> heap_only;
   ublk::RealClock clock;
   std::unique_ptr<ublk::FaultInjectingMemorySource> fault_memory;
+  // --rbd: outlive the backend, whose RBD targets use them.
+  std::unique_ptr<ublk::RbdClient> rbd_client;
+  std::unique_ptr<ublk::RadosConnections> rbd_connections;
+  std::unique_ptr<ublk::RbdMetrics> rbd_metrics;
+  std::unique_ptr<RbdAdmin> rbd_admin;
   std::unique_ptr<ublk::WorkerPool> pool;
   std::unique_ptr<VolumeBackend> backend;
   bool online_resize = true;  // the fake backend resizes anything
@@ -380,6 +396,8 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
   }
   bopts.clock = &parts->clock;
   bopts.registry = registry;
+  bopts.rbd_connections = parts->rbd_connections.get();
+  bopts.rbd_metrics = parts->rbd_metrics.get();
   ublk::RealClock* clock = &parts->clock;
   auto ublk_backend = UblkVolumeBackend::Open(
       [clock](ublk::CmdEncoding enc) -> absl::StatusOr<std::unique_ptr<ublk::ControlDevice>> {
@@ -404,8 +422,25 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
   return absl::OkStatus();
 }
 
+absl::Status BuildRbd(prometheus::Registry* registry, BackendParts* parts) {
+  if (!FLAGS_rbd) return absl::OkStatus();
+  ublk::RbdConnectOptions o;
+  ASSIGN_OR_RETURN(o.connect_timeout,
+                   ParseDurationFlag("rbd-connect-timeout", FLAGS_rbd_connect_timeout, false));
+  ASSIGN_OR_RETURN(o.op_timeout, ParseDurationFlag("rbd-op-timeout", FLAGS_rbd_op_timeout, true));
+  parts->rbd_client = ublk::NewLibradosClient();
+  parts->rbd_connections =
+      std::make_unique<ublk::RadosConnections>(*parts->rbd_client, o, registry);
+  parts->rbd_metrics = std::make_unique<ublk::RbdMetrics>(registry);
+  parts->rbd_admin = NewLibRbdAdmin(parts->rbd_connections.get());
+  LOG(INFO) << "--rbd: serving Ceph RBD volumes (connect timeout " << o.connect_timeout
+            << ", op timeout " << o.op_timeout << ")";
+  return absl::OkStatus();
+}
+
 absl::Status BuildBackend(const PluginConfig& config, prometheus::Registry* registry,
                           BackendParts* parts) {
+  RETURN_IF_ERROR(BuildRbd(registry, parts));
   if (FLAGS_backend == "fake") return BuildFakeBackend(parts);
   if (FLAGS_backend == "ublk") return BuildUblkBackend(config.feature_options, registry, parts);
   return absl::InvalidArgumentError(
@@ -442,6 +477,7 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store, Backe
   opts.overcommit_ratio = FLAGS_overcommit_ratio;
   opts.online_expansion = parts->online_resize;
   opts.registry = registry;
+  opts.rbd_admin = parts->rbd_admin.get();
   out->manager = std::make_unique<VolumeManager>(opts, store, parts->backend.get(), mounter);
   RETURN_IF_ERROR(out->manager->Load());
   out->controller = std::make_unique<ControllerService>(out->manager.get());

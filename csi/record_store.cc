@@ -21,12 +21,14 @@
 #include "prometheus/counter.h"
 #include "prometheus/registry.h"
 #include "ublk/errno.h"
+#include "ublk/status_macros.h"
 
 namespace ublk_csi {
 namespace {
 
 constexpr char kVolumeSuffix[] = ".volume";
 constexpr char kSnapshotSuffix[] = ".snapshot";
+constexpr char kCredentialsSuffix[] = ".cred";
 constexpr char kTempSuffix[] = ".tmp";
 constexpr uint32_t kSchemaVersion = 1;
 
@@ -89,7 +91,18 @@ absl::Status RecordStore::CheckVolumePaths(const records::VolumeRecord& rec) con
     }
     return absl::OkStatus();
   };
-  if (absl::Status s = inside("backing_file", rec.backing_file()); !s.ok()) return s;
+  if (rec.has_rbd()) {
+    // An RBD image, not a file: pool and image go to librbd only, never
+    // into a path; both must be there.
+    if (!rec.backing_file().empty()) {
+      return absl::InvalidArgumentError("backing_file is set on an rbd volume");
+    }
+    if (rec.rbd().pool().empty() || rec.rbd().image().empty() || rec.rbd().monitors().empty()) {
+      return absl::InvalidArgumentError("rbd: monitors, pool or image is empty");
+    }
+  } else if (absl::Status s = inside("backing_file", rec.backing_file()); !s.ok()) {
+    return s;
+  }
   auto node = [](absl::string_view field, const std::string& p) -> absl::Status {
     if (!CleanAbsolute(p)) {
       return absl::InvalidArgumentError(
@@ -118,6 +131,12 @@ absl::Status RecordStore::CheckVolumePaths(const records::VolumeRecord& rec) con
 
 absl::Status RecordStore::CheckSnapshotPaths(const records::SnapshotRecord& rec) const {
   records::VolumeRecord as_volume;  // reuse the data-dir walk
+  if (rec.has_rbd()) {
+    if (!rec.file().empty() || rec.rbd_snap().empty()) {
+      return absl::InvalidArgumentError("rbd snapshot: file set or rbd_snap empty");
+    }
+    *as_volume.mutable_rbd() = rec.rbd();
+  }
   as_volume.set_backing_file(rec.file());
   absl::Status s = CheckVolumePaths(as_volume);
   if (s.ok()) return s;
@@ -157,7 +176,8 @@ absl::StatusOr<std::unique_ptr<RecordStore>> RecordStore::Open(const std::string
                                                                prometheus::Registry* registry,
                                                                FileSystem* fs_or_null) {
   FileSystem& fs = fs_or_null != nullptr ? *fs_or_null : DefaultFileSystem();
-  for (const char* sub : {"", "/records", "/records/corrupt", "/volumes", "/snapshots"}) {
+  for (const char* sub :
+       {"", "/records", "/records/corrupt", "/volumes", "/snapshots", "/credentials"}) {
     if (absl::Status s = fs.MakeDir(data_dir + sub, 0700); !s.ok() && !absl::IsAlreadyExists(s)) {
       return absl::FailedPreconditionError(s.message());
     }
@@ -193,7 +213,11 @@ absl::StatusOr<std::unique_ptr<RecordStore>> RecordStore::Open(const std::string
 }
 
 absl::Status RecordStore::WriteAtomically(const std::string& name, const std::string& bytes) {
-  const std::string dir = records_dir();
+  return WriteAtomicallyIn(records_dir(), name, bytes);
+}
+
+absl::Status RecordStore::WriteAtomicallyIn(const std::string& dir, const std::string& name,
+                                            const std::string& bytes) {
   const std::string final_path = dir + "/" + name;
   const std::string tmp_path = absl::StrCat(dir, "/.", name, kTempSuffix);
   absl::Status s;
@@ -246,6 +270,41 @@ absl::Status RecordStore::PutSnapshot(const records::SnapshotRecord& record) {
 absl::Status RecordStore::DeleteSnapshot(const std::string& snapshot_id) {
   if (absl::Status s = ValidateId(snapshot_id, "snapshot_id"); !s.ok()) return s;
   return Remove(snapshot_id + kSnapshotSuffix);
+}
+
+absl::Status RecordStore::PutCredentials(const records::ClusterCredentials& creds) {
+  RETURN_IF_ERROR(ValidateId(creds.cluster_id(), "cluster_id"));
+  return WriteAtomicallyIn(credentials_dir(), creds.cluster_id() + kCredentialsSuffix,
+                           creds.SerializeAsString());
+}
+
+absl::StatusOr<records::ClusterCredentials> RecordStore::GetCredentials(
+    const std::string& cluster_id) {
+  RETURN_IF_ERROR(ValidateId(cluster_id, "cluster_id"));
+  const std::string path = absl::StrCat(credentials_dir(), "/", cluster_id, kCredentialsSuffix);
+  absl::StatusOr<std::string> bytes = fs_.ReadFile(path);
+  if (!bytes.ok()) {
+    if (absl::IsNotFound(bytes.status())) {
+      return absl::NotFoundError(absl::StrCat("no credentials kept for cluster ", cluster_id));
+    }
+    return absl::InternalError(bytes.status().message());
+  }
+  records::ClusterCredentials creds;
+  if (!creds.ParseFromString(*bytes) || creds.cluster_id() != cluster_id) {
+    return absl::DataLossError(
+        absl::StrCat(path, " is not the credentials of cluster ", cluster_id));
+  }
+  return creds;
+}
+
+absl::Status RecordStore::DeleteCredentials(const std::string& cluster_id) {
+  RETURN_IF_ERROR(ValidateId(cluster_id, "cluster_id"));
+  const std::string path = absl::StrCat(credentials_dir(), "/", cluster_id, kCredentialsSuffix);
+  if (absl::Status s = fs_.Unlink(path); !s.ok()) {
+    if (absl::IsNotFound(s)) return absl::OkStatus();
+    return WriteFailure(s);
+  }
+  return WriteFailure(fs_.SyncDir(credentials_dir()));
 }
 
 void RecordStore::SetAside(const std::string& name, absl::string_view why, Loaded* loaded) {

@@ -5,6 +5,10 @@
 //   <data-dir>/records/corrupt/       unreadable records, set aside, never deleted
 //   <data-dir>/volumes/<id>.img       sparse backing files
 //   <data-dir>/snapshots/<id>.img     snapshot data
+//   <data-dir>/credentials/<cluster>.cred  cephx credentials of one RBD
+//                                     cluster (ClusterCredentials, 0600),
+//                                     apart from records: records never
+//                                     hold a secret
 // Every write is atomic (temp file, fsync, rename, fsync dir), so after a
 // crash at any instant each record file holds either the old or the new
 // record. Thread-safe; callers serialize writes to one record themselves
@@ -81,7 +85,14 @@ class RecordStore {
   absl::Status CheckVolumePaths(const records::VolumeRecord& rec) const;
   absl::Status CheckSnapshotPaths(const records::SnapshotRecord& rec) const;
 
+  // The credentials a node keeps per RBD cluster (see ClusterCredentials):
+  // written atomically like records; Get is NOT_FOUND when none are kept.
+  absl::Status PutCredentials(const records::ClusterCredentials& creds);
+  absl::StatusOr<records::ClusterCredentials> GetCredentials(const std::string& cluster_id);
+  absl::Status DeleteCredentials(const std::string& cluster_id);  // OK if absent
+
   const std::string& data_dir() const { return data_dir_; }
+  std::string credentials_dir() const { return data_dir_ + "/credentials"; }
   std::string records_dir() const { return data_dir_ + "/records"; }
   // Paths relative to the data dir, as stored in records.
   static std::string VolumeFileRel(const std::string& volume_id);
@@ -100,6 +111,8 @@ class RecordStore {
   RecordStore(std::string data_dir, prometheus::Counter* corrupt_counter, FileSystem& fs)
       : data_dir_(std::move(data_dir)), corrupt_counter_(corrupt_counter), fs_(fs) {}
   absl::Status WriteAtomically(const std::string& name, const std::string& bytes);
+  absl::Status WriteAtomicallyIn(const std::string& dir, const std::string& name,
+                                 const std::string& bytes);
   absl::Status Remove(const std::string& name);
   void SetAside(const std::string& name, absl::string_view why, Loaded* loaded);
 

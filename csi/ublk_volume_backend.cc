@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <set>
 
@@ -17,6 +18,7 @@
 #include "ublk/file_target.h"
 #include "ublk/kernel_real.h"
 #include "ublk/mutex.h"
+#include "ublk/rbd_target.h"
 
 namespace ublk_csi {
 namespace {
@@ -62,7 +64,9 @@ struct UblkVolumeBackend::Volume {
   // Held only briefly, so GetExportStatus never waits for a kernel call.
   ublk::Mutex mu;
   std::shared_ptr<ublk::Export> exp ABSL_GUARDED_BY(mu);
-  std::shared_ptr<ublk::FileTarget> target ABSL_GUARDED_BY(mu);
+  std::shared_ptr<ublk::Target> target ABSL_GUARDED_BY(mu);
+  // Grows `target` (FileTarget::Grow or RbdTarget::Grow).
+  std::function<absl::Status(uint64_t)> grow ABSL_GUARDED_BY(mu);
   std::vector<ublk::Worker*> workers ABSL_GUARDED_BY(mu);
   bool creating ABSL_GUARDED_BY(mu) = false;
   std::string error ABSL_GUARDED_BY(mu);  // why the last EnsureExport failed
@@ -166,7 +170,11 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::EnsureExport(const ExportSpec& spe
   if (!usable_.ok()) return usable_;
   if (spec.volume_id.empty()) return absl::InvalidArgumentError("export: volume_id is empty");
   const std::string ctx = absl::StrCat("volume ", spec.volume_id);
-  if (spec.backing_file.empty()) {
+  if (spec.rbd && options_.rbd_connections == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(ctx, ": an RBD volume, and this plugin was started without --rbd"));
+  }
+  if (!spec.rbd && spec.backing_file.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(ctx, ": backing_file is empty"));
   }
   if (spec.size_bytes <= 0) {
@@ -195,6 +203,7 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::EnsureExport(const ExportSpec& spe
     v->exp = nullptr;
     v->workers.clear();
     v->target = nullptr;
+    v->grow = nullptr;
     v->creating = true;
     v->error.clear();
   }
@@ -257,7 +266,7 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
     }
   }
   if (dev->state != UBLK_S_DEV_QUIESCED) return false;
-  std::shared_ptr<ublk::FileTarget> target;
+  std::shared_ptr<ublk::Target> target;
   {
     ublk::MutexLock lock(&v.mu);
     target = v.target;
@@ -312,15 +321,38 @@ bool UblkVolumeBackend::Serves(uint32_t dev_id) {
 
 absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spec, Volume& v) {
   const std::string ctx = absl::StrCat("volume ", spec.volume_id);
-  ublk::FileTargetOptions fo;
-  fo.path = spec.backing_file;
-  fo.size_bytes = static_cast<uint64_t>(spec.size_bytes);
-  absl::StatusOr<std::unique_ptr<ublk::FileTarget>> file = ublk::FileTarget::Open(fo);
-  if (!file.ok()) return WithContext(file.status(), ctx);
-  std::shared_ptr<ublk::FileTarget> target = std::move(*file);
+  std::shared_ptr<ublk::Target> target;
+  std::function<absl::Status(uint64_t)> grow;
+  if (spec.rbd) {
+    // The node's shared connection to the cluster (one per mon_host+user),
+    // re-made by the registry after a restart or a blocklisting.
+    absl::StatusOr<std::shared_ptr<ublk::RadosConnection>> conn = options_.rbd_connections->Get(
+        ublk::RbdClusterConfig{spec.rbd->monitors, spec.rbd->user, spec.rbd->key});
+    if (!conn.ok()) return WithContext(conn.status(), ctx);
+    ublk::RbdTargetOptions ro;
+    ro.pool = spec.rbd->pool;
+    ro.image = spec.rbd->image;
+    ro.size_bytes = static_cast<uint64_t>(spec.size_bytes);
+    ro.metrics = options_.rbd_metrics;
+    absl::StatusOr<std::unique_ptr<ublk::RbdTarget>> rbd = ublk::RbdTarget::Open(*conn, ro);
+    if (!rbd.ok()) return WithContext(rbd.status(), ctx);
+    std::shared_ptr<ublk::RbdTarget> t = std::move(*rbd);
+    grow = [t](uint64_t size) { return t->Grow(size); };
+    target = std::move(t);
+  } else {
+    ublk::FileTargetOptions fo;
+    fo.path = spec.backing_file;
+    fo.size_bytes = static_cast<uint64_t>(spec.size_bytes);
+    absl::StatusOr<std::unique_ptr<ublk::FileTarget>> file = ublk::FileTarget::Open(fo);
+    if (!file.ok()) return WithContext(file.status(), ctx);
+    std::shared_ptr<ublk::FileTarget> t = std::move(*file);
+    grow = [t](uint64_t size) { return t->Grow(size); };
+    target = std::move(t);
+  }
   {
     ublk::MutexLock lock(&v.mu);
     v.target = target;
+    v.grow = grow;
   }
 
   if (spec.preferred_dev_id >= 0) {
@@ -348,10 +380,12 @@ absl::StatusOr<ExportInfo> UblkVolumeBackend::CreateExport(const ExportSpec& spe
                         ? options_.max_io_bytes
                         : static_cast<uint32_t>(pool_->buffer_pool_options().slot_size);
   eo.user_recovery = kf.user_recovery;
-  // The file target's reads and writes are idempotent: reissuing what the
-  // dead server had in hand is safe, failing it (plain recovery) is not.
+  // The file and RBD targets' reads and writes are idempotent (plain
+  // positional I/O): reissuing what the dead server had in hand is safe,
+  // failing it (plain recovery) is not.
   eo.user_recovery_reissue = kf.user_recovery && kf.user_recovery_reissue;
-  eo.copy_mode = kf.copy_mode;
+  // librbd needs the data in user memory: no zero copy for RBD.
+  eo.copy_mode = ublk::CopyModeFor(kf.copy_mode, kf.features, *target);
   eo.owner_tag = OwnerTag(spec.volume_id);
   eo.stop_drain_timeout = options_.stop_drain_timeout;
 
@@ -410,6 +444,7 @@ absl::Status UblkVolumeBackend::RemoveExport(const std::string& volume_id) {
     ublk::MutexLock lock(&v->mu);
     v->exp = nullptr;
     v->target = nullptr;
+    v->grow = nullptr;
     workers = std::move(v->workers);
     v->workers.clear();
   }
@@ -425,13 +460,13 @@ absl::Status UblkVolumeBackend::ResizeExport(const std::string& volume_id, int64
   if (v == nullptr) return absl::NotFoundError(absl::StrCat(ctx, ": no export"));
   ublk::MutexLock op(&v->op_mu);
   std::shared_ptr<ublk::Export> exp;
-  std::shared_ptr<ublk::FileTarget> target;
+  std::function<absl::Status(uint64_t)> grow;
   {
     ublk::MutexLock lock(&v->mu);
     exp = v->exp;
-    target = v->target;
+    if (v->target != nullptr) grow = v->grow;
   }
-  if (exp == nullptr || target == nullptr) {
+  if (exp == nullptr || !grow) {
     return absl::NotFoundError(absl::StrCat(ctx, ": no export"));
   }
   if (new_size_bytes <= 0) {
@@ -448,7 +483,7 @@ absl::Status UblkVolumeBackend::ResizeExport(const std::string& volume_id, int64
   }
   // The target may stay grown if the kernel refuses: it only bounds I/O the
   // kernel will not send beyond the device's size anyway.
-  if (absl::Status s = target->Grow(new_size); !s.ok()) return WithContext(s, ctx);
+  if (absl::Status s = grow(new_size); !s.ok()) return WithContext(s, ctx);
   if (absl::Status s = exp->Resize(new_size); !s.ok()) return WithContext(s, ctx);
   LOG(INFO) << ctx << ": ublk device " << exp->dev_id() << " resized to " << new_size << " bytes";
   return absl::OkStatus();

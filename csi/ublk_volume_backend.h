@@ -29,6 +29,8 @@
 #include "ublk/file_target.h"
 #include "ublk/kernel.h"
 #include "ublk/mutex.h"
+#include "ublk/rbd_cluster.h"
+#include "ublk/rbd_target.h"
 #include "ublk/worker_pool.h"
 
 namespace prometheus {
@@ -72,6 +74,10 @@ struct UblkVolumeBackendOptions {
   // (the module's default, and the 6.1 limit in practice).
   std::string ublks_max_path = "/sys/module/ublk_drv/parameters/ublks_max";
   int default_max_volumes = 64;
+  // RBD volumes (ExportSpec::rbd): the node's shared rados connections and
+  // the RBD I/O metrics. Null: RBD exports are FAILED_PRECONDITION.
+  ublk::RadosConnections* rbd_connections = nullptr;
+  ublk::RbdMetrics* rbd_metrics = nullptr;
 };
 
 class UblkVolumeBackend final : public VolumeBackend {

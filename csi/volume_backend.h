@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -28,9 +29,21 @@
 
 namespace ublk_csi {
 
+// An RBD image to serve instead of a backing file: what the engine's RBD
+// target opens (through its per-cluster connection). `key` is the cephx key:
+// in memory only, never logged.
+struct RbdExportSpec {
+  std::string monitors;
+  std::string user;
+  std::string key;  // SECRET
+  std::string pool;
+  std::string image;
+};
+
 struct ExportSpec {
   std::string volume_id;
-  std::string backing_file;  // absolute path of the (sparse) backing file
+  std::string backing_file;  // absolute path of the (sparse) backing file; "" with rbd
+  std::optional<RbdExportSpec> rbd;
   int64_t size_bytes = 0;
   uint32_t logical_block_size = 512;
   // The device id this volume had before (persisted in its record), asked for

@@ -24,6 +24,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "csi/log_escape.h"
+#include "csi/rbd_params.h"
 #include "glog/logging.h"
 #include "ublk/mutex.h"
 #include "ublk/status_macros.h"
@@ -520,10 +521,13 @@ absl::StatusOr<VolumeManager::PoolUsage> VolumeManager::MeasurePool() {
   {
     ublk::MutexLock lock(&mu_);
     for (const auto& [_, rec] : volumes_) {
+      if (rec.has_rbd()) continue;  // in the Ceph pool, not the data dir
       u.provisioned = SaturatingAdd(u.provisioned, rec.capacity_bytes());
       files.push_back(rec.backing_file());
     }
-    for (const auto& [_, snap] : snapshots_) files.push_back(snap.file());
+    for (const auto& [_, snap] : snapshots_) {
+      if (!snap.has_rbd()) files.push_back(snap.file());
+    }
   }
   for (const std::string& rel : files) {
     if (absl::StatusOr<struct stat> st = store_->fs().Stat(store_->Abs(rel)); st.ok()) {
@@ -561,8 +565,9 @@ absl::StatusOr<VolumeManager::Reservation> VolumeManager::Reserve(int64_t bytes,
   {
     ublk::MutexLock lock(&mu_);
     int64_t provisioned = 0;
-    for (const auto& [_, rec] : volumes_)
-      provisioned = SaturatingAdd(provisioned, rec.capacity_bytes());
+    for (const auto& [_, rec] : volumes_) {
+      if (!rec.has_rbd()) provisioned = SaturatingAdd(provisioned, rec.capacity_bytes());
+    }
     provisioned = SaturatingAdd(provisioned, reserved_bytes_);
     const int64_t after = SaturatingAdd(provisioned, bytes);
     if (after <= limit && after != INT64_MAX) {
@@ -631,7 +636,21 @@ void VolumeManager::FillVolume(const VolumeRecord& rec, csi::v1::Volume* out) co
   ctx["name"] = rec.name();
   ctx["fsType"] = rec.fs_type();
   ctx["accessType"] = rec.access_type() == VolumeRecord::BLOCK ? "block" : "mount";
-  *out->add_accessible_topology() = NodeTopology();
+  if (rec.has_rbd()) {
+    // What a node needs to stage it without a record of its own (the
+    // controller Deployment made this one); no secret. No topology: any
+    // node can reach the cluster.
+    ctx[kParamBackend] = "rbd";
+    ctx[kParamClusterID] = rec.rbd().cluster_id();
+    ctx[kParamMonitors] = rec.rbd().monitors();
+    ctx[kParamPool] = rec.rbd().pool();
+    if (!rec.rbd().data_pool().empty()) ctx[kParamDataPool] = rec.rbd().data_pool();
+    ctx[kContextImageName] = rec.rbd().image();
+    auto bs = rec.parameters().find(kParamBlockSize);
+    if (bs != rec.parameters().end()) ctx[kParamBlockSize] = bs->second;
+  } else {
+    *out->add_accessible_topology() = NodeTopology();
+  }
   if (rec.content_source_case() == VolumeRecord::kSourceSnapshotId) {
     out->mutable_content_source()->mutable_snapshot()->set_snapshot_id(rec.source_snapshot_id());
   } else if (rec.content_source_case() == VolumeRecord::kSourceVolumeId) {
@@ -655,6 +674,15 @@ absl::Status VolumeManager::Load() {
       RETURN_IF_ERROR(store_->DeleteVolume(id));
       continue;
     }
+    if (rec.state() == VolumeRecord::DELETING && rec.has_rbd()) {
+      // Removing the image needs the credentials DeleteVolume brings: the
+      // CO's retry finishes it (the record keeps answering "being deleted").
+      LOG(WARNING) << "volume " << id << ": delete of its RBD image was interrupted; the next "
+                   << "DeleteVolume finishes it";
+      ublk::MutexLock lock(&mu_);
+      volumes_[id] = std::move(rec);
+      continue;
+    }
     if (rec.state() == VolumeRecord::DELETING) {
       LOG(WARNING) << "volume " << id << ": delete was interrupted; finishing it";
       Unlink(store_->fs(), store_->Abs(rec.backing_file()));
@@ -665,6 +693,15 @@ absl::Status VolumeManager::Load() {
     volumes_[id] = std::move(rec);
   }
   for (SnapshotRecord& rec : loaded.snapshots) {
+    if (!rec.ready_to_use() && rec.has_rbd()) {
+      // The RBD snapshot may exist; its name derives from the CSI name, so
+      // the CO's retry of CreateSnapshot adopts it.
+      LOG(WARNING) << "snapshot " << rec.snapshot_id()
+                   << ": creation was interrupted; dropping its record (a retry adopts the RBD "
+                   << "snapshot " << rec.rbd_snap() << ")";
+      RETURN_IF_ERROR(store_->DeleteSnapshot(rec.snapshot_id()));
+      continue;
+    }
     if (!rec.ready_to_use()) {
       LOG(WARNING) << "snapshot " << rec.snapshot_id()
                    << ": creation was interrupted; rolling back";
@@ -683,17 +720,6 @@ absl::Status VolumeManager::Load() {
                     : absl::StrCat("; ", loaded.set_aside.size(), " corrupt records set aside"));
   return absl::OkStatus();
 }
-
-struct VolumeManager::CreatePlan {
-  std::string name;
-  VolumeRecord::AccessType access = VolumeRecord::MOUNT;
-  std::string fs_type;       // of a mount volume
-  bool fs_explicit = false;  // asked for by parameters or capability
-  int64_t size = 0;
-  std::map<std::string, std::string> params;  // user parameters, kept in the record
-  double ratio = 1.0;
-  std::string src_snapshot, src_volume;
-};
 
 struct VolumeManager::ContentSource {
   std::string file;                    // data to start from; "" = an empty volume
@@ -724,8 +750,14 @@ absl::StatusOr<VolumeManager::CreatePlan> VolumeManager::ParseCreateRequest(
   RETURN_IF_ERROR(ValidateMapSize(req.parameters(), "parameters"));
   std::string fs_type = "ext4";
   plan.ratio = options_.overcommit_ratio;
+  ASSIGN_OR_RETURN(const bool rbd, SelectsRbd(req.parameters(), "parameters"));
+  if (rbd) {
+    ASSIGN_OR_RETURN(
+        plan.rbd, ParseRbdParams(req.parameters(), "parameters", {kParamFsType, kParamBlockSize}));
+  }
   for (const auto& [k, v] : req.parameters()) {
     if (absl::StartsWith(k, kReservedParamPrefix)) continue;
+    if (rbd && k != kParamFsType && k != kParamBlockSize) continue;  // ParseRbdParams checked them
     if (k == kParamFsType) {
       if (v != "ext4" && v != "xfs") {
         return absl::InvalidArgumentError(absl::StrCat("parameters.fsType '", EscapeForLog(v),
@@ -740,9 +772,9 @@ absl::StatusOr<VolumeManager::CreatePlan> VolumeManager::ParseCreateRequest(
     } else if (k == kParamOvercommitRatio) {
       ASSIGN_OR_RETURN(plan.ratio, ParseOvercommitRatio(v, "parameters.overcommitRatio"));
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("parameters: unknown key '", EscapeForLog(k),
-                                                     "' (known: fsType, blockSize, ",
-                                                     kParamOvercommitRatio, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameters: unknown key '", EscapeForLog(k), "' (known: fsType, blockSize, ",
+          kParamOvercommitRatio, ", ", kParamBackend, ")"));
     }
   }
   if (!cap_fs.empty()) {
@@ -797,7 +829,7 @@ absl::StatusOr<std::optional<csi::v1::CreateVolumeResponse>> VolumeManager::Find
                     (plan.access == VolumeRecord::BLOCK || existing->fs_type() == plan.fs_type ||
                      (!plan.fs_explicit &&
                       existing->content_source_case() != VolumeRecord::CONTENT_SOURCE_NOT_SET)) &&
-                    (!req.has_accessibility_requirements() ||
+                    (existing->has_rbd() || !req.has_accessibility_requirements() ||
                      CheckTopology(req.accessibility_requirements()).ok());
   if (!same) {
     return absl::AlreadyExistsError(absl::StrCat(
@@ -835,6 +867,11 @@ absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource
     if (!snap) {
       return absl::NotFoundError(absl::StrCat("snapshot ", plan.src_snapshot, " does not exist"));
     }
+    if (snap->has_rbd()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("snapshot ", plan.src_snapshot,
+                       " is of an RBD volume; restore it with a StorageClass of backend rbd"));
+    }
     if (plan.size < snap->size_bytes()) {
       return absl::OutOfRangeError(absl::StrCat("capacity ", plan.size,
                                                 " is smaller than snapshot ", plan.src_snapshot,
@@ -852,6 +889,11 @@ absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource
     if (!vol) {
       return absl::NotFoundError(
           absl::StrCat("source volume ", plan.src_volume, " does not exist"));
+    }
+    if (vol->has_rbd()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("source volume ", plan.src_volume,
+                       " is an RBD volume; clone it with a StorageClass of backend rbd"));
     }
     if (plan.size < vol->capacity_bytes()) {
       return absl::OutOfRangeError(absl::StrCat("capacity ", plan.size, " is smaller than volume ",
@@ -938,6 +980,8 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateVolume(
   ASSIGN_OR_RETURN(KeyLock name_lock, TryLock("name:" + plan.name, "volume name '" + name + "'"));
   ASSIGN_OR_RETURN(std::optional<csi::v1::CreateVolumeResponse> done, FindCreated(plan, req));
   if (done) return *std::move(done);
+  // RBD images live in the cluster, reachable from every node: no topology.
+  if (plan.rbd) return CreateRbdVolume(plan, req);
   if (req.has_accessibility_requirements()) {
     RETURN_IF_ERROR(CheckTopology(req.accessibility_requirements()));
   }
@@ -957,7 +1001,20 @@ absl::StatusOr<csi::v1::DeleteVolumeResponse> VolumeManager::DeleteVolume(
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   std::optional<VolumeRecord> rec = FindVolume(req.volume_id());
-  if (!rec) return csi::v1::DeleteVolumeResponse();  // already gone: success
+  if (!rec) {
+    if (ParseRbdVolumeId(req.volume_id())) {
+      // Without its record the cluster's monitors are unknown here.
+      LOG(WARNING) << "volume " << req.volume_id()
+                   << ": no record of this RBD volume; nothing deleted (if its image still "
+                   << "exists, remove it with `rbd trash mv`)";
+    }
+    return csi::v1::DeleteVolumeResponse();  // already gone: success
+  }
+  std::optional<RbdCredentials> rbd_creds;
+  if (rec->has_rbd()) {
+    ASSIGN_OR_RETURN(RbdCredentials c, ParseRbdSecrets(req.secrets(), "secrets"));
+    rbd_creds = std::move(c);
+  }
   if (!rec->staged_path().empty() || rec->published_paths_size() > 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "volume ", req.volume_id(), " is in use (staged at '", rec->staged_path(), "', ",
@@ -979,6 +1036,13 @@ absl::StatusOr<csi::v1::DeleteVolumeResponse> VolumeManager::DeleteVolume(
   rec->set_state(VolumeRecord::DELETING);
   RETURN_IF_ERROR(SaveVolume(*rec));
   RETURN_IF_ERROR(backend_->RemoveExport(rec->volume_id()));
+  if (rbd_creds) {
+    RETURN_IF_ERROR(DeleteRbdImage(*rec, *rbd_creds));
+    RETURN_IF_ERROR(ForgetVolume(rec->volume_id()));
+    LOG(INFO) << "deleted volume " << rec->volume_id() << " (" << EscapeForLog(rec->name())
+              << "): RBD image " << rec->rbd().pool() << "/" << rec->rbd().image() << " trashed";
+    return csi::v1::DeleteVolumeResponse();
+  }
   const std::string path = store_->Abs(rec->backing_file());
   if (absl::Status s = store_->fs().Unlink(path); !s.ok() && !absl::IsNotFound(s)) {
     return absl::InternalError(absl::StrCat("volume ", rec->volume_id(), ": ", s.message()));
@@ -1090,6 +1154,16 @@ absl::StatusOr<csi::v1::GetCapacityResponse> VolumeManager::GetCapacity(
                                        absl::StrCat("volume_capabilities[", i, "]")));
   }
   RETURN_IF_ERROR(ValidateMapSize(req.parameters(), "parameters"));
+  ASSIGN_OR_RETURN(const bool rbd, SelectsRbd(req.parameters(), "parameters"));
+  if (rbd) {
+    // RBD capacity is the Ceph pool's, shared by all nodes, and reading it
+    // needs credentials GetCapacity does not carry: not tracked. The chart's
+    // controller provisioner runs without capacity tracking for it, so
+    // nothing schedules by this answer: 0, no maximum.
+    RETURN_IF_ERROR(
+        ParseRbdParams(req.parameters(), "parameters", {kParamFsType, kParamBlockSize}).status());
+    return csi::v1::GetCapacityResponse();
+  }
   double ratio = options_.overcommit_ratio;
   for (const auto& [k, v] : req.parameters()) {
     if (k == kParamOvercommitRatio) {
@@ -1153,6 +1227,7 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
     resp.set_node_expansion_required(false);
     return resp;
   }
+  if (rec.has_rbd()) return ExpandRbdVolume(std::move(rec), size, req);
   if (!options_.online_expansion &&
       (!rec.staged_path().empty() || rec.published_paths_size() > 0)) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -1276,6 +1351,7 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
   ASSIGN_OR_RETURN(KeyLock vol_lock,
                    TryLock(req.source_volume_id(), "volume " + req.source_volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord vol, GetRecord(req.source_volume_id()));
+  if (vol.has_rbd()) return CreateRbdSnapshot(vol, req);
   ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
   const std::string src = store_->Abs(vol.backing_file());
   absl::StatusOr<struct stat> st = store_->fs().Stat(src);
@@ -1330,6 +1406,13 @@ absl::StatusOr<csi::v1::DeleteSnapshotResponse> VolumeManager::DeleteSnapshot(
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.snapshot_id(), "snapshot " + req.snapshot_id()));
   std::optional<SnapshotRecord> snap = FindSnapshot(req.snapshot_id());
   if (!snap) return csi::v1::DeleteSnapshotResponse();
+  if (snap->has_rbd()) {
+    RETURN_IF_ERROR(DeleteRbdSnapshot(*snap, req));
+    RETURN_IF_ERROR(ForgetSnapshot(snap->snapshot_id()));
+    LOG(INFO) << "deleted snapshot " << snap->snapshot_id() << " (RBD " << snap->rbd().pool() << "/"
+              << snap->rbd().image() << "@" << snap->rbd_snap() << ")";
+    return csi::v1::DeleteSnapshotResponse();
+  }
   const std::string path = store_->Abs(snap->file());
   if (absl::Status s = store_->fs().Unlink(path); !s.ok() && !absl::IsNotFound(s)) {
     return absl::InternalError(absl::StrCat("snapshot ", snap->snapshot_id(), ": ", s.message()));

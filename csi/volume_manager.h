@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "csi.pb.h"
 #include "csi/mounter.h"
+#include "csi/rbd_admin.h"
 #include "csi/record_store.h"
 #include "csi/volume_backend.h"
 #include "prometheus/counter.h"
@@ -61,6 +62,9 @@ struct VolumeManagerOptions {
   bool online_expansion = true;
   // Gets the ublk_csi_pool_* gauges and counter (may be null).
   prometheus::Registry* registry = nullptr;
+  // Ceph RBD volumes (StorageClass parameter backend: rbd); null: such a
+  // class is refused with FAILED_PRECONDITION. Must outlive the manager.
+  RbdAdmin* rbd_admin = nullptr;
 };
 
 // Asked by NodeStage/NodePublish (and NodeGetVolumeStats) before they use a
@@ -169,7 +173,17 @@ class VolumeManager {
   // CreateVolume, step by step: parse and validate the request; answer a
   // repeat of an earlier create (idempotency); find and lock the content
   // source; admit the size into the pool; write record and backing file.
-  struct CreatePlan;
+  struct CreatePlan {
+    std::string name;
+    records::VolumeRecord::AccessType access = records::VolumeRecord::MOUNT;
+    std::string fs_type;       // of a mount volume
+    bool fs_explicit = false;  // asked for by parameters or capability
+    int64_t size = 0;
+    std::map<std::string, std::string> params;  // user parameters, kept in the record
+    double ratio = 1.0;
+    std::string src_snapshot, src_volume;
+    std::optional<RbdLocation> rbd;  // parameters select the RBD backend
+  };
   struct ContentSource;
   absl::StatusOr<CreatePlan> ParseCreateRequest(const csi::v1::CreateVolumeRequest& req) const;
   // The response for an existing volume of the same name, ALREADY_EXISTS if
@@ -214,7 +228,10 @@ class VolumeManager {
   absl::Status CheckTopology(const csi::v1::TopologyRequirement& req) const;
   void FillVolume(const records::VolumeRecord& rec, csi::v1::Volume* out) const;
   ExportSpec SpecFor(const records::VolumeRecord& rec) const;
-  absl::StatusOr<ExportInfo> EnsureExport(records::VolumeRecord* rec);
+  // `creds` (RBD volumes): from the NodeStage secrets; null = the ones the
+  // node keeps for the volume's cluster (recovery after a restart).
+  absl::StatusOr<ExportInfo> EnsureExport(records::VolumeRecord* rec,
+                                          const RbdCredentials* creds = nullptr);
   // Before copying a volume's backing file (snapshot, clone): if the volume's
   // filesystem is mounted at its staging path on this node, freezes it so the
   // copy is one point in time, and returns that path; "" when nothing was
@@ -223,6 +240,35 @@ class VolumeManager {
                                             absl::string_view why);
   // Thaws what FreezeForCopy froze (a failure is logged: nothing else to do).
   void ThawAfterCopy(const std::string& volume_id, const std::string& mount_path);
+
+  // Ceph RBD volumes (volume_manager_rbd.cc). The controller calls take the
+  // cephx credentials from the request's secrets; none of them reaches a
+  // log line, a record or an error message.
+  absl::StatusOr<RbdAdmin*> Rbd() const;
+  absl::StatusOr<csi::v1::CreateVolumeResponse> CreateRbdVolume(
+      CreatePlan plan, const csi::v1::CreateVolumeRequest& req);
+  absl::Status DeleteRbdImage(const records::VolumeRecord& rec, const RbdCredentials& creds);
+  absl::StatusOr<csi::v1::CreateSnapshotResponse> CreateRbdSnapshot(
+      const records::VolumeRecord& vol, const csi::v1::CreateSnapshotRequest& req);
+  absl::Status DeleteRbdSnapshot(const records::SnapshotRecord& snap,
+                                 const csi::v1::DeleteSnapshotRequest& req);
+  absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> ExpandRbdVolume(
+      records::VolumeRecord rec, int64_t size, const csi::v1::ControllerExpandVolumeRequest& req);
+  // NodeStage of an RBD volume this node has no record of (the controller
+  // Deployment created it): a record made from the ID and volume_context.
+  absl::StatusOr<records::VolumeRecord> AttachOnlyRecord(const csi::v1::NodeStageVolumeRequest& req,
+                                                         const RbdCredentials& creds);
+  // The node's multi-attach lock (see RbdAdmin's Policies).
+  std::string LockCookie() const;
+  absl::Status TakeRbdLock(const records::VolumeRecord& rec, const RbdAccess& access);
+  // Unlock (with the kept credentials, or the given ones) and break what an
+  // earlier process of this node still holds with the node's cookie.
+  void ReleaseRbdLock(const records::VolumeRecord& rec);
+  void ReleaseRbdLockWith(const records::VolumeRecord& rec, const RbdCredentials& creds);
+  // The credentials this node keeps for the volume's cluster.
+  absl::StatusOr<RbdCredentials> KeptCredentials(const records::VolumeRecord& rec);
+  // Drops the cluster's kept credentials when no staged volume needs them.
+  void DropCredentialsIfUnused(const std::string& cluster_id);
 
   const VolumeManagerOptions options_;
   RecordStore* const store_;
@@ -260,6 +306,8 @@ absl::Status ValidateName(absl::string_view name, absl::string_view field);
 // A parameters/volume_context map: at most 4 KiB of keys and values (CSI).
 absl::Status ValidateMapSize(const google::protobuf::Map<std::string, std::string>& map,
                              absl::string_view field);
+// How to reach an RBD volume's cluster with these credentials.
+RbdAccess AccessOf(const records::RbdImage& img, const RbdCredentials& creds);
 // The StorageClass parameter key of the overcommit ratio.
 inline constexpr char kParamOvercommitRatio[] = "overcommitRatio";
 // Parses an overcommit ratio: a finite number in (0, 1000].

@@ -136,7 +136,7 @@ absl::StatusOr<std::string> DeviceOf(VolumeBackend* backend, Mounter* mounter,
 ExportSpec VolumeManager::SpecFor(const VolumeRecord& rec) const {
   ExportSpec spec;
   spec.volume_id = rec.volume_id();
-  spec.backing_file = store_->Abs(rec.backing_file());
+  if (!rec.has_rbd()) spec.backing_file = store_->Abs(rec.backing_file());
   spec.size_bytes = rec.capacity_bytes();
   auto bs = rec.parameters().find("blockSize");
   spec.logical_block_size = bs != rec.parameters().end() && bs->second == "4096" ? 4096 : 512;
@@ -144,8 +144,22 @@ ExportSpec VolumeManager::SpecFor(const VolumeRecord& rec) const {
   return spec;
 }
 
-absl::StatusOr<ExportInfo> VolumeManager::EnsureExport(VolumeRecord* rec) {
-  absl::StatusOr<ExportInfo> info = backend_->EnsureExport(SpecFor(*rec));
+absl::StatusOr<ExportInfo> VolumeManager::EnsureExport(VolumeRecord* rec,
+                                                       const RbdCredentials* creds) {
+  ExportSpec spec = SpecFor(*rec);
+  if (rec->has_rbd()) {
+    // The engine's RBD target connects with the cluster's credentials: the
+    // stage's, or after a restart the ones this node kept.
+    RbdCredentials kept;
+    if (creds == nullptr) {
+      ASSIGN_OR_RETURN(kept, KeptCredentials(*rec));
+      creds = &kept;
+    }
+    spec.backing_file.clear();
+    spec.rbd = RbdExportSpec{rec->rbd().monitors(), creds->user, creds->key, rec->rbd().pool(),
+                             rec->rbd().image()};
+  }
+  absl::StatusOr<ExportInfo> info = backend_->EnsureExport(spec);
   if (!info.ok()) {
     return absl::Status(info.status().code(), absl::StrCat("volume ", rec->volume_id(),
                                                            ": export: ", info.status().message()));
@@ -197,7 +211,21 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   RETURN_IF_ERROR(RefuseSymlinks(req.staging_target_path(), "staging_target_path"));
   if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(req.volume_id()));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
-  ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
+  std::optional<VolumeRecord> found = FindVolume(req.volume_id());
+  // RBD: the credentials come with the stage (node-stage secrets).
+  std::optional<RbdCredentials> rbd_creds;
+  if ((found && found->has_rbd()) || (!found && ParseRbdVolumeId(req.volume_id()))) {
+    ASSIGN_OR_RETURN(RbdCredentials c, ParseRbdSecrets(req.secrets(), "secrets"));
+    rbd_creds = std::move(c);
+  }
+  if (!found && rbd_creds) {
+    // Created by the controller elsewhere: this node's own record of it.
+    ASSIGN_OR_RETURN(VolumeRecord made, AttachOnlyRecord(req, *rbd_creds));
+    found = std::move(made);
+  }
+  if (!found)
+    return absl::NotFoundError(absl::StrCat("volume ", req.volume_id(), " does not exist"));
+  VolumeRecord rec = *std::move(found);
   RETURN_IF_ERROR(CheckMode(req.volume_capability(), rec, "volume_capability"));
   const std::string& staging = req.staging_target_path();
   if (!rec.staged_path().empty() && rec.staged_path() != staging) {
@@ -210,10 +238,43 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
   const bool had_export = backend_->GetExportStatus(rec.volume_id()).state != ExportState::kAbsent;
   std::vector<std::string> made_dirs;
   std::string device_path;
+  bool locked_now = false;
+  if (rbd_creds) {
+    // Multi-attach safety first: nothing is exported for a volume another
+    // node holds. Then the credentials a restarted plugin will need.
+    const bool was_staged = !rec.staged_path().empty();
+    RETURN_IF_ERROR(TakeRbdLock(rec, AccessOf(rec.rbd(), *rbd_creds)));
+    locked_now = !was_staged;
+    records::ClusterCredentials kept;
+    kept.set_cluster_id(rec.rbd().cluster_id());
+    kept.set_monitors(rec.rbd().monitors());
+    kept.set_user(rbd_creds->user);
+    kept.set_key(rbd_creds->key);
+    if (absl::Status s = store_->PutCredentials(kept); !s.ok()) {
+      if (locked_now) ReleaseRbdLockWith(rec, *rbd_creds);
+      return absl::Status(s.code(),
+                          absl::StrCat("volume ", rec.volume_id(),
+                                       ": keeping the cluster's credentials: ", s.message()));
+    }
+    if (rec.attach_only() && !FindVolume(rec.volume_id())) {
+      if (absl::Status s = SaveVolume(rec); !s.ok()) {
+        if (locked_now) ReleaseRbdLockWith(rec, *rbd_creds);
+        return s;
+      }
+    }
+  }
   // What a failed stage did is undone, so a retry (or a give-up) leaves no
   // device and no dir behind.
   auto undo = [&](absl::Status failed) -> absl::Status {
     std::vector<std::string> undone;
+    if (locked_now) {
+      ReleaseRbdLockWith(rec, *rbd_creds);
+      undone.push_back("released its RBD lock");
+    }
+    if (rec.attach_only() && rec.staged_path().empty()) {
+      ForgetVolume(rec.volume_id()).IgnoreError();
+      DropCredentialsIfUnused(rec.rbd().cluster_id());
+    }
     if (!had_export && !device_path.empty()) {
       if (absl::Status s = backend_->RemoveExport(rec.volume_id()); s.ok()) {
         undone.push_back("removed its export " + device_path);
@@ -229,7 +290,7 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
                  << (undone.empty() ? "" : "; undid: " + absl::StrJoin(undone, ", "));
     return failed;
   };
-  absl::StatusOr<ExportInfo> exported = EnsureExport(&rec);
+  absl::StatusOr<ExportInfo> exported = EnsureExport(&rec, rbd_creds ? &*rbd_creds : nullptr);
   if (!exported.ok()) {
     if (!had_export) device_path = backend_->GetExportStatus(rec.volume_id()).device_path;
     return undo(exported.status());
@@ -371,11 +432,17 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
   for (const std::string& p : rec.created_paths()) {
     if (p == staging) RemoveCreated(rec.volume_id(), p);
   }
+  if (rec.has_rbd()) ReleaseRbdLock(rec);
   rec.clear_staged_path();
   rec.clear_staged_device();
   rec.clear_published_paths();
   rec.clear_created_paths();
-  RETURN_IF_ERROR(SaveVolume(rec));
+  if (rec.attach_only()) {
+    RETURN_IF_ERROR(ForgetVolume(rec.volume_id()));
+  } else {
+    RETURN_IF_ERROR(SaveVolume(rec));
+  }
+  if (rec.has_rbd()) DropCredentialsIfUnused(rec.rbd().cluster_id());
   LOG(INFO) << "volume " << rec.volume_id() << " unstaged from " << staging;
   return csi::v1::NodeUnstageVolumeResponse();
 }
@@ -642,6 +709,23 @@ absl::StatusOr<csi::v1::NodeExpandVolumeResponse> VolumeManager::NodeExpandVolum
   if (rec.staged_path().empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("volume ", rec.volume_id(), " is not staged"));
+  }
+  if (rec.has_rbd() && required > rec.capacity_bytes()) {
+    // The controller (elsewhere) grew the image: this node's record learns
+    // the size from the cluster.
+    ASSIGN_OR_RETURN(RbdAdmin * admin, Rbd());
+    ASSIGN_OR_RETURN(RbdCredentials creds, KeptCredentials(rec));
+    absl::StatusOr<RbdImageInfo> info =
+        admin->Stat(AccessOf(rec.rbd(), creds), rec.rbd().pool(), rec.rbd().image());
+    if (!info.ok()) {
+      return absl::Status(
+          info.status().code(),
+          absl::StrCat("volume ", rec.volume_id(), ": RBD image: ", info.status().message()));
+    }
+    if (info->size_bytes > rec.capacity_bytes()) {
+      rec.set_capacity_bytes(info->size_bytes);
+      RETURN_IF_ERROR(SaveVolume(rec));
+    }
   }
   const int64_t size = rec.capacity_bytes();
   if (required > size) {

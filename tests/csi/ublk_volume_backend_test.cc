@@ -20,6 +20,7 @@
 #include "ublk/memory.h"
 #include "ublk/testing/fake_clock.h"
 #include "ublk/testing/fake_kernel.h"
+#include "ublk/testing/fake_rbd.h"
 #include "ublk/testing/fault_memory.h"
 #include "ublk/worker_pool.h"
 
@@ -513,6 +514,78 @@ TEST_F(UblkVolumeBackendTest, ZeroCopyDeviceRecoversInZeroCopyAfterTheKillSwitch
   ASSERT_TRUE(backend_->RemoveExport("a").ok());
   ASSERT_TRUE(backend_->RemoveExport("b").ok());
   EXPECT_EQ(kernel_->device_count(), 0u);
+}
+
+// RBD volumes: an RbdTarget on the shared connections (the engine's fake
+// cluster), recovered after a restart like a file volume.
+class UblkVolumeBackendRbdTest : public UblkVolumeBackendTest {
+ protected:
+  void SetUp() override {
+    UblkVolumeBackendTest::SetUp();
+    cluster_.SetUserKey("kubernetes", kKey);
+    cluster_.CreatePool("kube");
+    ASSERT_TRUE(cluster_.CreateImage("kube", "csi-vol-1", kSize).ok());
+    client_.AddCluster(&cluster_);
+  }
+  void TearDown() override {
+    UblkVolumeBackendTest::TearDown();
+    connections_.reset();
+  }
+  void StartRbd() {
+    UblkVolumeBackendOptions bo;
+    bo.rbd_connections = connections_.get();
+    Start({}, bo);
+  }
+  ExportSpec RbdSpec(const std::string& key = kKey, int32_t preferred = -1) {
+    ExportSpec s;
+    s.volume_id = "rbd.ceph-a.kube.csi-vol-1";
+    s.size_bytes = kSize;
+    s.preferred_dev_id = preferred;
+    s.rbd = RbdExportSpec{"10.0.0.1:6789", "kubernetes", key, "kube", "csi-vol-1"};
+    return s;
+  }
+  static constexpr char kKey[] = "AQBrbdBackendTestKey0123456789abcdefghi==";
+  ublk::FakeRbdCluster cluster_{"10.0.0.1:6789"};
+  ublk::FakeRbdClient client_;
+  std::unique_ptr<ublk::RadosConnections> connections_ =
+      std::make_unique<ublk::RadosConnections>(client_, ublk::RbdConnectOptions{});
+};
+
+TEST_F(UblkVolumeBackendRbdTest, ServesResizesRemovesAndRecoversAnImage) {
+  StartRbd();
+  auto info = backend_->EnsureExport(RbdSpec());
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->state, ExportState::kLive);
+  EXPECT_EQ(info->size_bytes, kSize);
+  EXPECT_EQ(connections_->size(), 1u);
+  // The device grows only once the image has (the target refuses first).
+  EXPECT_EQ(backend_->ResizeExport(RbdSpec().volume_id, 2 * kSize).code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(cluster_.ResizeImage("kube", "csi-vol-1", 2 * kSize).ok());
+  // A restart leaves the device quiesced; the next process recovers it.
+  backend_->Shutdown();
+  StartRbd();
+  ExportSpec again = RbdSpec(kKey, info->dev_id);
+  again.size_bytes = 2 * kSize;
+  auto rec = backend_->EnsureExport(again);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_TRUE(rec->recovered);
+  EXPECT_EQ(rec->dev_id, info->dev_id);
+  EXPECT_TRUE(backend_->RemoveExport(again.volume_id).ok());
+  EXPECT_EQ(backend_->GetExportStatus(again.volume_id).state, ExportState::kAbsent);
+}
+
+TEST_F(UblkVolumeBackendRbdTest, RefusesWithoutRbdOrWithAWrongKeyAndNeverQuotesIt) {
+  Start();
+  auto s = backend_->EnsureExport(RbdSpec()).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("--rbd"));
+  StartRbd();
+  const std::string wrong = "AQBwrongwrongwrongwrongwrongwrongwrong0==";
+  s = backend_->EnsureExport(RbdSpec(wrong)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_THAT(s.message(), ::testing::Not(HasSubstr(wrong)));
+  EXPECT_NE(backend_->GetExportStatus(RbdSpec().volume_id).state, ExportState::kLive);
 }
 
 }  // namespace

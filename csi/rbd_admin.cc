@@ -1,0 +1,357 @@
+// LibRbdAdmin: RbdAdmin over librados/librbd (Debian's 16.2.x), on the
+// node's shared rados connections (ublk::RadosConnections: one client per
+// cluster for the engine's I/O and these admin calls alike). The advisory
+// lock is therefore held by the same client that serves the image; a lock
+// break (only ever of this node's own stale cookie, i.e. a dead earlier
+// process) blocklists that dead client, never a live one.
+#include "csi/rbd_admin.h"
+
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "glog/logging.h"
+#include "ublk/errno.h"
+#include "ublk/mutex.h"
+#include "ublk/rbd_cluster.h"
+#include "ublk/status_macros.h"
+
+namespace ublk_csi {
+
+namespace {
+
+// librados/librbd return -errno; map to the codes RbdAdmin promises.
+absl::Status FromRc(int rc, absl::string_view what) {
+  if (rc >= 0) return absl::OkStatus();
+  const int e = -rc;
+  const std::string msg = absl::StrCat(what, ": ", ublk::Errno(e));
+  switch (e) {
+    case ENOENT:
+      return absl::NotFoundError(msg);
+    case EEXIST:
+      return absl::AlreadyExistsError(msg);
+    case EBUSY:
+    case ENOTEMPTY:
+    case EROFS:
+      return absl::FailedPreconditionError(msg);
+    case ETIMEDOUT:
+    case ENOTCONN:
+    case ESHUTDOWN:
+    case ECONNREFUSED:
+      return absl::UnavailableError(msg);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(msg);
+    case EINVAL:
+    case ERANGE:
+      return absl::InvalidArgumentError(msg);
+    case ENOSPC:
+    case EDQUOT:
+      return absl::ResourceExhaustedError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
+
+// An open image, closed on scope exit.
+class Image {
+ public:
+  Image() = default;
+  Image(const Image&) = delete;
+  Image& operator=(const Image&) = delete;
+  ~Image() {
+    if (img_ != nullptr) rbd_close(img_);
+  }
+  absl::Status Open(rados_ioctx_t io, const std::string& pool, const std::string& name,
+                    const char* snap = nullptr) {
+    return FromRc(rbd_open(io, name.c_str(), &img_, snap),
+                  absl::StrCat("open image ", pool, "/", name));
+  }
+  rbd_image_t get() const { return img_; }
+
+ private:
+  rbd_image_t img_ = nullptr;
+};
+
+class LibRbdAdmin final : public RbdAdmin {
+ public:
+  explicit LibRbdAdmin(ublk::RadosConnections* connections) : connections_(connections) {}
+
+  absl::StatusOr<RbdImageInfo> Stat(const RbdAccess& a, const std::string& pool,
+                                    const std::string& image) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
+    rados_ioctx_t io = io_h.io;
+    Image img;
+    RETURN_IF_ERROR(img.Open(io, pool, image));
+    rbd_image_info_t info;
+    RETURN_IF_ERROR(FromRc(rbd_stat(img.get(), &info, sizeof(info)), "stat " + image));
+    RbdImageInfo out;
+    out.size_bytes = static_cast<int64_t>(info.size);
+    uint64_t f = 0;
+    RETURN_IF_ERROR(FromRc(rbd_get_features(img.get(), &f), "features of " + image));
+    out.features = f;
+    rbd_linked_image_spec_t parent;
+    rbd_snap_spec_t psnap;
+    int rc = rbd_get_parent(img.get(), &parent, &psnap);
+    if (rc == 0) {
+      out.has_parent = true;
+      rbd_linked_image_spec_cleanup(&parent);
+      rbd_snap_spec_cleanup(&psnap);
+    } else if (rc != -ENOENT) {
+      return FromRc(rc, "parent of " + image);
+    }
+    int max = 0;
+    rc = rbd_snap_list(img.get(), nullptr, &max);
+    if (rc < 0 && rc != -ERANGE) return FromRc(rc, "snapshots of " + image);
+    out.snapshot_count = max;
+    return out;
+  }
+
+  absl::Status Create(const RbdAccess& a, const RbdLocation& loc, const std::string& image,
+                      int64_t size) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, loc.pool));
+    rados_ioctx_t io = io_h.io;
+    rbd_image_options_t opts;
+    rbd_image_options_create(&opts);
+    rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES, loc.features);
+    if (!loc.data_pool.empty()) {
+      rbd_image_options_set_string(opts, RBD_IMAGE_OPTION_DATA_POOL, loc.data_pool.c_str());
+    }
+    int rc = rbd_create4(io, image.c_str(), static_cast<uint64_t>(size), opts);
+    rbd_image_options_destroy(opts);
+    return FromRc(rc, absl::StrCat("create image ", loc.pool, "/", image));
+  }
+
+  absl::Status Remove(const RbdAccess& a, const std::string& pool,
+                      const std::string& image) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
+    rados_ioctx_t io = io_h.io;
+    std::string id;
+    {
+      Image img;
+      absl::Status s = img.Open(io, pool, image);
+      if (absl::IsNotFound(s)) return absl::OkStatus();
+      RETURN_IF_ERROR(s);
+      char buf[64] = {};
+      RETURN_IF_ERROR(FromRc(rbd_get_id(img.get(), buf, sizeof(buf)), "id of " + image));
+      id = buf;
+    }
+    int rc = rbd_trash_move(io, image.c_str(), 0);
+    if (rc == -ENOENT) return absl::OkStatus();
+    RETURN_IF_ERROR(FromRc(rc, absl::StrCat("trash move ", pool, "/", image)));
+    rc = rbd_trash_remove(io, id.c_str(), false);
+    if (rc < 0 && rc != -ENOENT) {
+      // The name is free and the volume deleted as far as CSI goes; the
+      // data goes with `rbd trash purge` once nothing depends on it.
+      LOG(WARNING) << "image " << pool << "/" << image << " (id " << id
+                   << ") is in the trash but could not be purged yet: "
+                   << FromRc(rc, "trash remove").message();
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Resize(const RbdAccess& a, const std::string& pool, const std::string& image,
+                      int64_t size) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
+    rados_ioctx_t io = io_h.io;
+    Image img;
+    RETURN_IF_ERROR(img.Open(io, pool, image));
+    uint64_t cur = 0;
+    RETURN_IF_ERROR(FromRc(rbd_get_size(img.get(), &cur), "size of " + image));
+    if (static_cast<int64_t>(cur) >= size) return absl::OkStatus();
+    return FromRc(rbd_resize2(img.get(), static_cast<uint64_t>(size), false, nullptr, nullptr),
+                  absl::StrCat("resize ", pool, "/", image));
+  }
+
+  absl::Status CreateSnapshot(const RbdAccess& a, const std::string& pool, const std::string& image,
+                              const std::string& snap) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
+    rados_ioctx_t io = io_h.io;
+    Image img;
+    RETURN_IF_ERROR(img.Open(io, pool, image));
+    const std::string what = absl::StrCat(pool, "/", image, "@", snap);
+    int rc = rbd_snap_create(img.get(), snap.c_str());
+    if (rc != -EEXIST) RETURN_IF_ERROR(FromRc(rc, "snap create " + what));
+    int is_protected = 0;
+    RETURN_IF_ERROR(
+        FromRc(rbd_snap_is_protected(img.get(), snap.c_str(), &is_protected), "snap " + what));
+    if (!is_protected) {
+      rc = rbd_snap_protect(img.get(), snap.c_str());
+      if (rc != -EBUSY) RETURN_IF_ERROR(FromRc(rc, "snap protect " + what));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RemoveSnapshot(const RbdAccess& a, const std::string& pool, const std::string& image,
+                              const std::string& snap) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
+    rados_ioctx_t io = io_h.io;
+    Image img;
+    absl::Status s = img.Open(io, pool, image);
+    if (absl::IsNotFound(s)) return absl::OkStatus();
+    RETURN_IF_ERROR(s);
+    const std::string what = absl::StrCat(pool, "/", image, "@", snap);
+    bool exists = false;
+    RETURN_IF_ERROR(FromRc(rbd_snap_exists(img.get(), snap.c_str(), &exists), "snap " + what));
+    if (!exists) return absl::OkStatus();
+    int is_protected = 0;
+    RETURN_IF_ERROR(
+        FromRc(rbd_snap_is_protected(img.get(), snap.c_str(), &is_protected), "snap " + what));
+    if (is_protected) {
+      int rc = rbd_snap_unprotect(img.get(), snap.c_str());
+      if (rc != -EINVAL) RETURN_IF_ERROR(FromRc(rc, "snap unprotect " + what));
+    }
+    return FromRc(rbd_snap_remove(img.get(), snap.c_str()), "snap remove " + what);
+  }
+
+  absl::Status CloneFlattened(const RbdAccess& a, const std::string& parent_pool,
+                              const std::string& parent, const std::string& snap,
+                              const RbdLocation& loc, const std::string& image,
+                              int64_t size) override {
+    ASSIGN_OR_RETURN(Io pio_h, IoCtx(a, parent_pool));
+    rados_ioctx_t pio = pio_h.io;
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, loc.pool));
+    rados_ioctx_t io = io_h.io;
+    rbd_image_options_t opts;
+    rbd_image_options_create(&opts);
+    rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES, loc.features);
+    if (!loc.data_pool.empty()) {
+      rbd_image_options_set_string(opts, RBD_IMAGE_OPTION_DATA_POOL, loc.data_pool.c_str());
+    }
+    int rc = rbd_clone3(pio, parent.c_str(), snap.c_str(), io, image.c_str(), opts);
+    rbd_image_options_destroy(opts);
+    RETURN_IF_ERROR(FromRc(rc, absl::StrCat("clone ", parent_pool, "/", parent, "@", snap, " to ",
+                                            loc.pool, "/", image)));
+    RETURN_IF_ERROR(Resize(a, loc.pool, image, size));
+    return Flatten(a, loc.pool, image);
+  }
+
+  absl::Status Flatten(const RbdAccess& a, const std::string& pool,
+                       const std::string& image) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
+    rados_ioctx_t io = io_h.io;
+    Image img;
+    RETURN_IF_ERROR(img.Open(io, pool, image));
+    int rc = rbd_flatten(img.get());
+    if (rc == -EINVAL) return absl::OkStatus();  // not a clone (any more)
+    return FromRc(rc, absl::StrCat("flatten ", pool, "/", image));
+  }
+
+  absl::Status Lock(const RbdAccess& a, const std::string& pool, const std::string& image,
+                    const std::string& cookie) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
+    rados_ioctx_t io = io_h.io;
+    Image img;
+    RETURN_IF_ERROR(img.Open(io, pool, image));
+    int rc = rbd_lock_exclusive(img.get(), cookie.c_str());
+    if (rc == -EEXIST) return absl::OkStatus();
+    if (rc == -EBUSY) {
+      std::string holders;
+      if (absl::StatusOr<std::vector<RbdLockHolder>> l = ListLockers(img.get()); l.ok()) {
+        for (const RbdLockHolder& h : *l) {
+          absl::StrAppend(&holders, holders.empty() ? "" : ", ", h.client, " (", h.cookie, " at ",
+                          h.address, ")");
+        }
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat("image ", pool, "/", image, " is locked by ",
+                       holders.empty() ? "another client" : holders));
+    }
+    return FromRc(rc, absl::StrCat("lock ", pool, "/", image));
+  }
+
+  absl::StatusOr<std::vector<RbdLockHolder>> Lockers(const RbdAccess& a, const std::string& pool,
+                                                     const std::string& image) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
+    rados_ioctx_t io = io_h.io;
+    Image img;
+    RETURN_IF_ERROR(img.Open(io, pool, image));
+    return ListLockers(img.get());
+  }
+
+  absl::Status BreakLock(const RbdAccess& a, const std::string& pool, const std::string& image,
+                         const RbdLockHolder& holder) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
+    rados_ioctx_t io = io_h.io;
+    Image img;
+    absl::Status s = img.Open(io, pool, image);
+    if (absl::IsNotFound(s)) return absl::OkStatus();
+    RETURN_IF_ERROR(s);
+    int rc = rbd_break_lock(img.get(), holder.client.c_str(), holder.cookie.c_str());
+    if (rc == -ENOENT) return absl::OkStatus();
+    return FromRc(rc, absl::StrCat("break lock of ", holder.client, " on ", pool, "/", image));
+  }
+
+  absl::Status Unlock(const RbdAccess& a, const std::string& pool, const std::string& image,
+                      const std::string& cookie) override {
+    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
+    rados_ioctx_t io = io_h.io;
+    Image img;
+    absl::Status s = img.Open(io, pool, image);
+    if (absl::IsNotFound(s)) return absl::OkStatus();
+    RETURN_IF_ERROR(s);
+    int rc = rbd_unlock(img.get(), cookie.c_str());
+    if (rc == -ENOENT) return absl::OkStatus();
+    return FromRc(rc, absl::StrCat("unlock ", pool, "/", image));
+  }
+
+ private:
+  static absl::StatusOr<std::vector<RbdLockHolder>> ListLockers(rbd_image_t img) {
+    size_t sizes[4] = {256, 1024, 1024, 1024};
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      std::string tag(sizes[0], '\0'), clients(sizes[1], '\0'), cookies(sizes[2], '\0'),
+          addrs(sizes[3], '\0');
+      int exclusive = 0;
+      ssize_t n = rbd_list_lockers(img, &exclusive, tag.data(), &sizes[0], clients.data(),
+                                   &sizes[1], cookies.data(), &sizes[2], addrs.data(), &sizes[3]);
+      if (n == -ERANGE) continue;  // sizes now say what is needed
+      if (n < 0) return FromRc(static_cast<int>(n), "list lockers");
+      auto split = [](const std::string& buf, size_t len) {
+        std::vector<std::string> out;
+        for (absl::string_view p : absl::StrSplit(absl::string_view(buf.data(), len), '\0')) {
+          if (!p.empty()) out.emplace_back(p);
+        }
+        return out;
+      };
+      std::vector<std::string> c = split(clients, sizes[1]), k = split(cookies, sizes[2]),
+                               ad = split(addrs, sizes[3]);
+      std::vector<RbdLockHolder> out;
+      for (size_t i = 0; i < static_cast<size_t>(n) && i < c.size() && i < k.size(); ++i) {
+        out.push_back({c[i], k[i], i < ad.size() ? ad[i] : ""});
+      }
+      return out;
+    }
+    return absl::InternalError("list lockers: buffers keep growing");
+  }
+
+  // The pool's io context on the node's shared connection to the cluster,
+  // with the connection that owns it (kept alive for the call).
+  struct Io {
+    std::shared_ptr<ublk::RadosConnection> connection;
+    rados_ioctx_t io = nullptr;
+  };
+
+  absl::StatusOr<Io> IoCtx(const RbdAccess& a, const std::string& pool) {
+    ASSIGN_OR_RETURN(
+        std::shared_ptr<ublk::RadosConnection> c,
+        connections_->Get(ublk::RbdClusterConfig{a.monitors, a.creds.user, a.creds.key}));
+    ASSIGN_OR_RETURN(rados_ioctx_t io, c->IoCtx(pool, ""));
+    return Io{std::move(c), io};
+  }
+
+  ublk::RadosConnections* const connections_;
+};
+
+}  // namespace
+
+std::unique_ptr<RbdAdmin> NewLibRbdAdmin(ublk::RadosConnections* connections) {
+  return std::make_unique<LibRbdAdmin>(connections);
+}
+
+}  // namespace ublk_csi
