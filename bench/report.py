@@ -225,8 +225,10 @@ def recovery_section(d, w, mib, guest):
     w("Targets (issue 20): 66 volumes serving < 1 s after the start, 256 < 2 s.")
     if any("-" in n for n, _, _ in recs):
         w("")
+        alt_bin = guest.get("plugin_alt_bin", "")
         w(f"A/B in this boot (`BENCH_RECOVERY_AB`): N-A1, N-B1, N-A2, N-B2 in that order; "
-          f"B adds `{guest.get('plugin_alt_args', '?')}`.")
+          f"B adds `{guest.get('plugin_alt_args', '?')}`"
+          + (f" and runs `{alt_bin}`" if alt_bin else "") + ".")
     w("")
 
     def t(rec, key):
