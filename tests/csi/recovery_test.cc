@@ -202,6 +202,7 @@ class RecoveryTest : public ::testing::Test {
       ro.budget = p_->pool->memory_budget();
       ro.clock = &clock_;  // the memory.high hold ends when the test says
     }
+    if (fake_recovery_clock_) ro.clock = &clock_;
     p_->recovery =
         std::make_unique<RecoveryManager>(p_->manager.get(), &p_->health, p_->registry.get(), ro);
     RecoveryManager* rm = p_->recovery.get();
@@ -294,6 +295,8 @@ class RecoveryTest : public ::testing::Test {
   // Set before Start(): the process's pool has a MemoryBudget reading these
   // (cgroup v2 files), and the recovery follows it.
   bool with_budget_ = false;
+  // Set before Start(): the recovery's clock is clock_ (progress lines).
+  bool fake_recovery_clock_ = false;
   ublk::FakeMemoryFiles files_;
   std::unique_ptr<Process> p_;
 };
@@ -770,6 +773,39 @@ TEST_F(RecoveryTest, RecoveryCutShortResumesInTheNextProcess) {
     if (legacy) {
       EXPECT_GE(kernel_->rearms(), 1);
     }
+  }
+}
+
+// A mass recovery logs progress, not lines per volume: every glog line is
+// written under one process-wide lock, and three lines per volume (target
+// opened, device recovered, volume recovered) paced a 256-volume recovery
+// in the guest. At most one progress line per interval, the closing line,
+// and no INFO line naming a volume that recovered.
+TEST_F(RecoveryTest, RecoveryLogsProgressPerIntervalNotLinesPerVolume) {
+  fake_recovery_clock_ = true;
+  Start();
+  ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(5)));
+  std::vector<std::string> ids = MakeVolumes(6);
+  std::vector<uint32_t> devs;
+  for (const auto& id : ids) devs.push_back(DevId(id));
+  Kill();
+
+  LogCapture logs;
+  StartHeld(/*concurrency=*/1, /*pass=*/3);  // 3 recover at once, the 4th waits
+  ASSERT_TRUE(p_->holding->WaitHeld(1));
+  clock_.Advance(absl::Milliseconds(1500));  // past the 1 s progress interval
+  p_->holding->Release();
+  ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(10)));
+  EXPECT_EQ(p_->recovery->progress().recovered, 6);
+  // Volumes 1-3 finished within the first interval: no line. Volume 4
+  // finished after it: one line. 5 and 6 within the next: none.
+  EXPECT_EQ(logs.Count(google::GLOG_INFO, {"recovery: ", " of 6 volume(s) done"}), 1);
+  EXPECT_EQ(logs.Count(google::GLOG_INFO, {"recovery: 4 of 6 volume(s) done in 1.5s"}), 1);
+  EXPECT_EQ(logs.Count(google::GLOG_INFO, {"recovery done: 6 volume(s)"}), 1);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_EQ(logs.Count(google::GLOG_INFO, {ids[i]}), 0) << ids[i];
+    EXPECT_EQ(logs.Count(google::GLOG_INFO, {absl::StrCat("ublk device ", devs[i], ":")}), 0)
+        << devs[i];
   }
 }
 
