@@ -118,12 +118,17 @@ void RecoveryManager::Start() {
     cv_.NotifyAll();
     return;
   }
+  health_->SetRecoveryPending(absl::StrCat("0 of ", picked.size(), " volumes"));
+  {
+    ublk::MutexLock lock(&threads_mu_);
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  // After the threads start: a log line can take tens of ms to write (every
+  // glog line goes out under one lock), and a gauge refresh walks every
+  // volume; neither should delay the first volume.
   LOG(INFO) << "recovery: " << picked.size() << " staged or published volume(s), " << threads
             << " at a time";
-  health_->SetRecoveryPending(absl::StrCat("0 of ", picked.size(), " volumes"));
   RefreshExportGauge();
-  ublk::MutexLock lock(&threads_mu_);
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
 }
 
 void RecoveryManager::Stop() {
