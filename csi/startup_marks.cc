@@ -13,9 +13,7 @@
 namespace ublk_csi {
 namespace {
 
-std::string Ms(absl::Duration d) {
-  return absl::StrCat(absl::ToInt64Milliseconds(d), "ms");
-}
+std::string Ms(absl::Duration d) { return absl::StrCat(absl::ToInt64Milliseconds(d), "ms"); }
 
 }  // namespace
 
@@ -30,7 +28,8 @@ void StartupMarks::Mark(absl::string_view step) {
 
 std::string StartupMarks::Summary() const {
   std::string out;
-  if (before_main_.has_value()) absl::StrAppend(&out, "main reached ", Ms(*before_main_), " after exec; ");
+  if (before_main_.has_value())
+    absl::StrAppend(&out, "main reached ", Ms(*before_main_), " after exec; ");
   for (size_t i = 0; i < steps_.size(); ++i) {
     absl::StrAppend(&out, i == 0 ? "" : ", ", steps_[i].first, " ", Ms(steps_[i].second));
   }

@@ -253,7 +253,7 @@ absl::StatusOr<bool> UblkVolumeBackend::MaybeRecover(const ExportSpec& spec, uin
     if (!dev.ok()) return false;
     if (dev->state == UBLK_S_DEV_QUIESCED) {
       VLOG(1) << ctx << ": ublk device " << dev_id
-                << " became QUIESCED after its previous server exited";
+              << " became QUIESCED after its previous server exited";
     }
   }
   if (dev->state != UBLK_S_DEV_QUIESCED) return false;

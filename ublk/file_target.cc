@@ -86,7 +86,7 @@ absl::StatusOr<std::unique_ptr<FileTarget>> FileTarget::Open(const FileTargetOpt
     // Debug only: logged for every export opened (a mass recovery opens
     // hundreds at once, and every log line is written under glog's lock).
     VLOG(1) << "file target " << o.path << ": file in memory (tmpfs/ramfs), reads and writes "
-              << "served inline";
+            << "served inline";
   }
   return std::unique_ptr<FileTarget>(
       new FileTarget(o.path, o.size_bytes, std::move(buffered), std::move(direct), inline_io));
