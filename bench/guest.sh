@@ -2,7 +2,7 @@
 # bench/guest.sh: the guest half of `make bench` (bench/run.sh boots the e2e
 # guest once with tests/e2e/run-in-guest.sh and runs this script in it).
 #
-# usage (in the guest): bench/guest.sh RUNTIME_S REPEATS SIZE_MIB [PARTS] [GROUPS] [WORKLOADS] [MODES] [PF_SYSCALLS] [PLUGIN_ARGS] [ALT_ARGS]
+# usage (in the guest): bench/guest.sh RUNTIME_S REPEATS SIZE_MIB [PARTS] [GROUPS] [WORKLOADS] [MODES] [PF_SYSCALLS] [PLUGIN_ARGS] [ALT_ARGS] [ALT_BIN]
 # PARTS: words out of "data profile plugin" (default: all three); data = the
 # fio comparisons below, profile = perf profiles (bench/profile.sh), plugin =
 # the plugin's memory, recovery and control plane (bench/plugin.sh),
@@ -16,6 +16,7 @@
 # PF_SYSCALLS: 0 skips the profile part's syscall counts (default 1).
 # PLUGIN_ARGS: more ublk-csi flags for the plugin part (they override its own).
 # ALT_ARGS: with PARTS recovery, an A/B of each recovery: A B A B, B with these flags.
+# ALT_BIN: the same A/B, B running this ublk-csi binary instead of BUILD_DIR's.
 # Copy modes: user_copy and get_data, and zero_copy first where ublk-tool
 # knows it and the kernel offers it (`ublk-tool features --copy_mode=zero_copy`).
 #
@@ -60,6 +61,8 @@ PF_SYSCALLS=${8:-1}
 PLUGIN_EXTRA_ARGS=${9:-}
 # shellcheck disable=SC2034 # read by plugin.sh
 PLUGIN_ALT_ARGS=${10:-}
+# shellcheck disable=SC2034 # read by plugin.sh
+PLUGIN_ALT_BIN=${11:-}
 has_part() { case " $PARTS " in *" $1 "*) return 0 ;; esac; return 1; }
 has_group() { case " $GROUPS_RUN " in *" $1 "*) return 0 ;; esac; return 1; }
 [ "$RUNTIME" -ge 4 ] || e2e_fail "RUNTIME must be >= 4 s (the counter window leaves out 1.5 s of each job)"

@@ -43,7 +43,7 @@ pb_status() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$PB_PID/status" 2>/dev/
 pb_start() {
   (
     echo "$EPOCHREALTIME" > "$PB_WORK/exec-epoch"
-    exec "$PB_PLUGIN" "${PB_ARGS[@]}" ${PB_RUN_ARGS:-} --endpoint="unix://$PB_SOCK" --data-dir="$PB_WORK/data" \
+    exec "${PB_RUN_BIN:-$PB_PLUGIN}" "${PB_ARGS[@]}" ${PB_RUN_ARGS:-} --endpoint="unix://$PB_SOCK" --data-dir="$PB_WORK/data" \
       --metrics-address="$PB_METRICS" 2>>"$PB_OUT/plugin.log"
   ) &
   PB_PID=$!
@@ -149,9 +149,10 @@ pb_io_set() {
   [ "$PB_EXPORTS" -ge 8 ] && pb_io 8x-qd32-128k 8 randread 128k 32
 }
 
-# pb_recovery NAME [ARGS]: kill -9 under fio on 8 exports, restart at once
-# (with ARGS: ublk-csi flags added for this restart and the ones after it,
-# until the next pb_recovery). Writes
+# pb_recovery NAME [ARGS [BIN]]: kill -9 under fio on 8 exports, restart at
+# once (with ARGS: ublk-csi flags added for this restart and the ones after
+# it, until the next pb_recovery; with BIN: that binary runs instead of
+# PB_PLUGIN, as long). Writes
 # recovery-NAME.json, fio-recovery-NAME.json, recovery-watch-NAME.log.
 pb_recovery() {
   local name=$1 job=$PB_WORK/recovery-$1.fio fpid wdir=$PB_WORK/watch-$1 d
@@ -189,6 +190,7 @@ pb_recovery() {
     sleep 1  # perf's own start-up
   fi
   PB_RUN_ARGS=${2:-}
+  PB_RUN_BIN=${3:-}
   local t_kill=$EPOCHREALTIME
   kill -KILL "$PB_PID"
   echo "$t_kill" > "$wdir/go.tmp" && mv "$wdir/go.tmp" "$wdir/go"
@@ -242,24 +244,25 @@ pb_full() {
 }
 
 # pb_recovery_only: the two recoveries alone (66 exports made in one batch).
-# With PLUGIN_ALT_ARGS (guest.sh): an A/B in the same boot, A B A B per size
-# (A: the plugin's flags, B: with PLUGIN_ALT_ARGS added), so that the host's
-# load drifts across both.
+# With PLUGIN_ALT_ARGS or PLUGIN_ALT_BIN (guest.sh): an A/B in the same boot,
+# A B A B per size (A: the plugin's flags and binary, B: with PLUGIN_ALT_ARGS
+# added, run by PLUGIN_ALT_BIN), so that the host's load drifts across both.
 pb_recovery_only() {
   local n r
   for n in 66 256; do
     e2e_step "plugin: $n exports"
     pb_batch $(( n - PB_EXPORTS )) "b$n"; pb_idle
     e2e_step "plugin: kill -9 and restart with $n exports under fio"
-    if [ -z "${PLUGIN_ALT_ARGS:-}" ]; then
+    if [ -z "${PLUGIN_ALT_ARGS:-}" ] && [ -z "${PLUGIN_ALT_BIN:-}" ]; then
       pb_recovery "$n"
       continue
     fi
     for r in 1 2; do
       pb_recovery "$n-A$r"
-      pb_recovery "$n-B$r" "$PLUGIN_ALT_ARGS"
+      pb_recovery "$n-B$r" "${PLUGIN_ALT_ARGS:-}" "${PLUGIN_ALT_BIN:-}"
     done
     PB_RUN_ARGS=
+    PB_RUN_BIN=
   done
 }
 
@@ -288,6 +291,7 @@ plugin_bench() {
   t0=$(now)
   echo "plugin_args=${PB_ARGS[*]}" >> "$1/guest.txt"
   echo "plugin_alt_args=${PLUGIN_ALT_ARGS:-}" >> "$1/guest.txt"
+  echo "plugin_alt_bin=${PLUGIN_ALT_BIN:-}" >> "$1/guest.txt"
   e2e_step "plugin: the floor (exec of ublk-csi --version, of /bin/true)"
   pb_floor
   e2e_step "plugin: start ublk-csi (2 workers, default pool budget)"

@@ -97,6 +97,8 @@ def log_marks(path, pid, after):
             marks["recovery_done"] = (t, msg)
         if msg.startswith("ublk-csi ") and " serving node " in msg and "serving" not in marks:
             marks["serving"] = (t, msg)
+        if msg.startswith("start-up: ") and "startup" not in marks:
+            marks["startup"] = (t, msg)
     return marks
 
 
@@ -203,6 +205,14 @@ def main():
             break
         time.sleep(0.1)
     served = [d - t_kill for d in done if d is not None]
+    # START_USER_RECOVERY refused with EBUSY (the dead server's char devices
+    # not released yet) and retried, over the whole recovery.
+    busy_retries = None
+    try:
+        text = urllib.request.urlopen(f"http://{a.metrics}/metrics", timeout=5).read().decode()
+        busy_retries = metric_sum(text, 'ublk_csi_recovery_resume_total{event="busy_retry"}')
+    except OSError:
+        pass
     t_exec = None
     for _ in range(50):  # written right after the restart; normally there long since
         try:
@@ -239,6 +249,7 @@ def main():
         "new_pid_vmrss_kb": status_kb(pid, "VmRSS") if pid else None,
         "max_vmrss_sampled_kb": rss_max,
         "max_pool_bytes_sampled": pool_max,
+        "busy_retries": busy_retries,
         "kill_to_exec_s": since(t_kill, t_exec),
         "kill_to_fork_stat_s": since(t_kill, t_fork),
         "start_to_first_served_s": round(start_served[0], 3) if start_served else None,

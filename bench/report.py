@@ -226,8 +226,10 @@ def recovery_section(d, w, mib, guest):
     w("Targets (issue 20): 66 volumes serving < 1 s after the start, 256 < 2 s.")
     if any("-" in n for n, _, _ in recs):
         w("")
+        alt_bin = guest.get("plugin_alt_bin", "")
         w(f"A/B in this boot (`BENCH_RECOVERY_AB`): N-A1, N-B1, N-A2, N-B2 in that order; "
-          f"B adds `{guest.get('plugin_alt_args', '?')}`.")
+          f"B adds `{guest.get('plugin_alt_args', '?')}`"
+          + (f" and runs `{alt_bin}`" if alt_bin else "") + ".")
     w("")
 
     def t(rec, key):
@@ -253,6 +255,8 @@ def recovery_section(d, w, mib, guest):
     row("median device serving", lambda r, fr: both(r, "median_served_s"))
     row("**last device serving**", lambda r, fr: both(r, "all_served_s", True))
     row("`recovery done` logged", lambda r, fr: t(r, "start_to_recovery_done_s"))
+    row("START_USER_RECOVERY refused (EBUSY) and retried",
+        lambda r, fr: "-" if r.get("busy_retries") is None else f"{r['busy_retries']:.0f}")
     row("/readyz ready", lambda r, fr: both(r, "ready_s", True))
     row("new process VmHWM at the end (peak RSS)",
         lambda r, fr: f"{mib(r['new_pid_vmhwm_kb'])} MiB (VmRSS {mib(r['new_pid_vmrss_kb'])})")
@@ -262,6 +266,11 @@ def recovery_section(d, w, mib, guest):
         lambda r, fr: f"{fr['ios']}, error {fr['error']}" if fr else "?")
     row("plugin log", lambda r, fr: f"`{r.get('log_recovery_done', '')}`")
     w("")
+    for n, r, _ in recs:
+        if r.get("log_startup"):
+            w(f"- {n} exports, the new process's `start-up:` line: `{r['log_startup']}`")
+    if any(r.get("log_startup") for _, r, _ in recs):
+        w("")
     floor = []
     if os.path.exists(os.path.join(d, "floor.tsv")):
         with open(os.path.join(d, "floor.tsv")) as f:

@@ -25,6 +25,9 @@
 #                  "--recovery-concurrency=16" (they override its own)
 #   BENCH_RECOVERY_AB with BENCH_PARTS=recovery: ublk-csi flags for an A/B in
 #                  one boot (A B A B per size; B adds these flags)
+#   BENCH_RECOVERY_AB_BIN with BENCH_PARTS=recovery: another ublk-csi binary
+#                  (absolute path, e.g. a copy of main's) that B runs instead
+#                  of the build dir's: an A/B of two builds in one boot
 #   BENCH_OUT      results dir (default bench/results, bench/results/kernel-7 for 7)
 #   E2E_WORK_DIR   as for tests/e2e (kernel cache and guest logs; default DIR)
 set -uo pipefail
@@ -100,7 +103,8 @@ trap 'kill $sampler 2>/dev/null' EXIT
 E2E_WORK_DIR=$work "$root/tests/e2e/run-in-guest.sh" --build-dir "$build_dir" \
   --kernel "$kernel" --timeout "$budget" --ublks-max 300 --data-disk 2G \
   "$here/guest.sh" "$runtime" "$repeats" "$size_mib" "$parts" "$groups" \
-  "${BENCH_WORKLOADS:-all}" "${BENCH_MODES:-all}" "${BENCH_PF_SYSCALLS:-1}" "${BENCH_PLUGIN_ARGS:-}" "${BENCH_RECOVERY_AB:-}"
+  "${BENCH_WORKLOADS:-all}" "${BENCH_MODES:-all}" "${BENCH_PF_SYSCALLS:-1}" "${BENCH_PLUGIN_ARGS:-}" "${BENCH_RECOVERY_AB:-}" \
+  "${BENCH_RECOVERY_AB_BIN:-}"
 rc=$?
 kill $sampler 2>/dev/null
 {

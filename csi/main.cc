@@ -31,6 +31,7 @@
 #include "csi/rbd_admin.h"
 #include "csi/record_store.h"
 #include "csi/recovery_manager.h"
+#include "csi/startup_marks.h"
 #include "csi/ublk_volume_backend.h"
 #include "csi/version.h"
 #include "csi/volume_manager.h"
@@ -130,6 +131,13 @@ DEFINE_string(copy_mode, "auto",
 
 namespace ublk_csi {
 namespace {
+
+// How long each start-up step took (one INFO line once the plugin serves):
+// every step before recovery starts delays every volume's recovery.
+StartupMarks& Startup() {
+  static StartupMarks* marks = new StartupMarks();  // first called at the top of main()
+  return *marks;
+}
 
 absl::Status ApplyLogLevel(const std::string& level) {
   FLAGS_logtostderr = true;
@@ -480,6 +488,7 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store, Backe
   opts.rbd_admin = parts->rbd_admin.get();
   out->manager = std::make_unique<VolumeManager>(opts, store, parts->backend.get(), mounter);
   RETURN_IF_ERROR(out->manager->Load());
+  Startup().Mark("records loaded");
   out->controller = std::make_unique<ControllerService>(out->manager.get());
   out->node = std::make_unique<NodeService>(out->manager.get());
   out->caps = {.controller_service = true,
@@ -518,6 +527,7 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store, Backe
     RecoveryManager* rm = out->recovery.get();
     health->SetServingCheck([rm] { return rm->ServingStatus(); });
     out->recovery->Start();
+    Startup().Mark("recovery started");
   } else {
     health->SetRecoveryDone();
   }
@@ -541,6 +551,7 @@ int Serve(const PluginConfig& config, const sigset_t& stop_signals,
   grpc_options.registry = registry.get();
   PluginServer server(config.endpoint, grpc_services, grpc_options);
   if (absl::Status s = server.Start(); !s.ok()) return Fail(s);
+  Startup().Mark("CSI server");
 
   std::unique_ptr<HttpServer> http;
   if (!FLAGS_metrics_address.empty()) {
@@ -557,7 +568,9 @@ int Serve(const PluginConfig& config, const sigset_t& stop_signals,
         config.http);
     if (!started.ok()) return Fail(started.status());
     http = std::move(*started);
+    Startup().Mark("HTTP server");
   }
+  LOG(INFO) << "start-up: " << Startup().Summary();
   LOG(INFO) << "ublk-csi " << kVersion << " serving node " << FLAGS_node_id << " (backend "
             << FLAGS_backend << ", mounter " << FLAGS_mounter << ")";
 
@@ -578,6 +591,7 @@ int Run() {
   absl::StatusOr<PluginConfig> config = ParseFlags();
   if (!config.ok()) return Fail(config.status());
   RaiseOpenFileLimit();
+  Startup().Mark("flags");
 
   // SIGTERM/SIGINT are taken synchronously by this thread with sigwait; block
   // them before any other thread starts so every thread inherits the mask.
@@ -604,6 +618,7 @@ int Run() {
   absl::StatusOr<std::unique_ptr<RecordStore>> store =
       RecordStore::Open(FLAGS_data_dir, registry.get(), &file_system);
   if (!store.ok()) return Fail(store.status());
+  Startup().Mark("records dir");
   BackendParts backend;
   if (auto g = CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold,
                                      registry.get(), &file_system);
@@ -613,7 +628,9 @@ int Run() {
   } else {
     LOG(WARNING) << g.status() << "; recovering without the crash-loop guard";
   }
+  Startup().Mark("crash-loop guard");
   if (absl::Status s = BuildBackend(*config, registry.get(), &backend); !s.ok()) return Fail(s);
+  Startup().Mark("backend");
   absl::StatusOr<std::unique_ptr<Mounter>> mounter = BuildMounter();
   if (!mounter.ok()) return Fail(mounter.status());
   Services services;
@@ -629,6 +646,9 @@ int Run() {
 }  // namespace ublk_csi
 
 int main(int argc, char** argv) {
+  if (absl::StatusOr<absl::Duration> d = ublk_csi::TimeSinceProcessStart(); d.ok()) {
+    ublk_csi::Startup().SetBeforeMain(*d);
+  }
   gflags::SetVersionString(ublk_csi::kVersion);
   gflags::SetUsageMessage("ublk-csi --node-id=NODE [--endpoint=unix:///csi/csi.sock] ...");
   gflags::ParseCommandLineFlags(&argc, &argv, true);

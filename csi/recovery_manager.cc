@@ -98,6 +98,7 @@ void RecoveryManager::Start() {
     for (const std::string& id : order_) states_[id] = VState::kPending;
     progress_.total = static_cast<int>(order_.size());
     started_at_ = clock_.Now();
+    last_progress_log_ = started_at_;
     // Pressure from before this start is the budget's business (it released
     // idle pools), not a reason to slow this recovery down.
     if (options_.budget != nullptr) seen_epoch_ = options_.budget->pressure_epoch();
@@ -117,12 +118,17 @@ void RecoveryManager::Start() {
     cv_.NotifyAll();
     return;
   }
+  health_->SetRecoveryPending(absl::StrCat("0 of ", picked.size(), " volumes"));
+  {
+    ublk::MutexLock lock(&threads_mu_);
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  // After the threads start: a log line can take tens of ms to write (every
+  // glog line goes out under one lock), and a gauge refresh walks every
+  // volume; neither should delay the first volume.
   LOG(INFO) << "recovery: " << picked.size() << " staged or published volume(s), " << threads
             << " at a time";
-  health_->SetRecoveryPending(absl::StrCat("0 of ", picked.size(), " volumes"));
   RefreshExportGauge();
-  ublk::MutexLock lock(&threads_mu_);
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
 }
 
 void RecoveryManager::Stop() {
@@ -329,6 +335,7 @@ void RecoveryManager::Finish(const std::string& volume_id, Outcome outcome, absl
   if (recoveries_ != nullptr) recoveries_->Add({{"outcome", OutcomeName(outcome)}}).Increment();
   if (duration_ != nullptr) duration_->Observe(absl::ToDoubleSeconds(took));
   int done = 0, total = 0;
+  std::string progress_line;
   {
     ublk::MutexLock lock(&mu_);
     states_[volume_id] = VState::kDone;
@@ -348,7 +355,16 @@ void RecoveryManager::Finish(const std::string& volume_id, Outcome outcome, absl
     done = progress_.done;
     total = progress_.total;
     --in_progress_;
+    const absl::Time now = clock_.Now();
+    if (done < total && now - last_progress_log_ >= options_.progress_log_interval) {
+      last_progress_log_ = now;
+      progress_line = absl::StrCat("recovery: ", done, " of ", total, " volume(s) done in ",
+                                   absl::FormatDuration(now - started_at_), " (",
+                                   progress_.recovered, " recovered, ", progress_.recreated,
+                                   " recreated, ", progress_.failed, " failed)");
+    }
   }
+  if (!progress_line.empty()) LOG(INFO) << progress_line;
   cv_.NotifyAll();  // a thread held back by the memory limit may go on
   if (done < total) health_->SetRecoveryPending(absl::StrCat(done, " of ", total, " volumes"));
 }

@@ -68,6 +68,11 @@ struct RecoveryOptions {
   // How often a recovery thread held back by the limit looks at the budget
   // again (the budget does not signal; a volume finishing wakes it too).
   absl::Duration throttle_poll = absl::Milliseconds(20);
+  // At most one INFO progress line ("recovery: N of M volume(s) done ...")
+  // per interval; a volume's own lines are debug (--log-level=debug) unless
+  // it fails. Every glog line is written under one process-wide lock: a
+  // line or three per volume serialized a mass recovery behind the log.
+  absl::Duration progress_log_interval = absl::Seconds(1);
 };
 
 class RecoveryManager final : public VolumeGate {
@@ -159,6 +164,7 @@ class RecoveryManager final : public VolumeGate {
   std::map<std::string, Outcome> outcomes_ ABSL_GUARDED_BY(mu_);
   Progress progress_ ABSL_GUARDED_BY(mu_);
   absl::Time started_at_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_progress_log_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> threads_;  // touched only by Start() and Stop()
   ublk::Mutex threads_mu_;
 };

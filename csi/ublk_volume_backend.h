@@ -60,9 +60,11 @@ struct UblkVolumeBackendOptions {
   // such a device to become QUIESCED before it treats the id as taken by
   // another server (and asks for a new device).
   absl::Duration quiesce_wait = absl::Seconds(10);
-  // First poll interval; it doubles up to quiesce_poll.
+  // First poll interval; it doubles up to quiesce_poll. A poll is one
+  // GET_DEV_INFO; the cap is how late the release may be noticed (100 ms
+  // was up to 100 ms per device, paid again by every device still held).
   absl::Duration quiesce_poll_initial = absl::Milliseconds(2);
-  absl::Duration quiesce_poll = absl::Milliseconds(100);
+  absl::Duration quiesce_poll = absl::Milliseconds(10);
   // How a recovery cut short is resumed (ublk::RecoverOptions; its clock is
   // replaced by `clock`).
   ublk::RecoverOptions recover;

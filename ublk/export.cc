@@ -285,7 +285,8 @@ absl::StatusOr<std::unique_ptr<Export>> Export::Recover(
     return s;
   }
   e->state_ = State::kRunning;
-  LOG(INFO) << "ublk device " << dev_id << ": recovered, " << CopyModeName(o.copy_mode);
+  // The caller logs the volume's recovery; this line is for debugging only.
+  VLOG(1) << "ublk device " << dev_id << ": recovered, " << CopyModeName(o.copy_mode);
   return e;
 }
 

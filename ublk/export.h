@@ -56,8 +56,12 @@ struct ExportOptions {
 struct RecoverOptions {
   const Clock* clock = nullptr;  // nullable: a RealClock
   absl::Duration release_wait = absl::Seconds(10);
+  // A retry is one START_USER_RECOVERY (a mutex and a flag test in the
+  // kernel): cheap. The cap is how late a release is noticed; after a kill
+  // of a 256-device server the first STARTs were refused ~20 times, and a
+  // 100 ms cap added up to 100 ms per device still held.
   absl::Duration backoff_initial = absl::Milliseconds(1);
-  absl::Duration backoff_max = absl::Milliseconds(100);
+  absl::Duration backoff_max = absl::Milliseconds(10);
   // Re-arm a multi-queue device before its START as well: on 6.1-6.15 a
   // server killed after some queues were ready and before the others
   // leaves a device whose START_USER_RECOVERY oopses the kernel

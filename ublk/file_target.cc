@@ -83,8 +83,10 @@ absl::StatusOr<std::unique_ptr<FileTarget>> FileTarget::Open(const FileTargetOpt
   if (o.inline_memory_files && fstatfs(buffered.get(), &fs) == 0 &&
       (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)) {
     inline_io = true;
-    LOG(INFO) << "file target " << o.path << ": file in memory (tmpfs/ramfs), reads and writes "
-              << "served inline";
+    // Debug only: logged for every export opened (a mass recovery opens
+    // hundreds at once, and every log line is written under glog's lock).
+    VLOG(1) << "file target " << o.path << ": file in memory (tmpfs/ramfs), reads and writes "
+            << "served inline";
   }
   return std::unique_ptr<FileTarget>(
       new FileTarget(o.path, o.size_bytes, std::move(buffered), std::move(direct), inline_io));

@@ -262,13 +262,37 @@ TEST_P(RecoveryResumeTest, BusyUntilTheOldServerIsReleased) {
   auto r = Export::Recover(*control_, Workers(), target_, id, ro, &stats);
   ASSERT_FALSE(r.ok());
   EXPECT_TRUE(stats.gave_up);
-  EXPECT_GT(stats.busy_retries, 3);  // 1, 2, 4, ... ms: a backoff, not a spin
-  EXPECT_LT(stats.busy_retries, 40);
+  // 1, 2, 4, 8, then every 10 ms: a backoff, not a spin.
+  EXPECT_GT(stats.busy_retries, 3);
+  EXPECT_LE(stats.busy_retries, 4 + 1000 / 10);
   holder->reset();  // released
   RecoverStats stats2;
   auto ok = Export::Recover(*control_, Workers(), target_, id, Quick(), &stats2);
   ASSERT_TRUE(ok.ok()) << ok.status();
   ExpectServes(id);
+}
+
+// The release is noticed within the backoff's cap: the old server lets go
+// 250 ms (fake) into the wait and the device is served by 260 ms. A 100 ms
+// cap noticed it at 327 ms (1+2+...+64+100+100): every device still held
+// when its turn came paid up to 100 ms more.
+TEST_P(RecoveryResumeTest, ReleaseIsNoticedWithinTheBackoffCap) {
+  const uint32_t id = QuiescedDevice(1);
+  ASSERT_TRUE(control_->StartUserRecovery(id).ok());
+  auto holder = control_->OpenQueue(id, 0, kDepth);
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  kernel_.NewProcess();
+  const absl::Time t0 = FakeClock().Now();  // where every fake clock starts
+  ClockThatActsAt clock(t0 + absl::Milliseconds(250), [&] { holder->reset(); });
+  RecoverOptions ro;  // the defaults, on the fake clock
+  ro.clock = &clock;
+  RecoverStats stats;
+  auto r = Export::Recover(*control_, Workers(), target_, id, ro, &stats);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ExpectServes(id);
+  EXPECT_GE(clock.Now() - t0, absl::Milliseconds(250));
+  EXPECT_LE(clock.Now() - t0, absl::Milliseconds(250 + 10));
+  EXPECT_GT(stats.busy_retries, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, RecoveryResumeTest,

@@ -2,6 +2,9 @@
 // test thread may Advance() while workers read Now().
 #pragma once
 
+#include <functional>
+#include <utility>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
 #include "ublk/clock.h"
@@ -44,6 +47,25 @@ class FakeClock final : public Clock {
   mutable ublk::Mutex mu_;
   mutable absl::Time now_ ABSL_GUARDED_BY(mu_);
   mutable int sleeps_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A FakeClock that runs `then` once, inside the first SleepFor that reaches
+// `at` (on the sleeping thread): "the old server lets go at t0 + 100 ms",
+// for a poll or backoff loop under test.
+class ClockThatActsAt final : public Clock {
+ public:
+  ClockThatActsAt(absl::Time at, std::function<void()> then) : at_(at), then_(std::move(then)) {}
+  absl::Time Now() const override { return fake_.Now(); }
+  void SleepFor(absl::Duration d) const override {
+    fake_.SleepFor(d);
+    if (then_ && fake_.Now() >= at_) std::exchange(then_, nullptr)();
+  }
+  int sleeps() const { return fake_.sleeps(); }
+
+ private:
+  FakeClock fake_;
+  const absl::Time at_;
+  mutable std::function<void()> then_;
 };
 
 }  // namespace ublk
