@@ -109,6 +109,15 @@ expect "$f" '^            privileged: true$' "default: privileged plugin"
 expect "$f" 'mountPropagation: Bidirectional' "default: kubelet dir Bidirectional"
 expect "$f" 'path: /var/lib/kubelet/plugins/ublk\.csi\.io$' "default: socket dir under the kubelet dir"
 expect "$f" '--kubelet-registration-path=/var/lib/kubelet/plugins/ublk\.csi\.io/csi\.sock' "default: registrar registration path"
+expect "$f" '--timeout=30s' "default: registrar GetPluginInfo deadline 30s (not its 1s)"
+# `helm upgrade --reuse-values` keeps the values of a release made before a
+# value existed: the template's default must stand in (an empty --timeout=
+# made the registrar exit at once; e2e-k8s 80-upgrade-under-io).
+if "$HELM" template ublk "$CHART" -n ublk-csi --set nodeDriverRegistrar.timeout=null 2>&1 | grep -q -- '--timeout=30s$'; then
+  ok "an older release's values (no nodeDriverRegistrar.timeout): registrar --timeout=30s"
+else
+  bad "an older release's values (no nodeDriverRegistrar.timeout): no registrar --timeout=30s"
+fi
 expect "$f" '--node-deployment=true' "default: provisioner in node-deployment mode"
 expect "$f" '--enable-capacity=true' "default: capacity tracking"
 expect "$f" '--feature-gates=Topology=true' "default: provisioner topology on"

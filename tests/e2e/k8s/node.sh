@@ -140,17 +140,40 @@ while [ ! -f "$E2E_RESULT_DIR/stop" ] && [ ! -f "$E2E_RESULT_DIR/reboot" ]; do
 done
 log "stopping the node"
 kill $kpid 2>/dev/null; wait $kpid 2>/dev/null
-# Containers keep running without the kubelet; stop them as a node shutdown would.
-crictl_stop() {
-  local id
-  for id in $(ctr --address /run/containerd/containerd.sock -n k8s.io tasks ls -q 2>/dev/null); do
-    ctr --address /run/containerd/containerd.sock -n k8s.io tasks kill -s SIGTERM "$id" 2>/dev/null
+# Containers keep running without the kubelet; stop them as a node shutdown
+# would, in an order that loses no data: the applications first while the
+# plugin still serves their volumes, then their dirty data is written and the
+# ublk-backed file systems are unmounted, then the plugin and the rest. (An
+# ext4 left mounted on a ublk device whose server is gone keeps its dirty
+# pages: the guest's last sync would wait for a server that never comes.)
+ctr_k8s() { ctr --address /run/containerd/containerd.sock -n k8s.io "$@"; }
+plugin_pidns=
+p=$(pgrep -x ublk-csi | head -1) && plugin_pidns=$(readlink "/proc/$p/ns/pid")
+stop_tasks() { # apps (all but the plugin's container) | all
+  local id pid _ sig n
+  # SIGTERM, then SIGKILL after 10 s: a shell as a container's PID 1 ignores SIGTERM.
+  for sig in SIGTERM SIGKILL; do
+    n=0
+    while read -r id pid _; do
+      [ "$1" = apps ] && [ -n "$plugin_pidns" ] && [ "$(readlink "/proc/$pid/ns/pid")" = "$plugin_pidns" ] && continue
+      ctr_k8s tasks kill -s $sig "$id" 2>/dev/null && n=$((n + 1))
+    done < <(ctr_k8s tasks ls 2>/dev/null | awk 'NR > 1 && $3 == "RUNNING"')
+    [ $n = 0 ] && break
+    [ $sig = SIGTERM ] || { sleep 1; break; }
+    for _ in $(seq 50); do
+      ctr_k8s tasks ls 2>/dev/null | awk 'NR > 1 && $3 == "RUNNING"' | grep -q . || break
+      [ "$1" = apps ] && [ "$(ctr_k8s tasks ls 2>/dev/null | awk 'NR > 1 && $3 == "RUNNING"' | wc -l)" -le 1 ] && break
+      sleep 0.2
+    done
   done
-  sleep 3
 }
-crictl_stop
+stop_tasks apps
+timeout 120 sync || log "warning: sync did not finish in 120 s"
+awk '{ for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i + 2) ~ /^\/dev\/ublkb/) print $5; break } }' /proc/self/mountinfo \
+  | sort -r | while read -r m; do timeout 60 umount "$m" || log "warning: umount $m failed"; done
+stop_tasks all
 kill $cpid 2>/dev/null; wait $cpid 2>/dev/null
-sync
+timeout 120 sync || log "warning: the last sync did not finish in 120 s"
 if [ -f "$E2E_RESULT_DIR/reboot" ]; then
   rm -f "$E2E_RESULT_DIR/reboot" "$E2E_RESULT_DIR/node-up"
   exit 75

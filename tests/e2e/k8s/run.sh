@@ -38,7 +38,8 @@ while [ $# -gt 0 ]; do
 done
 HERE=$(dirname "$(realpath "$0")")
 if [ ${#names[@]} = 0 ]; then
-  for f in "$HERE"/scenarios/*.sh; do names+=("$(basename "$f" .sh)"); done
+  # Numeric order (100-... after 90-...).
+  while read -r f; do names+=("$(basename "$f" .sh)"); done < <(printf '%s\n' "$HERE"/scenarios/*.sh | sort -V)
 fi
 if [ $list = 1 ]; then printf '%s\n' "${names[@]}"; exit 0; fi
 for n in "${names[@]}"; do

@@ -232,7 +232,7 @@ k8s_control_plane_down() {
 # Host packages of the node (used by the guest through the shared root) and
 # of the control plane, from Debian.
 k8s_ensure_packages() {
-  local want="containerd runc containernetworking-plugins etcd-server iptables podman debootstrap openssl"
+  local want="containerd runc containernetworking-plugins etcd-server iptables podman debootstrap openssl python3 iproute2"
   local missing="" p
   for p in $want; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

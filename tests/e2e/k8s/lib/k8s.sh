@@ -101,7 +101,8 @@ YAML
 }
 
 # k8s_pod NAME PVC MODE COMMAND: a pod of the test image with PVC at /data
-# (Filesystem) or as the raw device /dev/xvda (Block), never restarted.
+# (Filesystem) or as the raw device /dev/xvda (Block), never restarted
+# (K8S_POD_RESTART=Always: restarted, e.g. to come back after a node reboot).
 # With K8S_POD_CTL_DIR set, that node directory is mounted at /ctl too: the
 # host drives a long-running pod through files it writes there (k8s_node).
 k8s_pod() {
@@ -119,7 +120,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: $1}
 spec:
-  restartPolicy: Never
+  restartPolicy: ${K8S_POD_RESTART:-Never}
   terminationGracePeriodSeconds: 2
   containers:
   - name: c
@@ -147,4 +148,65 @@ k8s_wait_plugin_ready() {
     sleep 1
   done
   return 1
+}
+
+# Pods under I/O (scenarios 60, 80, 100): k8s_io_start PREFIX makes PVCs
+# PREFIX-fs (Filesystem) and PREFIX-blk (Block), 512Mi, and a pod on each
+# running fio rounds (32 MiB randwrite with crc32c, then verified, fatal on
+# the first bad block) until k8s_io_stop_and_check PREFIX writes the stop file
+# on the node, or at the latest K8S_IO_SECONDS (default 1800: a cap, not the
+# plan) from the start.
+K8S_IO_CTL=/run/ublk-e2e-ctl
+k8s_io_start() {
+  local p=$1 end loop
+  kc create namespace "$K8S_NS" >/dev/null 2>&1
+  k8s_pvc "$p-fs" 512Mi Filesystem && k8s_pvc "$p-blk" 512Mi Block || k8s_fail "create PVCs $p-fs $p-blk"
+  k8s_node "mkdir -p $K8S_IO_CTL && rm -f $K8S_IO_CTL/stop" >/dev/null || k8s_fail "node control dir"
+  end=$(( $(date +%s) + ${K8S_IO_SECONDS:-1800} ))
+  loop='n=0; while [ ! -e /ctl/stop ] && [ "$(date +%s)" -lt END ]; do fio --name=r --filename=TARGET --rw=randwrite --bs=4k --iodepth=8 --ioengine=libaio --direct=1 --size=32M --verify=crc32c --verify_fatal=1 --do_verify=1 --rate=2m > /tmp/fio.log 2>&1 || { cat /tmp/fio.log; echo FIO-FAILED; exit 1; }; n=$((n + 1)); echo "round $n: $(grep -o "err= *[0-9]*" /tmp/fio.log | head -1)"; done; echo "FIO-OK rounds=$n"'
+  loop=${loop//END/$end}
+  K8S_POD_CTL_DIR=$K8S_IO_CTL k8s_pod "$p-fs" "$p-fs" Filesystem "${loop//TARGET//data/fio.dat}" \
+    && K8S_POD_CTL_DIR=$K8S_IO_CTL k8s_pod "$p-blk" "$p-blk" Block "${loop//TARGET//dev/xvda}" \
+    || k8s_fail "create fio pods"
+  local pod
+  for pod in "$p-fs" "$p-blk"; do
+    k8s_wait_pod_phase "$K8S_NS" "$pod" Running 300 || { k8s_explain "$K8S_NS" "$pod"; k8s_fail "$pod not Running"; }
+  done
+  k8s_ok "fio pods $p-fs and $p-blk Running"
+}
+
+# k8s_io_running PREFIX: both fio pods still run (what happened so far
+# happened under I/O); a failed check otherwise.
+k8s_io_running() {
+  local pod phase
+  for pod in "$1-fs" "$1-blk"; do
+    phase=$(kc -n "$K8S_NS" get pod "$pod" -o jsonpath='{.status.phase}')
+    [ "$phase" = Running ] || k8s_check_failed "$pod is $phase before the stop: not all of it was under I/O"
+  done
+}
+
+# k8s_io_stop_and_check PREFIX: stop fio after its current round; each pod
+# succeeded with every round verified, was never restarted, and has no
+# FailedMount event; then the pods and PVCs are deleted (their PVs go with
+# them through the plugin's DeleteVolume).
+k8s_io_stop_and_check() {
+  local p=$1 pod out r fm
+  k8s_node "touch $K8S_IO_CTL/stop" >/dev/null || k8s_check_failed "write the stop file"
+  for pod in "$p-fs" "$p-blk"; do
+    k8s_wait_pod_phase "$K8S_NS" "$pod" Succeeded 600 || k8s_check_failed "$pod did not succeed"
+    out=$(kc -n "$K8S_NS" logs "$pod" 2>&1)
+    echo "$out" | tail -4 | sed "s/^/  $pod: /"
+    if grep -q FIO-OK <<< "$out" && ! grep -q FIO-FAILED <<< "$out"; then
+      k8s_ok "$pod: fio verify passed in every round ($(grep -o 'rounds=[0-9]*' <<< "$out"))"
+    else
+      k8s_check_failed "$pod: fio failed"
+    fi
+    r=$(kc -n "$K8S_NS" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')
+    [ "$r" = 0 ] && k8s_ok "$pod never restarted" || k8s_check_failed "$pod restarted $r times"
+    fm=$(kc -n "$K8S_NS" get events --field-selector "reason=FailedMount,involvedObject.name=$pod" -o name 2>/dev/null | wc -l)
+    [ "$fm" = 0 ] && k8s_ok "$pod: no FailedMount event" \
+      || { k8s_check_failed "$pod: $fm FailedMount events"; kc -n "$K8S_NS" get events --field-selector "reason=FailedMount,involvedObject.name=$pod"; }
+  done
+  kc -n "$K8S_NS" delete pod "$p-fs" "$p-blk" --wait=true >/dev/null
+  kc -n "$K8S_NS" delete pvc "$p-fs" "$p-blk" --wait=true --timeout=180s >/dev/null || k8s_check_failed "delete PVCs $p-fs $p-blk"
 }
