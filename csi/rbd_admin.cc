@@ -28,35 +28,7 @@ namespace {
 
 // librados/librbd return -errno; map to the codes RbdAdmin promises.
 absl::Status FromRc(int rc, absl::string_view what) {
-  if (rc >= 0) return absl::OkStatus();
-  const int e = -rc;
-  const std::string msg = absl::StrCat(what, ": ", ublk::Errno(e));
-  switch (e) {
-    case ENOENT:
-      return absl::NotFoundError(msg);
-    case EEXIST:
-      return absl::AlreadyExistsError(msg);
-    case EBUSY:
-    case ENOTEMPTY:
-    case EROFS:
-      return absl::FailedPreconditionError(msg);
-    case ETIMEDOUT:
-    case ENOTCONN:
-    case ESHUTDOWN:
-    case ECONNREFUSED:
-      return absl::UnavailableError(msg);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(msg);
-    case EINVAL:
-    case ERANGE:
-      return absl::InvalidArgumentError(msg);
-    case ENOSPC:
-    case EDQUOT:
-      return absl::ResourceExhaustedError(msg);
-    default:
-      return absl::InternalError(msg);
-  }
+  return rc >= 0 ? absl::OkStatus() : ublk::RadosError(rc, what);
 }
 
 // An open image, closed on scope exit.

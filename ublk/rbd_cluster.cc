@@ -32,34 +32,6 @@ std::string Seconds(absl::Duration d) {
       std::max<int64_t>(1, absl::ToInt64Seconds(absl::Ceil(d, absl::Seconds(1)))));
 }
 
-// A librados/librbd -errno as a Status with context. EBLOCKLISTED is
-// ESHUTDOWN in the C API.
-absl::Status RadosError(int err, absl::string_view what) {
-  err = err < 0 ? -err : err;
-  const std::string msg = absl::StrCat(what, ": ", ublk::Errno(err));
-  switch (err) {
-    case ENOENT:
-      return absl::NotFoundError(msg);
-    case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(msg);
-    case ETIMEDOUT:
-    case ESHUTDOWN:
-    case ECONNREFUSED:
-    case ENOTCONN:
-    case EHOSTUNREACH:
-    case ENETUNREACH:
-      return absl::UnavailableError(msg);
-    case EINVAL:
-      return absl::InvalidArgumentError(msg);
-    case EROFS:
-    case EBUSY:
-      return absl::FailedPreconditionError(msg);
-    default:
-      return absl::ErrnoToStatus(err, msg);
-  }
-}
-
 // librbd completion -> the AsyncCompletion the caller gave. Runs on a
 // librbd thread.
 void PostRbdCompletion(rbd_completion_t c, void* arg) {
@@ -229,6 +201,39 @@ class LibradosClient final : public RbdClient {
 };
 
 }  // namespace
+
+absl::Status RadosError(int err, absl::string_view what) {
+  err = err < 0 ? -err : err;
+  const std::string msg = absl::StrCat(what, ": ", Errno(err));
+  switch (err) {
+    case ENOENT:
+      return absl::NotFoundError(msg);
+    case EEXIST:
+      return absl::AlreadyExistsError(msg);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(msg);
+    case ETIMEDOUT:
+    case ESHUTDOWN:  // EBLOCKLISTED in the C API
+    case ECONNREFUSED:
+    case ENOTCONN:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+      return absl::UnavailableError(msg);
+    case EINVAL:
+    case ERANGE:
+      return absl::InvalidArgumentError(msg);
+    case EROFS:
+    case EBUSY:
+    case ENOTEMPTY:
+      return absl::FailedPreconditionError(msg);
+    case ENOSPC:
+    case EDQUOT:
+      return absl::ResourceExhaustedError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
 
 std::string RbdClusterId(const RbdClusterConfig& config) {
   return absl::StrCat(ClientName(config.user), "@", config.mon_host);

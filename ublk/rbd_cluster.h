@@ -41,6 +41,13 @@ namespace ublk {
 
 // Which cluster and who we are on it. Two volumes with the same (mon_host,
 // user) share one connection.
+// A librados/librbd errno (either sign) as a Status naming `what`, with the
+// code callers act on: NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED (cephx),
+// UNAVAILABLE (monitors, network, timeouts, blocklisted), INVALID_ARGUMENT,
+// FAILED_PRECONDITION (busy, read-only, not empty), RESOURCE_EXHAUSTED,
+// else INTERNAL. One mapping for the engine and the CSI admin calls.
+absl::Status RadosError(int err, absl::string_view what);
+
 struct RbdClusterConfig {
   std::string mon_host;  // "10.0.0.1:6789,10.0.0.2" (as ceph.conf's mon_host)
   std::string user;      // cephx id: "admin" (or "client.admin")
