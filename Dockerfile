@@ -9,7 +9,8 @@
 # image itself with debootstrap; any debian:bookworm-slim works as BASE.
 ARG BASE=debian:bookworm-slim
 
-# The runtime: the libraries and programs the plugin needs. Also the base of
+# The runtime: the libraries and programs the plugin needs (librbd1 and
+# librados2 are loaded on the first RBD connection, ublk/rbd_api.h). Also the base of
 # `scripts/build-image.sh --binaries DIR` (an image of binaries built outside).
 FROM ${BASE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive

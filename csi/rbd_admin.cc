@@ -6,9 +6,6 @@
 // process) blocklists that dead client, never a live one.
 #include "csi/rbd_admin.h"
 
-#include <rados/librados.h>
-#include <rbd/librbd.h>
-
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -19,6 +16,7 @@
 #include "glog/logging.h"
 #include "ublk/errno.h"
 #include "ublk/mutex.h"
+#include "ublk/rbd_api.h"
 #include "ublk/rbd_cluster.h"
 #include "ublk/status_macros.h"
 
@@ -31,23 +29,40 @@ absl::Status FromRc(int rc, absl::string_view what) {
   return rc >= 0 ? absl::OkStatus() : ublk::RadosError(rc, what);
 }
 
+// The pool's io context on the node's shared connection to the cluster,
+// with the connection that owns it (kept alive for the call) and the loaded
+// library.
+struct Io {
+  std::shared_ptr<ublk::RadosConnection> connection;
+  rados_ioctx_t io = nullptr;
+  const ublk::RbdApi* rbd = nullptr;
+};
+
 // An open image, closed on scope exit.
 class Image {
  public:
-  Image() = default;
+  explicit Image(const ublk::RbdApi& rbd) : rbd_(rbd) {}
   Image(const Image&) = delete;
   Image& operator=(const Image&) = delete;
   ~Image() {
-    if (img_ != nullptr) rbd_close(img_);
+    if (img_ != nullptr) rbd_.rbd_close(img_);
   }
-  absl::Status Open(rados_ioctx_t io, const std::string& pool, const std::string& name,
-                    const char* snap = nullptr) {
-    return FromRc(rbd_open(io, name.c_str(), &img_, snap),
+  absl::Status Open(const Io& io, const std::string& pool, const std::string& name) {
+    return FromRc(rbd_.rbd_open(io.io, name.c_str(), &img_, nullptr),
                   absl::StrCat("open image ", pool, "/", name));
+  }
+  // Open, with a missing image as false (the calls that make it gone).
+  absl::StatusOr<bool> OpenIfExists(const Io& io, const std::string& pool,
+                                    const std::string& name) {
+    absl::Status s = Open(io, pool, name);
+    if (absl::IsNotFound(s)) return false;
+    RETURN_IF_ERROR(s);
+    return true;
   }
   rbd_image_t get() const { return img_; }
 
  private:
+  const ublk::RbdApi& rbd_;
   rbd_image_t img_ = nullptr;
 };
 
@@ -57,29 +72,29 @@ class LibRbdAdmin final : public RbdAdmin {
 
   absl::StatusOr<RbdImageInfo> Stat(const RbdAccess& a, const std::string& pool,
                                     const std::string& image) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
-    rados_ioctx_t io = io_h.io;
-    Image img;
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
+    Image img(rbd);
     RETURN_IF_ERROR(img.Open(io, pool, image));
     rbd_image_info_t info;
-    RETURN_IF_ERROR(FromRc(rbd_stat(img.get(), &info, sizeof(info)), "stat " + image));
+    RETURN_IF_ERROR(FromRc(rbd.rbd_stat(img.get(), &info, sizeof(info)), "stat " + image));
     RbdImageInfo out;
     out.size_bytes = static_cast<int64_t>(info.size);
     uint64_t f = 0;
-    RETURN_IF_ERROR(FromRc(rbd_get_features(img.get(), &f), "features of " + image));
+    RETURN_IF_ERROR(FromRc(rbd.rbd_get_features(img.get(), &f), "features of " + image));
     out.features = f;
     rbd_linked_image_spec_t parent;
     rbd_snap_spec_t psnap;
-    int rc = rbd_get_parent(img.get(), &parent, &psnap);
+    int rc = rbd.rbd_get_parent(img.get(), &parent, &psnap);
     if (rc == 0) {
       out.has_parent = true;
-      rbd_linked_image_spec_cleanup(&parent);
-      rbd_snap_spec_cleanup(&psnap);
+      rbd.rbd_linked_image_spec_cleanup(&parent);
+      rbd.rbd_snap_spec_cleanup(&psnap);
     } else if (rc != -ENOENT) {
       return FromRc(rc, "parent of " + image);
     }
     int max = 0;
-    rc = rbd_snap_list(img.get(), nullptr, &max);
+    rc = rbd.rbd_snap_list(img.get(), nullptr, &max);
     if (rc < 0 && rc != -ERANGE) return FromRc(rc, "snapshots of " + image);
     out.snapshot_count = max;
     return out;
@@ -87,37 +102,36 @@ class LibRbdAdmin final : public RbdAdmin {
 
   absl::Status Create(const RbdAccess& a, const RbdLocation& loc, const std::string& image,
                       int64_t size) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, loc.pool));
-    rados_ioctx_t io = io_h.io;
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, loc.pool));
+    const ublk::RbdApi& rbd = *io.rbd;
     rbd_image_options_t opts;
-    rbd_image_options_create(&opts);
-    rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES, loc.features);
+    rbd.rbd_image_options_create(&opts);
+    rbd.rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES, loc.features);
     if (!loc.data_pool.empty()) {
-      rbd_image_options_set_string(opts, RBD_IMAGE_OPTION_DATA_POOL, loc.data_pool.c_str());
+      rbd.rbd_image_options_set_string(opts, RBD_IMAGE_OPTION_DATA_POOL, loc.data_pool.c_str());
     }
-    int rc = rbd_create4(io, image.c_str(), static_cast<uint64_t>(size), opts);
-    rbd_image_options_destroy(opts);
+    int rc = rbd.rbd_create4(io.io, image.c_str(), static_cast<uint64_t>(size), opts);
+    rbd.rbd_image_options_destroy(opts);
     return FromRc(rc, absl::StrCat("create image ", loc.pool, "/", image));
   }
 
   absl::Status Remove(const RbdAccess& a, const std::string& pool,
                       const std::string& image) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
-    rados_ioctx_t io = io_h.io;
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
     std::string id;
     {
-      Image img;
-      absl::Status s = img.Open(io, pool, image);
-      if (absl::IsNotFound(s)) return absl::OkStatus();
-      RETURN_IF_ERROR(s);
+      Image img(rbd);
+      ASSIGN_OR_RETURN(bool exists, img.OpenIfExists(io, pool, image));
+      if (!exists) return absl::OkStatus();
       char buf[64] = {};
-      RETURN_IF_ERROR(FromRc(rbd_get_id(img.get(), buf, sizeof(buf)), "id of " + image));
+      RETURN_IF_ERROR(FromRc(rbd.rbd_get_id(img.get(), buf, sizeof(buf)), "id of " + image));
       id = buf;
     }
-    int rc = rbd_trash_move(io, image.c_str(), 0);
+    int rc = rbd.rbd_trash_move(io.io, image.c_str(), 0);
     if (rc == -ENOENT) return absl::OkStatus();
     RETURN_IF_ERROR(FromRc(rc, absl::StrCat("trash move ", pool, "/", image)));
-    rc = rbd_trash_remove(io, id.c_str(), false);
+    rc = rbd.rbd_trash_remove(io.io, id.c_str(), false);
     if (rc < 0 && rc != -ENOENT) {
       // The name is free and the volume deleted as far as CSI goes; the
       // data goes with `rbd trash purge` once nothing depends on it.
@@ -130,31 +144,31 @@ class LibRbdAdmin final : public RbdAdmin {
 
   absl::Status Resize(const RbdAccess& a, const std::string& pool, const std::string& image,
                       int64_t size) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
-    rados_ioctx_t io = io_h.io;
-    Image img;
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
+    Image img(rbd);
     RETURN_IF_ERROR(img.Open(io, pool, image));
     uint64_t cur = 0;
-    RETURN_IF_ERROR(FromRc(rbd_get_size(img.get(), &cur), "size of " + image));
+    RETURN_IF_ERROR(FromRc(rbd.rbd_get_size(img.get(), &cur), "size of " + image));
     if (static_cast<int64_t>(cur) >= size) return absl::OkStatus();
-    return FromRc(rbd_resize2(img.get(), static_cast<uint64_t>(size), false, nullptr, nullptr),
+    return FromRc(rbd.rbd_resize2(img.get(), static_cast<uint64_t>(size), false, nullptr, nullptr),
                   absl::StrCat("resize ", pool, "/", image));
   }
 
   absl::Status CreateSnapshot(const RbdAccess& a, const std::string& pool, const std::string& image,
                               const std::string& snap) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
-    rados_ioctx_t io = io_h.io;
-    Image img;
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
+    Image img(rbd);
     RETURN_IF_ERROR(img.Open(io, pool, image));
     const std::string what = absl::StrCat(pool, "/", image, "@", snap);
-    int rc = rbd_snap_create(img.get(), snap.c_str());
+    int rc = rbd.rbd_snap_create(img.get(), snap.c_str());
     if (rc != -EEXIST) RETURN_IF_ERROR(FromRc(rc, "snap create " + what));
     int is_protected = 0;
     RETURN_IF_ERROR(
-        FromRc(rbd_snap_is_protected(img.get(), snap.c_str(), &is_protected), "snap " + what));
+        FromRc(rbd.rbd_snap_is_protected(img.get(), snap.c_str(), &is_protected), "snap " + what));
     if (!is_protected) {
-      rc = rbd_snap_protect(img.get(), snap.c_str());
+      rc = rbd.rbd_snap_protect(img.get(), snap.c_str());
       if (rc != -EBUSY) RETURN_IF_ERROR(FromRc(rc, "snap protect " + what));
     }
     return absl::OkStatus();
@@ -162,42 +176,41 @@ class LibRbdAdmin final : public RbdAdmin {
 
   absl::Status RemoveSnapshot(const RbdAccess& a, const std::string& pool, const std::string& image,
                               const std::string& snap) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
-    rados_ioctx_t io = io_h.io;
-    Image img;
-    absl::Status s = img.Open(io, pool, image);
-    if (absl::IsNotFound(s)) return absl::OkStatus();
-    RETURN_IF_ERROR(s);
-    const std::string what = absl::StrCat(pool, "/", image, "@", snap);
-    bool exists = false;
-    RETURN_IF_ERROR(FromRc(rbd_snap_exists(img.get(), snap.c_str(), &exists), "snap " + what));
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
+    Image img(rbd);
+    ASSIGN_OR_RETURN(bool exists, img.OpenIfExists(io, pool, image));
     if (!exists) return absl::OkStatus();
+    const std::string what = absl::StrCat(pool, "/", image, "@", snap);
+    bool snap_exists = false;
+    RETURN_IF_ERROR(
+        FromRc(rbd.rbd_snap_exists(img.get(), snap.c_str(), &snap_exists), "snap " + what));
+    if (!snap_exists) return absl::OkStatus();
     int is_protected = 0;
     RETURN_IF_ERROR(
-        FromRc(rbd_snap_is_protected(img.get(), snap.c_str(), &is_protected), "snap " + what));
+        FromRc(rbd.rbd_snap_is_protected(img.get(), snap.c_str(), &is_protected), "snap " + what));
     if (is_protected) {
-      int rc = rbd_snap_unprotect(img.get(), snap.c_str());
+      int rc = rbd.rbd_snap_unprotect(img.get(), snap.c_str());
       if (rc != -EINVAL) RETURN_IF_ERROR(FromRc(rc, "snap unprotect " + what));
     }
-    return FromRc(rbd_snap_remove(img.get(), snap.c_str()), "snap remove " + what);
+    return FromRc(rbd.rbd_snap_remove(img.get(), snap.c_str()), "snap remove " + what);
   }
 
   absl::Status CloneFlattened(const RbdAccess& a, const std::string& parent_pool,
                               const std::string& parent, const std::string& snap,
                               const RbdLocation& loc, const std::string& image,
                               int64_t size) override {
-    ASSIGN_OR_RETURN(Io pio_h, IoCtx(a, parent_pool));
-    rados_ioctx_t pio = pio_h.io;
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, loc.pool));
-    rados_ioctx_t io = io_h.io;
+    ASSIGN_OR_RETURN(Io pio, IoCtx(a, parent_pool));
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, loc.pool));
+    const ublk::RbdApi& rbd = *io.rbd;
     rbd_image_options_t opts;
-    rbd_image_options_create(&opts);
-    rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES, loc.features);
+    rbd.rbd_image_options_create(&opts);
+    rbd.rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES, loc.features);
     if (!loc.data_pool.empty()) {
-      rbd_image_options_set_string(opts, RBD_IMAGE_OPTION_DATA_POOL, loc.data_pool.c_str());
+      rbd.rbd_image_options_set_string(opts, RBD_IMAGE_OPTION_DATA_POOL, loc.data_pool.c_str());
     }
-    int rc = rbd_clone3(pio, parent.c_str(), snap.c_str(), io, image.c_str(), opts);
-    rbd_image_options_destroy(opts);
+    int rc = rbd.rbd_clone3(pio.io, parent.c_str(), snap.c_str(), io.io, image.c_str(), opts);
+    rbd.rbd_image_options_destroy(opts);
     RETURN_IF_ERROR(FromRc(rc, absl::StrCat("clone ", parent_pool, "/", parent, "@", snap, " to ",
                                             loc.pool, "/", image)));
     RETURN_IF_ERROR(Resize(a, loc.pool, image, size));
@@ -206,26 +219,26 @@ class LibRbdAdmin final : public RbdAdmin {
 
   absl::Status Flatten(const RbdAccess& a, const std::string& pool,
                        const std::string& image) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
-    rados_ioctx_t io = io_h.io;
-    Image img;
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
+    Image img(rbd);
     RETURN_IF_ERROR(img.Open(io, pool, image));
-    int rc = rbd_flatten(img.get());
+    int rc = rbd.rbd_flatten(img.get());
     if (rc == -EINVAL) return absl::OkStatus();  // not a clone (any more)
     return FromRc(rc, absl::StrCat("flatten ", pool, "/", image));
   }
 
   absl::Status Lock(const RbdAccess& a, const std::string& pool, const std::string& image,
                     const std::string& cookie) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
-    rados_ioctx_t io = io_h.io;
-    Image img;
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
+    Image img(rbd);
     RETURN_IF_ERROR(img.Open(io, pool, image));
-    int rc = rbd_lock_exclusive(img.get(), cookie.c_str());
+    int rc = rbd.rbd_lock_exclusive(img.get(), cookie.c_str());
     if (rc == -EEXIST) return absl::OkStatus();
     if (rc == -EBUSY) {
       std::string holders;
-      if (absl::StatusOr<std::vector<RbdLockHolder>> l = ListLockers(img.get()); l.ok()) {
+      if (absl::StatusOr<std::vector<RbdLockHolder>> l = ListLockers(rbd, img.get()); l.ok()) {
         for (const RbdLockHolder& h : *l) {
           absl::StrAppend(&holders, holders.empty() ? "" : ", ", h.client, " (", h.cookie, " at ",
                           h.address, ")");
@@ -240,48 +253,48 @@ class LibRbdAdmin final : public RbdAdmin {
 
   absl::StatusOr<std::vector<RbdLockHolder>> Lockers(const RbdAccess& a, const std::string& pool,
                                                      const std::string& image) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
-    rados_ioctx_t io = io_h.io;
-    Image img;
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
+    Image img(rbd);
     RETURN_IF_ERROR(img.Open(io, pool, image));
-    return ListLockers(img.get());
+    return ListLockers(rbd, img.get());
   }
 
   absl::Status BreakLock(const RbdAccess& a, const std::string& pool, const std::string& image,
                          const RbdLockHolder& holder) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
-    rados_ioctx_t io = io_h.io;
-    Image img;
-    absl::Status s = img.Open(io, pool, image);
-    if (absl::IsNotFound(s)) return absl::OkStatus();
-    RETURN_IF_ERROR(s);
-    int rc = rbd_break_lock(img.get(), holder.client.c_str(), holder.cookie.c_str());
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
+    Image img(rbd);
+    ASSIGN_OR_RETURN(bool exists, img.OpenIfExists(io, pool, image));
+    if (!exists) return absl::OkStatus();
+    int rc = rbd.rbd_break_lock(img.get(), holder.client.c_str(), holder.cookie.c_str());
     if (rc == -ENOENT) return absl::OkStatus();
     return FromRc(rc, absl::StrCat("break lock of ", holder.client, " on ", pool, "/", image));
   }
 
   absl::Status Unlock(const RbdAccess& a, const std::string& pool, const std::string& image,
                       const std::string& cookie) override {
-    ASSIGN_OR_RETURN(Io io_h, IoCtx(a, pool));
-    rados_ioctx_t io = io_h.io;
-    Image img;
-    absl::Status s = img.Open(io, pool, image);
-    if (absl::IsNotFound(s)) return absl::OkStatus();
-    RETURN_IF_ERROR(s);
-    int rc = rbd_unlock(img.get(), cookie.c_str());
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
+    Image img(rbd);
+    ASSIGN_OR_RETURN(bool exists, img.OpenIfExists(io, pool, image));
+    if (!exists) return absl::OkStatus();
+    int rc = rbd.rbd_unlock(img.get(), cookie.c_str());
     if (rc == -ENOENT) return absl::OkStatus();
     return FromRc(rc, absl::StrCat("unlock ", pool, "/", image));
   }
 
  private:
-  static absl::StatusOr<std::vector<RbdLockHolder>> ListLockers(rbd_image_t img) {
+  static absl::StatusOr<std::vector<RbdLockHolder>> ListLockers(const ublk::RbdApi& rbd,
+                                                                rbd_image_t img) {
     size_t sizes[4] = {256, 1024, 1024, 1024};
     for (int attempt = 0; attempt < 4; ++attempt) {
       std::string tag(sizes[0], '\0'), clients(sizes[1], '\0'), cookies(sizes[2], '\0'),
           addrs(sizes[3], '\0');
       int exclusive = 0;
-      ssize_t n = rbd_list_lockers(img, &exclusive, tag.data(), &sizes[0], clients.data(),
-                                   &sizes[1], cookies.data(), &sizes[2], addrs.data(), &sizes[3]);
+      ssize_t n =
+          rbd.rbd_list_lockers(img, &exclusive, tag.data(), &sizes[0], clients.data(), &sizes[1],
+                               cookies.data(), &sizes[2], addrs.data(), &sizes[3]);
       if (n == -ERANGE) continue;  // sizes now say what is needed
       if (n < 0) return FromRc(static_cast<int>(n), "list lockers");
       auto split = [](const std::string& buf, size_t len) {
@@ -302,19 +315,14 @@ class LibRbdAdmin final : public RbdAdmin {
     return absl::InternalError("list lockers: buffers keep growing");
   }
 
-  // The pool's io context on the node's shared connection to the cluster,
-  // with the connection that owns it (kept alive for the call).
-  struct Io {
-    std::shared_ptr<ublk::RadosConnection> connection;
-    rados_ioctx_t io = nullptr;
-  };
-
   absl::StatusOr<Io> IoCtx(const RbdAccess& a, const std::string& pool) {
     ASSIGN_OR_RETURN(
         std::shared_ptr<ublk::RadosConnection> c,
         connections_->Get(ublk::RbdClusterConfig{a.monitors, a.creds.user, a.creds.key}));
     ASSIGN_OR_RETURN(rados_ioctx_t io, c->IoCtx(pool, ""));
-    return Io{std::move(c), io};
+    // Loaded by the connection just made (a fake one has no io context).
+    ASSIGN_OR_RETURN(const ublk::RbdApi* rbd, ublk::LoadRbdApi());
+    return Io{std::move(c), io, rbd};
   }
 
   ublk::RadosConnections* const connections_;

@@ -1,7 +1,5 @@
 #include "ublk/rbd_cluster.h"
 
-#include <rbd/librbd.h>
-
 #include <cerrno>
 #include <cmath>
 #include <limits>
@@ -15,6 +13,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/registry.h"
 #include "ublk/errno.h"
+#include "ublk/rbd_api.h"
 #include "ublk/status_macros.h"
 
 namespace ublk {
@@ -35,8 +34,15 @@ std::string Seconds(absl::Duration d) {
 // librbd completion -> the AsyncCompletion the caller gave. Runs on a
 // librbd thread.
 void PostRbdCompletion(rbd_completion_t c, void* arg) {
-  const ssize_t r = rbd_aio_get_return_value(c);
-  rbd_aio_release(c);
+  // A completion exists only on a loaded library: this is the cached load
+  // (one atomic load), which cannot fail here.
+  absl::StatusOr<const RbdApi*> rbd = LoadRbdApi();
+  if (!rbd.ok()) {
+    static_cast<AsyncCompletion*>(arg)->Post(-EIO);
+    return;
+  }
+  const ssize_t r = (*rbd)->rbd_aio_get_return_value(c);
+  (*rbd)->rbd_aio_release(c);
   // Reads and writes are at most a ublk request (< 2 GiB): the result fits.
   const int32_t res = r > std::numeric_limits<int32_t>::max() ? std::numeric_limits<int32_t>::max()
                       : r < std::numeric_limits<int32_t>::min() ? -EIO
@@ -48,10 +54,10 @@ class LibradosConnection;
 
 class LibrbdImage final : public RbdImage {
  public:
-  LibrbdImage(std::shared_ptr<RadosConnection> connection, rbd_image_t image)
-      : connection_(std::move(connection)), image_(image) {}
+  LibrbdImage(const RbdApi& rbd, std::shared_ptr<RadosConnection> connection, rbd_image_t image)
+      : rbd_(rbd), connection_(std::move(connection)), image_(image) {}
   ~LibrbdImage() override {
-    int r = rbd_close(image_);
+    int r = rbd_.rbd_close(image_);
     if (r < 0) {
       LOG(WARNING) << "rbd cluster " << connection_->cluster_id()
                    << ": closing an image: " << ublk::Errno(-r);
@@ -60,28 +66,29 @@ class LibrbdImage final : public RbdImage {
 
   absl::StatusOr<uint64_t> Size() override {
     uint64_t size = 0;
-    int r = rbd_get_size(image_, &size);
+    int r = rbd_.rbd_get_size(image_, &size);
     if (r < 0) return RadosError(r, "rbd_get_size");
     return size;
   }
 
   int AioRead(uint64_t offset, size_t len, char* buf, AsyncCompletion* done) override {
-    return Start(done,
-                 [&](rbd_completion_t c) { return rbd_aio_read(image_, offset, len, buf, c); });
+    return Start(
+        done, [&](rbd_completion_t c) { return rbd_.rbd_aio_read(image_, offset, len, buf, c); });
   }
   int AioWrite(uint64_t offset, size_t len, const char* buf, AsyncCompletion* done) override {
-    return Start(done,
-                 [&](rbd_completion_t c) { return rbd_aio_write(image_, offset, len, buf, c); });
+    return Start(
+        done, [&](rbd_completion_t c) { return rbd_.rbd_aio_write(image_, offset, len, buf, c); });
   }
   int AioFlush(AsyncCompletion* done) override {
-    return Start(done, [&](rbd_completion_t c) { return rbd_aio_flush(image_, c); });
+    return Start(done, [&](rbd_completion_t c) { return rbd_.rbd_aio_flush(image_, c); });
   }
   int AioDiscard(uint64_t offset, uint64_t len, AsyncCompletion* done) override {
-    return Start(done, [&](rbd_completion_t c) { return rbd_aio_discard(image_, offset, len, c); });
+    return Start(done,
+                 [&](rbd_completion_t c) { return rbd_.rbd_aio_discard(image_, offset, len, c); });
   }
   int AioWriteZeroes(uint64_t offset, uint64_t len, AsyncCompletion* done) override {
     return Start(done, [&](rbd_completion_t c) {
-      return rbd_aio_write_zeroes(image_, offset, len, c, /*zero_flags=*/0, /*op_flags=*/0);
+      return rbd_.rbd_aio_write_zeroes(image_, offset, len, c, /*zero_flags=*/0, /*op_flags=*/0);
     });
   }
 
@@ -89,17 +96,18 @@ class LibrbdImage final : public RbdImage {
   template <typename F>
   int Start(AsyncCompletion* done, F&& submit) {
     rbd_completion_t c = nullptr;
-    int r = rbd_aio_create_completion(done, PostRbdCompletion, &c);
+    int r = rbd_.rbd_aio_create_completion(done, PostRbdCompletion, &c);
     if (r < 0) return r;
     r = static_cast<int>(submit(c));
     if (r < 0) {
       // Not started: librbd will not call back.
-      rbd_aio_release(c);
+      rbd_.rbd_aio_release(c);
       return r;
     }
     return 0;
   }
 
+  const RbdApi& rbd_;
   const std::shared_ptr<RadosConnection> connection_;  // outlives the image
   rbd_image_t image_;
 };
@@ -107,15 +115,15 @@ class LibrbdImage final : public RbdImage {
 class LibradosConnection final : public RadosConnection,
                                  public std::enable_shared_from_this<LibradosConnection> {
  public:
-  LibradosConnection(std::string cluster_id, rados_t cluster)
-      : RadosConnection(std::move(cluster_id)), cluster_(cluster) {}
+  LibradosConnection(const RbdApi& rbd, std::string cluster_id, rados_t cluster)
+      : RadosConnection(std::move(cluster_id)), rbd_(rbd), cluster_(cluster) {}
   ~LibradosConnection() override {
     {
       ublk::MutexLock lock(&mu_);
-      for (auto& [name, io] : ioctxs_) rados_ioctx_destroy(io);
+      for (auto& [name, io] : ioctxs_) rbd_.rados_ioctx_destroy(io);
       ioctxs_.clear();
     }
-    rados_shutdown(cluster_);
+    rbd_.rados_shutdown(cluster_);
   }
 
   absl::StatusOr<rados_ioctx_t> IoCtx(const std::string& pool,
@@ -126,12 +134,12 @@ class LibradosConnection final : public RadosConnection,
     auto it = ioctxs_.find(key);
     if (it != ioctxs_.end()) return it->second;
     rados_ioctx_t io = nullptr;
-    int r = rados_ioctx_create(cluster_, pool.c_str(), &io);
+    int r = rbd_.rados_ioctx_create(cluster_, pool.c_str(), &io);
     if (r < 0) {
       if (r == -ESHUTDOWN) MarkBad("rados_ioctx_create: client blocklisted");
       return RadosError(r, absl::StrCat("rbd cluster ", cluster_id(), ": pool ", pool));
     }
-    rados_ioctx_set_namespace(io, pool_namespace.empty() ? nullptr : pool_namespace.c_str());
+    rbd_.rados_ioctx_set_namespace(io, pool_namespace.empty() ? nullptr : pool_namespace.c_str());
     ioctxs_.emplace(key, io);
     return io;
   }
@@ -142,16 +150,17 @@ class LibradosConnection final : public RadosConnection,
     if (image.empty()) return absl::InvalidArgumentError("rbd: empty image name");
     ASSIGN_OR_RETURN(rados_ioctx_t io, IoCtx(pool, pool_namespace));
     rbd_image_t img = nullptr;
-    int r = rbd_open(io, image.c_str(), &img, nullptr);
+    int r = rbd_.rbd_open(io, image.c_str(), &img, nullptr);
     if (r < 0) {
       if (r == -ESHUTDOWN) MarkBad("rbd_open: client blocklisted");
       return RadosError(r, absl::StrCat("rbd cluster ", cluster_id(), ": open image ", pool, "/",
                                         pool_namespace.empty() ? "" : pool_namespace + "/", image));
     }
-    return std::unique_ptr<RbdImage>(new LibrbdImage(shared_from_this(), img));
+    return std::unique_ptr<RbdImage>(new LibrbdImage(rbd_, shared_from_this(), img));
   }
 
  private:
+  const RbdApi& rbd_;
   rados_t cluster_;
   ublk::Mutex mu_;
   std::map<std::pair<std::string, std::string>, rados_ioctx_t> ioctxs_ ABSL_GUARDED_BY(mu_);
@@ -163,8 +172,10 @@ class LibradosClient final : public RbdClient {
       const RbdClusterConfig& config, const RbdConnectOptions& options) override {
     RETURN_IF_ERROR(ValidateRbdClusterConfig(config));
     const std::string id = RbdClusterId(config);
+    ASSIGN_OR_RETURN(const RbdApi* api, LoadRbdApi());
+    const RbdApi& rbd = *api;
     rados_t cluster = nullptr;
-    int r = rados_create2(&cluster, "ceph", ClientName(config.user).c_str(), 0);
+    int r = rbd.rados_create2(&cluster, "ceph", ClientName(config.user).c_str(), 0);
     if (r < 0) return RadosError(r, absl::StrCat("rbd cluster ", id, ": rados_create2"));
     const std::string connect_s = Seconds(options.connect_timeout);
     // Option values other than the key may appear in errors; the key never.
@@ -179,15 +190,15 @@ class LibradosClient final : public RbdClient {
         {"err_to_stderr", "true"},
     };
     for (const auto& [name, value] : conf) {
-      r = rados_conf_set(cluster, name, value.c_str());
+      r = rbd.rados_conf_set(cluster, name, value.c_str());
       if (r < 0) {
-        rados_shutdown(cluster);
+        rbd.rados_shutdown(cluster);
         return RadosError(r, absl::StrCat("rbd cluster ", id, ": setting ", name));
       }
     }
-    r = rados_connect(cluster);
+    r = rbd.rados_connect(cluster);
     if (r < 0) {
-      rados_shutdown(cluster);
+      rbd.rados_shutdown(cluster);
       absl::Status s =
           RadosError(r, absl::StrCat("rbd cluster ", id, ": connect (timeout ", connect_s, " s)"));
       if (r == -EINVAL || r == -ENOENT) {
@@ -196,7 +207,7 @@ class LibradosClient final : public RbdClient {
       }
       return s;
     }
-    return std::shared_ptr<RadosConnection>(std::make_shared<LibradosConnection>(id, cluster));
+    return std::shared_ptr<RadosConnection>(std::make_shared<LibradosConnection>(rbd, id, cluster));
   }
 };
 

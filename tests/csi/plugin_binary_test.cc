@@ -17,6 +17,7 @@
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ublk_test::BuildDir;
 using ublk_test::FreePort;
 
@@ -36,6 +37,19 @@ TEST_F(PluginBinaryTest, VersionFlag) {
   auto r = ublk_test::Run({Plugin(), "--version"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_THAT(r.output, HasSubstr("0."));
+}
+
+// Ceph's libraries are loaded when the first RBD connection is made
+// (ublk/rbd_api.h): a node-local plugin starts without mapping them (in the
+// qemu guest, a third of its exec-to-main time).
+TEST(PluginLinkTest, TheBinariesDoNotLinkCeph) {
+  for (const std::string& bin : {Plugin(), Ctl()}) {
+    ublk_test::RunResult r = ublk_test::Run({"/usr/bin/readelf", "-d", bin});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    ASSERT_THAT(r.output, HasSubstr("(NEEDED)")) << bin;
+    EXPECT_THAT(r.output, Not(HasSubstr("librbd"))) << bin;
+    EXPECT_THAT(r.output, Not(HasSubstr("librados"))) << bin;
+  }
 }
 
 TEST_F(PluginBinaryTest, BadFlagsFailWithClearMessages) {
