@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 30
 SCENARIO   ?=
 KERNEL     ?= 6.12
 
-.PHONY: all deps build build-asan build-tsan test unit-test asan-test tsan-test demo e2e clean
+.PHONY: all deps build build-bins build-asan build-tsan test unit-test asan-test tsan-test demo e2e clean
 
 all: build
 
@@ -18,6 +18,13 @@ deps:
 build: deps
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@ninja -C $(BUILD)
+
+# The programs alone (ublk-csi, ublk-csi-ctl, ublk-tool): what the guest
+# scenarios, the demo and the image need, without compiling the tests.
+BINS := ublk-csi ublk-csi-ctl ublk-tool
+build-bins: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@ninja -C $(BUILD) $(BINS)
 
 build-asan: deps
 	@cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSANITIZE=address,undefined >/dev/null
@@ -45,17 +52,19 @@ tsan-test: build-tsan
 	@cd $(TSAN_BUILD) && TSAN_OPTIONS="halt_on_error=1 external_symbolizer_path=$$(command -v llvm-symbolizer-14) suppressions=$(CURDIR)/tests/tsan.supp" \
 	  ctest --output-on-failure -j2
 
-# Every unit test, plain and under ASan+UBSan.
-test: unit-test asan-test
+# Every unit test under ASan+UBSan, and the programs in the plain build
+# (`make unit-test` runs the tests in the plain build too; CI leaves that
+# out: the same tests, ~8 of its minutes).
+test: build-bins asan-test
 
 # Real ublk devices: natively where the host kernel has ublk_drv, else in a
 # qemu guest booting Debian's 6.12 kernel (tests/e2e).
 # make e2e KERNEL=7 boots a 7.x kernel from trixie-backports instead;
 # KERNEL="6.12 7" runs every scenario on both.
-demo: build
+demo: build-bins
 	@scripts/demo.sh $(BUILD)
 
-e2e: build
+e2e: build-bins
 	@tests/e2e/run.sh --build-dir $(BUILD) --kernel "$(KERNEL)" $(SCENARIO)
 
 # Kubernetes end to end (tests/e2e/k8s): a one-node cluster, the node in the
@@ -65,7 +74,7 @@ e2e: build
 deps-k8s:
 	@scripts/install-deps.sh --e2e-k8s
 
-e2e-k8s: build deps-k8s
+e2e-k8s: build-bins deps-k8s
 	@tests/e2e/k8s/run.sh --build-dir $(BUILD) --kernel "$(KERNEL)" $(SCENARIO)
 
 # The CI subset of e2e-k8s (issue 19: scenarios 1, 2, 3 and 6 on 6.12), with
@@ -75,7 +84,7 @@ K8S_CI_SCENARIOS ?= 10-install 20-filesystem-pvc 30-block-pvc 60-restart-under-i
 K8S_CI_DELETES ?= 3
 K8S_CI_KILLS ?= 3
 .PHONY: e2e-k8s-ci
-e2e-k8s-ci: build deps-k8s
+e2e-k8s-ci: build-bins deps-k8s
 	@K8S_POD_DELETES=$(K8S_CI_DELETES) K8S_PLUGIN_KILLS=$(K8S_CI_KILLS) \
 	  tests/e2e/k8s/run.sh --build-dir $(BUILD) --kernel 6.12 $(K8S_CI_SCENARIOS)
 

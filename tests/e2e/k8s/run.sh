@@ -4,7 +4,11 @@
 # natively on the host, the chart installed with `helm install` and its
 # defaults, and scenarios driven from the host with kubectl and helm.
 #
-# usage: tests/e2e/k8s/run.sh [--build-dir DIR] [--kernel 6.12|7] [-v] [--list] [SCENARIO...]
+# usage: tests/e2e/k8s/run.sh [--build-dir DIR] [--kernel 6.12|7] [-v] [--list]
+#                             [--prepare] [SCENARIO...]
+#   --prepare: only the host-side set-up (packages, kernel, node modules,
+#   tools, helm, images, the node disk's seed), all cached for the next run;
+#   no guest, no cluster. CI runs it in the background beside a build.
 #   no SCENARIO: all of tests/e2e/k8s/scenarios/*.sh, in name order (they
 #   build on each other: install first).
 # Needs root (apt, a tap device, podman), the Kubernetes bundle (../shared/k8s
@@ -22,6 +26,7 @@ build_dir=./build
 series=6.12
 verbose=0
 list=0
+prepare=0
 names=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -31,7 +36,8 @@ while [ $# -gt 0 ]; do
     --kernel=*) series=${1#*=}; shift ;;
     -v|--verbose) verbose=1; shift ;;
     --list) list=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --prepare) prepare=1; shift ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "k8s/run.sh: unknown option $1" >&2; exit 2 ;;
     *) names+=("$1"); shift ;;
   esac
@@ -71,6 +77,11 @@ k8s_ensure_tools
 k8s_ensure_helm
 k8s_ensure_images
 e2e_log "kernel $E2E_KVER; node modules in $K8S_MODULES"
+if [ $prepare = 1 ]; then
+  k8s_ensure_seed
+  e2e_log "prepared in $(e2e_secs "$T_ALL")s (images, node disk seed: $K8S_SEED)"
+  exit 0
+fi
 
 # Mount points the node binds its data disk onto (the guest sees the host's /
 # read-only and cannot make them): empty dirs, the paths a node uses.

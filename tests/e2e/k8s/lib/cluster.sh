@@ -340,17 +340,17 @@ k8s_ensure_images() {
   k8s_log "images ready in $(e2e_secs "$t0")s ($(du -sh "$K8S_IMAGES" | cut -f1))"
 }
 
-# k8s_make_node_disk FILE: the node's data disk (ext4), with containerd's
-# content store and snapshots already holding every image of K8S_IMAGES.
+# k8s_ensure_seed: the root of the node disk (containerd's content store and
+# snapshots holding every image of K8S_IMAGES) in K8S_SEED, made once per set
+# of images. k8s_make_node_disk FILE: the node's data disk (ext4) from it.
 # Importing 800 MB of images in the guest takes minutes under TCG; a
 # containerd run natively here takes seconds, and `mkfs.ext4 -d` copies its
 # root into the disk image (xattrs and overlay whiteouts included). Cached by
 # the images' content; the node's containerd uses the same root layout.
-k8s_make_node_disk() {
-  local disk=$1 key seed tmp cpid n t0
-  t0=$(e2e_now)
+k8s_ensure_seed() {
+  local key seed tmp cpid n
   # The key: the images, and this function (what the seed holds).
-  key=$( (cat "$K8S_IMAGES"/*.tar.ids; declare -f k8s_make_node_disk) | sha256sum | cut -c1-16)
+  key=$( (cat "$K8S_IMAGES"/*.tar.ids; declare -f k8s_ensure_seed) | sha256sum | cut -c1-16)
   seed=$E2E_WORK_DIR/e2e-k8s/seed-$key
   if [ ! -f "$seed.done" ]; then
     rm -rf "$E2E_WORK_DIR"/e2e-k8s/seed-*
@@ -382,8 +382,15 @@ k8s_make_node_disk() {
     rm -rf "$tmp"
     touch "$seed.done"
   fi
+  K8S_SEED=$seed
+}
+
+k8s_make_node_disk() {
+  local disk=$1 t0
+  t0=$(e2e_now)
+  k8s_ensure_seed
   rm -f "$disk"
   truncate -s "${K8S_DISK_SIZE:-12G}" "$disk"
-  mkfs.ext4 -q -F -d "$seed" "$disk" || k8s_die "mkfs.ext4 -d $seed $disk"
-  k8s_log "node disk with $(wc -l < "$seed/images") images ready in $(e2e_secs "$t0")s"
+  mkfs.ext4 -q -F -d "$K8S_SEED" "$disk" || k8s_die "mkfs.ext4 -d $K8S_SEED $disk"
+  k8s_log "node disk with $(wc -l < "$K8S_SEED/images") images ready in $(e2e_secs "$t0")s"
 }
