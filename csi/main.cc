@@ -414,7 +414,7 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
         return std::unique_ptr<ublk::ControlDevice>(std::move(*dev));
       },
       feature_options, parts->pool.get(), bopts);
-  // A live ublk device can only grow with UPDATE_SIZE (Linux 6.14+); on
+  // A live ublk device can only grow with UPDATE_SIZE (Linux 6.16+); on
   // older kernels expansion is offline: the device takes the grown backing
   // file's size when it is staged again, then NodeExpandVolume grows the fs.
   const ublk::KernelFeatures* kf = ublk_backend->features();

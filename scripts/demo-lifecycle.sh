@@ -90,7 +90,7 @@ if OUT=$(run volume expand "$VOL" 1Gi 2>&1); then
   run node expand "$VOL" "$WORK/pod/vol" 1Gi || fail "node expand (online)"
 elif echo "$OUT" | grep -q "OFFLINE expansion only"; then
   echo "$OUT"
-  echo "(this kernel cannot grow a live ublk device (UPDATE_SIZE is 6.14+): offline expansion)"
+  echo "(this kernel cannot grow a live ublk device (UPDATE_SIZE is 6.16+): offline expansion)"
   run node unpublish "$VOL" "$WORK/pod/vol" || fail "unpublish for offline expansion"
   run node unstage "$VOL" "$WORK/staging" || fail "unstage for offline expansion"
   run volume expand "$VOL" 1Gi || fail "controller expand (offline)"

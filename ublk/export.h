@@ -123,7 +123,7 @@ class Export {
   // quiesced for a later Recover() (don't STOP_DEV under mounted, dirty
   // filesystems: it can deadlock).
   absl::Status Detach();
-  // UPDATE_SIZE while running (Unimplemented before 6.14), SET_PARAMS
+  // UPDATE_SIZE while running (Unimplemented before 6.16), SET_PARAMS
   // before Start. The target must be at least that large.
   absl::Status Resize(uint64_t new_size_bytes);
 

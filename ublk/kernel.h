@@ -163,7 +163,7 @@ class ControlDevice {
   virtual absl::Status RearmRecovery(uint32_t dev_id, uint16_t nr_queues, uint16_t queue_depth) = 0;
   // Like StartDevice: blocks until all tags are re-fetched.
   virtual absl::Status EndUserRecovery(uint32_t dev_id, pid_t pid) = 0;
-  // UBLK_U_CMD_UPDATE_SIZE (6.14+, UBLK_F_UPDATE_SIZE); Unimplemented where
+  // UBLK_U_CMD_UPDATE_SIZE (6.16+, UBLK_F_UPDATE_SIZE); Unimplemented where
   // the kernel lacks it.
   virtual absl::Status UpdateSize(uint32_t dev_id, uint64_t dev_sectors) = 0;
 

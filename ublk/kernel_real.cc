@@ -341,7 +341,7 @@ absl::Status RealControlDevice::UpdateSize(uint32_t dev_id, uint64_t dev_sectors
   if (!res.ok() && absl::IsUnimplemented(res.status())) {
     return absl::UnimplementedError(
         absl::StrCat("resizing ublk device ", dev_id,
-                     " needs UBLK_U_CMD_UPDATE_SIZE (Linux 6.14+): ", res.status().message()));
+                     " needs UBLK_U_CMD_UPDATE_SIZE (Linux 6.16+): ", res.status().message()));
   }
   return res.status();
 }

@@ -56,7 +56,7 @@
 #ifndef UBLK_U_CMD_DEL_DEV_ASYNC
 #define UBLK_U_CMD_DEL_DEV_ASYNC _IOR('u', 0x14, struct ublksrv_ctrl_cmd)
 #endif
-// 6.14 (with UBLK_F_UPDATE_SIZE).
+// 6.16 (with UBLK_F_UPDATE_SIZE).
 #ifndef UBLK_U_CMD_UPDATE_SIZE
 #define UBLK_U_CMD_UPDATE_SIZE _IOWR('u', 0x15, struct ublksrv_ctrl_cmd)
 #endif

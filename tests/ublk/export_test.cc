@@ -255,7 +255,7 @@ TEST_P(ExportTest, ResizeBeforeStartAndUpdateSizeWhileRunning) {
   EXPECT_EQ(control_->GetParams((*e)->dev_id())->basic.dev_sectors, kSize >> 9);
   EXPECT_EQ((*e)->Resize(kSize * 2).code(), absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE((*e)->Start().ok());
-  // The 6.12-like fake has no UPDATE_SIZE (6.14).
+  // The 6.12-like fake has no UPDATE_SIZE (6.16).
   EXPECT_EQ((*e)->Resize(kSize / 2).code(), absl::StatusCode::kUnimplemented);
   ASSERT_TRUE((*e)->Stop().ok());
   ASSERT_TRUE((*e)->Delete().ok());

@@ -830,7 +830,7 @@ class FakeControlDevice final : public ControlDevice {
     ublk::MutexLock lock(&state_->mu);
     if ((state_->options.features & UBLK_F_UPDATE_SIZE) == 0) {
       return absl::UnimplementedError(absl::StrCat("resizing ublk device ", dev_id,
-                                                   " needs UBLK_U_CMD_UPDATE_SIZE (Linux 6.14+)"));
+                                                   " needs UBLK_U_CMD_UPDATE_SIZE (Linux 6.16+)"));
     }
     ASSIGN_OR_RETURN(auto d, state_->Lookup(dev_id, "UPDATE_SIZE"));
     d->params.basic.dev_sectors = dev_sectors;

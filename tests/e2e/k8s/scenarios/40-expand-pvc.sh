@@ -1,5 +1,5 @@
 # Scenario 4 of #19: a filesystem PVC grown through Kubernetes the way the
-# plugin advertises expansion. ONLINE (a kernel with UPDATE_SIZE, 6.14+): the
+# plugin advertises expansion. ONLINE (a kernel with UPDATE_SIZE, 6.16+): the
 # pod keeps running and sees the new size. OFFLINE (6.12): the resizer's
 # ControllerExpandVolume is refused while the volume is published, so the
 # pod is deleted as the Kubernetes docs say; once the controller part is
