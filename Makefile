@@ -8,6 +8,10 @@ FUZZ_SECONDS ?= 30
 SCENARIO   ?=
 KERNEL     ?= 6.12
 
+# The plain tree (RelWithDebInfo): what build, build-bins and the bench
+# targets configure.
+CONFIGURE_PLAIN = cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+
 .PHONY: all deps build build-bins build-asan build-tsan test unit-test asan-test tsan-test demo e2e clean
 
 all: build
@@ -16,14 +20,14 @@ deps:
 	@scripts/install-deps.sh
 
 build: deps
-	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@$(CONFIGURE_PLAIN)
 	@ninja -C $(BUILD)
 
 # The programs alone (ublk-csi, ublk-csi-ctl, ublk-tool): what the guest
 # scenarios, the demo and the image need, without compiling the tests.
 BINS := ublk-csi ublk-csi-ctl ublk-tool
 build-bins: deps
-	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@$(CONFIGURE_PLAIN)
 	@ninja -C $(BUILD) $(BINS)
 
 build-asan: deps
@@ -129,7 +133,7 @@ image:
 # BENCH_RUNTIME (s per fio run, default 10) and BENCH_REPEATS (2) override.
 .PHONY: bench
 bench: deps
-	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@$(CONFIGURE_PLAIN)
 	@ninja -C $(BUILD) ublk-tool ublk-csi ublk-csi-ctl
 	@bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
 
@@ -139,7 +143,7 @@ bench: deps
 # ublk-csi flags, e.g. BENCH_PLUGIN_ARGS=--recovery-concurrency=16.
 .PHONY: bench-recovery
 bench-recovery: deps
-	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@$(CONFIGURE_PLAIN)
 	@ninja -C $(BUILD) ublk-tool ublk-csi ublk-csi-ctl
 	@BENCH_PARTS=recovery BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-recovery} \
 	  bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
@@ -151,7 +155,7 @@ bench-recovery: deps
 # BENCH_OUT=bench/results/rbd to commit them.
 .PHONY: bench-rbd
 bench-rbd: deps
-	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@$(CONFIGURE_PLAIN)
 	@ninja -C $(BUILD) ublk-tool
 	@BENCH_PARTS=data BENCH_GROUPS=rbd BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-rbd} \
 	  bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
@@ -168,7 +172,7 @@ QUICK_PARTS ?= data
 QUICK_WORKLOADS ?= randread-4k-qd32 randwrite-4k-qd32 randread-4k-qd1 seqread-128k-qd8
 .PHONY: bench-quick
 bench-quick: deps
-	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@$(CONFIGURE_PLAIN)
 	@ninja -C $(BUILD) ublk-tool
 	@BENCH_GROUPS="tmpfs null" BENCH_PARTS="$(QUICK_PARTS)" BENCH_WORKLOADS="$(QUICK_WORKLOADS)" \
 	  BENCH_MODES="$(QUICK_MODES)" BENCH_RUNTIME=$${BENCH_RUNTIME:-8} BENCH_PF_SYSCALLS=0 \

@@ -3,7 +3,6 @@
 #include <dlfcn.h>
 
 #include <atomic>
-#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
