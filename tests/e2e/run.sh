@@ -185,8 +185,12 @@ run_scenario() {
   elif [ "$rc" = 77 ]; then
     result SKIP "$name" "$(cat "$run/share/skip_reason" 2>/dev/null || echo 'scenario skipped itself')" "$detail"
   else
-    result FAIL "$name" "" "$detail"
-    echo "  scenario exited $rc; last console lines ($run/console.log):"
+    # The failed checks first: a CI log shown in part keeps its ends.
+    fails=$(tr -d '\r' < "$run/console.log" | grep -E '^FAIL: ' | head -n 8)
+    result FAIL "$name" "" "$detail${fails:+; $(head -n1 <<< "$fails")}"
+    echo "  scenario exited $rc; failed checks:"
+    [ -n "$fails" ] && sed 's/^/  | /' <<< "$fails"
+    echo "  last console lines ($run/console.log):"
     tail -n 60 "$run/console.log" | sed 's/^/  | /'
   fi
 }

@@ -50,6 +50,9 @@ while read -r m; do
   # shellcheck disable=SC2086
   insmod "/lib/modules/$KVER/$m" $args 2>/dev/null || say "insmod $m failed"
 done < /etc/modorder
+# Loopback up for every scenario: the plugin's /metrics and /readyz listen on
+# 127.0.0.1, and without it a scenario's curl fails with "network unreachable".
+ip link set lo up 2>/dev/null || ifconfig lo up 2>/dev/null || say "cannot bring lo up"
 
 R=/mnt/root
 mkdir -p $R

@@ -226,9 +226,23 @@ csi_field() { sed -n "s/^ *$1: \"\(.*\)\"$/\1/p" | head -1; }
 # csi_ready: Probe answers ready=true (the backend is usable, recovery is
 # done and every staged or published volume is served). Probe's exit status
 # alone is not readiness: it returns OK with ready=false while recovering.
-csi_ready() { timeout 5 "${CTL[@]}" identity probe 2>/dev/null | grep -q 'value: true'; }
-# csi_wait_ready SECONDS: polls csi_ready.
-csi_wait_ready() { e2e_wait_for "$1" csi_ready; }
+# The bound is the ctl's own 30 s deadline, not less: under TCG with fio
+# running, the ctl alone takes 4 s or more to reach main (dynamic linking of
+# gRPC), and a shorter bound killed every attempt on a slower CI host.
+csi_ready() { timeout 35 "${CTL[@]}" identity probe 2>/dev/null | grep -q 'value: true'; }
+# csi_readyz: /readyz (METRICS=host:port) answers 200: the same readiness as
+# Probe, from a light client (curl), so a wait measures the plugin, not the
+# start-up of the ctl.
+csi_readyz() { curl -sf -m 10 -o /dev/null "http://${METRICS:-127.0.0.1:9810}/readyz"; }
+# csi_wait_ready SECONDS: polls /readyz when the scenario set METRICS, then
+# Probe must agree; polls Probe otherwise.
+csi_wait_ready() {
+  if [ -n "${METRICS:-}" ]; then
+    e2e_wait_for "$1" csi_readyz && csi_ready
+  else
+    e2e_wait_for "$1" csi_ready
+  fi
+}
 # csi_not_ready_why: the reason /readyz gives (METRICS=host:port), if any.
 csi_not_ready_why() { curl -s "http://${METRICS:-127.0.0.1:9810}/readyz" 2>/dev/null; }
 

@@ -100,7 +100,6 @@ SOCK=$WORK/csi.sock
 METRICS=127.0.0.1:9814
 CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$SOCK")
 mkdir -p "$WORK/data"
-ip link set lo up 2>/dev/null || busybox ifconfig lo up  # /metrics on 127.0.0.1
 PID=
 start_plugin() {
   "$PLUGIN" --node-id=e2e --endpoint="unix://$SOCK" --data-dir="$WORK/data" \

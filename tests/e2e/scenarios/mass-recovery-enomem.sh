@@ -37,7 +37,6 @@ metric() { # NAME: sum of its series; fails if /metrics cannot be read
 
 e2e_step "start the plugin; create, stage and write $N block volumes"
 modprobe ublk_drv 2>/dev/null
-ip link set lo up 2>/dev/null || busybox ifconfig lo up  # /metrics on 127.0.0.1
 start_plugin
 csi_wait_ready 30 || { tail "$WORK/plugin.log"; e2e_fail "not ready"; }
 head -c 64K /dev/urandom > "$WORK/pat"

@@ -69,7 +69,6 @@ dump_state() {
 
 e2e_step "cgroup v2 with the memory controller; the plugin in $CG"
 modprobe ublk_drv 2>/dev/null
-ip link set lo up 2>/dev/null || busybox ifconfig lo up
 mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup || e2e_fail "cannot mount cgroup2"
 grep -qw memory /sys/fs/cgroup/cgroup.controllers || e2e_skip "no memory controller in cgroup2"
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control || e2e_fail "cannot enable the memory controller"

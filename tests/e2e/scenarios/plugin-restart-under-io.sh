@@ -16,6 +16,9 @@ PLUGIN=$BUILD_DIR/csi/ublk-csi
 WORK=$E2E_SCRATCH/plugin
 SOCK=$WORK/csi.sock
 METRICS=127.0.0.1:9811
+# The plugin's and fio's logs are kept with the scenario's results
+# (build/e2e-logs/plugin-restart-under-io/share) for a failure's post-mortem.
+LOGS=$E2E_RESULT_DIR
 CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$SOCK")
 mkdir -p "$WORK/data"
 PID=
@@ -35,23 +38,23 @@ wait_ready() { # SECONDS
 
 e2e_step "start the plugin (real ublk backend)"
 modprobe ublk_drv 2>/dev/null
-start_plugin "$WORK/plugin.log"
+start_plugin "$LOGS/plugin.log"
 if ! wait_ready 30; then
-  if grep -q "not built into" "$WORK/plugin.log"; then
+  if grep -q "not built into" "$LOGS/plugin.log"; then
     e2e_skip "ublk-csi is built without the real ublk backend (--backend=ublk unimplemented)"
   fi
-  tail -20 "$WORK/plugin.log"
+  tail -20 "$LOGS/plugin.log"
   e2e_check_failed "plugin not ready"
   e2e_finish
 fi
 e2e_ok "plugin ready"
 # The data mode feature detection chose (zero_copy on 7.x, user_copy on 6.12).
-echo "note: plugin $(grep -o 'using copy_mode=[a-z_]*' "$WORK/plugin.log" | head -1)"
+echo "note: plugin $(grep -o 'using copy_mode=[a-z_]*' "$LOGS/plugin.log" | head -1)"
 
 e2e_step "create and stage a raw block volume and an ext4 volume"
 BLK=$("${CTL[@]}" volume create rb --size=256Mi --block | csi_field volume_id)
 FSV=$("${CTL[@]}" volume create fs --size=256Mi --fs-type=ext4 | csi_field volume_id)
-[ -n "$BLK" ] && [ -n "$FSV" ] || { tail -20 "$WORK/plugin.log"; e2e_check_failed "create"; e2e_finish; }
+[ -n "$BLK" ] && [ -n "$FSV" ] || { tail -20 "$LOGS/plugin.log"; e2e_check_failed "create"; e2e_finish; }
 "${CTL[@]}" node stage "$BLK" "$WORK/stage-b" --block || e2e_check_failed "stage block"
 "${CTL[@]}" node stage "$FSV" "$WORK/stage-f" --fs-type=ext4 || e2e_check_failed "stage ext4"
 BDEV=$(csi_dev_of "$BLK")
@@ -69,38 +72,42 @@ esac
 e2e_step "fio randwrite+verify on both while the plugin is killed $KILLS times"
 fio --name=blk --filename="$BDEV" --rw=randwrite --bs=4k --iodepth=16 --ioengine=io_uring \
   --direct=1 --size=96M --verify=crc32c --verify_fatal=1 --do_verify=1 --rate=4m \
-  >"$WORK/fio-blk.log" 2>&1 &
+  >"$LOGS/fio-blk.log" 2>&1 &
 FIO_B=$!
 fio --name=fs --filename="$WORK/stage-f/fio.dat" --rw=randwrite --bs=4k --iodepth=16 \
   --ioengine=io_uring --direct=1 --size=96M --verify=crc32c --verify_fatal=1 --do_verify=1 \
-  --rate=4m >"$WORK/fio-fs.log" 2>&1 &
+  --rate=4m >"$LOGS/fio-fs.log" 2>&1 &
 FIO_F=$!
 killed=0
 for i in $(seq "$KILLS"); do
   sleep 2
   kill -0 "$FIO_B" 2>/dev/null || kill -0 "$FIO_F" 2>/dev/null || { echo "note: fio done"; break; }
+  tk=$(date +%s.%N)
   kill -KILL "$PID"; wait "$PID" 2>/dev/null
   killed=$((killed + 1))
   t0=$(date +%s.%N)
-  start_plugin "$WORK/plugin.log"
-  if wait_ready 60; then
+  echo "note: kill $i: the killed process was gone $(echo "$t0 - $tk" | bc) s after SIGKILL"
+  start_plugin "$LOGS/plugin.log"
+  if e2e_wait_for 60 csi_readyz; then
     t1=$(date +%s.%N)
-    e2e_ok "kill $i: ready again after $(echo "$t1 - $t0" | bc) s"
+    csi_ready || e2e_check_failed "kill $i: /readyz says ready, Probe does not"
+    t2=$(date +%s.%N)
+    e2e_ok "kill $i: ready again after $(echo "$t1 - $t0" | bc) s (Probe through ublk-csi-ctl agreed $(echo "$t2 - $t1" | bc) s later)"
   else
     e2e_check_failed "kill $i: plugin not ready within 60 s"
-    tail -20 "$WORK/plugin.log"
+    tail -20 "$LOGS/plugin.log"
     break
   fi
   [ "$(csi_dev_of "$BLK")" = "$BDEV" ] || e2e_check_failed "kill $i: block volume moved to $(csi_dev_of "$BLK")"
   [ "$(csi_dev_of "$FSV")" = "$FDEV" ] || e2e_check_failed "kill $i: ext4 volume moved to $(csi_dev_of "$FSV")"
 done
 [ "$killed" -gt 0 ] || e2e_check_failed "fio ended before any kill"
-grep -o "recovery done: .*" "$WORK/plugin.log"
+grep -o "recovery done: .*" "$LOGS/plugin.log"
 curl -s "http://$METRICS/metrics" 2>/dev/null | grep '^ublk_csi_recoveries_total' || true
 for p in "$FIO_B" "$FIO_F"; do
   if wait "$p"; then e2e_ok "fio pid $p: verify passed"; else e2e_check_failed "fio pid $p failed"; fi
 done
-grep -E "err=|verify" "$WORK/fio-blk.log" "$WORK/fio-fs.log" | head -6
+grep -E "err=|verify" "$LOGS/fio-blk.log" "$LOGS/fio-fs.log" | head -6
 
 e2e_step "SIGTERM: prompt exit, devices left QUIESCED; a last start recovers them"
 t0=$(date +%s)
@@ -117,7 +124,7 @@ for d in "$BDEV" "$FDEV"; do
   if [ "$st" = QUIESCED ]; then e2e_ok "$d QUIESCED after SIGTERM"
   else e2e_check_failed "$d is '$st' after SIGTERM, want QUIESCED"; fi
 done
-start_plugin "$WORK/plugin.log"
+start_plugin "$LOGS/plugin.log"
 wait_ready 60 || e2e_check_failed "final start not ready"
 "${CTL[@]}" node unstage "$FSV" "$WORK/stage-f" || e2e_check_failed "unstage ext4"
 "${CTL[@]}" node unstage "$BLK" "$WORK/stage-b" || e2e_check_failed "unstage block"

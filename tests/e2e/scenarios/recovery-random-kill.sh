@@ -57,7 +57,6 @@ kill9() {
 
 e2e_step "start the plugin; create, stage, publish and write $N block volumes"
 modprobe ublk_drv 2>/dev/null
-ip link set lo up 2>/dev/null || busybox ifconfig lo up
 start_plugin
 csi_wait_ready 30 || { tail "$WORK/plugin.log"; e2e_fail "not ready"; }
 head -c 64K /dev/urandom > "$WORK/pat"
