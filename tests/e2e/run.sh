@@ -31,6 +31,10 @@
 #   e2e-ublks-max: N     load ublk_drv with ublks_max=N
 #   e2e-prepare: SCRIPT  host-side step before the first boot (path under
 #                        tests/e2e, e.g. a test tool to unpack); exit 77 = SKIP
+#   e2e-once: REASON     nothing in it depends on the kernel's ublk: with
+#                        several kernels it runs on the first one only (listed,
+#                        not counted, on the others); E2E_EVERY_KERNEL=1 runs
+#                        it on each
 set -uo pipefail
 
 build_dir=./build
@@ -208,11 +212,18 @@ run_kernel() { # RESULT_FILE KERNEL
   passed=0 failed=0 skipped=0 summary=() features_shown=0 kernel_features=
   T_K=$(e2e_now)
   [ ${#kernels[@]} -gt 1 ] && echo "=== kernel $k"
+  local once=()
   for n in "${names[@]}"; do
+    if [ "$k" != "${kernels[0]}" ] && [ "${E2E_EVERY_KERNEL:-0}" != 1 ] \
+      && [ -f "$SCEN_DIR/$n.sh" ] && [ -n "$(e2e_header "$SCEN_DIR/$n.sh" once)" ]; then
+      once+=("$n")
+      continue
+    fi
     run_scenario "$n"
   done
   echo "e2e summary, kernel $k ${E2E_KVER:+($E2E_KVER) }(total $(e2e_secs "$T_K")s):"
   [ -n "$kernel_features" ] && echo "  ublk: $kernel_features"
+  [ ${#once[@]} -gt 0 ] && echo "  kernel-independent, run on ${kernels[0]} only (e2e-once): ${once[*]}"
   for s in "${summary[@]}"; do echo "  $s"; done
   line="$passed passed, $failed failed, $skipped skipped"
   echo "$passed $failed $skipped|kernel $k${E2E_KVER:+ ($E2E_KVER)}: $line" > "$1"

@@ -1,6 +1,7 @@
 # bench-smoke: one short fio run per target (null, file) on a ublk export, so
 # the benchmark path cannot rot. Checks fio succeeds with non-zero IOPS and
 # prints the numbers (TCG guest: only ratios within one run mean anything).
+# e2e-once: keeps the bench path from rotting; make bench KERNEL=7 measures 7.x
 # e2e-timeout: 240
 # e2e-requires: ublk/ublk-tool
 . "$E2E_LIB"

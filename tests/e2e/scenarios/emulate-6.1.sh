@@ -13,6 +13,7 @@
 #  4. ublk-csi --emulate_kernel=6.1: its log and ublk_csi_kernel_info say
 #     legacy + get_data; create, stage (ext4), publish, write, checksum,
 #     kill -9, restart (recovery), checksum again, unpublish, unstage, delete.
+# e2e-once: emulates the 6.1 uapi; the host kernel underneath does not change what it checks
 # e2e-timeout: 600
 # e2e-requires: ublk/ublk-tool csi/ublk-csi csi/ublk-csi-ctl
 . "$E2E_LIB"

@@ -5,6 +5,7 @@
 # serves the same backing file with the same id: the device path is the same
 # and the data and the file system are intact. The plugin-level version (the
 # plugin re-creating exports from its persisted records) extends this.
+# e2e-once: device ids and backing files across a reboot: the same ADD_DEV on every kernel
 # e2e-timeout: 300
 # e2e-disk: 768M
 # e2e-requires: ublk/ublk-tool

@@ -3,6 +3,7 @@
 # header), the host's tools run in the chroot, fio runs on null_blk, the data
 # check catches a corrupted block on a real block device (loop), ext4 and xfs
 # work, and a data disk survives a guest reboot.
+# e2e-once: proves the harness, not the kernel's ublk
 # e2e-timeout: 240
 # e2e-ublks-max: 128
 # e2e-disk: 64M

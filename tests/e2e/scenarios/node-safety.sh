@@ -14,6 +14,7 @@
 #  - a bind/remount mount flag is INVALID_ARGUMENT before any device exists,
 #    and a stage the kernel fails leaves no device and no staging dir.
 # At the end no ublk device and no mount under the scenario's dir remain.
+# e2e-once: mount and path handling of the Node service
 # e2e-timeout: 360
 # e2e-requires: csi/ublk-csi csi/ublk-csi-ctl
 . "$E2E_LIB"

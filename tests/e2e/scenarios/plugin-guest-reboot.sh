@@ -4,6 +4,7 @@
 # plugin, which re-creates both exports from their records (same device ids)
 # before it reports ready; stage again as kubelet would (the old staging
 # mount is gone); the data is intact.
+# e2e-once: records to exports across a reboot: the same ADD_DEV on every kernel
 # e2e-timeout: 300
 # e2e-disk: 1G
 # e2e-requires: csi/ublk-csi csi/ublk-csi-ctl

@@ -7,6 +7,7 @@
 # it serves), the mount in the initial namespace must stay, and after a
 # restart (again in a fresh namespace) the writer finishes and the data
 # checks out. Repeated twice.
+# e2e-once: mount propagation between namespaces
 # e2e-timeout: 480
 # e2e-requires: csi/ublk-csi csi/ublk-csi-ctl ublk/ublk-tool
 . "$E2E_LIB"
