@@ -40,6 +40,13 @@
 #else
 #define UBLK_TEST_SANITIZED 0
 #endif
+// clang (14) does not define __SANITIZE_ADDRESS__: ask it the clang way.
+#if defined(__clang__) && defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#undef UBLK_TEST_SANITIZED
+#define UBLK_TEST_SANITIZED 1
+#endif
+#endif
 // clang's TSan runtime is a static archive that defines operator new itself
 // (its shared runtime crashes at start on this host), so under clang's TSan
 // the replacement below would not link: there the test runs on the memory

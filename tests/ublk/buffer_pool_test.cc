@@ -319,6 +319,11 @@ TEST_F(BufferPoolTest, CallbackMayRefillTheBufferBeingReleased) {
   }
   EXPECT_EQ(slots.size(), 4u);
   EXPECT_EQ(pool->AcquireIoBuffer(4096).outcome, AcquireOutcome::kPoolExhausted);
+  // The callback reads `refilled`, declared after `held`: unset it before
+  // `held` releases its slots at the end of the scope (clang's ASan caught
+  // the read after `refilled` was gone).
+  pool->SetSlotReleasedCallback(nullptr);
+  held.clear();
 }
 
 // (d)
