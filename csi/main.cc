@@ -104,6 +104,9 @@ DEFINE_double(overcommit_ratio, 1.0,
               "used by volumes); 1 = never promise more than the disk holds; a StorageClass "
               "parameter overcommitRatio overrides it per class");
 DEFINE_int32(workers, 0, "ublk worker threads shared by all exports; 0 = one per CPU");
+DEFINE_int32(queue_depth, 64,
+             "requests in flight per ublk queue of a new export (1..4096); a recovered export "
+             "keeps the depth it was created with");
 DEFINE_int64(buffer_pool_slots, 0,
              "bounce-buffer slots per worker; 0 = derived from the node-wide 64 MiB budget");
 DEFINE_int64(buffer_pool_slot_size, 128 * 1024, "bytes per bounce-buffer slot (max I/O size)");
@@ -274,6 +277,10 @@ absl::StatusOr<PluginConfig> ParseFlags() {
   if (!FLAGS_metrics_address.empty()) {
     RETURN_IF_ERROR(NormalizeHttpAddress(FLAGS_metrics_address).status());
   }
+  if (FLAGS_queue_depth < 1 || FLAGS_queue_depth > static_cast<int32_t>(ublk::kMaxQueueDepth)) {
+    return absl::InvalidArgumentError(absl::StrCat("--queue-depth=", FLAGS_queue_depth,
+                                                   ": out of range 1..", ublk::kMaxQueueDepth));
+  }
   return c;
 }
 
@@ -402,6 +409,7 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
     bopts.worker_pool_status = WorkerPoolUnavailable(pool.status());
     LOG(ERROR) << bopts.worker_pool_status << "; staying up, not ready";
   }
+  bopts.queue_depth = static_cast<uint16_t>(FLAGS_queue_depth);
   bopts.clock = &parts->clock;
   bopts.registry = registry;
   bopts.rbd_connections = parts->rbd_connections.get();

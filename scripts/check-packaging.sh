@@ -133,11 +133,12 @@ expect "$f" 'modprobe -v ublk_drv' "default: modprobe initContainer"
 expect "$f" 'name: csi-resizer' "default: resizer on"
 expect_not "$f" 'name: csi-snapshotter' "default: snapshotter off"
 expect_not "$f" 'kind: VolumeSnapshotClass' "default: no VolumeSnapshotClass without snapshotter"
-expect_not "$f" '--workers=|--buffer-pool-' "default: no unset engine flags"
+expect_not "$f" '--workers=|--queue-depth=|--buffer-pool-' "default: no unset engine flags"
 
 render full -f "$CHART/ci/full-values.yaml"
 f=$OUT/full.yaml
 expect "$f" '--workers=8$' "full: --workers rendered"
+expect "$f" '--queue-depth=128$' "full: --queue-depth rendered"
 expect "$f" '--buffer-pool-slots=2000000$' "full: --buffer-pool-slots rendered as an integer"
 expect "$f" '--buffer-pool-slot-size=1048576$' "full: --buffer-pool-slot-size rendered as an integer (not 1.048576e+06)"
 expect "$f" '"--copy-mode=user-copy"' "full: plugin.extraArgs rendered"
@@ -207,6 +208,7 @@ printf 'nodeSelector:\n  ublk.csi.io/enabled:\n' >"$NEG/selector-no-value.yaml"
 refuse "nodeSelector key without a value" 'nodeSelector\.ublk\.csi\.io/enabled: Invalid type\. Expected: string, given: null' -f "$NEG/selector-no-value.yaml"
 refuse "nodeSelector key not a label key" 'nodeSelector: Does not match pattern' --set 'nodeSelector.bad key=x'
 refuse "misspelt top-level key" 'Additional property plugn is not allowed' --set plugn.workers=4
+refuse "queue depth beyond the kernel's 4096" 'plugin\.queueDepth: Must be less than or equal to 4096' --set plugin.queueDepth=8192
 refuse "worker count not an integer" 'plugin\.workers: Invalid type\. Expected: \[integer,null\], given: string' --set-string plugin.workers=many
 refuse "unsupported filesystem" 'storageClass\.fsType: storageClass\.fsType must be one of the following: "ext4", "xfs"' --set storageClass.fsType=btrfs
 refuse "relative data dir" 'dataDir: Does not match pattern' --set dataDir=var/lib/ublk-csi

@@ -72,6 +72,12 @@ TEST_F(PluginBinaryTest, BadFlagsFailWithClearMessages) {
       {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
         "--log-level=loud"},
        "--log-level=loud"},
+      {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
+        "--queue-depth=0"},
+       "--queue-depth=0: out of range 1..4096"},
+      {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
+        "--queue-depth=5000"},
+       "--queue-depth=5000: out of range 1..4096"},
       {{Plugin(), "--no-such-flag"}, "unknown command line flag"},
       {{Plugin(), "--node-id=n1", "stray-argument"}, "unexpected argument"},
   };
