@@ -29,14 +29,16 @@ build-bins: deps
 	@$(CONFIGURE_PLAIN)
 	@ninja -C $(BUILD) $(BINS)
 
-# The ASan+UBSan tree is also the fuzz tree: clang-14 at -O1 with libFuzzer's
+# The ASan+UBSan tree is also the fuzz tree: clang-14 with libFuzzer's
 # coverage (-DFUZZ=ON), so one compile serves the unit tests and the fuzzers
-# (two separate trees cost CI ~6 minutes). gcc's warnings stay checked by the
-# plain tree. A tree configured otherwise is reconfigured from scratch.
+# (two separate trees cost CI ~5 minutes). -O0: a translation unit compiles
+# in 12-14 s against 32 s at -O1 (and 18 s with gcc -O0); the tests and the
+# fuzzers run a little slower. gcc's warnings stay checked by the plain tree.
+# A tree configured otherwise is reconfigured from scratch.
 build-asan: deps
 	@grep -qs 'FUZZ:BOOL=ON' $(ASAN_BUILD)/CMakeCache.txt || rm -rf $(ASAN_BUILD)
 	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
-	  -DCMAKE_C_FLAGS_DEBUG="-O1 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DFUZZ=ON >/dev/null
+	  -DCMAKE_C_FLAGS_DEBUG="-O0 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g" -DFUZZ=ON >/dev/null
 	@ninja -C $(ASAN_BUILD)
 
 # The TSan tree is built with clang-14, so the same compile also checks every
