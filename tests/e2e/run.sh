@@ -32,9 +32,9 @@
 #   e2e-prepare: SCRIPT  host-side step before the first boot (path under
 #                        tests/e2e, e.g. a test tool to unpack); exit 77 = SKIP
 #   e2e-once: REASON     nothing in it depends on the kernel's ublk: with
-#                        several kernels it runs on one of them, the first to
-#                        be done with its other scenarios (listed, not counted,
-#                        on the others); E2E_EVERY_KERNEL=1 runs it on each
+#                        several kernels it runs on the first one only (listed,
+#                        not counted, on the others); E2E_EVERY_KERNEL=1 runs
+#                        it on each
 set -uo pipefail
 
 build_dir=./build
@@ -212,32 +212,18 @@ run_kernel() { # RESULT_FILE KERNEL
   passed=0 failed=0 skipped=0 summary=() features_shown=0 kernel_features=
   T_K=$(e2e_now)
   [ ${#kernels[@]} -gt 1 ] && echo "=== kernel $k"
-  # With several kernels an e2e-once scenario runs on one of them: after its
-  # own scenarios each kernel claims the next unclaimed one (mkdir is the
-  # lock), so side by side the kernel that is done first takes more of them.
-  local own=() once=() elsewhere=() n
+  local once=()
   for n in "${names[@]}"; do
-    if [ ${#kernels[@]} -gt 1 ] && [ "${E2E_EVERY_KERNEL:-0}" != 1 ] \
+    if [ "$k" != "${kernels[0]}" ] && [ "${E2E_EVERY_KERNEL:-0}" != 1 ] \
       && [ -f "$SCEN_DIR/$n.sh" ] && [ -n "$(e2e_header "$SCEN_DIR/$n.sh" once)" ]; then
       once+=("$n")
-    else
-      own+=("$n")
+      continue
     fi
-  done
-  for n in ${own[@]+"${own[@]}"}; do run_scenario "$n"; done
-  for n in ${once[@]+"${once[@]}"}; do
-    if mkdir "$claims/$n" 2>/dev/null; then
-      echo "$k" > "$claims/$n/kernel"
-      run_scenario "$n"
-    else
-      elsewhere+=("$n")
-    fi
+    run_scenario "$n"
   done
   echo "e2e summary, kernel $k ${E2E_KVER:+($E2E_KVER) }(total $(e2e_secs "$T_K")s):"
   [ -n "$kernel_features" ] && echo "  ublk: $kernel_features"
-  for n in ${elsewhere[@]+"${elsewhere[@]}"}; do
-    echo "  $(printf '%-22s' "$n") ran on kernel $(cat "$claims/$n/kernel" 2>/dev/null || echo '?') (e2e-once)"
-  done
+  [ ${#once[@]} -gt 0 ] && echo "  kernel-independent, run on ${kernels[0]} only (e2e-once): ${once[*]}"
   for s in "${summary[@]}"; do echo "  $s"; done
   line="$passed passed, $failed failed, $skipped skipped"
   echo "$passed $failed $skipped|kernel $k${E2E_KVER:+ ($E2E_KVER)}: $line" > "$1"
@@ -245,8 +231,6 @@ run_kernel() { # RESULT_FILE KERNEL
 
 results_dir=$(mktemp -d)
 trap 'rm -rf "$results_dir"' EXIT
-claims=$results_dir/claims
-mkdir -p "$claims"
 if [ "$parallel" = 1 ] && [ ${#kernels[@]} -gt 1 ]; then
   # Kernels side by side: most guest work (process starts, mkfs, one fio job)
   # keeps one vCPU busy, so two TCG guests on 2 cores take far less than twice
