@@ -130,7 +130,7 @@ run_scenario() {
   ublks_max=$(e2e_header "$file" ublks-max)
   prepare=$(e2e_header "$file" prepare)
 
-  local run=$LOG_DIR/$name t0 boot=1 use_disk=0 rc detail early_retry=0
+  local run=$LOG_DIR/$name t0 boot=1 use_disk=0 rc detail early_retry=0 fails
   rm -rf "$run"; mkdir -p "$run/share"
   if [ -n "$prepare" ]; then
     e2e_prepare "$run" "$E2E_DIR/$prepare"
