@@ -4,7 +4,7 @@
 # scenario, and runs tests/e2e/scenarios/NAME.sh in it.
 #
 # usage: tests/e2e/run.sh [--build-dir DIR] [--kernel 6.12|7|6.12,7] [-v|--verbose]
-#                         [--parallel] [--list] [SCENARIO...]
+#                         [--parallel] [--list] [--setup-only] [SCENARIO...]
 #   --build-dir DIR  the project's build dir (binaries: DIR/ublk/ublk-tool,
 #                    DIR/csi/ublk-csi, DIR/csi/ublk-csi-ctl); default ./build.
 #                    Kernel + initramfs are cached in DIR/e2e-cache, logs go
@@ -17,6 +17,8 @@
 #                    E2E_PARALLEL=1); each kernel's output is printed whole
 #                    when all are done
 #   -v, --verbose    stream each guest's console
+#   --setup-only     fetch packages, kernels and initramfs for every --kernel,
+#                    run nothing (then several run.sh may run side by side)
 #   no SCENARIO      all scenarios
 # Prints PASS name / FAIL name / SKIP name: reason per scenario and ends with
 # "N passed, N failed, N skipped" (with several kernels: one such line per
@@ -41,6 +43,7 @@ build_dir=./build
 series=6.12
 verbose=${E2E_VERBOSE:-0}
 list=0
+setup_only=0
 parallel=${E2E_PARALLEL:-0}
 names=()
 while [ $# -gt 0 ]; do
@@ -52,7 +55,8 @@ while [ $# -gt 0 ]; do
     -v|--verbose) verbose=1; shift ;;
     --list) list=1; shift ;;
     --parallel) parallel=1; shift ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --setup-only) setup_only=1; shift ;;
+    -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) names+=("$1"); shift ;;
   esac
@@ -228,6 +232,14 @@ run_kernel() { # RESULT_FILE KERNEL
   line="$passed passed, $failed failed, $skipped skipped"
   echo "$passed $failed $skipped|kernel $k${E2E_KVER:+ ($E2E_KVER)}: $line" > "$1"
 }
+
+if [ "$setup_only" = 1 ]; then
+  for k in "${kernels[@]}"; do
+    E2E_KERNEL_SERIES=$k setup_done=0 E2E_KVER=
+    setup
+  done
+  exit 0
+fi
 
 results_dir=$(mktemp -d)
 trap 'rm -rf "$results_dir"' EXIT
