@@ -89,6 +89,9 @@ keep_words() {
 }
 WORKLOADS=$(keep_words "$WORKLOADS" "$WORKLOADS_RUN")
 COPY_MODES=$(keep_words "$COPY_MODES" "$MODES_RUN")
+# Only when asked for by name (BENCH_MODES="user_copy user_copy_sync").
+case " $MODES_RUN " in *" user_copy_sync "*) COPY_MODES="$COPY_MODES user_copy_sync" ;; esac
+COPY_MODES=${COPY_MODES# }
 [ -n "$WORKLOADS" ] || e2e_fail "no workload left of '$WORKLOADS_RUN'"
 [ -n "$COPY_MODES" ] || e2e_fail "no copy mode left of '$MODES_RUN' on this kernel"
 
@@ -148,9 +151,13 @@ start_ublk() {
   log=$E2E_SCRATCH/serve-$group-$label.log
   ready=$E2E_SCRATCH/ready-$group-$label
   rm -f "$ready"
-  "$UBLK_TOOL" serve "$@" --copy_mode="$mode" --queues=1 --depth=64 --ready_file="$ready" \
+  # user_copy_sync: user copy with the synchronous pread/pwrite per request
+  # that the worker used before the copies went onto its ring (an A/B row).
+  local mode_args=(--copy_mode="$mode")
+  [ "$mode" = user_copy_sync ] && mode_args=(--copy_mode=user_copy --user_copy_on_ring=false)
+  "$UBLK_TOOL" serve "$@" "${mode_args[@]}" --queues=1 --depth=64 --ready_file="$ready" \
     > "$log" 2>&1 &
-  PENDING+=("$group|$label|$mode|$!|$log|$ready|ublk-tool serve $* --copy_mode=$mode --queues=1 --depth=64")
+  PENDING+=("$group|$label|$mode|$!|$log|$ready|ublk-tool serve $* ${mode_args[*]} --queues=1 --depth=64")
 }
 
 finish_ublks() {
@@ -312,7 +319,10 @@ if has_part data || has_part profile; then
   if has_group null; then
     prepare_dev /dev/nullb0 null null_blk "null_blk module defaults"
     DEVICES+=("null null_blk null_blk - /dev/nullb0 -")
-    for m in $COPY_MODES; do start_ublk null "ublk-$m" "$m" --target=null --size=$((SIZE_MIB * 1048576)); done
+    # Reads untouched in user copy and zero copy, as null_blk does.
+    for m in $COPY_MODES; do
+      start_ublk null "ublk-$m" "$m" --target=null --null_reads=untouched --size=$((SIZE_MIB * 1048576))
+    done
     finish_ublks
   fi
 

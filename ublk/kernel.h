@@ -115,6 +115,16 @@ class QueueChannel {
   virtual absl::Status ReadRequestData(uint16_t tag, void* buf, size_t len, uint64_t offset) = 0;
   virtual absl::Status WriteResponseData(uint16_t tag, const void* buf, size_t len,
                                          uint64_t offset) = 0;
+  // User copy on the ring: one SQE that copies the WRITE request's bytes
+  // [0, len) into `buf` (PrepReadRequestData), or the READ response's bytes
+  // [0, len) from `buf` (PrepWriteResponseData), completing with the bytes
+  // copied or -errno; `buf` must stay valid until then. Errors: the SQ could
+  // not be had, or (fake kernel only) misuse that the real kernel reports in
+  // the CQE.
+  virtual absl::Status PrepReadRequestData(Ring& ring, uint16_t tag, void* buf, size_t len,
+                                           uint64_t user_data) = 0;
+  virtual absl::Status PrepWriteResponseData(Ring& ring, uint16_t tag, const void* buf, size_t len,
+                                             uint64_t user_data) = 0;
 };
 
 // /dev/ublk-control. Thread-safe; calls block until the kernel answers.

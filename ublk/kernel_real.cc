@@ -128,8 +128,30 @@ class RealQueueChannel final : public QueueChannel {
     }
     return absl::OkStatus();
   }
+  absl::Status PrepReadRequestData(Ring& ring, uint16_t tag, void* buf, size_t len,
+                                   uint64_t user_data) override {
+    return PrepCopy(ring, tag, IORING_OP_READ, buf, len, user_data);
+  }
+  absl::Status PrepWriteResponseData(Ring& ring, uint16_t tag, const void* buf, size_t len,
+                                     uint64_t user_data) override {
+    return PrepCopy(ring, tag, IORING_OP_WRITE, buf, len, user_data);
+  }
 
  private:
+  // A READ or WRITE of the tag's window of /dev/ublkcN (what pread/pwrite
+  // above do synchronously).
+  absl::Status PrepCopy(Ring& ring, uint16_t tag, uint8_t opcode, const void* buf, size_t len,
+                        uint64_t user_data) {
+    io_uring_sqe* sqe = ring.GetSqe();
+    if (sqe == nullptr) {
+      return absl::UnavailableError(absl::StrCat("ublk device ", dev_->dev_id, " queue ", q_id_,
+                                                 " tag ", tag, ": no free SQE on the ring"));
+    }
+    io_uring_prep_rw(opcode, sqe, dev_->fd.get(), buf, static_cast<unsigned>(len),
+                     UserCopyOffset(q_id_, tag));
+    sqe->user_data = user_data;
+    return absl::OkStatus();
+  }
   absl::Status Prep(Ring& ring, unsigned legacy_op, unsigned ioctl_op, uint16_t tag, int32_t result,
                     void* buf, uint64_t user_data, bool auto_reg) {
     io_uring_sqe* sqe = ring.GetSqe();

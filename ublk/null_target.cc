@@ -9,8 +9,8 @@
 
 namespace ublk {
 
-NullTarget::NullTarget(uint64_t size_bytes)
-    : size_bytes_(size_bytes), zero_fd_(open("/dev/zero", O_RDONLY | O_CLOEXEC)) {}
+NullTarget::NullTarget(uint64_t size_bytes, Reads reads)
+    : size_bytes_(size_bytes), reads_(reads), zero_fd_(open("/dev/zero", O_RDONLY | O_CLOEXEC)) {}
 
 std::optional<int32_t> NullTarget::StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) {
   switch (io.op) {
@@ -19,6 +19,7 @@ std::optional<int32_t> NullTarget::StartIo(Ring& ring, const TargetIo& io, uint6
         std::memset(io.buf, 0, io.len);
         return static_cast<int32_t>(io.len);
       }
+      if (reads_ == Reads::kUntouched) return static_cast<int32_t>(io.len);
       if (!zero_fd_.valid()) return -EIO;
       io_uring_sqe* sqe = ring.GetSqe();
       if (sqe == nullptr) return -EAGAIN;

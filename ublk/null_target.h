@@ -4,6 +4,11 @@
 // ours to memset, and leaving them as they are could hand stale page
 // contents to the reader, so it is zero-filled by a READ_FIXED from
 // /dev/zero on the ring (no user-space copy either way).
+// Reads::kUntouched is null_blk's behaviour (what the benchmarks compare
+// with): a READ completes without data in user copy and zero copy, so the
+// reader's buffer keeps what it held (a buffered reader may see stale page
+// contents: root's benchmark tool only, never a volume). Get-data still
+// hands the kernel zeros: it needs an address to copy from.
 #pragma once
 
 #include "ublk/target.h"
@@ -13,16 +18,19 @@ namespace ublk {
 
 class NullTarget final : public Target {
  public:
-  explicit NullTarget(uint64_t size_bytes);
+  enum class Reads { kZeros, kUntouched };
+  explicit NullTarget(uint64_t size_bytes, Reads reads = Reads::kZeros);
   uint64_t size_bytes() const override { return size_bytes_; }
   bool supports_discard() const override { return true; }
   const char* name() const override { return "null"; }
   bool reads_zeros() const override { return true; }
+  bool reads_leave_buffer() const override { return reads_ == Reads::kUntouched; }
   std::optional<int32_t> StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) override;
   std::optional<int32_t> FinishIo(const TargetIo& io, int32_t cqe_res) override;
 
  private:
   const uint64_t size_bytes_;
+  const Reads reads_;
   const UniqueFd zero_fd_;  // /dev/zero; invalid if it could not be opened
 };
 

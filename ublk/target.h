@@ -46,6 +46,10 @@ class Target {
   // answers a copy-mode READ from a read-only zero mapping of its own: no
   // bounce buffer, no memset, and still no stale bytes handed to the reader.
   virtual bool reads_zeros() const { return false; }
+  // Whether a READ completes without data (null_blk's behaviour, see
+  // NullTarget::Reads): in user copy the worker copies nothing, in zero copy
+  // the target writes nothing; get-data still answers from the zero mapping.
+  virtual bool reads_leave_buffer() const { return false; }
   // Whether READ/WRITE need the data in user memory (a library such as
   // librbd takes a plain pointer): such a target cannot serve a zero-copy
   // queue, whose requests live in the ring's registered buffer table, and

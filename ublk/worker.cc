@@ -46,6 +46,7 @@ struct Worker::TagState {
     kFetching,  // FETCH / COMMIT_AND_FETCH in the kernel
     kGetData,   // NEED_GET_DATA in the kernel (holds the buffer)
     kTargetIo,  // target I/O on the ring (holds the buffer)
+    kCopying,   // user copy to or from /dev/ublkcN on the ring (holds the buffer)
     kParked,    // waiting for a buffer
     kDone,      // aborted by the kernel: no more commands for this tag
   };
@@ -53,6 +54,7 @@ struct Worker::TagState {
   Phase phase = Phase::kIdle;
   Next next = Next::kStart;
   bool zero_read = false;  // a READ answered from zero_region_
+  int32_t result = 0;      // kCopying a READ's data: the result to commit after
   IoBuffer buffer;
   TargetIo io;
   AsyncCompletion async;  // posted by a target that completes off the ring
@@ -79,7 +81,7 @@ struct Worker::Queue {
   uint16_t parked_head = 0;
   uint16_t parked_count = 0;
   unsigned done_tags = 0;
-  unsigned busy = 0;  // tags in kGetData or kTargetIo
+  unsigned busy = 0;  // tags in kGetData, kTargetIo or kCopying
   bool removing = false;
   absl::Time deadline;
   std::shared_ptr<Removal> removed;
@@ -87,7 +89,8 @@ struct Worker::Queue {
   void SetPhase(uint16_t tag, TagState::Phase phase) {
     TagState& t = tags[tag];
     auto is_busy = [](TagState::Phase p) {
-      return p == TagState::Phase::kGetData || p == TagState::Phase::kTargetIo;
+      return p == TagState::Phase::kGetData || p == TagState::Phase::kTargetIo ||
+             p == TagState::Phase::kCopying;
     };
     if (is_busy(t.phase)) --busy;
     if (is_busy(phase)) ++busy;
@@ -422,6 +425,8 @@ void Worker::HandleCqe(const io_uring_cqe& cqe) {
     OnCommand(*q, tag, cqe.res);
   } else if (kind == Kind::kTarget) {
     OnTargetDone(*q, tag, cqe.res);
+  } else if (kind == Kind::kCopy) {
+    OnCopyDone(*q, tag, cqe.res);
   }
 }
 
@@ -484,6 +489,11 @@ void Worker::BeginRequest(Queue& q, uint16_t tag) {
         t.io.buf =
             reinterpret_cast<void*>(static_cast<uintptr_t>(q.channel->FixedBufferAddress(tag)));
         StartTarget(q, tag);
+        return;
+      }
+      if (t.io.op == UBLK_IO_OP_READ && q.mode == CopyMode::kUserCopy &&
+          q.target->reads_leave_buffer()) {
+        Commit(q, tag, static_cast<int32_t>(t.io.len));  // no data: nothing to copy
         return;
       }
       if (t.io.op == UBLK_IO_OP_READ && zero_region_ != nullptr && t.io.len <= kZeroRegionBytes &&
@@ -574,6 +584,7 @@ void Worker::Continue(Queue& q, uint16_t tag) {
     return;
   }
   if (q.mode == CopyMode::kUserCopy && t.io.op == UBLK_IO_OP_WRITE) {
+    if (QueueCopy(q, tag, t.buffer.data(), t.io.len, /*to_kernel=*/false)) return;
     absl::Status s = q.channel->ReadRequestData(tag, t.buffer.data(), t.io.len, 0);
     if (!s.ok()) {
       LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": " << s;
@@ -610,21 +621,74 @@ void Worker::OnTargetDone(Queue& q, uint16_t tag, int32_t raw) {
   Commit(q, tag, *r);
 }
 
+bool Worker::QueueCopy(Queue& q, uint16_t tag, void* data, size_t len, bool to_kernel) {
+  if (!options_.user_copy_on_ring) return false;
+  const uint64_t user_data = UserData(Kind::kCopy, q, tag);
+  absl::Status s = to_kernel ? q.channel->PrepWriteResponseData(*ring_, tag, data, len, user_data)
+                             : q.channel->PrepReadRequestData(*ring_, tag, data, len, user_data);
+  if (!s.ok()) {
+    LOG_EVERY_N(WARNING, 1000) << "worker " << id() << ": " << s << "; copying synchronously";
+    return false;
+  }
+  q.SetPhase(tag, TagState::Phase::kCopying);
+  return true;
+}
+
+void Worker::OnCopyDone(Queue& q, uint16_t tag, int32_t res) {
+  TagState& t = q.tags[tag];
+  if (t.phase != TagState::Phase::kCopying) return;
+  q.SetPhase(tag, TagState::Phase::kIdle);
+  const bool to_kernel = t.io.op == UBLK_IO_OP_READ;
+  const size_t len = to_kernel ? static_cast<size_t>(t.result) : t.io.len;
+  char* data = static_cast<char*>(to_kernel && t.zero_read ? zero_region_ : t.buffer.data());
+  absl::Status s = absl::OkStatus();
+  if (res < 0) {
+    s = UblkErrnoToStatus(
+        -res, absl::StrCat("ublk device ", q.channel->dev_id(), " queue ", q.channel->q_id(),
+                           " tag ", tag, ": user copy ", to_kernel ? "to" : "from", " the kernel"));
+  } else if (static_cast<size_t>(res) < len) {
+    // Short: the rest synchronously (the kernel copies whole requests, so
+    // this is not expected).
+    const size_t done = static_cast<size_t>(res);
+    s = to_kernel ? q.channel->WriteResponseData(tag, data + done, len - done, done)
+                  : q.channel->ReadRequestData(tag, data + done, len - done, done);
+  }
+  if (!s.ok()) {
+    LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": " << s;
+  }
+  if (to_kernel) {
+    CommitNow(q, tag, s.ok() ? t.result : -EIO);
+  } else if (s.ok()) {
+    StartTarget(q, tag);
+  } else {
+    Commit(q, tag, -EIO);
+  }
+}
+
 void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
+  TagState& t = q.tags[tag];
+  if (t.io.op == UBLK_IO_OP_READ && q.mode == CopyMode::kUserCopy && result > 0) {
+    void* data = t.zero_read ? zero_region_ : (t.buffer ? t.buffer.data() : nullptr);
+    if (data != nullptr) {
+      t.result = result;
+      if (QueueCopy(q, tag, data, static_cast<size_t>(result), /*to_kernel=*/true)) return;
+      absl::Status s = q.channel->WriteResponseData(tag, data, static_cast<size_t>(result), 0);
+      if (!s.ok()) {
+        LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": " << s;
+        result = -EIO;
+      }
+    }
+  }
+  CommitNow(q, tag, result);
+}
+
+void Worker::CommitNow(Queue& q, uint16_t tag, int32_t result) {
   TagState& t = q.tags[tag];
   void* buf = nullptr;
   const bool zero_read = std::exchange(t.zero_read, false);
   if (t.io.op == UBLK_IO_OP_READ) {
     void* data = zero_read ? zero_region_ : (t.buffer ? t.buffer.data() : nullptr);
-    if (q.mode == CopyMode::kUserCopy) {
-      if (result > 0 && data != nullptr) {
-        absl::Status s = q.channel->WriteResponseData(tag, data, static_cast<size_t>(result), 0);
-        if (!s.ok()) {
-          LOG_EVERY_N(ERROR, 1000) << "worker " << id() << ": " << s;
-          result = -EIO;
-        }
-      }
-    } else if (q.mode == CopyMode::kGetData) {
+    if (q.mode == CopyMode::kGetData) {
       // Get-data: the kernel refuses a READ commit without an address even
       // when it copies nothing (error or empty result).
       static uint64_t no_data;

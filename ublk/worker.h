@@ -68,6 +68,12 @@ struct WorkerOptions {
   // first zero-copy queue): the sum of the depths of the zero-copy queues the
   // worker can serve at once. io_uring allows at most 16384.
   unsigned fixed_buffer_slots = 16384;
+  // User copy: move a request's bytes to and from /dev/ublkcN with READ and
+  // WRITE SQEs on the worker's ring (false: a synchronous pread/pwrite per
+  // request on the worker thread, the way before; kept to measure against).
+  // A copy that cannot get an SQE, or comes back short, is finished
+  // synchronously.
+  bool user_copy_on_ring = true;
 };
 
 struct QueueConfig {
@@ -129,7 +135,7 @@ class Worker {
   struct Queue;
   struct TagState;
   struct Removal;
-  enum class Kind : uint8_t { kWakeup = 1, kCmd = 2, kTarget = 3, kAsync = 4 };
+  enum class Kind : uint8_t { kWakeup = 1, kCmd = 2, kTarget = 3, kAsync = 4, kCopy = 5 };
 
   explicit Worker(const WorkerOptions& options);
   // Bytes of zero_region_: a READ longer than this takes a buffer as usual.
@@ -160,7 +166,13 @@ class Worker {
   void CheckMemoryPressure();
   void Continue(Queue& q, uint16_t tag);
   void StartTarget(Queue& q, uint16_t tag);
+  // Commits `result`; a user-copy READ's data is first copied to the kernel
+  // (on the ring, then OnCopyDone commits).
   void Commit(Queue& q, uint16_t tag, int32_t result);
+  void CommitNow(Queue& q, uint16_t tag, int32_t result);
+  // User copy on the ring: true if the copy's SQE is queued.
+  bool QueueCopy(Queue& q, uint16_t tag, void* data, size_t len, bool to_kernel);
+  void OnCopyDone(Queue& q, uint16_t tag, int32_t res);
   void RetryParked();
   void ReapQueues();
   void DropQueue(Queue& q, bool drained);

@@ -102,9 +102,11 @@ class GatedTarget final : public Target {
 class WorkerTest : public ::testing::TestWithParam<CopyMode> {
  protected:
   std::unique_ptr<Worker> MakeWorker(MemorySource& memory, size_t slots,
-                                     BufferPoolMetrics* metrics = nullptr) {
+                                     BufferPoolMetrics* metrics = nullptr,
+                                     bool user_copy_on_ring = true) {
     WorkerOptions o;
     o.memory = &memory;
+    o.user_copy_on_ring = user_copy_on_ring;
     o.pool_metrics = metrics;
     o.buffer_pool.slot_count = slots;
     o.buffer_pool.slot_size = 128 * 1024;
@@ -268,6 +270,89 @@ TEST_P(WorkerTest, NullTargetReadsNeedNoBuffer) {
   EXPECT_TRUE(w->buffer_pool_touched());
   EXPECT_EQ(kernel_.Read(e->dev_id(), 0, 128 * 1024)->data, std::string(128 * 1024, '\0'));
   EXPECT_EQ(w->completed_ios(), 4u);
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+}
+
+// Writes blocks of several sizes at once, reads them back, and returns how
+// many user copies went through the ring and how many synchronously.
+std::pair<int, int> WriteAndReadBack(FakeKernel& kernel, uint32_t dev_id) {
+  const uint32_t sizes[] = {4096, 65536, 128 * 1024, 8192};
+  std::vector<std::shared_ptr<FakeKernel::Request>> writes;
+  for (int i = 0; i < 16; ++i) {
+    const uint32_t len = sizes[i % 4];
+    writes.push_back(
+        kernel.SubmitIoAsync(dev_id, UBLK_IO_OP_WRITE, i * 131072ull, len, Pattern(len, i)));
+  }
+  for (int i = 0; i < 16; ++i) {
+    auto res = kernel.Wait(writes[i], absl::Seconds(10));
+    EXPECT_TRUE(res.ok()) << res.status();
+    if (res.ok()) EXPECT_EQ(res->result, static_cast<int32_t>(sizes[i % 4]));
+  }
+  std::vector<std::shared_ptr<FakeKernel::Request>> reads;
+  for (int i = 0; i < 16; ++i) {
+    reads.push_back(kernel.SubmitIoAsync(dev_id, UBLK_IO_OP_READ, i * 131072ull, sizes[i % 4]));
+  }
+  for (int i = 0; i < 16; ++i) {
+    auto res = kernel.Wait(reads[i], absl::Seconds(10));
+    EXPECT_TRUE(res.ok()) << res.status();
+    if (res.ok()) EXPECT_TRUE(res->data == Pattern(sizes[i % 4], i)) << "block " << i;
+  }
+  return {kernel.user_copies_on_ring(), kernel.user_copies_sync()};
+}
+
+// User copy moves each request's bytes with a READ or WRITE SQE on the
+// worker's ring, not a synchronous pread/pwrite on the worker thread; the
+// synchronous way is still there behind user_copy_on_ring = false. Get-data
+// never copies through /dev/ublkcN at all.
+TEST_P(WorkerTest, UserCopyMovesRequestDataOnTheRing) {
+  auto w = MakeWorker(real_memory_, 8);
+  auto e = Serve(*w, std::make_shared<RamTarget>(), 8);
+  auto [on_ring, sync] = WriteAndReadBack(kernel_, e->dev_id());
+  EXPECT_EQ(on_ring, GetParam() == CopyMode::kUserCopy ? 32 : 0);
+  EXPECT_EQ(sync, 0);
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+}
+
+TEST_P(WorkerTest, SynchronousUserCopyServesTheSame) {
+  auto w = MakeWorker(real_memory_, 8, nullptr, /*user_copy_on_ring=*/false);
+  auto e = Serve(*w, std::make_shared<RamTarget>(), 8);
+  auto [on_ring, sync] = WriteAndReadBack(kernel_, e->dev_id());
+  EXPECT_EQ(on_ring, 0);
+  EXPECT_EQ(sync, GetParam() == CopyMode::kUserCopy ? 32 : 0);
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+}
+
+// A copy that fails on the ring fails that one request with EIO; the tag is
+// committed and fetched again, and the next request on it is served.
+TEST_P(WorkerTest, FailedUserCopyOnTheRingFailsOnlyThatRequest) {
+  if (GetParam() != CopyMode::kUserCopy) GTEST_SKIP() << "user copy only";
+  auto w = MakeWorker(real_memory_, 8);
+  auto e = Serve(*w, std::make_shared<RamTarget>(), 1);  // one tag: it must be reused
+  kernel_.FailNextUserCopyOnRing();
+  EXPECT_EQ(kernel_.Write(e->dev_id(), 0, std::string(4096, 'x'))->result, -EIO);
+  ASSERT_EQ(kernel_.Write(e->dev_id(), 0, std::string(4096, 'y'))->result, 4096);
+  kernel_.FailNextUserCopyOnRing();
+  EXPECT_EQ(kernel_.Read(e->dev_id(), 0, 4096)->result, -EIO);
+  EXPECT_EQ(kernel_.Read(e->dev_id(), 0, 4096)->data, std::string(4096, 'y'));
+  EXPECT_EQ(w->completed_ios(), 4u);
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+}
+
+// NullTarget::Reads::kUntouched (null_blk's behaviour, for benchmarks): a
+// user-copy READ completes without any copy; get-data still answers zeros.
+TEST_P(WorkerTest, NullTargetWithUntouchedReadsCopiesNothing) {
+  auto w = MakeWorker(real_memory_, 8);
+  auto e = Serve(*w, std::make_shared<NullTarget>(kSize, NullTarget::Reads::kUntouched), 4);
+  auto r = kernel_.Read(e->dev_id(), 0, 128 * 1024);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->result, 128 * 1024);
+  EXPECT_EQ(kernel_.user_copies_on_ring() + kernel_.user_copies_sync(), 0);
+  if (GetParam() == CopyMode::kGetData) EXPECT_EQ(r->data, std::string(128 * 1024, '\0'));
+  EXPECT_FALSE(w->buffer_pool_touched());
   ASSERT_TRUE(e->Stop().ok());
   ASSERT_TRUE(e->Delete().ok());
 }

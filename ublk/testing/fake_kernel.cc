@@ -1,6 +1,7 @@
 #include "ublk/testing/fake_kernel.h"
 
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -114,6 +115,9 @@ struct FakeKernel::State {
   int fail_next_add ABSL_GUARDED_BY(mu) = 0;
   int get_features_calls ABSL_GUARDED_BY(mu) = 0;
   int fail_next_auto_reg ABSL_GUARDED_BY(mu) = 0;
+  bool fail_next_user_copy ABSL_GUARDED_BY(mu) = false;
+  int user_copies_on_ring ABSL_GUARDED_BY(mu) = 0;
+  int user_copies_sync ABSL_GUARDED_BY(mu) = 0;
   uint64_t process ABSL_GUARDED_BY(mu) = 1;  // the current server process
   FakeKernel::CrashPoint crash_point ABSL_GUARDED_BY(mu) = FakeKernel::CrashPoint::kNone;
   int crash_after_fetches ABSL_GUARDED_BY(mu) = 0;
@@ -516,6 +520,7 @@ class FakeQueueChannel final : public QueueChannel {
     ublk::MutexLock lock(&state_->mu);
     ASSIGN_OR_RETURN(FakeTag * t, UserCopyTag(tag, UBLK_IO_OP_WRITE, len, offset, "pread"));
     std::memcpy(buf, t->req->data.data() + offset, len);
+    ++state_->user_copies_sync;
     return absl::OkStatus();
   }
 
@@ -524,7 +529,29 @@ class FakeQueueChannel final : public QueueChannel {
     ublk::MutexLock lock(&state_->mu);
     ASSIGN_OR_RETURN(FakeTag * t, UserCopyTag(tag, UBLK_IO_OP_READ, len, offset, "pwrite"));
     std::memcpy(t->req->data.data() + offset, buf, len);
+    ++state_->user_copies_sync;
     return absl::OkStatus();
+  }
+
+  // The copy is made here; the SQE only has to complete with `len`: a write
+  // of the same bytes to a scratch memfd (or, when a failure is injected, to
+  // no file at all: -EBADF, nothing copied).
+  absl::Status PrepReadRequestData(Ring& ring, uint16_t tag, void* buf, size_t len,
+                                   uint64_t user_data) override {
+    ublk::MutexLock lock(&state_->mu);
+    ASSIGN_OR_RETURN(FakeTag * t, UserCopyTag(tag, UBLK_IO_OP_WRITE, len, 0, "READ on the ring"));
+    const bool fail = std::exchange(state_->fail_next_user_copy, false);
+    if (!fail) std::memcpy(buf, t->req->data.data(), len);
+    return PrepCopyCompletion(ring, tag, buf, len, fail, user_data);
+  }
+
+  absl::Status PrepWriteResponseData(Ring& ring, uint16_t tag, const void* buf, size_t len,
+                                     uint64_t user_data) override {
+    ublk::MutexLock lock(&state_->mu);
+    ASSIGN_OR_RETURN(FakeTag * t, UserCopyTag(tag, UBLK_IO_OP_READ, len, 0, "WRITE on the ring"));
+    const bool fail = std::exchange(state_->fail_next_user_copy, false);
+    if (!fail) std::memcpy(t->req->data.data(), buf, len);
+    return PrepCopyCompletion(ring, tag, buf, len, fail, user_data);
   }
 
  private:
@@ -550,6 +577,20 @@ class FakeQueueChannel final : public QueueChannel {
     } else if ((flags & UBLK_F_NEED_GET_DATA) == 0 || read_commit) {
       if (buf == nullptr) return Err(EINVAL, tag, absl::StrCat(what, ": no buffer"));
     }
+    return absl::OkStatus();
+  }
+  absl::Status PrepCopyCompletion(Ring& ring, uint16_t tag, const void* buf, size_t len, bool fail,
+                                  uint64_t user_data) ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu) {
+    if (!scratch_.valid()) {
+      int fd = memfd_create("fake-ublkc", MFD_CLOEXEC);
+      if (fd < 0) return Err(errno, tag, "memfd_create for a user copy on the ring");
+      scratch_.reset(fd);
+    }
+    io_uring_sqe* sqe = ring.GetSqe();
+    if (sqe == nullptr) return Err(EBUSY, tag, "no free SQE on the ring");
+    io_uring_prep_write(sqe, fail ? -1 : scratch_.get(), buf, static_cast<unsigned>(len), 0);
+    sqe->user_data = user_data;
+    ++state_->user_copies_on_ring;
     return absl::OkStatus();
   }
   absl::Status PrepRead(Ring& ring, uint16_t tag, uint64_t user_data) {
@@ -603,6 +644,7 @@ class FakeQueueChannel final : public QueueChannel {
   const std::vector<UniqueFd> efds_;
   const std::unique_ptr<uint64_t[]> read_bufs_;  // written by the kernel's eventfd reads
   int auto_base_ ABSL_GUARDED_BY(state_->mu) = -1;
+  UniqueFd scratch_ ABSL_GUARDED_BY(state_->mu);  // completes user copies on the ring
 };
 
 class FakeControlDevice final : public ControlDevice {
@@ -1040,6 +1082,21 @@ int FakeKernel::open_channels(uint32_t dev_id) const {
 void FakeKernel::FailNextAutoBufReg(int err) {
   ublk::MutexLock lock(&state_->mu);
   state_->fail_next_auto_reg = err;
+}
+
+void FakeKernel::FailNextUserCopyOnRing() {
+  ublk::MutexLock lock(&state_->mu);
+  state_->fail_next_user_copy = true;
+}
+
+int FakeKernel::user_copies_on_ring() const {
+  ublk::MutexLock lock(&state_->mu);
+  return state_->user_copies_on_ring;
+}
+
+int FakeKernel::user_copies_sync() const {
+  ublk::MutexLock lock(&state_->mu);
+  return state_->user_copies_sync;
 }
 
 unsigned FakeKernel::worker_ring_flags() const {

@@ -173,6 +173,9 @@ class FakeKernel {
   // The next automatic buffer registration fails with `err` (e.g. ENOMEM):
   // the kernel then ends that request with EIO and the tag stays fetched.
   void FailNextAutoBufReg(int err);
+  // The next user copy on the ring (PrepReadRequestData /
+  // PrepWriteResponseData) copies nothing and completes with -EBADF.
+  void FailNextUserCopyOnRing();
 
   // Inspection.
   std::optional<uint16_t> DeviceState(uint32_t dev_id) const;
@@ -190,6 +193,10 @@ class FakeKernel {
   // registered when their queue's channel closed (the real kernel waits for
   // the server's ring to drop those).
   int auto_buf_regs() const;
+  // User-copy transfers made through the ring, and through the synchronous
+  // ReadRequestData / WriteResponseData.
+  int user_copies_on_ring() const;
+  int user_copies_sync() const;
   // What WorkerOptions/WorkerPoolOptions::ring_flags_allowed must be for a
   // worker serving this fake: with zero copy the fake registers request
   // buffers on the worker's ring from the thread that submits the I/O, which

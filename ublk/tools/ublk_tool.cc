@@ -46,6 +46,12 @@ DEFINE_string(rbd_key_file, "", "rbd target: file holding the cephx key (base64)
 DEFINE_string(rbd_pool, "rbd", "rbd target: pool");
 DEFINE_string(rbd_image, "", "rbd target: image");
 DEFINE_int64(rbd_op_timeout_ms, 30000, "rbd target: op timeout (rados_osd_op_timeout); 0: none");
+DEFINE_string(null_reads, "zeros",
+              "null target: zeros | untouched (null_blk's way: READs complete without data in "
+              "user copy and zero copy; for benchmarks)");
+DEFINE_bool(user_copy_on_ring, true,
+            "user copy: request data to and from /dev/ublkcN on the worker's io_uring (false: a "
+            "synchronous pread/pwrite per request)");
 DEFINE_string(backing, "", "backing file of the file target");
 DEFINE_uint64(size, 0, "volume size in bytes (0: the backing file's size)");
 DEFINE_bool(create, false, "create (or grow) the backing file, sparse");
@@ -217,7 +223,13 @@ absl::StatusOr<std::shared_ptr<Target>> MakeTarget(uint64_t size, bool create, R
   if (FLAGS_target == "rbd") return MakeRbdTarget(size, rbd);
   if (FLAGS_target == "null") {
     if (size == 0) return absl::InvalidArgumentError("--size is required for the null target");
-    return std::shared_ptr<Target>(std::make_shared<NullTarget>(size));
+    if (FLAGS_null_reads != "zeros" && FLAGS_null_reads != "untouched") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--null_reads=", FLAGS_null_reads, ": expected zeros or untouched"));
+    }
+    return std::shared_ptr<Target>(std::make_shared<NullTarget>(
+        size,
+        FLAGS_null_reads == "zeros" ? NullTarget::Reads::kZeros : NullTarget::Reads::kUntouched));
   }
   if (FLAGS_target != "file") {
     return absl::InvalidArgumentError(
@@ -317,6 +329,7 @@ absl::Status Serve(bool recover) {
     WorkerOptions wo;
     wo.worker_id = i;
     wo.memory = &memory;
+    wo.user_copy_on_ring = FLAGS_user_copy_on_ring;
     ASSIGN_OR_RETURN(auto w, Worker::Create(wo));
     worker_ptrs.push_back(w.get());
     workers.push_back(std::move(w));
