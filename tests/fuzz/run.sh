@@ -3,7 +3,7 @@
 # seed corpus tests/fuzz/corpus/<name> (read-only: new inputs go to a scratch
 # copy). Exits non-zero on the first crash, sanitizer report, leak or timeout;
 # the input that did it is kept under BUILD_DIR/fuzz-artifacts/.
-# Usage: tests/fuzz/run.sh BUILD_DIR [SECONDS]
+# Usage: tests/fuzz/run.sh BUILD_DIR [SECONDS]   (FUZZ_JOBS: targets at a time)
 set -euo pipefail
 build=${1:?usage: run.sh BUILD_DIR [SECONDS]}
 seconds=${2:-30}
@@ -14,24 +14,39 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export ASAN_OPTIONS=detect_leaks=1
-failed=0
-ran=0
+# Targets run side by side, FUZZ_JOBS at a time (default: one per CPU):
+# each libFuzzer process keeps one CPU busy for its SECONDS.
+jobs=${FUZZ_JOBS:-$(nproc)}
+run_one() { # BIN NAME: result in $scratch/NAME.res ("ok RUNS SECS" or "failed")
+  local bin=$1 name=$2 start=$SECONDS
+  if "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      -artifact_prefix="$artifacts/$name-" "$scratch/$name" "$here/corpus/$name" >"$scratch/$name.log" 2>&1; then
+    echo "ok $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$scratch/$name.log" | grep -o '[0-9]*$') $((SECONDS - start))" > "$scratch/$name.res"
+  else
+    echo failed > "$scratch/$name.res"
+  fi
+}
+names=()
 for bin in "$build"/tests/fuzz/fuzz-*; do
   [ -x "$bin" ] || continue
   name=${bin##*/fuzz-}
-  seeds="$here/corpus/$name"
   mkdir -p "$scratch/$name"
-  start=$SECONDS
-  if "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-      -artifact_prefix="$artifacts/$name-" "$scratch/$name" "$seeds" >"$scratch/$name.log" 2>&1; then
-    echo "fuzz $name: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$scratch/$name.log" | grep -o '[0-9]*$') runs in $((SECONDS - start))s)"
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  run_one "$bin" "$name" &
+  names+=("$name")
+done
+wait
+[ ${#names[@]} -gt 0 ] || { echo "fuzz: no fuzz targets in $build/tests/fuzz" >&2; exit 1; }
+failed=0
+for name in "${names[@]}"; do
+  read -r verdict runs secs < "$scratch/$name.res" || verdict=failed
+  if [ "$verdict" = ok ]; then
+    echo "fuzz $name: ok ($runs runs in ${secs}s)"
   else
     echo "fuzz $name: FAILED; reproducer in $artifacts/$name-*; log:"
     grep -v '^#[0-9]' "$scratch/$name.log" | tail -60
     failed=$((failed + 1))
   fi
-  ran=$((ran + 1))
 done
-[ "$ran" -gt 0 ] || { echo "fuzz: no fuzz targets in $build/tests/fuzz" >&2; exit 1; }
-echo "fuzz: $((ran - failed)) passed, $failed failed"
+echo "fuzz: $((${#names[@]} - failed)) passed, $failed failed"
 [ "$failed" -eq 0 ]
