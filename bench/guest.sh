@@ -89,8 +89,8 @@ keep_words() {
 }
 WORKLOADS=$(keep_words "$WORKLOADS" "$WORKLOADS_RUN")
 COPY_MODES=$(keep_words "$COPY_MODES" "$MODES_RUN")
-# Only when asked for by name (BENCH_MODES="user_copy user_copy_sync").
-case " $MODES_RUN " in *" user_copy_sync "*) COPY_MODES="$COPY_MODES user_copy_sync" ;; esac
+# Only when asked for by name (BENCH_MODES="user_copy user_copy_ring").
+case " $MODES_RUN " in *" user_copy_ring "*) COPY_MODES="$COPY_MODES user_copy_ring" ;; esac
 COPY_MODES=${COPY_MODES# }
 [ -n "$WORKLOADS" ] || e2e_fail "no workload left of '$WORKLOADS_RUN'"
 [ -n "$COPY_MODES" ] || e2e_fail "no copy mode left of '$MODES_RUN' on this kernel"
@@ -151,10 +151,10 @@ start_ublk() {
   log=$E2E_SCRATCH/serve-$group-$label.log
   ready=$E2E_SCRATCH/ready-$group-$label
   rm -f "$ready"
-  # user_copy_sync: user copy with the synchronous pread/pwrite per request
-  # that the worker used before the copies went onto its ring (an A/B row).
+  # user_copy_ring: user copy with the copies as SQEs on the worker's ring
+  # instead of a pread/pwrite per request (an A/B row; slower, see README).
   local mode_args=(--copy_mode="$mode")
-  [ "$mode" = user_copy_sync ] && mode_args=(--copy_mode=user_copy --user_copy_on_ring=false)
+  [ "$mode" = user_copy_ring ] && mode_args=(--copy_mode=user_copy --user_copy_on_ring=true)
   "$UBLK_TOOL" serve "$@" "${mode_args[@]}" --queues=1 --depth=64 --ready_file="$ready" \
     > "$log" 2>&1 &
   PENDING+=("$group|$label|$mode|$!|$log|$ready|ublk-tool serve $* ${mode_args[*]} --queues=1 --depth=64")

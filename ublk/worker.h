@@ -69,11 +69,14 @@ struct WorkerOptions {
   // worker can serve at once. io_uring allows at most 16384.
   unsigned fixed_buffer_slots = 16384;
   // User copy: move a request's bytes to and from /dev/ublkcN with READ and
-  // WRITE SQEs on the worker's ring (false: a synchronous pread/pwrite per
-  // request on the worker thread, the way before; kept to measure against).
-  // A copy that cannot get an SQE, or comes back short, is finished
-  // synchronously.
-  bool user_copy_on_ring = true;
+  // WRITE SQEs on the worker's ring instead of a synchronous pread/pwrite per
+  // request on the worker thread. Off by default: measured slower on 6.12 and
+  // on 7.3 (bench/README.md, session 10): the char device takes no
+  // non-blocking I/O, so io_uring hands every copy to an io-wq thread (one
+  // more context switch per copy; 4k QD32 rows fell from 0.75-0.92x to
+  // 0.37-0.50x). With it on, a copy that cannot get an SQE, or comes back
+  // short, is finished synchronously.
+  bool user_copy_on_ring = false;
 };
 
 struct QueueConfig {

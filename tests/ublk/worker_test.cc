@@ -103,7 +103,7 @@ class WorkerTest : public ::testing::TestWithParam<CopyMode> {
  protected:
   std::unique_ptr<Worker> MakeWorker(MemorySource& memory, size_t slots,
                                      BufferPoolMetrics* metrics = nullptr,
-                                     bool user_copy_on_ring = true) {
+                                     bool user_copy_on_ring = false) {
     WorkerOptions o;
     o.memory = &memory;
     o.user_copy_on_ring = user_copy_on_ring;
@@ -301,12 +301,12 @@ std::pair<int, int> WriteAndReadBack(FakeKernel& kernel, uint32_t dev_id) {
   return {kernel.user_copies_on_ring(), kernel.user_copies_sync()};
 }
 
-// User copy moves each request's bytes with a READ or WRITE SQE on the
-// worker's ring, not a synchronous pread/pwrite on the worker thread; the
-// synchronous way is still there behind user_copy_on_ring = false. Get-data
-// never copies through /dev/ublkcN at all.
+// With user_copy_on_ring, user copy moves each request's bytes with a READ
+// or WRITE SQE on the worker's ring, not a synchronous pread/pwrite on the
+// worker thread (the default, which measured faster). Get-data never copies
+// through /dev/ublkcN at all.
 TEST_P(WorkerTest, UserCopyMovesRequestDataOnTheRing) {
-  auto w = MakeWorker(real_memory_, 8);
+  auto w = MakeWorker(real_memory_, 8, nullptr, /*user_copy_on_ring=*/true);
   auto e = Serve(*w, std::make_shared<RamTarget>(), 8);
   auto [on_ring, sync] = WriteAndReadBack(kernel_, e->dev_id());
   EXPECT_EQ(on_ring, GetParam() == CopyMode::kUserCopy ? 32 : 0);
@@ -315,8 +315,8 @@ TEST_P(WorkerTest, UserCopyMovesRequestDataOnTheRing) {
   ASSERT_TRUE(e->Delete().ok());
 }
 
-TEST_P(WorkerTest, SynchronousUserCopyServesTheSame) {
-  auto w = MakeWorker(real_memory_, 8, nullptr, /*user_copy_on_ring=*/false);
+TEST_P(WorkerTest, UserCopyIsSynchronousByDefault) {
+  auto w = MakeWorker(real_memory_, 8);
   auto e = Serve(*w, std::make_shared<RamTarget>(), 8);
   auto [on_ring, sync] = WriteAndReadBack(kernel_, e->dev_id());
   EXPECT_EQ(on_ring, 0);
@@ -329,7 +329,7 @@ TEST_P(WorkerTest, SynchronousUserCopyServesTheSame) {
 // committed and fetched again, and the next request on it is served.
 TEST_P(WorkerTest, FailedUserCopyOnTheRingFailsOnlyThatRequest) {
   if (GetParam() != CopyMode::kUserCopy) GTEST_SKIP() << "user copy only";
-  auto w = MakeWorker(real_memory_, 8);
+  auto w = MakeWorker(real_memory_, 8, nullptr, /*user_copy_on_ring=*/true);
   auto e = Serve(*w, std::make_shared<RamTarget>(), 1);  // one tag: it must be reused
   kernel_.FailNextUserCopyOnRing();
   EXPECT_EQ(kernel_.Write(e->dev_id(), 0, std::string(4096, 'x'))->result, -EIO);

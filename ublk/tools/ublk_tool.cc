@@ -49,9 +49,9 @@ DEFINE_int64(rbd_op_timeout_ms, 30000, "rbd target: op timeout (rados_osd_op_tim
 DEFINE_string(null_reads, "zeros",
               "null target: zeros | untouched (null_blk's way: READs complete without data in "
               "user copy and zero copy; for benchmarks)");
-DEFINE_bool(user_copy_on_ring, true,
-            "user copy: request data to and from /dev/ublkcN on the worker's io_uring (false: a "
-            "synchronous pread/pwrite per request)");
+DEFINE_bool(user_copy_on_ring, false,
+            "user copy: request data to and from /dev/ublkcN on the worker's io_uring instead of "
+            "a synchronous pread/pwrite per request (an A/B: slower, every copy goes to io-wq)");
 DEFINE_string(backing, "", "backing file of the file target");
 DEFINE_uint64(size, 0, "volume size in bytes (0: the backing file's size)");
 DEFINE_bool(create, false, "create (or grow) the backing file, sparse");
