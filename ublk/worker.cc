@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -743,11 +744,14 @@ void Worker::RetryParked() {
 }
 
 void Worker::ReapQueues() {
-  const absl::Time now = clock_.Now();
+  // The clock only when a queue is being removed: this runs on every pass
+  // of the loop, and no clock read is taken per I/O.
+  std::optional<absl::Time> now;
   for (auto& q : slots_) {
     if (q == nullptr || !q->removing || q->busy > 0) continue;
     const bool drained = q->done_tags == q->tags.size();
-    if (drained || now >= q->deadline) DropQueue(*q, drained);
+    if (!drained && !now.has_value()) now = clock_.Now();
+    if (drained || *now >= q->deadline) DropQueue(*q, drained);
   }
 }
 

@@ -18,6 +18,7 @@
 #include "ublk/memory.h"
 #include "ublk/mutex.h"
 #include "ublk/null_target.h"
+#include "ublk/testing/fake_clock.h"
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/testing/fault_memory.h"
 
@@ -353,6 +354,30 @@ TEST_P(WorkerTest, NullTargetWithUntouchedReadsCopiesNothing) {
   EXPECT_EQ(kernel_.user_copies_on_ring() + kernel_.user_copies_sync(), 0);
   if (GetParam() == CopyMode::kGetData) EXPECT_EQ(r->data, std::string(128 * 1024, '\0'));
   EXPECT_FALSE(w->buffer_pool_touched());
+  ASSERT_TRUE(e->Stop().ok());
+  ASSERT_TRUE(e->Delete().ok());
+}
+
+// The I/O loop reads no clock per I/O (nor per pass while nothing waits on
+// time): after the pool exists, 128 requests read the clock 0 times.
+TEST_P(WorkerTest, ServingIoReadsNoClock) {
+  FakeClock clock;
+  WorkerOptions o;
+  o.memory = &real_memory_;
+  o.clock = &clock;
+  o.buffer_pool.slot_count = 8;
+  o.buffer_pool.slot_size = 128 * 1024;
+  auto w = Worker::Create(o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  auto e = Serve(**w, std::make_shared<RamTarget>(), 8);
+  ASSERT_EQ(kernel_.Write(e->dev_id(), 0, std::string(4096, 'a'))->result, 4096);  // makes the pool
+  const int before = clock.now_calls();
+  for (int i = 0; i < 64; ++i) {
+    const std::string data = Pattern(4096, i);
+    ASSERT_EQ(kernel_.Write(e->dev_id(), 4096 * i, data)->result, 4096);
+    EXPECT_TRUE(kernel_.Read(e->dev_id(), 4096 * i, 4096)->data == data);
+  }
+  EXPECT_EQ(clock.now_calls() - before, 0);
   ASSERT_TRUE(e->Stop().ok());
   ASSERT_TRUE(e->Delete().ok());
 }

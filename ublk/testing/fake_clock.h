@@ -21,7 +21,13 @@ class FakeClock final : public Clock {
 
   absl::Time Now() const override {
     ublk::MutexLock lock(&mu_);
+    ++now_calls_;
     return now_;
+  }
+  // How often Now() was read (a hot path must not read it per I/O).
+  int now_calls() const {
+    ublk::MutexLock lock(&mu_);
+    return now_calls_;
   }
   // Returns at once, the time advanced by `d`: a backoff loop under test
   // runs its whole schedule without waiting.
@@ -47,6 +53,7 @@ class FakeClock final : public Clock {
   mutable ublk::Mutex mu_;
   mutable absl::Time now_ ABSL_GUARDED_BY(mu_);
   mutable int sleeps_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable int now_calls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // A FakeClock that runs `then` once, inside the first SleepFor that reaches
