@@ -641,7 +641,7 @@ void Worker::OnCopyDone(Queue& q, uint16_t tag, int32_t res) {
   q.SetPhase(tag, TagState::Phase::kIdle);
   const bool to_kernel = t.io.op == UBLK_IO_OP_READ;
   const size_t len = to_kernel ? static_cast<size_t>(t.result) : t.io.len;
-  char* data = static_cast<char*>(to_kernel && t.zero_read ? zero_region_ : t.buffer.data());
+  char* data = static_cast<char*>(to_kernel ? ReadData(t) : t.buffer.data());
   absl::Status s = absl::OkStatus();
   if (res < 0) {
     s = UblkErrnoToStatus(
@@ -666,10 +666,14 @@ void Worker::OnCopyDone(Queue& q, uint16_t tag, int32_t res) {
   }
 }
 
+void* Worker::ReadData(const TagState& t) const {
+  return t.zero_read ? zero_region_ : (t.buffer ? t.buffer.data() : nullptr);
+}
+
 void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
   TagState& t = q.tags[tag];
   if (t.io.op == UBLK_IO_OP_READ && q.mode == CopyMode::kUserCopy && result > 0) {
-    void* data = t.zero_read ? zero_region_ : (t.buffer ? t.buffer.data() : nullptr);
+    void* data = ReadData(t);
     if (data != nullptr) {
       t.result = result;
       if (QueueCopy(q, tag, data, static_cast<size_t>(result), /*to_kernel=*/true)) return;
@@ -686,15 +690,13 @@ void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
 void Worker::CommitNow(Queue& q, uint16_t tag, int32_t result) {
   TagState& t = q.tags[tag];
   void* buf = nullptr;
-  const bool zero_read = std::exchange(t.zero_read, false);
-  if (t.io.op == UBLK_IO_OP_READ) {
-    void* data = zero_read ? zero_region_ : (t.buffer ? t.buffer.data() : nullptr);
-    if (q.mode == CopyMode::kGetData) {
-      // Get-data: the kernel refuses a READ commit without an address even
-      // when it copies nothing (error or empty result).
-      static uint64_t no_data;
-      buf = data != nullptr ? data : &no_data;
-    }
+  void* const data = ReadData(t);
+  t.zero_read = false;
+  if (t.io.op == UBLK_IO_OP_READ && q.mode == CopyMode::kGetData) {
+    // Get-data: the kernel refuses a READ commit without an address even
+    // when it copies nothing (error or empty result).
+    static uint64_t no_data;
+    buf = data != nullptr ? data : &no_data;
   }
   // Counted before the commit: the fake kernel completes the request inside
   // PrepCommitAndFetch, and a reader woken by it must see the count.

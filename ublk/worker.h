@@ -176,6 +176,9 @@ class Worker {
   // User copy on the ring: true if the copy's SQE is queued.
   bool QueueCopy(Queue& q, uint16_t tag, void* data, size_t len, bool to_kernel);
   void OnCopyDone(Queue& q, uint16_t tag, int32_t res);
+  // Where a READ's data is in the worker's memory: the zero mapping for a
+  // zero read, else the tag's buffer; nullptr if neither.
+  void* ReadData(const TagState& t) const;
   void RetryParked();
   void ReapQueues();
   void DropQueue(Queue& q, bool drained);
