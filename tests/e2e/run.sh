@@ -185,7 +185,7 @@ run_scenario() {
   # fails the scenario.
   local int3
   if { [ -n "$E2E_BOOT_PROBLEM" ] || [ "$rc" != 0 ]; } && [ "$int3_retried" != "$name" ] \
-      && int3=$(tr -d '\r' < "$run/console.log" | grep -m1 -oE 'Oops: int3[^[]*'); then
+      && int3=$(e2e_tcg_int3_death "$run/console.log"); then
     int3_retried=$name
     e2e_log "$name: the guest kernel died of '$int3' (TCG's live-patching race, not the scenario); running it again"
     rm -rf "$run.int3"

@@ -137,7 +137,7 @@ k8s_make_node_disk "$K8S_RUN/disk.img"
       e2e_boot "$K8S_RUN" "${K8S_TIMEOUT:-3600}" "$verbose" 1 ""
     echo "boot $boot: rc=${E2E_GUEST_RC:-none} ${E2E_BOOT_PROBLEM:-} (${E2E_BOOT_SECS}s)" >> "$share/boots"
     if [ "$kernel_retry" = 0 ] && [ ! -f "$share/stop" ] && [ ! -f "$share/scenarios-started" ] \
-        && died=$(tr -d '\r' < "$K8S_RUN/console.boot.log" | grep -m1 -oE 'Oops: int3[^[]*'); then
+        && died=$(e2e_tcg_int3_death "$K8S_RUN/console.boot.log"); then
       kernel_retry=1
       e2e_log "node: the guest kernel died before the first scenario ($died); fresh node disk, booting again"
       echo "boot $boot: guest kernel died ($died); booting again with a fresh disk" >> "$share/boots"
