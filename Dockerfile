@@ -10,14 +10,16 @@
 ARG BASE=debian:bookworm-slim
 
 # The runtime: the libraries and programs the plugin needs (librbd1 and
-# librados2 are loaded on the first RBD connection, ublk/rbd_api.h). Also the base of
-# `scripts/build-image.sh --binaries DIR` (an image of binaries built outside).
+# librados2 are loaded on the first RBD connection, ublk/rbd_api.h). gRPC,
+# protobuf, abseil and liburing are linked into the binaries (STATIC_DEPS,
+# cmake/StaticDeps.cmake). Also the base of `scripts/build-image.sh
+# --binaries DIR` (an image of binaries built outside, in a tree configured
+# the same way; image-check below refuses binaries that need more).
 FROM ${BASE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends \
-      libgrpc++1.51 libprotobuf32 liburing2 libgoogle-glog0v6 libgflags2.2 \
-      libprometheus-cpp-core1.0 libcivetweb1 libabsl20220623 librbd1 librados2 \
+      libgoogle-glog0v6 libgflags2.2 libprometheus-cpp-core1.0 libcivetweb1 librbd1 librados2 \
       e2fsprogs xfsprogs util-linux mount kmod \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man/*
@@ -30,6 +32,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 COPY scripts/install-deps.sh /src/scripts/install-deps.sh
 RUN /src/scripts/install-deps.sh --build-only && rm -rf /var/lib/apt/lists/*
 COPY CMakeLists.txt /src/
+COPY cmake /src/cmake
 COPY proto /src/proto
 COPY ublk /src/ublk
 COPY csi /src/csi

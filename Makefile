@@ -23,7 +23,11 @@ build: deps
 	@ninja -C $(BUILD)
 
 # The programs alone (ublk-csi, ublk-csi-ctl, ublk-tool): what the guest
-# scenarios, the demo and the image need, without compiling the tests.
+# scenarios, the demo and the image need, without compiling the tests. The
+# plain tree links gRPC, protobuf, abseil and liburing statically
+# (STATIC_DEPS, cmake/StaticDeps.cmake: a process start in the guest is on
+# the path of every recovery); the sanitizer and clang trees, which only run
+# tests, keep the shared objects.
 BINS := ublk-csi ublk-csi-ctl ublk-tool
 build-bins: deps
 	@$(CONFIGURE_PLAIN)
@@ -38,7 +42,7 @@ build-bins: deps
 build-asan: deps
 	@grep -qs 'FUZZ:BOOL=ON' $(ASAN_BUILD)/CMakeCache.txt || rm -rf $(ASAN_BUILD)
 	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
-	  -DCMAKE_C_FLAGS_DEBUG="-O0 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g" -DFUZZ=ON >/dev/null
+	  -DCMAKE_C_FLAGS_DEBUG="-O0 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O0 -g" -DFUZZ=ON -DSTATIC_DEPS=OFF >/dev/null
 	@ninja -C $(ASAN_BUILD)
 
 # The TSan tree is built with clang-14, so the same compile also checks every
@@ -48,7 +52,7 @@ build-asan: deps
 build-tsan: deps
 	@grep -qs 'CMAKE_CXX_COMPILER:.*clang++-14' $(TSAN_BUILD)/CMakeCache.txt || rm -rf $(TSAN_BUILD)
 	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
-	  -DCMAKE_C_FLAGS_DEBUG="-O1 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DSANITIZE=thread >/dev/null
+	  -DCMAKE_C_FLAGS_DEBUG="-O1 -g" -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" -DSANITIZE=thread -DSTATIC_DEPS=OFF >/dev/null
 	@ninja -C $(TSAN_BUILD)
 
 unit-test: build
@@ -109,7 +113,7 @@ clean:
 .PHONY: thread-safety-check format-check fuzz
 thread-safety-check: deps
 	@CC=clang-14 CXX=clang++-14 cmake -S . -B $(CLANG_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
-	  -DCMAKE_C_FLAGS_DEBUG=-O0 -DCMAKE_CXX_FLAGS_DEBUG=-O0 >/dev/null
+	  -DCMAKE_C_FLAGS_DEBUG=-O0 -DCMAKE_CXX_FLAGS_DEBUG=-O0 -DSTATIC_DEPS=OFF >/dev/null
 	@ninja -C $(CLANG_BUILD)
 
 format-check: deps

@@ -52,6 +52,23 @@ TEST(PluginLinkTest, TheBinariesDoNotLinkCeph) {
   }
 }
 
+// With STATIC_DEPS (the plain tree, the image) gRPC, protobuf, abseil and
+// liburing are in the binaries: in the guest the dynamic loader's work on
+// their ~50 shared objects was most of a restarted plugin's start
+// (cmake/StaticDeps.cmake). The trees that keep them shared skip this.
+TEST(PluginLinkTest, StaticDepsLeaveOnlyTheSharedObjectsDebianHasNoArchiveFor) {
+  if (!UBLK_CSI_STATIC_DEPS) GTEST_SKIP() << "built with -DSTATIC_DEPS=OFF";
+  for (const std::string& bin : {Plugin(), Ctl()}) {
+    ublk_test::RunResult r = ublk_test::Run({"/usr/bin/readelf", "-d", bin});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    ASSERT_THAT(r.output, HasSubstr("[libglog.so")) << bin;
+    for (const char* lib : {"libgrpc", "libgpr", "libprotobuf", "libabsl", "liburing", "libre2",
+                            "libssl", "libcrypto", "libcares", "libupb"}) {
+      EXPECT_THAT(r.output, Not(HasSubstr(absl::StrCat("[", lib)))) << bin << " needs " << lib;
+    }
+  }
+}
+
 TEST_F(PluginBinaryTest, BadFlagsFailWithClearMessages) {
   std::string sock = dir_.path() + "/csi.sock";
   struct Case {

@@ -288,7 +288,9 @@ std::pair<int, int> WriteAndReadBack(FakeKernel& kernel, uint32_t dev_id) {
   for (int i = 0; i < 16; ++i) {
     auto res = kernel.Wait(writes[i], absl::Seconds(10));
     EXPECT_TRUE(res.ok()) << res.status();
-    if (res.ok()) EXPECT_EQ(res->result, static_cast<int32_t>(sizes[i % 4]));
+    if (res.ok()) {
+      EXPECT_EQ(res->result, static_cast<int32_t>(sizes[i % 4]));
+    }
   }
   std::vector<std::shared_ptr<FakeKernel::Request>> reads;
   for (int i = 0; i < 16; ++i) {
@@ -297,7 +299,9 @@ std::pair<int, int> WriteAndReadBack(FakeKernel& kernel, uint32_t dev_id) {
   for (int i = 0; i < 16; ++i) {
     auto res = kernel.Wait(reads[i], absl::Seconds(10));
     EXPECT_TRUE(res.ok()) << res.status();
-    if (res.ok()) EXPECT_TRUE(res->data == Pattern(sizes[i % 4], i)) << "block " << i;
+    if (res.ok()) {
+      EXPECT_TRUE(res->data == Pattern(sizes[i % 4], i)) << "block " << i;
+    }
   }
   return {kernel.user_copies_on_ring(), kernel.user_copies_sync()};
 }
@@ -352,7 +356,9 @@ TEST_P(WorkerTest, NullTargetWithUntouchedReadsCopiesNothing) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->result, 128 * 1024);
   EXPECT_EQ(kernel_.user_copies_on_ring() + kernel_.user_copies_sync(), 0);
-  if (GetParam() == CopyMode::kGetData) EXPECT_EQ(r->data, std::string(128 * 1024, '\0'));
+  if (GetParam() == CopyMode::kGetData) {
+    EXPECT_EQ(r->data, std::string(128 * 1024, '\0'));
+  }
   EXPECT_FALSE(w->buffer_pool_touched());
   ASSERT_TRUE(e->Stop().ok());
   ASSERT_TRUE(e->Delete().ok());
