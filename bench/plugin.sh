@@ -52,12 +52,17 @@ pb_start() {
 # pb_floor: what exec + dynamic loading + static init of the plugin binary
 # cost in this guest before any of its own work (`ublk-csi --version`, 5
 # runs), and the same for /bin/true: the floor under the recovery times.
+# With PLUGIN_ALT_BIN, that binary's --version too (alt-ublk-csi--version).
 pb_floor() {
   local i t0 what
-  for what in ublk-csi--version true; do
+  for what in ublk-csi--version ${PLUGIN_ALT_BIN:+alt-ublk-csi--version} true; do
     for i in 1 2 3 4 5; do
       t0=$EPOCHREALTIME
-      if [ "$what" = true ]; then /bin/true; else "$PB_PLUGIN" --version; fi > /dev/null 2>&1
+      case $what in
+        true) /bin/true ;;
+        alt-*) "$PLUGIN_ALT_BIN" --version ;;
+        *) "$PB_PLUGIN" --version ;;
+      esac > /dev/null 2>&1
       printf '%s\t%s\t%s\n' "$what" "$i" \
         "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", (b - a) * 1000}')"
     done
