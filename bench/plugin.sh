@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # bench/plugin.sh: the plugin half of `make bench`, run by bench/guest.sh in
 # the same guest boot after the data-path runs. One ublk-csi process (real
-# ublk backend, 2 workers, the default 64 MiB node-wide buffer-pool budget)
+# ublk backend, the default worker count (one per CPU, at least 4: 4 in the
+# 2-vCPU guest) and the default 64 MiB node-wide buffer-pool budget)
 # serves every volume. Measures:
 #   - memory (VmRSS, VmHWM; ublk_csi_buffer_pool_bytes and slots in use from
 #     /metrics) with 1, 16, 64, 66 and 256 idle block exports, and with fio
@@ -146,8 +147,8 @@ pb_io() {
 }
 
 # The I/O in flight: 1 x 4k (QD1), 32 x 128 KiB on one export (one worker),
-# 8 exports x 32 x 128 KiB (both workers: up to 256 I/Os of 128 KiB, the
-# whole pool of 2 x 256 slots).
+# 8 exports x 32 x 128 KiB (spread over the workers: up to 256 I/Os of 128
+# KiB, half the node-wide 512 slots).
 pb_io_set() {
   pb_io qd1-4k 1 randread 4k 1
   pb_io qd32-128k 1 randread 128k 32
@@ -281,7 +282,7 @@ plugin_bench() {
   PB_IO_S=${PB_IO_S:-5}
   PB_EXPORTS=0
   # shellcheck disable=SC2206 # PLUGIN_EXTRA_ARGS (guest.sh): flags, split on spaces
-  PB_ARGS=(--node-id=bench --backend=ublk --mounter=real --workers=2
+  PB_ARGS=(--node-id=bench --backend=ublk --mounter=real
     --recovery-concurrency=8 --overcommit-ratio=8 ${PLUGIN_EXTRA_ARGS:-})
   mkdir -p "$PB_OUT" "$PB_WORK/data" "$PB_WORK/paths"
   mkfifo "$PB_FIFO"
@@ -299,7 +300,7 @@ plugin_bench() {
   echo "plugin_alt_bin=${PLUGIN_ALT_BIN:-}" >> "$1/guest.txt"
   e2e_step "plugin: the floor (exec of ublk-csi --version, of /bin/true)"
   pb_floor
-  e2e_step "plugin: start ublk-csi (2 workers, default pool budget)"
+  e2e_step "plugin: start ublk-csi (default workers and pool budget)"
   pb_start
   pb_ready 60 || { e2e_check_failed "plugin not ready: $(tail -5 "$PB_OUT/plugin.log")"; return 1; }
   pb_mem idle 0 - - -

@@ -294,9 +294,10 @@ def plugin_section(raw, w, guest):
     mib = lambda kb: "-" if kb in (None, "", "-") else f"{float(kb) / 1024:.1f}"
     w("## The plugin: memory, recovery, control plane")
     w("")
-    w(f"One `ublk-csi` process (`{guest.get('plugin_args', '--backend=ublk --workers=2 --recovery-concurrency=8')}`, the")
-    w("default node-wide buffer-pool budget of 64 MiB, i.e. 32 MiB = 256 slots x 128 KiB per")
-    w("worker, mapped lazily on a worker's first copy-mode I/O) serves every volume: 16 MiB")
+    w(f"One `ublk-csi` process (`{guest.get('plugin_args', '--backend=ublk --recovery-concurrency=8')}`, the")
+    w("default worker count unless the flags say otherwise (one per CPU, at least 4), the")
+    w("default node-wide buffer-pool budget of 64 MiB split over the workers (128 KiB slots,")
+    w("mapped lazily on a worker's first copy-mode I/O)) serves every volume: 16 MiB")
     w("block volumes on the guest's tmpfs, made by `ublk-csi-ctl bench` (CreateVolume,")
     w("NodeStageVolume, NodePublishVolume). Copy mode: the plugin's automatic choice.")
     w(f"Guest time of this part: {guest.get('plugin_seconds', '?')} s.")

@@ -103,7 +103,9 @@ DEFINE_double(overcommit_ratio, 1.0,
               "thin provisioning: volume sizes admitted per byte of data-dir capacity (free + "
               "used by volumes); 1 = never promise more than the disk holds; a StorageClass "
               "parameter overcommitRatio overrides it per class");
-DEFINE_int32(workers, 0, "ublk worker threads shared by all exports; 0 = one per CPU");
+DEFINE_int32(workers, 0,
+             "ublk worker threads shared by all exports; 0 = one per CPU, at least 4 (a killed "
+             "server's devices are released per worker: more workers, faster recovery)");
 DEFINE_int32(queue_depth, 64,
              "requests in flight per ublk queue of a new export (1..4096); a recovered export "
              "keeps the depth it was created with");

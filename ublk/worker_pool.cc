@@ -44,10 +44,11 @@ absl::StatusOr<BufferPoolOptions> WorkerPoolOptions::BufferPoolFor(int workers) 
 WorkerPool::WorkerPool() = default;
 
 namespace {
-// worker_count, or one per CPU for 0.
+// worker_count, or for 0 one per CPU and at least kMinDefaultWorkers.
 int WorkerCount(const WorkerPoolOptions& options) {
   if (options.worker_count > 0) return options.worker_count;
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return static_cast<int>(
+      std::max(static_cast<unsigned>(kMinDefaultWorkers), std::thread::hardware_concurrency()));
 }
 }  // namespace
 

@@ -111,11 +111,12 @@ class WorkerPoolTest : public ::testing::Test {
   std::string dir_;
 };
 
-TEST_F(WorkerPoolTest, DefaultIsOneWorkerPerCpuAndMapsNothingAtStart) {
+TEST_F(WorkerPoolTest, DefaultIsOneWorkerPerCpuAtLeastFourAndMapsNothingAtStart) {
   prometheus::Registry registry;
   auto pool = MakePool(Options(0), &registry);
   ASSERT_NE(pool, nullptr);
-  EXPECT_EQ(pool->size(), std::max(1u, std::thread::hardware_concurrency()));
+  EXPECT_EQ(pool->size(), std::max(4u, std::thread::hardware_concurrency()));
+  EXPECT_GE(pool->size(), static_cast<size_t>(kMinDefaultWorkers));
   // The incident: pools committed at worker start. Here nothing is touched.
   EXPECT_EQ(memory_.map_calls(), 0);
   EXPECT_EQ(memory_.heap_calls(), 0);
