@@ -9,9 +9,11 @@
 #
 # How: every imported target found so far that names lib<name>.so* (its
 # location) or lib<name>.so, <name> or -l<name> (an INTERFACE target's link
-# items, as pkg-config's targets and gRPC's Findre2 make them) is pointed at lib<name>.a where the
-# package ships one; the packages' CMake files already list each target's
-# dependencies, so the archives come in the order the linker needs.
+# items, as pkg-config's targets and gRPC's Findre2 make them) is pointed at
+# lib<name>.a where the package ships one (GoogleTest and Google Benchmark
+# too, for the tests of this tree); the packages' CMake files already list
+# each target's dependencies, so the archives come in the order the linker
+# needs.
 
 # glog and gflags stay shared: glog's archive needs libunwind, whose archive
 # is not position-independent (a PIE cannot take it), and glog's shared
