@@ -41,6 +41,10 @@ mount -o remount,barrier=0 "$E2E_DATA_DIR" 2>/dev/null || echo "note: $E2E_DATA_
 FLAGS=(--node-id=e2e --endpoint="unix://$SOCK" --data-dir="$DATA"
        --metrics-address="$METRICS" --backend=ublk --mounter=real --workers=2
        --recovery-concurrency=8 --copy_mode=user_copy --overcommit-ratio=8)
+# More flags, later ones win (E2E_ENV="EXTRA_FLAGS=--recovery-concurrency=32"):
+# a change of a default checked against the limit before it is made.
+# shellcheck disable=SC2206 # EXTRA_FLAGS: flags, split on spaces
+FLAGS+=(${EXTRA_FLAGS:-})
 # Runs the plugin as a member of $CG from its first instruction on.
 in_cgroup() { sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" "$PLUGIN" "${FLAGS[@]}"; }
 plugin_pid() { head -1 "$CG/cgroup.procs" 2>/dev/null; }
