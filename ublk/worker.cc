@@ -690,14 +690,14 @@ void Worker::Commit(Queue& q, uint16_t tag, int32_t result) {
 void Worker::CommitNow(Queue& q, uint16_t tag, int32_t result) {
   TagState& t = q.tags[tag];
   void* buf = nullptr;
-  void* const data = ReadData(t);
-  t.zero_read = false;
   if (t.io.op == UBLK_IO_OP_READ && q.mode == CopyMode::kGetData) {
     // Get-data: the kernel refuses a READ commit without an address even
     // when it copies nothing (error or empty result).
     static uint64_t no_data;
+    void* const data = ReadData(t);
     buf = data != nullptr ? data : &no_data;
   }
+  t.zero_read = false;
   // Counted before the commit: the fake kernel completes the request inside
   // PrepCommitAndFetch, and a reader woken by it must see the count.
   completed_ios_.fetch_add(1, std::memory_order_relaxed);

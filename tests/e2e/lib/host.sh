@@ -433,7 +433,6 @@ e2e_prepare() {
     || E2E_PREPARE_RC=$?
 }
 
-# Prints "value" of a "# e2e-KEY: value" header line of a scenario file.
 # e2e_tcg_int3_death CONSOLE_LOG: prints the "Oops: int3 ..." line and
 # succeeds if the guest kernel died of it: an int3 of the kernel's live text
 # patching (text_poke_bp at a static-key site) hit on the other vCPU under
@@ -443,6 +442,7 @@ e2e_tcg_int3_death() {
   tr -d '\r' < "$1" 2>/dev/null | grep -m1 -oE 'Oops: int3[^[]*'
 }
 
+# Prints "value" of a "# e2e-KEY: value" header line of a scenario file.
 e2e_header() { # $1 = file, $2 = key
   sed -n "s/^# e2e-$2:[[:space:]]*//p" "$1" | head -1
 }
