@@ -283,7 +283,7 @@ plugin_bench() {
   PB_EXPORTS=0
   # shellcheck disable=SC2206 # PLUGIN_EXTRA_ARGS (guest.sh): flags, split on spaces
   PB_ARGS=(--node-id=bench --backend=ublk --mounter=real
-    --recovery-concurrency=8 --overcommit-ratio=8 ${PLUGIN_EXTRA_ARGS:-})
+    --overcommit-ratio=8 ${PLUGIN_EXTRA_ARGS:-})
   mkdir -p "$PB_OUT" "$PB_WORK/data" "$PB_WORK/paths"
   mkfifo "$PB_FIFO"
   if [ ! -x "$PB_PLUGIN" ] || [ ! -x "${PB_CTL[0]}" ]; then

@@ -294,7 +294,7 @@ def plugin_section(raw, w, guest):
     mib = lambda kb: "-" if kb in (None, "", "-") else f"{float(kb) / 1024:.1f}"
     w("## The plugin: memory, recovery, control plane")
     w("")
-    w(f"One `ublk-csi` process (`{guest.get('plugin_args', '--backend=ublk --recovery-concurrency=8')}`, the")
+    w(f"One `ublk-csi` process (`{guest.get('plugin_args', '--backend=ublk')}`, the")
     w("default worker count unless the flags say otherwise (one per CPU, at least 4), the")
     w("default node-wide buffer-pool budget of 64 MiB split over the workers (128 KiB slots,")
     w("mapped lazily on a worker's first copy-mode I/O)) serves every volume: 16 MiB")

@@ -118,7 +118,7 @@ DEFINE_int32(fault_injection_fail_buffer_pool_mmap_seconds, 0,
 DEFINE_string(memory_limit, "",
               "memory the plugin keeps under (e.g. 256Mi); empty = its cgroup's memory.max/high");
 DEFINE_string(memory_headroom, "8Mi", "kept free below the limit: I/O buffers beyond it wait");
-DEFINE_int32(recovery_concurrency, 8,
+DEFINE_int32(recovery_concurrency, ublk_csi::kDefaultRecoveryConcurrency,
              "volumes whose exports are re-attached or re-created at once after a start");
 
 DEFINE_string(emulate_kernel, "none",

@@ -40,11 +40,18 @@ class Family;
 
 namespace ublk_csi {
 
+// --recovery-concurrency's default. 32 rather than 8: on 7.x, where each
+// re-attach waits longer on the kernel, 256 volumes serve again 0.2-0.4 s
+// sooner after kill -9 (bench/README.md, sessions 11-12); on 6.12 it costs
+// nothing, and under a cgroup limit the budget still drops it to
+// tight_concurrency.
+inline constexpr int kDefaultRecoveryConcurrency = 32;
+
 struct RecoveryOptions {
   // Volumes recovered at once. Each one holds a worker assignment and, while
   // it re-attaches, kernel commands in flight: memory grows with this, not
   // with the number of volumes.
-  int concurrency = 8;
+  int concurrency = kDefaultRecoveryConcurrency;
   // A volume whose lock is held by a concurrent call (ABORTED) is tried again
   // every `busy_retry_interval` for at most `busy_retry_for`, then failed.
   absl::Duration busy_retry_interval = absl::Milliseconds(20);

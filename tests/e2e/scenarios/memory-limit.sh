@@ -40,8 +40,9 @@ mkdir -p "$WORK" "$DATA"
 mount -o remount,barrier=0 "$E2E_DATA_DIR" 2>/dev/null || echo "note: $E2E_DATA_DIR keeps its cache flushes"
 FLAGS=(--node-id=e2e --endpoint="unix://$SOCK" --data-dir="$DATA"
        --metrics-address="$METRICS" --backend=ublk --mounter=real --workers=2
-       --recovery-concurrency=8 --copy_mode=user_copy --overcommit-ratio=8)
-# More flags, later ones win (E2E_ENV="EXTRA_FLAGS=--recovery-concurrency=32"):
+       --copy_mode=user_copy --overcommit-ratio=8)
+# The default --recovery-concurrency (32): the limit must hold with it.
+# More flags, later ones win (E2E_ENV="EXTRA_FLAGS=--recovery-concurrency=64"):
 # a change of a default checked against the limit before it is made.
 # shellcheck disable=SC2206 # EXTRA_FLAGS: flags, split on spaces
 FLAGS+=(${EXTRA_FLAGS:-})
