@@ -6,18 +6,20 @@
 #   rbd-nbd   librbd in the rbd-nbd daemon over the nbd driver (what
 #             ceph-csi's rbd-nbd mounter runs); its process is sampled as
 #             the "server" (CPU and context switches per I/O, RSS)
-#   ublk-*    the project's RBD target, added by rbd_bench_ublk_hook below
-#             once ublk-tool has one.
+#   ublk-*    the project's RBD target (ublk-tool serve --target=rbd, user
+#             copy: librbd needs user memory), rbd_bench_ublk_hook below
 # The image is written in full through krbd first (no run reads holes: an
 # absent RADOS object answers reads without touching the store). The devices
 # are mapped side by side on the one image; fio runs on one at a time
 # (stonewall). With exclusive-lock (on by default) the lock moves to a
 # device's client on that device's first write; the counters leave out each
 # job's first 1.5 s.
-# librbd's cache is off (BENCH_RBD_CACHE=true turns it on): krbd has none and
-# fio runs with O_DIRECT, so the rows compare the data paths.
-# Sourced by guest.sh after lib.sh; uses its prepare_dev, DEVICES, SRV_PIDS,
-# SERVERS, OUT, SIZE_MIB.
+# librbd's cache is off (BENCH_RBD_CACHE=true turns it on for rbd-nbd; the
+# ublk target keeps its own default, off): krbd has none and fio runs with
+# O_DIRECT, so the rows compare the data paths.
+# Sourced by guest.sh after lib.sh; uses its prepare_dev, start_ublk,
+# finish_ublks, DEVICES, SRV_PIDS, SERVERS, OUT, SIZE_MIB, COPY_MODES,
+# MODES_RUN.
 # shellcheck source=SCRIPTDIR/../tests/e2e/lib/ceph.sh
 . "$SRC_DIR/tests/e2e/lib/ceph.sh"
 
@@ -40,21 +42,44 @@ rbd_bench_add_device() {
   fi
 }
 
-# rbd_bench_ublk_hook POOL IMAGE: adds the ublk-csi RBD target's rows. Empty
-# here (this branch predates the target); with the engine's flags as
-# tests/e2e/scenarios/rbd-engine.sh uses them, per copy mode:
-#   (umask 077; printf '%s\n' "$CEPH_KEY" > "$E2E_SCRATCH/rbd.key")
-#   for m in $COPY_MODES; do
-#     start_ublk rbd "ublk-$m" "$m" --target=rbd --rbd_mon_host="$CEPH_MON_HOST" \
-#       --rbd_user="$CEPH_USER" --rbd_key_file="$E2E_SCRATCH/rbd.key" \
-#       --rbd_pool="$1" --rbd_image="$2"
-#   done; finish_ublks
-# (start_ublk/finish_ublks of guest.sh put the export in group rbd with its
-# server sampled), or rbd_bench_add_device "ublk-rbd" DEV PID for a device
-# served some other way. Defined here only if no one defined it before.
+# rbd_bench_ublk_hook POOL IMAGE: the project's RBD target (ublk-tool serve
+# --target=rbd, the flags of tests/e2e/scenarios/rbd-engine.sh) on the same
+# image, one export per copy mode, started by guest.sh's start_ublk (1 queue,
+# depth 64, its server sampled like every ublk row). User copy only by
+# default: librbd reads into and writes from plain user memory, so the
+# target refuses zero copy (ublk/rbd_target.h; CopyModeFor() gives user copy
+# on 6.12 and 7.x, as the plugin would); BENCH_MODES naming other modes adds
+# them (zero_copy is dropped: it would be a second user-copy row). The
+# target sets its own librbd options (rbd_cache off, ublk/rbd_cluster.cc)
+# and reads no ceph.conf: BENCH_RBD_CACHE=true does not reach it.
+# Defined here only if no one defined it before (a caller may serve the
+# image some other way and add it with rbd_bench_add_device).
 if ! declare -F rbd_bench_ublk_hook >/dev/null; then
   rbd_bench_ublk_hook() {
-    echo "rbd: no ublk RBD target rows (rbd_bench_ublk_hook in bench/rbd.sh is empty)" | tee -a "$OUT/guest.txt"
+    local m modes=user_copy key=$E2E_SCRATCH/rbd-bench.key log got
+    if [ "$MODES_RUN" != all ]; then
+      modes=
+      for m in $COPY_MODES; do [ "$m" = zero_copy ] || modes="$modes $m"; done
+    fi
+    [ -n "${modes// /}" ] || { echo "rbd: no copy mode for the ublk RBD target in '$MODES_RUN'" | tee -a "$OUT/guest.txt"; return; }
+    e2e_step "rbd: ublk RBD target ($modes )"
+    (umask 077; printf '%s\n' "$CEPH_KEY" > "$key")
+    for m in $modes; do
+      start_ublk rbd "ublk-$m" "$m" --target=rbd --rbd_mon_host="$CEPH_MON_HOST" \
+        --rbd_user="$CEPH_USER" --rbd_key_file="$key" --rbd_pool="$1" --rbd_image="$2"
+    done
+    finish_ublks
+    # The copy mode the export really got (READY line), and no key in the log.
+    for m in $modes; do
+      log=$E2E_SCRATCH/serve-rbd-ublk-$m.log
+      got=$(sed -n 's/^READY .* copy_mode=\([a-z_]*\).*/\1/p' "$log" 2>/dev/null | head -1)
+      echo "rbd_ublk_$m=$got" >> "$OUT/guest.txt"
+      [ -z "$got" ] || [ "$got" = "${m%_ring}" ] \
+        || e2e_check_failed "rbd: ublk-$m was served with copy_mode=$got"
+      if grep -qF "$CEPH_KEY" "$log" 2>/dev/null; then
+        e2e_check_failed "rbd: the cephx key appears in $log"
+      fi
+    done
   }
 fi
 
@@ -70,7 +95,7 @@ rbd_bench_setup() {
     echo "rbd_ceph_version=$(ceph-osd --version 2>/dev/null | head -1)"
     echo "rbd_cache=$cache"
   } >> "$OUT/guest.txt"
-  # librbd clients (rbd-nbd, the ublk target) read [client] of the config.
+  # rbd-nbd reads [client] of the config (the ublk target reads no config).
   printf '\n[client]\nrbd_cache = %s\n' "$cache" >> "$CEPH_CONF"
   rbd create --size "${SIZE_MIB}M" "$CEPH_POOL/$RBD_BENCH_IMAGE" \
     || { e2e_check_failed "rbd: rbd create failed"; return 1; }

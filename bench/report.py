@@ -517,7 +517,8 @@ def write_profile(raw, out, host, guest):
 
 def rbd_section(runs, guest, w):
     """The rbd group (BENCH_GROUPS=rbd, bench/rbd.sh): every device that served
-    the one RBD image (rbd-nbd, the ublk RBD target) against krbd."""
+    the one RBD image (rbd-nbd, the ublk RBD target) against krbd, and each
+    ublk row against rbd-nbd (the other librbd client) where both ran."""
     devs = sorted({r["device"] for r in runs if r["group"] == "rbd"} - {"krbd"})
     if not devs or not any(r["group"] == "rbd" and r["device"] == "krbd" for r in runs):
         return
@@ -533,8 +534,8 @@ def rbd_section(runs, guest, w):
       "paths under one emulated CPU budget, not a networked cluster.")
     w("")
     w("| workload | device | metric | r1 | r2 | krbd r1 | krbd r2 | ratio to krbd | r1 / r2 "
-      "| client CPU µs/I/O | guest CPU µs/I/O (device / krbd) |")
-    w("|---|---|---|--:|--:|--:|--:|--:|---|--:|---|")
+      "| ratio to rbd-nbd (r1 / r2) | client CPU µs/I/O | guest CPU µs/I/O (device / krbd) |")
+    w("|---|---|---|--:|--:|--:|--:|--:|---|--:|--:|---|")
     for wl in WORKLOADS:
         metric = "mibs" if "128k" in wl else "iops"
         b = pick(runs, "rbd", "krbd", wl)
@@ -553,12 +554,26 @@ def rbd_section(runs, guest, w):
             srv = [r["srv_cpu_us_per_io"] for r in u if r.get("srv_cpu_us_per_io") is not None]
             gu = [r["guest_cpu_us_per_io"] for r in u if r.get("guest_cpu_us_per_io") is not None]
             gb = [r["guest_cpu_us_per_io"] for r in b if r.get("guest_cpu_us_per_io") is not None]
+            nbd = pick(runs, "rbd", "rbd-nbd", wl) if dev.startswith("ublk-") else []
+            nmean = statistics.mean(r[metric] for r in nbd) if nbd else 0
+            if nmean:
+                nper = [ur[metric] / nr[metric] if nr[metric] else 0
+                        for ur, nr in zip(u, nbd) if ur["repeat"] == nr["repeat"]]
+                vs_nbd = (f"{umean / nmean:.2f}x ("
+                          + " / ".join(f"{p:.2f}" for p in nper) + ")")
+            else:
+                vs_nbd = "-"
             w(f"| {wl} | {dev} | {'MiB/s' if metric == 'mibs' else 'IOPS'} | "
               + " | ".join(fmt(r[metric], d) for r in u[:2]) + " |" * (2 - len(u[:2]))
               + " | " + " | ".join(fmt(r[metric], d) for r in b[:2]) + " |" * (2 - len(b[:2]))
               + f" | {ratio:.2f}x | " + " / ".join(f"{p:.2f}" for p in per)
+              + f" | {vs_nbd}"
               + f" | {fmt(statistics.mean(srv), 0) if srv else '-'}"
               + f" | {fmt(statistics.mean(gu), 0) if gu else '-'} / {fmt(statistics.mean(gb), 0) if gb else '-'} |")
+    w("")
+    w("ratio = mean(device) / mean(krbd); ratio to rbd-nbd = mean(ublk) / mean(rbd-nbd), for "
+      "the ublk rows. The ublk RBD target serves in user copy: librbd reads and writes plain "
+      "user memory, so the target takes no zero copy (ublk/rbd_target.h).")
     w("")
     w("client CPU = the serving process (rbd-nbd, ublk-tool): utime+stime per I/O; krbd "
       "works in the kernel (only the guest CPU column covers it). The OSD's CPU is in the "
