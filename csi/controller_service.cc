@@ -7,19 +7,24 @@ namespace ublk_csi {
 grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
                                              const csi::v1::CreateVolumeRequest* req,
                                              csi::v1::CreateVolumeResponse* resp) {
-  return ToGrpcReply(manager_->CreateVolume(*req), resp);
+  return ToGrpcReplyIf(
+      CheckDriverParameters(driver_, req->parameters(), "parameters"),
+      [&] { return manager_->CreateVolume(*req); }, resp);
 }
 
 grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
                                              const csi::v1::DeleteVolumeRequest* req,
                                              csi::v1::DeleteVolumeResponse* resp) {
-  return ToGrpcReply(manager_->DeleteVolume(*req), resp);
+  return ToGrpcReplyIf(
+      Serves(req->volume_id(), "volume_id"), [&] { return manager_->DeleteVolume(*req); }, resp);
 }
 
 grpc::Status ControllerService::ValidateVolumeCapabilities(
     grpc::ServerContext*, const csi::v1::ValidateVolumeCapabilitiesRequest* req,
     csi::v1::ValidateVolumeCapabilitiesResponse* resp) {
-  return ToGrpcReply(manager_->ValidateVolumeCapabilities(*req), resp);
+  return ToGrpcReplyIf(
+      Serves(req->volume_id(), "volume_id"),
+      [&] { return manager_->ValidateVolumeCapabilities(*req); }, resp);
 }
 
 grpc::Status ControllerService::ListVolumes(grpc::ServerContext*,
@@ -31,16 +36,27 @@ grpc::Status ControllerService::ListVolumes(grpc::ServerContext*,
 grpc::Status ControllerService::GetCapacity(grpc::ServerContext*,
                                             const csi::v1::GetCapacityRequest* req,
                                             csi::v1::GetCapacityResponse* resp) {
-  return ToGrpcReply(manager_->GetCapacity(*req), resp);
+  return ToGrpcReplyIf(
+      CheckDriverParameters(driver_, req->parameters(), "parameters"),
+      [&] { return manager_->GetCapacity(*req); }, resp);
 }
 
 grpc::Status ControllerService::ControllerGetCapabilities(
     grpc::ServerContext*, const csi::v1::ControllerGetCapabilitiesRequest*,
     csi::v1::ControllerGetCapabilitiesResponse* resp) {
   using Rpc = csi::v1::ControllerServiceCapability::RPC;
-  for (Rpc::Type t : {Rpc::CREATE_DELETE_VOLUME, Rpc::LIST_VOLUMES, Rpc::GET_CAPACITY,
-                      Rpc::CREATE_DELETE_SNAPSHOT, Rpc::LIST_SNAPSHOTS, Rpc::CLONE_VOLUME,
-                      Rpc::EXPAND_VOLUME, Rpc::VOLUME_CONDITION, Rpc::SINGLE_NODE_MULTI_WRITER}) {
+  // The central RBD controller tracks no capacity (the Ceph pool's is not
+  // per node), lists no volumes and knows no volume's condition (the nodes
+  // serve them); it attaches nothing (no PUBLISH_UNPUBLISH: the node stages
+  // the image itself, under its lock).
+  const std::initializer_list<Rpc::Type> rbd = {
+      Rpc::CREATE_DELETE_VOLUME, Rpc::CREATE_DELETE_SNAPSHOT, Rpc::LIST_SNAPSHOTS,
+      Rpc::CLONE_VOLUME,         Rpc::EXPAND_VOLUME,          Rpc::SINGLE_NODE_MULTI_WRITER};
+  const std::initializer_list<Rpc::Type> node_local = {
+      Rpc::CREATE_DELETE_VOLUME,   Rpc::LIST_VOLUMES,     Rpc::GET_CAPACITY,
+      Rpc::CREATE_DELETE_SNAPSHOT, Rpc::LIST_SNAPSHOTS,   Rpc::CLONE_VOLUME,
+      Rpc::EXPAND_VOLUME,          Rpc::VOLUME_CONDITION, Rpc::SINGLE_NODE_MULTI_WRITER};
+  for (Rpc::Type t : driver_ == Driver::kRbd ? rbd : node_local) {
     resp->add_capabilities()->mutable_rpc()->set_type(t);
   }
   return grpc::Status::OK;
@@ -49,7 +65,9 @@ grpc::Status ControllerService::ControllerGetCapabilities(
 grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
                                                const csi::v1::CreateSnapshotRequest* req,
                                                csi::v1::CreateSnapshotResponse* resp) {
-  return ToGrpcReply(manager_->CreateSnapshot(*req), resp);
+  return ToGrpcReplyIf(
+      Serves(req->source_volume_id(), "source_volume_id"),
+      [&] { return manager_->CreateSnapshot(*req); }, resp);
 }
 
 grpc::Status ControllerService::DeleteSnapshot(grpc::ServerContext*,
@@ -67,7 +85,9 @@ grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
 grpc::Status ControllerService::ControllerExpandVolume(
     grpc::ServerContext*, const csi::v1::ControllerExpandVolumeRequest* req,
     csi::v1::ControllerExpandVolumeResponse* resp) {
-  return ToGrpcReply(manager_->ControllerExpandVolume(*req), resp);
+  return ToGrpcReplyIf(
+      Serves(req->volume_id(), "volume_id"), [&] { return manager_->ControllerExpandVolume(*req); },
+      resp);
 }
 
 }  // namespace ublk_csi

@@ -1,17 +1,22 @@
 // The CSI Controller service: a thin gRPC face over VolumeManager (which
-// validates and does the work). Node-local: runs in the node plugin, reached
-// by csi-provisioner in distributed mode, csi-resizer and csi-snapshotter.
-// Thread-safe (gRPC calls it from many threads).
+// validates and does the work). As ublk.csi.io (node-local) it runs in the
+// node plugin, reached by csi-provisioner in distributed mode, csi-resizer
+// and csi-snapshotter. As rbd.ublk.csi.io it runs in the controller
+// Deployment (--mode=controller): it refuses volumes and StorageClasses that
+// are not RBD (driver.h) and advertises only what a central controller
+// serves. Thread-safe (gRPC calls it from many threads).
 #pragma once
 
 #include "csi.grpc.pb.h"
+#include "csi/driver.h"
 #include "csi/volume_manager.h"
 
 namespace ublk_csi {
 
 class ControllerService final : public csi::v1::Controller::Service {
  public:
-  explicit ControllerService(VolumeManager* manager) : manager_(manager) {}
+  explicit ControllerService(VolumeManager* manager, Driver driver = Driver::kNodeLocal)
+      : manager_(manager), driver_(driver) {}
 
   grpc::Status CreateVolume(grpc::ServerContext*, const csi::v1::CreateVolumeRequest*,
                             csi::v1::CreateVolumeResponse*) override;
@@ -38,7 +43,12 @@ class ControllerService final : public csi::v1::Controller::Service {
                                       csi::v1::ControllerExpandVolumeResponse*) override;
 
  private:
+  absl::Status Serves(const std::string& volume_id, absl::string_view field) const {
+    return CheckDriverVolume(driver_, volume_id, field);
+  }
+
   VolumeManager* const manager_;
+  const Driver driver_;
 };
 
 }  // namespace ublk_csi

@@ -30,4 +30,13 @@ grpc::Status ToGrpcReply(absl::StatusOr<Resp> result, Resp* out) {
   return grpc::Status::OK;
 }
 
+// As ToGrpcReply, when the call may run at all: `call` (returning the
+// manager's absl::StatusOr<Resp>) runs only if `precondition` is OK, else
+// that error is the reply.
+template <typename Resp, typename Call>
+grpc::Status ToGrpcReplyIf(const absl::Status& precondition, Call call, Resp* out) {
+  if (!precondition.ok()) return ToGrpcStatus(precondition);
+  return ToGrpcReply(call(), out);
+}
+
 }  // namespace ublk_csi

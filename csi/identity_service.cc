@@ -10,7 +10,7 @@ namespace ublk_csi {
 grpc::Status IdentityService::GetPluginInfo(grpc::ServerContext*,
                                             const csi::v1::GetPluginInfoRequest*,
                                             csi::v1::GetPluginInfoResponse* resp) {
-  resp->set_name(kPluginName);
+  resp->set_name(DriverName(driver_));
   resp->set_vendor_version(kVersion);
   return grpc::Status::OK;
 }

@@ -7,11 +7,10 @@
 
 #include "absl/status/status.h"
 #include "csi.grpc.pb.h"
+#include "csi/driver.h"
 #include "csi/health.h"
 
 namespace ublk_csi {
-
-inline constexpr char kPluginName[] = "ublk.csi.io";
 
 struct PluginCapabilities {
   bool controller_service = false;
@@ -24,10 +23,12 @@ class IdentityService final : public csi::v1::Identity::Service {
  public:
   // `liveness`, if set, is asked first by Probe: when it fails, Probe fails
   // (UNAVAILABLE), so the livenessprobe sidecar reports the plugin dead even
-  // over its own long-lived connection.
+  // over its own long-lived connection. `driver` names the plugin in
+  // GetPluginInfo (each endpoint answers for one driver, see driver.h).
   IdentityService(PluginCapabilities caps, const Health* health,
-                  std::function<absl::Status()> liveness = nullptr)
-      : caps_(caps), health_(health), liveness_(std::move(liveness)) {}
+                  std::function<absl::Status()> liveness = nullptr,
+                  Driver driver = Driver::kNodeLocal)
+      : caps_(caps), health_(health), liveness_(std::move(liveness)), driver_(driver) {}
 
   grpc::Status GetPluginInfo(grpc::ServerContext*, const csi::v1::GetPluginInfoRequest*,
                              csi::v1::GetPluginInfoResponse*) override;
@@ -41,6 +42,7 @@ class IdentityService final : public csi::v1::Identity::Service {
   const PluginCapabilities caps_;
   const Health* health_;
   const std::function<absl::Status()> liveness_;
+  const Driver driver_;
 };
 
 }  // namespace ublk_csi

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -26,6 +27,7 @@
 #include "csi/http_server.h"
 #include "csi/identity_service.h"
 #include "csi/liveness.h"
+#include "csi/no_export_backend.h"
 #include "csi/node_service.h"
 #include "csi/plugin_server.h"
 #include "csi/rbd_admin.h"
@@ -53,7 +55,17 @@
 
 DEFINE_string(endpoint, "unix:///csi/csi.sock",
               "CSI endpoint: unix:///absolute/path or tcp://host:port");
-DEFINE_string(node_id, "", "this node's name (Kubernetes node name); required");
+DEFINE_string(mode, "node",
+              "node: the node plugin (DaemonSet): driver ublk.csi.io (node-local volumes; "
+              "Identity, Controller, Node) on --endpoint, and with --rbd-endpoint the node side "
+              "of rbd.ublk.csi.io | controller: the central controller of rbd.ublk.csi.io (a "
+              "Deployment): Identity and Controller for Ceph RBD volumes only, no devices, no "
+              "ublk driver needed; requires --rbd");
+DEFINE_string(rbd_endpoint, "",
+              "--mode=node with --rbd: a second CSI endpoint (e.g. unix:///csi/rbd.sock) on which "
+              "this process answers as driver rbd.ublk.csi.io (Identity and Node, RBD volumes "
+              "only), for the node-driver-registrar of that driver; empty = none");
+DEFINE_string(node_id, "", "this node's name (Kubernetes node name); required with --mode=node");
 DEFINE_string(data_dir, "/var/lib/ublk-csi", "directory holding volume backing files and records");
 DEFINE_string(metrics_address, "127.0.0.1:9810",
               "host:port for /metrics, /healthz and /readyz (an IPv6 host with or without "
@@ -211,6 +223,10 @@ absl::StatusOr<gid_t> ParseGroup(const std::string& group) {
 // plugin with a clear message and no side effect.
 struct PluginConfig {
   Endpoint endpoint;
+  // --mode=controller: the central RBD controller (driver rbd.ublk.csi.io).
+  bool controller = false;
+  // --mode=node: the endpoint of the node side of rbd.ublk.csi.io, if any.
+  std::optional<Endpoint> rbd_endpoint;
   ublk::FeatureOptions feature_options;
   int64_t default_volume_bytes = 0;
   PluginServerOptions grpc;
@@ -219,11 +235,52 @@ struct PluginConfig {
   absl::Duration liveness_cache;
 };
 
+// --mode and the flags that go with it: a combination an operator could get
+// wrong stops the plugin at start, naming the flags.
+absl::Status ParseModeFlags(PluginConfig* c) {
+  if (FLAGS_mode != "node" && FLAGS_mode != "controller") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--mode=", FLAGS_mode, ": expected node or controller"));
+  }
+  c->controller = FLAGS_mode == "controller";
+  if (c->controller) {
+    if (!FLAGS_rbd) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--mode=controller needs --rbd: the controller serves Ceph RBD volumes only (driver ",
+          kRbdPluginName, "); node-local volumes are provisioned by the node plugins"));
+    }
+    if (!FLAGS_rbd_endpoint.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--rbd-endpoint is for --mode=node; with --mode=controller, --endpoint serves ",
+          kRbdPluginName));
+    }
+    return absl::OkStatus();
+  }
+  if (FLAGS_node_id.empty()) return absl::InvalidArgumentError("--node-id is required");
+  if (FLAGS_rbd_endpoint.empty()) return absl::OkStatus();
+  if (!FLAGS_rbd) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rbd-endpoint=", FLAGS_rbd_endpoint,
+                     " needs --rbd (the endpoint serves Ceph RBD volumes)"));
+  }
+  absl::StatusOr<Endpoint> rbd = ParseEndpoint(FLAGS_rbd_endpoint);
+  if (!rbd.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--rbd-endpoint: ", rbd.status().message()));
+  }
+  if (rbd->GrpcTarget() == c->endpoint.GrpcTarget()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rbd-endpoint=", FLAGS_rbd_endpoint, " is --endpoint too: drivers ",
+                     kPluginName, " and ", kRbdPluginName, " each need an endpoint of their own"));
+  }
+  c->rbd_endpoint = *std::move(rbd);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<PluginConfig> ParseFlags() {
   PluginConfig c;
   RETURN_IF_ERROR(ApplyLogLevel(FLAGS_log_level));
-  if (FLAGS_node_id.empty()) return absl::InvalidArgumentError("--node-id is required");
   ASSIGN_OR_RETURN(c.endpoint, ParseEndpoint(FLAGS_endpoint));
+  RETURN_IF_ERROR(ParseModeFlags(&c));
   RETURN_IF_ERROR(CheckDataDir(FLAGS_data_dir));
   ASSIGN_OR_RETURN(c.feature_options.emulate_kernel,
                    ublk::ParseKernelEmulation(FLAGS_emulate_kernel));
@@ -459,6 +516,11 @@ absl::Status BuildRbd(prometheus::Registry* registry, BackendParts* parts) {
 absl::Status BuildBackend(const PluginConfig& config, prometheus::Registry* registry,
                           BackendParts* parts) {
   RETURN_IF_ERROR(BuildRbd(registry, parts));
+  if (config.controller) {
+    // Images only, never a device: no ublk driver, worker pool or io_uring.
+    parts->backend = std::make_unique<NoExportBackend>();
+    return absl::OkStatus();
+  }
   if (FLAGS_backend == "fake") return BuildFakeBackend(parts);
   if (FLAGS_backend == "ublk") return BuildUblkBackend(config.feature_options, registry, parts);
   return absl::InvalidArgumentError(
@@ -475,15 +537,60 @@ absl::StatusOr<std::unique_ptr<Mounter>> BuildMounter() {
       absl::StrCat("--mounter=", FLAGS_mounter, ": expected real or fake"));
 }
 
+// One CSI endpoint: the driver it answers for, and its services besides
+// Identity (which Serve adds). A gRPC service serves one server only, so
+// each endpoint has instances of its own over the one VolumeManager.
+struct ServedEndpoint {
+  Endpoint endpoint;
+  Driver driver = Driver::kNodeLocal;
+  PluginCapabilities caps;
+  std::vector<std::unique_ptr<grpc::Service>> services;
+};
+
 // The CSI services over the loaded volumes, and recovery of those volumes
 // running in the background.
 struct Services {
   std::unique_ptr<VolumeManager> manager;
   std::unique_ptr<RecoveryManager> recovery;
-  std::unique_ptr<ControllerService> controller;
-  std::unique_ptr<NodeService> node;
-  PluginCapabilities caps;
+  std::vector<ServedEndpoint> endpoints;
 };
+
+// Which endpoint serves what:
+//  --mode=node: --endpoint is ublk.csi.io (Controller + Node, every volume:
+//    node-local ones, and RBD ones a StorageClass of this driver asks for,
+//    as before the second driver); --rbd-endpoint is rbd.ublk.csi.io
+//    (Node only, RBD volumes only: the controller Deployment creates them).
+//  --mode=controller: --endpoint is rbd.ublk.csi.io (Controller only, RBD
+//    volumes only).
+void AddEndpoints(const PluginConfig& config, bool online_resize, Services* out) {
+  VolumeManager* vm = out->manager.get();
+  if (config.controller) {
+    ServedEndpoint& ep = out->endpoints.emplace_back();
+    ep.endpoint = config.endpoint;
+    ep.driver = Driver::kRbd;
+    // Expansion as the nodes' kernels allow it is their business
+    // (NodeExpandVolume); the image itself grows online.
+    ep.caps = {.controller_service = true, .online_expansion = true};
+    ep.services.push_back(std::make_unique<ControllerService>(vm, Driver::kRbd));
+    return;
+  }
+  const PluginCapabilities node_caps = {.online_expansion = online_resize,
+                                        .offline_expansion = !online_resize};
+  ServedEndpoint& main = out->endpoints.emplace_back();
+  main.endpoint = config.endpoint;
+  main.caps = node_caps;
+  main.caps.controller_service = true;
+  main.caps.volume_accessibility_constraints = true;
+  main.services.push_back(std::make_unique<ControllerService>(vm));
+  main.services.push_back(std::make_unique<NodeService>(vm));
+  if (config.rbd_endpoint) {
+    ServedEndpoint& rbd = out->endpoints.emplace_back();
+    rbd.endpoint = *config.rbd_endpoint;
+    rbd.driver = Driver::kRbd;
+    rbd.caps = node_caps;
+    rbd.services.push_back(std::make_unique<NodeService>(vm, Driver::kRbd));
+  }
+}
 
 absl::Status BuildServices(const PluginConfig& config, RecordStore* store, BackendParts* parts,
                            Mounter* mounter, prometheus::Registry* registry, Health* health,
@@ -499,12 +606,7 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store, Backe
   out->manager = std::make_unique<VolumeManager>(opts, store, parts->backend.get(), mounter);
   RETURN_IF_ERROR(out->manager->Load());
   Startup().Mark("records loaded");
-  out->controller = std::make_unique<ControllerService>(out->manager.get());
-  out->node = std::make_unique<NodeService>(out->manager.get());
-  out->caps = {.controller_service = true,
-               .volume_accessibility_constraints = true,
-               .online_expansion = parts->online_resize,
-               .offline_expansion = !parts->online_resize};
+  AddEndpoints(config, parts->online_resize, out);
   health->SetBackend(parts->backend->Usable());
   if (!health->Backend().ok()) LOG(WARNING) << "backend unusable: " << health->Backend();
   if (registry != nullptr) {
@@ -518,7 +620,7 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store, Backe
         .Add({})
         .Set(health->Backend().ok() ? 1 : 0);
   }
-  if (health->Backend().ok()) {
+  if (health->Backend().ok() && !config.controller) {
     // In the background: the servers start now, answer Probe/readyz "not
     // ready" and NodeStage of a volume not yet recovered UNAVAILABLE.
     RecoveryOptions ro;
@@ -549,18 +651,33 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store, Backe
 int Serve(const PluginConfig& config, const sigset_t& stop_signals,
           std::shared_ptr<prometheus::Registry> registry, Health* health, Services* services) {
   ublk::RealClock clock;
-  const Endpoint endpoint = config.endpoint;
+  // Live when every endpoint completes a call (one process serves them all).
+  std::vector<Endpoint> endpoints;
+  for (const ServedEndpoint& ep : services->endpoints) endpoints.push_back(ep.endpoint);
   LivenessCheck liveness(
-      [endpoint](absl::Duration timeout) { return DialGetPluginInfo(endpoint, timeout); }, &clock,
-      config.liveness_timeout, config.liveness_cache, registry.get());
+      [endpoints](absl::Duration timeout) {
+        const absl::Time deadline = absl::Now() + timeout;
+        for (const Endpoint& ep : endpoints) {
+          RETURN_IF_ERROR(
+              DialGetPluginInfo(ep, std::max(deadline - absl::Now(), absl::Milliseconds(1))));
+        }
+        return absl::OkStatus();
+      },
+      &clock, config.liveness_timeout, config.liveness_cache, registry.get());
   auto live = [&liveness] { return liveness.Check(); };
-  IdentityService identity(services->caps, health, live);
-  std::vector<grpc::Service*> grpc_services = {&identity, services->controller.get(),
-                                               services->node.get()};
-  PluginServerOptions grpc_options = config.grpc;
-  grpc_options.registry = registry.get();
-  PluginServer server(config.endpoint, grpc_services, grpc_options);
-  if (absl::Status s = server.Start(); !s.ok()) return Fail(s);
+  std::vector<std::unique_ptr<IdentityService>> identities;
+  std::vector<std::unique_ptr<PluginServer>> servers;
+  for (ServedEndpoint& ep : services->endpoints) {
+    identities.push_back(std::make_unique<IdentityService>(ep.caps, health, live, ep.driver));
+    std::vector<grpc::Service*> grpc_services = {identities.back().get()};
+    for (const auto& svc : ep.services) grpc_services.push_back(svc.get());
+    PluginServerOptions grpc_options = config.grpc;
+    // The listener's metrics are the first endpoint's (one set per registry).
+    grpc_options.registry = servers.empty() ? registry.get() : nullptr;
+    servers.push_back(std::make_unique<PluginServer>(ep.endpoint, grpc_services, grpc_options));
+    if (absl::Status s = servers.back()->Start(); !s.ok()) return Fail(s);
+    LOG(INFO) << ep.endpoint.GrpcTarget() << " serves driver " << DriverName(ep.driver);
+  }
   Startup().Mark("CSI server");
 
   std::unique_ptr<HttpServer> http;
@@ -581,8 +698,12 @@ int Serve(const PluginConfig& config, const sigset_t& stop_signals,
     Startup().Mark("HTTP server");
   }
   LOG(INFO) << "start-up: " << Startup().Summary();
-  LOG(INFO) << "ublk-csi " << kVersion << " serving node " << FLAGS_node_id << " (backend "
-            << FLAGS_backend << ", mounter " << FLAGS_mounter << ")";
+  if (config.controller) {
+    LOG(INFO) << "ublk-csi " << kVersion << " serving as the controller of " << kRbdPluginName;
+  } else {
+    LOG(INFO) << "ublk-csi " << kVersion << " serving node " << FLAGS_node_id << " (backend "
+              << FLAGS_backend << ", mounter " << FLAGS_mounter << ")";
+  }
 
   int sig = 0;
   sigwait(&stop_signals, &sig);
@@ -590,7 +711,7 @@ int Serve(const PluginConfig& config, const sigset_t& stop_signals,
   // Stop taking calls, then stop recovery (the volumes in progress finish;
   // the rest stay as the kernel has them: QUIESCED devices stay
   // recoverable), then the backend detaches every export as it is destroyed.
-  server.Shutdown();
+  for (auto& server : servers) server->Shutdown();
   if (services->recovery != nullptr) services->recovery->Stop();
   http.reset();
   LOG(INFO) << "shutdown complete";
@@ -630,15 +751,18 @@ int Run() {
   if (!store.ok()) return Fail(store.status());
   Startup().Mark("records dir");
   BackendParts backend;
-  if (auto g = CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold,
-                                     registry.get(), &file_system);
-      g.ok()) {
-    backend.guard = std::move(*g);
-    backend.conservative = backend.guard->conservative();
-  } else {
-    LOG(WARNING) << g.status() << "; recovering without the crash-loop guard";
+  // The controller recovers nothing: no guard.
+  if (!config->controller) {
+    if (auto g = CrashLoopGuard::Begin(FLAGS_data_dir, CrashLoopGuard::kDefaultThreshold,
+                                       registry.get(), &file_system);
+        g.ok()) {
+      backend.guard = std::move(*g);
+      backend.conservative = backend.guard->conservative();
+    } else {
+      LOG(WARNING) << g.status() << "; recovering without the crash-loop guard";
+    }
+    Startup().Mark("crash-loop guard");
   }
-  Startup().Mark("crash-loop guard");
   if (absl::Status s = BuildBackend(*config, registry.get(), &backend); !s.ok()) return Fail(s);
   Startup().Mark("backend");
   absl::StatusOr<std::unique_ptr<Mounter>> mounter = BuildMounter();
@@ -660,7 +784,10 @@ int main(int argc, char** argv) {
     ublk_csi::Startup().SetBeforeMain(*d);
   }
   gflags::SetVersionString(ublk_csi::kVersion);
-  gflags::SetUsageMessage("ublk-csi --node-id=NODE [--endpoint=unix:///csi/csi.sock] ...");
+  gflags::SetUsageMessage(
+      "ublk-csi --node-id=NODE [--endpoint=unix:///csi/csi.sock] [--rbd "
+      "--rbd-endpoint=unix:///csi/rbd.sock] ...\n"
+      "ublk-csi --mode=controller --rbd [--endpoint=unix:///csi/csi.sock] ...");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   google::InitGoogleLogging(argv[0]);
   if (argc > 1) {

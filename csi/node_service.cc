@@ -7,37 +7,43 @@ namespace ublk_csi {
 grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
                                           const csi::v1::NodeStageVolumeRequest* req,
                                           csi::v1::NodeStageVolumeResponse* resp) {
-  return ToGrpcReply(manager_->NodeStageVolume(*req), resp);
+  return ToGrpcReplyIf(
+      Serves(req->volume_id()), [&] { return manager_->NodeStageVolume(*req); }, resp);
 }
 
 grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
                                             const csi::v1::NodeUnstageVolumeRequest* req,
                                             csi::v1::NodeUnstageVolumeResponse* resp) {
-  return ToGrpcReply(manager_->NodeUnstageVolume(*req), resp);
+  return ToGrpcReplyIf(
+      Serves(req->volume_id()), [&] { return manager_->NodeUnstageVolume(*req); }, resp);
 }
 
 grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
                                             const csi::v1::NodePublishVolumeRequest* req,
                                             csi::v1::NodePublishVolumeResponse* resp) {
-  return ToGrpcReply(manager_->NodePublishVolume(*req), resp);
+  return ToGrpcReplyIf(
+      Serves(req->volume_id()), [&] { return manager_->NodePublishVolume(*req); }, resp);
 }
 
 grpc::Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
                                               const csi::v1::NodeUnpublishVolumeRequest* req,
                                               csi::v1::NodeUnpublishVolumeResponse* resp) {
-  return ToGrpcReply(manager_->NodeUnpublishVolume(*req), resp);
+  return ToGrpcReplyIf(
+      Serves(req->volume_id()), [&] { return manager_->NodeUnpublishVolume(*req); }, resp);
 }
 
 grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
                                              const csi::v1::NodeGetVolumeStatsRequest* req,
                                              csi::v1::NodeGetVolumeStatsResponse* resp) {
-  return ToGrpcReply(manager_->NodeGetVolumeStats(*req), resp);
+  return ToGrpcReplyIf(
+      Serves(req->volume_id()), [&] { return manager_->NodeGetVolumeStats(*req); }, resp);
 }
 
 grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
                                            const csi::v1::NodeExpandVolumeRequest* req,
                                            csi::v1::NodeExpandVolumeResponse* resp) {
-  return ToGrpcReply(manager_->NodeExpandVolume(*req), resp);
+  return ToGrpcReplyIf(
+      Serves(req->volume_id()), [&] { return manager_->NodeExpandVolume(*req); }, resp);
 }
 
 grpc::Status NodeService::NodeGetCapabilities(grpc::ServerContext*,
@@ -54,6 +60,8 @@ grpc::Status NodeService::NodeGetCapabilities(grpc::ServerContext*,
 grpc::Status NodeService::NodeGetInfo(grpc::ServerContext*, const csi::v1::NodeGetInfoRequest*,
                                       csi::v1::NodeGetInfoResponse* resp) {
   *resp = manager_->NodeGetInfo();
+  // RBD volumes are reachable from every node: no topology constraint.
+  if (driver_ == Driver::kRbd) resp->clear_accessible_topology();
   return grpc::Status::OK;
 }
 

@@ -1,16 +1,20 @@
 // The CSI Node service: a thin gRPC face over VolumeManager. Kubelet calls it
 // to stage (export + mkfs + mount), publish (bind mount), unpublish, unstage,
-// read stats and grow volumes. Thread-safe.
+// read stats and grow volumes. One instance per endpoint: as the face of the
+// rbd.ublk.csi.io driver it refuses volumes that are not RBD (driver.h) and
+// reports no topology. Thread-safe.
 #pragma once
 
 #include "csi.grpc.pb.h"
+#include "csi/driver.h"
 #include "csi/volume_manager.h"
 
 namespace ublk_csi {
 
 class NodeService final : public csi::v1::Node::Service {
  public:
-  explicit NodeService(VolumeManager* manager) : manager_(manager) {}
+  explicit NodeService(VolumeManager* manager, Driver driver = Driver::kNodeLocal)
+      : manager_(manager), driver_(driver) {}
 
   grpc::Status NodeStageVolume(grpc::ServerContext*, const csi::v1::NodeStageVolumeRequest*,
                                csi::v1::NodeStageVolumeResponse*) override;
@@ -30,7 +34,12 @@ class NodeService final : public csi::v1::Node::Service {
                            csi::v1::NodeGetInfoResponse*) override;
 
  private:
+  absl::Status Serves(const std::string& volume_id) const {
+    return CheckDriverVolume(driver_, volume_id, "volume_id");
+  }
+
   VolumeManager* const manager_;
+  const Driver driver_;
 };
 
 }  // namespace ublk_csi

@@ -95,6 +95,23 @@ TEST_F(PluginBinaryTest, BadFlagsFailWithClearMessages) {
       {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
         "--queue-depth=5000"},
        "--queue-depth=5000: out of range 1..4096"},
+      {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
+        "--mode=central"},
+       "--mode=central: expected node or controller"},
+      {{Plugin(), "--mode=controller", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path()},
+       "--mode=controller needs --rbd"},
+      {{Plugin(), "--mode=controller", "--rbd", "--endpoint=unix://" + sock,
+        "--rbd-endpoint=unix://" + sock + "2", "--data-dir=" + dir_.path()},
+       "--rbd-endpoint is for --mode=node"},
+      {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
+        "--rbd-endpoint=unix://" + sock + "2"},
+       "needs --rbd"},
+      {{Plugin(), "--node-id=n1", "--rbd", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
+        "--rbd-endpoint=unix://" + sock},
+       "is --endpoint too"},
+      {{Plugin(), "--node-id=n1", "--rbd", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
+        "--rbd-endpoint=unix://relative"},
+       "--rbd-endpoint: "},
       {{Plugin(), "--no-such-flag"}, "unknown command line flag"},
       {{Plugin(), "--node-id=n1", "stray-argument"}, "unexpected argument"},
   };
@@ -142,6 +159,60 @@ TEST_F(PluginBinaryTest, ServesIdentityRefusesSecondInstanceAndCleansUpOnSigterm
 // The plugin must not exit, which the kubelet would answer by restarting it
 // into the same refusal, a crash loop: it stays up, live and not ready, and
 // says why where an operator looks (readiness, Probe, a metric, one log line).
+// The chart's controller Deployment: no --node-id, no ublk_drv, no devices;
+// ready at once, answering as rbd.ublk.csi.io for RBD volumes only.
+TEST_F(PluginBinaryTest, ControllerModeStartsWithoutUblkAndServesOnlyTheRbdDriver) {
+  const std::string sock = dir_.path() + "/csi.sock";
+  const int port = FreePort();
+  ublk_test::Child plugin(
+      {Plugin(), "--mode=controller", "--rbd", "--endpoint=unix://" + sock,
+       "--data-dir=" + dir_.path(), absl::StrCat("--metrics-address=127.0.0.1:", port)},
+      dir_.path() + "/plugin.log");
+  ASSERT_TRUE(ublk_test::WaitForPath(sock)) << plugin.Log();
+  const std::string ep = "--endpoint=unix://" + sock;
+  auto info = ublk_test::Run({Ctl(), ep, "identity", "info"});
+  EXPECT_EQ(info.exit_code, 0) << info.output;
+  EXPECT_THAT(info.output, HasSubstr("rbd.ublk.csi.io"));
+  EXPECT_EQ(ublk_test::HttpGet(port, "/readyz"), "200 ok\n") << plugin.Log();
+  auto caps = ublk_test::Run({Ctl(), ep, "controller", "caps"});
+  EXPECT_THAT(caps.output, HasSubstr("CREATE_DELETE_VOLUME"));
+  EXPECT_THAT(caps.output, Not(HasSubstr("PUBLISH_UNPUBLISH")));
+  auto create = ublk_test::Run({Ctl(), ep, "volume", "create", "pvc-1"});
+  EXPECT_NE(create.exit_code, 0);
+  EXPECT_THAT(create.output, HasSubstr("INVALID_ARGUMENT"));
+  EXPECT_THAT(create.output, HasSubstr("parameters.backend must be rbd"));
+  auto stage = ublk_test::Run({Ctl(), ep, "node", "stage", "v1", dir_.path() + "/stage"});
+  EXPECT_THAT(stage.output, HasSubstr("UNIMPLEMENTED")) << "no Node service in the controller";
+  EXPECT_EQ(plugin.Stop(SIGTERM), 0) << plugin.Log();
+  EXPECT_THAT(plugin.Log(), HasSubstr("controller of rbd.ublk.csi.io"));
+  EXPECT_THAT(plugin.Log(), Not(HasSubstr("crash-loop")));
+}
+
+// The node plugin with --rbd-endpoint: one process, two drivers, two sockets.
+TEST_F(PluginBinaryTest, RbdEndpointAnswersAsTheSecondDriver) {
+  const std::string sock = dir_.path() + "/csi.sock";
+  const std::string rbd_sock = dir_.path() + "/rbd.sock";
+  std::vector<std::string> args = Args(sock, FreePort());
+  args.push_back("--backend=fake");
+  args.push_back("--mounter=fake");
+  args.push_back("--rbd");
+  args.push_back("--rbd-endpoint=unix://" + rbd_sock);
+  ublk_test::Child plugin(args, dir_.path() + "/plugin.log");
+  ASSERT_TRUE(ublk_test::WaitForPath(sock)) << plugin.Log();
+  ASSERT_TRUE(ublk_test::WaitForPath(rbd_sock)) << plugin.Log();
+  auto main_info = ublk_test::Run({Ctl(), "--endpoint=unix://" + sock, "identity", "info"});
+  EXPECT_THAT(main_info.output, HasSubstr("name: \"ublk.csi.io\"")) << main_info.output;
+  auto rbd_info = ublk_test::Run({Ctl(), "--endpoint=unix://" + rbd_sock, "identity", "info"});
+  EXPECT_THAT(rbd_info.output, HasSubstr("name: \"rbd.ublk.csi.io\"")) << rbd_info.output;
+  auto probe = ublk_test::Run({Ctl(), "--endpoint=unix://" + rbd_sock, "identity", "probe"});
+  EXPECT_EQ(probe.exit_code, 0) << probe.output;
+  auto create = ublk_test::Run({Ctl(), "--endpoint=unix://" + rbd_sock, "volume", "create", "v"});
+  EXPECT_THAT(create.output, HasSubstr("UNIMPLEMENTED")) << "the controller Deployment creates";
+  EXPECT_EQ(plugin.Stop(SIGTERM), 0) << plugin.Log();
+  EXPECT_NE(access(sock.c_str(), F_OK), 0);
+  EXPECT_NE(access(rbd_sock.c_str(), F_OK), 0) << "both sockets removed on SIGTERM";
+}
+
 TEST_F(PluginBinaryTest, IoUringRefusedKeepsThePluginUpNotReadyAndSayingWhy) {
   std::string sock = dir_.path() + "/csi.sock";
   int port = FreePort();
