@@ -3,14 +3,18 @@
 // protobuf text; exit 0 on OK, 1 on a gRPC error (printed with its code), 2 on
 // bad usage. `bench` is the exception: many calls over one channel, timed.
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -31,6 +35,13 @@ DEFINE_bool(block, false, "volume create / validate / node stage / publish: raw 
 DEFINE_string(from_snapshot, "", "volume create: restore from this snapshot ID");
 DEFINE_string(from_volume, "", "volume create: clone this volume ID");
 DEFINE_string(params, "", "volume create: StorageClass parameters, k=v,k=v (fsType, blockSize)");
+DEFINE_string(secrets_file, "",
+              "volume create/delete/expand, snapshot create/delete, node stage/publish/expand: "
+              "the request's secrets, one key=value per line (# comments), e.g. userID=... and "
+              "userKey=... for an RBD volume; a file, so no key is on a command line");
+DEFINE_string(context, "",
+              "node stage / publish: the volume_context CreateVolume returned, k=v,k=v (a node "
+              "without the volume's record, e.g. an RBD volume made by the controller)");
 DEFINE_string(mount_flags, "", "node stage / publish: mount flags, a,b,c");
 DEFINE_bool(readonly, false, "node publish: read-only");
 DEFINE_int32(max_entries, 0, "volume list / snapshot list: page size (0 = all)");
@@ -120,6 +131,40 @@ bool Size(const std::string& text, int64_t* out) {
     return false;
   }
   *out = *v;
+  return true;
+}
+
+// k=v,k=v into a protobuf map (--params, --context).
+void KeyValues(const std::string& text, google::protobuf::Map<std::string, std::string>* out) {
+  for (absl::string_view kv : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    (*out)[p.first] = p.second;
+  }
+}
+
+// --secrets-file into a request's secrets. A malformed line is named by
+// its number, never echoed: it may hold a key.
+bool Secrets(google::protobuf::Map<std::string, std::string>* out) {
+  if (FLAGS_secrets_file.empty()) return true;
+  std::ifstream in(FLAGS_secrets_file);
+  if (!in) {
+    std::fprintf(stderr, "ublk-csi-ctl: --secrets-file=%s: %s\n", FLAGS_secrets_file.c_str(),
+                 std::strerror(errno));
+    return false;
+  }
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    absl::string_view l = absl::StripAsciiWhitespace(line);
+    if (l.empty() || l[0] == '#') continue;
+    size_t eq = l.find('=');
+    if (eq == 0 || eq == absl::string_view::npos) {
+      std::fprintf(stderr, "ublk-csi-ctl: --secrets-file=%s line %d: want key=value\n",
+                   FLAGS_secrets_file.c_str(), n);
+      return false;
+    }
+    (*out)[std::string(absl::StripAsciiWhitespace(l.substr(0, eq)))] =
+        std::string(absl::StripAsciiWhitespace(l.substr(eq + 1)));
+  }
   return true;
 }
 
@@ -274,10 +319,8 @@ std::map<std::string, Command> Commands() {
       req.mutable_capacity_range()->set_required_bytes(bytes);
     }
     if (!Capability(req.add_volume_capabilities())) return 2;
-    for (absl::string_view kv : absl::StrSplit(FLAGS_params, ',', absl::SkipEmpty())) {
-      std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
-      (*req.mutable_parameters())[p.first] = p.second;
-    }
+    KeyValues(FLAGS_params, req.mutable_parameters());
+    if (!Secrets(req.mutable_secrets())) return 2;
     if (!FLAGS_from_snapshot.empty() && !FLAGS_from_volume.empty()) {
       return BadUsage("--from-snapshot and --from-volume exclude each other");
     }
@@ -293,6 +336,7 @@ std::map<std::string, Command> Commands() {
     if (!Args(ctx, 1, "volume delete ID")) return 2;
     csi::v1::DeleteVolumeRequest req;
     req.set_volume_id(ctx.args[0]);
+    if (!Secrets(req.mutable_secrets())) return 2;
     return Call(&Controller::Stub::DeleteVolume, Controller::NewStub(ctx.channel), req);
   };
   c["volume list"] = [](const Ctx& ctx) {
@@ -309,6 +353,7 @@ std::map<std::string, Command> Commands() {
     int64_t bytes = 0;
     if (!Size(ctx.args[1], &bytes)) return 2;
     req.mutable_capacity_range()->set_required_bytes(bytes);
+    if (!Secrets(req.mutable_secrets())) return 2;
     return Call(&Controller::Stub::ControllerExpandVolume, Controller::NewStub(ctx.channel), req);
   };
   c["volume validate"] = [](const Ctx& ctx) {
@@ -333,12 +378,14 @@ std::map<std::string, Command> Commands() {
     csi::v1::CreateSnapshotRequest req;
     req.set_source_volume_id(ctx.args[0]);
     req.set_name(ctx.args[1]);
+    if (!Secrets(req.mutable_secrets())) return 2;
     return Call(&Controller::Stub::CreateSnapshot, Controller::NewStub(ctx.channel), req);
   };
   c["snapshot delete"] = [](const Ctx& ctx) {
     if (!Args(ctx, 1, "snapshot delete ID")) return 2;
     csi::v1::DeleteSnapshotRequest req;
     req.set_snapshot_id(ctx.args[0]);
+    if (!Secrets(req.mutable_secrets())) return 2;
     return Call(&Controller::Stub::DeleteSnapshot, Controller::NewStub(ctx.channel), req);
   };
   c["snapshot list"] = [](const Ctx& ctx) {
@@ -359,6 +406,8 @@ std::map<std::string, Command> Commands() {
     req.set_volume_id(ctx.args[0]);
     req.set_staging_target_path(ctx.args[1]);
     if (!Capability(req.mutable_volume_capability())) return 2;
+    KeyValues(FLAGS_context, req.mutable_volume_context());
+    if (!Secrets(req.mutable_secrets())) return 2;
     return Call(&Node::Stub::NodeStageVolume, Node::NewStub(ctx.channel), req);
   };
   c["node unstage"] = [](const Ctx& ctx) {
@@ -376,6 +425,8 @@ std::map<std::string, Command> Commands() {
     req.set_target_path(ctx.args[2]);
     req.set_readonly(FLAGS_readonly);
     if (!Capability(req.mutable_volume_capability())) return 2;
+    KeyValues(FLAGS_context, req.mutable_volume_context());
+    if (!Secrets(req.mutable_secrets())) return 2;
     return Call(&Node::Stub::NodePublishVolume, Node::NewStub(ctx.channel), req);
   };
   c["node unpublish"] = [](const Ctx& ctx) {
@@ -408,6 +459,7 @@ std::map<std::string, Command> Commands() {
     int64_t bytes = 0;
     if (!Size(ctx.args[2], &bytes)) return 2;
     req.mutable_capacity_range()->set_required_bytes(bytes);
+    if (!Secrets(req.mutable_secrets())) return 2;
     return Call(&Node::Stub::NodeExpandVolume, Node::NewStub(ctx.channel), req);
   };
   // Exports at a glance: ListVolumes' VOLUME_CONDITION carries each export's

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <cstdio>
 #include <regex>
 
 #include "absl/strings/str_cat.h"
@@ -107,6 +108,32 @@ TEST_F(CtlLifecycleTest, UsageAndErrorsAreClear) {
   EXPECT_EQ(multi.exit_code, 1);
   EXPECT_THAT(multi.output, HasSubstr("INVALID_ARGUMENT"));
   EXPECT_THAT(Ctl({"capacity"}).output, HasSubstr("available_capacity"));
+}
+
+// --secrets-file: a missing file and a line that is not key=value are
+// usage errors that name the file and the line, and never print what the
+// line holds (it may be a key).
+TEST_F(CtlLifecycleTest, SecretsFileErrorsNameTheLineNotItsContent) {
+  const std::string missing = dir_.path() + "/no-such.secrets";
+  auto gone = Ctl({"volume", "create", "s1", "--secrets-file=" + missing});
+  EXPECT_EQ(gone.exit_code, 2);
+  EXPECT_THAT(gone.output, HasSubstr(missing));
+  const std::string bad = dir_.path() + "/bad.secrets";
+  FILE* f = std::fopen(bad.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs("# cephx\nuserID=admin\nuserKey AQDsecretKeyWithoutAnEqualsSign\n", f);
+  std::fclose(f);
+  for (std::vector<std::string> cmd :
+       {std::vector<std::string>{"volume", "create", "s1"},
+        std::vector<std::string>{"node", "stage", "vol-1", dir_.path() + "/s"}}) {
+    cmd.push_back("--secrets-file=" + bad);
+    auto r = Ctl(cmd);
+    EXPECT_EQ(r.exit_code, 2) << r.output;
+    EXPECT_THAT(r.output, HasSubstr("line 3: want key=value"));
+    EXPECT_THAT(r.output, ::testing::Not(HasSubstr("AQDsecret")));
+  }
+  // Nothing was created by the refused call.
+  EXPECT_THAT(Ctl({"volume", "list"}).output, ::testing::Not(HasSubstr("s1")));
 }
 
 TEST(CtlBackendFlagTest, DefaultUblkBackendSaysWhyItIsNotReady) {
