@@ -76,6 +76,17 @@ RecoveryManager::RecoveryManager(VolumeManager* manager, Health* health,
                           "(headroom below the margin, or memory.high throttling)")
                       .Register(*registry)
                       .Add({});
+    retries_ = &prometheus::BuildCounter()
+                    .Name("ublk_csi_recovery_retries_total")
+                    .Help(
+                        "Recoveries tried again after failing with UNAVAILABLE (cluster "
+                        "unreachable), by result: recovered, unavailable (tried again later), "
+                        "busy (a call held the volume: tried again later), failed (another "
+                        "error: given up), dropped (no longer staged)")
+                    .Register(*registry);
+    for (const char* r : {"recovered", "unavailable", "busy", "failed", "dropped"}) {
+      retries_->Add({{"result", r}});
+    }
   }
 }
 
@@ -145,6 +156,7 @@ void RecoveryManager::Stop() {
   {
     ublk::MutexLock lock(&threads_mu_);
     threads.swap(threads_);
+    threads_closed_ = true;
   }
   for (std::thread& t : threads) t.join();
 }
@@ -302,6 +314,12 @@ void RecoveryManager::Run() {
     if (info.ok()) {
       outcome = info->recovered ? Outcome::kRecovered : Outcome::kRecreated;
       VLOG(1) << "volume " << id << ": " << OutcomeName(outcome) << " as " << info->device_path;
+    } else if (info.status().code() == absl::StatusCode::kUnavailable &&
+               options_.unavailable_retry_interval > absl::ZeroDuration()) {
+      LOG(ERROR) << "volume " << id << ": recovery failed, volume marked failed: " << info.status()
+                 << "; trying again every " << options_.unavailable_retry_interval;
+      ublk::MutexLock lock(&mu_);
+      retry_.push_back(id);
     } else {
       // The one line for this volume; its status (NodeGetVolumeStats) and
       // the failed counter carry it from here.
@@ -309,12 +327,13 @@ void RecoveryManager::Run() {
     }
     Finish(id, outcome, clock_.Now() - t0);
   }
-  bool all_done = false;
+  bool all_done = false, retry = false;
   Progress p;
   absl::Duration took;
   {
     ublk::MutexLock lock(&mu_);
     all_done = --running_ == 0 && progress_.done == progress_.total;
+    retry = all_done && !retry_.empty() && !stopping_;
     p = progress_;
     took = clock_.Now() - started_at_;
   }
@@ -325,10 +344,79 @@ void RecoveryManager::Run() {
     // Health and the gauge first: whoever WaitDone() wakes sees them final.
     health_->SetRecoveryDone();
     RefreshExportGauge();
+    if (retry) {
+      ublk::MutexLock lock(&threads_mu_);
+      if (!threads_closed_) threads_.emplace_back([this] { RetryUnavailable(); });
+    }
     ublk::MutexLock lock(&mu_);
     progress_.finished = true;
   }
   cv_.NotifyAll();
+}
+
+bool RecoveryManager::SleepUnlessStopping(absl::Duration d) {
+  const absl::Time until = clock_.Now() + d;
+  for (;;) {
+    {
+      ublk::MutexLock lock(&mu_);
+      if (stopping_) return false;
+    }
+    const absl::Duration left = until - clock_.Now();
+    if (left <= absl::ZeroDuration()) return true;
+    clock_.SleepFor(std::min(left, absl::Milliseconds(100)));
+  }
+}
+
+void RecoveryManager::RetryUnavailable() {
+  for (int attempt = 1;; ++attempt) {
+    if (!SleepUnlessStopping(options_.unavailable_retry_interval)) return;
+    std::vector<std::string> ids;
+    {
+      ublk::MutexLock lock(&mu_);
+      ids.swap(retry_);
+    }
+    std::vector<std::string> again;
+    for (const std::string& id : ids) {
+      absl::StatusOr<ExportInfo> info = RecoverOne(id);
+      const char* result = "recovered";
+      if (info.ok()) {
+        LOG(INFO) << "volume " << id << ": recovered on retry " << attempt << " as "
+                  << info->device_path;
+        const Outcome outcome = info->recovered ? Outcome::kRecovered : Outcome::kRecreated;
+        if (recoveries_ != nullptr)
+          recoveries_->Add({{"outcome", OutcomeName(outcome)}}).Increment();
+        ublk::MutexLock lock(&mu_);
+        outcomes_[id] = outcome;
+        --progress_.failed;
+        ++(outcome == Outcome::kRecovered ? progress_.recovered : progress_.recreated);
+      } else if (info.status().code() == absl::StatusCode::kUnavailable ||
+                 info.status().code() == absl::StatusCode::kAborted) {
+        // Still unreachable, or a call (e.g. a NodeUnstage) held the volume
+        // past RecoverOne's patience: the next round decides. The ERROR
+        // line was written once, at the first failure.
+        result = info.status().code() == absl::StatusCode::kAborted ? "busy" : "unavailable";
+        VLOG(1) << "volume " << id << ": retry " << attempt << ": " << info.status();
+        again.push_back(id);
+      } else if (info.status().code() == absl::StatusCode::kFailedPrecondition &&
+                 info.status().message().find(kNotStagedNow) != absl::string_view::npos) {
+        result = "dropped";
+        LOG(INFO) << "volume " << id << ": no longer staged or published; not retried";
+      } else {
+        result = "failed";
+        LOG(ERROR) << "volume " << id << ": recovery retry " << attempt
+                   << " failed, not tried again: " << info.status();
+      }
+      if (retries_ != nullptr) retries_->Add({{"result", result}}).Increment();
+    }
+    bool done = false;
+    {
+      ublk::MutexLock lock(&mu_);
+      retry_.insert(retry_.end(), again.begin(), again.end());
+      done = retry_.empty();
+    }
+    RefreshExportGauge();
+    if (done) return;
+  }
 }
 
 void RecoveryManager::Finish(const std::string& volume_id, Outcome outcome, absl::Duration took) {

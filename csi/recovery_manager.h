@@ -80,6 +80,14 @@ struct RecoveryOptions {
   // it fails. Every glog line is written under one process-wide lock: a
   // line or three per volume serialized a mass recovery behind the log.
   absl::Duration progress_log_interval = absl::Seconds(1);
+  // A volume whose recovery failed with UNAVAILABLE (its Ceph cluster did
+  // not answer: monitors down, network) is tried again every this long
+  // after the first pass, by one thread, until it recovers, fails another
+  // way, or is no longer staged or published (kubelet does not repeat a
+  // NodeStage after a plugin restart: without this the volume stayed
+  // failed, its I/O parked in the kernel, until the plugin restarted).
+  // Zero: no retries.
+  absl::Duration unavailable_retry_interval = absl::Seconds(5);
 };
 
 class RecoveryManager final : public VolumeGate {
@@ -140,6 +148,11 @@ class RecoveryManager final : public VolumeGate {
   void Run();
   absl::StatusOr<ExportInfo> RecoverOne(const std::string& volume_id);
   void Finish(const std::string& volume_id, Outcome outcome, absl::Duration took);
+  // The retry thread: tries `retry_` again every unavailable_retry_interval
+  // until it is empty or Stop().
+  void RetryUnavailable();
+  // Sleeps `d` through the clock in short steps; false once Stop() ran.
+  bool SleepUnlessStopping(absl::Duration d);
   // The volumes that may be in progress now: concurrency, or
   // tight_concurrency under memory pressure. Logs and counts a transition.
   int AllowedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -155,6 +168,7 @@ class RecoveryManager final : public VolumeGate {
   prometheus::Family<prometheus::Gauge>* exports_ = nullptr;
   prometheus::Gauge* concurrency_gauge_ = nullptr;
   prometheus::Counter* throttles_ = nullptr;
+  prometheus::Family<prometheus::Counter>* retries_ = nullptr;
 
   mutable ublk::Mutex mu_;
   ublk::CondVar cv_;
@@ -172,8 +186,11 @@ class RecoveryManager final : public VolumeGate {
   Progress progress_ ABSL_GUARDED_BY(mu_);
   absl::Time started_at_ ABSL_GUARDED_BY(mu_);
   absl::Time last_progress_log_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> threads_;  // touched only by Start() and Stop()
+  // Failed with UNAVAILABLE in the first pass: RetryUnavailable's work.
+  std::vector<std::string> retry_ ABSL_GUARDED_BY(mu_);
   ublk::Mutex threads_mu_;
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(threads_mu_);
+  bool threads_closed_ ABSL_GUARDED_BY(threads_mu_) = false;  // Stop() took them
 };
 
 }  // namespace ublk_csi

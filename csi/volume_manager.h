@@ -38,6 +38,8 @@
 namespace ublk_csi {
 
 inline constexpr char kTopologyKey[] = "topology.ublk.csi.io/node";
+// RecoverExport's refusal of a volume that is no longer staged or published.
+inline constexpr char kNotStagedNow[] = "is no longer staged or published";
 
 struct VolumeManagerOptions {
   std::string node_id;
@@ -136,7 +138,9 @@ class VolumeManager {
   // Recovery after a restart: ensures the export of a staged or published
   // volume (re-attach a QUIESCED device, or re-create it after a reboot) and
   // persists the device id it got. Takes the volume's lock like an RPC
-  // (ABORTED while a call on it runs); does not consult the gate.
+  // (ABORTED while a call on it runs); does not consult the gate. A volume
+  // no longer staged nor published (unstaged while it waited) is
+  // FAILED_PRECONDITION with kNotStagedNow in the message: nothing to serve.
   absl::StatusOr<ExportInfo> RecoverExport(const std::string& volume_id);
   // Set once before serving (null: every volume serves).
   void SetGate(VolumeGate* gate) { gate_.store(gate); }

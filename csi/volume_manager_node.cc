@@ -178,6 +178,10 @@ absl::StatusOr<ExportInfo> VolumeManager::EnsureExport(VolumeRecord* rec,
 absl::StatusOr<ExportInfo> VolumeManager::RecoverExport(const std::string& volume_id) {
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(volume_id, "volume " + volume_id));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(volume_id));
+  if (rec.staged_path().empty() && rec.published_paths_size() == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("volume ", volume_id, " ", kNotStagedNow, ": nothing to recover"));
+  }
   ASSIGN_OR_RETURN(ExportInfo info, EnsureExport(&rec));
   if (rec.frozen_for_copy()) {
     // The previous process died while it held the filesystem frozen for a

@@ -80,6 +80,17 @@ double MetricSum(prometheus::Registry& registry, const std::string& name,
   return sum;
 }
 
+// Polls `cond` (real time) until it holds or `timeout` passes: the retry
+// thread runs on its own (its waits go through the fake clock).
+bool Eventually(const std::function<bool()>& cond, absl::Duration timeout) {
+  const absl::Time until = absl::Now() + timeout;
+  while (!cond()) {
+    if (absl::Now() >= until) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
 // A VolumeBackend that forwards to another and can hold EnsureExport calls
 // after the first `pass` of them, until Release().
 class HoldingBackend final : public VolumeBackend {
@@ -98,6 +109,12 @@ class HoldingBackend final : public VolumeBackend {
     ublk::MutexLock lock(&mu_);
     return held_;
   }
+  // The next n EnsureExport calls fail UNAVAILABLE, as an RBD volume's do
+  // while its cluster's monitors do not answer.
+  void FailUnavailable(int n) {
+    ublk::MutexLock lock(&mu_);
+    unavailable_ = n;
+  }
   absl::StatusOr<ExportInfo> EnsureExport(const ExportSpec& spec) override {
     {
       ublk::MutexLock lock(&mu_);
@@ -105,6 +122,10 @@ class HoldingBackend final : public VolumeBackend {
         ++held_;
         cv_.NotifyAll();
         cv_.Wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pass_ < 0; });
+      }
+      if (unavailable_ > 0) {
+        --unavailable_;
+        return absl::UnavailableError("rbd cluster e2e: connecting timed out after 5s");
       }
     }
     return base_->EnsureExport(spec);
@@ -131,6 +152,7 @@ class HoldingBackend final : public VolumeBackend {
   int pass_ ABSL_GUARDED_BY(mu_) = -1;
   int calls_ ABSL_GUARDED_BY(mu_) = 0;
   int held_ ABSL_GUARDED_BY(mu_) = 0;
+  int unavailable_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 class RecoveryTest : public ::testing::Test {
@@ -540,6 +562,75 @@ TEST_F(RecoveryTest, BrokenVolumesFailAloneOthersRecover) {
     EXPECT_FALSE(s->volume_condition().abnormal()) << s->volume_condition().message();
   }
   EXPECT_EQ(kernel_->Read(DevId(ids[4]), 4096 * 4, 4096)->data, Pattern(4096, 54));
+}
+
+// Volumes whose recovery fails UNAVAILABLE (an RBD volume's cluster does not
+// answer when the plugin starts) are failed in the first pass, then tried
+// again every unavailable_retry_interval by the plugin itself (kubelet does
+// not repeat a NodeStage) until they serve: one ERROR line each, the retry
+// counter by result, ready once they do.
+TEST_F(RecoveryTest, UnavailableVolumesAreRetriedUntilTheyServe) {
+  fake_recovery_clock_ = true;
+  Start();
+  ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(5)));
+  std::vector<std::string> ids = MakeVolumes(3);
+  WriteEach(ids, 70);
+  Kill();
+  LogCapture logs;
+  Start(/*concurrency=*/1, /*workers=*/4, /*hold_after=*/0);
+  p_->holding->FailUnavailable(5);  // 3 in the first pass, 2 on the first retry
+  p_->holding->Release();
+  ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(10)));
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recoveries_total", "outcome", "failed"), 3);
+  EXPECT_EQ(logs.Count(google::GLOG_ERROR, {"recovery failed", "trying again every 5s"}), 3);
+  ASSERT_TRUE(Eventually([&] { return p_->recovery->ServingStatus().ok(); }, absl::Seconds(10)))
+      << p_->recovery->ServingStatus();
+  EXPECT_TRUE(p_->health.Ready().ok()) << p_->health.Ready();
+  RecoveryManager::Progress pr = p_->recovery->progress();
+  EXPECT_EQ(pr.failed, 0);
+  EXPECT_EQ(pr.recovered, 3);
+  for (const std::string& id : ids) EXPECT_EQ(p_->recovery->OutcomeOf(id), Outcome::kRecovered);
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recovery_retries_total", "result", "unavailable"),
+            2);
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recovery_retries_total", "result", "recovered"), 3);
+  EXPECT_EQ(MetricSum(*p_->registry, "ublk_csi_recoveries_total", "outcome", "recovered"), 3);
+  EXPECT_EQ(logs.Count(google::GLOG_ERROR, {"recovery"}), 3);  // no line per retry
+  ExpectEach(ids, 70);
+}
+
+// A volume unstaged while its recovery waits for the cluster is dropped from
+// the retries, not exported again; a failure of another kind ends them.
+TEST_F(RecoveryTest, UnavailableRetriesStopForAnUnstagedVolume) {
+  fake_recovery_clock_ = true;
+  Start();
+  ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(5)));
+  std::vector<std::string> ids = MakeVolumes(1);
+  Kill();
+  Start(/*concurrency=*/1, /*workers=*/4, /*hold_after=*/0);
+  p_->holding->FailUnavailable(1 << 20);  // the cluster never answers
+  p_->holding->Release();
+  ASSERT_TRUE(p_->recovery->WaitDone(absl::Seconds(10)));
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return MetricSum(*p_->registry, "ublk_csi_recovery_retries_total", "result",
+                         "unavailable") >= 3;
+      },
+      absl::Seconds(10)))
+      << p_->recovery->ServingStatus()
+      << " failed=" << MetricSum(*p_->registry, "ublk_csi_recoveries_total", "outcome", "failed");
+  csi::v1::NodeUnstageVolumeRequest ur;
+  ur.set_volume_id(ids[0]);
+  ur.set_staging_target_path(dir_.path() + "/staging/" + ids[0]);
+  auto unstaged = p_->manager->NodeUnstageVolume(ur);
+  ASSERT_TRUE(unstaged.ok()) << unstaged.status();
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return MetricSum(*p_->registry, "ublk_csi_recovery_retries_total", "result", "dropped") ==
+               1;
+      },
+      absl::Seconds(10)));
+  EXPECT_EQ(p_->backend->GetExportStatus(ids[0]).state, ExportState::kAbsent);
+  EXPECT_TRUE(p_->recovery->ServingStatus().ok()) << p_->recovery->ServingStatus();
 }
 
 // After a reboot onto a kernel with a lower device limit, the volumes over
