@@ -430,9 +430,17 @@ absl::StatusOr<std::string> RealMounter::DeviceNumber(const std::string& device_
   return DevString(st.st_rdev);
 }
 
+// No discard at mkfs: a device only ever gets a filesystem when it is new,
+// and a new volume (sparse file, fresh RBD image) reads zeros already; the
+// whole-device discard cost an RBD volume one librbd op per object (over
+// 90 s for 256 MiB under TCG). Lazy inode-table and journal init, as
+// ceph-csi does: the kernel finishes them in the background.
 absl::Status RealMounter::MakeFilesystem(const std::string& device, const std::string& fstype) {
-  if (fstype == "ext4") return RunChecked({"mkfs.ext4", "-F", "-q", device});
-  if (fstype == "xfs") return RunChecked({"mkfs.xfs", "-f", "-q", device});
+  if (fstype == "ext4") {
+    return RunChecked({"mkfs.ext4", "-F", "-q", "-E",
+                       "nodiscard,lazy_itable_init=1,lazy_journal_init=1", device});
+  }
+  if (fstype == "xfs") return RunChecked({"mkfs.xfs", "-f", "-q", "-K", device});
   return absl::InvalidArgumentError(
       absl::StrCat("mkfs on ", device, ": unsupported filesystem type '", fstype, "'"));
 }
