@@ -134,6 +134,9 @@ expect "$f" 'name: csi-resizer' "default: resizer on"
 expect_not "$f" 'name: csi-snapshotter' "default: snapshotter off"
 expect_not "$f" 'kind: VolumeSnapshotClass' "default: no VolumeSnapshotClass without snapshotter"
 expect_not "$f" '--workers=|--queue-depth=|--buffer-pool-' "default: no unset engine flags"
+# RBD (rbd.enabled) is off by default: the chart renders as before it existed.
+expect_not "$f" 'rbd\.ublk\.csi\.io|--rbd|rbd\.sock|rbd-controller|--mode=' "default: nothing of the RBD driver"
+expect_not "$f" '^kind: Deployment$' "default: no controller Deployment"
 
 render full -f "$CHART/ci/full-values.yaml"
 f=$OUT/full.yaml
@@ -158,12 +161,42 @@ expect_not "$f" '^kind: (CSIDriver|StorageClass|ClusterRole|ServiceAccount|Servi
 expect "$f" 'serviceAccountName: existing-ublk-csi' "minimal: existing service account"
 expect_not "$f" 'name: (csi-resizer|modprobe)$' "minimal: resizer and modprobe off"
 
+render rbd -f "$CHART/ci/rbd-values.yaml"
+f=$OUT/rbd.yaml
+expect "$f" '^  name: rbd\.ublk\.csi\.io$' "rbd: second CSIDriver rbd.ublk.csi.io"
+expect "$f" '^  name: ublk\.csi\.io$' "rbd: the node-local CSIDriver stays"
+expect "$f" '^  storageCapacity: false$' "rbd: no capacity tracking for RBD"
+expect "$f" '^            - --rbd-endpoint=unix:///csi/rbd\.sock$' "rbd: node plugin serves the second driver's socket"
+expect "$f" '^        - name: node-driver-registrar-rbd$' "rbd: second node-driver-registrar"
+expect "$f" '--kubelet-registration-path=/var/lib/kubelet/plugins/ublk\.csi\.io/rbd\.sock' "rbd: second registrar registers rbd.sock"
+expect "$f" '--kubelet-registration-path=/var/lib/kubelet/plugins/ublk\.csi\.io/csi\.sock' "rbd: first registrar unchanged"
+expect "$f" '^kind: Deployment$' "rbd: controller Deployment"
+expect "$f" '^  replicas: 2$' "rbd: controller replicas from values"
+expect "$f" '^            - --mode=controller$' "rbd: controller runs --mode=controller"
+expect "$f" 'claimName: ublk-csi-rbd-controller' "rbd: controller data volume from values"
+expect "$f" 'resources: \["leases"\]' "rbd: RBAC for leader election"
+expect "$f" 'resources: \["secrets"\]' "rbd: RBAC to read the cephx secrets"
+expect "$f" '^provisioner: rbd\.ublk\.csi\.io$' "rbd: StorageClass of the RBD driver"
+expect "$f" '^volumeBindingMode: Immediate$' "rbd: RBD StorageClass binds at once"
+expect "$f" 'csi\.storage\.k8s\.io/node-stage-secret-namespace: ceph-secrets' "rbd: node-stage secret"
+# The Deployment alone: no node-deployment sidecar, every sidecar
+# leader-elected, nothing privileged.
+awk '/^kind: Deployment$/,/^---$/' "$f" >"$OUT/rbd-controller.yaml"
+c=$OUT/rbd-controller.yaml
+expect_not "$c" '--node-deployment|--enable-capacity|privileged|hostPath' "rbd controller: central provisioner, no capacity, no privilege, no host path"
+n=$(grep -c -- '--leader-election=true' "$c" || true)
+if [ "$n" -eq 3 ]; then ok "rbd controller: provisioner, resizer and snapshotter leader-elected"; else bad "rbd controller: $n sidecars with --leader-election=true, want 3"; fi
+for ctr in csi-provisioner csi-resizer csi-snapshotter liveness-probe; do
+  expect "$c" "^        - name: $ctr\$" "rbd controller: $ctr"
+done
+expect "$c" '^            - --rbd$' "rbd controller: --rbd"
+
 # NOTES.txt is not rendered by helm template: render it through a copy of the
 # chart with one extra template that includes it.
 NOTES_CHART=$OUT/notes-chart
 rm -rf "$NOTES_CHART" && cp -r "$CHART" "$NOTES_CHART"
 printf 'notes: |\n  {{- include "ublk-csi/templates/NOTES.txt" . | nindent 2 }}\n' >"$NOTES_CHART/templates/zz-notes.yaml"
-for set in default full minimal; do
+for set in default full minimal rbd; do
   args=(); [ "$set" = default ] || args=(-f "$CHART/ci/$set-values.yaml")
   if "$HELM" template ublk "$NOTES_CHART" -n ublk-csi "${args[@]}" --show-only templates/zz-notes.yaml >"$OUT/$set.notes" 2>&1; then
     ok "NOTES.txt renders ($set values)"
@@ -175,6 +208,8 @@ expect "$OUT/default.notes" 'rollout status daemonset/ublk-ublk-csi-node' "NOTES
 expect "$OUT/default.notes" 'storageClassName: ublk$' "NOTES: PVC example uses the StorageClass"
 expect "$OUT/full.notes" 'Upgrades \(OnDelete\)' "NOTES: follows updateStrategy"
 expect "$OUT/minimal.notes" 'load ublk_drv on every node yourself' "NOTES: modprobe off says what to do"
+expect "$OUT/rbd.notes" 'rollout status deployment/ublk-ublk-csi-rbd-controller' "NOTES: rbd names the controller Deployment"
+expect_not "$OUT/default.notes" 'rbd' "NOTES: nothing of RBD by default"
 
 # --- negative: broken values must fail, with a message naming the problem ----
 # refuse NAME REGEX HELM_ARGS...: both lint and template must fail and print REGEX.
@@ -214,6 +249,11 @@ refuse "unsupported filesystem" 'storageClass\.fsType: storageClass\.fsType must
 refuse "relative data dir" 'dataDir: Does not match pattern' --set dataDir=var/lib/ublk-csi
 refuse "ServiceMonitor without its Service" 'metrics\.service\.enabled: metrics\.service\.enabled does not match: true' \
   --set metrics.serviceMonitor.enabled=true --set metrics.service.enabled=false
+refuse "RBD StorageClass without its cluster" 'rbd\.storageClass\.clusterID: String length must be greater than or equal to 1' \
+  --set rbd.enabled=true --set rbd.storageClass.create=true --set rbd.storageClass.monitors=m \
+  --set rbd.storageClass.pool=p --set rbd.storageClass.secretName=s
+refuse "RBD controller data volume of two kinds" 'rbd\.controller\.dataVolume: Must have at most 1 properties' \
+  --set rbd.enabled=true --set rbd.controller.dataVolume.hostPath.path=/x --set-json rbd.controller.dataVolume.emptyDir={}
 refuse "existing service account without a name" 'serviceAccount\.name: String length must be greater than or equal to 1' \
   --set serviceAccount.create=false
 

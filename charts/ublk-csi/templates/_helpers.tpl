@@ -1,5 +1,8 @@
 {{/* The CSI driver name is compiled into the plugin: not a value. */}}
 {{- define "ublk-csi.driverName" -}}ublk.csi.io{{- end -}}
+{{/* The Ceph RBD driver (rbd.enabled): its own name, so that its central
+     provisioner never acts on the node-local driver's PVCs. */}}
+{{- define "ublk-csi.rbdDriverName" -}}rbd.ublk.csi.io{{- end -}}
 
 {{- define "ublk-csi.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
@@ -28,6 +31,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "ublk-csi.selectorLabels" -}}
 {{ include "ublk-csi.instanceLabels" . }}
 app.kubernetes.io/component: node
+{{- end -}}
+
+{{/* The RBD controller Deployment's pods. */}}
+{{- define "ublk-csi.controllerSelectorLabels" -}}
+{{ include "ublk-csi.instanceLabels" . }}
+app.kubernetes.io/component: rbd-controller
+{{- end -}}
+
+{{/* The RBD controller's own account (RBAC of a central provisioner,
+     resizer and snapshotter, which the node pods do not need). */}}
+{{- define "ublk-csi.controllerServiceAccountName" -}}
+{{- printf "%s-rbd-controller" (include "ublk-csi.fullname" .) -}}
 {{- end -}}
 
 {{- define "ublk-csi.labels" -}}
