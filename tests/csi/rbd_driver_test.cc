@@ -49,6 +49,15 @@ csi::v1::CreateVolumeRequest RbdCreate(const std::string& name) {
   return r;
 }
 
+// One unary call of `rpc` on `stub`, its result as an absl::Status.
+template <typename Stub, typename Req, typename Resp>
+absl::Status Call(Stub* stub, grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Req&, Resp*),
+                  const Req& req) {
+  grpc::ClientContext ctx;
+  Resp resp;
+  return FromGrpcStatus((stub->*rpc)(&ctx, req, &resp));
+}
+
 // One endpoint: Identity for `driver` plus the given services.
 struct TestEndpoint {
   TestEndpoint(const std::string& path, Driver driver, PluginCapabilities caps,
@@ -170,34 +179,22 @@ TEST_F(RbdDriverTest, TheRbdControllerRefusesNodeLocalVolumes) {
   absl::StatusOr<std::string> local = Create("local", kGiB);
   ASSERT_TRUE(local.ok()) << local.status();
   auto stub = csi::v1::Controller::NewStub(controller_->channel);
-  {
-    grpc::ClientContext ctx;
-    csi::v1::DeleteVolumeRequest req;
-    req.set_volume_id(*local);
-    csi::v1::DeleteVolumeResponse resp;
-    grpc::Status s = stub->DeleteVolume(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(s.error_message(), HasSubstr("is not an RBD volume"));
-  }
-  {
-    grpc::ClientContext ctx;
-    csi::v1::CreateSnapshotRequest req;
-    req.set_source_volume_id(*local);
-    req.set_name("snap");
-    csi::v1::CreateSnapshotResponse resp;
-    grpc::Status s = stub->CreateSnapshot(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(s.error_message(), HasSubstr("source_volume_id"));
-  }
-  {
-    grpc::ClientContext ctx;
-    csi::v1::ControllerExpandVolumeRequest req;
-    req.set_volume_id(*local);
-    req.mutable_capacity_range()->set_required_bytes(2 * kGiB);
-    csi::v1::ControllerExpandVolumeResponse resp;
-    EXPECT_EQ(stub->ControllerExpandVolume(&ctx, req, &resp).error_code(),
-              grpc::StatusCode::INVALID_ARGUMENT);
-  }
+  csi::v1::DeleteVolumeRequest del;
+  del.set_volume_id(*local);
+  absl::Status s = Call(stub.get(), &csi::v1::Controller::Stub::DeleteVolume, del);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("is not an RBD volume"));
+  csi::v1::CreateSnapshotRequest snap;
+  snap.set_source_volume_id(*local);
+  snap.set_name("snap");
+  s = Call(stub.get(), &csi::v1::Controller::Stub::CreateSnapshot, snap);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("source_volume_id"));
+  csi::v1::ControllerExpandVolumeRequest expand;
+  expand.set_volume_id(*local);
+  expand.mutable_capacity_range()->set_required_bytes(2 * kGiB);
+  EXPECT_EQ(Call(stub.get(), &csi::v1::Controller::Stub::ControllerExpandVolume, expand).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(RbdDriverTest, TheRbdControllerAdvertisesWhatACentralControllerServes) {
