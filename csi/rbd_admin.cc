@@ -1,9 +1,16 @@
 // LibRbdAdmin: RbdAdmin over librados/librbd (Debian's 16.2.x), on the
 // node's shared rados connections (ublk::RadosConnections: one client per
-// cluster for the engine's I/O and these admin calls alike). The advisory
-// lock is therefore held by the same client that serves the image; a lock
-// break (only ever of this node's own stale cookie, i.e. a dead earlier
-// process) blocklists that dead client, never a live one.
+// cluster for the engine's I/O and these admin calls alike).
+//
+// The one-writer lock is a rados lock named kRbdStageLockName on the
+// image's header object, not librbd's advisory lock (rbd_lock_exclusive):
+// that one is the very cls lock ("rbd_lock") the exclusive-lock feature
+// manages, so with it held librbd could never take the exclusive lock for
+// a write and every write blocked (the default image features include
+// exclusive-lock; found by the rbd-csi scenario: mkfs hung). Fencing a dead
+// writer stays librbd's: a new process's first write takes the exclusive
+// lock from the dead owner and blocklists it. A lock break here (only ever
+// of this node's own stale cookie) just removes the dead process's entry.
 #include "csi/rbd_admin.h"
 
 #include <cerrno>
@@ -68,6 +75,10 @@ class Image {
 
 class LibRbdAdmin final : public RbdAdmin {
  public:
+  // As librbd's rbd_blocklist_expire_seconds default (0: the OSDs' default,
+  // one hour): a dead process's address is not reused.
+  static constexpr uint32_t kBlocklistSeconds = 0;
+
   explicit LibRbdAdmin(ublk::RadosConnections* connections) : connections_(connections) {}
 
   absl::StatusOr<RbdImageInfo> Stat(const RbdAccess& a, const std::string& pool,
@@ -234,11 +245,13 @@ class LibRbdAdmin final : public RbdAdmin {
     const ublk::RbdApi& rbd = *io.rbd;
     Image img(rbd);
     RETURN_IF_ERROR(img.Open(io, pool, image));
-    int rc = rbd.rbd_lock_exclusive(img.get(), cookie.c_str());
+    ASSIGN_OR_RETURN(std::string oid, HeaderOid(rbd, img.get(), pool, image));
+    int rc = rbd.rados_lock_exclusive(io.io, oid.c_str(), kRbdStageLockName, cookie.c_str(),
+                                      "staged by ublk-csi", nullptr, 0);
     if (rc == -EEXIST) return absl::OkStatus();
     if (rc == -EBUSY) {
       std::string holders;
-      if (absl::StatusOr<std::vector<RbdLockHolder>> l = ListLockers(rbd, img.get()); l.ok()) {
+      if (absl::StatusOr<std::vector<RbdLockHolder>> l = ListLockers(rbd, io, oid); l.ok()) {
         for (const RbdLockHolder& h : *l) {
           absl::StrAppend(&holders, holders.empty() ? "" : ", ", h.client, " (", h.cookie, " at ",
                           h.address, ")");
@@ -257,7 +270,8 @@ class LibRbdAdmin final : public RbdAdmin {
     const ublk::RbdApi& rbd = *io.rbd;
     Image img(rbd);
     RETURN_IF_ERROR(img.Open(io, pool, image));
-    return ListLockers(rbd, img.get());
+    ASSIGN_OR_RETURN(std::string oid, HeaderOid(rbd, img.get(), pool, image));
+    return ListLockers(rbd, io, oid);
   }
 
   absl::Status BreakLock(const RbdAccess& a, const std::string& pool, const std::string& image,
@@ -267,7 +281,23 @@ class LibRbdAdmin final : public RbdAdmin {
     Image img(rbd);
     ASSIGN_OR_RETURN(bool exists, img.OpenIfExists(io, pool, image));
     if (!exists) return absl::OkStatus();
-    int rc = rbd.rbd_break_lock(img.get(), holder.client.c_str(), holder.cookie.c_str());
+    ASSIGN_OR_RETURN(std::string oid, HeaderOid(rbd, img.get(), pool, image));
+    // The holder is this node's dead earlier process: blocklist its client
+    // first (as librbd's own lock break does), so its watch on the header
+    // ends now and the exclusive lock it held passes to us at our first
+    // write, instead of after the watch times out (30 s of stalled writes).
+    if (!holder.address.empty()) {
+      int brc =
+          rbd.rados_blocklist_add(rbd.rados_ioctx_get_cluster(io.io),
+                                  const_cast<char*>(holder.address.c_str()), kBlocklistSeconds);
+      if (brc < 0) {
+        LOG(WARNING) << "blocklisting " << holder.client << " at " << holder.address << " on "
+                     << pool << "/" << image << ": " << ublk::Errno(-brc)
+                     << "; its exclusive lock passes on when its watch times out";
+      }
+    }
+    int rc = rbd.rados_break_lock(io.io, oid.c_str(), kRbdStageLockName, holder.client.c_str(),
+                                  holder.cookie.c_str());
     if (rc == -ENOENT) return absl::OkStatus();
     return FromRc(rc, absl::StrCat("break lock of ", holder.client, " on ", pool, "/", image));
   }
@@ -279,23 +309,36 @@ class LibRbdAdmin final : public RbdAdmin {
     Image img(rbd);
     ASSIGN_OR_RETURN(bool exists, img.OpenIfExists(io, pool, image));
     if (!exists) return absl::OkStatus();
-    int rc = rbd.rbd_unlock(img.get(), cookie.c_str());
+    ASSIGN_OR_RETURN(std::string oid, HeaderOid(rbd, img.get(), pool, image));
+    int rc = rbd.rados_unlock(io.io, oid.c_str(), kRbdStageLockName, cookie.c_str());
     if (rc == -ENOENT) return absl::OkStatus();
     return FromRc(rc, absl::StrCat("unlock ", pool, "/", image));
   }
 
  private:
+  // The image's header object ("rbd_header.<id>", format 2): the lock lives
+  // and dies with the image.
+  static absl::StatusOr<std::string> HeaderOid(const ublk::RbdApi& rbd, rbd_image_t img,
+                                               const std::string& pool, const std::string& image) {
+    char id[128] = {};
+    RETURN_IF_ERROR(FromRc(rbd.rbd_get_id(img, id, sizeof(id)),
+                           absl::StrCat("image id of ", pool, "/", image)));
+    return absl::StrCat("rbd_header.", id);
+  }
+
   static absl::StatusOr<std::vector<RbdLockHolder>> ListLockers(const ublk::RbdApi& rbd,
-                                                                rbd_image_t img) {
+                                                                const Io& io,
+                                                                const std::string& oid) {
     size_t sizes[4] = {256, 1024, 1024, 1024};
     for (int attempt = 0; attempt < 4; ++attempt) {
       std::string tag(sizes[0], '\0'), clients(sizes[1], '\0'), cookies(sizes[2], '\0'),
           addrs(sizes[3], '\0');
       int exclusive = 0;
-      ssize_t n =
-          rbd.rbd_list_lockers(img, &exclusive, tag.data(), &sizes[0], clients.data(), &sizes[1],
-                               cookies.data(), &sizes[2], addrs.data(), &sizes[3]);
+      ssize_t n = rbd.rados_list_lockers(io.io, oid.c_str(), kRbdStageLockName, &exclusive,
+                                         tag.data(), &sizes[0], clients.data(), &sizes[1],
+                                         cookies.data(), &sizes[2], addrs.data(), &sizes[3]);
       if (n == -ERANGE) continue;  // sizes now say what is needed
+      if (n == -ENOENT) return std::vector<RbdLockHolder>{};
       if (n < 0) return FromRc(static_cast<int>(n), "list lockers");
       auto split = [](const std::string& buf, size_t len) {
         std::vector<std::string> out;

@@ -55,6 +55,12 @@ class RadosConnections;
 
 namespace ublk_csi {
 
+// The rados lock on an RBD image's header object that marks it staged on a
+// node (cookie "ublk-csi:<node>"). Inspect or remove it with
+// `rados -p POOL lock info rbd_header.<image id> ublk-csi` and
+// `rados -p POOL lock break rbd_header.<image id> ublk-csi CLIENT --lock-cookie COOKIE`.
+inline constexpr char kRbdStageLockName[] = "ublk-csi";
+
 // One cluster as a client reaches it.
 struct RbdAccess {
   std::string monitors;

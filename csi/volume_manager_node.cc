@@ -182,6 +182,14 @@ absl::StatusOr<ExportInfo> VolumeManager::RecoverExport(const std::string& volum
     return absl::FailedPreconditionError(
         absl::StrCat("volume ", volume_id, " ", kNotStagedNow, ": nothing to recover"));
   }
+  if (rec.has_rbd()) {
+    // The stage lock is held by this node's dead earlier process: take it
+    // over now (which blocklists that client), so the exclusive lock it
+    // held passes to this process at its first write instead of after the
+    // dead client's watch times out (~30 s of stalled writes).
+    ASSIGN_OR_RETURN(RbdCredentials creds, KeptCredentials(rec));
+    RETURN_IF_ERROR(TakeRbdLock(rec, AccessOf(rec.rbd(), creds)));
+  }
   ASSIGN_OR_RETURN(ExportInfo info, EnsureExport(&rec));
   if (rec.frozen_for_copy()) {
     // The previous process died while it held the filesystem frozen for a

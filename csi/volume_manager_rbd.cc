@@ -384,8 +384,9 @@ absl::Status VolumeManager::TakeRbdLock(const VolumeRecord& rec, const RbdAccess
     return absl::FailedPreconditionError(absl::StrCat(
         "volume ", rec.volume_id(), ": RBD image ", pool, "/", image,
         " is staged on another node (locked by ", who.empty() ? "another client" : who,
-        "); unstage it there first. If that node is gone for good, remove the lock with `rbd "
-        "lock rm`"));
+        "); unstage it there first. If that node is gone for good, remove its lock: `rados -p ",
+        pool, " lock break rbd_header.<image id> ", kRbdStageLockName,
+        " <client> --lock-cookie <cookie>`"));
   }
   for (const RbdLockHolder& h : holders) {
     LOG(WARNING) << "volume " << rec.volume_id() << ": taking over this node's lock on " << pool
@@ -400,10 +401,11 @@ absl::Status VolumeManager::TakeRbdLock(const VolumeRecord& rec, const RbdAccess
 void VolumeManager::ReleaseRbdLock(const VolumeRecord& rec) {
   absl::StatusOr<RbdCredentials> creds = KeptCredentials(rec);
   if (!creds.ok()) {
-    LOG(WARNING)
-        << "volume " << rec.volume_id() << ": cannot release this node's lock on "
-        << rec.rbd().pool() << "/" << rec.rbd().image() << " (" << creds.status()
-        << "); the next stage on this node takes it over, another node needs `rbd lock rm`";
+    LOG(WARNING) << "volume " << rec.volume_id() << ": cannot release this node's lock on "
+                 << rec.rbd().pool() << "/" << rec.rbd().image() << " (" << creds.status()
+                 << "); the next stage on this node takes it over, another node needs `rados lock "
+                    "break` of lock "
+                 << kRbdStageLockName << " on the image's header object";
     return;
   }
   ReleaseRbdLockWith(rec, *creds);

@@ -53,10 +53,12 @@ namespace ublk {
   X(rbd_snap_is_protected)         \
   X(rbd_snap_protect)              \
   X(rbd_snap_unprotect)            \
-  X(rbd_lock_exclusive)            \
-  X(rbd_list_lockers)              \
-  X(rbd_break_lock)                \
-  X(rbd_unlock)                    \
+  X(rados_lock_exclusive)          \
+  X(rados_list_lockers)            \
+  X(rados_break_lock)              \
+  X(rados_unlock)                  \
+  X(rados_ioctx_get_cluster)       \
+  X(rados_blocklist_add)           \
   X(rbd_aio_create_completion)     \
   X(rbd_aio_get_return_value)      \
   X(rbd_aio_release)               \

@@ -402,9 +402,13 @@ TEST_F(RbdVolumeTest, RestartRecoversWithoutNodeStageAndUnstageReleasesTheOldLoc
   auto info = manager_->RecoverExport(v->volume_id());
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(backend_->LastSpec(v->volume_id()).rbd->key, kKey) << "from the kept credentials";
-  // Still locked by the earlier process (advisory locks outlive clients).
-  EXPECT_EQ(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->lockers[0].client, old_client);
-  // A repeated NodeStage after the restart takes over this node's lock.
+  // The recovery took over this node's stage lock from the earlier
+  // process's client (the real admin blocklists that client as it breaks
+  // the lock, so librbd's exclusive lock passes on at once).
+  ASSERT_EQ(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->lockers.size(), 1u);
+  EXPECT_NE(old_client, admin_->client());
+  EXPECT_EQ(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->lockers[0].client, admin_->client());
+  // A repeated NodeStage after the restart keeps it.
   ASSERT_TRUE(StageRbd(manager_.get(), *v, Path("stage/pvc-1")).ok());
   EXPECT_EQ(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->lockers[0].client, admin_->client());
   RestartPlugin();
