@@ -10,7 +10,7 @@
 # recprofile with recovery: perf and thread-wait samples across each kill.
 # GROUPS: words out of "tmpfs ext4 null rbd" (default: the first three); rbd
 # = one RBD image on a single-node Ceph in the guest (bench/rbd.sh): krbd
-# (the baseline), rbd-nbd and, once the engine has it, ublk-tool's RBD target.
+# (the baseline), rbd-nbd and ublk-tool's RBD target in user copy.
 # WORKLOADS: names out of WORKLOADS below ("all" or empty: every one).
 # MODES: copy modes to run ("all" or empty: every mode the kernel has).
 # PF_SYSCALLS: 0 skips the profile part's syscall counts (default 1).
