@@ -14,6 +14,13 @@
 # Host knobs (passed on by that step): CSI_SANITY_ACCESS_TYPES, the suite's
 # volume access types to run one after the other (default "mount block"),
 # and CSI_SANITY_TIMEOUT, the suite's deadline per access type in seconds.
+#
+# RBD mode (CSI_SANITY_RBD=1, set by scenarios/csi-sanity-rbd.sh, which
+# sources this file): the single-node Ceph of lib/ceph.sh, the plugin with
+# --rbd, and the suite given the StorageClass parameters
+# (--csi.testvolumeparameters: backend=rbd, clusterID, monitors, pool) and
+# the cephx user and key as every call's secrets (--csi.secrets). Also
+# checked afterwards: no image left in the pool or its trash.
 # e2e-timeout: 900
 # e2e-requires: csi/ublk-csi csi/ublk-csi-ctl
 # e2e-prepare: lib/prepare-csi-sanity.sh
@@ -36,9 +43,31 @@ mkdir -p "$DATA"
 mount -t tmpfs -o size=64G,mode=0700 sanity-data "$DATA" || e2e_fail "tmpfs on $DATA"
 modprobe ublk_drv 2>/dev/null
 
-e2e_step "plugin: --backend=ublk --mounter=real, data dir on a 64 GiB tmpfs"
+PLUGIN_ARGS=()
+SANITY_ARGS=()
+if [ -n "${CSI_SANITY_RBD:-}" ]; then
+  . "$SRC_DIR/tests/e2e/lib/ceph.sh"
+  e2e_step "start a single-node Ceph"
+  ceph_start "$E2E_DATA_DIR/ceph" || e2e_fail "ceph_start failed"
+  trap 'ceph_stop >/dev/null 2>&1' EXIT
+  # One monitor address (msgr v1), as in rbd-csi. The key goes in every
+  # secrets map csi-sanity has: the plugin needs it for CreateVolume,
+  # DeleteVolume, the snapshot calls, ControllerExpandVolume and NodeStage.
+  printf 'backend: rbd\nclusterID: e2e\nmonitors: "127.0.0.1:%s"\npool: %s\n' \
+    "${CEPH_MON_PORT_V1:-6789}" "$CEPH_POOL" >"$WORK/params.yaml"
+  (umask 077
+   for call in CreateVolume DeleteVolume ControllerPublishVolume ControllerUnpublishVolume \
+     ControllerValidateVolumeCapabilities NodeStageVolume NodePublishVolume CreateSnapshot \
+     DeleteSnapshot ListSnapshots ControllerExpandVolume ControllerModifyVolume; do
+     printf '%sSecret:\n  userID: %s\n  userKey: "%s"\n' "$call" "$CEPH_USER" "$CEPH_KEY"
+   done >"$WORK/secrets.yaml")
+  PLUGIN_ARGS=(--rbd --rbd-connect-timeout=5s)
+  SANITY_ARGS=(--csi.testvolumeparameters="$WORK/params.yaml" --csi.secrets="$WORK/secrets.yaml")
+fi
+
+e2e_step "plugin: --backend=ublk --mounter=real ${PLUGIN_ARGS[*]}, data dir on a 64 GiB tmpfs"
 "$PLUGIN" --node-id=e2e-sanity --endpoint="unix://$SOCK" --data-dir="$DATA" \
-  --metrics-address=127.0.0.1:0 --backend=ublk --mounter=real --log-level=info \
+  --metrics-address=127.0.0.1:0 --backend=ublk --mounter=real --log-level=info "${PLUGIN_ARGS[@]}" \
   2>"$E2E_RESULT_DIR/plugin.log" &
 PID=$!
 # Under TCG on a loaded host one ublk-csi-ctl start (gRPC's libraries over 9p)
@@ -70,7 +99,7 @@ run_suite() {
         --csi.stagingdir="$WORK/$access/staging" --csi.mountdir="$WORK/$access/target"
         --csi.testvolumeaccesstype="$access" --csi.testnodevolumeattachlimit
         --ginkgo.no-color --ginkgo.timeout="${SUITE_TIMEOUT}s"
-        --ginkgo.junit-report="${log%.log}.junit.xml")
+        --ginkgo.junit-report="${log%.log}.junit.xml" "${SANITY_ARGS[@]}")
   echo "  | $CSI_SANITY ${args[*]}"
   t0=$(e2e_t)
   timeout $((SUITE_TIMEOUT + 30)) "$CSI_SANITY" "${args[@]}" > "$log" 2>&1
@@ -146,10 +175,20 @@ mnts=$(awk -v w="$WORK/" 'index($5, w) == 1 && $5 != "'"$DATA"'" {print $5}' /pr
 # the plugin's own state, not a volume's.
 files=$(find "$DATA" -type f ! -path "$DATA/recovery-attempts" 2>/dev/null | head -20)
 [ -z "$files" ] && e2e_ok "no file left in the data dir (backing files, records)" || { e2e_check_failed "files left in the data dir:"; echo "$files" | sed 's/^/  | /'; }
+if [ -n "${CSI_SANITY_RBD:-}" ]; then
+  imgs=$(timeout 60 rbd --conf "$CEPH_CONF" ls "$CEPH_POOL" 2>&1 | tr '\n' ' ')
+  trash=$(timeout 60 rbd --conf "$CEPH_CONF" trash ls "$CEPH_POOL" 2>&1 | tr '\n' ' ')
+  if [ -z "${imgs// /}${trash// /}" ]; then e2e_ok "no image left in $CEPH_POOL or its trash"
+  else e2e_check_failed "left in $CEPH_POOL: images: ${imgs:-none}; trash: ${trash:-none}"; fi
+fi
 
 kill -TERM "$PID"
 e2e_wait_for 30 sh -c "! kill -0 $PID" || e2e_check_failed "plugin still running 30 s after SIGTERM"
 wait "$PID" 2>/dev/null
-echo "  | plugin log: $(grep -cE '^[WE][0-9]{4} ' "$E2E_RESULT_DIR/plugin.log") warning/error lines"
+echo "  | plugin log: $(grep -cE '^[WE][0-9]+ ' "$E2E_RESULT_DIR/plugin.log") warning/error lines"
 umount "$DATA" 2>/dev/null
+if [ -n "${CSI_SANITY_RBD:-}" ]; then
+  ceph_stop
+  trap - EXIT
+fi
 e2e_finish
