@@ -10,8 +10,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -31,6 +35,7 @@
 #include "csi/node_service.h"
 #include "csi/plugin_server.h"
 #include "csi/rbd_admin.h"
+#include "csi/rbd_params.h"
 #include "csi/record_store.h"
 #include "csi/recovery_manager.h"
 #include "csi/startup_marks.h"
@@ -98,6 +103,10 @@ DEFINE_string(log_level, "info", "error | warning | info | debug | trace");
 DEFINE_bool(rbd, false,
             "serve Ceph RBD volumes (StorageClass parameter backend: rbd) besides node-local "
             "file volumes: one rados connection per cluster, shared by I/O and admin calls");
+DEFINE_string(rbd_clusters_file, "",
+              "with --rbd: a file of \"clusterID monitors\" lines (e.g. a ConfigMap); a "
+              "DeleteVolume of an RBD volume without a record here (a replaced controller pod) "
+              "reaches its cluster through it instead of leaving the image");
 DEFINE_string(rbd_connect_timeout, "10s",
               "how long connecting to a Ceph cluster may take before UNAVAILABLE");
 DEFINE_string(rbd_op_timeout, "30s",
@@ -384,6 +393,7 @@ struct BackendParts {
   std::unique_ptr<ublk::RadosConnections> rbd_connections;
   std::unique_ptr<ublk::RbdMetrics> rbd_metrics;
   std::unique_ptr<RbdAdmin> rbd_admin;
+  std::map<std::string, std::string> rbd_clusters;  // --rbd-clusters-file
   std::unique_ptr<ublk::WorkerPool> pool;
   std::unique_ptr<VolumeBackend> backend;
   bool online_resize = true;  // the fake backend resizes anything
@@ -498,7 +508,23 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
 }
 
 absl::Status BuildRbd(prometheus::Registry* registry, BackendParts* parts) {
-  if (!FLAGS_rbd) return absl::OkStatus();
+  if (!FLAGS_rbd) {
+    if (FLAGS_rbd_clusters_file.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError("--rbd-clusters-file needs --rbd");
+  }
+  if (!FLAGS_rbd_clusters_file.empty()) {
+    std::ifstream in(FLAGS_rbd_clusters_file);
+    if (!in) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--rbd-clusters-file=", FLAGS_rbd_clusters_file, ": ", ublk::Errno(errno)));
+    }
+    std::stringstream text;
+    text << in.rdbuf();
+    ASSIGN_OR_RETURN(parts->rbd_clusters,
+                     ParseRbdClusters(text.str(), absl::StrCat("--rbd-clusters-file=",
+                                                               FLAGS_rbd_clusters_file)));
+    LOG(INFO) << "--rbd-clusters-file: " << parts->rbd_clusters.size() << " cluster(s)";
+  }
   ublk::RbdConnectOptions o;
   ASSIGN_OR_RETURN(o.connect_timeout,
                    ParseDurationFlag("rbd-connect-timeout", FLAGS_rbd_connect_timeout, false));
@@ -603,6 +629,7 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store, Backe
   opts.online_expansion = parts->online_resize;
   opts.registry = registry;
   opts.rbd_admin = parts->rbd_admin.get();
+  opts.rbd_cluster_monitors = parts->rbd_clusters;
   out->manager = std::make_unique<VolumeManager>(opts, store, parts->backend.get(), mounter);
   RETURN_IF_ERROR(out->manager->Load());
   Startup().Mark("records loaded");

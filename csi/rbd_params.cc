@@ -252,4 +252,29 @@ std::optional<ParsedRbdVolumeId> ParseRbdVolumeId(absl::string_view volume_id) {
   return out;
 }
 
+absl::StatusOr<std::map<std::string, std::string>> ParseRbdClusters(absl::string_view text,
+                                                                    absl::string_view source) {
+  std::map<std::string, std::string> out;
+  int n = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++n;
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<absl::string_view> f =
+        absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    const std::string where = absl::StrCat(source, " line ", n);
+    if (f.size() != 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": want \"clusterID monitors\" (two fields), got ", f.size()));
+    }
+    RETURN_IF_ERROR(ValidateClusterId(f[0], absl::StrCat(where, ": clusterID")));
+    RETURN_IF_ERROR(ValidateMonitors(f[1], absl::StrCat(where, ": monitors")));
+    if (!out.emplace(std::string(f[0]), std::string(f[1])).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": clusterID '", f[0], "' given twice"));
+    }
+  }
+  return out;
+}
+
 }  // namespace ublk_csi

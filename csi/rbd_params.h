@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -91,6 +92,13 @@ struct ParsedRbdVolumeId {
 };
 // nullopt when `volume_id` is not an RBD volume ID.
 std::optional<ParsedRbdVolumeId> ParseRbdVolumeId(absl::string_view volume_id);
+// --rbd-clusters-file: one cluster per line, "clusterID monitors" (e.g.
+// "ceph-a 10.0.0.1:6789,10.0.0.2:6789"), '#' comments, blank lines. Lets a
+// controller without a volume's record (a replaced pod, an emptyDir data
+// dir) still reach its cluster to delete its image. InvalidArgument naming
+// `source` and the line for a malformed one or a clusterID given twice.
+absl::StatusOr<std::map<std::string, std::string>> ParseRbdClusters(absl::string_view text,
+                                                                    absl::string_view source);
 // A snapshot's RBD snap name, derived from the CSI snapshot name.
 std::string SnapNameFor(absl::string_view snapshot_name);  // "csi-snap-<16 hex>"
 

@@ -1002,11 +1002,8 @@ absl::StatusOr<csi::v1::DeleteVolumeResponse> VolumeManager::DeleteVolume(
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   std::optional<VolumeRecord> rec = FindVolume(req.volume_id());
   if (!rec) {
-    if (ParseRbdVolumeId(req.volume_id())) {
-      // Without its record the cluster's monitors are unknown here.
-      LOG(WARNING) << "volume " << req.volume_id()
-                   << ": no record of this RBD volume; nothing deleted (if its image still "
-                   << "exists, remove it with `rbd trash mv`)";
+    if (std::optional<ParsedRbdVolumeId> id = ParseRbdVolumeId(req.volume_id())) {
+      return DeleteRbdVolumeWithoutRecord(req, *id);
     }
     return csi::v1::DeleteVolumeResponse();  // already gone: success
   }

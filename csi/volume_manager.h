@@ -67,6 +67,10 @@ struct VolumeManagerOptions {
   // Ceph RBD volumes (StorageClass parameter backend: rbd); null: such a
   // class is refused with FAILED_PRECONDITION. Must outlive the manager.
   RbdAdmin* rbd_admin = nullptr;
+  // clusterID -> monitors (--rbd-clusters-file): DeleteVolume of an RBD
+  // volume this manager has no record of removes its image through them
+  // (a replaced controller pod); without an entry such a delete is a no-op.
+  std::map<std::string, std::string> rbd_cluster_monitors;
 };
 
 // Asked by NodeStage/NodePublish (and NodeGetVolumeStats) before they use a
@@ -252,6 +256,10 @@ class VolumeManager {
   absl::StatusOr<csi::v1::CreateVolumeResponse> CreateRbdVolume(
       CreatePlan plan, const csi::v1::CreateVolumeRequest& req);
   absl::Status DeleteRbdImage(const records::VolumeRecord& rec, const RbdCredentials& creds);
+  // DeleteVolume of an RBD volume ID with no record here: through
+  // rbd_cluster_monitors, or a logged no-op.
+  absl::StatusOr<csi::v1::DeleteVolumeResponse> DeleteRbdVolumeWithoutRecord(
+      const csi::v1::DeleteVolumeRequest& req, const ParsedRbdVolumeId& id);
   absl::StatusOr<csi::v1::CreateSnapshotResponse> CreateRbdSnapshot(
       const records::VolumeRecord& vol, const csi::v1::CreateSnapshotRequest& req);
   absl::Status DeleteRbdSnapshot(const records::SnapshotRecord& snap,

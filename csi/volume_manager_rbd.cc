@@ -228,6 +228,33 @@ absl::Status VolumeManager::DeleteRbdImage(const VolumeRecord& rec, const RbdCre
                               "/", rec.rbd().image()));
 }
 
+absl::StatusOr<csi::v1::DeleteVolumeResponse> VolumeManager::DeleteRbdVolumeWithoutRecord(
+    const csi::v1::DeleteVolumeRequest& req, const ParsedRbdVolumeId& id) {
+  auto mons = options_.rbd_cluster_monitors.find(id.cluster_id);
+  if (mons == options_.rbd_cluster_monitors.end()) {
+    // Without its record or a --rbd-clusters-file entry the cluster's
+    // monitors are unknown here.
+    LOG(WARNING) << "volume " << req.volume_id() << ": no record of this RBD volume and cluster "
+                 << id.cluster_id << " is not in --rbd-clusters-file; nothing deleted (if its "
+                 << "image still exists, remove it with `rbd trash mv`)";
+    return csi::v1::DeleteVolumeResponse();
+  }
+  ASSIGN_OR_RETURN(RbdCredentials creds, ParseRbdSecrets(req.secrets(), "secrets"));
+  VolumeRecord rec;
+  rec.set_volume_id(req.volume_id());
+  rec.mutable_rbd()->set_cluster_id(id.cluster_id);
+  rec.mutable_rbd()->set_monitors(mons->second);
+  rec.mutable_rbd()->set_pool(id.pool);
+  rec.mutable_rbd()->set_image(id.image);
+  absl::Status s = DeleteRbdImage(rec, creds);
+  if (absl::IsNotFound(s)) return csi::v1::DeleteVolumeResponse();  // already gone
+  RETURN_IF_ERROR(s);
+  LOG(INFO) << "deleted volume " << req.volume_id() << " without a record (cluster "
+            << id.cluster_id << " from --rbd-clusters-file): RBD image " << id.pool << "/"
+            << id.image << " trashed";
+  return csi::v1::DeleteVolumeResponse();
+}
+
 absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateRbdSnapshot(
     const VolumeRecord& vol, const csi::v1::CreateSnapshotRequest& req) {
   ASSIGN_OR_RETURN(RbdAdmin * admin, Rbd());

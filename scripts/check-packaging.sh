@@ -176,6 +176,8 @@ expect "$f" '^            - --mode=controller$' "rbd: controller runs --mode=con
 expect "$f" 'claimName: ublk-csi-rbd-controller' "rbd: controller data volume from values"
 expect "$f" 'resources: \["leases"\]' "rbd: RBAC for leader election"
 expect "$f" 'resources: \["secrets"\]' "rbd: RBAC to read the cephx secrets"
+expect "$f" '^            - --rbd-clusters-file=/etc/ublk-csi/rbd-clusters$' "rbd: controller gets the clusters file"
+expect "$f" '^    ceph-a 10\.0\.0\.1:6789,10\.0\.0\.2:6789$' "rbd: clusters ConfigMap line from values"
 expect "$f" '^provisioner: rbd\.ublk\.csi\.io$' "rbd: StorageClass of the RBD driver"
 expect "$f" '^volumeBindingMode: Immediate$' "rbd: RBD StorageClass binds at once"
 expect "$f" 'csi\.storage\.k8s\.io/node-stage-secret-namespace: ceph-secrets' "rbd: node-stage secret"

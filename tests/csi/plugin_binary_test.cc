@@ -112,6 +112,12 @@ TEST_F(PluginBinaryTest, BadFlagsFailWithClearMessages) {
       {{Plugin(), "--node-id=n1", "--rbd", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
         "--rbd-endpoint=unix://relative"},
        "--rbd-endpoint: "},
+      {{Plugin(), "--mode=controller", "--rbd", "--endpoint=unix://" + sock,
+        "--data-dir=" + dir_.path(), "--rbd-clusters-file=" + dir_.path() + "/no-such-file"},
+       "--rbd-clusters-file=" + dir_.path() + "/no-such-file: No such file"},
+      {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
+        "--rbd-clusters-file=" + dir_.path() + "/x"},
+       "--rbd-clusters-file needs --rbd"},
       {{Plugin(), "--no-such-flag"}, "unknown command line flag"},
       {{Plugin(), "--node-id=n1", "stray-argument"}, "unexpected argument"},
   };

@@ -110,6 +110,28 @@ TEST(RbdParamsTest, SecretsAreRequiredAndNeverQuoted) {
   EXPECT_EQ(c->key, "AQBGd2JlAAAAABAAtZ1p0Pz5Q4R7uU2lUzWJwA==");
 }
 
+TEST(RbdParamsTest, ClustersFileLinesAndErrorsNameTheLine) {
+  auto ok = ParseRbdClusters(
+      "# clusters\nceph-a 10.0.0.1:6789,10.0.0.2:6789\n\n  ceph-b\t10.1.0.1\n", "f");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->size(), 2u);
+  EXPECT_EQ(ok->at("ceph-a"), "10.0.0.1:6789,10.0.0.2:6789");
+  EXPECT_EQ(ok->at("ceph-b"), "10.1.0.1");
+  struct Bad {
+    const char* text;
+    const char* want;
+  };
+  for (const Bad& b :
+       {Bad{"ceph-a\n", "f line 1: want \"clusterID monitors\""},
+        Bad{"ceph-a 1.2.3.4 extra\n", "f line 1: want"},
+        Bad{"# x\nce.ph 1.2.3.4\n", "f line 2: clusterID"},
+        Bad{"ceph-a 1.2.3.4\nceph-a 5.6.7.8\n", "f line 2: clusterID 'ceph-a' given twice"}}) {
+    auto r = ParseRbdClusters(b.text, "f");
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << b.text;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(b.want)) << b.text;
+  }
+}
+
 TEST(RbdParamsTest, VolumeIdRoundTripsAndIsDerivedFromTheName) {
   RbdLocation loc;
   loc.cluster_id = "ceph-a";

@@ -101,7 +101,8 @@ class RbdVolumeTest : public ManagerTest {
 
 // A second node: its own data dir, devices, mounter and rados client.
 struct OtherNode {
-  OtherNode(const std::string& root, FakeRbdCluster* cluster, const std::string& node_id)
+  OtherNode(const std::string& root, FakeRbdCluster* cluster, const std::string& node_id,
+            std::map<std::string, std::string> clusters = {})
       : admin(cluster) {
     ::mkdir(root.c_str(), 0700);
     ::mkdir((root + "/dev").c_str(), 0700);
@@ -111,6 +112,7 @@ struct OtherNode {
     o.node_id = node_id;
     o.free_bytes = []() -> absl::StatusOr<int64_t> { return int64_t{1} << 40; };
     o.rbd_admin = &admin;
+    o.rbd_cluster_monitors = std::move(clusters);
     manager = std::make_unique<VolumeManager>(o, store.get(), backend.get(), &mounter);
     EXPECT_TRUE(manager->Load().ok());
   }
@@ -218,6 +220,31 @@ TEST_F(RbdVolumeTest, DeleteTrashesTheImageAndIsIdempotent) {
   EXPECT_TRUE(manager_->DeleteVolume(d).ok());
   d.set_volume_id("rbd.ceph-a.kube.csi-vol-0000000000000000");
   EXPECT_TRUE(manager_->DeleteVolume(d).ok());
+}
+
+// A controller pod replaced (its data dir an emptyDir): it has no record of
+// the volume. With --rbd-clusters-file naming the cluster, DeleteVolume still
+// trashes the image (with the request's secrets); without, it is a logged
+// no-op and the image stays (what happened before the file existed).
+TEST_F(RbdVolumeTest, DeleteWithoutARecordUsesTheClustersFile) {
+  auto v = CreateRbd("pvc-1", kGiB);
+  ASSERT_TRUE(v.ok());
+  csi::v1::DeleteVolumeRequest d;
+  d.set_volume_id(v->volume_id());
+  AddSecrets(&d);
+  OtherNode blind(Path("ctl-a"), &cluster_, "ctl-a");
+  EXPECT_TRUE(blind.manager->DeleteVolume(d).ok());
+  EXPECT_TRUE(cluster_.HasImage("kube", ImageNameFor("pvc-1")));
+  OtherNode ctl(Path("ctl-b"), &cluster_, "ctl-b", {{"ceph-a", kMons}});
+  csi::v1::DeleteVolumeRequest no_secrets;
+  no_secrets.set_volume_id(v->volume_id());
+  EXPECT_EQ(ctl.manager->DeleteVolume(no_secrets).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ctl.manager->DeleteVolume(d).ok());
+  EXPECT_FALSE(cluster_.HasImage("kube", ImageNameFor("pvc-1")));
+  EXPECT_TRUE(ctl.manager->DeleteVolume(d).ok());               // gone: still success
+  d.set_volume_id("rbd.ceph-b.kube.csi-vol-0000000000000000");  // a cluster not in the file
+  EXPECT_TRUE(ctl.manager->DeleteVolume(d).ok());
 }
 
 TEST_F(RbdVolumeTest, SnapshotRestoreAndCloneAreFlattenedClones) {
