@@ -1,6 +1,7 @@
 #include "csi/controller_service.h"
 
 #include "csi/grpc_status.h"
+#include "glog/logging.h"
 
 namespace ublk_csi {
 
@@ -15,8 +16,16 @@ grpc::Status ControllerService::CreateVolume(grpc::ServerContext*,
 grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
                                              const csi::v1::DeleteVolumeRequest* req,
                                              csi::v1::DeleteVolumeResponse* resp) {
+  absl::Status serves = Serves(req->volume_id(), "volume_id");
+  if (absl::IsNotFound(serves)) {
+    // CSI: deleting a volume that does not exist succeeds. No volume of this
+    // driver has the ID, so there is nothing to delete (and a node-local
+    // volume is not this driver's to delete).
+    LOG(WARNING) << serves.message() << "; nothing deleted";
+    return grpc::Status::OK;
+  }
   return ToGrpcReplyIf(
-      Serves(req->volume_id(), "volume_id"), [&] { return manager_->DeleteVolume(*req); }, resp);
+      serves, [&] { return manager_->DeleteVolume(*req); }, resp);
 }
 
 grpc::Status ControllerService::ValidateVolumeCapabilities(

@@ -15,7 +15,9 @@ absl::Status CheckDriverVolume(Driver driver, absl::string_view volume_id,
   if (driver != Driver::kRbd || volume_id.empty() || ParseRbdVolumeId(volume_id)) {
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(
+  // NOT_FOUND, the code CSI gives a volume that does not exist: no volume
+  // of this driver has this ID (a node-local one is another driver's).
+  return absl::NotFoundError(absl::StrCat(
       field, " '", EscapeForLog(volume_id), "' is not an RBD volume: driver ", kRbdPluginName,
       " serves Ceph RBD volumes only (node-local volumes belong to ", kPluginName, ")"));
 }

@@ -27,7 +27,9 @@ enum class Driver {
 const char* DriverName(Driver driver);
 
 // OK when `driver` serves the volume `volume_id` names (for kRbd: an RBD
-// volume ID); an empty ID is left to the manager's own validation.
+// volume ID), else NOT_FOUND (CSI's code for a volume that does not exist;
+// DeleteVolume turns it into OK); an empty ID is left to the manager's own
+// validation.
 absl::Status CheckDriverVolume(Driver driver, absl::string_view volume_id, absl::string_view field);
 // OK when `driver` provisions volumes with these StorageClass parameters
 // (for kRbd: backend rbd).

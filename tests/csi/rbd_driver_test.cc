@@ -175,26 +175,39 @@ TEST_F(RbdDriverTest, TheRbdControllerRefusesNodeLocalVolumes) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ctl_manager_->Status().size(), 0u) << "nothing created";
 
-  // A node-local volume's ID: refused by every call that names a volume.
+  // A node-local volume's ID (or a made-up one) names no volume of this
+  // driver: NOT_FOUND for every call that names a volume, as CSI answers a
+  // volume that does not exist (csi-sanity checks it), and DeleteVolume
+  // succeeds without touching anything.
   absl::StatusOr<std::string> local = Create("local", kGiB);
   ASSERT_TRUE(local.ok()) << local.status();
   auto stub = csi::v1::Controller::NewStub(controller_->channel);
-  csi::v1::DeleteVolumeRequest del;
-  del.set_volume_id(*local);
-  absl::Status s = Call(stub.get(), &csi::v1::Controller::Stub::DeleteVolume, del);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("is not an RBD volume"));
-  csi::v1::CreateSnapshotRequest snap;
-  snap.set_source_volume_id(*local);
-  snap.set_name("snap");
-  s = Call(stub.get(), &csi::v1::Controller::Stub::CreateSnapshot, snap);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("source_volume_id"));
-  csi::v1::ControllerExpandVolumeRequest expand;
-  expand.set_volume_id(*local);
-  expand.mutable_capacity_range()->set_required_bytes(2 * kGiB);
-  EXPECT_EQ(Call(stub.get(), &csi::v1::Controller::Stub::ControllerExpandVolume, expand).code(),
-            absl::StatusCode::kInvalidArgument);
+  for (const std::string& id : {*local, std::string("fake-vol-id")}) {
+    SCOPED_TRACE(id);
+    csi::v1::DeleteVolumeRequest del;
+    del.set_volume_id(id);
+    EXPECT_TRUE(Call(stub.get(), &csi::v1::Controller::Stub::DeleteVolume, del).ok());
+    csi::v1::CreateSnapshotRequest snap;
+    snap.set_source_volume_id(id);
+    snap.set_name("snap");
+    absl::Status s = Call(stub.get(), &csi::v1::Controller::Stub::CreateSnapshot, snap);
+    EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+    EXPECT_THAT(s.message(), HasSubstr("source_volume_id"));
+    EXPECT_THAT(s.message(), HasSubstr("is not an RBD volume"));
+    csi::v1::ControllerExpandVolumeRequest expand;
+    expand.set_volume_id(id);
+    expand.mutable_capacity_range()->set_required_bytes(2 * kGiB);
+    EXPECT_EQ(Call(stub.get(), &csi::v1::Controller::Stub::ControllerExpandVolume, expand).code(),
+              absl::StatusCode::kNotFound);
+    csi::v1::ValidateVolumeCapabilitiesRequest validate;
+    validate.set_volume_id(id);
+    *validate.add_volume_capabilities() = MountCap();
+    EXPECT_EQ(
+        Call(stub.get(), &csi::v1::Controller::Stub::ValidateVolumeCapabilities, validate).code(),
+        absl::StatusCode::kNotFound);
+  }
+  // The rbd controller's OK deleted nothing: the node-local volume stages.
+  EXPECT_TRUE(Stage(*local, Path("stage/local")).ok());
 }
 
 TEST_F(RbdDriverTest, TheRbdControllerAdvertisesWhatACentralControllerServes) {
@@ -281,9 +294,28 @@ TEST_F(RbdDriverTest, TheRbdNodeEndpointReportsNoTopologyAndRefusesNodeLocalVolu
   csi::v1::Volume vol;
   vol.set_volume_id(*local);
   absl::Status s = StageVia(rbd_node_.get(), vol, Path("stage/local"));
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(s.message(), HasSubstr("driver rbd.ublk.csi.io serves Ceph RBD volumes only"));
   EXPECT_EQ(backend_->export_count(), 0);
+  // Made-up IDs, as csi-sanity sends: NOT_FOUND, CSI's code for a volume
+  // that does not exist.
+  {
+    grpc::ClientContext ctx;
+    csi::v1::NodeGetVolumeStatsRequest r;
+    r.set_volume_id("fake-vol-id");
+    r.set_volume_path(Path("stage/none"));
+    csi::v1::NodeGetVolumeStatsResponse resp;
+    EXPECT_EQ(node->NodeGetVolumeStats(&ctx, r, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext ctx;
+    csi::v1::NodeExpandVolumeRequest r;
+    r.set_volume_id("fake-vol-id");
+    r.set_volume_path(Path("stage/none"));
+    r.mutable_capacity_range()->set_required_bytes(2 * kGiB);
+    csi::v1::NodeExpandVolumeResponse resp;
+    EXPECT_EQ(node->NodeExpandVolume(&ctx, r, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
   // The node-local endpoint still serves it, and still reports topology.
   EXPECT_TRUE(Stage(*local, Path("stage/local")).ok());
   grpc::ClientContext ctx;
