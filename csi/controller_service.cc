@@ -31,9 +31,7 @@ grpc::Status ControllerService::DeleteVolume(grpc::ServerContext*,
 grpc::Status ControllerService::ValidateVolumeCapabilities(
     grpc::ServerContext*, const csi::v1::ValidateVolumeCapabilitiesRequest* req,
     csi::v1::ValidateVolumeCapabilitiesResponse* resp) {
-  return ToGrpcReplyIf(
-      Serves(req->volume_id(), "volume_id"),
-      [&] { return manager_->ValidateVolumeCapabilities(*req); }, resp);
+  return ToGrpcReply(manager_->ValidateVolumeCapabilities(*req, driver_), resp);
 }
 
 grpc::Status ControllerService::ListVolumes(grpc::ServerContext*,
@@ -74,9 +72,7 @@ grpc::Status ControllerService::ControllerGetCapabilities(
 grpc::Status ControllerService::CreateSnapshot(grpc::ServerContext*,
                                                const csi::v1::CreateSnapshotRequest* req,
                                                csi::v1::CreateSnapshotResponse* resp) {
-  return ToGrpcReplyIf(
-      Serves(req->source_volume_id(), "source_volume_id"),
-      [&] { return manager_->CreateSnapshot(*req); }, resp);
+  return ToGrpcReply(manager_->CreateSnapshot(*req, driver_), resp);
 }
 
 grpc::Status ControllerService::DeleteSnapshot(grpc::ServerContext*,
@@ -94,9 +90,7 @@ grpc::Status ControllerService::ListSnapshots(grpc::ServerContext*,
 grpc::Status ControllerService::ControllerExpandVolume(
     grpc::ServerContext*, const csi::v1::ControllerExpandVolumeRequest* req,
     csi::v1::ControllerExpandVolumeResponse* resp) {
-  return ToGrpcReplyIf(
-      Serves(req->volume_id(), "volume_id"), [&] { return manager_->ControllerExpandVolume(*req); },
-      resp);
+  return ToGrpcReply(manager_->ControllerExpandVolume(*req, driver_), resp);
 }
 
 }  // namespace ublk_csi

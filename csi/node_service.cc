@@ -7,43 +7,37 @@ namespace ublk_csi {
 grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
                                           const csi::v1::NodeStageVolumeRequest* req,
                                           csi::v1::NodeStageVolumeResponse* resp) {
-  return ToGrpcReplyIf(
-      Serves(req->volume_id()), [&] { return manager_->NodeStageVolume(*req); }, resp);
+  return ToGrpcReply(manager_->NodeStageVolume(*req, driver_), resp);
 }
 
 grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
                                             const csi::v1::NodeUnstageVolumeRequest* req,
                                             csi::v1::NodeUnstageVolumeResponse* resp) {
-  return ToGrpcReplyIf(
-      Serves(req->volume_id()), [&] { return manager_->NodeUnstageVolume(*req); }, resp);
+  return ToGrpcReply(manager_->NodeUnstageVolume(*req, driver_), resp);
 }
 
 grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
                                             const csi::v1::NodePublishVolumeRequest* req,
                                             csi::v1::NodePublishVolumeResponse* resp) {
-  return ToGrpcReplyIf(
-      Serves(req->volume_id()), [&] { return manager_->NodePublishVolume(*req); }, resp);
+  return ToGrpcReply(manager_->NodePublishVolume(*req, driver_), resp);
 }
 
 grpc::Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
                                               const csi::v1::NodeUnpublishVolumeRequest* req,
                                               csi::v1::NodeUnpublishVolumeResponse* resp) {
-  return ToGrpcReplyIf(
-      Serves(req->volume_id()), [&] { return manager_->NodeUnpublishVolume(*req); }, resp);
+  return ToGrpcReply(manager_->NodeUnpublishVolume(*req, driver_), resp);
 }
 
 grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
                                              const csi::v1::NodeGetVolumeStatsRequest* req,
                                              csi::v1::NodeGetVolumeStatsResponse* resp) {
-  return ToGrpcReplyIf(
-      Serves(req->volume_id()), [&] { return manager_->NodeGetVolumeStats(*req); }, resp);
+  return ToGrpcReply(manager_->NodeGetVolumeStats(*req, driver_), resp);
 }
 
 grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
                                            const csi::v1::NodeExpandVolumeRequest* req,
                                            csi::v1::NodeExpandVolumeResponse* resp) {
-  return ToGrpcReplyIf(
-      Serves(req->volume_id()), [&] { return manager_->NodeExpandVolume(*req); }, resp);
+  return ToGrpcReply(manager_->NodeExpandVolume(*req, driver_), resp);
 }
 
 grpc::Status NodeService::NodeGetCapabilities(grpc::ServerContext*,

@@ -34,10 +34,6 @@ class NodeService final : public csi::v1::Node::Service {
                            csi::v1::NodeGetInfoResponse*) override;
 
  private:
-  absl::Status Serves(const std::string& volume_id) const {
-    return CheckDriverVolume(driver_, volume_id, "volume_id");
-  }
-
   VolumeManager* const manager_;
   const Driver driver_;
 };

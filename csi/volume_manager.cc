@@ -1050,7 +1050,8 @@ absl::StatusOr<csi::v1::DeleteVolumeResponse> VolumeManager::DeleteVolume(
 }
 
 absl::StatusOr<csi::v1::ValidateVolumeCapabilitiesResponse>
-VolumeManager::ValidateVolumeCapabilities(const csi::v1::ValidateVolumeCapabilitiesRequest& req) {
+VolumeManager::ValidateVolumeCapabilities(const csi::v1::ValidateVolumeCapabilitiesRequest& req,
+                                          Driver driver) {
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   if (req.volume_capabilities().empty()) {
     return absl::InvalidArgumentError("volume_capabilities is required");
@@ -1066,6 +1067,7 @@ VolumeManager::ValidateVolumeCapabilities(const csi::v1::ValidateVolumeCapabilit
           absl::StrCat("volume_capabilities[", i, "].access_mode is required"));
     }
   }
+  RETURN_IF_ERROR(CheckDriverVolume(driver, req.volume_id(), "volume_id"));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   csi::v1::ValidateVolumeCapabilitiesResponse resp;
   for (int i = 0; i < req.volume_capabilities_size(); ++i) {
@@ -1193,7 +1195,7 @@ absl::StatusOr<csi::v1::GetCapacityResponse> VolumeManager::GetCapacity(
 }
 
 absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::ControllerExpandVolume(
-    const csi::v1::ControllerExpandVolumeRequest& req) {
+    const csi::v1::ControllerExpandVolumeRequest& req, Driver driver) {
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   if (!req.has_capacity_range()) return absl::InvalidArgumentError("capacity_range is required");
   if (req.has_volume_capability()) {
@@ -1203,6 +1205,7 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
   if (req.capacity_range().required_bytes() == 0) {
     return absl::InvalidArgumentError("capacity_range.required_bytes is required");
   }
+  RETURN_IF_ERROR(CheckDriverVolume(driver, req.volume_id(), "volume_id"));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   if (req.has_volume_capability() &&
@@ -1314,11 +1317,12 @@ void VolumeManager::ThawAfterCopy(const std::string& volume_id, const std::strin
 }
 
 absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
-    const csi::v1::CreateSnapshotRequest& req) {
+    const csi::v1::CreateSnapshotRequest& req, Driver driver) {
   RETURN_IF_ERROR(ValidateName(req.name(), "name"));
   RETURN_IF_ERROR(ValidateId(req.source_volume_id(), "source_volume_id"));
   RETURN_IF_ERROR(ValidateMapSize(req.parameters(), "parameters"));
   const std::string name = EscapeForLog(req.name());
+  RETURN_IF_ERROR(CheckDriverVolume(driver, req.source_volume_id(), "source_volume_id"));
   ASSIGN_OR_RETURN(KeyLock name_lock,
                    TryLock("snapname:" + req.name(), "snapshot name '" + name + "'"));
   std::optional<SnapshotRecord> existing;

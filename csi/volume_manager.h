@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "csi.pb.h"
+#include "csi/driver.h"
 #include "csi/mounter.h"
 #include "csi/rbd_admin.h"
 #include "csi/record_store.h"
@@ -102,19 +103,21 @@ class VolumeManager {
   // (CREATING -> removed, DELETING -> finished). Call once before serving.
   absl::Status Load();
 
-  // Controller.
+  // Controller. `driver` is the endpoint's (driver.h): after the request's
+  // own fields are checked (INVALID_ARGUMENT comes first, as CSI orders it),
+  // a volume ID it does not serve is NOT_FOUND.
   absl::StatusOr<csi::v1::CreateVolumeResponse> CreateVolume(
       const csi::v1::CreateVolumeRequest& req);
   absl::StatusOr<csi::v1::DeleteVolumeResponse> DeleteVolume(
       const csi::v1::DeleteVolumeRequest& req);
   absl::StatusOr<csi::v1::ValidateVolumeCapabilitiesResponse> ValidateVolumeCapabilities(
-      const csi::v1::ValidateVolumeCapabilitiesRequest& req);
+      const csi::v1::ValidateVolumeCapabilitiesRequest& req, Driver driver = Driver::kNodeLocal);
   absl::StatusOr<csi::v1::ListVolumesResponse> ListVolumes(const csi::v1::ListVolumesRequest& req);
   absl::StatusOr<csi::v1::GetCapacityResponse> GetCapacity(const csi::v1::GetCapacityRequest& req);
   absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> ControllerExpandVolume(
-      const csi::v1::ControllerExpandVolumeRequest& req);
+      const csi::v1::ControllerExpandVolumeRequest& req, Driver driver = Driver::kNodeLocal);
   absl::StatusOr<csi::v1::CreateSnapshotResponse> CreateSnapshot(
-      const csi::v1::CreateSnapshotRequest& req);
+      const csi::v1::CreateSnapshotRequest& req, Driver driver = Driver::kNodeLocal);
   absl::StatusOr<csi::v1::DeleteSnapshotResponse> DeleteSnapshot(
       const csi::v1::DeleteSnapshotRequest& req);
   absl::StatusOr<csi::v1::ListSnapshotsResponse> ListSnapshots(
@@ -122,17 +125,17 @@ class VolumeManager {
 
   // Node.
   absl::StatusOr<csi::v1::NodeStageVolumeResponse> NodeStageVolume(
-      const csi::v1::NodeStageVolumeRequest& req);
+      const csi::v1::NodeStageVolumeRequest& req, Driver driver = Driver::kNodeLocal);
   absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> NodeUnstageVolume(
-      const csi::v1::NodeUnstageVolumeRequest& req);
+      const csi::v1::NodeUnstageVolumeRequest& req, Driver driver = Driver::kNodeLocal);
   absl::StatusOr<csi::v1::NodePublishVolumeResponse> NodePublishVolume(
-      const csi::v1::NodePublishVolumeRequest& req);
+      const csi::v1::NodePublishVolumeRequest& req, Driver driver = Driver::kNodeLocal);
   absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> NodeUnpublishVolume(
-      const csi::v1::NodeUnpublishVolumeRequest& req);
+      const csi::v1::NodeUnpublishVolumeRequest& req, Driver driver = Driver::kNodeLocal);
   absl::StatusOr<csi::v1::NodeGetVolumeStatsResponse> NodeGetVolumeStats(
-      const csi::v1::NodeGetVolumeStatsRequest& req);
+      const csi::v1::NodeGetVolumeStatsRequest& req, Driver driver = Driver::kNodeLocal);
   absl::StatusOr<csi::v1::NodeExpandVolumeResponse> NodeExpandVolume(
-      const csi::v1::NodeExpandVolumeRequest& req);
+      const csi::v1::NodeExpandVolumeRequest& req, Driver driver = Driver::kNodeLocal);
   csi::v1::NodeGetInfoResponse NodeGetInfo();
 
   std::vector<VolumeStatus> Status();

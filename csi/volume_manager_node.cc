@@ -208,7 +208,7 @@ absl::StatusOr<ExportInfo> VolumeManager::RecoverExport(const std::string& volum
 }
 
 absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
-    const csi::v1::NodeStageVolumeRequest& req) {
+    const csi::v1::NodeStageVolumeRequest& req, Driver driver) {
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   RETURN_IF_ERROR(ValidatePath(req.staging_target_path(), "staging_target_path"));
   if (!req.has_volume_capability())
@@ -221,6 +221,7 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     RETURN_IF_ERROR(ValidateMountFlags(flags, "volume_capability.mount.mount_flags"));
   }
   RETURN_IF_ERROR(RefuseSymlinks(req.staging_target_path(), "staging_target_path"));
+  RETURN_IF_ERROR(CheckDriverVolume(driver, req.volume_id(), "volume_id"));
   if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(req.volume_id()));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   std::optional<VolumeRecord> found = FindVolume(req.volume_id());
@@ -394,9 +395,10 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
 }
 
 absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVolume(
-    const csi::v1::NodeUnstageVolumeRequest& req) {
+    const csi::v1::NodeUnstageVolumeRequest& req, Driver driver) {
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   RETURN_IF_ERROR(ValidatePath(req.staging_target_path(), "staging_target_path"));
+  RETURN_IF_ERROR(CheckDriverVolume(driver, req.volume_id(), "volume_id"));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   const std::string& staging = req.staging_target_path();
@@ -460,7 +462,7 @@ absl::StatusOr<csi::v1::NodeUnstageVolumeResponse> VolumeManager::NodeUnstageVol
 }
 
 absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVolume(
-    const csi::v1::NodePublishVolumeRequest& req) {
+    const csi::v1::NodePublishVolumeRequest& req, Driver driver) {
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   // An empty staging_target_path is checked after the lookup below: the spec
   // lists it as FAILED_PRECONDITION ("Staging target path not set"), not as
@@ -479,6 +481,7 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
     RETURN_IF_ERROR(ValidateMountFlags(opts.flags, "volume_capability.mount.mount_flags"));
   }
   RETURN_IF_ERROR(RefuseSymlinks(req.target_path(), "target_path"));
+  RETURN_IF_ERROR(CheckDriverVolume(driver, req.volume_id(), "volume_id"));
   if (VolumeGate* gate = gate_.load()) RETURN_IF_ERROR(gate->CheckServing(req.volume_id()));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
@@ -566,9 +569,10 @@ absl::StatusOr<csi::v1::NodePublishVolumeResponse> VolumeManager::NodePublishVol
 }
 
 absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> VolumeManager::NodeUnpublishVolume(
-    const csi::v1::NodeUnpublishVolumeRequest& req) {
+    const csi::v1::NodeUnpublishVolumeRequest& req, Driver driver) {
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   RETURN_IF_ERROR(ValidatePath(req.target_path(), "target_path"));
+  RETURN_IF_ERROR(CheckDriverVolume(driver, req.volume_id(), "volume_id"));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   const std::string& target = req.target_path();
@@ -610,11 +614,12 @@ absl::StatusOr<csi::v1::NodeUnpublishVolumeResponse> VolumeManager::NodeUnpublis
 }
 
 absl::StatusOr<csi::v1::NodeGetVolumeStatsResponse> VolumeManager::NodeGetVolumeStats(
-    const csi::v1::NodeGetVolumeStatsRequest& req) {
+    const csi::v1::NodeGetVolumeStatsRequest& req, Driver driver) {
   // CSI: an unknown volume is NOT_FOUND whatever its path says; a path is
   // judged only for a volume that exists.
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
   if (req.volume_path().empty()) return absl::InvalidArgumentError("volume_path is required");
+  RETURN_IF_ERROR(CheckDriverVolume(driver, req.volume_id(), "volume_id"));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   // Any path the record does not list (relative ones included: the record's
   // are absolute) is "the volume does not exist on the specified path".
@@ -689,7 +694,7 @@ absl::StatusOr<csi::v1::NodeGetVolumeStatsResponse> VolumeManager::NodeGetVolume
 }
 
 absl::StatusOr<csi::v1::NodeExpandVolumeResponse> VolumeManager::NodeExpandVolume(
-    const csi::v1::NodeExpandVolumeRequest& req) {
+    const csi::v1::NodeExpandVolumeRequest& req, Driver driver) {
   // The spec's order: missing fields, then an unknown volume (NOT_FOUND,
   // whatever its path), then what the request says about that volume.
   RETURN_IF_ERROR(ValidateId(req.volume_id(), "volume_id"));
@@ -703,6 +708,7 @@ absl::StatusOr<csi::v1::NodeExpandVolumeResponse> VolumeManager::NodeExpandVolum
     return absl::InvalidArgumentError(
         absl::StrCat("capacity_range.required_bytes (", required, ") > limit_bytes (", limit, ")"));
   }
+  RETURN_IF_ERROR(CheckDriverVolume(driver, req.volume_id(), "volume_id"));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
   ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
   RETURN_IF_ERROR(ValidatePath(req.volume_path(), "volume_path"));

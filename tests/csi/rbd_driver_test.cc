@@ -189,6 +189,9 @@ TEST_F(RbdDriverTest, TheRbdControllerRefusesNodeLocalVolumes) {
     EXPECT_TRUE(Call(stub.get(), &csi::v1::Controller::Stub::DeleteVolume, del).ok());
     csi::v1::CreateSnapshotRequest snap;
     snap.set_source_volume_id(id);
+    EXPECT_EQ(Call(stub.get(), &csi::v1::Controller::Stub::CreateSnapshot, snap).code(),
+              absl::StatusCode::kInvalidArgument)
+        << "no name: INVALID_ARGUMENT before the volume is looked at";
     snap.set_name("snap");
     absl::Status s = Call(stub.get(), &csi::v1::Controller::Stub::CreateSnapshot, snap);
     EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
@@ -298,7 +301,47 @@ TEST_F(RbdDriverTest, TheRbdNodeEndpointReportsNoTopologyAndRefusesNodeLocalVolu
   EXPECT_THAT(s.message(), HasSubstr("driver rbd.ublk.csi.io serves Ceph RBD volumes only"));
   EXPECT_EQ(backend_->export_count(), 0);
   // Made-up IDs, as csi-sanity sends: NOT_FOUND, CSI's code for a volume
-  // that does not exist.
+  // that does not exist, once the request's own fields are valid; a missing
+  // field is INVALID_ARGUMENT whatever the ID.
+  {
+    grpc::ClientContext ctx;
+    csi::v1::NodeStageVolumeRequest r;
+    r.set_volume_id("fake-vol-id");
+    *r.mutable_volume_capability() = MountCap();
+    csi::v1::NodeStageVolumeResponse resp;
+    EXPECT_EQ(node->NodeStageVolume(&ctx, r, &resp).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    grpc::ClientContext ctx;
+    csi::v1::NodePublishVolumeRequest r;
+    r.set_volume_id("fake-vol-id");
+    r.set_target_path(Path("pod/none"));
+    csi::v1::NodePublishVolumeResponse resp;
+    EXPECT_EQ(node->NodePublishVolume(&ctx, r, &resp).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT)
+        << "no volume_capability";
+  }
+  {
+    grpc::ClientContext ctx;
+    csi::v1::NodeUnpublishVolumeRequest r;
+    r.set_volume_id("fake-vol-id");
+    csi::v1::NodeUnpublishVolumeResponse resp;
+    EXPECT_EQ(node->NodeUnpublishVolume(&ctx, r, &resp).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+    grpc::ClientContext ctx2;
+    r.set_target_path(Path("pod/none"));
+    EXPECT_EQ(node->NodeUnpublishVolume(&ctx2, r, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext ctx;
+    csi::v1::NodeGetVolumeStatsRequest r;
+    r.set_volume_id("fake-vol-id");
+    csi::v1::NodeGetVolumeStatsResponse resp;
+    EXPECT_EQ(node->NodeGetVolumeStats(&ctx, r, &resp).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT)
+        << "no volume_path";
+  }
   {
     grpc::ClientContext ctx;
     csi::v1::NodeGetVolumeStatsRequest r;
