@@ -109,9 +109,14 @@ DEFINE_string(rbd_clusters_file, "",
               "reaches its cluster through it instead of leaving the image");
 DEFINE_string(rbd_connect_timeout, "10s",
               "how long connecting to a Ceph cluster may take before UNAVAILABLE");
-DEFINE_string(rbd_op_timeout, "30s",
+// 120 s, not 30: an OSD that dies is marked down after its heartbeat grace
+// (20 s) and its PGs peer before I/O resumes; a 30 s bound turned such a
+// failover into EIO and a read-only filesystem (ceph-csi#2204 with rbd-nbd's
+// 30 s io-timeout; they went to 0). Bounded still: a call on a cluster that
+// never answers must not hold a volume's lock and a server thread forever.
+DEFINE_string(rbd_op_timeout, "120s",
               "an RBD I/O or admin call still unanswered after this long fails (EIO for I/O; "
-              "counted in ublk_csi_rbd_op_timeouts_total); 0 = wait forever");
+              "counted in ublk_csi_rbd_op_timeouts_total); 0 = wait forever, as krbd does");
 DEFINE_string(backend, "ublk",
               "volume backend: ublk (real devices) | fake (no devices: a symlink stands in "
               "for /dev/ublkbN; control-plane demos and tests only)");

@@ -69,7 +69,7 @@ struct RbdConnectOptions {
   // has not completed after this long fails with ETIMEDOUT (RbdTarget turns
   // it into EIO on that one I/O and counts it). Zero: wait forever (Ceph's
   // default; a frozen OSD then hangs the I/O until it comes back).
-  absl::Duration op_timeout = absl::Seconds(30);
+  absl::Duration op_timeout = absl::Seconds(120);  // --rbd-op-timeout's default (csi/main.cc)
   // librbd's writeback cache (rbd_cache). Off by default: a write then is
   // durable when it completes (as krbd), so FUA needs nothing more.
   bool rbd_cache = false;
