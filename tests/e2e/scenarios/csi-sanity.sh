@@ -20,7 +20,13 @@
 # --rbd, and the suite given the StorageClass parameters
 # (--csi.testvolumeparameters: backend=rbd, clusterID, monitors, pool) and
 # the cephx user and key as every call's secrets (--csi.secrets). Also
-# checked afterwards: no image left in the pool or its trash.
+# checked afterwards: no image left in the pool or its trash. The suite
+# runs once per driver in CSI_SANITY_RBD_DRIVERS (default both):
+# ublk.csi.io (the plugin's own endpoint, Controller and Node, with RBD
+# StorageClass parameters) and rbd.ublk.csi.io as the chart deploys it: the
+# node plugin's --rbd-endpoint (Identity, Node) and a second process,
+# `ublk-csi --mode=controller --rbd`, as the controller endpoint
+# (--csi.controllerendpoint).
 # e2e-timeout: 900
 # e2e-requires: csi/ublk-csi csi/ublk-csi-ctl
 # e2e-prepare: lib/prepare-csi-sanity.sh
@@ -61,7 +67,7 @@ if [ -n "${CSI_SANITY_RBD:-}" ]; then
      DeleteSnapshot ListSnapshots ControllerExpandVolume ControllerModifyVolume; do
      printf '%sSecret:\n  userID: %s\n  userKey: "%s"\n' "$call" "$CEPH_USER" "$CEPH_KEY"
    done >"$WORK/secrets.yaml")
-  PLUGIN_ARGS=(--rbd --rbd-connect-timeout=5s)
+  PLUGIN_ARGS=(--rbd --rbd-connect-timeout=5s --rbd-endpoint="unix://$WORK/rbd.sock")
   SANITY_ARGS=(--csi.testvolumeparameters="$WORK/params.yaml" --csi.secrets="$WORK/secrets.yaml")
 fi
 
@@ -75,6 +81,24 @@ PID=$!
 e2e_wait_for 120 test -S "$SOCK" && timeout 60 "${CTL[@]}" identity probe >/dev/null 2>&1 \
   || { tail -30 "$E2E_RESULT_DIR/plugin.log"; e2e_fail "plugin not ready after 120 s"; }
 e2e_ok "plugin ready (pid $PID)"
+
+DRIVERS=ublk.csi.io
+CPID=
+if [ -n "${CSI_SANITY_RBD:-}" ]; then
+  DRIVERS=${CSI_SANITY_RBD_DRIVERS:-ublk.csi.io rbd.ublk.csi.io}
+  CTRL_SOCK=$WORK/controller.sock
+  CTRL_DATA=$WORK/controller-data
+  CTRL_CTL=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$CTRL_SOCK")
+  e2e_step "controller of rbd.ublk.csi.io: --mode=controller --rbd"
+  mkdir -p "$CTRL_DATA"
+  "$PLUGIN" --mode=controller --rbd --rbd-connect-timeout=5s --endpoint="unix://$CTRL_SOCK" \
+    --data-dir="$CTRL_DATA" --metrics-address=127.0.0.1:0 --log-level=info \
+    2>"$E2E_RESULT_DIR/controller.log" &
+  CPID=$!
+  e2e_wait_for 120 test -S "$CTRL_SOCK" && timeout 60 "${CTRL_CTL[@]}" identity probe >/dev/null 2>&1 \
+    || { tail -30 "$E2E_RESULT_DIR/controller.log"; e2e_fail "controller not ready after 120 s"; }
+  e2e_ok "controller ready (pid $CPID)"
+fi
 
 # counts LOG: "Passed Failed Pending Skipped" of ginkgo's closing line
 # ("SUCCESS! -- 67 Passed | 0 Failed | 1 Pending | 24 Skipped").
@@ -90,13 +114,13 @@ failures() {
        grab { gsub(/^ +/, ""); if (length(why) < 400) why = why " " $0 }' "$1"
 }
 
-# run_suite ACCESS LOG: one csi-sanity pass; sets rc passed failed pending
-# skipped.
+# run_suite ACCESS LOG DIR: one csi-sanity pass on the endpoints in
+# EP_ARGS; sets rc passed failed pending skipped.
 run_suite() {
-  local access=$1 log=$2 t0 t1
-  mkdir -p "$WORK/$access"   # csi-sanity makes (and removes) the two dirs in it
-  args=(--csi.endpoint="unix://$SOCK"
-        --csi.stagingdir="$WORK/$access/staging" --csi.mountdir="$WORK/$access/target"
+  local access=$1 log=$2 dir=$3 t0 t1
+  mkdir -p "$dir"   # csi-sanity makes (and removes) the two dirs in it
+  args=("${EP_ARGS[@]}"
+        --csi.stagingdir="$dir/staging" --csi.mountdir="$dir/target"
         --csi.testvolumeaccesstype="$access" --csi.testnodevolumeattachlimit
         --ginkgo.no-color --ginkgo.timeout="${SUITE_TIMEOUT}s"
         --ginkgo.junit-report="${log%.log}.junit.xml" "${SANITY_ARGS[@]}")
@@ -127,35 +151,44 @@ client_connect_race() {
   [ "${failed:-x}" = 1 ] && [ "${passed:-0}" -gt 0 ] && grep -q 'Connection timed out' "$1"
 }
 
-for access in ${CSI_SANITY_ACCESS_TYPES:-mount block}; do
-  e2e_step "$CSI_SANITY_VERSION --csi.testvolumeaccesstype=$access"
-  log=$E2E_RESULT_DIR/csi-sanity-$access.log
-  run_suite "$access" "$log"
-  if [ "$rc" != 0 ] && client_connect_race "$log"; then
-    # Shown, never hidden: the failed spec, then proof that the plugin
-    # answers a new connection now, then one more pass that must be clean.
-    failures "$log" | head -10 | sed 's/^/  | /'
-    t0=$(e2e_t)
-    if timeout 60 "${CTL[@]}" identity probe >/dev/null 2>&1; then
-      echo "  | $access: csi-sanity's client gave up on its first connection while the other" \
-           "$passed specs passed; a new connection to the plugin completes a call in" \
-           "$(awk -v a="$t0" -v b="$(e2e_t)" 'BEGIN {printf "%.1f", b - a}') s: csi-test v5.4.0's" \
-           "connect race (see client_connect_race); running $access once more"
-      mv "$log" "${log%.log}.connect-race.log"
-      # csi-sanity refuses to start over dirs a failed spec left (mkdir).
-      rmdir "$WORK/$access/staging" "$WORK/$access/target" 2>/dev/null
-      run_suite "$access" "$log"
-    fi
-  fi
-  if [ "$rc" = 0 ] && [ "${failed:-x}" = 0 ] && [ "${passed:-0}" -gt 0 ]; then
-    e2e_ok "$access: 0 specs failed"
+for drv in $DRIVERS; do
+  if [ "$drv" = rbd.ublk.csi.io ]; then
+    tag=rbd-driver-
+    EP_ARGS=(--csi.endpoint="unix://$WORK/rbd.sock" --csi.controllerendpoint="unix://$CTRL_SOCK")
   else
-    # Each failed spec: its name, then its assertion (the plugin's message,
-    # the gRPC code it got and the one the spec wants) on one line.
-    failures "$log" | head -60 | sed 's/^/  | /'
-    [ -n "$passed" ] || tail -40 "$log" | sed 's/^/  | /'
-    e2e_check_failed "$access: csi-sanity exited $rc with ${failed:-?} failed spec(s) (log: e2e-logs/.../share/$(basename "$log"))"
+    tag=
+    EP_ARGS=(--csi.endpoint="unix://$SOCK")
   fi
+  for access in ${CSI_SANITY_ACCESS_TYPES:-mount block}; do
+    e2e_step "$CSI_SANITY_VERSION --csi.testvolumeaccesstype=$access${tag:+ (driver $drv)}"
+    log=$E2E_RESULT_DIR/csi-sanity-$tag$access.log
+    run_suite "$access" "$log" "$WORK/$tag$access"
+    if [ "$rc" != 0 ] && client_connect_race "$log"; then
+      # Shown, never hidden: the failed spec, then proof that the plugin
+      # answers a new connection now, then one more pass that must be clean.
+      failures "$log" | head -10 | sed 's/^/  | /'
+      t0=$(e2e_t)
+      if timeout 60 "${CTL[@]}" identity probe >/dev/null 2>&1; then
+        echo "  | $tag$access: csi-sanity's client gave up on its first connection while the other" \
+             "$passed specs passed; a new connection to the plugin completes a call in" \
+             "$(awk -v a="$t0" -v b="$(e2e_t)" 'BEGIN {printf "%.1f", b - a}') s: csi-test v5.4.0's" \
+             "connect race (see client_connect_race); running $access once more"
+        mv "$log" "${log%.log}.connect-race.log"
+        # csi-sanity refuses to start over dirs a failed spec left (mkdir).
+        rmdir "$WORK/$tag$access/staging" "$WORK/$tag$access/target" 2>/dev/null
+        run_suite "$access" "$log" "$WORK/$tag$access"
+      fi
+    fi
+    if [ "$rc" = 0 ] && [ "${failed:-x}" = 0 ] && [ "${passed:-0}" -gt 0 ]; then
+      e2e_ok "$tag$access: 0 specs failed"
+    else
+      # Each failed spec: its name, then its assertion (the plugin's message,
+      # the gRPC code it got and the one the spec wants) on one line.
+      failures "$log" | head -60 | sed 's/^/  | /'
+      [ -n "$passed" ] || tail -40 "$log" | sed 's/^/  | /'
+      e2e_check_failed "$tag$access: csi-sanity exited $rc with ${failed:-?} failed spec(s) (log: e2e-logs/.../share/$(basename "$log"))"
+    fi
+  done
 done
 
 e2e_step "after the suite: the plugin is alive and nothing is left behind"
@@ -175,6 +208,16 @@ mnts=$(awk -v w="$WORK/" 'index($5, w) == 1 && $5 != "'"$DATA"'" {print $5}' /pr
 # the plugin's own state, not a volume's.
 files=$(find "$DATA" -type f ! -path "$DATA/recovery-attempts" 2>/dev/null | head -20)
 [ -z "$files" ] && e2e_ok "no file left in the data dir (backing files, records)" || { e2e_check_failed "files left in the data dir:"; echo "$files" | sed 's/^/  | /'; }
+if [ -n "$CPID" ]; then
+  if kill -0 "$CPID" 2>/dev/null && timeout 60 "${CTRL_CTL[@]}" identity probe >/dev/null 2>&1; then
+    e2e_ok "controller still running and answering"
+  else
+    e2e_check_failed "controller died or stopped answering during the suite"
+    tail -30 "$E2E_RESULT_DIR/controller.log"
+  fi
+  files=$(find "$CTRL_DATA" -type f 2>/dev/null | head -20)
+  [ -z "$files" ] && e2e_ok "no file left in the controller's data dir" || { e2e_check_failed "files left in the controller's data dir:"; echo "$files" | sed 's/^/  | /'; }
+fi
 if [ -n "${CSI_SANITY_RBD:-}" ]; then
   imgs=$(timeout 60 rbd --conf "$CEPH_CONF" ls "$CEPH_POOL" 2>&1 | tr '\n' ' ')
   trash=$(timeout 60 rbd --conf "$CEPH_CONF" trash ls "$CEPH_POOL" 2>&1 | tr '\n' ' ')
@@ -182,10 +225,11 @@ if [ -n "${CSI_SANITY_RBD:-}" ]; then
   else e2e_check_failed "left in $CEPH_POOL: images: ${imgs:-none}; trash: ${trash:-none}"; fi
 fi
 
-kill -TERM "$PID"
+kill -TERM "$PID" $CPID
 e2e_wait_for 30 sh -c "! kill -0 $PID" || e2e_check_failed "plugin still running 30 s after SIGTERM"
-wait "$PID" 2>/dev/null
+wait "$PID" $CPID 2>/dev/null
 echo "  | plugin log: $(grep -cE '^[WE][0-9]+ ' "$E2E_RESULT_DIR/plugin.log") warning/error lines"
+[ -z "$CPID" ] || echo "  | controller log: $(grep -cE '^[WE][0-9]+ ' "$E2E_RESULT_DIR/controller.log") warning/error lines"
 umount "$DATA" 2>/dev/null
 if [ -n "${CSI_SANITY_RBD:-}" ]; then
   ceph_stop
