@@ -196,6 +196,11 @@ std::optional<RecoveryManager::Outcome> RecoveryManager::OutcomeOf(
 
 void RecoveryManager::RefreshExportGauge() {
   if (exports_ == nullptr) return;
+  // Whole refreshes one at a time: Start()'s refresh, computed while the
+  // first volumes were still pending and set after the last thread's, left
+  // the gauge saying 0 live with every volume served (a unit test under
+  // ctest -j2 load caught it).
+  ublk::MutexLock refresh(&gauge_mu_);
   std::map<std::string, int> counts;
   for (const char* s : kGaugeStates) counts[s] = 0;
   std::vector<VolumeStatus> all = manager_->Status();

@@ -170,6 +170,8 @@ class RecoveryManager final : public VolumeGate {
   prometheus::Counter* throttles_ = nullptr;
   prometheus::Family<prometheus::Counter>* retries_ = nullptr;
 
+  // Serializes RefreshExportGauge (taken before mu_, never under it).
+  ublk::Mutex gauge_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable ublk::Mutex mu_;
   ublk::CondVar cv_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
