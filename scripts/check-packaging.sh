@@ -192,6 +192,11 @@ for ctr in csi-provisioner csi-resizer csi-snapshotter liveness-probe; do
   expect "$c" "^        - name: $ctr\$" "rbd controller: $ctr"
 done
 expect "$c" '^            - --rbd$' "rbd controller: --rbd"
+# Its data dir (an emptyDir by default: mode 0777, which the plugin refuses)
+# is closed to others before it starts (found by k8s scenario 110-rbd-pvc).
+awk '/^      initContainers:$/,/^      containers:$/' "$c" >"$OUT/rbd-controller-init.yaml"
+expect "$OUT/rbd-controller-init.yaml" 'command: \["chmod", "o-w", "/var/lib/ublk-csi"\]' "rbd controller: init container takes o+w off the data dir"
+expect "$OUT/rbd-controller-init.yaml" '^              mountPath: /var/lib/ublk-csi$' "rbd controller: ... on the data dir's volume"
 
 # NOTES.txt is not rendered by helm template: render it through a copy of the
 # chart with one extra template that includes it.
