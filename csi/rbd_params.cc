@@ -17,6 +17,9 @@ namespace ublk_csi {
 namespace {
 
 constexpr char kReservedPrefix[] = "csi.storage.k8s.io/";
+// external-provisioner adds storage.kubernetes.io/csiProvisionerIdentity to
+// every PV's volumeAttributes, which kubelet passes on as volume_context.
+constexpr char kKubernetesPrefix[] = "storage.kubernetes.io/";
 constexpr size_t kMaxIdBytes = 128;
 
 struct FeatureName {
@@ -150,7 +153,7 @@ absl::StatusOr<RbdLocation> ParseRbdParams(const ParamMap& params, absl::string_
     return it == params.end() ? std::string() : it->second;
   };
   for (const auto& [k, v] : params) {
-    if (absl::StartsWith(k, kReservedPrefix)) continue;
+    if (absl::StartsWith(k, kReservedPrefix) || absl::StartsWith(k, kKubernetesPrefix)) continue;
     if (k == kParamBackend || k == kParamClusterID || k == kParamMonitors || k == kParamPool ||
         k == kParamDataPool || k == kParamImageFeatures || k == kContextImageName) {
       continue;

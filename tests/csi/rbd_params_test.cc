@@ -90,6 +90,19 @@ TEST(RbdParamsTest, FeaturesAndDataPool) {
   EXPECT_EQ(ImageFeaturesString(loc->features), "layering,exclusive-lock,object-map,fast-diff");
 }
 
+TEST(RbdParamsTest, TheProvisionerIdentityInAVolumeContextIsNotAnUnknownKey) {
+  // What kubelet passes to NodeStage: the PV's volumeAttributes, to which
+  // csi-provisioner adds its identity (found by k8s scenario 110-rbd-pvc).
+  ParamMap ctx = Good();
+  ctx["imageName"] = "csi-vol-0123456789abcdef";
+  ctx["storage.kubernetes.io/csiProvisionerIdentity"] = "1764892612345-8081-rbd.ublk.csi.io";
+  absl::StatusOr<RbdLocation> loc = ParseRbdParams(ctx, "volume_context", {"fsType"});
+  EXPECT_TRUE(loc.ok()) << loc.status();
+  ctx["storage.kubernetes.ioX"] = "1";
+  EXPECT_THAT(ParseRbdParams(ctx, "volume_context", {}).status().message(),
+              HasSubstr("unknown key 'storage.kubernetes.ioX'"));
+}
+
 TEST(RbdParamsTest, SecretsAreRequiredAndNeverQuoted) {
   ParamMap s;
   EXPECT_THAT(ParseRbdSecrets(s, "secrets").status().message(),

@@ -399,6 +399,16 @@ TEST_F(RbdVolumeTest, StageLocksKeepsCredentialsApartAndUnstageUndoesBoth) {
   EXPECT_NE(::stat(CredFile().c_str(), &st), 0) << "credentials outlive the last staged volume";
 }
 
+TEST_F(RbdVolumeTest, StageTakesTheContextKubeletPasses) {
+  // kubelet's volume_context is the PV's volumeAttributes: the volume's
+  // context plus csi-provisioner's identity.
+  auto v = CreateRbd("pvc-1", kGiB);
+  ASSERT_TRUE(v.ok());
+  (*v->mutable_volume_context())["storage.kubernetes.io/csiProvisionerIdentity"] =
+      "1764892612345-8081-rbd.ublk.csi.io";
+  EXPECT_TRUE(StageRbd(manager_.get(), *v, Path("stage/pvc-1")).ok());
+}
+
 TEST_F(RbdVolumeTest, ASecondNodeCannotStageWhatOneHolds) {
   auto v = CreateRbd("pvc-1", kGiB);
   ASSERT_TRUE(v.ok());
