@@ -10,7 +10,7 @@
 # so kubelet and containerd state and the plugin's volumes survive a reboot.
 # Environment (from $E2E_RESULT_DIR/env, written by the host): K8S_RUN,
 # K8S_MODULES, K8S_HOST_IP, K8S_NODE_IP, K8S_NODE_NAME, K8S_SERVICE_IP,
-# K8S_POD_CIDR, K8S_BIN, K8S_IMAGES.
+# K8S_POD_CIDR, K8S_API_PORT, K8S_BIN, K8S_IMAGES.
 set -uo pipefail
 log() { echo "e2e-node: $(cut -d' ' -f1 /proc/uptime)s $*"; }
 die() { log "FATAL: $*"; echo "$*" > "$E2E_RESULT_DIR/node-failed"; exit 1; }
@@ -45,7 +45,7 @@ ping -c1 -W5 "$K8S_HOST_IP" >/dev/null 2>&1 || log "warning: the host $K8S_HOST_
 # take CPU from the plugin under TCG for nothing else.
 for chain in PREROUTING OUTPUT; do
   iptables -t nat -A "$chain" -d "$K8S_SERVICE_IP/32" -p tcp --dport 443 \
-    -j DNAT --to-destination "$K8S_HOST_IP:6443" || die "iptables DNAT for the kubernetes Service"
+    -j DNAT --to-destination "$K8S_HOST_IP:${K8S_API_PORT:-6443}" || die "iptables DNAT for the kubernetes Service"
 done
 
 # --- mounts -----------------------------------------------------------------

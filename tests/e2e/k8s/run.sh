@@ -10,7 +10,8 @@
 #   tools, helm, images, the node disk's seed), all cached for the next run;
 #   no guest, no cluster. CI runs it in the background beside a build.
 #   no SCENARIO: all of tests/e2e/k8s/scenarios/*.sh, in name order (they
-#   build on each other: install first).
+#   build on each other: install first), but those marked "# k8s: on demand"
+#   (110-rbd-pvc: `run.sh 10-install 110-rbd-pvc`).
 # Needs root (apt, a tap device, podman), the Kubernetes bundle (../shared/k8s
 # beside the project or K8S_BUNDLE_DIR: test tools, never copied into the
 # tree) and the npm registry once (helm). The plugin image is made by
@@ -37,15 +38,18 @@ while [ $# -gt 0 ]; do
     -v|--verbose) verbose=1; shift ;;
     --list) list=1; shift ;;
     --prepare) prepare=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "k8s/run.sh: unknown option $1" >&2; exit 2 ;;
     *) names+=("$1"); shift ;;
   esac
 done
 HERE=$(dirname "$(realpath "$0")")
 if [ ${#names[@]} = 0 ]; then
-  # Numeric order (100-... after 90-...).
-  while read -r f; do names+=("$(basename "$f" .sh)"); done < <(printf '%s\n' "$HERE"/scenarios/*.sh | sort -V)
+  # Numeric order (100-... after 90-...); a scenario marked "# k8s: on demand"
+  # (slow: 110-rbd-pvc boots a Ceph cluster in the node) runs only by name.
+  while read -r f; do
+    grep -q '^# k8s: on demand' "$f" || names+=("$(basename "$f" .sh)")
+  done < <(printf '%s\n' "$HERE"/scenarios/*.sh | sort -V)
 fi
 if [ $list = 1 ]; then printf '%s\n' "${names[@]}"; exit 0; fi
 for n in "${names[@]}"; do
@@ -114,8 +118,8 @@ k8s_control_plane_up
 
 {
   printf 'export K8S_RUN=%q K8S_MODULES=%q K8S_BIN=%q K8S_IMAGES=%q\n' "$K8S_RUN" "$K8S_MODULES" "$K8S_BIN" "$K8S_IMAGES"
-  printf 'export K8S_HOST_IP=%q K8S_NODE_IP=%q K8S_NODE_NAME=%q K8S_SERVICE_IP=%q K8S_POD_CIDR=%q\n' \
-    "$K8S_HOST_IP" "$K8S_NODE_IP" "$K8S_NODE_NAME" "$K8S_SERVICE_IP" "$K8S_POD_CIDR"
+  printf 'export K8S_HOST_IP=%q K8S_NODE_IP=%q K8S_NODE_NAME=%q K8S_SERVICE_IP=%q K8S_POD_CIDR=%q K8S_API_PORT=%q\n' \
+    "$K8S_HOST_IP" "$K8S_NODE_IP" "$K8S_NODE_NAME" "$K8S_SERVICE_IP" "$K8S_POD_CIDR" "$K8S_API_PORT"
 } > "$share/env"
 e2e_write_keep "$share" "$E2E_SRC_DIR" "$E2E_BUILD_DIR" "$E2E_WORK_DIR"
 e2e_write_job "$share" k8s-node 1 1 "$HERE/node.sh"

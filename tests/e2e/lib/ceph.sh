@@ -15,6 +15,7 @@
 #                      CEPH_CONF      DIR/ceph.conf (mon_host, keyring: the
 #                                     ceph, rbd and rados tools need nothing more)
 #                      CEPH_MON_HOST  [v2:127.0.0.1:3300,v1:127.0.0.1:6789]
+#                                     (CEPH_ADDR instead of 127.0.0.1 if set)
 #                                     (the value of librados' mon_host)
 #                      CEPH_USER      admin (the cephx id, without "client.")
 #                      CEPH_KEY       its cephx key (base64)
@@ -41,6 +42,9 @@
 #
 # Knobs (environment, before ceph_start): CEPH_MON_PORT (v2, default 3300),
 # CEPH_MON_PORT_V1 (default 6789) to run next to another cluster on a host;
+# CEPH_ADDR (default 127.0.0.1): the address the monitor and the OSD bind
+# (public_network is that address alone), e.g. a Kubernetes node's IP, which
+# pods reach and their own loopback is not;
 # CEPH_OSD_SIZE (sparse block file, default 4G); CEPH_OSD_MEMORY (osd
 # memory target, default 512M: the guest has 2 GiB).
 
@@ -170,14 +174,16 @@ ceph_start() { # DIR
   ip link set lo up 2>/dev/null
   fsid=$(cat /proc/sys/kernel/random/uuid)
   osd_uuid=$(cat /proc/sys/kernel/random/uuid)
-  CEPH_MON_HOST="[v2:127.0.0.1:$mon_v2,v1:127.0.0.1:$mon_v1]"
+  local addr=${CEPH_ADDR:-127.0.0.1} public_net=127.0.0.0/8
+  [ "$addr" = 127.0.0.1 ] || public_net=$addr/32
+  CEPH_MON_HOST="[v2:$addr:$mon_v2,v1:$addr:$mon_v1]"
   CEPH_CONF=$CEPH_DIR/ceph.conf
   CEPH_ADMIN_KEYRING=$CEPH_DIR/keyring
   cat > "$CEPH_CONF" <<EOF
 [global]
 fsid = $fsid
 mon_host = $CEPH_MON_HOST
-public_network = 127.0.0.0/8
+public_network = $public_net
 auth_cluster_required = cephx
 auth_service_required = cephx
 auth_client_required = cephx

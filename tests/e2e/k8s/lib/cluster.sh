@@ -18,7 +18,16 @@ K8S_NODE_IP=${K8S_NODE_IP:-10.213.0.2}
 K8S_NODE_NAME=${K8S_NODE_NAME:-ublk-node}
 K8S_SERVICE_CIDR=10.96.0.0/24
 K8S_SERVICE_IP=10.96.0.1
-K8S_POD_CIDR=10.244.0.0/24
+K8S_POD_CIDR=${K8S_POD_CIDR:-10.244.0.0/24}
+# A second cluster on the same host (another checkout's run beside CI's):
+# K8S_PORT_OFFSET moves every host port of the control plane (etcd 2379/2380,
+# kube-apiserver 6443, kube-controller-manager 10257, kube-scheduler 10259),
+# with K8S_NET_BRIDGE, K8S_NET_TAP, K8S_HOST_IP, K8S_NODE_IP and K8S_POD_CIDR
+# set apart too.
+K8S_PORT_OFFSET=${K8S_PORT_OFFSET:-0}
+K8S_API_PORT=$((6443 + K8S_PORT_OFFSET))
+K8S_ETCD_PORT=$((2379 + K8S_PORT_OFFSET))
+K8S_ETCD_PEER_PORT=$((2380 + K8S_PORT_OFFSET))
 K8S_PIDS=()
 
 k8s_log() { echo "e2e-k8s: $*" >&2; }
@@ -115,7 +124,7 @@ k8s_make_pki() {
     || k8s_die "openssl: service-account key"
   local who
   for who in admin controller-manager scheduler kubelet kube-proxy; do
-    local server=https://$K8S_HOST_IP:6443
+    local server=https://$K8S_HOST_IP:$K8S_API_PORT
     cat > "$K8S_RUN/$who.kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
@@ -179,7 +188,7 @@ k8s_control_plane_up() {
   # A run that just ended may still be releasing its ports: wait a little,
   # then name whoever holds them.
   local port n holder
-  for port in 2379 2380 6443; do
+  for port in $K8S_ETCD_PORT $K8S_ETCD_PEER_PORT $K8S_API_PORT; do
     n=0
     while holder=$(ss -Htlnp "sport = :$port" 2>/dev/null) && [ -n "$holder" ] && [ $n -lt 60 ]; do
       sleep 0.5; n=$((n + 1))
@@ -187,11 +196,11 @@ k8s_control_plane_up() {
     [ -z "$holder" ] || k8s_die "port $port is held (another cluster running?): $holder"
   done
   k8s_start etcd etcd --name e2e --data-dir "$K8S_RUN/etcd" \
-    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
-    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-    --initial-cluster e2e=http://127.0.0.1:2380 --log-level warn
+    --listen-client-urls "http://127.0.0.1:$K8S_ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$K8S_ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$K8S_ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$K8S_ETCD_PEER_PORT" \
+    --initial-cluster "e2e=http://127.0.0.1:$K8S_ETCD_PEER_PORT" --log-level warn
   k8s_start kube-apiserver "$K8S_BIN/kube-apiserver" \
-    --etcd-servers=http://127.0.0.1:2379 --bind-address=0.0.0.0 --secure-port=6443 \
+    --etcd-servers="http://127.0.0.1:$K8S_ETCD_PORT" --bind-address=0.0.0.0 --secure-port="$K8S_API_PORT" \
     --advertise-address="$K8S_HOST_IP" --service-cluster-ip-range="$K8S_SERVICE_CIDR" \
     --client-ca-file="$p/ca.crt" --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
     --kubelet-client-certificate="$p/apiserver-kubelet-client.crt" --kubelet-client-key="$p/apiserver-kubelet-client.key" \
@@ -211,9 +220,10 @@ k8s_control_plane_up() {
     --service-account-private-key-file="$p/sa.key" --root-ca-file="$p/ca.crt" \
     --cluster-signing-cert-file="$p/ca.crt" --cluster-signing-key-file="$p/ca.key" \
     --use-service-account-credentials=true --controllers='*,-cloud-node-lifecycle' \
-    --allocate-node-cidrs=false --profiling=false
+    --allocate-node-cidrs=false --profiling=false --secure-port=$((10257 + K8S_PORT_OFFSET))
   k8s_start kube-scheduler "$K8S_BIN/kube-scheduler" \
-    --kubeconfig="$K8S_RUN/scheduler.kubeconfig" --leader-elect=false --profiling=false
+    --kubeconfig="$K8S_RUN/scheduler.kubeconfig" --leader-elect=false --profiling=false \
+    --secure-port=$((10259 + K8S_PORT_OFFSET))
   k8s_log "control plane up in $(e2e_secs "$t0")s (etcd $(etcd --version | sed -n 's/^etcd Version: //p'), $("$KUBECTL" version -o json 2>/dev/null | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -1))"
 }
 
