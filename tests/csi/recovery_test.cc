@@ -621,8 +621,15 @@ TEST_F(RecoveryTest, UnavailableRetriesStopForAnUnstagedVolume) {
   csi::v1::NodeUnstageVolumeRequest ur;
   ur.set_volume_id(ids[0]);
   ur.set_staging_target_path(dir_.path() + "/staging/" + ids[0]);
-  auto unstaged = p_->manager->NodeUnstageVolume(ur);
-  ASSERT_TRUE(unstaged.ok()) << unstaged.status();
+  // A retry in progress holds the volume: ABORTED, which kubelet retries.
+  absl::Status unstaged;
+  ASSERT_TRUE(Eventually(
+      [&] {
+        unstaged = p_->manager->NodeUnstageVolume(ur).status();
+        return !absl::IsAborted(unstaged);
+      },
+      absl::Seconds(10)));
+  ASSERT_TRUE(unstaged.ok()) << unstaged;
   EXPECT_TRUE(Eventually(
       [&] {
         return MetricSum(*p_->registry, "ublk_csi_recovery_retries_total", "result", "dropped") ==
