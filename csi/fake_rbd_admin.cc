@@ -135,8 +135,26 @@ absl::Status FakeRbdAdmin::CreateSnapshot(const RbdAccess& access, const std::st
   if (it == cluster_->images_.end()) {
     return absl::NotFoundError(absl::StrCat("image ", pool, "/", image, " not found"));
   }
-  it->second.snaps[snap] = true;
+  auto [snap_it, made] = it->second.snaps.try_emplace(snap);
+  if (made) snap_it->second.size = it->second.size;
+  snap_it->second.is_protected = true;
   return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> FakeRbdAdmin::SnapshotSize(const RbdAccess& access, const std::string& pool,
+                                                   const std::string& image,
+                                                   const std::string& snap) {
+  ublk::MutexLock l(&cluster_->mu_);
+  if (absl::Status s = cluster_->Check(access, pool, "snap_list"); !s.ok()) return s;
+  auto it = cluster_->images_.find(Key(pool, image));
+  if (it == cluster_->images_.end()) {
+    return absl::NotFoundError(absl::StrCat("image ", pool, "/", image, " not found"));
+  }
+  auto sn = it->second.snaps.find(snap);
+  if (sn == it->second.snaps.end()) {
+    return absl::NotFoundError(absl::StrCat("snapshot ", pool, "/", image, "@", snap));
+  }
+  return sn->second.size;
 }
 
 absl::Status FakeRbdAdmin::RemoveSnapshot(const RbdAccess& access, const std::string& pool,
@@ -167,10 +185,10 @@ absl::Status FakeRbdAdmin::CloneFlattened(const RbdAccess& access, const std::st
     return absl::NotFoundError(
         absl::StrCat("snapshot ", parent_pool, "/", parent, "@", snap, " not found"));
   }
-  if (!p->second.snaps[snap]) {
+  if (!p->second.snaps[snap].is_protected) {
     return absl::FailedPreconditionError("clone of an unprotected snapshot (clone v1)");
   }
-  const int64_t parent_size = p->second.size;
+  const int64_t parent_size = p->second.snaps[snap].size;
   auto [it, inserted] = cluster_->images_.try_emplace(Key(loc.pool, image));
   if (!inserted) {
     return absl::AlreadyExistsError(absl::StrCat("image ", loc.pool, "/", image, " exists"));

@@ -27,8 +27,12 @@ class FakeRbdCluster {
     int64_t size = 0;
     uint64_t features = 0;
     std::string data_pool;
-    std::string parent;                 // "pool/image@snap" while a clone is not flattened
-    std::map<std::string, bool> snaps;  // name -> protected
+    std::string parent;  // "pool/image@snap" while a clone is not flattened
+    struct Snap {
+      bool is_protected = true;
+      int64_t size = 0;  // the image's size when it was taken
+    };
+    std::map<std::string, Snap> snaps;
     std::vector<RbdLockHolder> lockers;
   };
 
@@ -38,8 +42,8 @@ class FakeRbdCluster {
   void AddUser(const std::string& user, const std::string& key);
   void SetReachable(bool reachable);
   // The next call whose operation name is `op` ("create", "remove",
-  // "resize", "snap_create", "snap_remove", "clone", "flatten", "lock",
-  // "stat") fails with `status`.
+  // "resize", "snap_create", "snap_remove", "snap_list", "clone", "flatten",
+  // "lock", "stat") fails with `status`.
   void FailNext(const std::string& op, absl::Status status);
 
   bool HasImage(const std::string& pool, const std::string& image) const;
@@ -77,6 +81,8 @@ class FakeRbdAdmin final : public RbdAdmin {
                       int64_t size_bytes) override;
   absl::Status CreateSnapshot(const RbdAccess& access, const std::string& pool,
                               const std::string& image, const std::string& snap) override;
+  absl::StatusOr<int64_t> SnapshotSize(const RbdAccess& access, const std::string& pool,
+                                       const std::string& image, const std::string& snap) override;
   absl::Status RemoveSnapshot(const RbdAccess& access, const std::string& pool,
                               const std::string& image, const std::string& snap) override;
   absl::Status CloneFlattened(const RbdAccess& access, const std::string& parent_pool,

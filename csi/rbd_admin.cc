@@ -13,10 +13,13 @@
 // of this node's own stale cookie) just removes the dead process's entry.
 #include "csi/rbd_admin.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -107,7 +110,9 @@ class LibRbdAdmin final : public RbdAdmin {
     int max = 0;
     rc = rbd.rbd_snap_list(img.get(), nullptr, &max);
     if (rc < 0 && rc != -ERANGE) return FromRc(rc, "snapshots of " + image);
-    out.snapshot_count = max;
+    // -ERANGE with the room needed: one entry per snapshot and librbd's
+    // terminating one.
+    out.snapshot_count = rc == -ERANGE ? std::max(0, max - 1) : 0;
     return out;
   }
 
@@ -183,6 +188,38 @@ class LibRbdAdmin final : public RbdAdmin {
       if (rc != -EBUSY) RETURN_IF_ERROR(FromRc(rc, "snap protect " + what));
     }
     return absl::OkStatus();
+  }
+
+  absl::StatusOr<int64_t> SnapshotSize(const RbdAccess& a, const std::string& pool,
+                                       const std::string& image, const std::string& snap) override {
+    ASSIGN_OR_RETURN(Io io, IoCtx(a, pool));
+    const ublk::RbdApi& rbd = *io.rbd;
+    Image img(rbd);
+    RETURN_IF_ERROR(img.Open(io, pool, image));
+    const std::string what = absl::StrCat("snapshots of ", pool, "/", image);
+    // librbd wants room for every snapshot: ask for the count, then list
+    // (retried if one appeared in between).
+    std::vector<rbd_snap_info_t> snaps(16);
+    for (int attempt = 0;; ++attempt) {
+      int max = static_cast<int>(snaps.size());
+      int rc = rbd.rbd_snap_list(img.get(), snaps.data(), &max);
+      if (rc == -ERANGE && attempt < 4) {
+        snaps.resize(static_cast<size_t>(max) + 1);
+        continue;
+      }
+      RETURN_IF_ERROR(FromRc(rc < 0 ? rc : 0, what));
+      std::optional<int64_t> size;
+      for (int i = 0; i < rc; ++i) {
+        if (snaps[i].name != nullptr && snap == snaps[i].name) {
+          size = static_cast<int64_t>(snaps[i].size);
+        }
+      }
+      rbd.rbd_snap_list_end(snaps.data());
+      if (!size) {
+        return absl::NotFoundError(absl::StrCat("snapshot ", pool, "/", image, "@", snap));
+      }
+      return *size;
+    }
   }
 
   absl::Status RemoveSnapshot(const RbdAccess& a, const std::string& pool, const std::string& image,

@@ -98,6 +98,11 @@ class RbdAdmin {
   // Creates and protects snapshot `snap` of the image; OK if it exists.
   virtual absl::Status CreateSnapshot(const RbdAccess& access, const std::string& pool,
                                       const std::string& image, const std::string& snap) = 0;
+  // The image's size when `snap` was taken; NOT_FOUND when the image or the
+  // snapshot does not exist.
+  virtual absl::StatusOr<int64_t> SnapshotSize(const RbdAccess& access, const std::string& pool,
+                                               const std::string& image,
+                                               const std::string& snap) = 0;
   // Unprotects and removes it; OK when the image or snapshot is gone.
   virtual absl::Status RemoveSnapshot(const RbdAccess& access, const std::string& pool,
                                       const std::string& image, const std::string& snap) = 0;

@@ -255,6 +255,30 @@ std::optional<ParsedRbdVolumeId> ParseRbdVolumeId(absl::string_view volume_id) {
   return out;
 }
 
+std::optional<std::string> RbdSnapshotId(absl::string_view volume_id, absl::string_view snap) {
+  std::string id = absl::StrCat(volume_id, ".", snap);
+  if (id.size() > kMaxIdBytes) return std::nullopt;
+  return id;
+}
+
+std::optional<ParsedRbdSnapshotId> ParseRbdSnapshotId(absl::string_view snapshot_id) {
+  const size_t dot = snapshot_id.rfind('.');
+  if (dot == absl::string_view::npos) return std::nullopt;
+  absl::string_view snap = snapshot_id.substr(dot + 1);
+  // "csi-snap-" and 16 hex digits, as SnapNameFor makes it.
+  if (!absl::ConsumePrefix(&snap, "csi-snap-") || snap.size() != 16 ||
+      !std::all_of(snap.begin(), snap.end(), absl::ascii_isxdigit)) {
+    return std::nullopt;
+  }
+  std::optional<ParsedRbdVolumeId> vol = ParseRbdVolumeId(snapshot_id.substr(0, dot));
+  if (!vol) return std::nullopt;
+  ParsedRbdSnapshotId out;
+  out.volume_id = std::string(snapshot_id.substr(0, dot));
+  out.volume = std::move(*vol);
+  out.snap = std::string(snapshot_id.substr(dot + 1));
+  return out;
+}
+
 absl::StatusOr<std::map<std::string, std::string>> ParseRbdClusters(absl::string_view text,
                                                                     absl::string_view source) {
   std::map<std::string, std::string> out;

@@ -101,5 +101,19 @@ absl::StatusOr<std::map<std::string, std::string>> ParseRbdClusters(absl::string
                                                                     absl::string_view source);
 // A snapshot's RBD snap name, derived from the CSI snapshot name.
 std::string SnapNameFor(absl::string_view snapshot_name);  // "csi-snap-<16 hex>"
+// Snapshot IDs of RBD snapshots: "<volume ID>.<snap>" (e.g.
+// "rbd.ceph-a.kube.csi-vol-<16 hex>.csi-snap-<16 hex>"), so that a
+// controller without the snapshot's record (a replaced pod) can still
+// restore and delete it: the ID names cluster, pool, image and snap. nullopt
+// when the ID would exceed 128 bytes (the caller falls back to a
+// record-only ID).
+std::optional<std::string> RbdSnapshotId(absl::string_view volume_id, absl::string_view snap);
+struct ParsedRbdSnapshotId {
+  std::string volume_id;  // the source volume's ID
+  ParsedRbdVolumeId volume;
+  std::string snap;
+};
+// nullopt when `snapshot_id` is not such an ID.
+std::optional<ParsedRbdSnapshotId> ParseRbdSnapshotId(absl::string_view snapshot_id);
 
 }  // namespace ublk_csi

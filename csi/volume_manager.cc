@@ -864,10 +864,10 @@ absl::StatusOr<VolumeManager::ContentSource> VolumeManager::ResolveContentSource
   };
   if (!plan.src_snapshot.empty()) {
     std::optional<SnapshotRecord> snap = FindSnapshot(plan.src_snapshot);
-    if (!snap) {
+    if (!snap && !ParseRbdSnapshotId(plan.src_snapshot)) {
       return absl::NotFoundError(absl::StrCat("snapshot ", plan.src_snapshot, " does not exist"));
     }
-    if (snap->has_rbd()) {
+    if (!snap || snap->has_rbd()) {
       return absl::InvalidArgumentError(
           absl::StrCat("snapshot ", plan.src_snapshot,
                        " is of an RBD volume; restore it with a StorageClass of backend rbd"));
@@ -1207,8 +1207,8 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::Controlle
   }
   RETURN_IF_ERROR(CheckDriverVolume(driver, req.volume_id(), "volume_id"));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.volume_id(), "volume " + req.volume_id()));
-  ASSIGN_OR_RETURN(VolumeRecord rec, GetRecord(req.volume_id()));
-  if (req.has_volume_capability() &&
+  ASSIGN_OR_RETURN(VolumeRecord rec, ControllerRecord(req.volume_id(), req.secrets()));
+  if (req.has_volume_capability() && rec.access_type() != VolumeRecord::ACCESS_TYPE_UNSPECIFIED &&
       req.volume_capability().has_block() != (rec.access_type() == VolumeRecord::BLOCK)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "volume_capability asks for ", req.volume_capability().has_block() ? "block" : "mount",
@@ -1351,7 +1351,7 @@ absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateSnapshot(
   }
   ASSIGN_OR_RETURN(KeyLock vol_lock,
                    TryLock(req.source_volume_id(), "volume " + req.source_volume_id()));
-  ASSIGN_OR_RETURN(VolumeRecord vol, GetRecord(req.source_volume_id()));
+  ASSIGN_OR_RETURN(VolumeRecord vol, ControllerRecord(req.source_volume_id(), req.secrets()));
   if (vol.has_rbd()) return CreateRbdSnapshot(vol, req);
   ASSIGN_OR_RETURN(int64_t free_bytes, FreeBytes());
   const std::string src = store_->Abs(vol.backing_file());
@@ -1406,7 +1406,11 @@ absl::StatusOr<csi::v1::DeleteSnapshotResponse> VolumeManager::DeleteSnapshot(
   RETURN_IF_ERROR(ValidateId(req.snapshot_id(), "snapshot_id"));
   ASSIGN_OR_RETURN(KeyLock lock, TryLock(req.snapshot_id(), "snapshot " + req.snapshot_id()));
   std::optional<SnapshotRecord> snap = FindSnapshot(req.snapshot_id());
-  if (!snap) return csi::v1::DeleteSnapshotResponse();
+  if (!snap) {
+    std::optional<ParsedRbdSnapshotId> id = ParseRbdSnapshotId(req.snapshot_id());
+    if (id && options_.rbd_admin != nullptr) return DeleteRbdSnapshotWithoutRecord(req, *id);
+    return csi::v1::DeleteSnapshotResponse();  // already gone: success
+  }
   if (snap->has_rbd()) {
     RETURN_IF_ERROR(DeleteRbdSnapshot(*snap, req));
     RETURN_IF_ERROR(ForgetSnapshot(snap->snapshot_id()));

@@ -267,6 +267,26 @@ class VolumeManager {
       const records::VolumeRecord& vol, const csi::v1::CreateSnapshotRequest& req);
   absl::Status DeleteRbdSnapshot(const records::SnapshotRecord& snap,
                                  const csi::v1::DeleteSnapshotRequest& req);
+  // The controller's view of a volume: its record, or, for an RBD volume
+  // this process has no record of (a controller whose data dir went with
+  // its pod), what the cluster says of the image its ID names, reached
+  // through rbd_cluster_monitors with `secrets`. Such a record is not
+  // persisted (access and fs type are unknown: ACCESS_TYPE_UNSPECIFIED).
+  absl::StatusOr<records::VolumeRecord> ControllerRecord(const std::string& volume_id,
+                                                         const ParamMap& secrets);
+  absl::StatusOr<records::VolumeRecord> RbdRecordFromCluster(const ParsedRbdVolumeId& id,
+                                                             const std::string& volume_id,
+                                                             const std::string& monitors,
+                                                             const RbdCredentials& creds);
+  // DeleteSnapshot of an RBD snapshot ID with no record here: as
+  // DeleteRbdVolumeWithoutRecord.
+  absl::StatusOr<csi::v1::DeleteSnapshotResponse> DeleteRbdSnapshotWithoutRecord(
+      const csi::v1::DeleteSnapshotRequest& req, const ParsedRbdSnapshotId& id);
+  // The monitors --rbd-clusters-file gives `cluster_id`; nullopt (and a
+  // warning naming `what` and what to do by hand) when it names none.
+  std::optional<std::string> ClusterMonitorsFor(const std::string& cluster_id,
+                                                absl::string_view what,
+                                                absl::string_view by_hand) const;
   absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> ExpandRbdVolume(
       records::VolumeRecord rec, int64_t size, const csi::v1::ControllerExpandVolumeRequest& req);
   // NodeStage of an RBD volume this node has no record of (the controller

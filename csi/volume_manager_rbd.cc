@@ -4,8 +4,13 @@
 // the volume ID names cluster, pool and image (RbdVolumeId), so a repeated
 // CreateVolume finds the image even if this process lost its record (a
 // crash between creating the image and writing the record), and a node
-// can stage the volume from ID + volume_context alone. Records of RBD
-// volumes say where the image is, never with which key.
+// can stage the volume from ID + volume_context alone. A snapshot ID names
+// the RBD snapshot too (RbdSnapshotId). So the controller's records are a
+// cache, not the truth: one that lost them (a replaced pod, an emptyDir
+// data dir) restores and clones from the IDs and the StorageClass's
+// monitors, and snapshots, expands and deletes through the monitors
+// --rbd-clusters-file gives (ControllerRecord). Records of RBD volumes say
+// where the image is, never with which key.
 //
 // Node: NodeStage takes the node's advisory lock on the image (multi-attach
 // safety, see RbdAdmin), keeps the cluster's credentials in
@@ -118,11 +123,40 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
     return absl::OkStatus();
   };
   if (!plan.src_snapshot.empty()) {
+    const std::string w = absl::StrCat("snapshot ", plan.src_snapshot);
     snap = FindSnapshot(plan.src_snapshot);
     if (!snap) {
-      return absl::NotFoundError(absl::StrCat("snapshot ", plan.src_snapshot, " does not exist"));
+      // No record here (a controller whose data dir went with its pod):
+      // the ID names the RBD snapshot, and the cluster says whether it
+      // exists and how large it is.
+      std::optional<ParsedRbdSnapshotId> id = ParseRbdSnapshotId(plan.src_snapshot);
+      if (!id) return absl::NotFoundError(absl::StrCat(w, " does not exist"));
+      if (id->volume.cluster_id != loc.cluster_id) {
+        return absl::InvalidArgumentError(absl::StrCat(w, " is in cluster ", id->volume.cluster_id,
+                                                       ", not ", loc.cluster_id,
+                                                       " (RBD clones stay within one cluster)"));
+      }
+      absl::StatusOr<int64_t> snap_size =
+          admin->SnapshotSize(access, id->volume.pool, id->volume.image, id->snap);
+      if (absl::IsNotFound(snap_size.status())) {
+        return absl::NotFoundError(absl::StrCat(w, " does not exist (no RBD snapshot ",
+                                                id->volume.pool, "/", id->volume.image, "@",
+                                                id->snap, ")"));
+      }
+      RETURN_IF_ERROR(Context(snap_size.status(), w));
+      SnapshotRecord found;
+      found.set_snapshot_id(plan.src_snapshot);
+      found.set_source_volume_id(id->volume_id);
+      found.set_size_bytes(*snap_size);
+      found.set_ready_to_use(true);
+      *found.mutable_rbd() = ImageOf(loc, id->volume.image);
+      found.mutable_rbd()->set_pool(id->volume.pool);
+      found.set_rbd_snap(id->snap);
+      snap = std::move(found);
+      LOG(INFO) << w << ": no record here; restoring from the RBD snapshot its ID names ("
+                << id->volume.pool << "/" << id->volume.image << "@" << id->snap << ", "
+                << *snap_size << " bytes)";
     }
-    const std::string w = absl::StrCat("snapshot ", plan.src_snapshot);
     if (!snap->has_rbd()) {
       return absl::InvalidArgumentError(
           absl::StrCat(w, " is of a node-local file volume; it cannot be restored into RBD"));
@@ -138,12 +172,22 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
   } else if (!plan.src_volume.empty()) {
     ASSIGN_OR_RETURN(KeyLock l, TryLock(plan.src_volume, "source volume " + plan.src_volume));
     src_lock.emplace(std::move(l));
+    const std::string w = absl::StrCat("source volume ", plan.src_volume);
     src_vol = FindVolume(plan.src_volume);
     if (!src_vol) {
-      return absl::NotFoundError(
-          absl::StrCat("source volume ", plan.src_volume, " does not exist"));
+      // No record here: an RBD volume ID names its image, which the cluster
+      // of this StorageClass holds if the ID says it is of that cluster.
+      std::optional<ParsedRbdVolumeId> id = ParseRbdVolumeId(plan.src_volume);
+      if (!id) return absl::NotFoundError(absl::StrCat(w, " does not exist"));
+      if (id->cluster_id != loc.cluster_id) {
+        return absl::InvalidArgumentError(absl::StrCat(w, " is in cluster ", id->cluster_id,
+                                                       ", not ", loc.cluster_id,
+                                                       " (RBD clones stay within one cluster)"));
+      }
+      ASSIGN_OR_RETURN(VolumeRecord found,
+                       RbdRecordFromCluster(*id, plan.src_volume, loc.monitors, creds));
+      src_vol = std::move(found);
     }
-    const std::string w = absl::StrCat("source volume ", plan.src_volume);
     if (!src_vol->has_rbd()) {
       return absl::InvalidArgumentError(
           absl::StrCat(w, " is a node-local file volume; it cannot be cloned into RBD"));
@@ -230,20 +274,15 @@ absl::Status VolumeManager::DeleteRbdImage(const VolumeRecord& rec, const RbdCre
 
 absl::StatusOr<csi::v1::DeleteVolumeResponse> VolumeManager::DeleteRbdVolumeWithoutRecord(
     const csi::v1::DeleteVolumeRequest& req, const ParsedRbdVolumeId& id) {
-  auto mons = options_.rbd_cluster_monitors.find(id.cluster_id);
-  if (mons == options_.rbd_cluster_monitors.end()) {
-    // Without its record or a --rbd-clusters-file entry the cluster's
-    // monitors are unknown here.
-    LOG(WARNING) << "volume " << req.volume_id() << ": no record of this RBD volume and cluster "
-                 << id.cluster_id << " is not in --rbd-clusters-file; nothing deleted (if its "
-                 << "image still exists, remove it with `rbd trash mv`)";
-    return csi::v1::DeleteVolumeResponse();
-  }
+  std::optional<std::string> mons =
+      ClusterMonitorsFor(id.cluster_id, "volume " + req.volume_id(),
+                         "if its image still exists, remove it with `rbd trash mv`");
+  if (!mons) return csi::v1::DeleteVolumeResponse();
   ASSIGN_OR_RETURN(RbdCredentials creds, ParseRbdSecrets(req.secrets(), "secrets"));
   VolumeRecord rec;
   rec.set_volume_id(req.volume_id());
   rec.mutable_rbd()->set_cluster_id(id.cluster_id);
-  rec.mutable_rbd()->set_monitors(mons->second);
+  rec.mutable_rbd()->set_monitors(*mons);
   rec.mutable_rbd()->set_pool(id.pool);
   rec.mutable_rbd()->set_image(id.image);
   absl::Status s = DeleteRbdImage(rec, creds);
@@ -255,19 +294,101 @@ absl::StatusOr<csi::v1::DeleteVolumeResponse> VolumeManager::DeleteRbdVolumeWith
   return csi::v1::DeleteVolumeResponse();
 }
 
+absl::StatusOr<VolumeRecord> VolumeManager::RbdRecordFromCluster(const ParsedRbdVolumeId& id,
+                                                                 const std::string& volume_id,
+                                                                 const std::string& monitors,
+                                                                 const RbdCredentials& creds) {
+  ASSIGN_OR_RETURN(RbdAdmin * admin, Rbd());
+  absl::StatusOr<RbdImageInfo> info = admin->Stat(RbdAccess{monitors, creds}, id.pool, id.image);
+  if (absl::IsNotFound(info.status())) {
+    return absl::NotFoundError(absl::StrCat("volume ", volume_id, " does not exist (no RBD image ",
+                                            id.pool, "/", id.image, ")"));
+  }
+  RETURN_IF_ERROR(Context(info.status(), absl::StrCat("volume ", volume_id)));
+  VolumeRecord rec;
+  rec.set_volume_id(volume_id);
+  rec.set_state(VolumeRecord::READY);
+  rec.set_capacity_bytes(info->size_bytes);
+  rec.set_dev_id(-1);
+  records::RbdImage* img = rec.mutable_rbd();
+  img->set_cluster_id(id.cluster_id);
+  img->set_monitors(monitors);
+  img->set_pool(id.pool);
+  img->set_image(id.image);
+  img->set_features(info->features);
+  LOG(INFO) << "volume " << volume_id << ": no record here; RBD image " << id.pool << "/"
+            << id.image << " (" << info->size_bytes << " bytes) as the cluster has it";
+  return rec;
+}
+
+absl::StatusOr<VolumeRecord> VolumeManager::ControllerRecord(const std::string& volume_id,
+                                                             const ParamMap& secrets) {
+  if (std::optional<VolumeRecord> rec = FindVolume(volume_id)) return *rec;
+  std::optional<ParsedRbdVolumeId> id = ParseRbdVolumeId(volume_id);
+  if (!id || options_.rbd_admin == nullptr) return GetRecord(volume_id);  // NOT_FOUND
+  auto mons = options_.rbd_cluster_monitors.find(id->cluster_id);
+  if (mons == options_.rbd_cluster_monitors.end()) {
+    return absl::NotFoundError(absl::StrCat(
+        "volume ", volume_id, ": no record of it here and cluster ", id->cluster_id,
+        " is not in --rbd-clusters-file (chart: rbd.clusters), so its monitors are unknown"));
+  }
+  ASSIGN_OR_RETURN(const RbdCredentials creds, ParseRbdSecrets(secrets, "secrets"));
+  return RbdRecordFromCluster(*id, volume_id, mons->second, creds);
+}
+
+std::optional<std::string> VolumeManager::ClusterMonitorsFor(const std::string& cluster_id,
+                                                             absl::string_view what,
+                                                             absl::string_view by_hand) const {
+  auto mons = options_.rbd_cluster_monitors.find(cluster_id);
+  if (mons != options_.rbd_cluster_monitors.end()) return mons->second;
+  // Without the record or a --rbd-clusters-file entry the cluster's
+  // monitors are unknown here.
+  LOG(WARNING) << what << ": no record of it here and cluster " << cluster_id
+               << " is not in --rbd-clusters-file; nothing deleted (" << by_hand << ")";
+  return std::nullopt;
+}
+
+absl::StatusOr<csi::v1::DeleteSnapshotResponse> VolumeManager::DeleteRbdSnapshotWithoutRecord(
+    const csi::v1::DeleteSnapshotRequest& req, const ParsedRbdSnapshotId& id) {
+  const std::string spec = absl::StrCat(id.volume.pool, "/", id.volume.image, "@", id.snap);
+  std::optional<std::string> mons =
+      ClusterMonitorsFor(id.volume.cluster_id, "snapshot " + req.snapshot_id(),
+                         absl::StrCat("if it still exists, remove it with `rbd snap unprotect ",
+                                      spec, "` and `rbd snap rm ", spec, "`"));
+  if (!mons) return csi::v1::DeleteSnapshotResponse();
+  ASSIGN_OR_RETURN(RbdAdmin * admin, Rbd());
+  ASSIGN_OR_RETURN(RbdCredentials creds, ParseRbdSecrets(req.secrets(), "secrets"));
+  RETURN_IF_ERROR(Context(
+      admin->RemoveSnapshot(RbdAccess{*mons, creds}, id.volume.pool, id.volume.image, id.snap),
+      absl::StrCat("snapshot ", req.snapshot_id())));
+  LOG(INFO) << "deleted snapshot " << req.snapshot_id() << " without a record (cluster "
+            << id.volume.cluster_id << " from --rbd-clusters-file): RBD " << spec;
+  return csi::v1::DeleteSnapshotResponse();
+}
+
 absl::StatusOr<csi::v1::CreateSnapshotResponse> VolumeManager::CreateRbdSnapshot(
     const VolumeRecord& vol, const csi::v1::CreateSnapshotRequest& req) {
   ASSIGN_OR_RETURN(RbdAdmin * admin, Rbd());
   ASSIGN_OR_RETURN(const RbdCredentials creds, ParseRbdSecrets(req.secrets(), "secrets"));
   SnapshotRecord snap;
-  snap.set_snapshot_id(NewRbdSnapshotId());
+  snap.set_rbd_snap(SnapNameFor(req.name()));
+  // An ID that names the RBD snapshot, so that restore and delete need no
+  // record; a record-only ID where that would exceed 128 bytes.
+  std::optional<std::string> id = RbdSnapshotId(vol.volume_id(), snap.rbd_snap());
+  if (!id) {
+    id = NewRbdSnapshotId();
+    LOG(WARNING) << "snapshot '" << EscapeForLog(req.name()) << "' of volume " << vol.volume_id()
+                 << ": an ID naming its RBD snapshot would exceed 128 bytes; " << *id
+                 << " is known by its record only (restore and delete need this controller's "
+                 << "data dir)";
+  }
+  snap.set_snapshot_id(*id);
   snap.set_name(req.name());
   snap.set_source_volume_id(vol.volume_id());
   snap.set_size_bytes(vol.capacity_bytes());
   snap.set_created_at(::time(nullptr));
   snap.set_ready_to_use(false);
   *snap.mutable_rbd() = vol.rbd();
-  snap.set_rbd_snap(SnapNameFor(req.name()));
   const std::string what = absl::StrCat("snapshot ", snap.snapshot_id(), " (RBD ", vol.rbd().pool(),
                                         "/", vol.rbd().image(), "@", snap.rbd_snap(), ")");
   // Record first (not ready): a crash before the snapshot is answered leaves
@@ -324,7 +445,8 @@ absl::StatusOr<csi::v1::ControllerExpandVolumeResponse> VolumeManager::ExpandRbd
       Context(admin->Resize(AccessOf(rec.rbd(), creds), rec.rbd().pool(), rec.rbd().image(), size),
               absl::StrCat("volume ", rec.volume_id(), ": resize RBD image")));
   rec.set_capacity_bytes(size);
-  RETURN_IF_ERROR(SaveVolume(rec));
+  // A volume known from the cluster only (ControllerRecord) stays so.
+  if (FindVolume(rec.volume_id())) RETURN_IF_ERROR(SaveVolume(rec));
   LOG(INFO) << "volume " << rec.volume_id() << ": RBD image " << rec.rbd().pool() << "/"
             << rec.rbd().image() << " grown to " << size << " bytes";
   csi::v1::ControllerExpandVolumeResponse resp;

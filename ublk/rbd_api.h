@@ -37,6 +37,7 @@ namespace ublk {
   X(rbd_linked_image_spec_cleanup) \
   X(rbd_snap_spec_cleanup)         \
   X(rbd_snap_list)                 \
+  X(rbd_snap_list_end)             \
   X(rbd_image_options_create)      \
   X(rbd_image_options_destroy)     \
   X(rbd_image_options_set_uint64)  \

@@ -165,5 +165,31 @@ TEST(RbdParamsTest, VolumeIdRoundTripsAndIsDerivedFromTheName) {
   EXPECT_EQ(RbdVolumeId(loc, image).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(RbdParamsTest, SnapshotIdNamesItsImageAndSnap) {
+  const std::string vol = "rbd.ceph-a.kube.ssd." + ImageNameFor("pvc-1");
+  const std::string snap = SnapNameFor("snapshot-1");
+  std::optional<std::string> id = RbdSnapshotId(vol, snap);
+  ASSERT_TRUE(id.has_value());
+  EXPECT_EQ(*id, vol + "." + snap);
+  std::optional<ParsedRbdSnapshotId> back = ParseRbdSnapshotId(*id);
+  ASSERT_TRUE(back.has_value()) << *id;
+  EXPECT_EQ(back->volume_id, vol);
+  EXPECT_EQ(back->volume.cluster_id, "ceph-a");
+  EXPECT_EQ(back->volume.pool, "kube.ssd");
+  EXPECT_EQ(back->volume.image, ImageNameFor("pvc-1"));
+  EXPECT_EQ(back->snap, snap);
+  // A snapshot ID is no volume ID, and a volume ID no snapshot ID.
+  EXPECT_FALSE(ParseRbdVolumeId(*id).has_value());
+  EXPECT_FALSE(ParseRbdSnapshotId(vol).has_value());
+  for (const char* bad : {"snap-0123456789abcdef", "rbd.a.b.csi-snap-0123456789abcdef",
+                          "rbd.a.b.csi-vol-0123456789abcdef.csi-snap-0123",
+                          "rbd.a.b.csi-vol-0123456789abcdef.csi-snap-0123456789abcdeg",
+                          "rbd.a.b.csi-vol-0123456789abcdef.snap-0123456789abcdef", ""}) {
+    EXPECT_FALSE(ParseRbdSnapshotId(bad).has_value()) << bad;
+  }
+  // Past 128 bytes there is no such ID (the caller keeps a record-only one).
+  EXPECT_FALSE(RbdSnapshotId("rbd.c." + std::string(80, 'p') + "." + ImageNameFor("x"), snap));
+}
+
 }  // namespace
 }  // namespace ublk_csi

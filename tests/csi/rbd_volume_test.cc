@@ -260,7 +260,7 @@ TEST_F(RbdVolumeTest, SnapshotRestoreAndCloneAreFlattenedClones) {
   EXPECT_TRUE(snap->snapshot().ready_to_use());
   auto img = cluster_.GetImage("kube", ImageNameFor("pvc-1"));
   ASSERT_TRUE(img && img->snaps.count(SnapNameFor("snap-1")));
-  EXPECT_TRUE(img->snaps.at(SnapNameFor("snap-1")));  // protected
+  EXPECT_TRUE(img->snaps.at(SnapNameFor("snap-1")).is_protected);
   auto again = manager_->CreateSnapshot(sr);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->snapshot().snapshot_id(), snap->snapshot().snapshot_id());
@@ -295,6 +295,130 @@ TEST_F(RbdVolumeTest, SnapshotRestoreAndCloneAreFlattenedClones) {
   ASSERT_TRUE(manager_->DeleteSnapshot(ds).ok());
   EXPECT_TRUE(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->snaps.empty());
   EXPECT_TRUE(manager_->DeleteSnapshot(ds).ok());
+}
+
+// A controller pod replaced, its data dir (an emptyDir) gone with it: the
+// volume and snapshot IDs name their images, so snapshot, restore, clone,
+// expand and delete still work from the IDs, the request's secrets and (for
+// the calls that carry no StorageClass) --rbd-clusters-file.
+TEST_F(RbdVolumeTest, AControllerWithoutRecordsWorksFromTheIds) {
+  auto v = CreateRbd("pvc-1", kGiB);
+  ASSERT_TRUE(v.ok());
+  csi::v1::CreateSnapshotRequest sr;
+  sr.set_name("snap-1");
+  sr.set_source_volume_id(v->volume_id());
+  AddSecrets(&sr);
+  auto snap = manager_->CreateSnapshot(sr);
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  const std::string snap_id = snap->snapshot().snapshot_id();
+  EXPECT_EQ(snap_id, v->volume_id() + "." + SnapNameFor("snap-1"));
+  // The volume grows after its snapshot: a restore still gets the
+  // snapshot's size, not the image's.
+  csi::v1::ControllerExpandVolumeRequest ex;
+  ex.set_volume_id(v->volume_id());
+  ex.mutable_capacity_range()->set_required_bytes(2 * kGiB);
+  AddSecrets(&ex);
+  ASSERT_TRUE(manager_->ControllerExpandVolume(ex).ok());
+
+  OtherNode ctl(Path("ctl-b"), &cluster_, "ctl-b", {{"ceph-a", kMons}});
+  // Restore: the StorageClass names the cluster; the snapshot is looked up
+  // in it, with its own size.
+  csi::v1::CreateVolumeRequest small = RbdCreate("pvc-small", kGiB / 2);
+  small.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(snap_id);
+  EXPECT_EQ(ctl.manager->CreateVolume(small).status().code(), absl::StatusCode::kOutOfRange);
+  csi::v1::CreateVolumeRequest restore = RbdCreate("pvc-2", kGiB);
+  restore.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(snap_id);
+  auto restored = ctl.manager->CreateVolume(restore);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ(cluster_.GetImage("kube", ImageNameFor("pvc-2"))->size, kGiB);
+  EXPECT_EQ(restored->volume().content_source().snapshot().snapshot_id(), snap_id);
+  // Gone from the cluster, or of another cluster: said so.
+  csi::v1::CreateVolumeRequest missing = RbdCreate("pvc-3", kGiB);
+  missing.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(
+      v->volume_id() + "." + SnapNameFor("never-taken"));
+  absl::Status s = ctl.manager->CreateVolume(missing).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  EXPECT_THAT(s.message(), HasSubstr(SnapNameFor("never-taken")));
+  csi::v1::CreateVolumeRequest elsewhere = RbdCreate("pvc-4", kGiB);
+  elsewhere.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(
+      "rbd.ceph-b.kube." + ImageNameFor("pvc-1") + "." + SnapNameFor("snap-1"));
+  s = ctl.manager->CreateVolume(elsewhere).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("cluster ceph-b"));
+  // A file-volume StorageClass is told what the snapshot is.
+  csi::v1::CreateVolumeRequest as_file = CreateReq("file-1", kGiB);
+  as_file.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(snap_id);
+  s = ctl.manager->CreateVolume(as_file).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("RBD volume"));
+
+  // Clone, snapshot and expand a volume this controller has no record of.
+  csi::v1::CreateVolumeRequest clone = RbdCreate("pvc-5", 2 * kGiB);
+  clone.mutable_volume_content_source()->mutable_volume()->set_volume_id(v->volume_id());
+  auto cloned = ctl.manager->CreateVolume(clone);
+  ASSERT_TRUE(cloned.ok()) << cloned.status();
+  EXPECT_EQ(cluster_.GetImage("kube", ImageNameFor("pvc-5"))->size, 2 * kGiB);
+  csi::v1::CreateSnapshotRequest sr2 = sr;
+  sr2.set_name("snap-2");
+  auto snap2 = ctl.manager->CreateSnapshot(sr2);
+  ASSERT_TRUE(snap2.ok()) << snap2.status();
+  EXPECT_EQ(snap2->snapshot().size_bytes(), 2 * kGiB);
+  EXPECT_TRUE(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->snaps.count(SnapNameFor("snap-2")));
+  ex.mutable_capacity_range()->set_required_bytes(3 * kGiB);
+  auto grown = ctl.manager->ControllerExpandVolume(ex);
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  EXPECT_EQ(grown->capacity_bytes(), 3 * kGiB);
+  EXPECT_TRUE(grown->node_expansion_required());
+  EXPECT_EQ(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->size, 3 * kGiB);
+  csi::v1::ControllerExpandVolumeRequest ex_gone = ex;
+  ex_gone.set_volume_id("rbd.ceph-a.kube." + ImageNameFor("pvc-never"));
+  EXPECT_EQ(ctl.manager->ControllerExpandVolume(ex_gone).status().code(),
+            absl::StatusCode::kNotFound);
+
+  // Delete the snapshots, idempotently, each from a controller that never
+  // saw it.
+  int n = 0;
+  for (const std::string& id : {snap_id, snap2->snapshot().snapshot_id()}) {
+    csi::v1::DeleteSnapshotRequest ds;
+    ds.set_snapshot_id(id);
+    AddSecrets(&ds);
+    OtherNode fresh(Path("ctl-fresh-" + std::to_string(n++)), &cluster_, "ctl-c",
+                    {{"ceph-a", kMons}});
+    ASSERT_TRUE(fresh.manager->DeleteSnapshot(ds).ok());
+    EXPECT_TRUE(fresh.manager->DeleteSnapshot(ds).ok());
+  }
+  EXPECT_TRUE(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->snaps.empty());
+}
+
+// Without --rbd-clusters-file a controller that lost its records cannot
+// reach a volume's cluster for the calls that carry no StorageClass: it
+// says so (and a delete stays a logged no-op); restores still work.
+TEST_F(RbdVolumeTest, WithoutTheClustersFileALostRecordIsNamed) {
+  auto v = CreateRbd("pvc-1", kGiB);
+  ASSERT_TRUE(v.ok());
+  csi::v1::CreateSnapshotRequest sr;
+  sr.set_name("snap-1");
+  sr.set_source_volume_id(v->volume_id());
+  AddSecrets(&sr);
+  auto snap = manager_->CreateSnapshot(sr);
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  OtherNode blind(Path("ctl-a"), &cluster_, "ctl-a");
+  csi::v1::ControllerExpandVolumeRequest ex;
+  ex.set_volume_id(v->volume_id());
+  ex.mutable_capacity_range()->set_required_bytes(2 * kGiB);
+  AddSecrets(&ex);
+  absl::Status s = blind.manager->ControllerExpandVolume(ex).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  EXPECT_THAT(s.message(), HasSubstr("--rbd-clusters-file"));
+  csi::v1::DeleteSnapshotRequest ds;
+  ds.set_snapshot_id(snap->snapshot().snapshot_id());
+  AddSecrets(&ds);
+  EXPECT_TRUE(blind.manager->DeleteSnapshot(ds).ok());
+  EXPECT_TRUE(cluster_.GetImage("kube", ImageNameFor("pvc-1"))->snaps.count(SnapNameFor("snap-1")));
+  csi::v1::CreateVolumeRequest restore = RbdCreate("pvc-2", kGiB);
+  restore.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(
+      snap->snapshot().snapshot_id());
+  EXPECT_TRUE(blind.manager->CreateVolume(restore).ok());
 }
 
 TEST_F(RbdVolumeTest, FileAndRbdSourcesDoNotMix) {

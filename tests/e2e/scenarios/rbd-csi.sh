@@ -19,6 +19,9 @@
 #   back the plugin recovers the staged volumes by itself (no call from
 #   kubelet: it does not repeat a stage) and the other volume stages;
 # - the cephx key is in no plugin log and no volume record;
+# - a controller without records (--mode=controller on an empty data dir,
+#   a replaced controller pod) restores the snapshot from its ID alone and
+#   deletes that volume and the snapshot;
 # - teardown: DeleteVolume and DeleteSnapshot leave no image in the pool.
 # e2e-timeout: 1200
 # e2e-disk: 8G
@@ -105,6 +108,35 @@ got=$(e2e_sha "$WORK/stage-2/data.bin")
 if [ "$got" = "$SUM" ]; then e2e_ok "the restore has the snapshot's data (sha256 ${SUM:0:12})"
 else e2e_check_failed "restored data.bin sha256 $got, want $SUM (the source at the snapshot)"; fi
 [ "$(e2e_sha "$WORK/pod-1/data.bin")" != "$SUM" ] || e2e_check_failed "the write after the snapshot did not change the source"
+
+e2e_step "a controller without records (a replaced controller pod) restores the snapshot"
+# --mode=controller on an empty data dir, as the chart's Deployment starts
+# after its pod (and emptyDir) was replaced: the snapshot and volume IDs
+# name their images, and --rbd-clusters-file the cluster's monitors.
+CTL2=("$BUILD_DIR/csi/ublk-csi-ctl" --endpoint="unix://$WORK/ctl2.sock" --timeout=180)
+mkdir -p "$WORK/ctl2"
+echo "e2e 127.0.0.1:${CEPH_MON_PORT_V1:-6789}" >"$WORK/clusters"
+"$PLUGIN" --mode=controller --rbd --node-id=ctl2 --endpoint="unix://$WORK/ctl2.sock" \
+  --data-dir="$WORK/ctl2" --metrics-address=127.0.0.1:9818 --rbd-clusters-file="$WORK/clusters" \
+  --rbd-connect-timeout=5s 2>>"$LOGS/controller2.log" &
+CTL2_PID=$!
+ctl2_probe() { "${CTL2[@]}" identity probe >/dev/null; }
+R4=
+if e2e_wait_for 60 ctl2_probe; then
+  R4=$("${CTL2[@]}" volume create r4 --size=256Mi --fs-type=ext4 --params="$PARAMS" \
+    --from-snapshot="$SNAP" "${S[@]}" | tee "$LOGS/create-r4.txt" | csi_field volume_id)
+fi
+if [ -n "$R4" ] && "${CTL[@]}" node stage "$R4" "$WORK/stage-4" --fs-type=ext4 "${S[@]}" >/dev/null; then
+  got=$(e2e_sha "$WORK/stage-4/data.bin")
+  if [ "$got" = "$SUM" ]; then e2e_ok "restored by a record-less controller: the snapshot's data (sha256 ${SUM:0:12})"
+  else e2e_check_failed "r4 (restored without records) data.bin sha256 $got, want $SUM"; fi
+  "${CTL[@]}" node unstage "$R4" "$WORK/stage-4" >/dev/null || e2e_check_failed "unstage r4"
+  "${CTL2[@]}" volume delete "$R4" "${S[@]}" >/dev/null || e2e_check_failed "delete r4 through the record-less controller"
+else
+  cat "$LOGS/create-r4.txt" 2>/dev/null; tail -5 "$LOGS/controller2.log"
+  e2e_check_failed "restore of $SNAP through a controller without records"
+fi
+
 # Made before the monitor goes down, staged while it is down (below).
 R3=$("${CTL[@]}" volume create r3 --size=64Mi --fs-type=ext4 --params="$PARAMS" "${S[@]}" | csi_field volume_id)
 [ -n "$R3" ] || e2e_check_failed "CreateVolume r3"
@@ -208,7 +240,7 @@ else
 fi
 
 e2e_step "no key in logs or records"
-if grep -rqF "$CEPH_KEY" "$LOGS"/plugin.log "$WORK/data/records" 2>/dev/null; then
+if grep -rqF "$CEPH_KEY" "$LOGS"/plugin.log "$LOGS"/controller2.log "$WORK/data/records" "$WORK/ctl2" 2>/dev/null; then
   e2e_check_failed "the cephx key appears in the plugin log or a record"
 else
   e2e_ok "the cephx key is in no plugin log and no record"
@@ -220,7 +252,14 @@ e2e_step "tear down: every image gone from the pool"
 "${CTL[@]}" node unpublish "$R1" "$WORK/pod-1" >/dev/null || e2e_check_failed "unpublish r1"
 "${CTL[@]}" node unstage "$R1" "$WORK/stage-1" >/dev/null || e2e_check_failed "unstage r1"
 for v in "$R3" "$R2"; do "${CTL[@]}" volume delete "$v" "${S[@]}" >/dev/null || e2e_check_failed "delete $v"; done
+# The snapshot goes through the record-less controller (its ID and the
+# clusters file); the plugin that made it then forgets its record.
+"${CTL2[@]}" snapshot delete "$SNAP" "${S[@]}" >/dev/null || e2e_check_failed "delete snapshot $SNAP through the record-less controller"
+snaps=$(timeout 60 rbd --conf "$CEPH_CONF" snap ls "$CEPH_POOL/${R1##*.}" 2>&1 | grep -c csi-snap)
+if [ "$snaps" = 0 ]; then e2e_ok "the record-less controller removed $SNAP from the cluster"
+else e2e_check_failed "$snaps csi-snap snapshot(s) left on ${R1##*.}"; fi
 "${CTL[@]}" snapshot delete "$SNAP" "${S[@]}" >/dev/null || e2e_check_failed "delete snapshot $SNAP"
+kill -TERM "$CTL2_PID"; wait "$CTL2_PID" 2>/dev/null
 "${CTL[@]}" volume delete "$R1" "${S[@]}" >/dev/null || e2e_check_failed "delete $R1"
 left=$(images)
 if [ -z "${left// /}" ]; then e2e_ok "no image left in $CEPH_POOL"
