@@ -161,6 +161,14 @@ expect_not "$f" '^kind: (CSIDriver|StorageClass|ClusterRole|ServiceAccount|Servi
 expect "$f" 'serviceAccountName: existing-ublk-csi' "minimal: existing service account"
 expect_not "$f" 'name: (csi-resizer|modprobe)$' "minimal: resizer and modprobe off"
 
+# rbd.clusters empty: the StorageClass's cluster alone makes the file.
+render rbd-sc-cluster -f "$CHART/ci/rbd-values.yaml" --set-json 'rbd.clusters=[]'
+f=$OUT/rbd-sc-cluster.yaml
+expect "$f" '^            - --rbd-clusters-file=/etc/ublk-csi/rbd-clusters$' "rbd: clusters file from the StorageClass alone"
+expect "$f" '^    ceph-a 10\.0\.0\.1:6789,10\.0\.0\.2:6789$' "rbd: the StorageClass's cluster in the clusters ConfigMap"
+render rbd-no-cluster -f "$CHART/ci/rbd-values.yaml" --set-json 'rbd.clusters=[]' --set rbd.storageClass.create=false
+expect_not "$OUT/rbd-no-cluster.yaml" 'rbd-clusters' "rbd: no clusters file when no cluster is named"
+
 render rbd -f "$CHART/ci/rbd-values.yaml"
 f=$OUT/rbd.yaml
 expect "$f" '^  name: rbd\.ublk\.csi\.io$' "rbd: second CSIDriver rbd.ublk.csi.io"
@@ -178,6 +186,8 @@ expect "$f" 'resources: \["leases"\]' "rbd: RBAC for leader election"
 expect "$f" 'resources: \["secrets"\]' "rbd: RBAC to read the cephx secrets"
 expect "$f" '^            - --rbd-clusters-file=/etc/ublk-csi/rbd-clusters$' "rbd: controller gets the clusters file"
 expect "$f" '^    ceph-a 10\.0\.0\.1:6789,10\.0\.0\.2:6789$' "rbd: clusters ConfigMap line from values"
+if [ "$(grep -Ec '^    ceph-a ' "$f")" = 1 ]; then ok "rbd: the StorageClass's cluster, listed in rbd.clusters, once"
+else bad "rbd: ceph-a in the clusters ConfigMap $(grep -Ec '^    ceph-a ' "$f") times, want 1"; fi
 expect "$f" '^provisioner: rbd\.ublk\.csi\.io$' "rbd: StorageClass of the RBD driver"
 expect "$f" '^volumeBindingMode: Immediate$' "rbd: RBD StorageClass binds at once"
 expect "$f" 'csi\.storage\.k8s\.io/node-stage-secret-namespace: ceph-secrets' "rbd: node-stage secret"

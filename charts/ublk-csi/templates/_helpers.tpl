@@ -81,3 +81,23 @@ resources:
   {{- toYaml . | nindent 2 }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The RBD controller's --rbd-clusters-file lines ("clusterID monitors"):
+rbd.clusters, and the chart's own StorageClass's cluster when it is not
+listed there, so that a controller whose records went with its pod still
+reaches that cluster. Empty when there is none.
+*/}}
+{{- define "ublk-csi.rbdClusters" -}}
+{{- $seen := dict -}}
+{{- $lines := list -}}
+{{- range .Values.rbd.clusters -}}
+{{- $lines = append $lines (printf "%s %s" .clusterID .monitors) -}}
+{{- $_ := set $seen .clusterID true -}}
+{{- end -}}
+{{- $sc := .Values.rbd.storageClass -}}
+{{- if and $sc.create $sc.clusterID $sc.monitors (not (hasKey $seen $sc.clusterID)) -}}
+{{- $lines = append $lines (printf "%s %s" $sc.clusterID $sc.monitors) -}}
+{{- end -}}
+{{- join "\n" $lines -}}
+{{- end -}}

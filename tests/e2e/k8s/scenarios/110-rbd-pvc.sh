@@ -11,8 +11,10 @@
 # and both registrars Ready; a filesystem PVC of the RBD StorageClass written
 # by one pod and read back by another; its PV names rbd.ublk.csi.io and an
 # rbd.* volume ID, its image exists in the pool; with the snapshot CRDs
-# (10-install), a VolumeSnapshot of it restored to a second PVC; everything
-# deleted, and the images leave the pool.
+# (10-install), a VolumeSnapshot of it whose ID names its image, the
+# controller pod replaced (its emptyDir records gone), the snapshot restored
+# to a second PVC by the new pod; everything deleted through it, and the
+# images and the snapshot leave the pool.
 RBD_DRIVER=rbd.ublk.csi.io
 RBD_SC=ublk-rbd
 RBD_CLUSTER=e2e-ceph
@@ -208,6 +210,22 @@ YAML
   done
   echo "measure: VolumeSnapshot create to readyToUse: $(e2e_secs "$t0")s"
   k8s_ok "snapshot ready ($(kc -n "$K8S_NS" get volumesnapshot rbd-snap -o jsonpath='{.status.boundVolumeSnapshotContentName} {.status.restoreSize}'))"
+  snap_handle=$(kc get volumesnapshotcontent "$(kc -n "$K8S_NS" get volumesnapshot rbd-snap -o jsonpath='{.status.boundVolumeSnapshotContentName}')" \
+    -o jsonpath='{.status.snapshotHandle}')
+  echo "  snapshot handle: $snap_handle"
+  case $snap_handle in "$handle".csi-snap-*) k8s_ok "the snapshot ID names its volume's image and the RBD snapshot" ;;
+    *) k8s_check_failed "snapshot handle '$snap_handle' is not $handle.csi-snap-*" ;; esac
+  # The controller pod replaced: its emptyDir, and every record in it, goes.
+  # The restore and the deletes below are served from the IDs and the
+  # clusters file alone.
+  k8s_step "replace the controller pod (its records go with its emptyDir)"
+  t0=$(date +%s%N)
+  kc -n "$K8S_RELEASE_NS" delete pod "$cpod" --wait=true --timeout=120s >/dev/null || k8s_check_failed "delete $cpod"
+  kc -n "$K8S_RELEASE_NS" rollout status "deploy/$ctrl" --timeout=300s >/dev/null \
+    || { k8s_explain "$K8S_RELEASE_NS"; k8s_fail "Deployment $ctrl not back"; }
+  cpod=$(kc -n "$K8S_RELEASE_NS" get pods -l app.kubernetes.io/component=rbd-controller \
+    --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}')
+  echo "measure: controller pod replaced and Ready: $(e2e_secs "$t0")s (now $cpod)"
   kc -n "$K8S_NS" apply -f - >/dev/null <<YAML || k8s_fail "create restored PVC"
 apiVersion: v1
 kind: PersistentVolumeClaim
@@ -221,13 +239,24 @@ YAML
   k8s_pod rbd-restore-reader rbd-restored Filesystem 'sha256sum -c /data/blob.sum && echo READ-OK' || k8s_fail "create reader"
   k8s_wait_pod_phase "$K8S_NS" rbd-restore-reader Succeeded 600 || { k8s_explain "$K8S_NS" rbd-restore-reader; k8s_check_failed "restore reader did not succeed"; }
   kc -n "$K8S_NS" logs rbd-restore-reader 2>&1 | sed 's/^/  reader: /'
-  kc -n "$K8S_NS" logs rbd-restore-reader 2>&1 | grep -q READ-OK && k8s_ok "the restored PVC has the snapshot's data (sha256 matches)" \
+  kc -n "$K8S_NS" logs rbd-restore-reader 2>&1 | grep -q READ-OK && k8s_ok "the restored PVC (by a controller without records) has the snapshot's data (sha256 matches)" \
     || k8s_check_failed "checksum of the restored PVC"
   rpv=$(kc -n "$K8S_NS" get pvc rbd-restored -o jsonpath='{.spec.volumeName}')
   restored_image=$(kc get pv "$rpv" -o jsonpath='{.spec.csi.volumeAttributes.imageName}' 2>/dev/null)
   echo "  restored PV $rpv: image $restored_image; pool rbd: $(rbd_images)"
   kc -n "$K8S_NS" delete pod rbd-restore-reader --wait=true >/dev/null
+  content=$(kc -n "$K8S_NS" get volumesnapshot rbd-snap -o jsonpath='{.status.boundVolumeSnapshotContentName}')
   kc -n "$K8S_NS" delete volumesnapshot rbd-snap --wait=true --timeout=120s >/dev/null || k8s_check_failed "delete VolumeSnapshot"
+  # DeleteSnapshot (the content's Delete policy) by the controller that
+  # never saw the snapshot: through its ID and the clusters file.
+  n=0
+  while kc get volumesnapshotcontent "$content" >/dev/null 2>&1; do
+    [ $n -lt 120 ] || { k8s_check_failed "VolumeSnapshotContent $content still there after 120 s"; break; }
+    sleep 1; n=$((n + 1))
+  done
+  snaps=$(ceph_node "timeout 60 rbd --conf \$CEPH_CONF snap ls rbd/$image" | grep -c csi-snap)
+  if [ "$snaps" = 0 ]; then k8s_ok "the RBD snapshot left rbd/$image (DeleteSnapshot without a record)"
+  else k8s_check_failed "$snaps csi-snap snapshot(s) still on rbd/$image"; fi
 else
   echo "  no snapshot CRDs (10-install puts them in): no snapshot step"
 fi
@@ -242,7 +271,10 @@ while kc get pv "$pv" >/dev/null 2>&1 || { [ -n "${rpv:-}" ] && kc get pv "$rpv"
 done
 echo "measure: PVC delete to PVs gone: $(e2e_secs "$t0")s"
 images=$(rbd_images)
-echo "  pool rbd: '$images'; trash: '$(rbd_trash)'"
+trash=$(rbd_trash)
+echo "  pool rbd: '$images'; trash: '$trash'"
+if [ -z "${trash// /}" ]; then k8s_ok "trash empty: the deleted images were purged"
+else k8s_check_failed "images left in the trash: $trash"; fi
 left=0
 for img in $image $restored_image; do
   case " $images " in *" $img "*) k8s_check_failed "image $img still in pool rbd"; left=1 ;; *) k8s_ok "image $img left pool rbd" ;; esac
