@@ -124,6 +124,10 @@ DEFINE_string(mounter, "real",
               "real (mount(2), mkfs, blkid) | fake (in-memory mount table; demos and tests only)");
 DEFINE_int32(max_volumes, 0,
              "max_volumes_per_node reported to Kubernetes; 0 = the backend's limit (ublks_max)");
+DEFINE_int32(rbd_max_volumes, 0,
+             "max_volumes_per_node reported for rbd.ublk.csi.io (--rbd-endpoint); 0 = the "
+             "backend's limit (ublks_max), which the node-local driver counts too: set both "
+             "flags so that they add up to at most ublks_max");
 DEFINE_string(default_volume_size, "1Gi", "size of a volume whose CreateVolume names none");
 DEFINE_double(overcommit_ratio, 1.0,
               "thin provisioning: volume sizes admitted per byte of data-dir capacity (free + "
@@ -305,6 +309,13 @@ absl::StatusOr<PluginConfig> ParseFlags() {
         absl::StrCat("--default-volume-size: ", default_size.status().message()));
   }
   c.default_volume_bytes = *default_size;
+  for (const auto& [flag, value] : {std::pair{"--max-volumes", FLAGS_max_volumes},
+                                    std::pair{"--rbd-max-volumes", FLAGS_rbd_max_volumes}}) {
+    if (value < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, "=", value, ": must not be negative (0: ublks_max)"));
+    }
+  }
   if (FLAGS_recovery_concurrency < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--recovery-concurrency=", FLAGS_recovery_concurrency, ": must be at least 1"));
@@ -629,6 +640,7 @@ absl::Status BuildServices(const PluginConfig& config, RecordStore* store, Backe
   VolumeManagerOptions opts;
   opts.node_id = FLAGS_node_id;
   opts.max_volumes_override = FLAGS_max_volumes;
+  opts.rbd_max_volumes_override = FLAGS_rbd_max_volumes;
   opts.default_volume_bytes = config.default_volume_bytes;
   opts.overcommit_ratio = FLAGS_overcommit_ratio;
   opts.online_expansion = parts->online_resize;

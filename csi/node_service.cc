@@ -53,7 +53,7 @@ grpc::Status NodeService::NodeGetCapabilities(grpc::ServerContext*,
 
 grpc::Status NodeService::NodeGetInfo(grpc::ServerContext*, const csi::v1::NodeGetInfoRequest*,
                                       csi::v1::NodeGetInfoResponse* resp) {
-  *resp = manager_->NodeGetInfo();
+  *resp = manager_->NodeGetInfo(driver_);
   // RBD volumes are reachable from every node: no topology constraint.
   if (driver_ == Driver::kRbd) resp->clear_accessible_topology();
   return grpc::Status::OK;

@@ -48,6 +48,11 @@ struct VolumeManagerOptions {
   int64_t default_volume_bytes = int64_t{1} << 30;
   // Reported as max_volumes_per_node when > 0; else the backend's MaxVolumes().
   int max_volumes_override = 0;
+  // The same for the RBD driver's node endpoint (rbd.ublk.csi.io). Both
+  // drivers' volumes take devices of one ublk_drv (ublks_max): Kubernetes
+  // counts each driver apart, so an operator splits the devices with the
+  // two (e.g. 48 + 16 of 64).
+  int rbd_max_volumes_override = 0;
   // Free bytes for new volumes (GetCapacity, out-of-space checks); default:
   // statvfs of the data dir. A seam so tests can run out of space.
   std::function<absl::StatusOr<int64_t>()> free_bytes;
@@ -136,7 +141,7 @@ class VolumeManager {
       const csi::v1::NodeGetVolumeStatsRequest& req, Driver driver = Driver::kNodeLocal);
   absl::StatusOr<csi::v1::NodeExpandVolumeResponse> NodeExpandVolume(
       const csi::v1::NodeExpandVolumeRequest& req, Driver driver = Driver::kNodeLocal);
-  csi::v1::NodeGetInfoResponse NodeGetInfo();
+  csi::v1::NodeGetInfoResponse NodeGetInfo(Driver driver = Driver::kNodeLocal);
 
   std::vector<VolumeStatus> Status();
   // Recomputes the ublk_csi_pool_* gauges (provisioned, used, capacity);

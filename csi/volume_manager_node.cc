@@ -770,11 +770,12 @@ absl::StatusOr<csi::v1::NodeExpandVolumeResponse> VolumeManager::NodeExpandVolum
   return resp;
 }
 
-csi::v1::NodeGetInfoResponse VolumeManager::NodeGetInfo() {
+csi::v1::NodeGetInfoResponse VolumeManager::NodeGetInfo(Driver driver) {
   csi::v1::NodeGetInfoResponse resp;
   resp.set_node_id(options_.node_id);
-  resp.set_max_volumes_per_node(options_.max_volumes_override > 0 ? options_.max_volumes_override
-                                                                  : backend_->MaxVolumes());
+  const int limit =
+      driver == Driver::kRbd ? options_.rbd_max_volumes_override : options_.max_volumes_override;
+  resp.set_max_volumes_per_node(limit > 0 ? limit : backend_->MaxVolumes());
   *resp.mutable_accessible_topology() = NodeTopology();
   return resp;
 }

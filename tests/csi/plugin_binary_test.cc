@@ -118,6 +118,9 @@ TEST_F(PluginBinaryTest, BadFlagsFailWithClearMessages) {
       {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
         "--rbd-clusters-file=" + dir_.path() + "/x"},
        "--rbd-clusters-file needs --rbd"},
+      {{Plugin(), "--node-id=n1", "--endpoint=unix://" + sock, "--data-dir=" + dir_.path(),
+        "--rbd-max-volumes=-1"},
+       "--rbd-max-volumes=-1: must not be negative"},
       {{Plugin(), "--no-such-flag"}, "unknown command line flag"},
       {{Plugin(), "--node-id=n1", "stray-argument"}, "unexpected argument"},
   };
@@ -203,6 +206,9 @@ TEST_F(PluginBinaryTest, RbdEndpointAnswersAsTheSecondDriver) {
   args.push_back("--mounter=fake");
   args.push_back("--rbd");
   args.push_back("--rbd-endpoint=unix://" + rbd_sock);
+  // Each driver reports its own share of the node's ublk devices.
+  args.push_back("--max-volumes=48");
+  args.push_back("--rbd-max-volumes=16");
   ublk_test::Child plugin(args, dir_.path() + "/plugin.log");
   ASSERT_TRUE(ublk_test::WaitForPath(sock)) << plugin.Log();
   ASSERT_TRUE(ublk_test::WaitForPath(rbd_sock)) << plugin.Log();
@@ -210,6 +216,10 @@ TEST_F(PluginBinaryTest, RbdEndpointAnswersAsTheSecondDriver) {
   EXPECT_THAT(main_info.output, HasSubstr("name: \"ublk.csi.io\"")) << main_info.output;
   auto rbd_info = ublk_test::Run({Ctl(), "--endpoint=unix://" + rbd_sock, "identity", "info"});
   EXPECT_THAT(rbd_info.output, HasSubstr("name: \"rbd.ublk.csi.io\"")) << rbd_info.output;
+  EXPECT_THAT(ublk_test::Run({Ctl(), "--endpoint=unix://" + sock, "node", "info"}).output,
+              HasSubstr("max_volumes_per_node: 48"));
+  EXPECT_THAT(ublk_test::Run({Ctl(), "--endpoint=unix://" + rbd_sock, "node", "info"}).output,
+              HasSubstr("max_volumes_per_node: 16"));
   auto probe = ublk_test::Run({Ctl(), "--endpoint=unix://" + rbd_sock, "identity", "probe"});
   EXPECT_EQ(probe.exit_code, 0) << probe.output;
   auto create = ublk_test::Run({Ctl(), "--endpoint=unix://" + rbd_sock, "volume", "create", "v"});

@@ -126,7 +126,11 @@ if e2e_wait_for 60 ctl2_probe; then
   R4=$("${CTL2[@]}" volume create r4 --size=256Mi --fs-type=ext4 --params="$PARAMS" \
     --from-snapshot="$SNAP" "${S[@]}" | tee "$LOGS/create-r4.txt" | csi_field volume_id)
 fi
-if [ -n "$R4" ] && "${CTL[@]}" node stage "$R4" "$WORK/stage-4" --fs-type=ext4 "${S[@]}" >/dev/null; then
+# The node has no record of r4 (another process made it): the stage
+# carries the volume_context CreateVolume returned, as kubelet passes it.
+ctx4=$(awk -F'"' '/^  volume_context/ {k=""} /key:/ {k=$2} /value:/ && k != "" {printf "%s%s=%s", sep, k, $2; sep=","}' \
+  "$LOGS/create-r4.txt")
+if [ -n "$R4" ] && "${CTL[@]}" node stage "$R4" "$WORK/stage-4" --fs-type=ext4 --context="$ctx4" "${S[@]}" >/dev/null; then
   got=$(e2e_sha "$WORK/stage-4/data.bin")
   if [ "$got" = "$SUM" ]; then e2e_ok "restored by a record-less controller: the snapshot's data (sha256 ${SUM:0:12})"
   else e2e_check_failed "r4 (restored without records) data.bin sha256 $got, want $SUM"; fi
