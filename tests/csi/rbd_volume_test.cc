@@ -95,6 +95,23 @@ class RbdVolumeTest : public ManagerTest {
 
   std::string CredFile() { return data_ + "/credentials/ceph-a.cred"; }
 
+  static csi::v1::CreateSnapshotRequest SnapshotReq(const std::string& name,
+                                                    const std::string& volume_id) {
+    csi::v1::CreateSnapshotRequest r;
+    r.set_name(name);
+    r.set_source_volume_id(volume_id);
+    AddSecrets(&r);
+    return r;
+  }
+  static csi::v1::ControllerExpandVolumeRequest ExpandReq(const std::string& volume_id,
+                                                          int64_t bytes) {
+    csi::v1::ControllerExpandVolumeRequest r;
+    r.set_volume_id(volume_id);
+    r.mutable_capacity_range()->set_required_bytes(bytes);
+    AddSecrets(&r);
+    return r;
+  }
+
   FakeRbdCluster cluster_{kMons, {"kube", "kube-ec"}};
   std::unique_ptr<FakeRbdAdmin> admin_;
 };
@@ -304,20 +321,14 @@ TEST_F(RbdVolumeTest, SnapshotRestoreAndCloneAreFlattenedClones) {
 TEST_F(RbdVolumeTest, AControllerWithoutRecordsWorksFromTheIds) {
   auto v = CreateRbd("pvc-1", kGiB);
   ASSERT_TRUE(v.ok());
-  csi::v1::CreateSnapshotRequest sr;
-  sr.set_name("snap-1");
-  sr.set_source_volume_id(v->volume_id());
-  AddSecrets(&sr);
+  csi::v1::CreateSnapshotRequest sr = SnapshotReq("snap-1", v->volume_id());
   auto snap = manager_->CreateSnapshot(sr);
   ASSERT_TRUE(snap.ok()) << snap.status();
   const std::string snap_id = snap->snapshot().snapshot_id();
   EXPECT_EQ(snap_id, v->volume_id() + "." + SnapNameFor("snap-1"));
   // The volume grows after its snapshot: a restore still gets the
   // snapshot's size, not the image's.
-  csi::v1::ControllerExpandVolumeRequest ex;
-  ex.set_volume_id(v->volume_id());
-  ex.mutable_capacity_range()->set_required_bytes(2 * kGiB);
-  AddSecrets(&ex);
+  csi::v1::ControllerExpandVolumeRequest ex = ExpandReq(v->volume_id(), 2 * kGiB);
   ASSERT_TRUE(manager_->ControllerExpandVolume(ex).ok());
 
   OtherNode ctl(Path("ctl-b"), &cluster_, "ctl-b", {{"ceph-a", kMons}});
@@ -396,18 +407,11 @@ TEST_F(RbdVolumeTest, AControllerWithoutRecordsWorksFromTheIds) {
 TEST_F(RbdVolumeTest, WithoutTheClustersFileALostRecordIsNamed) {
   auto v = CreateRbd("pvc-1", kGiB);
   ASSERT_TRUE(v.ok());
-  csi::v1::CreateSnapshotRequest sr;
-  sr.set_name("snap-1");
-  sr.set_source_volume_id(v->volume_id());
-  AddSecrets(&sr);
-  auto snap = manager_->CreateSnapshot(sr);
+  auto snap = manager_->CreateSnapshot(SnapshotReq("snap-1", v->volume_id()));
   ASSERT_TRUE(snap.ok()) << snap.status();
   OtherNode blind(Path("ctl-a"), &cluster_, "ctl-a");
-  csi::v1::ControllerExpandVolumeRequest ex;
-  ex.set_volume_id(v->volume_id());
-  ex.mutable_capacity_range()->set_required_bytes(2 * kGiB);
-  AddSecrets(&ex);
-  absl::Status s = blind.manager->ControllerExpandVolume(ex).status();
+  absl::Status s =
+      blind.manager->ControllerExpandVolume(ExpandReq(v->volume_id(), 2 * kGiB)).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
   EXPECT_THAT(s.message(), HasSubstr("--rbd-clusters-file"));
   csi::v1::DeleteSnapshotRequest ds;
