@@ -309,6 +309,10 @@ class VolumeManager {
   absl::StatusOr<RbdCredentials> KeptCredentials(const records::VolumeRecord& rec);
   // Drops the cluster's kept credentials when no staged volume needs them.
   void DropCredentialsIfUnused(const std::string& cluster_id);
+  // One cephx user per cluster on a node (the kept credentials bring every
+  // staged volume of the cluster back after a restart): FAILED_PRECONDITION
+  // when other volumes of rec's cluster are staged here as another user.
+  absl::Status CheckKeptUser(const records::VolumeRecord& rec, const RbdCredentials& creds);
 
   const VolumeManagerOptions options_;
   RecordStore* const store_;

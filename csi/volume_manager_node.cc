@@ -256,6 +256,7 @@ absl::StatusOr<csi::v1::NodeStageVolumeResponse> VolumeManager::NodeStageVolume(
     // Multi-attach safety first: nothing is exported for a volume another
     // node holds. Then the credentials a restarted plugin will need.
     const bool was_staged = !rec.staged_path().empty();
+    RETURN_IF_ERROR(CheckKeptUser(rec, *rbd_creds));
     RETURN_IF_ERROR(TakeRbdLock(rec, AccessOf(rec.rbd(), *rbd_creds)));
     locked_now = !was_staged;
     records::ClusterCredentials kept;

@@ -599,6 +599,31 @@ absl::StatusOr<RbdCredentials> VolumeManager::KeptCredentials(const VolumeRecord
   return RbdCredentials{kept->user(), kept->key()};
 }
 
+absl::Status VolumeManager::CheckKeptUser(const VolumeRecord& rec, const RbdCredentials& creds) {
+  const std::string& cluster = rec.rbd().cluster_id();
+  absl::StatusOr<records::ClusterCredentials> kept = store_->GetCredentials(cluster);
+  if (!kept.ok() || kept->user() == creds.user) return absl::OkStatus();
+  std::string other;
+  {
+    ublk::MutexLock lock(&mu_);
+    for (const auto& [id, v] : volumes_) {
+      if (id != rec.volume_id() && v.has_rbd() && v.rbd().cluster_id() == cluster &&
+          !v.staged_path().empty()) {
+        other = id;
+        break;
+      }
+    }
+  }
+  if (other.empty()) return absl::OkStatus();  // nothing staged needs the old user
+  return absl::FailedPreconditionError(absl::StrCat(
+      "volume ", rec.volume_id(), ": cluster ", cluster, "'s volumes on this node (", other,
+      ", ...) are staged as cephx user ", kept->user(), ", this stage's secret is user ",
+      creds.user,
+      ": the plugin keeps one user per clusterID to bring the volumes back after a restart. Use "
+      "one secret for every StorageClass of clusterID ",
+      cluster, ", or give this StorageClass a clusterID of its own (same monitors)"));
+}
+
 void VolumeManager::DropCredentialsIfUnused(const std::string& cluster_id) {
   {
     ublk::MutexLock lock(&mu_);

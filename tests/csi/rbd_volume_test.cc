@@ -527,6 +527,40 @@ TEST_F(RbdVolumeTest, StageLocksKeepsCredentialsApartAndUnstageUndoesBoth) {
   EXPECT_NE(::stat(CredFile().c_str(), &st), 0) << "credentials outlive the last staged volume";
 }
 
+// The kept credentials bring every staged volume of a cluster back after a
+// restart, so a node serves a cluster as one cephx user: a stage as another
+// user while the first has volumes staged is refused, naming both users and
+// the way out; once they are unstaged the new user takes over.
+TEST_F(RbdVolumeTest, ASecondCephxUserOfAClusterIsRefusedWhileTheFirstHasVolumesStaged) {
+  cluster_.AddUser("tenant-b", "AQBtenantBkey000000000000000000000000000==");
+  auto v1 = CreateRbd("pvc-1", kGiB);
+  auto v2 = CreateRbd("pvc-2", kGiB);
+  ASSERT_TRUE(v1.ok() && v2.ok());
+  ASSERT_TRUE(StageRbd(manager_.get(), *v1, Path("stage/pvc-1")).ok());
+  csi::v1::NodeStageVolumeRequest r;
+  r.set_volume_id(v2->volume_id());
+  r.set_staging_target_path(Path("stage/pvc-2"));
+  *r.mutable_volume_capability() = MountCap();
+  *r.mutable_volume_context() = v2->volume_context();
+  (*r.mutable_secrets())["userID"] = "tenant-b";
+  (*r.mutable_secrets())["userKey"] = "AQBtenantBkey000000000000000000000000000==";
+  absl::Status s = manager_->NodeStageVolume(r).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(s.message(), HasSubstr("staged as cephx user kubernetes"));
+  EXPECT_THAT(s.message(), HasSubstr("user tenant-b"));
+  EXPECT_THAT(s.message(), HasSubstr("clusterID of its own"));
+  EXPECT_THAT(s.message(), Not(HasSubstr("tenantBkey")));
+  EXPECT_TRUE(cluster_.GetImage("kube", ImageNameFor("pvc-2"))->lockers.empty());
+  // The refused stage left the kept user alone: pvc-1 still comes back.
+  RestartPlugin();
+  auto back = manager_->RecoverExport(v1->volume_id());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(backend_->LastSpec(v1->volume_id()).rbd->key, kKey);
+  ASSERT_TRUE(Unstage(manager_.get(), v1->volume_id(), Path("stage/pvc-1")).ok());
+  auto staged = manager_->NodeStageVolume(r);
+  EXPECT_TRUE(staged.ok()) << staged.status();
+}
+
 TEST_F(RbdVolumeTest, StageTakesTheContextKubeletPasses) {
   // kubelet's volume_context is the PV's volumeAttributes: the volume's
   // context plus csi-provisioner's identity.
