@@ -114,10 +114,11 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
     }
     return absl::OkStatus();
   };
-  auto same_cluster = [&](const records::RbdImage& src, absl::string_view w) -> absl::Status {
-    if (src.monitors() != loc.monitors || src.cluster_id() != loc.cluster_id) {
-      return absl::InvalidArgumentError(absl::StrCat(w, " is in cluster ", src.cluster_id(),
-                                                     ", not ", loc.cluster_id,
+  auto same_cluster = [&](const std::string& cluster_id, const std::string& monitors,
+                          absl::string_view w) -> absl::Status {
+    if (monitors != loc.monitors || cluster_id != loc.cluster_id) {
+      return absl::InvalidArgumentError(absl::StrCat(w, " is in cluster ", cluster_id, ", not ",
+                                                     loc.cluster_id,
                                                      " (RBD clones stay within one cluster)"));
     }
     return absl::OkStatus();
@@ -131,11 +132,8 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
       // exists and how large it is.
       std::optional<ParsedRbdSnapshotId> id = ParseRbdSnapshotId(plan.src_snapshot);
       if (!id) return absl::NotFoundError(absl::StrCat(w, " does not exist"));
-      if (id->volume.cluster_id != loc.cluster_id) {
-        return absl::InvalidArgumentError(absl::StrCat(w, " is in cluster ", id->volume.cluster_id,
-                                                       ", not ", loc.cluster_id,
-                                                       " (RBD clones stay within one cluster)"));
-      }
+      // Looked up only in this StorageClass's cluster.
+      RETURN_IF_ERROR(same_cluster(id->volume.cluster_id, loc.monitors, w));
       absl::StatusOr<int64_t> snap_size =
           admin->SnapshotSize(access, id->volume.pool, id->volume.image, id->snap);
       if (absl::IsNotFound(snap_size.status())) {
@@ -161,7 +159,7 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
       return absl::InvalidArgumentError(
           absl::StrCat(w, " is of a node-local file volume; it cannot be restored into RBD"));
     }
-    RETURN_IF_ERROR(same_cluster(snap->rbd(), w));
+    RETURN_IF_ERROR(same_cluster(snap->rbd().cluster_id(), snap->rbd().monitors(), w));
     if (plan.size < snap->size_bytes()) {
       return absl::OutOfRangeError(absl::StrCat("capacity ", plan.size, " is smaller than ", w,
                                                 " (", snap->size_bytes(), " bytes)"));
@@ -179,11 +177,7 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
       // of this StorageClass holds if the ID says it is of that cluster.
       std::optional<ParsedRbdVolumeId> id = ParseRbdVolumeId(plan.src_volume);
       if (!id) return absl::NotFoundError(absl::StrCat(w, " does not exist"));
-      if (id->cluster_id != loc.cluster_id) {
-        return absl::InvalidArgumentError(absl::StrCat(w, " is in cluster ", id->cluster_id,
-                                                       ", not ", loc.cluster_id,
-                                                       " (RBD clones stay within one cluster)"));
-      }
+      RETURN_IF_ERROR(same_cluster(id->cluster_id, loc.monitors, w));
       ASSIGN_OR_RETURN(VolumeRecord found,
                        RbdRecordFromCluster(*id, plan.src_volume, loc.monitors, creds));
       src_vol = std::move(found);
@@ -192,7 +186,7 @@ absl::StatusOr<csi::v1::CreateVolumeResponse> VolumeManager::CreateRbdVolume(
       return absl::InvalidArgumentError(
           absl::StrCat(w, " is a node-local file volume; it cannot be cloned into RBD"));
     }
-    RETURN_IF_ERROR(same_cluster(src_vol->rbd(), w));
+    RETURN_IF_ERROR(same_cluster(src_vol->rbd().cluster_id(), src_vol->rbd().monitors(), w));
     if (plan.size < src_vol->capacity_bytes()) {
       return absl::OutOfRangeError(absl::StrCat("capacity ", plan.size, " is smaller than ", w,
                                                 " (", src_vol->capacity_bytes(), " bytes)"));
