@@ -86,18 +86,37 @@ k8s_plugin_started() {
     -o jsonpath='{.status.containerStatuses[?(@.name=="ublk-csi")].state.running.startedAt}')" +%s
 }
 
-# k8s_pvc NAME SIZE [Block|Filesystem]: a PVC of the chart's StorageClass.
+# k8s_pvc NAME SIZE [Block|Filesystem] [STORAGECLASS] [SNAPSHOT]: a PVC of
+# the chart's StorageClass (or STORAGECLASS), restored from the
+# VolumeSnapshot SNAPSHOT if given.
 k8s_pvc() {
+  local source=""
+  [ -n "${5:-}" ] && source="dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: $5}"
   kc -n "$K8S_NS" apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: $1}
 spec:
   accessModes: [ReadWriteOnce]
-  storageClassName: ublk
+  storageClassName: ${4:-ublk}
   volumeMode: ${3:-Filesystem}
   resources: {requests: {storage: $2}}
+  $source
 YAML
+}
+
+# k8s_wait_gone TIMEOUT_S RESOURCE...: 0 once none of the resources
+# (kind/name, cluster-scoped or in the current namespace) exists, 1 if one
+# is still there after TIMEOUT_S.
+k8s_wait_gone() {
+  local deadline=$((SECONDS + $1)) r
+  shift
+  for r in "$@"; do
+    while kc get "$r" >/dev/null 2>&1; do
+      [ "$SECONDS" -lt "$deadline" ] || return 1
+      sleep 1
+    done
+  done
 }
 
 # k8s_pod NAME PVC MODE COMMAND: a pod of the test image with PVC at /data

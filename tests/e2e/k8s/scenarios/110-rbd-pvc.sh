@@ -127,15 +127,7 @@ case " $drivers " in *" $RBD_DRIVER "*) k8s_ok "CSINode lists $drivers" ;; *) k8
   && k8s_ok "StorageClass $RBD_SC provisions with $RBD_DRIVER" || k8s_check_failed "StorageClass $RBD_SC"
 
 k8s_step "PVC on $RBD_SC, a writer pod"
-kc -n "$K8S_NS" apply -f - >/dev/null <<YAML || k8s_fail "create PVC"
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: rbd-pvc}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: $RBD_SC
-  resources: {requests: {storage: 256Mi}}
-YAML
+k8s_pvc rbd-pvc 256Mi Filesystem "$RBD_SC" || k8s_fail "create PVC"
 t0=$(date +%s%N)
 k8s_pod rbd-writer rbd-pvc Filesystem 'head -c 16M /dev/urandom > /data/blob && sync && sha256sum /data/blob > /data/blob.sum && cat /data/blob.sum && df -h /data && echo WRITTEN && sleep 3600' \
   || k8s_fail "create writer pod"
@@ -226,16 +218,7 @@ YAML
   cpod=$(kc -n "$K8S_RELEASE_NS" get pods -l app.kubernetes.io/component=rbd-controller \
     --field-selector=status.phase=Running -o jsonpath='{.items[0].metadata.name}')
   echo "measure: controller pod replaced and Ready: $(e2e_secs "$t0")s (now $cpod)"
-  kc -n "$K8S_NS" apply -f - >/dev/null <<YAML || k8s_fail "create restored PVC"
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: rbd-restored}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: $RBD_SC
-  resources: {requests: {storage: 256Mi}}
-  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: rbd-snap}
-YAML
+  k8s_pvc rbd-restored 256Mi Filesystem "$RBD_SC" rbd-snap || k8s_fail "create restored PVC"
   k8s_pod rbd-restore-reader rbd-restored Filesystem 'sha256sum -c /data/blob.sum && echo READ-OK' || k8s_fail "create reader"
   k8s_wait_pod_phase "$K8S_NS" rbd-restore-reader Succeeded 600 || { k8s_explain "$K8S_NS" rbd-restore-reader; k8s_check_failed "restore reader did not succeed"; }
   kc -n "$K8S_NS" logs rbd-restore-reader 2>&1 | sed 's/^/  reader: /'
@@ -249,11 +232,8 @@ YAML
   kc -n "$K8S_NS" delete volumesnapshot rbd-snap --wait=true --timeout=120s >/dev/null || k8s_check_failed "delete VolumeSnapshot"
   # DeleteSnapshot (the content's Delete policy) by the controller that
   # never saw the snapshot: through its ID and the clusters file.
-  n=0
-  while kc get volumesnapshotcontent "$content" >/dev/null 2>&1; do
-    [ $n -lt 120 ] || { k8s_check_failed "VolumeSnapshotContent $content still there after 120 s"; break; }
-    sleep 1; n=$((n + 1))
-  done
+  k8s_wait_gone 120 "volumesnapshotcontent/$content" \
+    || k8s_check_failed "VolumeSnapshotContent $content still there after 120 s"
   snaps=$(ceph_node "timeout 60 rbd --conf \$CEPH_CONF snap ls rbd/$image" | grep -c csi-snap)
   if [ "$snaps" = 0 ]; then k8s_ok "the RBD snapshot left rbd/$image (DeleteSnapshot without a record)"
   else k8s_check_failed "$snaps csi-snap snapshot(s) still on rbd/$image"; fi
@@ -264,11 +244,8 @@ fi
 k8s_step "delete the PVCs: the images leave the pool"
 t0=$(date +%s%N)
 kc -n "$K8S_NS" delete pvc rbd-pvc rbd-restored --ignore-not-found --wait=true --timeout=120s >/dev/null || k8s_check_failed "delete PVCs"
-n=0
-while kc get pv "$pv" >/dev/null 2>&1 || { [ -n "${rpv:-}" ] && kc get pv "$rpv" >/dev/null 2>&1; }; do
-  [ $n -lt 120 ] || { k8s_check_failed "PVs still exist 120 s after their PVCs were deleted"; kc get pv; break; }
-  sleep 1; n=$((n + 1))
-done
+k8s_wait_gone 120 "pv/$pv" ${rpv:+"pv/$rpv"} \
+  || { k8s_check_failed "PVs still exist 120 s after their PVCs were deleted"; kc get pv; }
 echo "measure: PVC delete to PVs gone: $(e2e_secs "$t0")s"
 images=$(rbd_images)
 trash=$(rbd_trash)

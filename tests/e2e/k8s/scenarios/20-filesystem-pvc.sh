@@ -32,10 +32,6 @@ grep -q READ-OK <<< "$out" && k8s_ok "data read back intact (sha256 $sum)" || k8
 kc -n "$K8S_NS" delete pod reader --wait=true >/dev/null
 kc -n "$K8S_NS" delete pvc fs-pvc --wait=true --timeout=120s >/dev/null || k8s_check_failed "delete PVC"
 # reclaimPolicy Delete: the PV goes, and the plugin's volume with it.
-n=0
-while kc get pv "$pv" >/dev/null 2>&1; do
-  [ $n -lt 60 ] || { k8s_check_failed "PV $pv still exists 60 s after the PVC was deleted"; break; }
-  sleep 1; n=$((n + 1))
-done
-[ $n -lt 60 ] && k8s_ok "PV $pv deleted with its PVC"
+if k8s_wait_gone 60 "pv/$pv"; then k8s_ok "PV $pv deleted with its PVC"
+else k8s_check_failed "PV $pv still exists 60 s after the PVC was deleted"; fi
 k8s_result
