@@ -1,9 +1,11 @@
 #include "ublk/worker.h"
 
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <utility>
@@ -145,6 +147,11 @@ absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& opti
 }
 
 void Worker::Main(std::promise<absl::Status>* ready) {
+  // "ublk-worker-N" in ps -L, top and perf (truncated to the kernel's 15
+  // bytes past worker 999).
+  char name[16];
+  snprintf(name, sizeof(name), "ublk-worker-%d", id());
+  pthread_setname_np(pthread_self(), name);
   absl::StatusOr<std::unique_ptr<Ring>> ring = Ring::CreateSingleIssuer(
       options_.ring_entries, options_.cq_entries, options_.ring_flags_allowed);
   if (!ring.ok()) {

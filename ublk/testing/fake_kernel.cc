@@ -1099,6 +1099,8 @@ int FakeKernel::user_copies_sync() const {
   return state_->user_copies_sync;
 }
 
+void* FakeKernel::lock_handle() const { return state_->mu.native_handle(); }
+
 unsigned FakeKernel::worker_ring_flags() const {
   return (state_->options.features & UBLK_F_AUTO_BUF_REG) != 0 ? 0u : Ring::kSingleIssuerFlags;
 }

@@ -197,6 +197,10 @@ class FakeKernel {
   // ReadRequestData / WriteResponseData.
   int user_copies_on_ring() const;
   int user_copies_sync() const;
+  // The pthread mutex every fake-kernel call takes (on the caller's thread,
+  // where the real kernel takes no user-space lock): a test counting the
+  // server's locks leaves it out.
+  void* lock_handle() const;
   // What WorkerOptions/WorkerPoolOptions::ring_flags_allowed must be for a
   // worker serving this fake: with zero copy the fake registers request
   // buffers on the worker's ring from the thread that submits the I/O, which
