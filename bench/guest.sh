@@ -89,8 +89,11 @@ keep_words() {
 }
 WORKLOADS=$(keep_words "$WORKLOADS" "$WORKLOADS_RUN")
 COPY_MODES=$(keep_words "$COPY_MODES" "$MODES_RUN")
-# Only when asked for by name (BENCH_MODES="user_copy user_copy_ring").
-case " $MODES_RUN " in *" user_copy_ring "*) COPY_MODES="$COPY_MODES user_copy_ring" ;; esac
+# Only when asked for by name (BENCH_MODES="user_copy user_copy_ring"): the
+# A/B variants of user copy (see start_ublk).
+for m in user_copy_ring user_copy_pin_same user_copy_pin_split; do
+  case " $MODES_RUN " in *" $m "*) COPY_MODES="$COPY_MODES $m" ;; esac
+done
 COPY_MODES=${COPY_MODES# }
 [ -n "$WORKLOADS" ] || e2e_fail "no workload left of '$WORKLOADS_RUN'"
 [ -n "$COPY_MODES" ] || e2e_fail "no copy mode left of '$MODES_RUN' on this kernel"
@@ -145,6 +148,14 @@ prepare_dev() {
 # the background (servers start in parallel: each takes seconds under TCG);
 # finish_ublks waits for all of them.
 PENDING=()
+# pin_cpu server|fio-same|fio-split: the CPU of the pinned A/B modes.
+pin_cpu() {
+  local last=$(( $(nproc) - 1 ))
+  case $1 in
+    server | fio-same) echo "$last" ;;
+    fio-split) echo 0 ;;
+  esac
+}
 start_ublk() {
   local group=$1 label=$2 mode=$3 log ready
   shift 3
@@ -153,9 +164,15 @@ start_ublk() {
   rm -f "$ready"
   # user_copy_ring: user copy with the copies as SQEs on the worker's ring
   # instead of a pread/pwrite per request (an A/B row; slower, see README).
-  local mode_args=(--copy_mode="$mode")
-  [ "$mode" = user_copy_ring ] && mode_args=(--copy_mode=user_copy --user_copy_on_ring=true)
-  "$UBLK_TOOL" serve "$@" "${mode_args[@]}" --queues=1 --depth=64 --ready_file="$ready" \
+  # user_copy_pin_same / _pin_split: the server pinned to the last CPU, and
+  # fio's job on the same CPU / on CPU 0 (run_repeat), against the unpinned
+  # default (where the scheduler places both).
+  local mode_args=(--copy_mode="$mode") pin=()
+  case $mode in
+    user_copy_ring) mode_args=(--copy_mode=user_copy --user_copy_on_ring=true) ;;
+    user_copy_pin_*) mode_args=(--copy_mode=user_copy); pin=(taskset -c "$(pin_cpu server)") ;;
+  esac
+  "${pin[@]}" "$UBLK_TOOL" serve "$@" "${mode_args[@]}" --queues=1 --depth=64 --ready_file="$ready" \
     > "$log" 2>&1 &
   PENDING+=("$group|$label|$mode|$!|$log|$ready|ublk-tool serve $* ${mode_args[*]} --queues=1 --depth=64")
 }
@@ -247,6 +264,10 @@ run_repeat() {
         echo "bs=$bs"
         echo "iodepth=$qd"
         echo "write_iops_log=$OUT/ts/$tag-$jn"
+        case $mode in
+          user_copy_pin_same) echo "cpus_allowed=$(pin_cpu fio-same)" ;;
+          user_copy_pin_split) echo "cpus_allowed=$(pin_cpu fio-split)" ;;
+        esac
       } >> "$job"
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$group" "$label" "$kind" "$mode" \
         "$name" "$json" "$jn" "$col" >> "$OUT/ts/$tag.runs"

@@ -20,7 +20,9 @@ GROUPS = [("tmpfs", "loop", "file on tmpfs", 1.0),
           ("ext4", "loop", "file on ext4 (virtio disk, cache=none)", 1.0),
           ("null", "null_blk", "null", 0.9),
           ("rbd", "krbd", "RBD image (single-node Ceph in the guest)", 1.0)]
-MODE_ORDER = ["zero_copy", "user_copy", "user_copy_ring", "get_data"]  # user_copy_ring: A/B, by name only
+# user_copy_ring and user_copy_pin_*: A/B variants, by name only (guest.sh)
+MODE_ORDER = ["zero_copy", "user_copy", "user_copy_ring", "user_copy_pin_same",
+              "user_copy_pin_split", "get_data"]
 UBLK = ["ublk-" + m for m in MODE_ORDER]  # narrowed in main() to the modes that ran
 
 
