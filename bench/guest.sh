@@ -91,7 +91,7 @@ WORKLOADS=$(keep_words "$WORKLOADS" "$WORKLOADS_RUN")
 COPY_MODES=$(keep_words "$COPY_MODES" "$MODES_RUN")
 # Only when asked for by name (BENCH_MODES="user_copy user_copy_ring"): the
 # A/B variants of user copy (see start_ublk).
-for m in user_copy_ring user_copy_pin_same user_copy_pin_split; do
+for m in user_copy_ring user_copy_pin_same user_copy_pin_split user_copy_null_zeros; do
   case " $MODES_RUN " in *" $m "*) COPY_MODES="$COPY_MODES $m" ;; esac
 done
 COPY_MODES=${COPY_MODES# }
@@ -164,6 +164,7 @@ start_ublk() {
   rm -f "$ready"
   # user_copy_ring: user copy with the copies as SQEs on the worker's ring
   # instead of a pread/pwrite per request (an A/B row; slower, see README).
+  # user_copy_null_zeros: user copy with the null target's default (zeros).
   # user_copy_pin_same / _pin_split: the server pinned to the last CPU, and
   # fio's job on the same CPU / on CPU 0 (run_repeat), against the unpinned
   # default (where the scheduler places both).
@@ -171,6 +172,9 @@ start_ublk() {
   case $mode in
     user_copy_ring) mode_args=(--copy_mode=user_copy --user_copy_on_ring=true) ;;
     user_copy_pin_*) mode_args=(--copy_mode=user_copy); pin=(taskset -c "$(pin_cpu server)") ;;
+    # The null target as volumes-safe code would run it: READs answer zeros,
+    # WRITEs' data is copied out of the kernel (then dropped).
+    user_copy_null_zeros) mode_args=(--copy_mode=user_copy --null_reads=zeros) ;;
   esac
   "${pin[@]}" "$UBLK_TOOL" serve "$@" "${mode_args[@]}" --queues=1 --depth=64 --ready_file="$ready" \
     > "$log" 2>&1 &

@@ -22,7 +22,7 @@ GROUPS = [("tmpfs", "loop", "file on tmpfs", 1.0),
           ("rbd", "krbd", "RBD image (single-node Ceph in the guest)", 1.0)]
 # user_copy_ring and user_copy_pin_*: A/B variants, by name only (guest.sh)
 MODE_ORDER = ["zero_copy", "user_copy", "user_copy_ring", "user_copy_pin_same",
-              "user_copy_pin_split", "get_data"]
+              "user_copy_pin_split", "user_copy_null_zeros", "get_data"]
 UBLK = ["ublk-" + m for m in MODE_ORDER]  # narrowed in main() to the modes that ran
 
 

@@ -20,7 +20,8 @@
 #   BENCH_WORKLOADS workload names (default all five: randread-4k-qd32
 #                  randwrite-4k-qd32 randread-4k-qd1 seqread-128k-qd8 seqwrite-128k-qd8)
 #   BENCH_MODES    copy modes (default every one the kernel has: zero_copy user_copy get_data;
-#                  A/B variants by name only: user_copy_ring user_copy_pin_same user_copy_pin_split)
+#                  A/B variants by name only: user_copy_ring user_copy_pin_same user_copy_pin_split
+#                  user_copy_null_zeros)
 #   BENCH_PF_SYSCALLS 0: the profile part skips its syscall counts (default 1)
 #   BENCH_PLUGIN_ARGS more ublk-csi flags for the plugin part, e.g.
 #                  "--recovery-concurrency=16" (they override its own)

@@ -8,7 +8,9 @@
 // with): a READ completes without data in user copy and zero copy, so the
 // reader's buffer keeps what it held (a buffered reader may see stale page
 // contents: root's benchmark tool only, never a volume). Get-data still
-// hands the kernel zeros: it needs an address to copy from.
+// hands the kernel zeros: it needs an address to copy from. A user-copy
+// WRITE in that mode is committed without its data being copied out of the
+// kernel (null_blk does not touch it either; it would be dropped anyway).
 #pragma once
 
 #include "ublk/target.h"
@@ -25,6 +27,7 @@ class NullTarget final : public Target {
   const char* name() const override { return "null"; }
   bool reads_zeros() const override { return true; }
   bool reads_leave_buffer() const override { return reads_ == Reads::kUntouched; }
+  bool writes_ignore_data() const override { return reads_ == Reads::kUntouched; }
   std::optional<int32_t> StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) override;
   std::optional<int32_t> FinishIo(const TargetIo& io, int32_t cqe_res) override;
 

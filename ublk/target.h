@@ -50,6 +50,11 @@ class Target {
   // NullTarget::Reads): in user copy the worker copies nothing, in zero copy
   // the target writes nothing; get-data still answers from the zero mapping.
   virtual bool reads_leave_buffer() const { return false; }
+  // Whether a WRITE's data is never looked at (null_blk's behaviour): in
+  // user copy the worker then commits the WRITE without copying its bytes
+  // out of the kernel (get-data must still take them: the kernel copies
+  // before the server sees the request's result).
+  virtual bool writes_ignore_data() const { return false; }
   // Whether READ/WRITE need the data in user memory (a library such as
   // librbd takes a plain pointer): such a target cannot serve a zero-copy
   // queue, whose requests live in the ring's registered buffer table, and

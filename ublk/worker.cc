@@ -499,8 +499,9 @@ void Worker::BeginRequest(Queue& q, uint16_t tag) {
         StartTarget(q, tag);
         return;
       }
-      if (t.io.op == UBLK_IO_OP_READ && q.mode == CopyMode::kUserCopy &&
-          q.target->reads_leave_buffer()) {
+      if (q.mode == CopyMode::kUserCopy &&
+          (t.io.op == UBLK_IO_OP_READ ? q.target->reads_leave_buffer()
+                                      : q.target->writes_ignore_data())) {
         Commit(q, tag, static_cast<int32_t>(t.io.len));  // no data: nothing to copy
         return;
       }

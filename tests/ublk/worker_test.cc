@@ -348,10 +348,15 @@ TEST_P(WorkerTest, FailedUserCopyOnTheRingFailsOnlyThatRequest) {
 }
 
 // NullTarget::Reads::kUntouched (null_blk's behaviour, for benchmarks): a
-// user-copy READ completes without any copy; get-data still answers zeros.
+// user-copy READ or WRITE completes without any copy; get-data still answers
+// zeros (and takes a WRITE's data: the kernel copies it first).
 TEST_P(WorkerTest, NullTargetWithUntouchedReadsCopiesNothing) {
   auto w = MakeWorker(real_memory_, 8);
   auto e = Serve(*w, std::make_shared<NullTarget>(kSize, NullTarget::Reads::kUntouched), 4);
+  auto wr = kernel_.Write(e->dev_id(), 0, std::string(128 * 1024, 'w'));
+  ASSERT_TRUE(wr.ok()) << wr.status();
+  EXPECT_EQ(wr->result, 128 * 1024);
+  EXPECT_EQ(w->buffer_pool_touched(), GetParam() == CopyMode::kGetData);
   auto r = kernel_.Read(e->dev_id(), 0, 128 * 1024);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->result, 128 * 1024);
@@ -359,7 +364,7 @@ TEST_P(WorkerTest, NullTargetWithUntouchedReadsCopiesNothing) {
   if (GetParam() == CopyMode::kGetData) {
     EXPECT_EQ(r->data, std::string(128 * 1024, '\0'));
   }
-  EXPECT_FALSE(w->buffer_pool_touched());
+  EXPECT_EQ(w->buffer_pool_touched(), GetParam() == CopyMode::kGetData);
   ASSERT_TRUE(e->Stop().ok());
   ASSERT_TRUE(e->Delete().ok());
 }

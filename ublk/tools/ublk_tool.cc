@@ -48,7 +48,7 @@ DEFINE_string(rbd_image, "", "rbd target: image");
 DEFINE_int64(rbd_op_timeout_ms, 30000, "rbd target: op timeout (rados_osd_op_timeout); 0: none");
 DEFINE_string(null_reads, "zeros",
               "null target: zeros | untouched (null_blk's way: READs complete without data in "
-              "user copy and zero copy; for benchmarks)");
+              "user copy and zero copy, user-copy WRITEs without copying theirs; for benchmarks)");
 DEFINE_bool(user_copy_on_ring, false,
             "user copy: request data to and from /dev/ublkcN on the worker's io_uring instead of "
             "a synchronous pread/pwrite per request (an A/B: slower, every copy goes to io-wq)");
