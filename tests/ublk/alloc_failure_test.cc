@@ -28,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
 #include "tests/testing/data.h"
+#include "tests/testing/sanitizers.h"
 #include "ublk/export.h"
 #include "ublk/file_target.h"
 #include "ublk/memory.h"
@@ -35,33 +36,10 @@
 #include "ublk/testing/fault_memory.h"
 #include "ublk/worker_pool.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define UBLK_TEST_SANITIZED 1
-#else
-#define UBLK_TEST_SANITIZED 0
-#endif
-// clang (14) does not define __SANITIZE_ADDRESS__: ask it the clang way.
-#if defined(__clang__) && defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#undef UBLK_TEST_SANITIZED
-#define UBLK_TEST_SANITIZED 1
-#endif
-#endif
-// clang's TSan runtime is a static archive that defines operator new itself
-// (its shared runtime crashes at start on this host), so under clang's TSan
-// the replacement below would not link: there the test runs on the memory
-// seam alone, for TSan's view of the parking and retry threads. gcc's
+// clang's TSan defines operator new itself: there the test runs on the
+// memory seam alone, for TSan's view of the parking and retry threads. gcc's
 // sanitizers (shared runtimes) keep the replacement.
-#if defined(__clang__) && defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UBLK_TEST_NEW_HOOK 0
-#undef UBLK_TEST_SANITIZED
-#define UBLK_TEST_SANITIZED 1
-#endif
-#endif
-#ifndef UBLK_TEST_NEW_HOOK
-#define UBLK_TEST_NEW_HOOK 1
-#endif
+#define UBLK_TEST_NEW_HOOK (!UBLK_TEST_CLANG_TSAN)
 
 namespace {
 std::atomic<bool> g_fail{false};
@@ -72,54 +50,16 @@ std::atomic<uint64_t> g_refused{0};
   g_refused.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
-
-#if UBLK_TEST_NEW_HOOK
-// Plain builds: operator new goes to our malloc below; sanitized builds: to
-// the sanitizer's.
-void* NewOrNull(size_t n) { return Refuse() ? nullptr : std::malloc(n == 0 ? 1 : n); }
-void* AlignedNewOrNull(size_t n, std::align_val_t a) {
-  if (Refuse()) return nullptr;
-  void* p = nullptr;
-  const size_t align = std::max(static_cast<size_t>(a), sizeof(void*));
-  return ::posix_memalign(&p, align, n == 0 ? 1 : n) == 0 ? p : nullptr;
-}
-#endif
 }  // namespace
 
 #if UBLK_TEST_NEW_HOOK
+#include "tests/testing/operator_new.h"
 
-void* operator new(size_t n) {
-  void* p = NewOrNull(n);
-  if (p == nullptr) throw std::bad_alloc();
-  return p;
+// Plain builds: the allocation goes to our malloc below; sanitized builds: to
+// the sanitizer's.
+void* TestOperatorNew(size_t n, size_t align) noexcept {
+  return Refuse() ? nullptr : ublk_test::AllocateForNew(n, align);
 }
-void* operator new[](size_t n) { return operator new(n); }
-void* operator new(size_t n, const std::nothrow_t&) noexcept { return NewOrNull(n); }
-void* operator new[](size_t n, const std::nothrow_t&) noexcept { return NewOrNull(n); }
-void* operator new(size_t n, std::align_val_t a) {
-  void* p = AlignedNewOrNull(n, a);
-  if (p == nullptr) throw std::bad_alloc();
-  return p;
-}
-void* operator new[](size_t n, std::align_val_t a) { return operator new(n, a); }
-void* operator new(size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return AlignedNewOrNull(n, a);
-}
-void* operator new[](size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return AlignedNewOrNull(n, a);
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
-void operator delete[](void* p, size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
 #endif  // UBLK_TEST_NEW_HOOK
 
 #if !UBLK_TEST_SANITIZED

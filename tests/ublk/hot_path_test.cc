@@ -31,6 +31,7 @@
 #include "gtest/gtest.h"
 #include "tests/testing/data.h"
 #include "tests/testing/log_capture.h"
+#include "tests/testing/sanitizers.h"
 #include "ublk/export.h"
 #include "ublk/file_target.h"
 #include "ublk/memory.h"
@@ -38,17 +39,8 @@
 #include "ublk/testing/fake_kernel.h"
 #include "ublk/worker.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define UBLK_HOT_PATH_HOOKS 0
-#endif
-#if !defined(UBLK_HOT_PATH_HOOKS) && defined(__clang__) && defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define UBLK_HOT_PATH_HOOKS 0
-#endif
-#endif
-#ifndef UBLK_HOT_PATH_HOOKS
-#define UBLK_HOT_PATH_HOOKS 1
-#endif
+// Sanitizers own operator new and pthread_mutex_lock.
+#define UBLK_HOT_PATH_HOOKS (!UBLK_TEST_SANITIZED)
 
 namespace {
 std::atomic<uint64_t> g_worker_allocs{0};
@@ -69,45 +61,12 @@ std::atomic<void*> g_ignored_lock{nullptr};
 }  // namespace
 
 #if UBLK_HOT_PATH_HOOKS
-namespace {
-void* CountedNew(size_t n, size_t align) {
-  if (OnWorker()) g_worker_allocs.fetch_add(1, std::memory_order_relaxed);
-  if (n == 0) n = 1;
-  if (align <= alignof(std::max_align_t)) return std::malloc(n);
-  void* p = nullptr;
-  return posix_memalign(&p, align, n) == 0 ? p : nullptr;
-}
-void* CountedNewOrThrow(size_t n, size_t align) {
-  void* p = CountedNew(n, align);
-  if (p == nullptr) throw std::bad_alloc();
-  return p;
-}
-}  // namespace
+#include "tests/testing/operator_new.h"
 
-void* operator new(size_t n) { return CountedNewOrThrow(n, 0); }
-void* operator new[](size_t n) { return CountedNewOrThrow(n, 0); }
-void* operator new(size_t n, std::align_val_t a) {
-  return CountedNewOrThrow(n, static_cast<size_t>(a));
+void* TestOperatorNew(size_t n, size_t align) noexcept {
+  if (OnWorker()) g_worker_allocs.fetch_add(1, std::memory_order_relaxed);
+  return ublk_test::AllocateForNew(n, align);
 }
-void* operator new[](size_t n, std::align_val_t a) {
-  return CountedNewOrThrow(n, static_cast<size_t>(a));
-}
-void* operator new(size_t n, const std::nothrow_t&) noexcept { return CountedNew(n, 0); }
-void* operator new[](size_t n, const std::nothrow_t&) noexcept { return CountedNew(n, 0); }
-void* operator new(size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return CountedNew(n, static_cast<size_t>(a));
-}
-void* operator new[](size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
-  return CountedNew(n, static_cast<size_t>(a));
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
-void operator delete[](void* p, size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, size_t, std::align_val_t) noexcept { std::free(p); }
 
 // std::mutex (ublk::Mutex), glog and libstdc++ lock through this symbol.
 extern "C" int pthread_mutex_lock(pthread_mutex_t* m) {
