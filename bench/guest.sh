@@ -94,6 +94,10 @@ COPY_MODES=$(keep_words "$COPY_MODES" "$MODES_RUN")
 for m in user_copy_ring user_copy_pin_same user_copy_pin_split user_copy_null_zeros; do
   case " $MODES_RUN " in *" $m "*) COPY_MODES="$COPY_MODES $m" ;; esac
 done
+# MODE_pollN: copy mode MODE with N busy-poll rounds (0: none, the old default).
+for m in $MODES_RUN; do
+  case $m in *_poll[0-9]*) COPY_MODES="$COPY_MODES $m" ;; esac
+done
 COPY_MODES=${COPY_MODES# }
 [ -n "$WORKLOADS" ] || e2e_fail "no workload left of '$WORKLOADS_RUN'"
 [ -n "$COPY_MODES" ] || e2e_fail "no copy mode left of '$MODES_RUN' on this kernel"
@@ -165,6 +169,9 @@ start_ublk() {
   # user_copy_ring: user copy with the copies as SQEs on the worker's ring
   # instead of a pread/pwrite per request (an A/B row; slower, see README).
   # user_copy_null_zeros: user copy with the null target's default (zeros).
+  # MODE_pollN (user_copy_poll0, zero_copy_poll0, ...): copy mode MODE with
+  # N busy-poll rounds before a worker sleeps (--busy_poll_rounds; the
+  # default is 128), _poll0 none.
   # user_copy_pin_same / _pin_split: the server pinned to the last CPU, and
   # fio's job on the same CPU / on CPU 0 (run_repeat), against the unpinned
   # default (where the scheduler places both).
@@ -175,6 +182,7 @@ start_ublk() {
     # The null target as volumes-safe code would run it: READs answer zeros,
     # WRITEs' data is copied out of the kernel (then dropped).
     user_copy_null_zeros) mode_args=(--copy_mode=user_copy --null_reads=zeros) ;;
+    *_poll[0-9]*) mode_args=(--copy_mode="${mode%_poll*}" --busy_poll_rounds="${mode##*_poll}") ;;
   esac
   "${pin[@]}" "$UBLK_TOOL" serve "$@" "${mode_args[@]}" --queues=1 --depth=64 --ready_file="$ready" \
     > "$log" 2>&1 &

@@ -20,9 +20,11 @@ GROUPS = [("tmpfs", "loop", "file on tmpfs", 1.0),
           ("ext4", "loop", "file on ext4 (virtio disk, cache=none)", 1.0),
           ("null", "null_blk", "null", 0.9),
           ("rbd", "krbd", "RBD image (single-node Ceph in the guest)", 1.0)]
-# user_copy_ring and user_copy_pin_*: A/B variants, by name only (guest.sh)
+# user_copy_ring, _pin_*, _null_zeros, _pollN: A/B variants, by name only (guest.sh)
 MODE_ORDER = ["zero_copy", "user_copy", "user_copy_ring", "user_copy_pin_same",
-              "user_copy_pin_split", "user_copy_null_zeros", "get_data"]
+              "user_copy_pin_split", "user_copy_null_zeros", "user_copy_poll0", "user_copy_poll8",
+              "user_copy_poll32", "user_copy_poll128", "user_copy_poll512", "zero_copy_poll0",
+              "get_data", "get_data_poll0"]
 UBLK = ["ublk-" + m for m in MODE_ORDER]  # narrowed in main() to the modes that ran
 
 

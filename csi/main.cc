@@ -136,6 +136,11 @@ DEFINE_double(overcommit_ratio, 1.0,
 DEFINE_int32(workers, 0,
              "ublk worker threads shared by all exports; 0 = one per CPU, at least 4 (a killed "
              "server's devices are released per worker: more workers, faster recovery)");
+constexpr int32_t kMaxBusyPollRounds = 65536;
+DEFINE_int32(busy_poll_rounds, static_cast<int32_t>(ublk::WorkerOptions{}.busy_poll_rounds),
+             "after a wait that brought work, this many non-blocking io_uring reaps before a "
+             "worker sleeps again: a request arriving meanwhile needs no wake-up (0..65536; 0: "
+             "sleep at once, the least CPU on a node with sparse I/O)");
 DEFINE_int32(queue_depth, 64,
              "requests in flight per ublk queue of a new export (1..4096); a recovered export "
              "keeps the depth it was created with");
@@ -365,6 +370,10 @@ absl::StatusOr<PluginConfig> ParseFlags() {
     return absl::InvalidArgumentError(absl::StrCat("--queue-depth=", FLAGS_queue_depth,
                                                    ": out of range 1..", ublk::kMaxQueueDepth));
   }
+  if (FLAGS_busy_poll_rounds < 0 || FLAGS_busy_poll_rounds > kMaxBusyPollRounds) {
+    return absl::InvalidArgumentError(absl::StrCat("--busy-poll-rounds=", FLAGS_busy_poll_rounds,
+                                                   ": out of range 0..", kMaxBusyPollRounds));
+  }
   return c;
 }
 
@@ -446,6 +455,7 @@ absl::Status BuildUblkBackend(const ublk::FeatureOptions& feature_options,
   parts->heap_only = std::make_unique<HeapOnlyMemorySource>(*parts->memory, parts->conservative);
   ublk::WorkerPoolOptions wopts;
   wopts.worker_count = FLAGS_workers;
+  wopts.busy_poll_rounds = static_cast<unsigned>(FLAGS_busy_poll_rounds);
   wopts.memory = parts->heap_only.get();
   wopts.budget = ublk::MemoryBudgetOptions{};  // admits buffers within the cgroup's limit
   absl::StatusOr<int64_t> headroom = ParseSize(FLAGS_memory_headroom);

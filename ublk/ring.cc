@@ -100,6 +100,14 @@ absl::Status Ring::SubmitAndWait(absl::Duration timeout) {
   return absl::OkStatus();
 }
 
+absl::Status Ring::SubmitAndGetEvents() {
+  int ret = io_uring_submit_and_get_events(&ring_);
+  if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+    return absl::ErrnoToStatus(-ret, "io_uring_submit_and_get_events");
+  }
+  return absl::OkStatus();
+}
+
 int Ring::DrainCompletions(absl::FunctionRef<void(const io_uring_cqe&)> fn) {
   int n = 0;
   io_uring_cqe* cqe;

@@ -45,6 +45,10 @@ class Ring {
   // Submits and waits until at least one CQE is ready, or `timeout` passes
   // (absl::InfiniteDuration() waits forever). EINTR and ETIME are not errors.
   absl::Status SubmitAndWait(absl::Duration timeout);
+  // Submits and reaps without waiting: runs the thread's deferred task work
+  // (DEFER_TASKRUN), so completions that are due are posted. EINTR, EAGAIN
+  // and EBUSY are not errors.
+  absl::Status SubmitAndGetEvents();
   // Calls `fn` for every ready CQE (without waiting) and marks them seen.
   // Returns how many were handled.
   int DrainCompletions(absl::FunctionRef<void(const io_uring_cqe&)> fn);

@@ -379,6 +379,7 @@ Worker::Queue* Worker::FindQueue(uint16_t slot, uint16_t gen) {
 void Worker::Run() {
   ArmWakeup();
   ArmAsync();
+  unsigned poll_left = 0;
   for (;;) {
     bool any_queue = false;
     bool any_removing = false;
@@ -396,13 +397,25 @@ void Worker::Run() {
       // after the next completion (an idle worker would hold them forever).
       release_after_submit_.clear();
     }
-    absl::Status s = ring_->SubmitAndWait(timeout);
+    const bool poll = poll_left > 0;
+    absl::Status s;
+    if (poll) {
+      --poll_left;
+      polls_.fetch_add(1, std::memory_order_relaxed);
+      s = ring_->SubmitAndGetEvents();
+    } else {
+      sleeps_.fetch_add(1, std::memory_order_relaxed);
+      s = ring_->SubmitAndWait(timeout);
+    }
     release_after_submit_.clear();
     if (!s.ok()) {
       LOG_EVERY_N(ERROR, 100) << "worker " << id() << ": " << s;
       absl::SleepFor(absl::Milliseconds(1));
     }
-    ring_->DrainCompletions([this](const io_uring_cqe& cqe) { HandleCqe(cqe); });
+    if (ring_->DrainCompletions([this](const io_uring_cqe& cqe) { HandleCqe(cqe); }) > 0) {
+      if (poll) polls_found_.fetch_add(1, std::memory_order_relaxed);
+      poll_left = options_.busy_poll_rounds;
+    }
     CheckMemoryPressure();
     RetryParked();
     ReapQueues();

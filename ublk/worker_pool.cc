@@ -20,9 +20,22 @@ struct WorkerPool::Series {
   prometheus::Gauge* assigned = nullptr;
   prometheus::Gauge* parked = nullptr;
   prometheus::Counter* parked_total = nullptr;
+  prometheus::Counter* sleeps = nullptr;
+  prometheus::Counter* polls = nullptr;
   uint64_t ios_seen = 0;  // completed_ios already added to `ios`
   uint64_t parked_seen = 0;
+  uint64_t sleeps_seen = 0;
+  uint64_t polls_seen = 0;
 };
+
+namespace {
+// Adds to `counter` what a worker's monotonic count gained since `*seen`.
+void AddSince(prometheus::Counter* counter, uint64_t now, uint64_t* seen) {
+  if (now <= *seen) return;
+  counter->Increment(static_cast<double>(now - *seen));
+  *seen = now;
+}
+}  // namespace
 
 absl::StatusOr<BufferPoolOptions> WorkerPoolOptions::BufferPoolFor(int workers) const {
   BufferPoolOptions o = BufferPoolOptions::ForBudget(buffer_pool_bytes, workers, buffer_slot_size);
@@ -94,6 +107,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
     wo.clock = options.clock;
     wo.pool_metrics = pool->pool_metrics_.get();
     wo.no_memory_retry = options.no_memory_retry;
+    wo.busy_poll_rounds = options.busy_poll_rounds;
     wo.budget = pool->budget_.get();
     absl::StatusOr<std::unique_ptr<Worker>> w = Worker::Create(wo);
     if (!w.ok()) {
@@ -131,11 +145,28 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
                              .Name("ublk_csi_worker_parked_ios_total")
                              .Help("I/Os that had to wait for a buffer")
                              .Register(*registry);
+    auto& sleeps = prometheus::BuildCounter()
+                       .Name("ublk_csi_worker_sleeps_total")
+                       .Help("Times a worker thread waited in its io_uring for work")
+                       .Register(*registry);
+    auto& polls = prometheus::BuildCounter()
+                      .Name("ublk_csi_worker_busy_polls_total")
+                      .Help(
+                          "Non-blocking reaps a worker made after work instead of sleeping "
+                          "(--busy-poll-rounds)")
+                      .Register(*registry);
     ublk::MutexLock lock(&pool->metrics_mu_);
     for (int i = 0; i < count; ++i) {
       const prometheus::Labels labels{{"worker", std::to_string(i)}};
-      pool->series_.push_back(Series{&ios.Add(labels), &queues.Add(labels), &assigned.Add(labels),
-                                     &parked.Add(labels), &parked_total.Add(labels), 0, 0});
+      Series series;
+      series.ios = &ios.Add(labels);
+      series.queues = &queues.Add(labels);
+      series.assigned = &assigned.Add(labels);
+      series.parked = &parked.Add(labels);
+      series.parked_total = &parked_total.Add(labels);
+      series.sleeps = &sleeps.Add(labels);
+      series.polls = &polls.Add(labels);
+      pool->series_.push_back(series);
     }
   }
   LOG(INFO) << "worker pool: " << count << " worker(s), buffer pool of up to " << bp->slot_count
@@ -213,19 +244,14 @@ void WorkerPool::UpdateMetrics() {
   ublk::MutexLock lock(&metrics_mu_);
   for (size_t i = 0; i < series_.size() && i < workers_.size(); ++i) {
     Series& s = series_[i];
-    const uint64_t done = workers_[i]->completed_ios();
-    if (done > s.ios_seen) {
-      s.ios->Increment(static_cast<double>(done - s.ios_seen));
-      s.ios_seen = done;
-    }
-    s.queues->Set(static_cast<double>(workers_[i]->queue_count()));
+    const Worker& w = *workers_[i];
+    AddSince(s.ios, w.completed_ios(), &s.ios_seen);
+    s.queues->Set(static_cast<double>(w.queue_count()));
     s.assigned->Set(static_cast<double>(assigned[i]));
-    s.parked->Set(static_cast<double>(workers_[i]->parked_ios()));
-    const uint64_t parked = workers_[i]->parked_ios_total();
-    if (parked > s.parked_seen) {
-      s.parked_total->Increment(static_cast<double>(parked - s.parked_seen));
-      s.parked_seen = parked;
-    }
+    s.parked->Set(static_cast<double>(w.parked_ios()));
+    AddSince(s.parked_total, w.parked_ios_total(), &s.parked_seen);
+    AddSince(s.sleeps, w.sleeps(), &s.sleeps_seen);
+    AddSince(s.polls, w.polls(), &s.polls_seen);
   }
 }
 

@@ -80,6 +80,8 @@ struct WorkerPoolOptions {
   unsigned ring_flags_allowed = Ring::kSingleIssuerFlags;
   // How soon an I/O that found no memory at all (no pool, no heap) retries.
   absl::Duration no_memory_retry = absl::Milliseconds(5);
+  // As WorkerOptions::busy_poll_rounds.
+  unsigned busy_poll_rounds = WorkerOptions{}.busy_poll_rounds;
 
   // Required; must outlive the pool (main() passes a RealMemorySource).
   MemorySource* memory = nullptr;

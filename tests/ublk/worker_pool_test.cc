@@ -325,6 +325,14 @@ TEST_F(WorkerPoolTest, ExportsComeAndGoWithoutDisturbingOthers) {
     EXPECT_EQ(MetricValue(registry, "ublk_csi_worker_queues", i), 1);
     EXPECT_EQ(MetricValue(registry, "ublk_csi_worker_assigned_queues", i), 1);
     served += MetricValue(registry, "ublk_csi_worker_ios_total", i);
+    // Both workers served I/O, so both slept and (default rounds) polled;
+    // the workers' own counts may have moved on since UpdateMetrics.
+    const double sleeps = MetricValue(registry, "ublk_csi_worker_sleeps_total", i);
+    const double polls = MetricValue(registry, "ublk_csi_worker_busy_polls_total", i);
+    EXPECT_GT(sleeps, 0);
+    EXPECT_LE(sleeps, static_cast<double>(pool->worker(i)->sleeps()));
+    EXPECT_GT(polls, 0);
+    EXPECT_LE(polls, static_cast<double>(pool->worker(i)->polls()));
   }
   // 2 per loop on the steady export, 2 per extra export per round.
   EXPECT_GE(served, static_cast<double>(expected_served));

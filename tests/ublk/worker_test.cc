@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
@@ -391,6 +392,49 @@ TEST_P(WorkerTest, ServingIoReadsNoClock) {
   EXPECT_EQ(clock.now_calls() - before, 0);
   ASSERT_TRUE(e->Stop().ok());
   ASSERT_TRUE(e->Delete().ok());
+}
+
+// WorkerOptions::busy_poll_rounds: after a wait that brought completions the
+// worker reaps without sleeping for up to that many rounds, serves I/O the
+// same, and once idle goes back to sleep instead of spinning. 0 (the
+// default) never polls.
+TEST_P(WorkerTest, BusyPollServesIoAndSleepsWhenIdle) {
+  for (unsigned rounds : {0u, 16u}) {
+    SCOPED_TRACE(absl::StrCat("busy_poll_rounds=", rounds));
+    WorkerOptions o;
+    o.memory = &real_memory_;
+    o.buffer_pool.slot_count = 8;
+    o.buffer_pool.slot_size = 128 * 1024;
+    o.busy_poll_rounds = rounds;
+    auto w = Worker::Create(o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    auto e = Serve(**w, std::make_shared<RamTarget>(), 8);
+    for (int i = 0; i < 32; ++i) {
+      const std::string data = Pattern(4096, i);
+      ASSERT_EQ(kernel_.Write(e->dev_id(), 4096 * i, data)->result, 4096);
+      EXPECT_TRUE(kernel_.Read(e->dev_id(), 4096 * i, 4096)->data == data);
+    }
+    // Idle now: the rounds run out within a moment and the count stops.
+    uint64_t polls = (*w)->polls();
+    for (int i = 0; i < 50; ++i) {
+      absl::SleepFor(absl::Milliseconds(20));
+      if ((*w)->polls() == polls) break;
+      polls = (*w)->polls();
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+    EXPECT_EQ((*w)->polls(), polls) << "an idle worker keeps polling";
+    if (rounds == 0) {
+      EXPECT_EQ(polls, 0u);
+    } else {
+      // Every completion is followed by rounds; 64 requests make at least 64.
+      EXPECT_GE(polls, 64u);
+      // A run of empty rounds is at most `rounds` long and ends in a sleep
+      // or in a round that found work.
+      EXPECT_LE(polls - (*w)->polls_found(), rounds * ((*w)->sleeps() + (*w)->polls_found()));
+    }
+    ASSERT_TRUE(e->Stop().ok());
+    ASSERT_TRUE(e->Delete().ok());
+  }
 }
 
 TEST_P(WorkerTest, ApiErrors) {

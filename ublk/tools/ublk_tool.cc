@@ -52,6 +52,9 @@ DEFINE_string(null_reads, "zeros",
 DEFINE_bool(user_copy_on_ring, false,
             "user copy: request data to and from /dev/ublkcN on the worker's io_uring instead of "
             "a synchronous pread/pwrite per request (an A/B: slower, every copy goes to io-wq)");
+DEFINE_uint32(busy_poll_rounds, ublk::WorkerOptions{}.busy_poll_rounds,
+              "after a wait that brought completions, this many non-blocking reaps before a "
+              "worker sleeps again (0: sleep at once)");
 DEFINE_string(backing, "", "backing file of the file target");
 DEFINE_uint64(size, 0, "volume size in bytes (0: the backing file's size)");
 DEFINE_bool(create, false, "create (or grow) the backing file, sparse");
@@ -330,6 +333,7 @@ absl::Status Serve(bool recover) {
     wo.worker_id = i;
     wo.memory = &memory;
     wo.user_copy_on_ring = FLAGS_user_copy_on_ring;
+    wo.busy_poll_rounds = FLAGS_busy_poll_rounds;
     ASSIGN_OR_RETURN(auto w, Worker::Create(wo));
     worker_ptrs.push_back(w.get());
     workers.push_back(std::move(w));
@@ -372,7 +376,12 @@ absl::Status Serve(bool recover) {
   }
   absl::Status s = exp->Stop();
   absl::Status d = exp->Delete();
-  for (auto& w : workers) w->Stop();
+  for (auto& w : workers) {
+    w->Stop();
+    LOG(INFO) << "worker " << w->id() << ": " << w->completed_ios() << " I/Os, " << w->sleeps()
+              << " sleeps, " << w->polls() << " busy-poll rounds (" << w->polls_found()
+              << " found work)";
+  }
   if (!ready.ok()) return ready;
   if (!s.ok()) return s;
   return d;
