@@ -106,16 +106,21 @@ class WorkerTest : public ::testing::TestWithParam<CopyMode> {
   std::unique_ptr<Worker> MakeWorker(MemorySource& memory, size_t slots,
                                      BufferPoolMetrics* metrics = nullptr,
                                      bool user_copy_on_ring = false) {
-    WorkerOptions o;
-    o.memory = &memory;
+    WorkerOptions o = Options(slots, &memory);
     o.user_copy_on_ring = user_copy_on_ring;
     o.pool_metrics = metrics;
-    o.buffer_pool.slot_count = slots;
-    o.buffer_pool.slot_size = 128 * 1024;
     o.no_memory_retry = absl::Milliseconds(2);
     auto w = Worker::Create(o);
     EXPECT_TRUE(w.ok()) << w.status();
     return std::move(*w);
+  }
+  // A worker of `slots` bounce buffers of 128 KiB on `memory` (default: the real one).
+  WorkerOptions Options(size_t slots = 8, MemorySource* memory = nullptr) {
+    WorkerOptions o;
+    o.memory = memory != nullptr ? memory : &real_memory_;
+    o.buffer_pool.slot_count = slots;
+    o.buffer_pool.slot_size = 128 * 1024;
+    return o;
   }
   std::unique_ptr<Export> Serve(Worker& w, std::shared_ptr<Target> t, uint16_t depth) {
     ExportOptions o;
@@ -240,10 +245,7 @@ TEST_P(WorkerTest, RingTakesTheBestTaskRunFlagsAndServesWithAnySubset) {
        {Ring::kSingleIssuerFlags, unsigned{IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER},
         unsigned{IORING_SETUP_COOP_TASKRUN}, 0u}) {
     SCOPED_TRACE(allowed);
-    WorkerOptions o;
-    o.memory = &real_memory_;
-    o.buffer_pool.slot_count = 8;
-    o.buffer_pool.slot_size = 128 * 1024;
+    WorkerOptions o = Options();
     o.ring_flags_allowed = allowed;
     auto w = Worker::Create(o);
     ASSERT_TRUE(w.ok()) << w.status();
@@ -374,11 +376,8 @@ TEST_P(WorkerTest, NullTargetWithUntouchedReadsCopiesNothing) {
 // time): after the pool exists, 128 requests read the clock 0 times.
 TEST_P(WorkerTest, ServingIoReadsNoClock) {
   FakeClock clock;
-  WorkerOptions o;
-  o.memory = &real_memory_;
+  WorkerOptions o = Options();
   o.clock = &clock;
-  o.buffer_pool.slot_count = 8;
-  o.buffer_pool.slot_size = 128 * 1024;
   auto w = Worker::Create(o);
   ASSERT_TRUE(w.ok()) << w.status();
   auto e = Serve(**w, std::make_shared<RamTarget>(), 8);
@@ -396,15 +395,12 @@ TEST_P(WorkerTest, ServingIoReadsNoClock) {
 
 // WorkerOptions::busy_poll_rounds: after a wait that brought completions the
 // worker reaps without sleeping for up to that many rounds, serves I/O the
-// same, and once idle goes back to sleep instead of spinning. 0 (the
-// default) never polls.
+// same, and once idle goes back to sleep instead of spinning. 0 never
+// polls.
 TEST_P(WorkerTest, BusyPollServesIoAndSleepsWhenIdle) {
   for (unsigned rounds : {0u, 16u}) {
     SCOPED_TRACE(absl::StrCat("busy_poll_rounds=", rounds));
-    WorkerOptions o;
-    o.memory = &real_memory_;
-    o.buffer_pool.slot_count = 8;
-    o.buffer_pool.slot_size = 128 * 1024;
+    WorkerOptions o = Options();
     o.busy_poll_rounds = rounds;
     auto w = Worker::Create(o);
     ASSERT_TRUE(w.ok()) << w.status();
