@@ -6,6 +6,16 @@
 #include "absl/strings/str_cat.h"
 
 namespace ublk {
+namespace {
+// An io_uring_enter result: interrupted, timed out, or out of room for the
+// moment (EAGAIN, EBUSY: the CQ is full until it is drained) are not errors.
+absl::Status EnterStatus(int ret, const char* what) {
+  if (ret >= 0 || ret == -EINTR || ret == -ETIME || ret == -EAGAIN || ret == -EBUSY) {
+    return absl::OkStatus();
+  }
+  return absl::ErrnoToStatus(-ret, what);
+}
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Ring>> Ring::Create(unsigned entries, unsigned flags) {
   std::unique_ptr<Ring> ring(new Ring());
@@ -94,18 +104,11 @@ absl::Status Ring::SubmitAndWait(absl::Duration timeout) {
     io_uring_cqe* cqe = nullptr;
     ret = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
   }
-  if (ret < 0 && ret != -EINTR && ret != -ETIME && ret != -EAGAIN && ret != -EBUSY) {
-    return absl::ErrnoToStatus(-ret, "io_uring_submit_and_wait");
-  }
-  return absl::OkStatus();
+  return EnterStatus(ret, "io_uring_submit_and_wait");
 }
 
 absl::Status Ring::SubmitAndGetEvents() {
-  int ret = io_uring_submit_and_get_events(&ring_);
-  if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-    return absl::ErrnoToStatus(-ret, "io_uring_submit_and_get_events");
-  }
-  return absl::OkStatus();
+  return EnterStatus(io_uring_submit_and_get_events(&ring_), "io_uring_submit_and_get_events");
 }
 
 int Ring::DrainCompletions(absl::FunctionRef<void(const io_uring_cqe&)> fn) {

@@ -43,11 +43,12 @@ class Ring {
   // Submits queued SQEs; returns how many the kernel took.
   absl::StatusOr<int> Submit();
   // Submits and waits until at least one CQE is ready, or `timeout` passes
-  // (absl::InfiniteDuration() waits forever). EINTR and ETIME are not errors.
+  // (absl::InfiniteDuration() waits forever). EINTR, ETIME, EAGAIN and EBUSY
+  // (the CQ is full until drained) are not errors.
   absl::Status SubmitAndWait(absl::Duration timeout);
   // Submits and reaps without waiting: runs the thread's deferred task work
-  // (DEFER_TASKRUN), so completions that are due are posted. EINTR, EAGAIN
-  // and EBUSY are not errors.
+  // (DEFER_TASKRUN), so completions that are due are posted. The same
+  // results as SubmitAndWait's are not errors.
   absl::Status SubmitAndGetEvents();
   // Calls `fn` for every ready CQE (without waiting) and marks them seen.
   // Returns how many were handled.
