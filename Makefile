@@ -168,6 +168,25 @@ bench-rbd: deps
 	@BENCH_PARTS=data BENCH_GROUPS=rbd BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-rbd} \
 	  bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
 
+# The null rows against the kernel's own selftest ublk server (kublk, built
+# from Debian's newest linux-source by bench/selftest-server.sh; liburing
+# 2.9 of trixie, static), in one guest boot (~12 min on 6.12, ~16 on 7):
+# the project's server in each copy mode, with and without busy polling,
+# beside kublk in its copy modes (7.x: zero copy, auto buffer registration
+# and UBLK_F_BATCH_IO too). Results in bench/results/selftest/ (6.12) or
+# bench/results/selftest/kernel-7/; BENCH_OUT overrides.
+SELFTEST_MODES_6.12 := user_copy user_copy_poll0 get_data selftest_copy selftest_user_copy
+SELFTEST_MODES_7 := zero_copy zero_copy_poll0 user_copy user_copy_poll0 selftest_copy \
+  selftest_user_copy selftest_zero_copy selftest_auto_zc selftest_batch selftest_batch_auto_zc
+.PHONY: bench-selftest
+bench-selftest: deps
+	@$(CONFIGURE_PLAIN)
+	@ninja -C $(BUILD) ublk-tool
+	@BENCH_GROUPS=null BENCH_PARTS=data BENCH_WORKLOADS="$(QUICK_WORKLOADS)" \
+	  BENCH_MODES="$(SELFTEST_MODES_$(KERNEL))" BENCH_RUNTIME=$${BENCH_RUNTIME:-8} BENCH_PF_SYSCALLS=0 \
+	  BENCH_OUT=$${BENCH_OUT:-bench/results/selftest$(if $(filter 7,$(KERNEL)),/kernel-7)} \
+	  bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
+
 # The data-path rows one change to the I/O loop should move, in one guest boot
 # (~6 min instead of ~18): null and file-on-tmpfs against null_blk and loop,
 # 4k randread/randwrite QD32, 4k randread QD1 and 128k seqread QD8, one copy

@@ -99,8 +99,19 @@ for m in $MODES_RUN; do
   case $m in *_poll[0-9]*) COPY_MODES="$COPY_MODES $m" ;; esac
 done
 COPY_MODES=${COPY_MODES# }
+# selftest_*: the kernel's own selftest ublk server (kublk, built on the host
+# by bench/selftest-server.sh into BUILD_DIR/bench-cache/selftest) as a
+# baseline in the null group, by name only; see start_selftest.
+SELFTEST_MODES=
+for m in $MODES_RUN; do
+  case $m in selftest_*) SELFTEST_MODES="$SELFTEST_MODES $m" ;; esac
+done
+SELFTEST_SERVER=${BUILD_DIR:-}/bench-cache/selftest/kublk
+if [ -n "$SELFTEST_MODES" ] && [ ! -x "$SELFTEST_SERVER" ]; then
+  e2e_fail "$SELFTEST_SERVER is missing: bench/selftest-server.sh builds it (bench/run.sh does when BENCH_MODES names selftest_ modes)"
+fi
+[ -n "$COPY_MODES$SELFTEST_MODES" ] || e2e_fail "no copy mode left of '$MODES_RUN' on this kernel"
 [ -n "$WORKLOADS" ] || e2e_fail "no workload left of '$WORKLOADS_RUN'"
-[ -n "$COPY_MODES" ] || e2e_fail "no copy mode left of '$MODES_RUN' on this kernel"
 
 e2e_step "guest facts"
 {
@@ -116,6 +127,7 @@ e2e_step "guest facts"
   echo "parts=$PARTS"
   echo "groups=$GROUPS_RUN"
   echo "copy_modes=$COPY_MODES"
+  [ -n "$SELFTEST_MODES" ] && echo "selftest_server=kublk of $(cat "$SELFTEST_SERVER.stamp" 2>/dev/null | cut -d' ' -f1-2):$SELFTEST_MODES"
   echo "workloads=$WORKLOADS"
   "$UBLK_TOOL" features 2>&1 | sed 's/^/ublk_features./'
   for p in /sys/module/null_blk/parameters/*; do
@@ -220,6 +232,49 @@ finish_ublks() {
   PENDING=()
 }
 SRV_PIDS=()
+
+# start_selftest MODE ID: the kernel's selftest server serving a null device
+# as /dev/ublkbID (in the foreground, so that its PID is the server's), with
+# the same queue shape as start_ublk's exports. Its null target touches no
+# data of its own; what moves the bytes is the copy mode: selftest_copy (the
+# kernel copies into the server's buffers), selftest_user_copy (-u: pread /
+# pwrite on /dev/ublkcN in 2 KiB pieces, for both reads and writes),
+# selftest_zero_copy (-z: register, NOP on the buffer, unregister per I/O),
+# selftest_auto_zc (--auto_zc: the kernel registers the buffer), and
+# selftest_batch / selftest_batch_auto_zc (-b: UBLK_F_BATCH_IO, 7.x).
+SELFTEST_IDS=()
+start_selftest() {
+  local mode=$1 id=$2 flags=() pid log dev=/dev/ublkb$2 i
+  case $mode in
+    selftest_copy) ;;
+    selftest_user_copy) flags=(-u) ;;
+    selftest_zero_copy) flags=(-z) ;;
+    selftest_auto_zc) flags=(--auto_zc) ;;
+    selftest_batch) flags=(-b) ;;
+    selftest_batch_auto_zc) flags=(-b --auto_zc) ;;
+    *) e2e_check_failed "unknown selftest mode '$mode'"; return ;;
+  esac
+  log=$E2E_SCRATCH/selftest-$mode.log
+  "$SELFTEST_SERVER" add -t null -q 1 -d 64 -n "$id" --foreground "${flags[@]}" > "$log" 2>&1 &
+  pid=$!
+  for i in $(seq 600); do
+    [ -b "$dev" ] && [ -r "/sys/block/ublkb$id/size" ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ ! -b "$dev" ] || ! kill -0 "$pid" 2>/dev/null; then
+    e2e_check_failed "selftest server ($mode) did not serve $dev; its log:"
+    sed 's/^/  | /' "$log" | tail -20
+    kill -9 "$pid" 2>/dev/null
+    return
+  fi
+  SELFTEST_IDS+=("$id|$pid|$log")
+  prepare_dev "$dev" null "ublk-$mode" "kernel selftest server: kublk add -t null -q 1 -d 64 ${flags[*]}"
+  srv_sample "$pid"
+  printf '0\tnull\t%s\tidle\t%s\t%s\n' "ublk-$mode" "$S_RSS" "$(hwm "$pid")" >> "$OUT/memory.tsv"
+  DEVICES+=("null ublk-$mode ublk $mode $dev $pid")
+  SRV_PIDS+=("$pid")
+}
 
 # add_loop GROUP FILE
 add_loop() {
@@ -357,6 +412,9 @@ if has_part data || has_part profile; then
       start_ublk null "ublk-$m" "$m" --target=null --null_reads=untouched --size=$((SIZE_MIB * 1048576))
     done
     finish_ublks
+    # Device ids from 200 down (ublk-tool's exports take the lowest free ones).
+    i=200
+    for m in $SELFTEST_MODES; do start_selftest "$m" "$i"; i=$((i - 1)); done
   fi
 
   t_start=$(now)
@@ -379,6 +437,12 @@ if has_part data || has_part profile; then
     IFS='|' read -r SRV_PID SRV_DEV SRV_LOG _ _ <<< "$s"
     cp "$SRV_LOG" "$OUT/logs/" 2>/dev/null
     ublk_stop TERM || e2e_check_failed "$SRV_DEV: clean stop"
+  done
+  for s in "${SELFTEST_IDS[@]}"; do
+    IFS='|' read -r id pid log <<< "$s"
+    cp "$log" "$OUT/logs/" 2>/dev/null
+    "$SELFTEST_SERVER" del -n "$id" > /dev/null 2>&1 || e2e_check_failed "kublk del -n $id"
+    wait "$pid" 2>/dev/null
   done
   for l in "${LOOPS[@]}"; do losetup -d "$l" || e2e_check_failed "losetup -d $l"; done
   has_group rbd && rbd_bench_teardown

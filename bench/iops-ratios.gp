@@ -19,13 +19,14 @@ set arrow from graph 0, first 1.0 to graph 1, first 1.0 nohead dt 2 lw 2 lc rgb 
 set arrow from graph 0, first 0.9 to graph 1, first 0.9 nohead dt 3 lw 1 lc rgb "red" front
 if (!exists("repeats")) repeats = 2
 if (!exists("modes")) modes = "user_copy get_data"
-dark = "#1f77b4 #ff7f0e #2ca02c"
-light = "#aec7e8 #ffbb78 #98df8a"
+# Ten colours (matplotlib's tab10 and its light half); modes past ten reuse them.
+dark = "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf"
+light = "#aec7e8 #ffbb78 #98df8a #ff9896 #c5b0d5 #c49c94 #f7b6d2 #c7c7c7 #dbdb8d #9edae5"
 n = words(modes)
 if (repeats >= 2) {
   plot for [k=0:2*n-1] datafile using (column(3*(k/2+1) + k%2)):xtic(1) \
        title sprintf("%s r%d", word(modes, k/2+1), k%2+1) \
-       lc rgb (k%2 == 0 ? word(dark, k/2+1) : word(light, k/2+1))
+       lc rgb (k%2 == 0 ? word(dark, (k/2)%10+1) : word(light, (k/2)%10+1))
 } else {
-  plot for [i=1:n] datafile using (column(3*i)):xtic(1) title word(modes, i) lc rgb word(dark, i)
+  plot for [i=1:n] datafile using (column(3*i)):xtic(1) title word(modes, i) lc rgb word(dark, (i-1)%10+1)
 }

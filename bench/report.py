@@ -24,7 +24,10 @@ GROUPS = [("tmpfs", "loop", "file on tmpfs", 1.0),
 MODE_ORDER = ["zero_copy", "user_copy", "user_copy_ring", "user_copy_pin_same",
               "user_copy_pin_split", "user_copy_null_zeros", "user_copy_poll0", "user_copy_poll8",
               "user_copy_poll32", "user_copy_poll128", "user_copy_poll512", "zero_copy_poll0",
-              "get_data", "get_data_poll0"]
+              "get_data", "get_data_poll0",
+              # The kernel's selftest server (kublk), by name only (guest.sh start_selftest).
+              "selftest_copy", "selftest_user_copy", "selftest_zero_copy", "selftest_auto_zc",
+              "selftest_batch", "selftest_batch_auto_zc"]
 UBLK = ["ublk-" + m for m in MODE_ORDER]  # narrowed in main() to the modes that ran
 
 
@@ -651,6 +654,10 @@ def main():
     w("with the same engine (the plugin process is measured in its own section below).")
     w("Baselines: `losetup --direct-io=on` over the")
     w("same backing file; `null_blk` with module defaults. Scheduler `none` on every device.")
+    if guest.get("selftest_server"):
+        w("`ublk-selftest_*` rows: the kernel's own selftest ublk server (tools/testing/selftests/ublk,")
+        w("`kublk add -t null -q 1 -d 64` in the foreground, flags per row in Devices), built by")
+        w(f"bench/selftest-server.sh ({guest['selftest_server'].split(':')[0]}); server columns are its process.")
     w("")
 
     # Ratio table.

@@ -21,7 +21,10 @@
 #                  randwrite-4k-qd32 randread-4k-qd1 seqread-128k-qd8 seqwrite-128k-qd8)
 #   BENCH_MODES    copy modes (default every one the kernel has: zero_copy user_copy get_data;
 #                  A/B variants by name only: user_copy_ring user_copy_pin_same user_copy_pin_split
-#                  user_copy_null_zeros)
+#                  user_copy_null_zeros, MODE_pollN; the kernel's selftest server in the
+#                  null group: selftest_copy selftest_user_copy selftest_zero_copy
+#                  selftest_auto_zc selftest_batch selftest_batch_auto_zc, built first
+#                  by bench/selftest-server.sh)
 #   BENCH_PF_SYSCALLS 0: the profile part skips its syscall counts (default 1)
 #   BENCH_PLUGIN_ARGS more ublk-csi flags for the plugin part, e.g.
 #                  "--recovery-concurrency=16" (they override its own)
@@ -44,7 +47,7 @@ while [ $# -gt 0 ]; do
     --build-dir=*) build_dir=${1#*=}; shift ;;
     --kernel) kernel=${2:?}; shift 2 ;;
     --kernel=*) kernel=${1#*=}; shift ;;
-    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -78,6 +81,12 @@ if ! command -v gnuplot >/dev/null; then
     log "gnuplot missing and not root: no chart"
   fi
 fi
+
+case " ${BENCH_MODES:-} " in
+  *" selftest_"*)
+    "$here/selftest-server.sh" --build-dir "$build_dir" >/dev/null \
+      || { log "bench/selftest-server.sh failed: no selftest server rows"; exit 2; } ;;
+esac
 
 mkdir -p "$out"
 t0=$(date +%s)

@@ -141,6 +141,30 @@ e2e_debian_mirror() {
   done
 }
 
+# e2e_private_apt CACHE SUITE...: an apt configuration of its own under CACHE
+# (sources.list with SUITE... main on this machine's Debian mirror, lists,
+# archives), so that packages of another release can be looked up and
+# downloaded while the machine's own sources stay untouched. Sets
+# E2E_APT_OPTS (apt-get/apt-cache -o options); the caller runs apt-get
+# "${E2E_APT_OPTS[@]}" update when a lookup finds nothing.
+e2e_private_apt() {
+  local cache=$1 mirror suite
+  shift
+  mkdir -p "$cache/lists/partial" "$cache/apt/archives/partial"
+  mirror=$(e2e_debian_mirror | head -1)
+  [ -n "$mirror" ] || e2e_die "no Debian mirror found in /etc/apt/sources.list*; set E2E_DEBIAN_MIRROR"
+  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  for suite in "$@"; do echo "deb [signed-by=$keyring] $mirror $suite main"; done > "$cache/sources.list.new"
+  if ! cmp -s "$cache/sources.list.new" "$cache/sources.list"; then
+    mv "$cache/sources.list.new" "$cache/sources.list"
+    rm -rf "$cache/lists"; mkdir -p "$cache/lists/partial"
+  else
+    rm -f "$cache/sources.list.new"
+  fi
+  E2E_APT_OPTS=(-o "Dir::Etc::SourceList=$cache/sources.list" -o Dir::Etc::SourceParts=/dev/null
+                -o "Dir::State::Lists=$cache/lists" -o "Dir::Cache=$cache/apt")
+}
+
 # e2e_ensure_kernel_backports SUITE SERIES: the kernel behind linux-image-amd64
 # in SUITE (Debian's split packages: linux-binary-KVER has vmlinuz under
 # usr/lib/modules/KVER, linux-modules-KVER the modules, linux-base-KVER the
@@ -148,20 +172,10 @@ e2e_debian_mirror() {
 # e2e-cache/SUITE/ so the machine's own sources stay untouched.
 e2e_ensure_kernel_backports() {
   local suite=$1 series=$2
-  local cache=$E2E_WORK_DIR/e2e-cache/$suite mirror kver kdir p debs=() d
-  mkdir -p "$cache/lists/partial" "$cache/apt/archives/partial" "$cache/debs"
-  mirror=$(e2e_debian_mirror | head -1)
-  [ -n "$mirror" ] || e2e_die "no Debian mirror found in /etc/apt/sources.list*; set E2E_DEBIAN_MIRROR"
-  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-  echo "deb [signed-by=$keyring] $mirror $suite main" > "$cache/sources.list.new"
-  if ! cmp -s "$cache/sources.list.new" "$cache/sources.list"; then
-    mv "$cache/sources.list.new" "$cache/sources.list"
-    rm -rf "$cache/lists"; mkdir -p "$cache/lists/partial"
-  else
-    rm -f "$cache/sources.list.new"
-  fi
-  local opts=(-o "Dir::Etc::SourceList=$cache/sources.list" -o Dir::Etc::SourceParts=/dev/null
-              -o "Dir::State::Lists=$cache/lists" -o "Dir::Cache=$cache/apt")
+  local cache=$E2E_WORK_DIR/e2e-cache/$suite kver kdir p debs=() d
+  e2e_private_apt "$cache" "$suite"
+  local opts=("${E2E_APT_OPTS[@]}")
+  mkdir -p "$cache/debs"
   resolve() {
     apt-cache "${opts[@]}" depends linux-image-amd64 2>/dev/null \
       | awk '/Depends: linux-image-[0-9]/ {sub("^linux-image-", "", $2); print $2; exit}'
