@@ -131,7 +131,7 @@ profile_bench() {
     m=${COPY_MODES%% *}
     # shellcheck disable=SC2086 # $x is "dev pid"
     x=$(pf_dev null null_blk); [ -n "$x" ] && pf_profile null-null_blk $x
-    for md in $COPY_MODES; do
+    for md in $COPY_MODES $SELFTEST_MODES; do
       x=$(pf_dev null "ublk-$md"); [ -n "$x" ] && pf_profile "null-ublk-$md" $x
     done
     x=$(pf_dev tmpfs loop); [ -n "$x" ] && pf_profile tmpfs-loop $x
@@ -165,7 +165,7 @@ profile_bench() {
     mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
     local g md rw
     for g in null tmpfs; do
-      for md in $COPY_MODES; do
+      for md in $COPY_MODES $SELFTEST_MODES; do
         read -r dev pid <<< "$(pf_dev "$g" "ublk-$md")"
         [ -n "$dev" ] || continue
         for rw in randread randwrite; do pf_syscalls "$g-ublk-$md" "$dev" "$pid" "$rw"; done

@@ -145,16 +145,19 @@ e2e_debian_mirror() {
 # (sources.list with SUITE... main on this machine's Debian mirror, lists,
 # archives), so that packages of another release can be looked up and
 # downloaded while the machine's own sources stay untouched. Sets
-# E2E_APT_OPTS (apt-get/apt-cache -o options); the caller runs apt-get
-# "${E2E_APT_OPTS[@]}" update when a lookup finds nothing.
+# E2E_APT_OPTS (apt-get/apt-cache -o options) and E2E_APT_MIRROR (the
+# mirror's URI); the caller runs apt-get "${E2E_APT_OPTS[@]}" update when a
+# lookup finds nothing.
 e2e_private_apt() {
-  local cache=$1 mirror suite
+  local cache=$1 suite
   shift
   mkdir -p "$cache/lists/partial" "$cache/apt/archives/partial"
-  mirror=$(e2e_debian_mirror | head -1)
-  [ -n "$mirror" ] || e2e_die "no Debian mirror found in /etc/apt/sources.list*; set E2E_DEBIAN_MIRROR"
+  E2E_APT_MIRROR=$(e2e_debian_mirror | head -1)
+  [ -n "$E2E_APT_MIRROR" ] || e2e_die "no Debian mirror found in /etc/apt/sources.list*; set E2E_DEBIAN_MIRROR"
   local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-  for suite in "$@"; do echo "deb [signed-by=$keyring] $mirror $suite main"; done > "$cache/sources.list.new"
+  for suite in "$@"; do
+    echo "deb [signed-by=$keyring] $E2E_APT_MIRROR $suite main"
+  done > "$cache/sources.list.new"
   if ! cmp -s "$cache/sources.list.new" "$cache/sources.list"; then
     mv "$cache/sources.list.new" "$cache/sources.list"
     rm -rf "$cache/lists"; mkdir -p "$cache/lists/partial"
@@ -181,7 +184,7 @@ e2e_ensure_kernel_backports() {
       | awk '/Depends: linux-image-[0-9]/ {sub("^linux-image-", "", $2); print $2; exit}'
   }
   update() {
-    e2e_log "apt-get update ($suite on $mirror, private lists in $cache)"
+    e2e_log "apt-get update ($suite on $E2E_APT_MIRROR, private lists in $cache)"
     apt-get "${opts[@]}" update -qq >&2 || e2e_log "apt-get update of $suite failed"
   }
   [ "${E2E_APT_UPDATE:-0}" = 1 ] && update
