@@ -243,8 +243,12 @@ SRV_PIDS=()
 # selftest_auto_zc (--auto_zc: the kernel registers the buffer), and
 # selftest_batch / selftest_batch_auto_zc (-b: UBLK_F_BATCH_IO, 7.x).
 SELFTEST_IDS=()
+# selftest_settled ID PID: the device is up, or its server has exited.
+selftest_settled() {
+  { [ -b "/dev/ublkb$1" ] && [ -r "/sys/block/ublkb$1/size" ]; } || ! kill -0 "$2"
+}
 start_selftest() {
-  local mode=$1 id=$2 flags=() pid log dev=/dev/ublkb$2 i
+  local mode=$1 id=$2 flags=() pid log granted dev=/dev/ublkb$2
   case $mode in
     selftest_copy) ;;
     selftest_user_copy) flags=(-u) ;;
@@ -257,11 +261,7 @@ start_selftest() {
   log=$E2E_SCRATCH/selftest-$mode.log
   "$SELFTEST_SERVER" add -t null -q 1 -d 64 -n "$id" --foreground "${flags[@]}" > "$log" 2>&1 &
   pid=$!
-  for i in $(seq 600); do
-    [ -b "$dev" ] && [ -r "/sys/block/ublkb$id/size" ] && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
+  e2e_wait_for 60 selftest_settled "$id" "$pid"
   if [ ! -b "$dev" ] || ! kill -0 "$pid" 2>/dev/null; then
     e2e_check_failed "selftest server ($mode) did not serve $dev; its log:"
     sed 's/^/  | /' "$log" | tail -20
@@ -269,7 +269,11 @@ start_selftest() {
     return
   fi
   SELFTEST_IDS+=("$id|$pid|$log")
-  prepare_dev "$dev" null "ublk-$mode" "kernel selftest server: kublk add -t null -q 1 -d 64 ${flags[*]}"
+  # The flags the kernel granted: an older kernel drops the ones it does not
+  # know (BATCH_IO on 6.12) and kublk serves without them.
+  granted=$("$SELFTEST_SERVER" list -n "$id" 2>/dev/null | sed -n 's/.* flags \(0x[0-9a-f]*\).*/\1/p' | head -1)
+  prepare_dev "$dev" null "ublk-$mode" \
+    "kernel selftest server: kublk add -t null -q 1 -d 64 ${flags[*]}; device flags ${granted:-unknown}"
   srv_sample "$pid"
   printf '0\tnull\t%s\tidle\t%s\t%s\n' "ublk-$mode" "$S_RSS" "$(hwm "$pid")" >> "$OUT/memory.tsv"
   DEVICES+=("null ublk-$mode ublk $mode $dev $pid")
