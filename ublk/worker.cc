@@ -1,6 +1,7 @@
 #include "ublk/worker.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 
@@ -152,6 +153,7 @@ void Worker::Main(std::promise<absl::Status>* ready) {
   char name[16];
   snprintf(name, sizeof(name), "ublk-worker-%d", id());
   pthread_setname_np(pthread_self(), name);
+  if (options_.cpu >= 0) PinToCpu(options_.cpu);
   absl::StatusOr<std::unique_ptr<Ring>> ring = Ring::CreateSingleIssuer(
       options_.ring_entries, options_.cq_entries, options_.ring_flags_allowed);
   if (!ring.ok()) {
@@ -163,6 +165,38 @@ void Worker::Main(std::promise<absl::Status>* ready) {
   ring_flags_ = ring_->flags();
   ready->set_value(absl::OkStatus());  // `ready` is gone after this
   Run();
+}
+
+std::vector<int> AllowedCpus(pid_t tid) {
+  std::vector<int> cpus;
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(tid, sizeof(allowed), &allowed) != 0) return cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+  }
+  return cpus;
+}
+
+int RoundRobinCpu(const std::vector<int>& cpus, int i) {
+  if (cpus.empty() || i < 0) return -1;
+  return cpus[static_cast<size_t>(i) % cpus.size()];
+}
+
+void Worker::PinToCpu(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  int err = cpu < CPU_SETSIZE ? 0 : EINVAL;
+  if (err == 0) {
+    CPU_SET(cpu, &set);
+    err = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+  }
+  if (err != 0) {
+    LOG(WARNING) << "worker " << id() << ": cannot pin to CPU " << cpu << " (" << ublk::Errno(err)
+                 << "), serving unpinned";
+    return;
+  }
+  pinned_cpu_ = cpu;
 }
 
 Worker::Worker(const WorkerOptions& options)

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "glog/logging.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -97,8 +99,16 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
     (void)pool->budget_->Refresh();
     pool->budget_epoch_ = pool->budget_->pressure_epoch();
   }
+  const std::vector<int> cpus = options.pin_workers ? AllowedCpus() : std::vector<int>{};
+  if (options.pin_workers && cpus.empty()) {
+    LOG(WARNING) << "worker pool: cannot read the process's CPUs, workers left unpinned";
+  } else if (!cpus.empty()) {
+    LOG(INFO) << "worker pool: " << count << " workers pinned round robin to CPUs "
+              << absl::StrJoin(cpus, ",");
+  }
   for (int i = 0; i < count; ++i) {
     WorkerOptions wo;
+    wo.cpu = RoundRobinCpu(cpus, i);
     wo.worker_id = i;
     wo.ring_entries = options.ring_entries;
     wo.ring_flags_allowed = options.ring_flags_allowed;
@@ -155,6 +165,14 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
                           "Non-blocking reaps a worker made after work instead of sleeping "
                           "(--busy-poll-rounds)")
                       .Register(*registry);
+    // Set once: a worker pins itself before Create returns. A refused pin
+    // (the CPU left the cpuset) shows as -1 beside --pin-workers' INFO line.
+    auto& pinned = prometheus::BuildGauge()
+                       .Name("ublk_csi_worker_pinned_cpu")
+                       .Help(
+                           "CPU a worker thread is pinned to (--pin-workers); -1: not pinned "
+                           "(off, or the CPU was refused)")
+                       .Register(*registry);
     ublk::MutexLock lock(&pool->metrics_mu_);
     for (int i = 0; i < count; ++i) {
       const prometheus::Labels labels{{"worker", std::to_string(i)}};
@@ -166,6 +184,7 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(const WorkerPoolO
       series.parked_total = &parked_total.Add(labels);
       series.sleeps = &sleeps.Add(labels);
       series.polls = &polls.Add(labels);
+      pinned.Add(labels).Set(pool->workers_[static_cast<size_t>(i)]->pinned_cpu());
       pool->series_.push_back(series);
     }
   }

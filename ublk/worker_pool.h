@@ -82,6 +82,9 @@ struct WorkerPoolOptions {
   absl::Duration no_memory_retry = absl::Milliseconds(5);
   // As WorkerOptions::busy_poll_rounds.
   unsigned busy_poll_rounds = WorkerOptions{}.busy_poll_rounds;
+  // Pin worker i to the i-th CPU (modulo their number) the process may run
+  // on when the pool starts (WorkerOptions::cpu). Off: left to the scheduler.
+  bool pin_workers = false;
 
   // Required; must outlive the pool (main() passes a RealMemorySource).
   MemorySource* memory = nullptr;

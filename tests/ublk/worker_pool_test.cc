@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -59,7 +60,8 @@ std::string MakeTempDir() {
   return tmpl;
 }
 
-// The value of `name`{worker="<worker>"}, or -1 if there is no such series.
+// The value of `name`{worker="<worker>"}, or NaN (equal to nothing) if there
+// is no such series.
 double MetricValue(prometheus::Registry& registry, const std::string& name, size_t worker) {
   for (const auto& family : registry.Collect()) {
     if (family.name != name) continue;
@@ -71,7 +73,7 @@ double MetricValue(prometheus::Registry& registry, const std::string& name, size
       }
     }
   }
-  return -1;
+  return std::numeric_limits<double>::quiet_NaN();
 }
 
 std::vector<int> Ids(const std::vector<Worker*>& workers) {
@@ -133,6 +135,30 @@ TEST_F(WorkerPoolTest, DefaultIsOneWorkerPerCpuAtLeastFourAndMapsNothingAtStart)
   pool->Stop();
   pool->Stop();  // idempotent
   EXPECT_TRUE(pool->Assign(1).empty());
+}
+
+// --pin-workers: worker i runs on the i-th CPU the process may use, round
+// robin when there are more workers than CPUs; off, no worker is pinned.
+TEST_F(WorkerPoolTest, PinWorkersSpreadsTheWorkersOverTheAllowedCpus) {
+  const std::vector<int> cpus = AllowedCpus();
+  ASSERT_FALSE(cpus.empty());
+  WorkerPoolOptions o = Options(static_cast<int>(cpus.size()) + 1);
+  o.pin_workers = true;
+  prometheus::Registry registry;
+  auto pool = MakePool(o, &registry);
+  ASSERT_NE(pool, nullptr);
+  for (size_t i = 0; i < pool->size(); ++i) {
+    const int cpu = cpus[i % cpus.size()];
+    EXPECT_EQ(pool->worker(i)->pinned_cpu(), cpu) << "worker " << i;
+    EXPECT_EQ(MetricValue(registry, "ublk_csi_worker_pinned_cpu", i), cpu) << "worker " << i;
+  }
+  prometheus::Registry unpinned_registry;
+  auto unpinned = MakePool(Options(2), &unpinned_registry);
+  ASSERT_NE(unpinned, nullptr);
+  for (size_t i = 0; i < unpinned->size(); ++i) {
+    EXPECT_EQ(unpinned->worker(i)->pinned_cpu(), -1);
+    EXPECT_EQ(MetricValue(unpinned_registry, "ublk_csi_worker_pinned_cpu", i), -1);
+  }
 }
 
 TEST_F(WorkerPoolTest, BudgetIsSplitOverTheWorkers) {

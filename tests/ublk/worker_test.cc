@@ -5,8 +5,11 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <thread>
 
@@ -256,6 +259,43 @@ TEST_P(WorkerTest, RingTakesTheBestTaskRunFlagsAndServesWithAnySubset) {
       ASSERT_EQ(kernel_.Write(e->dev_id(), 4096 * i, data)->result, 4096);
       EXPECT_EQ(kernel_.Read(e->dev_id(), 4096 * i, 4096)->data, data);
     }
+    ASSERT_TRUE(e->Stop().ok());
+    ASSERT_TRUE(e->Delete().ok());
+  }
+}
+
+// The affinity of the thread named `name` in this process, or empty.
+std::vector<int> ThreadCpus(const std::string& name) {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(entry.path() / "comm");
+    std::string line;
+    if (std::getline(comm, line) && line == name) {
+      return AllowedCpus(std::stoi(entry.path().filename().string()));
+    }
+  }
+  return {};
+}
+
+// WorkerOptions::cpu: the worker thread runs on that CPU only and serves as
+// before; a CPU it may not use is refused with a log line and the worker
+// serves unpinned.
+TEST_P(WorkerTest, PinnedWorkerRunsOnItsCpuAndARefusedCpuLeavesItUnpinned) {
+  const std::vector<int> allowed = AllowedCpus();
+  ASSERT_FALSE(allowed.empty());
+  for (int cpu : {allowed.back(), CPU_SETSIZE - 1, CPU_SETSIZE + 5}) {
+    SCOPED_TRACE(cpu);
+    WorkerOptions o = Options();
+    o.worker_id = 77;
+    o.cpu = cpu;
+    auto w = Worker::Create(o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    const bool usable = std::find(allowed.begin(), allowed.end(), cpu) != allowed.end();
+    EXPECT_EQ((*w)->pinned_cpu(), usable ? cpu : -1);
+    EXPECT_EQ(ThreadCpus("ublk-worker-77"), usable ? std::vector<int>{cpu} : allowed);
+    auto e = Serve(**w, std::make_shared<RamTarget>(), 4);
+    const std::string data(4096, 'p');
+    ASSERT_EQ(kernel_.Write(e->dev_id(), 0, data)->result, 4096);
+    EXPECT_EQ(kernel_.Read(e->dev_id(), 0, 4096)->data, data);
     ASSERT_TRUE(e->Stop().ok());
     ASSERT_TRUE(e->Delete().ok());
   }

@@ -55,6 +55,8 @@ DEFINE_bool(user_copy_on_ring, false,
 DEFINE_uint32(busy_poll_rounds, ublk::WorkerOptions{}.busy_poll_rounds,
               "after a wait that brought completions, this many non-blocking reaps before a "
               "worker sleeps again (0: sleep at once)");
+DEFINE_bool(pin_workers, false,
+            "pin worker i to the i-th CPU this process may run on (WorkerOptions::cpu)");
 DEFINE_string(backing, "", "backing file of the file target");
 DEFINE_uint64(size, 0, "volume size in bytes (0: the backing file's size)");
 DEFINE_bool(create, false, "create (or grow) the backing file, sparse");
@@ -328,9 +330,11 @@ absl::Status Serve(bool recover) {
   std::vector<Worker*> worker_ptrs;
   const int nworkers =
       std::max(1, std::min<int>(FLAGS_queues, std::thread::hardware_concurrency()));
+  const std::vector<int> cpus = FLAGS_pin_workers ? AllowedCpus() : std::vector<int>{};
   for (int i = 0; i < nworkers; ++i) {
     WorkerOptions wo;
     wo.worker_id = i;
+    wo.cpu = RoundRobinCpu(cpus, i);
     wo.memory = &memory;
     wo.user_copy_on_ring = FLAGS_user_copy_on_ring;
     wo.busy_poll_rounds = FLAGS_busy_poll_rounds;
