@@ -187,6 +187,23 @@ bench-selftest: deps
 	  BENCH_OUT=$${BENCH_OUT:-bench/results/selftest$(if $(filter 7,$(KERNEL)),/kernel-7)} \
 	  bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
 
+# The file rows against the same server's loop target (kublk add -t loop:
+# O_DIRECT on the backing file, as losetup --direct-io=on), in one guest boot
+# (~17 min on 6.12, ~20 on 7): every workload on the tmpfs and ext4 backing
+# files, the project's server in its copy modes beside kublk's and loop.
+# Results in bench/results/selftest-files/ (6.12) or
+# bench/results/selftest-files/kernel-7/; BENCH_OUT overrides.
+SELFTEST_FILE_MODES_6.12 := user_copy get_data selftest_copy selftest_user_copy
+SELFTEST_FILE_MODES_7 := zero_copy user_copy selftest_copy selftest_zero_copy selftest_auto_zc
+.PHONY: bench-selftest-files
+bench-selftest-files: deps
+	@$(CONFIGURE_PLAIN)
+	@ninja -C $(BUILD) ublk-tool
+	@BENCH_GROUPS="tmpfs ext4" BENCH_PARTS=data \
+	  BENCH_MODES="$(SELFTEST_FILE_MODES_$(KERNEL))" BENCH_RUNTIME=$${BENCH_RUNTIME:-8} BENCH_PF_SYSCALLS=0 \
+	  BENCH_OUT=$${BENCH_OUT:-bench/results/selftest-files$(if $(filter 7,$(KERNEL)),/kernel-7)} \
+	  bench/run.sh --build-dir $(BUILD) --kernel $(KERNEL)
+
 # The data-path rows one change to the I/O loop should move, in one guest boot
 # (~6 min instead of ~18): null and file-on-tmpfs against null_blk and loop,
 # 4k randread/randwrite QD32, 4k randread QD1 and 128k seqread QD8, one copy

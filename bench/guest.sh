@@ -95,13 +95,15 @@ for m in user_copy_ring user_copy_pin_same user_copy_pin_split user_copy_null_ze
   case " $MODES_RUN " in *" $m "*) COPY_MODES="$COPY_MODES $m" ;; esac
 done
 # MODE_pollN: copy mode MODE with N busy-poll rounds (0: none, the old default).
+# MODE_pinned: copy mode MODE, its worker pinned to CPU 0 (see start_ublk).
 for m in $MODES_RUN; do
-  case $m in *_poll[0-9]*) COPY_MODES="$COPY_MODES $m" ;; esac
+  case $m in *_poll[0-9]* | *_pinned) COPY_MODES="$COPY_MODES $m" ;; esac
 done
 COPY_MODES=${COPY_MODES# }
 # selftest_*: the kernel's own selftest ublk server (kublk, built on the host
 # by bench/selftest-server.sh into BUILD_DIR/bench-cache/selftest) as a
-# baseline in the null group, by name only; see start_selftest.
+# baseline beside ours in every group (null target, or its loop target over
+# the group's backing file), by name only; see start_selftest.
 SELFTEST_MODES=
 for m in $MODES_RUN; do
   case $m in selftest_*) SELFTEST_MODES="$SELFTEST_MODES $m" ;; esac
@@ -184,18 +186,24 @@ start_ublk() {
   # MODE_pollN (user_copy_poll0, zero_copy_poll0, ...): copy mode MODE with
   # N busy-poll rounds before a worker sleeps (--busy_poll_rounds; the
   # default is 128), _poll0 none.
+  # MODE_pinned (zero_copy_pinned, zero_copy_poll0_pinned, ...): MODE with the worker
+  # pinned (--pin_workers: worker 0 on the first CPU) and fio left to the
+  # scheduler, as the selftest server pins its queue thread (to the first
+  # CPU of the queue's affinity).
   # user_copy_pin_same / _pin_split: the server pinned to the last CPU, and
   # fio's job on the same CPU / on CPU 0 (run_repeat), against the unpinned
   # default (where the scheduler places both).
-  local mode_args=(--copy_mode="$mode") pin=()
-  case $mode in
+  local base=${mode%_pinned} mode_args pin=()
+  mode_args=(--copy_mode="$base")
+  case $base in
     user_copy_ring) mode_args=(--copy_mode=user_copy --user_copy_on_ring=true) ;;
     user_copy_pin_*) mode_args=(--copy_mode=user_copy); pin=(taskset -c "$(pin_cpu server)") ;;
     # The null target as volumes-safe code would run it: READs answer zeros,
     # WRITEs' data is copied out of the kernel (then dropped).
     user_copy_null_zeros) mode_args=(--copy_mode=user_copy --null_reads=zeros) ;;
-    *_poll[0-9]*) mode_args=(--copy_mode="${mode%_poll*}" --busy_poll_rounds="${mode##*_poll}") ;;
+    *_poll[0-9]*) mode_args=(--copy_mode="${base%_poll*}" --busy_poll_rounds="${base##*_poll}") ;;
   esac
+  if [ "$base" != "$mode" ]; then mode_args+=(--pin_workers); fi
   "${pin[@]}" "$UBLK_TOOL" serve "$@" "${mode_args[@]}" --queues=1 --depth=64 --ready_file="$ready" \
     > "$log" 2>&1 &
   PENDING+=("$group|$label|$mode|$!|$log|$ready|ublk-tool serve $* ${mode_args[*]} --queues=1 --depth=64")
@@ -233,10 +241,13 @@ finish_ublks() {
 }
 SRV_PIDS=()
 
-# start_selftest MODE ID: the kernel's selftest server serving a null device
-# as /dev/ublkbID (in the foreground, so that its PID is the server's), with
-# the same queue shape as start_ublk's exports. Its null target touches no
-# data of its own; what moves the bytes is the copy mode: selftest_copy (the
+# start_selftest GROUP MODE ID [FILE]: the kernel's selftest server serving
+# /dev/ublkbID (in the foreground, so that its PID is the server's), with the
+# same queue shape as start_ublk's exports: a null device in the null group,
+# its loop target over FILE in the tmpfs and ext4 groups (kublk opens the
+# backing file O_DIRECT, as losetup --direct-io=on does; tmpfs takes O_DIRECT
+# since 6.6). Its null target touches no data of its own; what moves the
+# bytes is the copy mode: selftest_copy (the
 # kernel copies into the server's buffers), selftest_user_copy (-u: pread /
 # pwrite on /dev/ublkcN in 2 KiB pieces, for both reads and writes),
 # selftest_zero_copy (-z: register, NOP on the buffer, unregister per I/O),
@@ -248,7 +259,8 @@ selftest_settled() {
   { [ -b "/dev/ublkb$1" ] && [ -r "/sys/block/ublkb$1/size" ]; } || ! kill -0 "$2"
 }
 start_selftest() {
-  local mode=$1 id=$2 flags=() pid log granted dev=/dev/ublkb$2
+  local group=$1 mode=$2 id=$3 file=${4:-} flags=() target=(-t null) pid log granted dev=/dev/ublkb$3
+  [ -n "$file" ] && target=(-t loop)
   case $mode in
     selftest_copy) ;;
     selftest_user_copy) flags=(-u) ;;
@@ -258,12 +270,13 @@ start_selftest() {
     selftest_batch_auto_zc) flags=(-b --auto_zc) ;;
     *) e2e_check_failed "unknown selftest mode '$mode'"; return ;;
   esac
-  log=$E2E_SCRATCH/selftest-$mode.log
-  "$SELFTEST_SERVER" add -t null -q 1 -d 64 -n "$id" --foreground "${flags[@]}" > "$log" 2>&1 &
+  log=$E2E_SCRATCH/selftest-$group-$mode.log
+  # shellcheck disable=SC2086 # $file: no word when the target is null
+  "$SELFTEST_SERVER" add "${target[@]}" -q 1 -d 64 -n "$id" --foreground "${flags[@]}" $file > "$log" 2>&1 &
   pid=$!
   e2e_wait_for 60 selftest_settled "$id" "$pid"
   if [ ! -b "$dev" ] || ! kill -0 "$pid" 2>/dev/null; then
-    e2e_check_failed "selftest server ($mode) did not serve $dev; its log:"
+    e2e_check_failed "$group: selftest server ($mode) did not serve $dev; its log:"
     sed 's/^/  | /' "$log" | tail -20
     kill -9 "$pid" 2>/dev/null
     return
@@ -272,11 +285,11 @@ start_selftest() {
   # The flags the kernel granted: an older kernel drops the ones it does not
   # know (BATCH_IO on 6.12) and kublk serves without them.
   granted=$("$SELFTEST_SERVER" list -n "$id" 2>/dev/null | sed -n 's/.* flags \(0x[0-9a-f]*\).*/\1/p' | head -1)
-  prepare_dev "$dev" null "ublk-$mode" \
-    "kernel selftest server: kublk add -t null -q 1 -d 64 ${flags[*]}; device flags ${granted:-unknown}"
+  prepare_dev "$dev" "$group" "ublk-$mode" \
+    "kernel selftest server: kublk add ${target[*]} -q 1 -d 64${flags[*]:+ ${flags[*]}}; device flags ${granted:-unknown}"
   srv_sample "$pid"
-  printf '0\tnull\t%s\tidle\t%s\t%s\n' "ublk-$mode" "$S_RSS" "$(hwm "$pid")" >> "$OUT/memory.tsv"
-  DEVICES+=("null ublk-$mode ublk $mode $dev $pid")
+  printf '0\t%s\t%s\tidle\t%s\t%s\n' "$group" "ublk-$mode" "$S_RSS" "$(hwm "$pid")" >> "$OUT/memory.tsv"
+  DEVICES+=("$group ublk-$mode ublk $mode $dev $pid")
   SRV_PIDS+=("$pid")
 }
 
@@ -393,15 +406,19 @@ if has_part data || has_part profile; then
   [ -b /dev/nullb0 ] || modprobe null_blk || e2e_fail "no null_blk"
 
   e2e_step "devices"
+  # kublk's device ids from 200 down (ublk-tool's exports take the lowest free ones).
+  SELFTEST_ID=200
   if has_group tmpfs; then
     add_loop tmpfs "$TMPFS_FILE"
     for m in $COPY_MODES; do start_ublk tmpfs "ublk-$m" "$m" --target=file --backing="$TMPFS_FILE"; done
     finish_ublks
+    for m in $SELFTEST_MODES; do start_selftest tmpfs "$m" "$SELFTEST_ID" "$TMPFS_FILE"; SELFTEST_ID=$((SELFTEST_ID - 1)); done
   fi
   if [ -n "$EXT4_FILE" ] && has_group ext4; then
     add_loop ext4 "$EXT4_FILE"
     for m in $COPY_MODES; do start_ublk ext4 "ublk-$m" "$m" --target=file --backing="$EXT4_FILE"; done
     finish_ublks
+    for m in $SELFTEST_MODES; do start_selftest ext4 "$m" "$SELFTEST_ID" "$EXT4_FILE"; SELFTEST_ID=$((SELFTEST_ID - 1)); done
   fi
   if has_group rbd; then
     # shellcheck source=SCRIPTDIR/rbd.sh
@@ -416,9 +433,7 @@ if has_part data || has_part profile; then
       start_ublk null "ublk-$m" "$m" --target=null --null_reads=untouched --size=$((SIZE_MIB * 1048576))
     done
     finish_ublks
-    # Device ids from 200 down (ublk-tool's exports take the lowest free ones).
-    i=200
-    for m in $SELFTEST_MODES; do start_selftest "$m" "$i"; i=$((i - 1)); done
+    for m in $SELFTEST_MODES; do start_selftest null "$m" "$SELFTEST_ID"; SELFTEST_ID=$((SELFTEST_ID - 1)); done
   fi
 
   t_start=$(now)

@@ -5,7 +5,7 @@
 # 1. CPU profiles: `perf record -a -g -e cpu-clock` (software event: TCG has
 #    no PMU) for PF_S s while fio 4k randread QD32 runs on null_blk, each
 #    ublk null export, tmpfs loop and the tmpfs ublk export (first copy
-#    mode); `perf report` splits the samples by process and user/kernel and
+#    mode; and the selftest server's, if any); `perf report` splits the samples by process and user/kernel and
 #    lists the top symbols.
 # 2. Syscalls per I/O of each ublk server (file on tmpfs and null, every copy
 #    mode, 4k randread and randwrite QD32): `perf stat` of the syscall
@@ -136,6 +136,10 @@ profile_bench() {
     done
     x=$(pf_dev tmpfs loop); [ -n "$x" ] && pf_profile tmpfs-loop $x
     x=$(pf_dev tmpfs "ublk-$m"); [ -n "$x" ] && pf_profile "tmpfs-ublk-$m" $x
+    # The kernel's selftest server on the same file (its loop target).
+    for md in $SELFTEST_MODES; do
+      x=$(pf_dev tmpfs "ublk-$md"); [ -n "$x" ] && pf_profile "tmpfs-ublk-$md" $x
+    done
   fi
   local l dev pid
   printf 'run\tdev\tbefore\tafter\tvda_before\tvda_after\n' > "$PF_OUT/iostat.tsv"

@@ -24,7 +24,8 @@ GROUPS = [("tmpfs", "loop", "file on tmpfs", 1.0),
 MODE_ORDER = ["zero_copy", "user_copy", "user_copy_ring", "user_copy_pin_same",
               "user_copy_pin_split", "user_copy_null_zeros", "user_copy_poll0", "user_copy_poll8",
               "user_copy_poll32", "user_copy_poll128", "user_copy_poll512", "zero_copy_poll0",
-              "get_data", "get_data_poll0",
+              "get_data", "get_data_poll0", "zero_copy_pinned", "user_copy_pinned", "get_data_pinned",
+              "zero_copy_poll0_pinned", "user_copy_poll0_pinned",
               # The kernel's selftest server (kublk), by name only (guest.sh start_selftest).
               "selftest_copy", "selftest_user_copy", "selftest_zero_copy", "selftest_auto_zc",
               "selftest_batch", "selftest_batch_auto_zc"]
@@ -656,7 +657,8 @@ def main():
     w("same backing file; `null_blk` with module defaults. Scheduler `none` on every device.")
     if guest.get("selftest_server"):
         w("`ublk-selftest_*` rows: the kernel's own selftest ublk server (tools/testing/selftests/ublk,")
-        w("`kublk add -t null -q 1 -d 64` in the foreground, flags per row in Devices), built by")
+        w("`kublk add -t null -q 1 -d 64` in the null group, `-t loop` over the same backing file in")
+        w("the tmpfs and ext4 groups, in the foreground, flags per row in Devices), built by")
         w(f"bench/selftest-server.sh ({guest['selftest_server'].split(':')[0]}); server columns are its process.")
     w("")
 

@@ -49,8 +49,17 @@ if [ -z "$src_pkg" ]; then
   src_pkg=$(newest_source)
 fi
 [ -n "$src_pkg" ] || e2e_die "no linux-source-N.M package in trixie-backports"
-src_ver=$(apt-cache "${opts[@]}" show "$src_pkg" 2>/dev/null | awk '/^Version:/ {print $2}' | sort -V | tail -1)
-stamp="$src_pkg $src_ver liburing-dev linux-libc-dev"
+# newest_version PKG: the newest version of PKG in the private lists.
+newest_version() {
+  apt-cache "${opts[@]}" show "$1" 2>/dev/null | awk '/^Version:/ {print $2}' | sort -V | tail -1
+}
+# candidate PKG: the version apt-get download fetches.
+candidate() {
+  apt-cache "${opts[@]}" policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'
+}
+src_ver=$(newest_version "$src_pkg")
+# A new kernel source, liburing or uapi header package rebuilds the server.
+stamp="$src_pkg $src_ver liburing-dev $(candidate liburing-dev) linux-libc-dev $(candidate linux-libc-dev)"
 if [ -x "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "$out"
   exit 0
