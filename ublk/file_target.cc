@@ -78,27 +78,28 @@ absl::StatusOr<std::unique_ptr<FileTarget>> FileTarget::Open(const FileTargetOpt
                 << "), using buffered I/O";
     }
   }
-  bool inline_io = false;
   struct statfs fs {};
-  if (o.inline_memory_files && fstatfs(buffered.get(), &fs) == 0 &&
-      (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)) {
-    inline_io = true;
+  const bool memory_file =
+      fstatfs(buffered.get(), &fs) == 0 && (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC);
+  const bool inline_io = memory_file && o.inline_memory_files;
+  if (inline_io) {
     // Debug only: logged for every export opened (a mass recovery opens
     // hundreds at once, and every log line is written under glog's lock).
     VLOG(1) << "file target " << o.path << ": file in memory (tmpfs/ramfs), reads and writes "
             << "served inline";
   }
-  return std::unique_ptr<FileTarget>(
-      new FileTarget(o.path, o.size_bytes, std::move(buffered), std::move(direct), inline_io));
+  return std::unique_ptr<FileTarget>(new FileTarget(o.path, o.size_bytes, std::move(buffered),
+                                                    std::move(direct), memory_file, inline_io));
 }
 
 FileTarget::FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct,
-                       bool inline_io)
+                       bool memory_file, bool inline_io)
     : path_(std::move(path)),
       size_bytes_(size),
       buffered_fd_(std::move(buffered)),
       direct_fd_(std::move(direct)),
       direct_(direct_fd_.valid()),
+      memory_file_(memory_file),
       inline_io_(inline_io) {}
 
 std::optional<int32_t> FileTarget::InlineIo(const TargetIo& io) {

@@ -47,13 +47,20 @@ class FileTarget final : public Target {
   bool direct() const { return direct_.load(std::memory_order_relaxed); }
   // Whether READ/WRITE are served inline (the file is in memory).
   bool inline_io() const { return inline_io_; }
+  // A file in memory (tmpfs/ramfs) whose READ/WRITE go on the ring: in zero
+  // copy (the request's pages are only reachable through the ring), or with
+  // inline_memory_files off. io-wq threads copy them.
+  bool ring_io_on_kernel_threads(bool zero_copy) const override {
+    return memory_file_ && (zero_copy || !inline_io_);
+  }
   const std::string& path() const { return path_; }
 
   std::optional<int32_t> StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) override;
   std::optional<int32_t> FinishIo(const TargetIo& io, int32_t cqe_res) override;
 
  private:
-  FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct, bool inline_io);
+  FileTarget(std::string path, uint64_t size, UniqueFd buffered, UniqueFd direct, bool memory_file,
+             bool inline_io);
   std::optional<int32_t> InlineIo(const TargetIo& io);
 
   const std::string path_;
@@ -61,6 +68,7 @@ class FileTarget final : public Target {
   const UniqueFd buffered_fd_;
   const UniqueFd direct_fd_;  // invalid when O_DIRECT open failed
   std::atomic<bool> direct_;
+  const bool memory_file_;  // on tmpfs or ramfs
   const bool inline_io_;
   std::atomic<bool> zero_range_{true};  // false once the filesystem refused it
 };

@@ -60,6 +60,13 @@ class Target {
   // queue, whose requests live in the ring's registered buffer table, and
   // Export refuses that mode for it (CopyModeFor picks a copy mode instead).
   virtual bool needs_user_buffer() const { return false; }
+  // Whether the I/O this target puts on the ring for a queue (in zero copy
+  // or not) is CPU work of io_uring's io-wq threads, not a device's: a file
+  // in memory, which io_uring cannot read or write without blocking. A
+  // pinned worker then does not busy-poll while such I/O is in flight (its
+  // spinning would hold a CPU the io-wq thread needs;
+  // WorkerOptions::poll_while_on_kernel_threads).
+  virtual bool ring_io_on_kernel_threads(bool /*zero_copy*/) const { return false; }
 
   // Starts `io`. Either puts exactly one SQE on `ring` with `user_data` and
   // returns nullopt (the CQE's res then goes to FinishIo), or hands the I/O

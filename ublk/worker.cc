@@ -86,6 +86,9 @@ struct Worker::Queue {
   uint16_t parked_count = 0;
   unsigned done_tags = 0;
   unsigned busy = 0;  // tags in kGetData, kTargetIo or kCopying
+  // The target's ring I/O for this queue is io-wq threads' CPU work
+  // (Target::ring_io_on_kernel_threads): no busy polling while busy > 0.
+  bool io_on_kernel_threads = false;
   bool removing = false;
   absl::Time deadline;
   std::shared_ptr<Removal> removed;
@@ -276,6 +279,8 @@ absl::StatusOr<Worker::QueueId> Worker::AddQueue(QueueConfig config) {
     q->channel = std::move(shared->channel);
     q->target = std::move(shared->target);
     q->mode = shared->copy_mode;
+    q->io_on_kernel_threads = pinned_cpu_ >= 0 && !options_.poll_while_on_kernel_threads &&
+                              q->target->ring_io_on_kernel_threads(q->mode == CopyMode::kZeroCopy);
     const uint16_t depth = q->channel->queue_depth();
     q->tags.resize(depth);
     q->parked.reset(new (std::nothrow) uint16_t[depth]);
@@ -417,10 +422,12 @@ void Worker::Run() {
   for (;;) {
     bool any_queue = false;
     bool any_removing = false;
+    bool on_kernel_threads = false;  // io-wq threads have some of our I/O
     for (auto& q : slots_) {
       if (q == nullptr) continue;
       any_queue = true;
       any_removing |= q->removing;
+      on_kernel_threads |= q->io_on_kernel_threads && q->busy > 0;
     }
     if (!running_ && !any_queue) break;
     absl::Duration timeout = absl::InfiniteDuration();
@@ -431,6 +438,9 @@ void Worker::Run() {
       // after the next completion (an idle worker would hold them forever).
       release_after_submit_.clear();
     }
+    // A pinned worker spinning while an io-wq thread does its I/O holds a CPU
+    // that thread needs (WorkerOptions::poll_while_on_kernel_threads).
+    if (on_kernel_threads) poll_left = 0;
     const bool poll = poll_left > 0;
     absl::Status s;
     if (poll) {

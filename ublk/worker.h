@@ -87,6 +87,15 @@ struct WorkerOptions {
   // 15). An idle worker sleeps after at most this many rounds (tens of
   // microseconds); 0: always sleep at once.
   unsigned busy_poll_rounds = 128;
+  // A pinned worker (`cpu`) does not busy-poll while target I/O that io-wq
+  // threads serve is in flight (Target::ring_io_on_kernel_threads: a file on
+  // tmpfs in zero copy): it sleeps and leaves its CPU to them. On 7.3 that
+  // took 128k reads from 0.66x to 0.86x of loop and writes from 0.70x to
+  // 0.96x, 4k QD32 from 1.18-1.20x to 1.24-1.32x, and cost 4k QD1 1.03x ->
+  // 0.92x. Unpinned, the same rule cost QD1 0.68x -> 0.45x and 128k reads
+  // 0.64x -> 0.56x, so an unpinned worker polls as before (bench/README.md,
+  // session 18). true: a pinned worker polls regardless (the A/B baseline).
+  bool poll_while_on_kernel_threads = false;
   // >= 0: the worker thread pins itself to this CPU before it makes its ring
   // (its io-wq helpers stay free). On 7.3, file on tmpfs in zero copy (every
   // read and write handed to an io-wq thread), pinning took 4k QD32 from

@@ -118,7 +118,8 @@ TEST_F(FileTargetTest, ReadWriteFlushDiscardWriteZeroes) {
 
 // A file on tmpfs is read and written with pread/pwrite on the caller's
 // thread (no SQE, no io-wq hop); turned off, or on another filesystem, the
-// same I/O goes on the ring.
+// same I/O goes on the ring. Ring I/O on a file in memory (zero copy, or
+// inline off) is io-wq threads' work, which the worker must not spin against.
 TEST_F(FileTargetTest, FileInMemoryIsServedInlineWithoutTheRing) {
   struct statfs fs {};
   if (statfs("/dev/shm", &fs) != 0 || fs.f_type != TMPFS_MAGIC) GTEST_SKIP() << "no tmpfs /dev/shm";
@@ -135,6 +136,8 @@ TEST_F(FileTargetTest, FileInMemoryIsServedInlineWithoutTheRing) {
     ASSERT_TRUE(opened.ok()) << opened.status();
     FileTarget& t = **opened;
     EXPECT_EQ(t.inline_io(), allow);
+    EXPECT_TRUE(t.ring_io_on_kernel_threads(/*zero_copy=*/true));
+    EXPECT_EQ(t.ring_io_on_kernel_threads(/*zero_copy=*/false), !allow);
     std::memset(buf, allow ? 'i' : 'r', sizeof(buf));
     auto w = t.StartIo(*ring, {UBLK_IO_OP_WRITE, UBLK_IO_F_FUA, 8192, sizeof(buf), buf}, 7);
     if (allow) {
@@ -164,6 +167,8 @@ TEST_F(FileTargetTest, FileInMemoryIsServedInlineWithoutTheRing) {
     auto opened = FileTarget::Open({dir_ + "/disk", 1 << 20, true, true});
     ASSERT_TRUE(opened.ok());
     EXPECT_FALSE((*opened)->inline_io());
+    EXPECT_FALSE((*opened)->ring_io_on_kernel_threads(/*zero_copy=*/true));
+    EXPECT_FALSE((*opened)->ring_io_on_kernel_threads(/*zero_copy=*/false));
   }
 }
 

@@ -61,7 +61,8 @@ class RamTarget final : public Target {
 // which TSan's slowdown broke).
 class GatedTarget final : public Target {
  public:
-  GatedTarget() {
+  // on_kernel_threads: what ring_io_on_kernel_threads answers.
+  explicit GatedTarget(bool on_kernel_threads = false) : on_kernel_threads_(on_kernel_threads) {
     int fds[2];
     EXPECT_EQ(pipe(fds), 0);
     read_fd_ = fds[0];
@@ -74,6 +75,7 @@ class GatedTarget final : public Target {
   uint64_t size_bytes() const override { return ram_.size_bytes(); }
   bool supports_discard() const override { return false; }
   const char* name() const override { return "gated"; }
+  bool ring_io_on_kernel_threads(bool) const override { return on_kernel_threads_; }
   std::optional<int32_t> StartIo(Ring& ring, const TargetIo& io, uint64_t user_data) override {
     std::optional<int32_t> res = ram_.StartIo(ring, io, user_data);
     if (open_.load()) return res;
@@ -96,6 +98,7 @@ class GatedTarget final : public Target {
   int started() const { return started_.load(); }
 
  private:
+  const bool on_kernel_threads_;
   RamTarget ram_;
   int read_fd_ = -1;
   int write_fd_ = -1;
@@ -468,6 +471,59 @@ TEST_P(WorkerTest, BusyPollServesIoAndSleepsWhenIdle) {
       // or in a round that found work.
       EXPECT_LE(polls - (*w)->polls_found(), rounds * ((*w)->sleeps() + (*w)->polls_found()));
     }
+    ASSERT_TRUE(e->Stop().ok());
+    ASSERT_TRUE(e->Delete().ok());
+  }
+}
+
+// While io-wq threads serve a queue's target I/O (a file on tmpfs in zero
+// copy), a pinned worker sleeps instead of busy-polling: its spinning would
+// hold a CPU they need. It polls again once that I/O is done, and always for
+// a target whose I/O is a device's, when unpinned, or with
+// poll_while_on_kernel_threads.
+TEST_P(WorkerTest, PinnedWorkerDoesNotBusyPollWhileIoIsOnKernelThreads) {
+  struct Case {
+    bool on_kernel_threads;
+    bool pinned;
+    bool poll_anyway;
+  };
+  const std::vector<int> cpus = AllowedCpus();
+  ASSERT_FALSE(cpus.empty());
+  for (const Case c : {Case{true, true, false}, Case{false, true, false}, Case{true, false, false},
+                       Case{true, true, true}}) {
+    SCOPED_TRACE(absl::StrCat("on_kernel_threads=", c.on_kernel_threads, " pinned=", c.pinned,
+                              " poll_while_on_kernel_threads=", c.poll_anyway));
+    WorkerOptions o = Options();
+    if (c.pinned) o.cpu = cpus.front();
+    // Rounds enough to outlast the checks below (a round is a syscall).
+    o.busy_poll_rounds = 50'000'000;
+    o.poll_while_on_kernel_threads = c.poll_anyway;
+    auto w = Worker::Create(o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    auto target = std::make_shared<GatedTarget>(c.on_kernel_threads);
+    auto e = Serve(**w, target, 4);
+    const std::string data = Pattern(4096, 3);
+    auto write = kernel_.SubmitIoAsync(e->dev_id(), UBLK_IO_OP_WRITE, 0, 4096, data);
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (target->started() == 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+    ASSERT_EQ(target->started(), 1);
+    absl::SleepFor(absl::Milliseconds(20));
+    const uint64_t polls = (*w)->polls();
+    absl::SleepFor(absl::Milliseconds(50));
+    if (c.on_kernel_threads && c.pinned && !c.poll_anyway) {
+      EXPECT_EQ((*w)->polls(), polls) << "the worker spins while io-wq has its I/O";
+    } else {
+      EXPECT_GT((*w)->polls(), polls) << "the worker stopped polling with I/O in flight";
+    }
+    target->Open();
+    auto res = kernel_.Wait(write, absl::Seconds(10));
+    ASSERT_TRUE(res.ok()) << res.status();
+    EXPECT_EQ(res->result, 4096);
+    // The I/O is done: the completion's rounds run, whatever the target.
+    const uint64_t after = (*w)->polls();
+    absl::SleepFor(absl::Milliseconds(20));
+    EXPECT_GT((*w)->polls(), after);
+    EXPECT_TRUE(kernel_.Read(e->dev_id(), 0, 4096)->data == data);
     ASSERT_TRUE(e->Stop().ok());
     ASSERT_TRUE(e->Delete().ok());
   }

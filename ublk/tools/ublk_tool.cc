@@ -55,6 +55,9 @@ DEFINE_bool(user_copy_on_ring, false,
 DEFINE_uint32(busy_poll_rounds, ublk::WorkerOptions{}.busy_poll_rounds,
               "after a wait that brought completions, this many non-blocking reaps before a "
               "worker sleeps again (0: sleep at once)");
+DEFINE_bool(poll_while_on_kernel_threads, false,
+            "busy-poll even while io-wq threads serve target I/O (a file on tmpfs in zero copy; "
+            "WorkerOptions::poll_while_on_kernel_threads)");
 DEFINE_bool(pin_workers, false,
             "pin worker i to the i-th CPU this process may run on (WorkerOptions::cpu)");
 DEFINE_string(backing, "", "backing file of the file target");
@@ -338,6 +341,7 @@ absl::Status Serve(bool recover) {
     wo.memory = &memory;
     wo.user_copy_on_ring = FLAGS_user_copy_on_ring;
     wo.busy_poll_rounds = FLAGS_busy_poll_rounds;
+    wo.poll_while_on_kernel_threads = FLAGS_poll_while_on_kernel_threads;
     ASSIGN_OR_RETURN(auto w, Worker::Create(wo));
     worker_ptrs.push_back(w.get());
     workers.push_back(std::move(w));
