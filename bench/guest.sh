@@ -96,8 +96,9 @@ for m in user_copy_ring user_copy_pin_same user_copy_pin_split user_copy_null_ze
 done
 # MODE_pollN: copy mode MODE with N busy-poll rounds (0: none, the old default).
 # MODE_pinned: copy mode MODE, its worker pinned to CPU 0 (see start_ublk).
+# MODE_kpoll: MODE polling even while io-wq threads serve its I/O (pinned only).
 for m in $MODES_RUN; do
-  case $m in *_poll[0-9]* | *_pinned) COPY_MODES="$COPY_MODES $m" ;; esac
+  case $m in *_poll[0-9]* | *_pinned | *_kpoll) COPY_MODES="$COPY_MODES $m" ;; esac
 done
 COPY_MODES=${COPY_MODES# }
 # selftest_*: the kernel's own selftest ublk server (kublk, built on the host
@@ -190,10 +191,15 @@ start_ublk() {
   # pinned (--pin_workers: worker 0 on the first CPU) and fio left to the
   # scheduler, as the selftest server pins its queue thread (to the first
   # CPU of the queue's affinity).
+  # MODE_kpoll (zero_copy_kpoll_pinned): MODE with
+  # --poll_while_on_kernel_threads, a pinned worker's polling of sessions
+  # 15-17 (a file on tmpfs in zero copy: it spins while io-wq threads copy;
+  # an unpinned worker always does, so zero_copy_kpoll is zero_copy).
   # user_copy_pin_same / _pin_split: the server pinned to the last CPU, and
   # fio's job on the same CPU / on CPU 0 (run_repeat), against the unpinned
   # default (where the scheduler places both).
-  local base=${mode%_pinned} mode_args pin=()
+  local base=${mode%_pinned} mode_args pin=() kpoll=
+  case $base in *_kpoll) base=${base%_kpoll} kpoll=1 ;; esac
   mode_args=(--copy_mode="$base")
   case $base in
     user_copy_ring) mode_args=(--copy_mode=user_copy --user_copy_on_ring=true) ;;
@@ -203,7 +209,8 @@ start_ublk() {
     user_copy_null_zeros) mode_args=(--copy_mode=user_copy --null_reads=zeros) ;;
     *_poll[0-9]*) mode_args=(--copy_mode="${base%_poll*}" --busy_poll_rounds="${base##*_poll}") ;;
   esac
-  if [ "$base" != "$mode" ]; then mode_args+=(--pin_workers); fi
+  case $mode in *_pinned) mode_args+=(--pin_workers) ;; esac
+  [ -n "$kpoll" ] && mode_args+=(--poll_while_on_kernel_threads)
   "${pin[@]}" "$UBLK_TOOL" serve "$@" "${mode_args[@]}" --queues=1 --depth=64 --ready_file="$ready" \
     > "$log" 2>&1 &
   PENDING+=("$group|$label|$mode|$!|$log|$ready|ublk-tool serve $* ${mode_args[*]} --queues=1 --depth=64")

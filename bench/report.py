@@ -25,7 +25,8 @@ MODE_ORDER = ["zero_copy", "user_copy", "user_copy_ring", "user_copy_pin_same",
               "user_copy_pin_split", "user_copy_null_zeros", "user_copy_poll0", "user_copy_poll8",
               "user_copy_poll32", "user_copy_poll128", "user_copy_poll512", "zero_copy_poll0",
               "get_data", "get_data_poll0", "zero_copy_pinned", "user_copy_pinned", "get_data_pinned",
-              "zero_copy_poll0_pinned", "user_copy_poll0_pinned",
+              "zero_copy_poll0_pinned", "user_copy_poll0_pinned", "zero_copy_kpoll",
+              "zero_copy_kpoll_pinned",
               # The kernel's selftest server (kublk), by name only (guest.sh start_selftest).
               "selftest_copy", "selftest_user_copy", "selftest_zero_copy", "selftest_auto_zc",
               "selftest_batch", "selftest_batch_auto_zc"]

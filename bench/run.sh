@@ -21,7 +21,8 @@
 #                  randwrite-4k-qd32 randread-4k-qd1 seqread-128k-qd8 seqwrite-128k-qd8)
 #   BENCH_MODES    copy modes (default every one the kernel has: zero_copy user_copy get_data;
 #                  A/B variants by name only: user_copy_ring user_copy_pin_same user_copy_pin_split
-#                  user_copy_null_zeros, MODE_pollN; the kernel's selftest server (null
+#                  user_copy_null_zeros, MODE_pollN, MODE_pinned, MODE_kpoll (combinable:
+#                  zero_copy_kpoll_pinned); the kernel's selftest server (null
 #                  or loop target, per group): selftest_copy selftest_user_copy selftest_zero_copy
 #                  selftest_auto_zc selftest_batch selftest_batch_auto_zc, built first
 #                  by bench/selftest-server.sh)

@@ -1,7 +1,8 @@
 #!/bin/bash
 # bench/selftest-server.sh: builds the kernel's own selftest ublk server
 # (tools/testing/selftests/ublk, "kublk") as a baseline for `make bench`'s
-# null rows (BENCH_MODES="... selftest_zero_copy selftest_user_copy ...",
+# null rows and, with its loop target, the tmpfs and ext4 rows
+# (BENCH_MODES="... selftest_zero_copy selftest_user_copy ...",
 # bench/guest.sh). Nothing of it is vendored: the sources come from Debian's
 # newest linux-source-N.M package (trixie-backports) and liburing 2.9 from
 # trixie (bookworm's liburing 2.3 lacks what kublk uses; with trixie's
