@@ -299,6 +299,17 @@ start_selftest() {
   DEVICES+=("$group ublk-$mode ublk $mode $dev $pid")
   SRV_PIDS+=("$pid")
 }
+# start_selftests GROUP [FILE]: start_selftest for every selftest mode asked
+# for, on device ids from 200 down across the groups (ublk-tool's exports
+# take the lowest free ones).
+SELFTEST_ID=200
+start_selftests() {
+  local m
+  for m in $SELFTEST_MODES; do
+    start_selftest "$1" "$m" "$SELFTEST_ID" "${2:-}"
+    SELFTEST_ID=$((SELFTEST_ID - 1))
+  done
+}
 
 # add_loop GROUP FILE
 add_loop() {
@@ -413,19 +424,17 @@ if has_part data || has_part profile; then
   [ -b /dev/nullb0 ] || modprobe null_blk || e2e_fail "no null_blk"
 
   e2e_step "devices"
-  # kublk's device ids from 200 down (ublk-tool's exports take the lowest free ones).
-  SELFTEST_ID=200
   if has_group tmpfs; then
     add_loop tmpfs "$TMPFS_FILE"
     for m in $COPY_MODES; do start_ublk tmpfs "ublk-$m" "$m" --target=file --backing="$TMPFS_FILE"; done
     finish_ublks
-    for m in $SELFTEST_MODES; do start_selftest tmpfs "$m" "$SELFTEST_ID" "$TMPFS_FILE"; SELFTEST_ID=$((SELFTEST_ID - 1)); done
+    start_selftests tmpfs "$TMPFS_FILE"
   fi
   if [ -n "$EXT4_FILE" ] && has_group ext4; then
     add_loop ext4 "$EXT4_FILE"
     for m in $COPY_MODES; do start_ublk ext4 "ublk-$m" "$m" --target=file --backing="$EXT4_FILE"; done
     finish_ublks
-    for m in $SELFTEST_MODES; do start_selftest ext4 "$m" "$SELFTEST_ID" "$EXT4_FILE"; SELFTEST_ID=$((SELFTEST_ID - 1)); done
+    start_selftests ext4 "$EXT4_FILE"
   fi
   if has_group rbd; then
     # shellcheck source=SCRIPTDIR/rbd.sh
@@ -440,7 +449,7 @@ if has_part data || has_part profile; then
       start_ublk null "ublk-$m" "$m" --target=null --null_reads=untouched --size=$((SIZE_MIB * 1048576))
     done
     finish_ublks
-    for m in $SELFTEST_MODES; do start_selftest null "$m" "$SELFTEST_ID"; SELFTEST_ID=$((SELFTEST_ID - 1)); done
+    start_selftests null
   fi
 
   t_start=$(now)

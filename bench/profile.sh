@@ -135,9 +135,9 @@ profile_bench() {
       x=$(pf_dev null "ublk-$md"); [ -n "$x" ] && pf_profile "null-ublk-$md" $x
     done
     x=$(pf_dev tmpfs loop); [ -n "$x" ] && pf_profile tmpfs-loop $x
-    x=$(pf_dev tmpfs "ublk-$m"); [ -n "$x" ] && pf_profile "tmpfs-ublk-$m" $x
-    # The kernel's selftest server on the same file (its loop target).
-    for md in $SELFTEST_MODES; do
+    # Ours in the first copy mode, then the kernel's selftest server on the
+    # same file (its loop target).
+    for md in $m $SELFTEST_MODES; do
       x=$(pf_dev tmpfs "ublk-$md"); [ -n "$x" ] && pf_profile "tmpfs-ublk-$md" $x
     done
   fi
